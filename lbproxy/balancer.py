@@ -1,0 +1,392 @@
+"""
+The balancer: the policy core every relay engine calls for every connection.
+
+It holds the current config, the L{Pool} derived from it, the active
+strategy and the counters.  It does no network I/O; its only side effects
+are counters, events, log lines and, for forced removal or timeouts,
+L{IRelayedConnection.abort}.  Everything runs on the reactor thread, so a
+change is a plain attribute swap that no connection can see half-done.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lbproxy.config import Backend, Config, ProxySettings
+from lbproxy.events import EventBus, RouteRecorder
+from lbproxy.interfaces import IBalancer, IRelayedConnection, IStrategy, IStrategyFactory
+from lbproxy.plugins import build_strategy
+from lbproxy.pool import AccessRecord, Candidate, Pool
+from lbproxy.strategies.builtin import RoundRobin
+
+log = Logger()
+access_log = Logger(namespace="lbproxy.access")
+
+
+class Totals:
+    """
+    Listener-wide counters.
+    """
+
+    __slots__ = (
+        "accepted",
+        "active",
+        "rejected",
+        "no_backend",
+        "connect_failures",
+        "retries",
+        "strategy_errors",
+        "idle_timeouts",
+        "bytes_up",
+        "bytes_down",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def to_json(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@implementer(IBalancer)
+class Balancer:
+    """
+    @ivar config: the L{Config} in force.
+    @ivar pool: live state for its backends.
+    @ivar strategy: the active L{IStrategy}.
+    @ivar events: the L{EventBus} of the admin feed.
+    @ivar routes: the L{RouteRecorder} of routing decisions.
+    @ivar factories: strategy plugins by name.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        factories: Mapping[str, IStrategyFactory],
+        settings: ProxySettings = ProxySettings(),
+        events: EventBus | None = None,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.factories = factories
+        self.settings = settings
+        self.events = events if events is not None else EventBus()
+        self.routes = RouteRecorder()
+        self.totals = Totals()
+        self.strategy: IStrategy = build_strategy(config.strategy, factories)
+        self._fallback = RoundRobin()
+        self.config = config
+        self.pool = Pool(config, reactor.seconds())
+        self.connections: dict[str, set[IRelayedConnection]] = {
+            b.id: set() for b in config.backends
+        }
+        #: backends removed from the config that still have connections.
+        self.removing: dict[str, Backend] = {}
+        self._drain_timers: dict[str, Any] = {}
+        self._ejection_timers: dict[str, Any] = {}
+        self._ticker: LoopingCall | None = None
+
+    # Lifecycle -----------------------------------------------------------
+
+    def start(self, interval: float = 1.0) -> None:
+        """
+        Start the periodic housekeeping: idle timeouts and slow-start
+        weights.
+        """
+        self._ticker = LoopingCall(self.tick)
+        self._ticker.clock = self._reactor
+        self._ticker.start(interval, now=False)
+
+    def stop(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        for timer in (*self._drain_timers.values(), *self._ejection_timers.values()):
+            if timer.active():
+                timer.cancel()
+        self._drain_timers.clear()
+        self._ejection_timers.clear()
+
+    def tick(self) -> None:
+        now = self._reactor.seconds()
+        self.sweep_idle(now)
+        if self.pool.ramping():
+            self.pool.refresh(now)
+
+    def sweep_idle(self, now: float) -> None:
+        """
+        Close connections where neither side sent a byte for the idle
+        timeout.  Checking counters once a tick costs nothing per chunk; a
+        connection is closed within one tick after its timeout.
+        """
+        timeout = self.settings.idle_timeout
+        if not timeout:
+            return
+        for group in tuple(self.connections.values()):
+            for conn in tuple(group):
+                moved = conn.bytes_up + conn.bytes_down
+                if moved != conn.idle_mark:
+                    conn.idle_mark = moved
+                    conn.idle_since = now
+                elif now - conn.idle_since >= timeout:
+                    self.totals.idle_timeouts += 1
+                    conn.abort("idle-timeout")
+
+    # The connection path (IBalancer) -------------------------------------
+
+    def admit(self) -> bool:
+        totals = self.totals
+        if totals.active >= self.settings.max_connections:
+            totals.rejected += 1
+            return False
+        totals.active += 1
+        totals.accepted += 1
+        return True
+
+    def route(self, client: tuple[str, int], exclude: frozenset[str] | tuple = ()) -> Candidate | None:
+        candidates = self.pool.candidates
+        if exclude:
+            candidates = tuple(c for c in candidates if c.id not in exclude)
+        while candidates:
+            try:
+                choice = self.strategy.choose(candidates, client)
+                if choice not in candidates:
+                    raise ValueError(f"returned {choice!r}, which is not a candidate")
+            except Exception as e:
+                self.totals.strategy_errors += 1
+                log.error(
+                    "strategy {strategy!r} failed ({error}); using round-robin for this connection",
+                    strategy=self.config.strategy.name, error=e,
+                )
+                choice = self._fallback.choose(candidates, client)
+            limit = choice.backend.max_connections
+            if limit is not None and choice.stats.active >= limit:
+                candidates = tuple(c for c in candidates if c is not choice)
+                continue
+            self.routes.record(self._reactor.seconds(), client[0], choice.id)
+            return choice
+        self.totals.no_backend += 1
+        return None
+
+    def connection_opened(self, candidate: Candidate, connection: IRelayedConnection, latency: float) -> None:
+        stats = candidate.stats
+        stats.active += 1
+        stats.total += 1
+        stats.observe_connect(latency)
+        stats.consecutive_failures = 0
+        connection.idle_mark = 0
+        connection.idle_since = self._reactor.seconds()
+        group = self.connections.get(candidate.id)
+        if group is None:
+            group = self.connections[candidate.id] = set()
+        group.add(connection)
+
+    def connect_failed(self, candidate: Candidate, reason: str) -> None:
+        candidate.stats.failures += 1
+        self.totals.connect_failures += 1
+        now = self._reactor.seconds()
+        until = self.pool.traffic_result(candidate.id, False, reason, now)
+        if until is not None:
+            state = self.pool.health[candidate.id]
+            self._backend_event(candidate.id, "down", state.reason, ejected_until=until)
+            self._ejection_timers[candidate.id] = self._reactor.callLater(
+                until - now, self._end_ejections
+            )
+
+    def observe_response(self, candidate: Candidate, seconds: float) -> None:
+        candidate.stats.observe_response(seconds)
+
+    def connection_closed(self, candidate: Candidate, connection: IRelayedConnection, record: AccessRecord) -> None:
+        stats = candidate.stats
+        stats.active -= 1
+        stats.bytes_up += record.bytes_up
+        stats.bytes_down += record.bytes_down
+        group = self.connections.get(candidate.id)
+        if group is not None:
+            group.discard(connection)
+        self._finish(record)
+        bid = candidate.id
+        if group is not None and not group:
+            if bid in self.removing:
+                self._removed(bid, "drained")
+            else:
+                backend = self.config.backend(bid)
+                if backend is not None and backend.state == "draining":
+                    self._backend_event(bid, "draining", "drained: no connections left", drained=True)
+
+    def client_failed(self, record: AccessRecord) -> None:
+        self._finish(record)
+
+    def _finish(self, record: AccessRecord) -> None:
+        totals = self.totals
+        totals.active -= 1
+        totals.bytes_up += record.bytes_up
+        totals.bytes_down += record.bytes_down
+        if self.settings.access_log:
+            access_log.info(
+                "{client} -> {backend} up={bytes_up} down={bytes_down} "
+                "duration={duration:.3f}s outcome={outcome}",
+                client=record.client, backend=record.backend or "-",
+                bytes_up=record.bytes_up, bytes_down=record.bytes_down,
+                duration=record.duration, outcome=record.outcome,
+            )
+
+    # Views ---------------------------------------------------------------
+
+    def bytes_of(self, backend_id: str) -> tuple[int, int]:
+        """
+        Bytes up and down for a backend, including connections in flight.
+        """
+        stats = self.pool.stats.get(backend_id)
+        up, down = (stats.bytes_up, stats.bytes_down) if stats else (0, 0)
+        for conn in self.connections.get(backend_id, ()):
+            up += conn.bytes_up
+            down += conn.bytes_down
+        return up, down
+
+    def backend_view(self, backend: Backend) -> dict[str, Any]:
+        """
+        One backend as the API and UI show it: config, state, health,
+        counters.
+        """
+        now = self._reactor.seconds()
+        stats = self.pool.stats.get(backend.id)
+        health = self.pool.health.get(backend.id)
+        up, down = self.bytes_of(backend.id)
+        view = backend.to_json()
+        view["address"] = backend.address
+        if backend.id in self.removing:
+            view["state"] = "removing"
+        elif health is not None:
+            view["state"] = self.pool.state_of(backend, now)
+        view["admin_state"] = backend.state
+        view["health"] = health.to_json(now) if health else None
+        view["effective_weight"] = (
+            self.pool.effective_weight(backend, now) if health else 0
+        )
+        counters = stats.to_json() if stats else {}
+        counters["bytes_up"], counters["bytes_down"] = up, down
+        view["stats"] = counters
+        return view
+
+    def backends_view(self) -> list[dict[str, Any]]:
+        return [self.backend_view(b) for b in self.config.backends] + [
+            self.backend_view(b) for b in self.removing.values()
+        ]
+
+    # Config changes --------------------------------------------------------
+
+    def check(self, config: Config) -> IStrategy:
+        """
+        Validate what only the running balancer can: the strategy plugin and
+        its options.  Call before making a config durable.
+
+        @raise lbproxy.config.ConfigError: if it cannot be applied.
+        """
+        return build_strategy(config.strategy, self.factories)
+
+    def apply(self, config: Config, strategy: IStrategy | None = None) -> None:
+        """
+        Swap in a new config.  Connections in flight keep their backend;
+        the next connection routes with the new pool and strategy.  Backends
+        that disappear drain: they take no new connections and are removed
+        once their last connection ends (or the drain timeout closes it).
+        """
+        if strategy is None:
+            if config.strategy == self.config.strategy:
+                strategy = self.strategy
+            else:
+                strategy = self.check(config)
+        old = self.config
+        now = self._reactor.seconds()
+        old_ids = {b.id for b in old.backends}
+        new_ids = {b.id for b in config.backends}
+        self.config = config
+        self.strategy = strategy
+        for bid in new_ids - old_ids:
+            self.connections.setdefault(bid, set())
+            self.removing.pop(bid, None)
+        self.pool.update(config, now)
+        for bid in old_ids - new_ids:
+            backend = old.backend(bid)
+            if self.connections.get(bid):
+                self.removing[bid] = backend
+                self._backend_event(bid, "removing", "removed from config; draining")
+                self._arm_drain_timer(bid, config.drain_timeout)
+            else:
+                self._removed(bid, "removed")
+        for b in config.backends:
+            before = old.backend(b.id)
+            if before is not None and before.state != b.state:
+                self._backend_event(b.id, b.state, f"set to {b.state} by operator")
+                if b.state == "draining":
+                    self._arm_drain_timer(b.id, config.drain_timeout)
+                    if not self.connections.get(b.id):
+                        self._backend_event(b.id, "draining", "drained: no connections left", drained=True)
+        log.info("config version {version} in force", version=config.version)
+        self.events.publish("config", {"version": config.version, "config": config.to_json()})
+
+    def close_connections(self, backend_id: str, why: str) -> int:
+        """
+        Close every connection to a backend now.
+
+        @return: how many were closed.
+        """
+        conns = tuple(self.connections.get(backend_id, ()))
+        for conn in conns:
+            conn.abort(why)
+        return len(conns)
+
+    def _arm_drain_timer(self, backend_id: str, timeout: float | None) -> None:
+        old = self._drain_timers.pop(backend_id, None)
+        if old is not None and old.active():
+            old.cancel()
+        if timeout:
+            self._drain_timers[backend_id] = self._reactor.callLater(
+                timeout, self._drain_timeout, backend_id
+            )
+
+    def _drain_timeout(self, backend_id: str) -> None:
+        self._drain_timers.pop(backend_id, None)
+        draining = backend_id in self.removing or (
+            (b := self.config.backend(backend_id)) is not None and b.state == "draining"
+        )
+        if draining:
+            n = self.close_connections(backend_id, "drain-timeout")
+            if n:
+                log.info("drain timeout: closed {n} connections to {backend}", n=n, backend=backend_id)
+
+    def _removed(self, backend_id: str, why: str) -> None:
+        self.removing.pop(backend_id, None)
+        self.connections.pop(backend_id, None)
+        timer = self._drain_timers.pop(backend_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.pool.forget([backend_id])
+        self._backend_event(backend_id, "removed", why)
+
+    def _end_ejections(self) -> None:
+        now = self._reactor.seconds()
+        for bid in self.pool.end_ejections(now):
+            self._ejection_timers.pop(bid, None)
+            self._backend_event(bid, "up", "ejection period over")
+
+    def health_result(self, backend_id: str, ok: bool, reason: str) -> None:
+        """
+        Take one active health check result (see L{lbproxy.pool.Pool.check_result}).
+        """
+        change = self.pool.check_result(backend_id, ok, reason, self._reactor.seconds())
+        if change is not None:
+            self._backend_event(backend_id, change, reason)
+
+    def _backend_event(self, backend_id: str, state: str, reason: str, **extra: Any) -> None:
+        log.info("backend {backend} is {state}: {reason}", backend=backend_id, state=state, reason=reason)
+        data = {"id": backend_id, "state": state, "reason": reason, "time": self._reactor.seconds()}
+        data.update(extra)
+        self.events.publish("backend", data)

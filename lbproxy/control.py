@@ -1,0 +1,84 @@
+"""
+The path of a config change: validate, make durable, then apply.
+
+A change is a pure function from the current L{Config} to the next.  Changes
+run one at a time (a L{DeferredLock} on the control path, never on the data
+path), each against the config in force when its turn comes, so two editors
+can never leave the pool in a state neither asked for.  The balancer swaps
+the new config in only after the store says it is durable: if the write
+fails, nothing changes in memory either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from lbproxy.balancer import Balancer
+from lbproxy.config import Config, StoreError, VersionConflict
+from lbproxy.interfaces import IConfigStore
+
+log = Logger()
+
+Mutation = Callable[[Config], "tuple[Config, Any]"]
+
+
+class ConfigController:
+    """
+    @ivar balancer: the L{Balancer} that applies changes.
+    @ivar store: the L{IConfigStore} that makes them durable.
+    """
+
+    def __init__(self, balancer: Balancer, store: IConfigStore) -> None:
+        self.balancer = balancer
+        self.store = store
+        self._lock = defer.DeferredLock()
+        self._unwatch = store.watch(self._changed_elsewhere)
+
+    @property
+    def config(self) -> Config:
+        return self.balancer.config
+
+    def change(self, mutate: Mutation, expected_version: int | None = None) -> defer.Deferred:
+        """
+        Apply C{mutate} to the current config, durably.
+
+        @param mutate: C{config -> (new_config, result)}; may raise
+            L{lbproxy.config.ConfigError} or C{KeyError} to refuse.
+        @param expected_version: if given, refuse with L{VersionConflict}
+            unless this is still the current version (C{If-Match}).
+        @return: a Deferred firing with C{(new_config, result)}.
+        """
+        return self._lock.run(self._change, mutate, expected_version)
+
+    @defer.inlineCallbacks
+    def _change(self, mutate: Mutation, expected_version: int | None) -> Any:
+        current = self.balancer.config
+        if expected_version is not None and expected_version != current.version:
+            raise VersionConflict(expected_version, current.version)
+        new, result = mutate(current)
+        strategy = self.balancer.check(new)
+        try:
+            yield self.store.save(new, current.version)
+        except VersionConflict:
+            raise
+        except StoreError:
+            raise
+        except Exception as e:
+            log.failure("config store failed to save version {version}", version=new.version)
+            raise StoreError(f"the config store could not save the change: {e}") from e
+        self.balancer.apply(new, strategy)
+        return (new, result)
+
+    def _changed_elsewhere(self, config: Config) -> None:
+        self._lock.run(self._adopt, config)
+
+    def _adopt(self, config: Config) -> None:
+        if config.version <= self.balancer.config.version:
+            return
+        try:
+            self.balancer.apply(config)
+        except Exception:
+            log.failure("cannot apply config version {version} from the store", version=config.version)

@@ -1,0 +1,164 @@
+"""
+The interfaces of lbproxy: what each part promises the others.
+
+Read this module first.  A connection's path is: a relay engine accepts it,
+asks the L{IBalancer} to admit and route it, connects, relays bytes and
+reports back.  A config change's path is: the admin API validates it into a
+new L{lbproxy.config.Config}, an L{IConfigStore} makes it durable, and the
+balancer swaps it in.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IStrategy(Interface):
+    """
+    A load-balancing policy: picks one backend for a new client connection.
+
+    A strategy does no I/O.  It is called on the reactor thread for every
+    accepted connection, so it must be cheap and must never block.
+    """
+
+    name = Attribute("The name of the plugin that built this strategy.")
+
+    def choose(candidates, client):
+        """
+        Pick a backend for C{client}.
+
+        @param candidates: a non-empty tuple of L{lbproxy.pool.Candidate}, each
+            with C{.id}, C{.host}, C{.port}, C{.weight} (the effective
+            weight, which slow start may lower) and C{.stats} (live counters:
+            C{active}, C{total}, C{failures}, C{connect_ewma},
+            C{response_ewma}).  The same tuple object is passed again until
+            the pool or its health changes, so a strategy may cache work
+            keyed on it.
+        @param client: the client's C{(host, port)}.
+
+        @return: one element of C{candidates}.
+        """
+
+
+class IStrategyFactory(Interface):
+    """
+    A strategy plugin, found by L{twisted.plugin.getPlugins}.
+
+    Third parties provide one by dropping a module into a C{twisted/plugins/}
+    directory on C{sys.path}; the module binds an object providing both this
+    interface and L{twisted.plugin.IPlugin}.
+    """
+
+    name = Attribute("Unique name used on the command line and the API.")
+    description = Attribute("One line saying what the strategy does.")
+    options_schema = Attribute("A JSON Schema (dict) for the options object.")
+
+    def build(options):
+        """
+        Make a strategy.
+
+        @param options: a dict already valid against C{options_schema}.
+        @return: an L{IStrategy} provider.
+        @raise ValueError: for options the schema cannot express as invalid.
+        """
+
+
+class IBalancer(Interface):
+    """
+    The policy core that relay engines call for every connection.
+
+    It owns the current config snapshot, the active strategy, per-backend
+    counters and the routing event ring.  All calls happen on the reactor
+    thread.
+    """
+
+    settings = Attribute("The L{lbproxy.config.ProxySettings} in force.")
+
+    def admit():
+        """
+        @return: C{True} if one more client connection may be accepted; a
+            refusal is counted.
+        """
+
+    def route(client, exclude):
+        """
+        Choose a backend for a client connection.
+
+        @param client: the client's C{(host, port)}.
+        @param exclude: ids of backends already tried for this connection.
+        @return: a L{lbproxy.pool.Candidate} or C{None} if no backend is
+            available.
+        """
+
+    def connection_opened(candidate, connection, latency):
+        """
+        A backend connection is up.
+
+        @param connection: an L{IRelayedConnection}, so that a forced removal
+            can close it.
+        @param latency: seconds the connect took.
+        """
+
+    def connect_failed(candidate, reason):
+        """
+        A backend connection attempt failed (refused, timed out, ...).
+        """
+
+    def connection_closed(candidate, connection, record):
+        """
+        A relayed connection ended.
+
+        @param record: an L{lbproxy.pool.AccessRecord} for the access log.
+        """
+
+    def client_failed(record):
+        """
+        A client connection ended without ever reaching a backend.
+        """
+
+
+class IRelayedConnection(Interface):
+    """
+    One client connection relayed to one backend, as the balancer sees it.
+    The engine counts bytes on the connection itself (one integer add per
+    chunk); the balancer reads the counters when it needs them.
+    """
+
+    bytes_up = Attribute("Bytes relayed from the client to the backend.")
+    bytes_down = Attribute("Bytes relayed from the backend to the client.")
+    idle_mark = Attribute("Balancer-owned: byte count at the last idle sweep.")
+    idle_since = Attribute("Balancer-owned: when the byte count last moved.")
+
+    def abort(why):
+        """
+        Close both sides now (forced removal, drain or idle timeout).
+
+        @param why: the outcome to record in the access log.
+        """
+
+
+class IConfigStore(Interface):
+    """
+    Durable storage for the one config document.
+    """
+
+    def load():
+        """
+        @return: a Deferred firing with the stored L{lbproxy.config.Config},
+            or C{None} if the store is empty.
+        """
+
+    def save(config, expected_version):
+        """
+        Store C{config} if the stored version is still C{expected_version}.
+
+        @return: a Deferred that fires once the write is durable, or fails
+            with L{lbproxy.config.VersionConflict} or
+            L{lbproxy.config.StoreError}.
+        """
+
+    def watch(callback):
+        """
+        Call C{callback(config)} for every change made by someone else (a
+        different node or worker).
+
+        @return: a callable that stops the watch.
+        """

@@ -1,0 +1,3 @@
+"""
+Config stores: where the config document is made durable.
+"""

@@ -1,0 +1,1 @@
+"""The admin web app: JSON API, event feed, metrics and the UI."""

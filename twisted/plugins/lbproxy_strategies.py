@@ -1,0 +1,21 @@
+from lbproxy.strategies.builtin import (
+    firstAvailable,
+    leastConnections,
+    leastResponseTime,
+    powerOfTwo,
+    random,
+    roundRobin,
+    sourceHash,
+    weightedRoundRobin,
+)
+
+__all__ = [
+    "firstAvailable",
+    "leastConnections",
+    "leastResponseTime",
+    "powerOfTwo",
+    "random",
+    "roundRobin",
+    "sourceHash",
+    "weightedRoundRobin",
+]

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+lbproxy = ServiceMaker(
+    "lbproxy",
+    "lbproxy.tap",
+    "A TCP load balancer with a live admin API and UI.",
+    "lbproxy",
+)
