@@ -136,28 +136,43 @@ class _BalancerService(Service):
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
-    Build lbproxy's service tree: the proxy listener, the admin site and
-    housekeeping, under one L{MultiService}.
+    Build lbproxy's service tree under one L{MultiService}: housekeeping,
+    the proxy listener, the admin site, health checks.
     """
     if reactor is None:
         from twisted.internet import reactor
     from lbproxy.balancer import Balancer
     from lbproxy.control import ConfigController
-    from lbproxy.proxy import ProxyFactory
     from lbproxy.store.memory import MemoryStore
 
+    # -- config store and initial config (durable store: lbproxy/store/)
     config = options["seed"]
     store = MemoryStore(config)
+
+    # -- the policy core
     balancer = Balancer(config, options["factories"], options["settings"], reactor=reactor)
     controller = ConfigController(balancer, store)
-
     top = MultiService()
+    top.balancer = balancer
+    top.controller = controller
     _BalancerService(balancer).setServiceParent(top)
-    proxy = StreamServerEndpointService(
+
+    # -- the proxy listener (relay engines: lbproxy/proxy.py)
+    _proxy_service(options, balancer, reactor).setServiceParent(top)
+
+    # -- the admin site (lbproxy/web/)
+
+    # -- active health checks (lbproxy/health.py)
+
+    return top
+
+
+def _proxy_service(options: Options, balancer: Any, reactor: Any) -> Service:
+    from lbproxy.proxy import ProxyFactory
+
+    service = StreamServerEndpointService(
         serverFromString(reactor, options["listen"]), ProxyFactory(balancer, reactor)
     )
-    proxy._raiseSynchronously = True
-    proxy.setName("proxy")
-    proxy.setServiceParent(top)
-    top.controller = controller
-    return top
+    service._raiseSynchronously = True
+    service.setName("proxy")
+    return service
