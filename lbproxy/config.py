@@ -530,3 +530,23 @@ def replace_config(config: Config, new: Config) -> Config:
     Adopt an imported document as the next version of C{config}.
     """
     return replace(new, version=config.version + 1)
+
+
+SETTINGS_FIELDS = ("health_check", "outlier", "slow_start", "drain_timeout")
+
+
+def update_settings(config: Config, body: Any) -> Config:
+    """
+    Change the pool-wide settings (health check, outlier ejection, slow
+    start, drain timeout); fields not in C{body} keep their value.
+    """
+    obj = _expect_object(body, "body")
+    _unknown(obj, set(SETTINGS_FIELDS), "body")
+    merged = config.to_json()
+    merged.update(obj)
+    parsed = parse_config(merged)
+    return replace(
+        config,
+        version=config.version + 1,
+        **{name: getattr(parsed, name) for name in SETTINGS_FIELDS},
+    )
