@@ -136,7 +136,7 @@ class Balancer:
                     conn.idle_since = now
                 elif now - conn.idle_since >= timeout:
                     self.totals.idle_timeouts += 1
-                    conn.abort("idle-timeout")
+                    conn.close("idle-timeout")
 
     # The connection path (IBalancer) -------------------------------------
 

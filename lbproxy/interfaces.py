@@ -129,7 +129,15 @@ class IRelayedConnection(Interface):
 
     def abort(why):
         """
-        Close both sides now (forced removal, drain or idle timeout).
+        Reset both sides now (forced removal, drain timeout).
+
+        @param why: the outcome to record in the access log.
+        """
+
+    def close(why):
+        """
+        Close both sides cleanly (FIN, not RST): the idle timeout, where no
+        byte is in flight.
 
         @param why: the outcome to record in the access log.
         """

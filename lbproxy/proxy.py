@@ -245,6 +245,13 @@ class FrontendProtocol(_Side):
         if self.peer is not None and not self.peer._lost:
             self.peer.transport.abortConnection()
 
+    def close(self, why: str) -> None:
+        if self.outcome is None:
+            self.outcome = why
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        self._close_peer()
+
 
 def _clean_errors() -> tuple:
     from twisted.internet.error import ConnectionDone

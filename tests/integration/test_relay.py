@@ -1,0 +1,428 @@
+"""
+Behaviour of a relay engine over real loopback sockets.  Every engine in
+L{relay_harness.ENGINES} must pass every test here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections import Counter
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+
+from lbproxy.config import ProxySettings, remove_backend
+from tests.integration import relay_harness as h
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=sorted(h.ENGINES))
+def engine(request):
+    """Each relay engine in turn."""
+    return request.param
+
+
+@pytest.fixture
+def cleanup():
+    """Stop listeners and the balancer's ticker after the test."""
+    stops = []
+    yield stops.append
+    for stop in reversed(stops):
+        pytest_twisted.blockon(task.deferLater(reactor, 0, lambda: None))
+        result = stop()
+        if result is not None and hasattr(result, "addCallback"):
+            pytest_twisted.blockon(result)
+
+
+def start(engine, balancer, cleanup):
+    port, stop = h.ENGINES[engine](balancer, reactor)
+    cleanup(stop)
+    balancer.start(interval=0.05)
+    cleanup(balancer.stop)
+    return port
+
+
+def backend(cleanup, proto, **attrs):
+    port = h.serve(reactor, proto, **attrs)
+    cleanup(port.stopListening)
+    return port
+
+
+@pytest_twisted.inlineCallbacks
+def until(predicate, timeout=10.0, step=0.02):
+    """Wait (without blocking the reactor) until C{predicate()} is true."""
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        yield task.deferLater(reactor, step, lambda: None)
+        waited += step
+
+
+@pytest_twisted.inlineCallbacks
+def test_10mib_arrives_identical(engine, factories, cleanup):
+    """A 10 MiB payload through the proxy and back is byte-identical, and
+    the backend's counters add up the bytes each way."""
+    echo = backend(cleanup, h.Echo)
+    balancer = h.make_balancer(reactor, factories, [echo.getHost().port])
+    port = start(engine, balancer, cleanup)
+    payload = os.urandom(10 * 1024 * 1024)
+
+    def run():
+        s = h.client(port)
+        sender = __import__("threading").Thread(target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR)))
+        sender.start()
+        data = h.read_all(s)
+        sender.join()
+        s.close()
+        return data
+
+    data = yield deferToThread(run)
+    assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
+    yield until(lambda: balancer.totals.active == 0)
+    stats = balancer.pool.stats["b1"]
+    assert (stats.bytes_up, stats.bytes_down) == (len(payload), len(payload))
+    assert stats.total == 1 and stats.active == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_half_close_still_gets_response(engine, factories, cleanup):
+    """A client that shuts down its write side still receives the backend's
+    full response, sent only after the backend saw the EOF."""
+    counter = backend(cleanup, h.CountUntilEOF)
+    balancer = h.make_balancer(reactor, factories, [counter.getHost().port])
+    port = start(engine, balancer, cleanup)
+
+    def run():
+        s = h.client(port)
+        s.sendall(b"x" * 100_000)
+        s.shutdown(socket.SHUT_WR)
+        data = h.read_all(s)
+        s.close()
+        return data
+
+    data = yield deferToThread(run)
+    assert data == b"got 100000\n"
+
+
+@pytest_twisted.inlineCallbacks
+def test_backend_half_close_client_can_still_send(engine, factories, cleanup):
+    """After the backend shuts down its write side, the client sees EOF yet
+    can still send, and the backend receives it."""
+    server = backend(cleanup, h.SpeakThenHalfClose, received=[])
+    balancer = h.make_balancer(reactor, factories, [server.getHost().port])
+    port = start(engine, balancer, cleanup)
+
+    def run():
+        s = h.client(port)
+        greeting = h.read_all(s)
+        s.sendall(b"late words")
+        s.shutdown(socket.SHUT_WR)
+        rest = h.read_all(s)
+        s.close()
+        return greeting, rest
+
+    greeting, rest = yield deferToThread(run)
+    assert greeting == b"bye from server\n" and rest == b""
+    yield until(lambda: b"".join(server.factory.received) == b"late words")
+
+
+@pytest_twisted.inlineCallbacks
+def test_dead_backend_costs_only_a_retry(engine, factories, cleanup):
+    """With a refused backend in the pool every client still gets served;
+    each refused connect is counted against the dead backend."""
+    live = backend(cleanup, h.Named, name="live")
+    balancer = h.make_balancer(reactor, factories, [h.dead_port(), live.getHost().port])
+    port = start(engine, balancer, cleanup)
+
+    def run():
+        names = []
+        for _ in range(10):
+            s = h.client(port)
+            names.append(h.read_line(s))
+            s.close()
+        return names
+
+    names = yield deferToThread(run)
+    assert names == [b"live\n"] * 10
+    assert balancer.pool.stats["b1"].failures >= 1
+    assert balancer.totals.connect_failures == balancer.pool.stats["b1"].failures
+    assert balancer.totals.retries == balancer.totals.connect_failures
+
+
+@pytest_twisted.inlineCallbacks
+def test_all_backends_dead_closes_client_after_retries(engine, factories, cleanup):
+    """When every try fails the client is closed, after at most 1 + retries
+    attempts."""
+    balancer = h.make_balancer(
+        reactor, factories, [h.dead_port(), h.dead_port(), h.dead_port()],
+        settings=ProxySettings(retries=1),
+    )
+    port = start(engine, balancer, cleanup)
+
+    def run():
+        s = h.client(port)
+        try:
+            return h.read_all(s)
+        except ConnectionResetError:
+            return b""
+        finally:
+            s.close()
+
+    data = yield deferToThread(run)
+    assert data == b""
+    yield until(lambda: balancer.totals.active == 0)
+    assert balancer.totals.connect_failures == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_200_concurrent_clients_split_as_strategy_says(engine, factories, cleanup):
+    """200 clients held open at once over 3 backends: round-robin gives each
+    backend a third; weighted round-robin follows weights 1:2:3."""
+    servers = [backend(cleanup, h.Named, name=f"s{i}") for i in range(3)]
+    ports = [s.getHost().port for s in servers]
+
+    def run(port):
+        socks = [h.client(port) for _ in range(200)]
+        names = Counter(h.read_line(s).strip().decode() for s in socks)
+        for s in socks:
+            s.close()
+        return names
+
+    rr = h.make_balancer(reactor, factories, ports)
+    port = start(engine, rr, cleanup)
+    names = yield deferToThread(run, port)
+    assert sorted(names.values()) == [66, 67, 67]
+    yield until(lambda: rr.totals.active == 0)
+
+    wrr = h.make_balancer(reactor, factories, ports, strategy="weighted-round-robin", weights=[1, 2, 3])
+    port = start(engine, wrr, cleanup)
+    names = yield deferToThread(run, port)
+    for name, share in zip(("s0", "s1", "s2"), (1, 2, 3)):
+        assert abs(names[name] - 200 * share / 6) <= 1, names
+
+
+@pytest_twisted.inlineCallbacks
+def test_connection_limit_closes_extra_clients(engine, factories, cleanup):
+    """Over max-connections a new client is closed at once and counted;
+    the clients within the limit keep working."""
+    echo = backend(cleanup, h.Echo)
+    balancer = h.make_balancer(
+        reactor, factories, [echo.getHost().port], settings=ProxySettings(max_connections=2)
+    )
+    port = start(engine, balancer, cleanup)
+
+    def run():
+        a, b = h.client(port), h.client(port)
+        for s in (a, b):
+            s.sendall(b"ping")
+            assert s.recv(4) == b"ping"
+        c = h.client(port)
+        try:
+            extra = h.read_all(c)
+        except ConnectionResetError:
+            extra = b""
+        a.sendall(b"still")
+        ok = a.recv(5)
+        for s in (a, b, c):
+            s.close()
+        return extra, ok
+
+    extra, ok = yield deferToThread(run)
+    assert extra == b"" and ok == b"still"
+    assert balancer.totals.rejected == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_idle_connection_is_closed(engine, factories, cleanup):
+    """A connection where neither side sends is closed after the idle
+    timeout, with the outcome in the access log; a busy one is not."""
+    echo = backend(cleanup, h.Echo)
+    balancer = h.make_balancer(
+        reactor, factories, [echo.getHost().port], settings=ProxySettings(idle_timeout=0.3)
+    )
+    port = start(engine, balancer, cleanup)
+    records = []
+
+    def observe(event):
+        if event.get("log_namespace") == "lbproxy.access":
+            records.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    cleanup(lambda: globalLogPublisher.removeObserver(observe))
+
+    def run():
+        s = h.client(port)
+        s.sendall(b"hi")
+        assert s.recv(2) == b"hi"
+        data = h.read_all(s)
+        s.close()
+        return data
+
+    data = yield deferToThread(run)
+    assert data == b""
+    yield until(lambda: records)
+    assert records[0]["outcome"] == "idle-timeout"
+    assert balancer.totals.idle_timeouts == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_access_log_one_line_per_connection(engine, factories, cleanup):
+    """Each finished connection gives exactly one access-log event with the
+    client, backend, bytes each way and outcome."""
+    echo = backend(cleanup, h.Echo)
+    balancer = h.make_balancer(reactor, factories, [echo.getHost().port])
+    port = start(engine, balancer, cleanup)
+    records = []
+
+    def observe(event):
+        if event.get("log_namespace") == "lbproxy.access":
+            records.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    cleanup(lambda: globalLogPublisher.removeObserver(observe))
+
+    def run():
+        for n in (10, 2000):
+            s = h.client(port)
+            s.sendall(b"a" * n)
+            got = 0
+            while got < n:
+                got += len(s.recv(65536))
+            s.close()
+
+    yield deferToThread(run)
+    yield until(lambda: len(records) == 2)
+    assert [(r["backend"], r["bytes_up"], r["bytes_down"], r["outcome"]) for r in records] == [
+        ("b1", 10, 10, "ok"), ("b1", 2000, 2000, "ok"),
+    ]
+
+
+@pytest_twisted.inlineCallbacks
+def test_backpressure_bounds_buffering(engine, factories, cleanup):
+    """While the backend does not read, the proxy stops reading from the
+    client: the client can push only a bounded amount (socket buffers plus a
+    bounded relay buffer), and once the backend reads, every byte arrives."""
+    server = backend(cleanup, h.Paused, instances=[], digest=hashlib.sha256())
+    balancer = h.make_balancer(reactor, factories, [server.getHost().port])
+    port = start(engine, balancer, cleanup)
+    s = h.client(port)
+    cleanup(s.close)
+    s.setblocking(False)
+    chunk = os.urandom(64 * 1024)
+    sent = hashlib.sha256()
+    total = 0
+    quiet = 0
+    while quiet < 10 and total < 256 * 1024 * 1024:
+        progressed = False
+        while True:
+            try:
+                n = s.send(chunk)
+            except BlockingIOError:
+                break
+            sent.update(chunk[:n])
+            total += n
+            progressed = True
+            if n < len(chunk):
+                chunk = chunk[n:] + chunk[:n]
+                break
+        quiet = 0 if progressed else quiet + 1
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    assert total < 64 * 1024 * 1024, f"{total} bytes accepted while the backend did not read"
+    yield until(lambda: server.factory.instances)
+    server.factory.instances[0].transport.resumeProducing()
+    s.setblocking(True)
+    s.shutdown(socket.SHUT_WR)
+    yield until(lambda: server.factory.instances[0].count == total)
+    assert server.factory.digest.digest() == sent.digest()
+
+
+@pytest_twisted.inlineCallbacks
+def test_removed_backend_drains(engine, factories, cleanup):
+    """Removing a backend from the config stops new connections to it at
+    once; its open connection keeps working; when that ends the backend is
+    gone with a 'removed' event."""
+    a = backend(cleanup, h.Named, name="a")
+    b = backend(cleanup, h.Named, name="b")
+    balancer = h.make_balancer(reactor, factories, [a.getHost().port, b.getHost().port])
+    port = start(engine, balancer, cleanup)
+    events = []
+    cleanup(balancer.events.subscribe(events.append))
+
+    s1 = yield deferToThread(h.client, port)
+    first = yield deferToThread(h.read_line, s1)
+    assert first == b"a\n"
+    balancer.apply(remove_backend(balancer.config, "b1"))
+    assert "b1" in balancer.removing
+
+    def more():
+        out = []
+        for _ in range(4):
+            s = h.client(port)
+            out.append(h.read_line(s))
+            s.close()
+        s1.sendall(b"still here")
+        echoed = s1.recv(10)
+        s1.close()
+        return out, echoed
+
+    names, echoed = yield deferToThread(more)
+    assert names == [b"b\n"] * 4 and echoed == b"still here"
+    yield until(lambda: "b1" not in balancer.removing)
+    states = [(e.data["id"], e.data["state"]) for e in events if e.type == "backend"]
+    assert states == [("b1", "removing"), ("b1", "removed")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_proxy_protocol_header_sent_first(engine, factories, cleanup):
+    """A backend flagged for PROXY protocol v1 gets the client's real
+    address in a header before the first client byte."""
+    server = backend(cleanup, h.Paused, instances=[], digest=hashlib.sha256())
+    balancer = h.make_balancer(
+        reactor, factories, [server.getHost().port], proxy_protocol="v1"
+    )
+    port = start(engine, balancer, cleanup)
+    seen = []
+
+    class Recorder(h.Paused):
+        pass
+
+    s = yield deferToThread(h.client, port)
+    cleanup(s.close)
+    yield deferToThread(s.sendall, b"hello")
+    yield until(lambda: server.factory.instances)
+    inst = server.factory.instances[0]
+    original = inst.dataReceived
+    inst.dataReceived = lambda data: (seen.append(data), original(data))
+    inst.transport.resumeProducing()
+    yield until(lambda: b"hello" in b"".join(seen))
+    host, cport = s.getsockname()
+    expected = f"PROXY TCP4 {host} 127.0.0.1 {cport} {port}\r\n".encode() + b"hello"
+    assert b"".join(seen) == expected
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_backend_closes_client_at_once(engine, factories, cleanup):
+    """With no usable backend (all disabled) a client is closed at once and
+    counted as no_backend."""
+    balancer = h.make_balancer(reactor, factories, [h.dead_port()], state="disabled")
+    port = start(engine, balancer, cleanup)
+
+    def run():
+        s = h.client(port)
+        try:
+            return h.read_all(s)
+        except ConnectionResetError:
+            return b""
+        finally:
+            s.close()
+
+    data = yield deferToThread(run)
+    assert data == b""
+    yield until(lambda: balancer.totals.no_backend == 1 and balancer.totals.active == 0)
