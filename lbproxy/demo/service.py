@@ -1,0 +1,311 @@
+"""
+The demo beside lbproxy: start the demo backends before the pool is built
+(so their ports are known), seed the pool with them, and run the simulated
+users once the proxy listens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from lbproxy.config import Backend, Config, HealthCheck, Outlier
+from lbproxy.demo.backend import DemoBackend
+from lbproxy.demo.users import UserPopulation
+
+log = Logger()
+
+#: Name and response delay (seconds) of each demo backend, in order.
+#: Different delays make least-response-time visibly differ from
+#: round-robin.
+DEMO_BACKENDS = (("alpha", 0.02), ("bravo", 0.05), ("charlie", 0.25))
+#: Longest response delay the demo API accepts.
+MAX_DELAY = 10.0
+
+#: Fast checks so an offline backend turns red within a second or two.
+DEMO_HEALTH_CHECK = HealthCheck(type="http", interval=0.5, timeout=0.4, rise=2, fall=2, path="/health")
+DEMO_OUTLIER = Outlier(consecutive_failures=3, base_ejection=2.0, max_ejection=10.0, max_ejection_percent=67)
+
+
+class DemoError(Exception):
+    """
+    The demo cannot start (a port is taken) or a demo request is invalid.
+    """
+
+
+class Demo:
+    """
+    The demo's moving parts: named backends and the user population.
+
+    @ivar backends: L{DemoBackend}s by name, in start order.
+    @ivar users: the L{UserPopulation}, once the proxy listens.
+    """
+
+    def __init__(self, ports: list[int], users: int = 20, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if len(ports) > len(DEMO_BACKENDS):
+            raise DemoError(f"the demo has at most {len(DEMO_BACKENDS)} backends")
+        self.reactor = reactor
+        self.initial_users = users
+        self.backends: dict[str, DemoBackend] = {}
+        for (name, delay), port in zip(DEMO_BACKENDS, ports):
+            self.backends[name] = DemoBackend(name, port, delay, reactor=reactor)
+        self.users: UserPopulation | None = None
+        self.on_change: Callable[[], None] = lambda: None
+
+    def listen(self) -> None:
+        """
+        Open every backend's listener now.
+
+        @raise DemoError: naming the backend and port that is taken.
+        """
+        for backend in self.backends.values():
+            try:
+                backend.go_online()
+            except CannotListenError as e:
+                self.close()
+                raise DemoError(
+                    f"demo backend {backend.name}: cannot listen on 127.0.0.1:{backend.port} "
+                    f"({e.socketError})"
+                ) from None
+
+    def close(self) -> defer.Deferred:
+        return defer.gatherResults(
+            [b.go_offline() for b in self.backends.values()], consumeErrors=True
+        )
+
+    def seed(self, config: Config) -> Config:
+        """
+        The pool to start with: the demo backends (plus any given on the
+        command line), fast health checks, short ejections.
+        """
+        demo = tuple(
+            Backend(id=b.name, host=b.interface, port=b.port, weight=1)
+            for b in self.backends.values()
+        )
+        return replace(
+            config,
+            backends=demo + config.backends,
+            health_check=config.health_check or DEMO_HEALTH_CHECK,
+            outlier=DEMO_OUTLIER,
+        )
+
+    def start_users(self, host: str, port: int) -> None:
+        self.users = UserPopulation(
+            host, port, self.initial_users, reactor=self.reactor, on_change=self._changed
+        )
+        self.users.start()
+
+    def _changed(self) -> None:
+        self.on_change()
+
+    def set_backend(self, name: str, body: Any) -> defer.Deferred:
+        """
+        Change a demo backend: C{{"online": bool, "delay": seconds}}, either
+        or both.
+
+        @raise KeyError: for an unknown name.
+        @raise DemoError: for an invalid body; nothing is changed then.
+        """
+        backend = self.backends[name]
+        if not isinstance(body, dict) or not body:
+            raise DemoError('body must be a JSON object with "online" and/or "delay"')
+        extra = sorted(set(body) - {"online", "delay"})
+        if extra:
+            raise DemoError(f"unknown field(s) {', '.join(map(repr, extra))}; use online, delay")
+        online = body.get("online")
+        if "online" in body and not isinstance(online, bool):
+            raise DemoError(f"online must be true or false, not {online!r}")
+        delay = body.get("delay")
+        if "delay" in body:
+            if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= MAX_DELAY:
+                raise DemoError(f"delay must be a number of seconds from 0 to {MAX_DELAY:g}, not {delay!r}")
+            backend.delay = float(delay)
+        d: defer.Deferred = defer.succeed(None)
+        if online is True and not backend.online:
+            try:
+                backend.go_online()
+            except CannotListenError as e:
+                raise DemoError(f"cannot reopen port {backend.port}: {e.socketError}") from None
+            log.info("demo backend {name} is online on port {port}", name=name, port=backend.port)
+        elif online is False and backend.online:
+            d = backend.go_offline()
+            log.info("demo backend {name} is offline: port {port} closed", name=name, port=backend.port)
+        self.on_change()
+        return d.addCallback(lambda _: backend.to_json())
+
+    def set_users(self, body: Any) -> dict[str, Any]:
+        """
+        @raise DemoError: unless the body is C{{"count": N}} with N in range.
+        """
+        if not isinstance(body, dict) or set(body) != {"count"}:
+            raise DemoError('body must be {"count": N}')
+        if self.users is None:
+            raise DemoError("the simulated users have not started yet")
+        try:
+            self.users.set_count(body["count"])
+        except ValueError as e:
+            raise DemoError(str(e)) from None
+        return self.users.to_json()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backends": [b.to_json() for b in self.backends.values()],
+            "users": self.users.to_json() if self.users else None,
+            "max_delay": MAX_DELAY,
+        }
+
+    def event(self) -> dict[str, Any]:
+        """
+        The demo's state for the live feed, compact: users as
+        C{[id, online, status, backend]}.
+        """
+        data = self.to_json()
+        users = data["users"]
+        if users is not None:
+            users["users"] = [
+                [u["id"], u["online"], u["status"], u["backend"]] for u in users["users"]
+            ]
+        return data
+
+
+class DemoService(Service):
+    """
+    Runs the demo while lbproxy runs: users start once the proxy listens,
+    the demo's state goes out on the event feed twice a second, and on stop
+    users and backends go away.
+    """
+
+    def __init__(
+        self, demo: Demo, events: Any, proxy_port: Callable[[], defer.Deferred],
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.demo = demo
+        self.events = events
+        self._proxy_port = proxy_port
+        self._reactor = reactor
+        self._ticker: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._proxy_port().addCallback(self._proxy_listening).addErrback(
+            lambda f: log.failure("demo users cannot start", f)
+        )
+        self._ticker = LoopingCall(self.publish)
+        self._ticker.clock = self._reactor
+        self._ticker.start(0.5, now=False)
+
+    def _proxy_listening(self, port: Any) -> None:
+        if not self.running:
+            return
+        address = port.getHost()
+        host = address.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        self.demo.start_users(host, address.port)
+
+    def publish(self) -> None:
+        self.events.publish("demo", self.demo.event())
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self.demo.users is not None:
+            self.demo.users.stop()
+        return self.demo.close()
+
+
+# Wiring into twistd (called from lbproxy.tap) ---------------------------
+
+
+def check_demo_options(options: Any) -> None:
+    """
+    Check C{--demo-users} and C{--demo-ports}; store them parsed as
+    C{options["demo-users"]} (int) and C{options["demo-ports"]} (list).
+
+    @raise twisted.python.usage.UsageError: for bad values.
+    """
+    from twisted.python import usage
+
+    from lbproxy.demo.users import MAX_USERS
+
+    users = options["demo-users"]
+    try:
+        n = int(users)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--demo-users must be a number, not {users!r}") from None
+    if not 0 <= n <= MAX_USERS:
+        raise usage.UsageError(f"--demo-users must be from 0 to {MAX_USERS}, not {n}")
+    options["demo-users"] = n
+    raw = options["demo-ports"]
+    if isinstance(raw, list):
+        return
+    ports = []
+    for part in str(raw).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) > 65535:
+            raise usage.UsageError(f"--demo-ports must be port numbers separated by commas, not {raw!r}")
+        ports.append(int(part))
+    if not 1 <= len(ports) <= len(DEMO_BACKENDS):
+        raise usage.UsageError(f"--demo-ports must list 1 to {len(DEMO_BACKENDS)} ports, not {len(ports)}")
+    fixed = [p for p in ports if p]
+    if len(set(fixed)) != len(fixed):
+        raise usage.UsageError(f"--demo-ports lists a port twice: {raw!r}")
+    options["demo-ports"] = ports
+
+
+def start_demo_backends(options: Any, reactor: Any) -> Demo:
+    """
+    Open the demo backends' listeners and put them into the seed config.
+
+    @raise SystemExit: naming the port, if one is taken.
+    """
+    if not isinstance(options["demo-ports"], list):
+        check_demo_options(options)
+    demo = Demo(options["demo-ports"], options["demo-users"], reactor=reactor)
+    try:
+        demo.listen()
+    except DemoError as e:
+        raise SystemExit(f"lbproxy: cannot start the demo: {e}") from None
+    options["seed"] = demo.seed(options["seed"])
+    # One log line per demo request would bury the UI's address.
+    options["settings"] = replace(options["settings"], access_log=False)
+    return demo
+
+
+def demo_service(demo: Demo, top: Any, reactor: Any) -> DemoService:
+    """
+    The service that runs the users against C{top}'s proxy listener and
+    publishes the demo's state on the balancer's event feed.
+    """
+    proxy = top.getServiceNamed("proxy")
+
+    def proxy_port() -> defer.Deferred:
+        waiting = getattr(proxy, "_waitingForPort", None)
+        if waiting is None:
+            return defer.fail(RuntimeError("the proxy listener has not started"))
+        d: defer.Deferred = defer.Deferred()
+
+        def got(port: Any) -> Any:
+            d.callback(port)
+            return port
+
+        waiting.addCallback(got)
+        return d
+
+    service = DemoService(demo, top.balancer.events, proxy_port, reactor)
+    service.setName("demo")
+    top.demo = demo
+    return service
