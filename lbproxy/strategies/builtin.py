@@ -239,12 +239,16 @@ class LeastResponseTime:
     def __init__(self, explore: int = 20) -> None:
         self._explore = explore
         self._next = 0
+        self._picks = 0
+        self._explored = 0
 
     def choose(self, candidates: Candidates, client: tuple[str, int]) -> Candidate:
         start = self._next % len(candidates)
         self._next = start + 1
-        if self._explore and self._next % self._explore == 0:
-            return candidates[start]
+        self._picks += 1
+        if self._explore and self._picks % self._explore == 0:
+            self._explored += 1
+            return candidates[self._explored % len(candidates)]
         best = candidates[start]
         best_score = float("inf")
         for c in _rotating(candidates, start):
