@@ -179,7 +179,6 @@ class Balancer:
         stats.active += 1
         stats.total += 1
         stats.observe_connect(latency)
-        stats.consecutive_failures = 0
         connection.idle_mark = 0
         connection.idle_since = self._reactor.seconds()
         group = self.connections.get(candidate.id)
@@ -190,13 +189,27 @@ class Balancer:
     def connect_failed(self, candidate: Candidate, reason: str) -> None:
         candidate.stats.failures += 1
         self.totals.connect_failures += 1
+        self._traffic_failed(candidate.id, f"connect failed: {reason}")
+
+    def connection_reset(self, candidate: Candidate, reason: str) -> None:
+        """
+        The backend reset a relayed connection (not lbproxy, not the
+        client): a failure for passive health, like a failed connect.
+        """
+        candidate.stats.failures += 1
+        self._traffic_failed(candidate.id, f"connection reset: {reason}")
+
+    def _traffic_failed(self, backend_id: str, reason: str) -> None:
         now = self._reactor.seconds()
-        until = self.pool.traffic_result(candidate.id, False, reason, now)
+        until = self.pool.traffic_result(backend_id, False, reason, now)
         if until is not None:
-            state = self.pool.health[candidate.id]
-            self._backend_event(candidate.id, "down", state.reason, ejected_until=until)
-            self._ejection_timers[candidate.id] = self._reactor.callLater(
-                until - now, self._end_ejections
+            state = self.pool.health[backend_id]
+            self._backend_event(backend_id, "down", state.reason, ejected_until=until)
+            old = self._ejection_timers.pop(backend_id, None)
+            if old is not None and old.active():
+                old.cancel()
+            self._ejection_timers[backend_id] = self._reactor.callLater(
+                until - now, self._end_ejections, backend_id
             )
 
     def observe_response(self, candidate: Candidate, seconds: float) -> None:
@@ -207,6 +220,8 @@ class Balancer:
         stats.active -= 1
         stats.bytes_up += record.bytes_up
         stats.bytes_down += record.bytes_down
+        if record.outcome == "ok":
+            stats.consecutive_failures = 0
         group = self.connections.get(candidate.id)
         if group is not None:
             group.discard(connection)
@@ -218,7 +233,7 @@ class Balancer:
             else:
                 backend = self.config.backend(bid)
                 if backend is not None and backend.state == "draining":
-                    self._backend_event(bid, "draining", "drained: no connections left", drained=True)
+                    self._backend_event(bid, "drained", "drained: no connections left")
 
     def client_failed(self, record: AccessRecord) -> None:
         self._finish(record)
@@ -307,12 +322,17 @@ class Balancer:
         now = self._reactor.seconds()
         old_ids = {b.id for b in old.backends}
         new_ids = {b.id for b in config.backends}
+        was_available = {
+            bid: h.available(now) for bid, h in self.pool.health.items() if bid in new_ids
+        }
         self.config = config
         self.strategy = strategy
         for bid in new_ids - old_ids:
             self.connections.setdefault(bid, set())
             self.removing.pop(bid, None)
         self.pool.update(config, now)
+        for bid, before in was_available.items():
+            self._health_changed(bid, before, self.pool.health[bid].reason)
         for bid in old_ids - new_ids:
             backend = old.backend(bid)
             if self.connections.get(bid):
@@ -328,7 +348,7 @@ class Balancer:
                 if b.state == "draining":
                     self._arm_drain_timer(b.id, config.drain_timeout)
                     if not self.connections.get(b.id):
-                        self._backend_event(b.id, "draining", "drained: no connections left", drained=True)
+                        self._backend_event(b.id, "drained", "drained: no connections left")
         log.info("config version {version} in force", version=config.version)
         self.events.publish("config", {"version": config.version, "config": config.to_json()})
 
@@ -365,25 +385,42 @@ class Balancer:
     def _removed(self, backend_id: str, why: str) -> None:
         self.removing.pop(backend_id, None)
         self.connections.pop(backend_id, None)
-        timer = self._drain_timers.pop(backend_id, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        for timers in (self._drain_timers, self._ejection_timers):
+            timer = timers.pop(backend_id, None)
+            if timer is not None and timer.active():
+                timer.cancel()
         self.pool.forget([backend_id])
         self._backend_event(backend_id, "removed", why)
 
-    def _end_ejections(self) -> None:
-        now = self._reactor.seconds()
-        for bid in self.pool.end_ejections(now):
-            self._ejection_timers.pop(bid, None)
-            self._backend_event(bid, "up", "ejection period over")
+    def _end_ejections(self, backend_id: str) -> None:
+        self._ejection_timers.pop(backend_id, None)
+        state = self.pool.health.get(backend_id)
+        if state is None:
+            return
+        before = state.available(self._reactor.seconds())
+        for bid in self.pool.end_ejections(self._reactor.seconds(), (backend_id,)):
+            self._health_changed(bid, before, state.reason)
 
     def health_result(self, backend_id: str, ok: bool, reason: str) -> None:
         """
         Take one active health check result (see L{lbproxy.pool.Pool.check_result}).
         """
-        change = self.pool.check_result(backend_id, ok, reason, self._reactor.seconds())
-        if change is not None:
-            self._backend_event(backend_id, change, reason)
+        state = self.pool.health.get(backend_id)
+        if state is None:
+            return
+        before = state.available(self._reactor.seconds())
+        if self.pool.check_result(backend_id, ok, reason, self._reactor.seconds()):
+            self._health_changed(backend_id, before, reason)
+
+    def _health_changed(self, backend_id: str, before: bool, reason: str) -> None:
+        """
+        Publish a change of health (C{up} or C{down}) if there was one.  A
+        check failing on an ejected backend changes nothing visible, so it
+        makes no event; its reason shows when the ejection ends.
+        """
+        state = self.pool.health.get(backend_id)
+        if state is not None and state.available(self._reactor.seconds()) != before:
+            self._backend_event(backend_id, "up" if not before else "down", reason)
 
     def _backend_event(self, backend_id: str, state: str, reason: str, **extra: Any) -> None:
         log.info("backend {backend} is {state}: {reason}", backend=backend_id, state=state, reason=reason)

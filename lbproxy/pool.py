@@ -109,7 +109,10 @@ class HealthState:
         "failures",
         "ejected_until",
         "ejections",
+        "ejection_ended",
         "ramp_start",
+        "proven",
+        "last_check",
     )
 
     def __init__(self, now: float, healthy: bool = True, reason: str = "new backend") -> None:
@@ -120,16 +123,30 @@ class HealthState:
         self.failures = 0
         self.ejected_until: float | None = None
         self.ejections = 0
+        self.ejection_ended: float | None = None
         self.ramp_start: float | None = None
+        self.proven = False
+        self.last_check: str | None = None
+
+    def ejected(self, now: float) -> bool:
+        return self.ejected_until is not None and self.ejected_until > now
+
+    def available(self, now: float) -> bool:
+        """
+        Whether health lets the backend take traffic: its checks pass and it
+        is not ejected.
+        """
+        return self.healthy and not self.ejected(now)
 
     def to_json(self, now: float) -> dict[str, object]:
         return {
             "healthy": self.healthy,
             "reason": self.reason,
             "since": self.since,
-            "ejected": self.ejected_until is not None and self.ejected_until > now,
+            "ejected": self.ejected(now),
             "ejected_until": self.ejected_until,
             "ejections": self.ejections,
+            "last_check": self.last_check,
         }
 
 
@@ -153,16 +170,35 @@ class Pool:
         """
         Adopt a new config.  Counters of backends that stay are kept; new
         backends start healthy (an active check may mark them down) and in
+        slow start.  A backend whose health check was taken away is healthy
+        again, since nothing could ever bring it back up otherwise; one that
+        an operator brings back from C{draining} or C{disabled} starts a new
         slow start.
         """
+        old = self.config
         self.config = config
         for b in config.backends:
             self.stats.setdefault(b.id, BackendStats())
-            if b.id not in self.health:
+            state = self.health.get(b.id)
+            if state is None:
                 state = HealthState(now)
                 if config.slow_start:
                     state.ramp_start = now
                 self.health[b.id] = state
+                continue
+            if config.check_for(b) is None:
+                state.successes = state.failures = 0
+                state.proven = False
+                state.last_check = None
+                if not state.healthy:
+                    state.healthy = True
+                    state.reason = "health check removed"
+                    state.since = now
+                    if config.slow_start:
+                        state.ramp_start = now
+            before = old.backend(b.id)
+            if before is not None and before.state != "up" and b.state == "up" and config.slow_start:
+                state.ramp_start = now
         live = {b.id for b in config.backends}
         for bid in list(self.health):
             if bid not in live:
@@ -194,10 +230,7 @@ class Pool:
         """
         if backend.state != "up":
             return backend.state
-        h = self.health[backend.id]
-        if not h.healthy or (h.ejected_until is not None and h.ejected_until > now):
-            return "down"
-        return "up"
+        return "up" if self.health[backend.id].available(now) else "down"
 
     def refresh(self, now: float) -> None:
         """
@@ -224,8 +257,10 @@ class Pool:
         """
         Record one active check result, HAProxy style: C{rise} successes in a
         row bring a down backend up, C{fall} failures bring an up one down.
+        As in HAProxy, a backend that has never passed a check goes down at
+        its first failure, so a dead new backend is not tried C{fall} times.
 
-        @return: C{"up"} or C{"down"} if the backend changed state, else
+        @return: C{"up"} or C{"down"} if the backend's health changed, else
             C{None}.
         """
         backend = self.config.backend(backend_id)
@@ -234,7 +269,9 @@ class Pool:
             return None
         check = self.config.check_for(backend)
         rise, fall = (check.rise, check.fall) if check else (1, 1)
+        state.last_check = reason
         if ok:
+            state.proven = True
             state.failures = 0
             state.successes += 1
             if not state.healthy and state.successes >= rise:
@@ -248,7 +285,7 @@ class Pool:
         else:
             state.successes = 0
             state.failures += 1
-            if state.healthy and state.failures >= fall:
+            if state.healthy and (state.failures >= fall or not state.proven):
                 state.healthy = False
                 state.reason = reason
                 state.since = now
@@ -259,10 +296,15 @@ class Pool:
 
     def traffic_result(self, backend_id: str, ok: bool, reason: str, now: float) -> float | None:
         """
-        Record the outcome of a connect from real traffic (passive check).
-        After the configured run of failures the backend is ejected, for a
-        period that grows with each ejection, unless that would eject more
-        than the allowed share of the pool.
+        Record the outcome of a connection from real traffic (passive
+        check): a failed connect or a reset is a failure, a connection that
+        ended cleanly a success.  After the configured run of failures the
+        backend is ejected, for C{base_ejection} times the number of its
+        ejections (at most C{max_ejection}), unless that would eject more
+        than the allowed share of the pool.  A backend that stayed in the
+        pool for C{max_ejection} seconds since its last ejection is forgiven:
+        its next ejection is short again.  One already down by its checks is
+        not ejected.
 
         @return: the ejection's end time if the backend was ejected now.
         """
@@ -277,15 +319,14 @@ class Pool:
         policy = self.config.outlier
         if policy is None or stats.consecutive_failures < policy.consecutive_failures:
             return None
-        if state.ejected_until is not None and state.ejected_until > now:
+        if state.ejected(now) or not state.healthy:
             return None
         total = len(self.config.backends)
-        ejected = sum(
-            1 for h in self.health.values()
-            if h.ejected_until is not None and h.ejected_until > now
-        )
+        ejected = sum(1 for h in self.health.values() if h.ejected(now))
         if total == 0 or (ejected + 1) * 100 > policy.max_ejection_percent * total:
             return None
+        if state.ejection_ended is not None and now - state.ejection_ended >= policy.max_ejection:
+            state.ejections = 0
         state.ejections += 1
         period = min(policy.base_ejection * state.ejections, policy.max_ejection)
         state.ejected_until = now + period
@@ -295,20 +336,28 @@ class Pool:
         self.refresh(now)
         return state.ejected_until
 
-    def end_ejections(self, now: float) -> list[str]:
+    def end_ejections(self, now: float, backend_ids: Iterable[str] | None = None) -> list[str]:
         """
         Return ejected backends whose period is over to the pool.
 
+        @param backend_ids: end these backends' ejections whatever the time
+            (their timer fired; its float arithmetic may land a hair early).
         @return: their ids.
         """
         back = []
         for bid, h in self.health.items():
-            if h.ejected_until is not None and h.ejected_until <= now:
+            if h.ejected_until is None:
+                continue
+            if h.ejected_until <= now or (backend_ids is not None and bid in backend_ids):
                 h.ejected_until = None
-                h.reason = "ejection period over"
+                h.ejection_ended = now
                 h.since = now
-                if self.config.slow_start:
-                    h.ramp_start = now
+                if h.healthy:
+                    h.reason = "ejection period over"
+                    if self.config.slow_start:
+                        h.ramp_start = now
+                else:
+                    h.reason = f"ejection period over; still failing checks: {h.last_check}"
                 back.append(bid)
         if back:
             self.refresh(now)

@@ -110,8 +110,12 @@ class BackendProtocol(_Side):
 
     def connectionLost(self, reason: Any) -> None:
         self._lost = True
+        frontend = self.frontend
         if not reason.check(*_CLEAN):
-            self.frontend.backend_outcome = "backend-reset"
+            frontend.backend_outcome = "backend-reset"
+            if frontend.outcome is None and frontend.candidate is not None:
+                # Not our abort nor the client's: passive health counts it.
+                frontend.balancer.connection_reset(frontend.candidate, _reason(reason))
         self._close_peer()
         self.frontend.side_lost()
 
