@@ -72,6 +72,12 @@ class ConfigController:
         self.balancer.apply(new, strategy)
         return (new, result)
 
+    def stop(self) -> None:
+        """
+        Stop watching the store for changes made by other processes.
+        """
+        self._unwatch()
+
     def _changed_elsewhere(self, config: Config) -> None:
         self._lock.run(self._adopt, config)
 

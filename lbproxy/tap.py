@@ -1,5 +1,13 @@
 """
 C{twistd lbproxy}: command-line options and the service tree.
+
+Command line and stored config: with C{--state-dir}, changes made through
+the API are stored there and survive restarts.  C{--backend} and
+C{--strategy} (with C{--strategy-options}) seed an empty store: they are the
+config until the first change, which stores them together with it.  Once the
+store holds a config, that config wins and those flags are ignored with a
+warning.  Without C{--state-dir} the config lives in memory only, and the log
+says so.
 """
 
 from __future__ import annotations
@@ -43,6 +51,18 @@ def _number(value: str, flag: str, cast: Any = float, low: float = 0) -> Any:
     return n
 
 
+def _state_dir(path: str) -> str:
+    import os
+
+    if not path:
+        raise usage.UsageError("--state-dir must name a directory")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise usage.UsageError(f"--state-dir {path!r} cannot be used: {e.strerror or e}") from None
+    return os.path.abspath(path)
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -55,14 +75,36 @@ class Options(usage.Options):
         ["admin", "a", "tcp:8081:interface=127.0.0.1", "Endpoint for the admin API and UI."],
         ["strategy", "s", None, "Strategy plugin name (default round-robin)."],
         ["strategy-options", None, None, "Strategy options as a JSON object."],
-        ["state-dir", "d", None, "Directory of the durable config store."],
+        ["state-dir", "d", None,
+         "Directory of the durable config store (created if missing).  An empty "
+         "store is seeded from --backend/--strategy; a stored config wins over "
+         "them (they are then ignored with a warning).  Without it, API changes "
+         "are lost on restart."],
         ["connect-timeout", None, "3", "Seconds to wait for a backend connect."],
         ["retries", None, "2", "Other backends to try after a failed connect."],
         ["idle-timeout", None, "300", "Close connections idle this many seconds (0: never)."],
         ["max-connections", None, "10000", "Client connections at once; more are closed."],
+        ["check", None, None, "Active health check of every backend: tcp, http or send-expect (default: none)."],
+        ["check-interval", None, None, "Seconds between two checks of a backend (default 2)."],
+        ["check-timeout", None, None, "Seconds a check may take, at most the interval (default 1)."],
+        ["rise", None, None, "Passed checks in a row that bring a down backend up (default 2)."],
+        ["fall", None, None, "Failed checks in a row that take an up backend down (default 3)."],
+        ["check-path", None, None, "HTTP check: the path to GET (default /)."],
+        ["check-status", None, None, "HTTP check: expected status or range (default 200-399)."],
+        ["check-send", None, None, "send-expect check: what to send (backslash escapes like \\r\\n)."],
+        ["check-expect", None, None, "send-expect check: what must appear in the answer."],
+        ["outlier-failures", None, None, "Connect failures or resets in a row from real traffic that eject a backend (default 5; 0: never)."],
+        ["outlier-ejection", None, None, "Seconds of a first ejection; each repeat adds as much (default 30)."],
+        ["outlier-max-ejection", None, None, "Longest ejection in seconds (default 300)."],
+        ["outlier-max-percent", None, None, "Never eject more than this percentage of the pool (default 50)."],
+        ["slow-start", None, None, "Seconds over which a new or recovered backend ramps from 10% to full weight (default 0: off)."],
+        ["drain-timeout", None, None, "Seconds after which connections still open to a draining backend are closed (default: none)."],
+        ["demo-users", None, "20", "With --demo: how many simulated users are online at first."],
+        ["demo-ports", None, "0,0,0", "With --demo: ports of the demo backends (0: any free port)."],
     ]
     optFlags = [
         ["no-access-log", None, "Do not log one line per finished connection."],
+        ["demo", None, "Also run demo backends and simulated users; the pool starts with the demo backends."],
     ]
 
     def __init__(self) -> None:
@@ -87,6 +129,10 @@ class Options(usage.Options):
 
         _check_endpoint(self["listen"], "--listen")
         _check_endpoint(self["admin"], "--admin")
+        if self["demo"]:
+            from lbproxy.demo.service import check_demo_options
+
+            check_demo_options(self)
         self["settings"] = ProxySettings(
             connect_timeout=_number(self["connect-timeout"], "--connect-timeout", float, 0.001),
             retries=_number(self["retries"], "--retries", int, 0),
@@ -113,7 +159,13 @@ class Options(usage.Options):
             check_unique(backends)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        self["seed"] = Config(version=1, backends=backends, strategy=choice)
+        from lbproxy.health import settings_from_options
+
+        self["seed"] = Config(
+            version=1, backends=backends, strategy=choice, **settings_from_options(self)
+        )
+        if self["state-dir"] is not None:
+            self["state-dir"] = _state_dir(self["state-dir"])
 
 
 class _BalancerService(Service):
@@ -143,11 +195,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor
     from lbproxy.balancer import Balancer
     from lbproxy.control import ConfigController
-    from lbproxy.store.memory import MemoryStore
+
+    # -- the demo's backends listen first, so the seed config has their ports
+    demo = None
+    if options.get("demo"):
+        from lbproxy.demo.service import start_demo_backends
+
+        demo = start_demo_backends(options, reactor)
 
     # -- config store and initial config (durable store: lbproxy/store/)
-    config = options["seed"]
-    store = MemoryStore(config)
+    store, config = _open_store(options, reactor)
 
     # -- the policy core
     balancer = Balancer(config, options["factories"], options["settings"], reactor=reactor)
@@ -160,11 +217,55 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     # -- the proxy listener (relay engines: lbproxy/proxy.py)
     _proxy_service(options, balancer, reactor).setServiceParent(top)
 
+    # -- the demo's simulated users (lbproxy/demo/)
+    if demo is not None:
+        from lbproxy.demo.service import demo_service
+
+        demo_service(demo, top, reactor).setServiceParent(top)
+
     # -- the admin site (lbproxy/web/)
 
     # -- active health checks (lbproxy/health.py)
+    _health_service(balancer, reactor).setServiceParent(top)
 
     return top
+
+
+def _open_store(options: Options, reactor: Any) -> tuple[Any, Config]:
+    """
+    Open the store and pick the initial config; a store that cannot be used
+    stops twistd with a one-line reason, not a traceback.
+    """
+    from lbproxy.config import StoreError
+    from lbproxy.plugins import build_strategy
+    from lbproxy.store import open_store
+
+    flags = [
+        flag
+        for flag, given in (
+            ("--backend", options["backends"]),
+            ("--strategy", options["strategy"]),
+            ("--strategy-options", options["strategy-options"]),
+        )
+        if given
+    ]
+    try:
+        store, config = open_store(options["state-dir"], options["seed"], flags, reactor)
+    except StoreError as e:
+        raise SystemExit(f"lbproxy: cannot start: {e}") from None
+    try:
+        build_strategy(config.strategy, options["factories"])
+    except ConfigError as e:
+        raise SystemExit(
+            f"lbproxy: cannot start: the stored config in {options['state-dir']} cannot be used: {e}"
+        ) from None
+    return store, config
+
+
+def _health_service(balancer: Any, reactor: Any) -> Service:
+    from lbproxy.health import HealthChecker
+
+    return HealthChecker(balancer, reactor)
 
 
 def _proxy_service(options: Options, balancer: Any, reactor: Any) -> Service:

@@ -1,3 +1,68 @@
 """
 Config stores: where the config document is made durable.
+
+L{open_store} holds the rule for combining the command line with a stored
+config: C{--backend}/C{--strategy} seed an empty store (they are the config
+until the first change, which stores them with that change); once the store
+holds a config, it wins and those flags are ignored with a warning.
 """
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Sequence
+
+from twisted.logger import Logger
+
+from lbproxy.config import Config
+from lbproxy.interfaces import IConfigStore
+
+log = Logger()
+
+
+def open_store(
+    state_dir: str | None, seed: Config, seed_flags: Sequence[str] = (), reactor: Any = None
+) -> tuple[IConfigStore, Config]:
+    """
+    Open the config store and choose the initial config (blocking: call
+    before the reactor runs).
+
+    @param state_dir: the C{--state-dir}, or C{None} to keep the config in
+        memory only.
+    @param seed: the config built from the command line.
+    @param seed_flags: the config flags the operator gave (for example
+        C{["--backend", "--strategy"]}), named in the warning when a stored
+        config overrides them.
+    @return: C{(store, config)}.
+    @raise lbproxy.config.StoreError: if the store holds a config but
+        neither its file nor the previous version is usable.
+    """
+    if state_dir is None:
+        from lbproxy.store.memory import MemoryStore
+
+        log.warn(
+            "no --state-dir: the config lives in memory only, and changes made "
+            "through the API will not survive a restart"
+        )
+        return MemoryStore(seed), seed
+
+    from lbproxy.store.file import FileStore
+
+    store = FileStore(state_dir, reactor=reactor)
+    stored = store.read()
+    if stored is None:
+        log.info(
+            "config store {path} is empty: starting from the command line; the "
+            "first change stores it",
+            path=store.path,
+        )
+        return store, replace(seed, version=0)
+    if seed_flags:
+        log.warn(
+            "{flags} ignored: the config store {path} holds config version "
+            "{version}, which wins over the command line (move the state "
+            "directory's files away to start from the command line again)",
+            flags=", ".join(seed_flags), path=store.path, version=stored.version,
+        )
+    log.info("config version {version} loaded from {path}", version=stored.version, path=store.path)
+    return store, stored

@@ -1,0 +1,396 @@
+"""
+The embedded L{IConfigStore}: one fsync'd JSON document in C{--state-dir}.
+
+The document is C{config.json}, an envelope C{{"format": 1, "checksum":
+"sha256:...", "config": {...}}} whose checksum covers the canonical JSON of
+the config (version included), so a torn or edited file is recognised.  The
+previous good document is kept beside it as C{config.json.prev}.
+
+A write is durable before it is acknowledged: temporary file in the same
+directory, write, C{fsync}, C{os.replace}, C{fsync} of the directory.  Writes
+run in the reactor's thread pool, one at a time per process (a
+L{DeferredLock}) and one at a time per directory (C{flock} on
+C{config.lock}, so worker processes sharing a state directory cannot
+interleave); the version check reads the file under that lock.
+
+Startup may read synchronously (L{FileStore.read}), before the reactor runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+from typing import Any, Callable
+
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lbproxy.config import Config, ConfigError, StoreError, VersionConflict, parse_config
+from lbproxy.interfaces import IConfigStore
+
+log = Logger()
+
+FORMAT = 1
+CONFIG_NAME = "config.json"
+PREVIOUS_NAME = "config.json.prev"
+LOCK_NAME = "config.lock"
+POLL_INTERVAL = 0.5
+
+Runner = Callable[..., defer.Deferred]
+
+
+class CorruptFile(Exception):
+    """
+    A store file cannot be used; the message says why, in an operator's
+    words.
+    """
+
+
+def canonical(body: Any) -> bytes:
+    """
+    The bytes the checksum covers: sorted keys, no spaces, UTF-8.
+    """
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def checksum(body: Any) -> str:
+    return "sha256:" + hashlib.sha256(canonical(body)).hexdigest()
+
+
+def encode(config: Config) -> bytes:
+    """
+    The file contents that store C{config}.
+    """
+    body = config.to_json()
+    envelope = {"format": FORMAT, "checksum": checksum(body), "config": body}
+    return json.dumps(envelope, indent=1, ensure_ascii=False).encode() + b"\n"
+
+
+def decode(data: bytes) -> Config:
+    """
+    Parse and verify the contents of a store file.
+
+    @raise CorruptFile: if it is empty, truncated, not JSON, of an unknown
+        format, fails its checksum or holds an invalid config.
+    """
+    if not data.strip():
+        raise CorruptFile("is empty")
+    try:
+        envelope = json.loads(data)
+    except ValueError as e:
+        raise CorruptFile(f"is not valid JSON (truncated or damaged): {e}") from None
+    if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
+        raise CorruptFile(f"is not a lbproxy config store file of format {FORMAT}")
+    body = envelope.get("config")
+    if envelope.get("checksum") != checksum(body):
+        raise CorruptFile("fails its checksum: it was damaged or edited by hand")
+    try:
+        return parse_config(body)
+    except ConfigError as e:
+        raise CorruptFile(f"holds an invalid config: {e}") from None
+
+
+def _describe(e: OSError) -> str:
+    name = errno.errorcode.get(e.errno or 0, "")
+    return f"{e.strerror or e} [{name}]" if name else str(e.strerror or e)
+
+
+def _synchronous(f: Callable[..., Any], *args: Any) -> defer.Deferred:
+    return defer.maybeDeferred(f, *args)
+
+
+@implementer(IConfigStore)
+class FileStore:
+    """
+    @ivar directory: the state directory.
+    @ivar path: the config document, C{directory/config.json}.
+    @ivar previous: the previous good document, C{directory/config.json.prev}.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        reactor: Any = None,
+        run: Runner | None = None,
+        os_module: Any = os,
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        """
+        @param run: C{run(f, *args)} returning a Deferred of C{f(*args)};
+            by default the reactor's thread pool.  Tests pass a synchronous
+            one.
+        @param os_module: the C{os} functions used to write (C{open},
+            C{write}, C{fsync}, C{close}, C{replace}, C{link}, C{unlink}),
+            so tests can watch their order and inject faults.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.directory = os.path.abspath(directory)
+        self.path = os.path.join(self.directory, CONFIG_NAME)
+        self.previous = os.path.join(self.directory, PREVIOUS_NAME)
+        self._temp = self.path + ".tmp"
+        self._previous_temp = self.previous + ".tmp"
+        self._lock_path = os.path.join(self.directory, LOCK_NAME)
+        self._os = os_module
+        self._run = run if run is not None else self._in_thread
+        self._lock = defer.DeferredLock()
+        self._known = 0
+        self._poll_interval = poll_interval
+        self._watchers: list[Callable[[Config], None]] = []
+        self._poller: task.LoopingCall | None = None
+        self._polling = False
+        self._seen: tuple[int, int, int] | None = None
+
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+
+    # Reading --------------------------------------------------------------
+
+    def read(self) -> Config | None:
+        """
+        Read the stored config now (blocking: for startup, before the
+        reactor runs, or from a thread).  A damaged C{config.json} falls
+        back to C{config.json.prev} with a critical log line.
+
+        @return: the stored L{Config}, or C{None} if the store is empty.
+        @raise StoreError: if neither file is usable; the message names both.
+        """
+        return self._loaded(self._current())
+
+    def _current(self) -> tuple[Config | None, str | None]:
+        """
+        @return: C{(config, problem)}: the usable config (C{None} if the
+            store is empty) and what is wrong with C{config.json} if the
+            config came from C{config.json.prev}.
+        @raise StoreError: if the store is not empty and nothing is usable.
+        """
+        try:
+            return self._read_file(self.path), None
+        except FileNotFoundError:
+            problem = "does not exist"
+            if not os.path.exists(self.previous):
+                return None, None
+        except CorruptFile as e:
+            problem = str(e)
+        except OSError as e:
+            problem = f"cannot be read: {_describe(e)}"
+        try:
+            return self._read_file(self.previous), problem
+        except FileNotFoundError:
+            why = "does not exist"
+        except CorruptFile as e:
+            why = str(e)
+        except OSError as e:
+            why = f"cannot be read: {_describe(e)}"
+        raise StoreError(
+            f"the config store {self.path} {problem}, and the previous version "
+            f"{self.previous} {why}; refusing to guess a config (restore one of "
+            f"them, or move both away to start from the command line)"
+        )
+
+    def _read_file(self, path: str) -> Config:
+        with open(path, "rb") as f:
+            return decode(f.read())
+
+    def load(self) -> defer.Deferred:
+        """
+        Read the stored config off the reactor thread.
+
+        @return: a Deferred firing with the L{Config} or C{None}; it fails
+            with L{StoreError} if neither file is usable.
+        """
+        return self._run(self._current).addCallback(self._loaded)
+
+    def _loaded(self, result: tuple[Config | None, str | None]) -> Config | None:
+        config, problem = result
+        if problem is not None:
+            log.critical(
+                "config store {path} {problem}; falling back to the previous good "
+                "version in {previous}",
+                path=self.path, problem=problem, previous=self.previous,
+            )
+        if config is not None:
+            self._known = max(self._known, config.version)
+        return config
+
+    # Writing --------------------------------------------------------------
+
+    def save(self, config: Config, expected_version: int) -> defer.Deferred:
+        """
+        Make C{config} durable if the stored version is C{expected_version}
+        (C{0} for an empty store).  Saves run one at a time, in call order.
+
+        @return: a Deferred firing with C{config} once it is on disk, or
+            failing with L{VersionConflict} or L{StoreError} (nothing
+            changed on disk then).
+        """
+        return self._lock.run(self._save, config, expected_version)
+
+    def _save(self, config: Config, expected_version: int) -> defer.Deferred:
+        data = encode(config)
+        d = self._run(self._write, data, config.version, expected_version)
+
+        def saved(_: None) -> Config:
+            self._known = max(self._known, config.version)
+            return config
+
+        return d.addCallback(saved)
+
+    def _write(self, data: bytes, version: int, expected_version: int) -> None:
+        """
+        The blocking part of L{save}: lock the directory, check the version,
+        keep the current file as the previous one, write the new one.
+        """
+        o = self._os
+        try:
+            lock = o.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise self._failed(version, self._lock_path, e) from None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current, problem = self._current()
+            except StoreError as e:
+                raise StoreError(f"cannot save config version {version}: {e}") from None
+            stored = current.version if current is not None else 0
+            if stored != expected_version:
+                raise VersionConflict(expected_version, stored)
+            if current is not None and problem is None:
+                self._keep_previous()
+            self._durable_write(self.path, self._temp, data)
+        except OSError as e:
+            raise self._failed(version, getattr(e, "filename", None) or self.path, e) from None
+        finally:
+            o.close(lock)
+
+    def _failed(self, version: int, path: str, e: OSError) -> StoreError:
+        return StoreError(
+            f"could not save config version {version} to {path}: {_describe(e)}; "
+            f"the change was not applied"
+        )
+
+    def _keep_previous(self) -> None:
+        """
+        Make the current (good) C{config.json} the previous version: a hard
+        link renamed over C{config.json.prev}, so C{config.json} itself
+        never disappears.  Where hard links are not supported, a copy.
+        """
+        o = self._os
+        try:
+            o.unlink(self._previous_temp)
+        except FileNotFoundError:
+            pass
+        try:
+            o.link(self.path, self._previous_temp)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            with open(self.path, "rb") as f:
+                self._durable_write(self.previous, self._previous_temp, f.read())
+            return
+        o.replace(self._previous_temp, self.previous)
+
+    def _durable_write(self, path: str, temp: str, data: bytes) -> None:
+        o = self._os
+        fd = o.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[o.write(fd, view):]
+            o.fsync(fd)
+        except BaseException:
+            o.close(fd)
+            try:
+                o.unlink(temp)
+            except OSError:
+                pass
+            raise
+        o.close(fd)
+        o.replace(temp, path)
+        dfd = o.open(self.directory, os.O_RDONLY)
+        try:
+            o.fsync(dfd)
+        finally:
+            o.close(dfd)
+
+    # Watching -------------------------------------------------------------
+
+    def watch(self, callback: Callable[[Config], None]) -> Callable[[], None]:
+        """
+        Call C{callback(config)} whenever another process (a worker sharing
+        the state directory) stores a higher version.  The file is polled:
+        a C{stat} every C{poll_interval} seconds off the reactor thread, a
+        read only when it changed.
+
+        @return: a callable that stops this watch.
+        """
+        self._watchers.append(callback)
+        if self._poller is None:
+            self._poller = task.LoopingCall(self._poll)
+            self._poller.clock = self._reactor
+            self._poller.start(self._poll_interval, now=False).addErrback(
+                lambda f: log.failure("config store watch stopped", f)
+            )
+
+        def unwatch() -> None:
+            if callback in self._watchers:
+                self._watchers.remove(callback)
+            if not self._watchers and self._poller is not None:
+                if self._poller.running:
+                    self._poller.stop()
+                self._poller = None
+
+        return unwatch
+
+    def _poll(self) -> None:
+        if self._polling or self._lock.locked:
+            return
+        self._polling = True
+        d = self._run(self._check, self._seen)
+        d.addCallback(self._checked)
+        d.addErrback(lambda f: log.failure("config store poll of {path} failed", f, path=self.path))
+        d.addBoth(self._poll_done)
+
+    def _poll_done(self, _: Any) -> None:
+        self._polling = False
+
+    def _check(self, seen: tuple[int, int, int] | None) -> tuple[Any, Config | None, str | None]:
+        """
+        The blocking part of a poll.
+
+        @return: C{(signature, config, problem)}; C{config} is C{None}
+            when the file is unchanged, missing or unusable.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None, None, None
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if signature == seen:
+            return signature, None, None
+        try:
+            return signature, self._read_file(self.path), None
+        except CorruptFile as e:
+            return signature, None, str(e)
+        except OSError as e:
+            return signature, None, f"cannot be read: {_describe(e)}"
+
+    def _checked(self, result: tuple[Any, Config | None, str | None]) -> None:
+        signature, config, problem = result
+        if self._lock.locked:
+            return  # our own save is in flight; look again next time
+        self._seen = signature
+        if problem is not None:
+            log.error("config store {path} changed but {problem}; ignored", path=self.path, problem=problem)
+            return
+        if config is None or config.version <= self._known:
+            return
+        self._known = config.version
+        log.info("config store {path}: version {version} stored by another process", path=self.path, version=config.version)
+        for callback in list(self._watchers):
+            callback(config)
