@@ -7,6 +7,7 @@ reactor.
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
 
 from lbproxy.plugins import strategy_factories
 
@@ -15,3 +16,29 @@ from lbproxy.plugins import strategy_factories
 def factories():
     """Every strategy plugin, discovered once."""
     return strategy_factories()
+
+
+@pytest_twisted.async_yield_fixture()
+async def etcd1(tmp_path):
+    """A real one-member etcd on 127.0.0.1 (OS-chosen ports), killed after the test."""
+    from tests.etcdtools import EtcdCluster
+
+    cluster = EtcdCluster(tmp_path / "etcd", size=1)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.kill()
+
+
+@pytest_twisted.async_yield_fixture()
+async def etcd3(tmp_path):
+    """A real three-member etcd cluster on 127.0.0.1, killed after the test."""
+    from tests.etcdtools import EtcdCluster
+
+    cluster = EtcdCluster(tmp_path / "etcd", size=3)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.kill()

@@ -1,0 +1,503 @@
+"""
+An L{IConfigStore} on etcd v3, so several lbproxy nodes share one config.
+
+It speaks etcd's JSON gateway (C{/v3/...}) over HTTP: keys and values are
+base64, 64-bit integers arrive as strings and fields at their default value
+are left out.  The config document lives at C{PREFIX/config}; member nodes
+register under C{PREFIX/nodes/} (L{lbproxy.cluster}).
+
+Writes are compare-and-swap on the key's C{mod_revision}, so two nodes
+editing at once cannot lose an update: the loser gets L{VersionConflict}.
+A streaming watch on the prefix delivers changes made by other nodes; when
+it breaks (etcd restarts, the watched revision was compacted) the store
+re-reads the key and watches again from the revision it read, so no change
+is missed.  While etcd cannot be reached, L{EtcdStore.save} fails with
+L{StoreError} (the node keeps proxying with the config it has) and the
+store keeps retrying with backoff; on return it re-reads and delivers what
+changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Callable, Sequence
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from lbproxy.config import Config, ConfigError, StoreError, VersionConflict, parse_config
+from lbproxy.interfaces import IConfigStore
+
+log = Logger()
+
+
+def b64(value: str | bytes) -> str:
+    """
+    Encode a key or value the way the gateway wants it.
+    """
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return base64.b64encode(value).decode("ascii")
+
+
+def unb64(value: str) -> bytes:
+    return base64.b64decode(value)
+
+
+def prefix_end(prefix: str | bytes) -> bytes:
+    """
+    The C{range_end} that makes a range or watch cover every key starting
+    with C{prefix} (the prefix with its last byte incremented).
+    """
+    key = bytearray(prefix.encode("utf-8") if isinstance(prefix, str) else prefix)
+    while key:
+        if key[-1] < 0xFF:
+            key[-1] += 1
+            return bytes(key)
+        key.pop()
+    return b"\0"
+
+
+def _int(value: Any) -> int:
+    return int(value) if value is not None else 0
+
+
+def _describe(reason: Any) -> str:
+    if isinstance(reason, Failure):
+        reason = reason.value
+    if isinstance(reason, defer.CancelledError):
+        return "no answer in time"
+    inner = getattr(reason, "reasons", None)
+    if inner:
+        return "; ".join(_describe(r) for r in inner)
+    text = str(reason) or type(reason).__name__
+    return text
+
+
+class _Unreachable(Exception):
+    """
+    No endpoint answered a request.
+    """
+
+
+class _Refused(Exception):
+    """
+    An endpoint answered with an error status.
+    """
+
+
+class WatchStream(Protocol):
+    """
+    Reads a streamed watch response: one JSON object per line.
+
+    @ivar on_message: called with each decoded object.
+    @ivar on_end: called with the reason once the stream ends.
+    """
+
+    def __init__(self, on_message: Callable[[dict], None], on_end: Callable[[Failure], None]) -> None:
+        self.on_message = on_message
+        self.on_end = on_end
+        self._buffer = b""
+        self.stopped = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while not self.stopped and b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            if line.strip():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    message = {"error": {"message": f"unreadable watch line {line[:80]!r}"}}
+                self.on_message(message)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.on_end(reason)
+
+    def stop(self) -> None:
+        """
+        Close the stream; C{on_end} is not called for a stream we stopped.
+        """
+        self.stopped = True
+        self.on_end = lambda reason: None
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+def _default_client(reactor: Any) -> Any:
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    # A fresh connection per request: a pooled one may be dead after etcd
+    # restarts, and the control path is far too slow for reuse to matter.
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return treq.client.HTTPClient(Agent(reactor, pool=pool))
+
+
+@implementer(IConfigStore)
+class EtcdStore:
+    """
+    @ivar endpoints: base URLs of the etcd members, tried in turn.
+    @ivar prefix: the key prefix of this lbproxy cluster.
+    @ivar current: the config last read or written, or C{None}.
+    @ivar mod_revision: the etcd C{mod_revision} of C{current} (0: no key),
+        the condition of the next write.
+    @ivar revision: the last etcd revision the watch has delivered up to.
+    @ivar available: whether the last request reached etcd.
+    @ivar error: why etcd is unavailable, or C{None}.
+    """
+
+    kind = "etcd"
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        prefix: str = "/lbproxy/default",
+        client: Any = None,
+        reactor: Any = None,
+        timeout: float = 2.0,
+        max_backoff: float = 1.0,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self._reactor = reactor
+        self.endpoints = tuple(e.rstrip("/") for e in endpoints)
+        self.prefix = "/" + prefix.strip("/")
+        self.config_key = self.key("config")
+        self._client = client if client is not None else _default_client(reactor)
+        self.timeout = timeout
+        self.max_backoff = max_backoff
+        self.current: Config | None = None
+        self.mod_revision = 0
+        self.revision = 0
+        self.available = False
+        self.error: str | None = "not connected yet"
+        self.since = reactor.seconds()
+        self._endpoint = 0
+        self._watchers: list[Callable[[Config], None]] = []
+        self._watching = False
+        self._stream: WatchStream | None = None
+        self._pending: defer.Deferred | None = None
+        self._retry: Any = None
+        self._failures = 0
+        self._closed = False
+        self._saving: Config | None = None
+
+    def key(self, name: str) -> str:
+        """
+        The full key of C{name} under this cluster's prefix.
+        """
+        return f"{self.prefix}/{name}"
+
+    # Availability ----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """
+        What the admin API shows about the store.
+        """
+        return {
+            "kind": self.kind,
+            "available": self.available,
+            "error": self.error,
+            "since": self.since,
+            "endpoints": list(self.endpoints),
+            "prefix": self.prefix,
+            "revision": self.revision,
+            "watching": self._stream is not None,
+        }
+
+    def _up(self) -> None:
+        if not self.available:
+            log.info(
+                "config store available: etcd at {endpoint}",
+                endpoint=self.endpoints[self._endpoint],
+            )
+            self.available = True
+            self.error = None
+            self.since = self._reactor.seconds()
+
+    def _down(self, error: str) -> None:
+        if self.available or self.error != error:
+            log.warn(
+                "config store unavailable: {error}; proxying continues with config "
+                "version {version}, changes are refused until etcd is back",
+                error=error,
+                version=self.current.version if self.current else None,
+            )
+        if self.available:
+            self.since = self._reactor.seconds()
+        self.available = False
+        self.error = error
+
+    # Requests --------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def request(self, path: str, body: dict[str, Any]) -> Any:
+        """
+        POST C{body} to C{path} on the first etcd member that answers.
+
+        @return: a Deferred firing with the decoded JSON answer.
+        @raise StoreError: C{"config store unavailable: ..."} when no member
+            answers, or when a member answers with an error.
+        """
+        errors = []
+        for _ in self.endpoints:
+            url = self.endpoints[self._endpoint] + path
+            try:
+                d = self._client.post(url, json=body)
+                d.addTimeout(self.timeout, self._reactor)
+                response = yield d
+                data = yield response.json()
+                if response.code != 200:
+                    raise _Refused(f"HTTP {response.code}: {_etcd_message(data)}")
+            except Exception as e:
+                errors.append(f"{self.endpoints[self._endpoint]}: {_describe(e)}")
+                self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+                continue
+            self._up()
+            return data
+        self._down("; ".join(errors))
+        raise StoreError(f"config store unavailable: {'; '.join(errors)}")
+
+    # IConfigStore ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def load(self) -> Any:
+        """
+        Read the config and, the first time, start watching from the
+        revision read.
+        """
+        data = yield self.request("/v3/kv/range", {"key": b64(self.config_key)})
+        kvs = data.get("kvs") or []
+        self._take(kvs[0] if kvs else None)
+        self.revision = _int(data.get("header", {}).get("revision"))
+        if not self._watching and not self._closed:
+            self._watching = True
+            self._open_watch()
+        return self.current
+
+    @defer.inlineCallbacks
+    def save(self, config: Config, expected_version: int) -> Any:
+        if self.current is not None and self.current.version != expected_version:
+            raise VersionConflict(expected_version, self.current.version)
+        key = b64(self.config_key)
+        if self.mod_revision:
+            compare = {"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": str(self.mod_revision)}
+        else:
+            compare = {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        value = json.dumps(config.to_json(), sort_keys=True, separators=(",", ":"))
+        self._saving = config
+        try:
+            data = yield self.request(
+                "/v3/kv/txn",
+                {
+                    "compare": [compare],
+                    "success": [{"request_put": {"key": key, "value": b64(value)}}],
+                    "failure": [{"request_range": {"key": key}}],
+                },
+            )
+        finally:
+            self._saving = None
+        if data.get("succeeded"):
+            self.current = config
+            self.mod_revision = _int(data["header"]["revision"])
+            return config
+        responses = data.get("responses") or [{}]
+        kvs = responses[0].get("response_range", {}).get("kvs") or []
+        changed = self._take(kvs[0] if kvs else None)
+        if changed:
+            self._notify()
+        raise VersionConflict(expected_version, self.current.version if self.current else 0)
+
+    def watch(self, callback: Callable[[Config], None]) -> Callable[[], None]:
+        """
+        Call C{callback} with each config written by another node.  The
+        stream itself starts with the first successful L{load}.
+        """
+        self._watchers.append(callback)
+
+        def unwatch() -> None:
+            if callback in self._watchers:
+                self._watchers.remove(callback)
+
+        return unwatch
+
+    def close(self) -> None:
+        """
+        Stop watching and retrying (on shutdown).
+        """
+        self._closed = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream = None
+
+    # The stored document ---------------------------------------------------
+
+    def _take(self, kv: dict[str, Any] | None) -> bool:
+        """
+        Adopt the config key's value if it is newer than what we know.
+
+        @return: whether C{current} changed.
+        """
+        if kv is None:
+            if self.mod_revision:
+                log.warn("the config key {key} was deleted; keeping config in force", key=self.config_key)
+            self.mod_revision = 0
+            self.current = None
+            return False
+        mod = _int(kv.get("mod_revision"))
+        if mod <= self.mod_revision:
+            return False
+        try:
+            config = parse_config(json.loads(unb64(kv.get("value", ""))))
+        except (ValueError, ConfigError) as e:
+            # Remember the revision so the next write still compares on it
+            # and replaces the broken document.
+            self.mod_revision = mod
+            log.error(
+                "ignoring invalid config at {key} (revision {rev}): {error}",
+                key=self.config_key, rev=mod, error=e,
+            )
+            return False
+        self.mod_revision = mod
+        changed = config != self.current
+        self.current = config
+        return changed
+
+    def _notify(self) -> None:
+        for callback in list(self._watchers):
+            try:
+                callback(self.current)
+            except Exception:
+                log.failure("config watcher failed")
+
+    # The watch -------------------------------------------------------------
+
+    def _open_watch(self) -> None:
+        if self._closed:
+            return
+        start = self.prefix + "/"
+        body = {
+            "create_request": {
+                "key": b64(start),
+                "range_end": b64(prefix_end(start)),
+                "start_revision": str(self.revision + 1),
+            }
+        }
+        url = self.endpoints[self._endpoint] + "/v3/watch"
+        d = self._pending = self._client.post(url, json=body, unbuffered=True)
+        d.addTimeout(self.timeout, self._reactor)
+        d.addCallback(self._watch_connected)
+        d.addErrback(self._watch_failed)
+
+    def _watch_connected(self, response: Any) -> None:
+        self._pending = None
+        if response.code != 200:
+            raise _Refused(f"watch answered HTTP {response.code}")
+        self._stream = WatchStream(self._watch_message, self._watch_ended)
+        response.deliverBody(self._stream)
+
+    def _watch_failed(self, reason: Failure) -> None:
+        self._pending = None
+        if self._closed:
+            return
+        error = f"{self.endpoints[self._endpoint]}: {_describe(reason)}"
+        self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+        self._down(error)
+        self._schedule_resync()
+
+    def _watch_message(self, message: dict[str, Any]) -> None:
+        if "error" in message:
+            self._restart_watch(f"watch error: {_etcd_message(message['error'])}")
+            return
+        result = message.get("result", {})
+        if result.get("canceled"):
+            compacted = _int(result.get("compact_revision"))
+            if compacted:
+                log.info(
+                    "watch from revision {rev} was compacted (oldest kept {compacted}): re-reading",
+                    rev=self.revision + 1, compacted=compacted,
+                )
+            self._restart_watch(f"watch canceled: {result.get('cancel_reason') or 'compacted'}")
+            return
+        if result.get("created"):
+            self._failures = 0
+            self._up()
+        changed = False
+        for event in result.get("events") or []:
+            kv = event.get("kv", {})
+            self.revision = max(self.revision, _int(kv.get("mod_revision")))
+            if unb64(kv.get("key", "")).decode("utf-8", "replace") != self.config_key:
+                continue
+            if event.get("type") == "DELETE":
+                self._take(None)
+            else:
+                changed = self._take(kv) or changed
+        if changed and self.current == self._saving:
+            # Our own write, echoed before etcd answered the txn.
+            changed = False
+        if changed:
+            log.info("config version {version} written elsewhere", version=self.current.version)
+            self._notify()
+
+    def _watch_ended(self, reason: Failure) -> None:
+        self._stream = None
+        if self._closed:
+            return
+        log.info("watch on {prefix} ended ({why}): re-reading", prefix=self.prefix, why=_describe(reason))
+        self._schedule_resync()
+
+    def _restart_watch(self, why: str) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream = None
+        log.info("{why}: re-reading and watching again", why=why)
+        self._schedule_resync()
+
+    def _schedule_resync(self) -> None:
+        if self._closed or (self._retry is not None and self._retry.active()):
+            return
+        self._failures += 1
+        delay = min(self.max_backoff, 0.05 * 2 ** self._failures)
+        self._retry = self._reactor.callLater(delay, self._resync)
+
+    def _resync(self) -> None:
+        """
+        Re-read the config (delivering it if it changed while we were not
+        watching), then watch again from the revision read.
+        """
+        if self._closed:
+            return
+        d = self.request("/v3/kv/range", {"key": b64(self.config_key)})
+
+        def read(data: dict[str, Any]) -> None:
+            kvs = data.get("kvs") or []
+            if self._take(kvs[0] if kvs else None):
+                log.info("resynced: config version {version}", version=self.current.version)
+                self._notify()
+            self.revision = _int(data.get("header", {}).get("revision"))
+            self._open_watch()
+
+        def failed(reason: Failure) -> None:
+            reason.trap(StoreError)
+            self._schedule_resync()
+
+        d.addCallbacks(read, failed)
+        d.addErrback(lambda f: log.failure("resync failed", f))
+
+
+def _etcd_message(data: Any) -> str:
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("error") or data)
+    return str(data)

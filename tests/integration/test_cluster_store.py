@@ -1,0 +1,161 @@
+"""
+L{EtcdStore} against a real one-member etcd: the encoding, compare-and-swap
+and the watch as etcd itself answers them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from lbproxy.config import Backend, Config, StoreError, VersionConflict, add_backend
+from lbproxy.store.etcd import EtcdStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.etcd]
+
+SEED = Config(version=1, backends=(Backend(id="b1", host="127.0.0.1", port=9001),))
+
+
+async def until(predicate, timeout=10.0, step=0.01):
+    """Wait without blocking the reactor until C{predicate()} holds."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await task.deferLater(reactor, step, lambda: None)
+
+
+@pytest.fixture
+def stores():
+    """Make stores and close them after the test."""
+    made = []
+
+    def make(endpoints, prefix="/lbproxy/t", **kw):
+        store = EtcdStore(endpoints, prefix, reactor=reactor, **kw)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_then_cas_then_conflict(etcd1, stores):
+    """
+    An empty key loads as None; the first save creates it; a second store
+    that read the same revision loses its compare-and-swap with
+    L{VersionConflict} naming the winner's version, and nothing it wrote is
+    stored.
+    """
+    a = stores(etcd1.endpoints)
+    b = stores(etcd1.endpoints)
+    assert await a.load() is None
+    await a.save(SEED, 0)
+    assert (await b.load()) == SEED
+    v2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})
+    other = replace(v2, backends=v2.backends[:1] + (Backend(id="b2", host="127.0.0.1", port=9003),))
+    await a.save(v2, 1)
+    with pytest.raises(VersionConflict) as e:
+        await b.save(other, 1)
+    assert e.value.current == 2
+    assert b.current == v2
+    check = stores(etcd1.endpoints)
+    assert await check.load() == v2
+
+
+@pytest_twisted.ensureDeferred
+async def test_simultaneous_saves_one_winner(etcd1, stores):
+    """
+    Two stores at the same revision send their writes at the same moment:
+    etcd's compare on C{mod_revision} lets exactly one through.
+    """
+    a = stores(etcd1.endpoints)
+    b = stores(etcd1.endpoints)
+    await a.load()
+    await a.save(SEED, 0)
+    await b.load()
+    va, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9100})
+    vb, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9200})
+    results = await defer.DeferredList([a.save(va, 1), b.save(vb, 1)], consumeErrors=True)
+    wins = [r for ok, r in results if ok]
+    losses = [r for ok, r in results if not ok]
+    assert len(wins) == 1 and len(losses) == 1
+    assert losses[0].check(VersionConflict)
+    check = stores(etcd1.endpoints)
+    assert await check.load() == wins[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_delivers_other_writers_changes_not_own(etcd1, stores):
+    """
+    A watching store is called back with a config another store wrote, and
+    not for its own writes.
+    """
+    a = stores(etcd1.endpoints)
+    b = stores(etcd1.endpoints)
+    seen_a, seen_b = [], []
+    a.watch(seen_a.append)
+    b.watch(seen_b.append)
+    await a.load()
+    await b.load()
+    await a.save(SEED, 0)
+    await until(lambda: seen_b)
+    assert seen_b == [SEED]
+    v2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})
+    await b.save(v2, 1)
+    await until(lambda: seen_a)
+    assert seen_a == [v2]
+    await task.deferLater(reactor, 0.2, lambda: None)
+    assert seen_b == [SEED]
+
+
+@pytest_twisted.ensureDeferred
+async def test_compacted_watch_rereads_without_missing_a_change(etcd1, stores):
+    """
+    When the watch is cut and the revisions it would resume from are
+    compacted meanwhile, etcd cancels the new watch with
+    C{compact_revision}; the store re-reads, delivers the change it missed,
+    then follows later changes again.
+    """
+    a = stores(etcd1.endpoints)
+    writer = stores(etcd1.endpoints)
+    seen = []
+    a.watch(seen.append)
+    await a.load()
+    await writer.load()
+    await writer.save(SEED, 0)
+    await until(lambda: seen)
+    # Cut a's watch and hold its retry, then write and compact behind its back.
+    a.max_backoff = 0.5
+    a._stream.transport.stopProducing()
+    v2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})
+    await writer.save(v2, 1)
+    head = writer.mod_revision
+    await writer.request("/v3/kv/compaction", {"revision": str(head), "physical": True})
+    await until(lambda: seen[-1] == v2)
+    v3, _ = add_backend(v2, {"host": "127.0.0.1", "port": 9003})
+    await writer.save(v3, 2)
+    await until(lambda: seen[-1] == v3)
+    assert seen == [SEED, v2, v3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_etcd_refuses_saves(stores):
+    """
+    With nothing listening at the endpoints, load and save fail with
+    C{"config store unavailable"} and the status says why.
+    """
+    from tests.etcdtools import free_port
+
+    store = stores([f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"])
+    with pytest.raises(StoreError, match="config store unavailable"):
+        await store.load()
+    with pytest.raises(StoreError, match="config store unavailable"):
+        await store.save(SEED, 0)
+    status = store.status()
+    assert status["available"] is False and status["kind"] == "etcd"
+    assert "127.0.0.1" in status["error"]
