@@ -318,6 +318,13 @@ class FileStore:
         finally:
             o.close(dfd)
 
+    def status(self) -> dict[str, Any]:
+        """
+        For C{GET /api/v1/status}: where the config is stored, and the
+        highest version this process has read or written.
+        """
+        return {"kind": "file", "path": self.path, "version": self._known}
+
     # Watching -------------------------------------------------------------
 
     def watch(self, callback: Callable[[Config], None]) -> Callable[[], None]:
