@@ -130,12 +130,15 @@ class Balancer:
             return
         for group in tuple(self.connections.values()):
             for conn in tuple(group):
+                if conn.idle_mark < 0:
+                    continue
                 moved = conn.bytes_up + conn.bytes_down
                 if moved != conn.idle_mark:
                     conn.idle_mark = moved
                     conn.idle_since = now
                 elif now - conn.idle_since >= timeout:
                     self.totals.idle_timeouts += 1
+                    conn.idle_mark = -1
                     conn.close("idle-timeout")
 
     # The connection path (IBalancer) -------------------------------------

@@ -124,7 +124,9 @@ class IRelayedConnection(Interface):
 
     bytes_up = Attribute("Bytes relayed from the client to the backend.")
     bytes_down = Attribute("Bytes relayed from the backend to the client.")
-    idle_mark = Attribute("Balancer-owned: byte count at the last idle sweep.")
+    idle_mark = Attribute(
+        "Balancer-owned: byte count at the last idle sweep; -1 once closed."
+    )
     idle_since = Attribute("Balancer-owned: when the byte count last moved.")
 
     def abort(why):
