@@ -7,6 +7,7 @@ clients run in threads (as real, separate clients would be).
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any, Callable
 
 from twisted.internet import protocol
@@ -30,6 +31,18 @@ def _twisted_engine(balancer: Balancer, reactor: Any) -> tuple[int, Callable[[],
 
 
 ENGINES["twisted"] = _twisted_engine
+
+
+def _fast_engine(balancer: Balancer, reactor: Any) -> tuple[int, Callable[[], Any]]:
+    from lbproxy.fastrelay import FastRelay, listening_socket
+
+    relay = FastRelay(balancer, listening_socket("127.0.0.1", 0), reactor)
+    relay.start()
+    return relay.port, relay.stop
+
+
+if sys.platform.startswith("linux"):
+    ENGINES["fast"] = _fast_engine
 
 
 class Echo(protocol.Protocol):

@@ -1,0 +1,834 @@
+"""
+The fast relay engine (Linux): the listener, backend connects and the byte
+relay on one private C{epoll} object that the reactor drives as one reader.
+
+Why: Twisted's transports defer every write to the next reactor pass and
+wrap every socket event in logging context; C{listenTCP}/C{connectTCP}
+set each connection up through several calls and C{callLater}s.  Here a
+read is sent on at once and only the unsent remainder is buffered, a whole
+batch of socket events costs the reactor one C{doRead}, and connection
+setup is one C{accept}, one C{socket} and one C{connect_ex}.  The reactor
+stays in charge: there is no second loop and no thread.
+
+The policy is the same as L{lbproxy.proxy}'s: every accepted connection
+goes through L{IBalancer} (admit, route with retries that exclude tried
+backends, connect timeout, PROXY protocol header, counters, access record
+outcomes).  Backpressure: while one direction has unsent bytes its source
+is not read (at most one buffer per direction).  Half-close: after a
+side's EOF and once its bytes are flushed the other side gets
+C{shutdown(SHUT_WR)}.  A direction whose reads fill the buffer switches
+to C{splice(2)} through a pipe, so bulk bytes never enter Python.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import select
+import socket
+from collections import deque
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lbproxy.interfaces import IBalancer, IRelayedConnection
+from lbproxy.pool import AccessRecord, Candidate
+from lbproxy.proxyprotocol import header
+
+log = Logger()
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLRDHUP = select.EPOLLRDHUP
+EPOLLERR = select.EPOLLERR
+EPOLLHUP = select.EPOLLHUP
+_READ = EPOLLIN | EPOLLRDHUP
+_BAD = EPOLLERR | EPOLLHUP
+#: Mask bit (never given to epoll) of a socket taken out of the epoll set:
+#: a hung-up socket reports EPOLLHUP whatever its mask, which would spin a
+#: level-triggered loop while the relay has nothing to do with it.
+_PARKED = 1 << 30
+
+#: Bytes read per C{recv_into}; a read that fills it switches the
+#: direction to splice.  256 KiB measured better than 64 KiB for bulk.
+BUFFER_SIZE = 256 * 1024
+#: Capacity asked for each splice pipe.
+PIPE_SIZE = 256 * 1024
+#: Accepts per wakeup, so a connection storm cannot starve the relay.
+ACCEPT_BATCH = 64
+
+_HAVE_SPLICE = hasattr(os, "splice")
+if _HAVE_SPLICE:
+    _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+#: SO_LINGER on, zero seconds: close() sends RST.
+_RESET = __import__("struct").pack("ii", 1, 0)
+_NONBLOCK_STREAM = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
+
+
+def available() -> bool:
+    """
+    @return: whether this platform can run the fast engine.
+    """
+    return hasattr(select, "epoll")
+
+
+def _family(host: str) -> int | None:
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+def _error_text(code: int) -> str:
+    return os.strerror(code) if code else "connection failed"
+
+
+def _set_mask(epoll: Any, fd: int, old: int, new: int) -> int:
+    """
+    Change a socket's epoll interest, putting a parked socket back into
+    the set once it has something to wait for.
+
+    @return: the mask now in force.
+    """
+    if old & _PARKED:
+        new |= _PARKED
+        if new & (EPOLLIN | EPOLLOUT):
+            new &= ~_PARKED
+            epoll.register(fd, new)
+        return new
+    epoll.modify(fd, new)
+    return new
+
+
+class _Flow:
+    """
+    One direction of a relay: bytes read from C{src}, sent to C{dst}.
+
+    @ivar pending: bytes read but not yet sent (at most one buffer).
+    @ivar inpipe: bytes spliced into the pipe but not yet out of it.
+    @ivar eof: the source sent its FIN and everything was read.
+    @ivar shut: the destination got C{shutdown(SHUT_WR)}.
+    """
+
+    __slots__ = ("src", "dst", "pending", "inpipe", "pipe", "eof", "shut", "count")
+
+    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src = src
+        self.dst = dst
+        self.pending: bytes | None = None
+        self.inpipe = 0
+        self.pipe: tuple[int, int] | None = None
+        self.eof = False
+        self.shut = False
+        self.count = 0
+
+    def close_pipe(self) -> None:
+        pipe = self.pipe
+        if pipe is not None:
+            self.pipe = None
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+
+@implementer(IRelayedConnection)
+class Relay:
+    """
+    One client connection and, once connected, its backend connection.
+
+    @ivar up: the client-to-backend L{_Flow}.
+    @ivar down: the backend-to-client L{_Flow}.
+    """
+
+    __slots__ = (
+        "engine", "client_sock", "backend_sock", "cfd", "bfd", "cmask", "bmask",
+        "up", "down", "client", "started", "tried", "candidate", "connect_started",
+        "outcome", "backend_outcome", "first_byte_pending", "idle_mark", "idle_since",
+        "finished",
+    )
+
+    def __init__(self, engine: "FastRelay", sock: socket.socket, client: tuple[str, int], now: float) -> None:
+        self.engine = engine
+        self.client_sock = sock
+        self.cfd = sock.fileno()
+        self.backend_sock: socket.socket | None = None
+        self.bfd = -1
+        self.cmask = 0
+        self.bmask = 0
+        self.up: _Flow | None = None
+        self.down: _Flow | None = None
+        self.client = client
+        self.started = now
+        self.tried: tuple[str, ...] = ()
+        self.candidate: Candidate | None = None
+        self.connect_started = now
+        self.outcome: str | None = None
+        self.backend_outcome: str | None = None
+        self.first_byte_pending = False
+        self.idle_mark = 0
+        self.idle_since = now
+        self.finished = False
+
+    # IRelayedConnection ----------------------------------------------------
+
+    @property
+    def bytes_up(self) -> int:
+        return self.up.count if self.up is not None else 0
+
+    @property
+    def bytes_down(self) -> int:
+        return self.down.count if self.down is not None else 0
+
+    def abort(self, why: str) -> None:
+        if self.outcome is None:
+            self.outcome = why
+        if not self.finished:
+            for sock in (self.client_sock, self.backend_sock):
+                if sock is not None:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                    except OSError:
+                        pass
+        self._finish()
+
+    def close(self, why: str) -> None:
+        if self.outcome is None:
+            self.outcome = why
+        self._finish()
+
+    # Connecting -------------------------------------------------------------
+
+    def connect(self) -> None:
+        engine = self.engine
+        balancer = engine.balancer
+        candidate = balancer.route(self.client, self.tried)
+        if candidate is None:
+            self.outcome = "connect-failed" if self.tried else "no-backend"
+            self._finish()
+            return
+        self.tried += (candidate.id,)
+        family = _family(candidate.host)
+        if family is None:
+            engine.resolve(candidate.host, candidate.port).addCallbacks(
+                self._resolved, self._unresolved,
+                callbackArgs=(candidate,), errbackArgs=(candidate,),
+            )
+            return
+        self._connect_to(candidate, family, (candidate.host, candidate.port))
+
+    def _resolved(self, found: tuple, candidate: Candidate) -> None:
+        if not self.finished:
+            self._connect_to(candidate, found[0], found[1])
+
+    def _unresolved(self, failure: Any, candidate: Candidate) -> None:
+        if not self.finished:
+            self._connect_failed(candidate, failure.getErrorMessage())
+
+    def _connect_to(self, candidate: Candidate, family: int, address: tuple) -> None:
+        engine = self.engine
+        self.connect_started = engine.now()
+        try:
+            sock = socket.socket(family, _NONBLOCK_STREAM)
+        except OSError as e:
+            self._connect_failed(candidate, _error_text(e.errno))
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(address)
+        if err and err != errno.EINPROGRESS:
+            sock.close()
+            self._connect_failed(candidate, _error_text(err))
+            return
+        self.backend_sock = sock
+        self.bfd = fd = sock.fileno()
+        self.candidate = candidate
+        engine.epoll.register(fd, EPOLLOUT)
+        self.bmask = EPOLLOUT
+        engine.handlers[fd] = self._on_connect
+        engine.timeouts.append((self.connect_started + engine.balancer.settings.connect_timeout, self, sock))
+
+    def connect_timed_out(self, sock: socket.socket) -> None:
+        if sock is self.backend_sock and self.up is None and not self.finished:
+            self._drop_backend()
+            self._connect_failed(self.candidate, "connect timed out")
+
+    def _drop_backend(self) -> None:
+        sock = self.backend_sock
+        self.engine.handlers.pop(self.bfd, None)
+        self.backend_sock = None
+        self.bfd = -1
+        self.bmask = 0
+        self.engine.close(sock)
+
+    def _on_connect(self, ev: int) -> None:
+        if ev & _BAD:
+            code = self.backend_sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self._drop_backend()
+            self._connect_failed(self.candidate, _error_text(code))
+            return
+        self._connected()
+
+    def _connect_failed(self, candidate: Candidate, reason: str) -> None:
+        self.candidate = None
+        balancer = self.engine.balancer
+        balancer.connect_failed(candidate, reason)
+        if len(self.tried) > balancer.settings.retries:
+            self.outcome = "connect-failed"
+            self._finish()
+            return
+        balancer.totals.retries += 1
+        self.connect()
+
+    def _connected(self) -> None:
+        engine = self.engine
+        now = engine.now()
+        candidate = self.candidate
+        csock, bsock = self.client_sock, self.backend_sock
+        self.up = up = _Flow(csock, bsock)
+        self.down = _Flow(bsock, csock)
+        engine.balancer.connection_opened(candidate, self, now - self.connect_started)
+        self.first_byte_pending = True
+        self.connect_started = now
+        version = candidate.backend.proxy_protocol
+        if version:
+            local = csock.getsockname()
+            data = header(version, self.client, (local[0], local[1]))
+            try:
+                sent = bsock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._backend_error()
+                return
+            if sent < len(data):
+                up.pending = data[sent:]
+        handlers = engine.handlers
+        handlers[self.bfd] = self.on_backend
+        handlers[self.cfd] = self.on_client
+        if up.pending is None:
+            self._set_backend(_READ)
+            self.cmask = _READ
+            engine.epoll.register(self.cfd, _READ)
+        else:
+            self._set_backend(_READ | EPOLLOUT)
+            self.cmask = 0
+            engine.epoll.register(self.cfd, 0)
+
+    # The relay ---------------------------------------------------------------
+
+    def _set_client(self, mask: int) -> None:
+        if mask != self.cmask:
+            self.cmask = _set_mask(self.engine.epoll, self.cfd, self.cmask, mask)
+
+    def _set_backend(self, mask: int) -> None:
+        if mask != self.bmask:
+            self.bmask = _set_mask(self.engine.epoll, self.bfd, self.bmask, mask)
+
+    def on_client(self, ev: int) -> None:
+        if ev & EPOLLOUT:
+            if self._flush(self.down, True):
+                return
+        if ev & (_READ | _BAD) and self.cmask & EPOLLIN:
+            self._read(self.up, ev, True)
+        elif ev & EPOLLERR:
+            self._client_error()
+        elif ev & EPOLLHUP:
+            self.engine.epoll.unregister(self.cfd)
+            self.cmask |= _PARKED
+
+    def on_backend(self, ev: int) -> None:
+        if ev & EPOLLOUT:
+            if self._flush(self.up, False):
+                return
+        if ev & (_READ | _BAD) and self.bmask & EPOLLIN:
+            self._read(self.down, ev, False)
+        elif ev & EPOLLERR:
+            self._backend_error()
+        elif ev & EPOLLHUP:
+            self.engine.epoll.unregister(self.bfd)
+            self.bmask |= _PARKED
+
+    def _read(self, flow: _Flow, ev: int, from_client: bool) -> None:
+        """
+        Move what the source has to the destination now; keep only what the
+        destination did not take, and stop reading until it has.
+        """
+        if flow.pipe is not None:
+            self._splice(flow, from_client)
+            return
+        engine = self.engine
+        try:
+            n = flow.src.recv_into(engine.buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._error(from_client)
+            return
+        if not n:
+            self._eof(flow, from_client)
+            return
+        flow.count += n
+        if not from_client and self.first_byte_pending:
+            self.first_byte_pending = False
+            engine.balancer.observe_response(self.candidate, engine.now() - self.connect_started)
+        try:
+            sent = flow.dst.send(engine.view[:n])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._error(not from_client)
+            return
+        if sent < n:
+            flow.pending = engine.view[sent:n].tobytes()
+            self._wait_writable(flow, from_client)
+        elif n == BUFFER_SIZE:
+            if _HAVE_SPLICE:
+                self._start_splice(flow)
+        elif ev & EPOLLRDHUP:
+            self._eof(flow, from_client)
+
+    def _wait_writable(self, flow: _Flow, from_client: bool) -> None:
+        if from_client:
+            self._set_client(self.cmask & ~_READ)
+            self._set_backend(self.bmask | EPOLLOUT)
+        else:
+            self._set_backend(self.bmask & ~_READ)
+            self._set_client(self.cmask | EPOLLOUT)
+
+    def _flush(self, flow: _Flow, to_client: bool) -> bool:
+        """
+        Send what is pending on C{flow}; once it is all out, read its
+        source again (or pass its EOF on).
+
+        @return: C{True} if the relay ended.
+        """
+        if flow.pipe is not None and flow.inpipe:
+            try:
+                sent = os.splice(flow.pipe[0], flow.dst.fileno(), flow.inpipe, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._error(to_client)
+                return True
+            flow.inpipe -= sent
+            if flow.inpipe:
+                return False
+        elif flow.pending is not None:
+            data = flow.pending
+            try:
+                sent = flow.dst.send(data)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._error(to_client)
+                return True
+            if sent < len(data):
+                flow.pending = data[sent:]
+                return False
+            flow.pending = None
+        else:
+            return False
+        if to_client:
+            self._set_client(self.cmask & ~EPOLLOUT)
+        else:
+            self._set_backend(self.bmask & ~EPOLLOUT)
+        if flow.eof:
+            return self._shut(flow, to_client)
+        if to_client:
+            self._set_backend(self.bmask | _READ)
+        else:
+            self._set_client(self.cmask | _READ)
+        return False
+
+    def _start_splice(self, flow: _Flow) -> None:
+        try:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            import fcntl
+
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except (OSError, AttributeError):
+            pass
+        flow.pipe = (r, w)
+
+    def _splice(self, flow: _Flow, from_client: bool) -> None:
+        r, w = flow.pipe
+        try:
+            n = os.splice(flow.src.fileno(), w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._error(from_client)
+            return
+        if not n:
+            self._eof(flow, from_client)
+            return
+        flow.count += n
+        try:
+            sent = os.splice(r, flow.dst.fileno(), n, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._error(not from_client)
+            return
+        if sent < n:
+            flow.inpipe = n - sent
+            self._wait_writable(flow, from_client)
+
+    def _eof(self, flow: _Flow, from_client: bool) -> None:
+        """
+        The source of C{flow} sent its FIN: stop reading it, and half-close
+        the destination once the pending bytes are out.
+        """
+        flow.eof = True
+        if from_client:
+            self._set_client(self.cmask & ~_READ)
+        else:
+            self._set_backend(self.bmask & ~_READ)
+        if flow.pending is None and not flow.inpipe:
+            self._shut(flow, not from_client)
+
+    def _shut(self, flow: _Flow, to_client: bool) -> bool:
+        """
+        Half-close C{flow}'s destination; the relay ends once both
+        directions are shut.
+
+        @return: C{True} if the relay ended.
+        """
+        flow.shut = True
+        flow.close_pipe()
+        other = self.up if to_client else self.down
+        if other.shut:
+            self._finish()
+            return True
+        try:
+            flow.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._error(to_client)
+            return True
+        return False
+
+    def _error(self, client_side: bool) -> None:
+        if client_side:
+            self._client_error()
+        else:
+            self._backend_error()
+
+    def _client_error(self) -> None:
+        if self.outcome is None:
+            self.outcome = "client-reset"
+        self._finish()
+
+    def _backend_error(self, reason: str = "connection reset by backend") -> None:
+        self.backend_outcome = "backend-reset"
+        if self.outcome is None and self.up is not None and not self.finished:
+            # Not our abort nor the client's: passive health counts it.
+            reset = getattr(self.engine.balancer, "connection_reset", None)
+            if reset is not None:
+                reset(self.candidate, reason)
+        self._finish()
+
+    def _finish(self) -> None:
+        """
+        Close both sockets and report the connection to the balancer, once.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        engine = self.engine
+        handlers = engine.handlers
+        handlers.pop(self.cfd, None)
+        engine.close(self.client_sock)
+        if self.backend_sock is not None:
+            handlers.pop(self.bfd, None)
+            engine.close(self.backend_sock)
+        up, down = self.up, self.down
+        if up is not None:
+            up.close_pipe()
+            down.close_pipe()
+        bytes_up, bytes_down = self.bytes_up, self.bytes_down
+        record = AccessRecord(
+            client=f"{self.client[0]}:{self.client[1]}",
+            backend=self.candidate.id if up is not None else None,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
+            duration=engine.now() - self.started,
+            outcome=self.outcome or self.backend_outcome or "ok",
+        )
+        if up is None:
+            engine.balancer.client_failed(record)
+        else:
+            engine.balancer.connection_closed(self.candidate, self, record)
+
+
+@implementer(IReadDescriptor)
+class FastRelay:
+    """
+    The engine: a listening socket and every relayed socket on one
+    C{epoll} object, which the reactor watches as a single reader.
+
+    @ivar balancer: the L{IBalancer} every connection goes through.
+    @ivar epoll: the private C{select.epoll}.
+    @ivar handlers: fd -> callable taking the epoll event mask.
+    @ivar timeouts: pending connect deadlines, oldest first (the timeout is
+        one setting, so appending keeps them sorted).
+    """
+
+    def __init__(
+        self,
+        balancer: IBalancer,
+        listener: socket.socket,
+        reactor: Any = None,
+        sweep_interval: float = 0.05,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.balancer = balancer
+        self.reactor = reactor
+        self.listener = listener
+        self.epoll = select.epoll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.timeouts: deque = deque()
+        self.buffer = bytearray(BUFFER_SIZE)
+        self.view = memoryview(self.buffer)
+        self.now = reactor.seconds
+        self._closing: list[socket.socket] | None = None
+        self._sweep_interval = sweep_interval
+        self._sweeper: Any = None
+        self._resolved: dict[tuple[str, int], tuple[float, Any]] = {}
+        self.listening = False
+        listener.setblocking(False)
+        if listener.family in (socket.AF_INET, socket.AF_INET6):
+            # Accepted sockets inherit it, which saves a syscall each.
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # IReadDescriptor ------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self.epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "FastRelay"
+
+    def connectionLost(self, reason: Any) -> None:
+        self.stop()
+
+    def doRead(self) -> None:
+        """
+        Dispatch every ready socket event.  Sockets closed while
+        dispatching are closed after the batch, so a new socket cannot
+        reuse an fd that still has an event in this batch.
+        """
+        handlers = self.handlers
+        self._closing = closing = []
+        try:
+            for fd, ev in self.epoll.poll(0):
+                handler = handlers.get(fd)
+                if handler is not None:
+                    try:
+                        handler(ev)
+                    except Exception:
+                        log.failure("relay event handler failed")
+                        owner = getattr(handler, "__self__", None)
+                        if isinstance(owner, Relay):
+                            owner.abort("internal-error")
+        finally:
+            self._closing = None
+            for sock in closing:
+                sock.close()
+
+    # Lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Start accepting clients.
+        """
+        from twisted.internet.task import LoopingCall
+
+        self.epoll.register(self.listener.fileno(), EPOLLIN)
+        self.handlers[self.listener.fileno()] = self._accept
+        self.listening = True
+        self.reactor.addReader(self)
+        self._sweeper = LoopingCall(self.sweep_timeouts)
+        self._sweeper.clock = self.reactor
+        self._sweeper.start(self._sweep_interval, now=False)
+
+    def stop_listening(self) -> None:
+        """
+        Stop accepting; connections in flight go on.
+        """
+        if self.listening:
+            self.listening = False
+            fd = self.listener.fileno()
+            self.handlers.pop(fd, None)
+            self.epoll.unregister(fd)
+            self.listener.close()
+
+    def stop(self) -> None:
+        """
+        Stop accepting and close every connection.
+        """
+        self.stop_listening()
+        for handler in tuple(self.handlers.values()):
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, Relay):
+                owner.abort("shutdown")
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self.reactor.removeReader(self)
+
+    @property
+    def port(self) -> int:
+        return self.listener.getsockname()[1]
+
+    # The accept loop ----------------------------------------------------------
+
+    def _accept(self, ev: int) -> None:
+        accept = self.listener.accept
+        balancer = self.balancer
+        now = self.now()
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed: {error}", error=e)
+                return
+            if not balancer.admit():
+                sock.close()
+                continue
+            sock.setblocking(False)
+            Relay(self, sock, (addr[0], addr[1]), now).connect()
+
+    # Helpers for relays ---------------------------------------------------------
+
+    def close(self, sock: socket.socket) -> None:
+        closing = self._closing
+        if closing is None:
+            sock.close()
+        else:
+            closing.append(sock)
+
+    def sweep_timeouts(self) -> None:
+        """
+        Fail the connect attempts whose deadline passed.
+        """
+        timeouts = self.timeouts
+        now = self.now()
+        while timeouts and timeouts[0][0] <= now:
+            _, relay, sock = timeouts.popleft()
+            relay.connect_timed_out(sock)
+
+    def resolve(self, host: str, port: int) -> Any:
+        """
+        Look a backend host name up off the reactor thread (cached 30 s).
+
+        @return: a Deferred firing with C{(family, sockaddr)}.
+        """
+        from twisted.internet import defer
+        from twisted.internet.threads import deferToThreadPool
+
+        key = (host, port)
+        now = self.now()
+        hit = self._resolved.get(key)
+        if hit is not None and hit[0] > now:
+            return defer.succeed(hit[1])
+
+        def lookup() -> tuple:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            if not infos:
+                raise OSError(f"no address for {host}")
+            return infos[0][0], infos[0][4]
+
+        def remember(found: tuple) -> tuple:
+            self._resolved[key] = (now + 30.0, found)
+            return found
+
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), lookup).addCallback(remember)
+
+
+def listening_socket(
+    host: str, port: int, backlog: int = 511, reuse_port: bool = False, family: int | None = None
+) -> socket.socket:
+    """
+    Bind and listen, as C{listenTCP} would (with C{SO_REUSEADDR}), and
+    optionally C{SO_REUSEPORT} so several worker processes share the port.
+
+    @raise OSError: if the address cannot be bound.
+    """
+    if family is None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def parse_tcp_endpoint(description: str) -> tuple[str, int, int] | None:
+    """
+    @return: C{(interface, port, backlog)} if C{description} is a plain
+        C{tcp:} or C{tcp6:} server endpoint the fast engine can own, else
+        C{None}.
+    """
+    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        endpoint = serverFromString(MemoryReactor(), description)
+    except Exception:
+        return None
+    if type(endpoint) is TCP4ServerEndpoint:
+        return endpoint._interface or "0.0.0.0", endpoint._port, endpoint._backlog
+    if type(endpoint) is TCP6ServerEndpoint:
+        return endpoint._interface or "::", endpoint._port, endpoint._backlog
+    return None
+
+
+
+class FastRelayService(Service):
+    """
+    Runs a L{FastRelay} on a plain TCP listener while the application runs
+    (the fast engine's counterpart of C{StreamServerEndpointService}).
+    Binding happens in L{startService}, so a port in use fails the start
+    at once.
+
+    @ivar engine: the running L{FastRelay}, once started.
+    """
+
+    def __init__(
+        self, balancer: IBalancer, host: str, port: int, backlog: int = 511,
+        reuse_port: bool = False, reactor: Any = None,
+    ) -> None:
+        self.balancer = balancer
+        self.host = host
+        self.requested_port = port
+        self.backlog = backlog
+        self.reuse_port = reuse_port
+        self.reactor = reactor
+        self.engine: FastRelay | None = None
+
+    def startService(self) -> None:
+        sock = listening_socket(self.host, self.requested_port, self.backlog, self.reuse_port)
+        self.engine = FastRelay(self.balancer, sock, self.reactor)
+        self.engine.start()
+        super().startService()
+
+    def stopService(self) -> Any:
+        if self.engine is not None:
+            self.engine.stop_listening()
+        return super().stopService()
