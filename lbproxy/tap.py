@@ -99,11 +99,15 @@ class Options(usage.Options):
         ["outlier-max-percent", None, None, "Never eject more than this percentage of the pool (default 50)."],
         ["slow-start", None, None, "Seconds over which a new or recovered backend ramps from 10% to full weight (default 0: off)."],
         ["drain-timeout", None, None, "Seconds after which connections still open to a draining backend are closed (default: none)."],
+        ["admin-token-file", None, None,
+         "File holding the admin API token: changes then need 'Authorization: Bearer <token>', "
+         "and so do reads unless --admin-open-reads.  Required when --admin is not loopback-only."],
         ["demo-users", None, "20", "With --demo: how many simulated users are online at first."],
         ["demo-ports", None, "0,0,0", "With --demo: ports of the demo backends (0: any free port)."],
     ]
     optFlags = [
         ["no-access-log", None, "Do not log one line per finished connection."],
+        ["admin-open-reads", None, "With --admin-token-file: let reads of the admin API through without the token."],
         ["demo", None, "Also run demo backends and simulated users; the pool starts with the demo backends."],
     ]
 
@@ -122,6 +126,23 @@ class Options(usage.Options):
 
     opt_b = opt_backend
 
+    def _check_admin_access(self) -> None:
+        from lbproxy.web.auth import loopback_only, read_token_file
+
+        self["admin-token"] = None
+        if self["admin-token-file"]:
+            try:
+                self["admin-token"] = read_token_file(self["admin-token-file"])
+            except ValueError as e:
+                raise usage.UsageError(f"--admin-token-file: {e}") from None
+        elif not loopback_only(self["admin"]):
+            raise usage.UsageError(
+                f"--admin {self['admin']!r} is reachable from other hosts; give --admin-token-file "
+                "so that only holders of the token can change the pool (or bind to 127.0.0.1)"
+            )
+        if self["admin-open-reads"] and not self["admin-token"]:
+            raise usage.UsageError("--admin-open-reads only makes sense with --admin-token-file")
+
     def postOptions(self) -> None:
         import json
 
@@ -129,6 +150,7 @@ class Options(usage.Options):
 
         _check_endpoint(self["listen"], "--listen")
         _check_endpoint(self["admin"], "--admin")
+        self._check_admin_access()
         if self["demo"]:
             from lbproxy.demo.service import check_demo_options
 
@@ -224,6 +246,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         demo_service(demo, top, reactor).setServiceParent(top)
 
     # -- the admin site (lbproxy/web/)
+    from lbproxy.web import admin_service
+
+    admin_service(options, top, reactor)
 
     # -- active health checks (lbproxy/health.py)
     _health_service(balancer, reactor).setServiceParent(top)

@@ -1,0 +1,121 @@
+"""
+Rates over a sliding window, from the balancer's counters.
+
+The proxy only bumps counters; once a second L{StatsSampler} copies them
+into a bounded ring, and rates are the difference between the newest and
+the oldest sample in the window divided by the time between them.  Nothing
+here runs per connection, and a read of the stats does no more than that
+subtraction.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet.task import LoopingCall
+
+#: Listener counters that get a per-second rate.
+_TOTAL_RATES = ("accepted", "rejected", "no_backend", "connect_failures", "bytes_up", "bytes_down")
+#: Per-backend counters that get a per-second rate.
+_BACKEND_RATES = ("total", "failures", "bytes_up", "bytes_down")
+
+
+class _Sample:
+    __slots__ = ("time", "totals", "backends")
+
+    def __init__(self, time: float, totals: dict[str, int], backends: dict[str, dict[str, Any]]) -> None:
+        self.time = time
+        self.totals = totals
+        self.backends = backends
+
+
+def _rate(new: int, old: int, seconds: float) -> float:
+    # A counter can restart when a backend id is removed and added again.
+    return max(0, new - old) / seconds if seconds > 0 else 0.0
+
+
+class StatsSampler:
+    """
+    Samples a balancer's counters every C{interval} seconds and keeps
+    C{window} seconds of samples.
+
+    @ivar window: the length of the sliding window in seconds.
+    """
+
+    def __init__(self, balancer: Any, clock: Any = None, window: float = 10.0, interval: float = 1.0) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.balancer = balancer
+        self.clock = clock
+        self.window = window
+        self.interval = interval
+        self._samples: deque[_Sample] = deque(maxlen=int(window / interval) + 1)
+        self._loop: LoopingCall | None = None
+
+    def start(self) -> None:
+        """
+        Take a sample now and then every C{interval} seconds.
+        """
+        self._loop = LoopingCall(self.sample)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def sample(self) -> None:
+        """
+        Copy the counters as they are now into the ring.
+        """
+        b = self.balancer
+        totals = b.totals.to_json()
+        backends: dict[str, dict[str, Any]] = {}
+        for bid, stats in b.pool.stats.items():
+            up, down = b.bytes_of(bid)
+            backends[bid] = {
+                "active": stats.active,
+                "total": stats.total,
+                "failures": stats.failures,
+                "bytes_up": up,
+                "bytes_down": down,
+                "connect_ewma": stats.connect_ewma,
+                "response_ewma": stats.response_ewma,
+            }
+        self._samples.append(_Sample(self.clock.seconds(), totals, backends))
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        Counters of the newest sample and rates over the window.
+
+        @return: C{{"time", "window", "totals": {...}, "backends": {id:
+            {...}}}}; each counter C{name} in C{totals}/C{backends} has a
+            C{name_per_second} rate next to it (C{total_per_second} is
+            connections per second for a backend, C{accepted_per_second} for
+            the listener).
+        """
+        if not self._samples:
+            self.sample()
+        newest = self._samples[-1]
+        oldest = self._samples[0]
+        seconds = newest.time - oldest.time
+        totals: dict[str, Any] = dict(newest.totals)
+        for name in _TOTAL_RATES:
+            totals[f"{name}_per_second"] = _rate(newest.totals[name], oldest.totals[name], seconds)
+        backends: dict[str, Any] = {}
+        for bid, counters in newest.backends.items():
+            view = dict(counters)
+            old = self._first_sample_of(bid)
+            span = newest.time - old.time
+            for name in _BACKEND_RATES:
+                view[f"{name}_per_second"] = _rate(counters[name], old.backends[bid][name], span)
+            backends[bid] = view
+        return {"time": newest.time, "window": seconds, "totals": totals, "backends": backends}
+
+    def _first_sample_of(self, backend_id: str) -> _Sample:
+        for s in self._samples:
+            if backend_id in s.backends:
+                return s
+        return self._samples[-1]

@@ -1,0 +1,443 @@
+"""
+The admin API: a Klein application over the config controller and the
+balancer.
+
+Reads come straight from the balancer (on the reactor thread, so always one
+consistent snapshot); every change goes through
+L{ConfigController.change} with one of the pure functions of
+L{lbproxy.config}, so it is validated, made durable and applied in that
+order, or refused with nothing changed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+import lbproxy
+from lbproxy.config import (
+    SETTINGS_FIELDS,
+    Config,
+    ConfigError,
+    StoreError,
+    VersionConflict,
+    add_backend,
+    parse_config,
+    parse_strategy,
+    remove_backend,
+    replace_config,
+    set_strategy,
+    update_backend,
+    update_settings,
+)
+from lbproxy.web.auth import AdminPolicy
+from lbproxy.web.errors import ApiError, dumps, read_json, send_json
+from lbproxy.web.static import UIFiles, static_dir
+
+log = Logger()
+
+API = "/api/v1"
+
+
+def _api(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """
+    Apply the access policy before an API handler runs.
+    """
+
+    @functools.wraps(handler)
+    def guarded(self: "AdminApp", request: Any, *args: Any, **kwargs: Any) -> Any:
+        self.policy.check(request)
+        return handler(self, request, *args, **kwargs)
+
+    return guarded
+
+
+def expected_version(request: Any) -> int | None:
+    """
+    The config version a change was based on, from C{If-Match}.
+
+    @return: the version, or C{None} without the header or for C{*}.
+    @raise ApiError: 400 for a header that is not one version.
+    """
+    header = request.getHeader(b"if-match")
+    if header is None:
+        return None
+    value = header.strip()
+    if value == b"*":
+        return None
+    if value.startswith(b"W/"):
+        value = value[2:]
+    value = value.strip(b'"')
+    if not value.isdigit() or len(value) > 18:
+        raise ApiError(400, 'If-Match must be one config version, like "12" (the ETag of a read)')
+    return int(value)
+
+
+def _flag(request: Any, name: bytes) -> bool:
+    values = request.args.get(name)
+    if not values:
+        return False
+    value = values[-1].lower()
+    if value in (b"true", b"1", b"yes"):
+        return True
+    if value in (b"false", b"0", b"no", b""):
+        return False
+    raise ApiError(400, f"?{name.decode()}= must be true or false")
+
+
+class AdminApp:
+    """
+    The admin API, the SSE feed, C{/metrics} and the web UI of one
+    balancer.
+
+    Serve C{AdminApp(...).app.resource()} under a L{twisted.web.server.Site}.
+
+    Extensions: other modules add routes under C{/api/v1/<name>/...} by
+    passing C{extensions={"demo": resource}} or calling
+    L{add_extension}.  An extension is an L{IResource} or anything with a
+    C{resource()} method (a Klein app); it gets the request with the
+    C{/api/v1/<name>} prefix consumed, after the same access policy as the
+    built-in endpoints (token for reads unless open, token plus same-origin
+    plus a JSON content type for anything but C{GET}/C{HEAD}).  Names of
+    built-in endpoints cannot be taken.
+
+    Status: C{GET /api/v1/status} merges the dicts returned by each status
+    provider (a callable with no arguments returning a dict or a Deferred of
+    one), added with C{status_providers=} or L{add_status_provider}; a
+    config store with a C{status()} method contributes C{{"store": ...}}.
+
+    @ivar controller: the L{lbproxy.control.ConfigController} every change
+        goes through.
+    @ivar balancer: the L{lbproxy.balancer.Balancer} reads come from.
+    @ivar policy: the L{AdminPolicy} for every API request.
+    @ivar stats: the L{lbproxy.stats.StatsSampler} behind C{/api/v1/stats}.
+    @ivar feed: the L{lbproxy.web.sse.EventFeed} behind C{/api/v1/events}.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        controller: Any,
+        balancer: Any = None,
+        *,
+        policy: AdminPolicy | None = None,
+        stats: Any = None,
+        feed: Any = None,
+        extensions: Mapping[str, Any] | None = None,
+        status_providers: tuple[Callable[[], Any], ...] = (),
+        node: str | None = None,
+        static: Any = None,
+        clock: Any = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        from lbproxy.stats import StatsSampler
+        from lbproxy.web.metrics import metrics_registry
+        from lbproxy.web.sse import EventFeed
+
+        self.controller = controller
+        self.balancer = balancer if balancer is not None else controller.balancer
+        self.policy = policy if policy is not None else AdminPolicy()
+        self.clock = clock
+        self.stats = stats if stats is not None else StatsSampler(self.balancer, clock)
+        self.feed = feed if feed is not None else EventFeed(self.balancer, self.stats, clock)
+        self.registry = metrics_registry(self.balancer, self.feed)
+        self.node = node
+        self.started = clock.seconds()
+        self.static = static if static is not None else static_dir()
+        self._extensions: dict[str, IResource] = {}
+        for name, ext in (extensions or {}).items():
+            self.add_extension(name, ext)
+        self._status_providers = list(status_providers)
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    def add_extension(self, name: str, extension: Any) -> None:
+        """
+        Mount C{extension} under C{/api/v1/<name>}.
+
+        @raise ValueError: if C{name} is a built-in endpoint or taken.
+        """
+        if name in _builtin_names() or name in self._extensions or not name.replace("-", "").isalnum():
+            raise ValueError(f"cannot mount an extension at {API}/{name}")
+        if not IResource.providedBy(extension):
+            extension = extension.resource()
+        self._extensions[name] = extension
+
+    def add_status_provider(self, provider: Callable[[], Any]) -> None:
+        self._status_providers.append(provider)
+
+    # Helpers ---------------------------------------------------------------
+
+    def _with_version(self, request: Any, version: int, body: dict[str, Any], code: int = 200) -> bytes:
+        request.setHeader(b"ETag", f'"{version}"'.encode())
+        body["version"] = version
+        return send_json(request, body, code)
+
+    async def _change(self, request: Any, mutate: Callable[[Config], Any]) -> tuple[Config, Any]:
+        expected = expected_version(request)
+        try:
+            return await self.controller.change(mutate, expected)
+        except VersionConflict as e:
+            code = 412 if expected is not None else 409
+            raise ApiError(code, str(e), current_version=e.current) from None
+        except StoreError as e:
+            raise ApiError(507, f"the change was not saved, so nothing changed: {e}") from None
+        except ConfigError as e:
+            raise ApiError(400, str(e)) from None
+
+    def _backend_view(self, backend_id: str) -> dict[str, Any]:
+        b = self.balancer.config.backend(backend_id) or self.balancer.removing.get(backend_id)
+        if b is None:
+            raise ApiError(404, f"there is no backend {backend_id!r}")
+        return self.balancer.backend_view(b)
+
+    # Backends ----------------------------------------------------------------
+
+    @app.route(API + "/backends", methods=["GET"])
+    @_api
+    def list_backends(self, request: Any) -> bytes:
+        config = self.balancer.config
+        return self._with_version(request, config.version, {"backends": self.balancer.backends_view()})
+
+    @app.route(API + "/backends", methods=["POST"])
+    @_api
+    async def create_backend(self, request: Any) -> bytes:
+        body = read_json(request)
+        new, backend = await self._change(request, lambda c: add_backend(c, body))
+        request.setHeader(b"Location", f"{API}/backends/{backend.id}".encode())
+        return self._with_version(request, new.version, self._backend_view(backend.id), 201)
+
+    @app.route(API + "/backends/<string:backend_id>", methods=["GET"])
+    @_api
+    def get_backend(self, request: Any, backend_id: str) -> bytes:
+        view = self._backend_view(backend_id)
+        return self._with_version(request, self.balancer.config.version, view)
+
+    @app.route(API + "/backends/<string:backend_id>", methods=["PATCH"])
+    @_api
+    async def patch_backend(self, request: Any, backend_id: str) -> bytes:
+        body = read_json(request)
+
+        def mutate(config: Config) -> Any:
+            try:
+                return update_backend(config, backend_id, body)
+            except KeyError:
+                raise ApiError(404, f"there is no backend {backend_id!r}") from None
+
+        new, backend = await self._change(request, mutate)
+        return self._with_version(request, new.version, self._backend_view(backend.id))
+
+    @app.route(API + "/backends/<string:backend_id>", methods=["DELETE"])
+    @_api
+    async def delete_backend(self, request: Any, backend_id: str) -> bytes:
+        force = _flag(request, b"force")
+
+        def mutate(config: Config) -> Any:
+            try:
+                return remove_backend(config, backend_id), None
+            except KeyError:
+                raise ApiError(404, f"there is no backend {backend_id!r}") from None
+
+        new, _ = await self._change(request, mutate)
+        b = self.balancer
+        active = len(b.connections.get(backend_id, ()))
+        closed = b.close_connections(backend_id, "removed by operator") if force else 0
+        return self._with_version(request, new.version, {
+            "id": backend_id,
+            "state": "removing" if backend_id in b.removing else "removed",
+            "connections": active,
+            "closed": closed,
+        })
+
+    # Strategy ------------------------------------------------------------------
+
+    @app.route(API + "/strategies", methods=["GET"])
+    @_api
+    def list_strategies(self, request: Any) -> bytes:
+        found = [
+            {"name": name, "description": f.description, "options_schema": f.options_schema}
+            for name, f in sorted(self.balancer.factories.items())
+        ]
+        return send_json(request, {"strategies": found, "active": self.balancer.config.strategy.name})
+
+    @app.route(API + "/strategy", methods=["GET"])
+    @_api
+    def get_strategy(self, request: Any) -> bytes:
+        config = self.balancer.config
+        return self._with_version(request, config.version, config.strategy.to_json())
+
+    @app.route(API + "/strategy", methods=["PUT"])
+    @_api
+    async def put_strategy(self, request: Any) -> bytes:
+        try:
+            choice = parse_strategy(read_json(request), "body")
+        except ConfigError as e:
+            raise ApiError(400, str(e)) from None
+        new, _ = await self._change(request, lambda c: (set_strategy(c, choice), None))
+        return self._with_version(request, new.version, new.strategy.to_json())
+
+    # Settings and the whole document ---------------------------------------------
+
+    def _settings(self, config: Config) -> dict[str, Any]:
+        doc = config.to_json()
+        return {name: doc[name] for name in SETTINGS_FIELDS}
+
+    @app.route(API + "/settings", methods=["GET"])
+    @_api
+    def get_settings(self, request: Any) -> bytes:
+        config = self.balancer.config
+        return self._with_version(request, config.version, self._settings(config))
+
+    @app.route(API + "/settings", methods=["PUT", "PATCH"])
+    @_api
+    async def put_settings(self, request: Any) -> bytes:
+        body = read_json(request)
+        new, _ = await self._change(request, lambda c: (update_settings(c, body), None))
+        return self._with_version(request, new.version, self._settings(new))
+
+    @app.route(API + "/config", methods=["GET"])
+    @_api
+    def get_config(self, request: Any) -> bytes:
+        config = self.balancer.config
+        return self._with_version(request, config.version, config.to_json())
+
+    @app.route(API + "/config", methods=["PUT"])
+    @_api
+    async def put_config(self, request: Any) -> bytes:
+        try:
+            imported = parse_config(read_json(request), "body")
+            self.balancer.check(imported)
+        except ConfigError as e:
+            raise ApiError(400, str(e)) from None
+        new, _ = await self._change(request, lambda c: (replace_config(c, imported), None))
+        return self._with_version(request, new.version, new.to_json())
+
+    # Status ------------------------------------------------------------------------
+
+    @app.route(API + "/status", methods=["GET"])
+    @_api
+    async def status(self, request: Any) -> bytes:
+        config = self.balancer.config
+        now = self.clock.seconds()
+        body: dict[str, Any] = {
+            "lbproxy": lbproxy.__version__,
+            "node": self.node,
+            "started": self.started,
+            "uptime": now - self.started,
+            "config_version": config.version,
+            "strategy": config.strategy.name,
+            "backends": len(config.backends),
+            "active_connections": self.balancer.totals.active,
+            "feed_subscribers": self.feed.subscriber_count,
+        }
+        store = getattr(self.controller, "store", None)
+        providers = list(self._status_providers)
+        if store is not None and callable(getattr(store, "status", None)):
+            providers.insert(0, lambda: {"store": store.status()})
+        elif store is not None:
+            body["store"] = {"kind": type(store).__name__}
+        for provider in providers:
+            try:
+                extra = await defer.maybeDeferred(provider)
+            except Exception as e:
+                log.failure("status provider {provider!r} failed", provider=provider)
+                body.setdefault("status_errors", []).append(str(e) or type(e).__name__)
+                continue
+            body.update(extra or {})
+        return send_json(request, body)
+
+    # Watching ----------------------------------------------------------------------
+
+    @app.route(API + "/stats", methods=["GET"])
+    @_api
+    def get_stats(self, request: Any) -> bytes:
+        return send_json(request, self.stats.snapshot())
+
+    @app.route(API + "/events", methods=["GET"])
+    @_api
+    def events(self, request: Any) -> Any:
+        return self.feed.open(request)
+
+    @app.route("/metrics", methods=["GET"])
+    @_api
+    def metrics(self, request: Any) -> bytes:
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.registry)
+
+    @app.route(API + "/openapi.json", methods=["GET"])
+    def openapi(self, request: Any) -> bytes:
+        from lbproxy.web.openapi import openapi_document
+
+        return send_json(request, openapi_document())
+
+    # Extensions and the UI -----------------------------------------------------------
+
+    @app.route(API + "/<string:name>", branch=True)
+    def extension(self, request: Any, name: str) -> Any:
+        ext = self._extensions.get(name)
+        if ext is None:
+            allowed = _allowed_methods(self.app, f"{API}/{name}")
+            if allowed:
+                raise MethodNotAllowed(valid_methods=allowed)
+            raise ApiError(404, f"there is no endpoint {request.path.decode('latin-1')!r}")
+        self.policy.check(request)
+        return ext
+
+    @app.route("/", branch=True)
+    def ui(self, request: Any) -> Any:
+        if request.path.startswith(b"/api/") or request.path == b"/api":
+            raise ApiError(404, f"there is no endpoint {request.path.decode('latin-1')!r}")
+        if request.method not in (b"GET", b"HEAD"):
+            raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
+        if not self.static.is_dir():
+            raise ApiError(404, f"the web UI is not installed (no directory {str(self.static)!r})")
+        return UIFiles(str(self.static))
+
+    # Errors ------------------------------------------------------------------------------
+
+    @app.handle_errors(Exception)
+    def error(self, request: Any, failure: Any) -> bytes:
+        e = failure.value
+        if isinstance(e, ApiError):
+            for name, value in e.headers.items():
+                request.setHeader(name.encode(), value.encode())
+            return send_json(request, e.body(), e.code)
+        if isinstance(e, HTTPException):
+            if isinstance(e, MethodNotAllowed) and e.valid_methods:
+                request.setHeader(b"Allow", ", ".join(e.valid_methods).encode())
+            return send_json(request, {"error": f"{e.name}: {e.description}"}, e.code or 500)
+        log.failure("admin API request {method} {path} failed", failure,
+                    method=request.method, path=request.path)
+        return send_json(request, {"error": "internal error; the server log has the details"}, 500)
+
+
+def _allowed_methods(app: Klein, path: str) -> list[str]:
+    methods: set[str] = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule == path and rule.methods:
+            methods |= rule.methods
+    return sorted(methods)
+
+
+def _builtin_names() -> set[str]:
+    names = set()
+    for rule in AdminApp.app.url_map.iter_rules():
+        if rule.rule.startswith(API + "/"):
+            head = rule.rule[len(API) + 1:].split("/", 1)[0]
+            if not head.startswith("<"):
+                names.add(head)
+    return names
+
+
+__all__ = ["AdminApp", "expected_version", "dumps"]

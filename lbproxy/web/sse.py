@@ -1,0 +1,271 @@
+"""
+The live event feed (C{GET /api/v1/events}, server-sent events).
+
+Cheap by construction: each event is encoded once and the same bytes go to
+every subscriber; routing decisions reach the feed only as one batched
+C{route} event every C{batch_interval} (drained from the balancer's
+L{lbproxy.events.RouteRecorder}), and that work, the C{stats} events and
+the heartbeats run only while someone is subscribed.
+
+A subscriber that stops reading fills its socket buffer; the HTTP channel
+then pauses the subscriber (it is the request's push producer), which from
+then on only counts the bytes it would have written.  Past C{max_backlog}
+it is cut off, so a stuck client costs bounded memory and never stalls the
+reactor; its browser reconnects with C{Last-Event-ID} and resumes from the
+bounded history, or gets a C{reset} snapshot when that history is gone.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lbproxy.events import Event
+from lbproxy.web.errors import ApiError
+
+log = Logger()
+
+
+def encode(event_id: int, type: str, data: Any) -> bytes:
+    """
+    One SSE message.  Compact JSON has no newlines, so C{data} is one line.
+    """
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False, default=str)
+    return f"id: {event_id}\nevent: {type}\ndata: {body}\n\n".encode("utf-8")
+
+
+@implementer(IPushProducer)
+class Subscriber:
+    """
+    One open feed: the request it writes to and how far behind it is.
+
+    @ivar paused: whether the HTTP channel said the socket is full.
+    @ivar backlog: bytes written while paused (buffered in the transport).
+    @ivar types: event types it asked for, or C{None} for all.
+    """
+
+    def __init__(self, feed: "EventFeed", request: Any, types: frozenset[str] | None, max_backlog: int) -> None:
+        self.feed = feed
+        self.request = request
+        self.types = types
+        self.max_backlog = max_backlog
+        self.paused = False
+        self.backlog = 0
+        self.done: defer.Deferred = defer.Deferred(lambda d: feed.remove(self))
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.backlog = 0
+
+    def stopProducing(self) -> None:
+        self.feed.remove(self)
+
+    def send(self, data: bytes) -> None:
+        if self.paused:
+            self.backlog += len(data)
+            if self.backlog > self.max_backlog:
+                self.feed.cut_off(self)
+                return
+        self.request.write(data)
+
+
+class EventFeed:
+    """
+    Fans the balancer's L{lbproxy.events.EventBus} out to SSE subscribers,
+    and publishes the batched C{route} and periodic C{stats} events while
+    anyone listens.
+
+    @ivar cut_offs: how many subscribers were cut off for not reading.
+    """
+
+    def __init__(
+        self,
+        balancer: Any,
+        stats: Any,
+        clock: Any = None,
+        batch_interval: float = 0.1,
+        stats_interval: float = 1.0,
+        heartbeat: float = 15.0,
+        max_backlog: int = 256 * 1024,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.balancer = balancer
+        self.stats = stats
+        self.clock = clock
+        self.batch_interval = batch_interval
+        self.stats_interval = stats_interval
+        self.heartbeat = heartbeat
+        self.max_backlog = max_backlog
+        self.cut_offs = 0
+        self._subscribers: list[Subscriber] = []
+        self._unsubscribe: Any = None
+        self._loops: list[LoopingCall] = []
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def open(self, request: Any) -> defer.Deferred:
+        """
+        Start a feed on C{request}: headers, then the history after
+        C{Last-Event-ID} (header, or C{?last_event_id=}) or a snapshot, then
+        live events.  C{?types=a,b} limits the event types.
+
+        @return: a Deferred that fires when the feed ends; cancelling it
+            (as Klein does when the client goes away) unsubscribes.
+        @raise ApiError: for a C{Last-Event-ID} that is not an event id.
+        """
+        last_id = _last_event_id(request)
+        types = None
+        if b"types" in request.args:
+            names = b",".join(request.args[b"types"]).decode("utf-8", "replace").split(",")
+            types = frozenset(n.strip() for n in names if n.strip())
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache, no-store")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        channel = getattr(request, "channel", None)
+        if channel is not None and hasattr(channel, "setTimeout"):
+            channel.setTimeout(None)
+        sub = Subscriber(self, request, types, self.max_backlog)
+        request.registerProducer(sub, True)
+        bus = self.balancer.events
+        request.write(b"retry: 2000\n\n")
+        missed = None if last_id is None else bus.since(last_id)
+        if missed is None:
+            kind = "snapshot" if last_id is None else "reset"
+            sub.send(encode(bus.last_id, kind, self.snapshot()))
+        else:
+            for event in missed:
+                if types is None or event.type in types:
+                    sub.send(encode(event.id, event.type, event.data))
+        self._add(sub)
+        return sub.done
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        The whole state a client needs to start from.
+        """
+        b = self.balancer
+        return {
+            "last_id": b.events.last_id,
+            "config": b.config.to_json(),
+            "backends": b.backends_view(),
+            "stats": self.stats.snapshot(),
+        }
+
+    def _add(self, sub: Subscriber) -> None:
+        self._subscribers.append(sub)
+        if len(self._subscribers) == 1:
+            self._start()
+
+    def remove(self, sub: Subscriber) -> None:
+        """
+        Forget C{sub} (its client went away or it was cut off).
+        """
+        if sub in self._subscribers:
+            self._subscribers.remove(sub)
+            if not self._subscribers:
+                self._stop()
+
+    def cut_off(self, sub: Subscriber) -> None:
+        """
+        Drop a subscriber that stopped reading, closing its connection
+        without waiting for its buffer to drain.
+        """
+        self.cut_offs += 1
+        self.remove(sub)
+        log.info("event feed subscriber {peer} cut off: it stopped reading", peer=_peer(sub.request))
+        transport = getattr(sub.request, "transport", None) or getattr(sub.request.channel, "transport", None)
+        if transport is not None:
+            getattr(transport, "abortConnection", transport.loseConnection)()
+
+    def close(self) -> None:
+        """
+        End every feed (the admin site is stopping).
+        """
+        for sub in tuple(self._subscribers):
+            self.remove(sub)
+            if not sub.done.called:
+                sub.done.callback(b"")
+
+    # While anyone listens ---------------------------------------------------
+
+    def _start(self) -> None:
+        self.balancer.routes.drain()  # decisions from before anyone listened
+        self._unsubscribe = self.balancer.events.subscribe(self._deliver)
+        for interval, work in (
+            (self.batch_interval, self.publish_routes),
+            (self.stats_interval, self.publish_stats),
+            (self.heartbeat, self._beat),
+        ):
+            loop = LoopingCall(work)
+            loop.clock = self.clock
+            loop.start(interval, now=False).addErrback(
+                lambda f: log.failure("event feed timer failed", f)
+            )
+            self._loops.append(loop)
+
+    def _stop(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _deliver(self, event: Event) -> None:
+        data = encode(event.id, event.type, event.data)
+        for sub in tuple(self._subscribers):
+            if sub.types is None or event.type in sub.types:
+                sub.send(data)
+
+    def publish_routes(self) -> None:
+        """
+        Publish the routing decisions since the last batch as one C{route}
+        event: counts per backend, a sample, how many were not sampled.
+        """
+        batch = self.balancer.routes.drain()
+        if batch is None:
+            return
+        batch["time"] = self.clock.seconds()
+        batch["strategy"] = self.balancer.config.strategy.name
+        self.balancer.events.publish("route", batch)
+
+    def publish_stats(self) -> None:
+        self.balancer.events.publish("stats", self.stats.snapshot())
+
+    def _beat(self) -> None:
+        for sub in tuple(self._subscribers):
+            sub.send(b": keep-alive\n\n")
+
+
+def _last_event_id(request: Any) -> int | None:
+    raw = request.getHeader(b"last-event-id")
+    if raw is None:
+        values = request.args.get(b"last_event_id")
+        raw = values[-1] if values else None
+    if raw is None or not raw.strip():
+        return None
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "Last-Event-ID must be the id of an event this feed sent")
+    return int(raw)
+
+
+def _peer(request: Any) -> str:
+    try:
+        addr = request.getClientAddress()
+        return f"{addr.host}:{addr.port}"
+    except Exception:
+        return "?"
