@@ -400,9 +400,8 @@ class Balancer:
         state = self.pool.health.get(backend_id)
         if state is None:
             return
-        before = state.available(self._reactor.seconds())
         for bid in self.pool.end_ejections(self._reactor.seconds(), (backend_id,)):
-            self._health_changed(bid, before, state.reason)
+            self._health_changed(bid, False, state.reason)
 
     def health_result(self, backend_id: str, ok: bool, reason: str) -> None:
         """

@@ -340,8 +340,8 @@ class Pool:
         """
         Return ejected backends whose period is over to the pool.
 
-        @param backend_ids: end these backends' ejections whatever the time
-            (their timer fired; its float arithmetic may land a hair early).
+        @param backend_ids: end these backends' ejections whatever the time:
+            their own timer fired, so a rounding error cannot keep one out.
         @return: their ids.
         """
         back = []
