@@ -84,6 +84,12 @@ class Options(usage.Options):
         ["retries", None, "2", "Other backends to try after a failed connect."],
         ["idle-timeout", None, "300", "Close connections idle this many seconds (0: never)."],
         ["max-connections", None, "10000", "Client connections at once; more are closed."],
+        ["engine", None, "auto",
+         "Relay engine: fast (Linux epoll relay, plain tcp listen endpoints), "
+         "twisted (portable transports), or auto (fast where it can run)."],
+        ["workers", None, "1",
+         "Relay worker processes sharing the listen port (SO_REUSEPORT, Linux, "
+         "plain tcp listen endpoint); this process serves the admin API for all."],
         ["check", None, None, "Active health check of every backend: tcp, http or send-expect (default: none)."],
         ["check-interval", None, None, "Seconds between two checks of a backend (default 2)."],
         ["check-timeout", None, None, "Seconds a check may take, at most the interval (default 1)."],
@@ -150,6 +156,7 @@ class Options(usage.Options):
 
         _check_endpoint(self["listen"], "--listen")
         _check_endpoint(self["admin"], "--admin")
+        _check_engine(self)
         self._check_admin_access()
         if self["demo"]:
             from lbproxy.demo.service import check_demo_options
@@ -293,9 +300,48 @@ def _health_service(balancer: Any, reactor: Any) -> Service:
     return HealthChecker(balancer, reactor)
 
 
+def _check_engine(options: Options) -> None:
+    """
+    Resolve C{--engine auto} and check C{--engine}/C{--workers} against the
+    platform and the listen endpoint.
+    """
+    from lbproxy.fastrelay import available, parse_tcp_endpoint
+
+    engine = options["engine"]
+    if engine not in ("auto", "fast", "twisted"):
+        raise usage.UsageError(f"--engine must be auto, fast or twisted, not {engine!r}")
+    workers = options["workers"] = _number(options["workers"], "--workers", int, 1)
+    tcp = parse_tcp_endpoint(options["listen"])
+    if engine != "twisted" and (tcp is None or not available()):
+        if engine == "fast":
+            raise usage.UsageError(
+                "--engine fast needs Linux and a plain tcp: --listen endpoint"
+            )
+        engine = "twisted"
+    elif engine == "auto":
+        engine = "fast"
+    options["engine"] = engine
+    if workers > 1 and (tcp is None or not hasattr(__import__("socket"), "SO_REUSEPORT")):
+        raise usage.UsageError("--workers above 1 needs SO_REUSEPORT and a plain tcp: --listen endpoint")
+    options["listen-tcp"] = tcp
+
+
 def _proxy_service(options: Options, balancer: Any, reactor: Any) -> Service:
     from lbproxy.proxy import ProxyFactory
 
+    if options.get("workers", 1) > 1:
+        from lbproxy.workers import WorkerPool
+
+        pool = WorkerPool(options, balancer, reactor)
+        pool.setName("proxy")
+        return pool
+    if options.get("engine") == "fast":
+        from lbproxy.fastrelay import FastRelayService
+
+        host, port, backlog = options["listen-tcp"]
+        fast = FastRelayService(balancer, host, port, backlog, reactor=reactor)
+        fast.setName("proxy")
+        return fast
     service = StreamServerEndpointService(
         serverFromString(reactor, options["listen"]), ProxyFactory(balancer, reactor)
     )
