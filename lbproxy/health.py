@@ -62,7 +62,9 @@ def _describe(failure: Failure, check: HealthCheck) -> str:
         failure = failure.value.reasons[0]
     if failure.check(CheckFailed):
         return str(failure.value)
-    if failure.check(defer.TimeoutError, error.TimeoutError, defer.CancelledError):
+    if failure.check(
+        defer.TimeoutError, error.TimeoutError, defer.CancelledError, error.ConnectingCancelledError
+    ):
         return f"timeout after {check.timeout:g}s"
     if failure.check(error.ConnectionRefusedError):
         return "connection refused"
@@ -141,7 +143,7 @@ def probe(
     """
     if check.type == "http":
         url = f"http://{backend.address}{check.path}"
-        response = yield http_client.get(url)
+        response = yield http_client.get(url, allow_redirects=False)
         code = response.code
         yield response.collect(_discard)
         low, high = check.status
@@ -416,7 +418,8 @@ def settings_from_options(options: Any) -> dict[str, Any]:
         try:
             out["outlier"] = parse_outlier(outlier, "OUT")
         except ConfigError as e:
-            raise usage.UsageError(_flag_message(str(e), "OUT", {**OUTLIER_FLAGS, "": "outlier"})) from None
+            message = _flag_message(str(e), "OUT", {**OUTLIER_FLAGS, "": "outlier"})
+            raise usage.UsageError(message.replace("than base_ejection", "than --outlier-ejection")) from None
     try:
         slow = options.get("slow-start")
         out["slow_start"] = 0.0 if slow is None else _number(cast("interval", "--slow-start", slow), "--slow-start")

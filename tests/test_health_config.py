@@ -1,0 +1,162 @@
+"""
+Check settings come from the command line, the API (C{update_settings},
+C{update_backend}) and stored documents; invalid ones are refused with a
+message naming the problem and change nothing, and valid ones reach the
+running checker.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from lbproxy.balancer import Balancer
+from lbproxy.config import (
+    Backend,
+    Config,
+    ConfigError,
+    HealthCheck,
+    Outlier,
+    parse_config,
+    update_backend,
+    update_settings,
+)
+from lbproxy.control import ConfigController
+from lbproxy.health import HealthChecker
+from lbproxy.plugins import strategy_factories
+from lbproxy.store.memory import MemoryStore
+from lbproxy.tap import Options
+
+BAD = [
+    ({"interval": -1}, "interval must be greater than 0, not -1"),
+    ({"interval": 0}, "interval must be greater than 0, not 0"),
+    ({"interval": 1, "timeout": 2}, "timeout (2.0) must not be longer than its interval (1.0)"),
+    ({"rise": 0}, "rise must be at least 1, not 0"),
+    ({"fall": 0}, "fall must be at least 1, not 0"),
+    ({"type": "http", "path": "health"}, "path must be an absolute HTTP path"),
+    ({"type": "http", "path": "/a b"}, "path must be an absolute HTTP path"),
+    ({"type": "http", "status": "200-99"}, "is not a status like '200' or a range like '200-399'"),
+    ({"type": "http", "status": "399-200"}, "must lie within 100-599, low to high"),
+    ({"type": "http", "status": "600"}, "must lie within 100-599"),
+    ({"type": "send-expect", "send": "PING"}, "expect must not be empty"),
+    ({"type": "icmp"}, "type must be one of tcp, http, send-expect"),
+]
+
+
+def cli(*args):
+    options = Options()
+    options.parseOptions(["--backend", "127.0.0.1:9001", *args])
+    return options["seed"]
+
+
+def seed():
+    return Config(version=1, backends=(Backend("b1", "127.0.0.1", 9001),),
+                  health_check=HealthCheck(interval=2.0, timeout=1.0))
+
+
+@pytest.mark.parametrize("body,message", BAD)
+def test_update_settings_refuses_bad_checks(body, message):
+    """A bad pool-wide check through the API's settings change raises
+    L{ConfigError} with a message naming the field and the problem."""
+    with pytest.raises(ConfigError) as e:
+        update_settings(seed(), {"health_check": body})
+    assert message in str(e.value)
+    assert "health_check." in str(e.value)
+
+
+@pytest.mark.parametrize("body,message", BAD)
+def test_update_backend_refuses_bad_checks(body, message):
+    """A bad per-backend check override is refused the same way."""
+    with pytest.raises(ConfigError) as e:
+        update_backend(seed(), "b1", {"health_check": body})
+    assert message in str(e.value)
+
+
+def test_bad_document_from_a_store_is_refused():
+    """A stored or imported document with a bad check fails to parse, so it
+    can never be applied."""
+    with pytest.raises(ConfigError, match="rise must be at least 1"):
+        parse_config({"backends": [], "health_check": {"rise": 0}})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--check", "tcp", "--check-interval", "-1"], "--check-interval must be greater than 0, not -1.0"),
+    (["--check", "tcp", "--check-interval", "1", "--check-timeout", "2"],
+     "--check-timeout (2.0) must not be longer than its interval (1.0)"),
+    (["--check", "tcp", "--rise", "0"], "--rise must be at least 1, not 0"),
+    (["--check", "tcp", "--fall", "two"], "--fall must be an integer, not 'two'"),
+    (["--check", "http", "--check-path", "health"], "--check-path must be an absolute HTTP path"),
+    (["--check", "http", "--check-status", "2xx"], "--check-status '2xx' is not a status"),
+    (["--check", "ping"], "--check must be one of tcp, http, send-expect, not 'ping'"),
+    (["--check-path", "/h"], "--check-path needs --check tcp|http|send-expect"),
+    (["--check", "send-expect", "--check-send", "x"], "--check-expect must not be empty"),
+    (["--check", "send-expect", "--check-expect", "\\x4"], "--check-expect '\\\\x4' has a malformed escape"),
+    (["--slow-start", "-1"], "--slow-start must be at least 0.0"),
+    (["--drain-timeout", "0"], "--drain-timeout must be greater than 0"),
+    (["--outlier-failures", "-2"], "--outlier-failures must be at least 1"),
+    (["--outlier-max-percent", "101"], "--outlier-max-percent must be at most 100"),
+    (["--outlier-ejection", "60", "--outlier-max-ejection", "30"], "--outlier-max-ejection must not be shorter than --outlier-ejection"),
+])
+def test_cli_refuses_bad_settings_with_usage_error(args, message):
+    """Each invalid lifecycle flag is a L{usage.UsageError} naming the flag."""
+    with pytest.raises(usage.UsageError) as e:
+        cli(*args)
+    assert message in str(e.value)
+
+
+def test_cli_settings_reach_the_seed_config():
+    """Valid flags become the pool-wide check, outlier policy, slow start
+    and drain timeout of the seed config, escapes decoded."""
+    config = cli(
+        "--check", "send-expect", "--check-send", "PING\\r\\n", "--check-expect", "+PONG",
+        "--check-interval", "5", "--check-timeout", "2", "--rise", "3", "--fall", "4",
+        "--outlier-failures", "7", "--outlier-ejection", "10", "--outlier-max-ejection", "60",
+        "--outlier-max-percent", "30", "--slow-start", "20", "--drain-timeout", "15",
+    )
+    assert config.health_check == HealthCheck(
+        type="send-expect", interval=5.0, timeout=2.0, rise=3, fall=4, send="PING\r\n", expect="+PONG",
+    )
+    assert config.outlier == Outlier(7, 10.0, 60.0, 30)
+    assert (config.slow_start, config.drain_timeout) == (20.0, 15.0)
+    http = cli("--check", "http", "--check-path", "/healthz", "--check-status", "200-204")
+    assert (http.health_check.path, http.health_check.status) == ("/healthz", (200, 204))
+
+
+def test_cli_defaults_keep_checks_off_and_outlier_on():
+    """Without flags there is no active check, passive ejection uses the
+    default policy, no slow start and no drain timeout; outlier failures 0
+    turns passive ejection off."""
+    config = cli()
+    assert config.health_check is None and config.outlier == Outlier()
+    assert (config.slow_start, config.drain_timeout) == (0.0, None)
+    assert cli("--outlier-failures", "0").outlier is None
+
+
+def test_refused_api_change_changes_nothing_and_a_good_one_reaches_the_checker():
+    """Through the controller, a bad check is refused and leaves the store,
+    the balancer and the checker's loops as they were; a good one is saved,
+    applied and restarts the loops with the new interval."""
+    reactor = MemoryReactorClock()
+    config = seed()
+    store = MemoryStore(config)
+    balancer = Balancer(config, strategy_factories(), reactor=reactor)
+    controller = ConfigController(balancer, store)
+    checker = HealthChecker(balancer, reactor=reactor)
+    checker.startService()
+    loop = checker.loops["b1"]
+
+    failures = []
+    d = controller.change(lambda c: (update_settings(c, {"health_check": {"interval": 1, "timeout": 3}}), None))
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(ConfigError)
+    assert store.config is config and balancer.config is config
+    assert checker.loops["b1"] is loop
+
+    results = []
+    controller.change(
+        lambda c: (update_settings(c, {"health_check": {"interval": 4, "timeout": 1}}), None)
+    ).addCallback(results.append)
+    assert results and store.config.health_check.interval == 4.0
+    assert checker.loops["b1"].check.interval == 4.0
+    checker.stopService()
