@@ -387,7 +387,7 @@ class AdminApp:
     def extension(self, request: Any, name: str) -> Any:
         ext = self._extensions.get(name)
         if ext is None:
-            allowed = _allowed_methods(self.app, f"{API}/{name}")
+            allowed = _allowed_methods(self.app, request.path.decode("utf-8", "replace"))
             if allowed:
                 raise MethodNotAllowed(valid_methods=allowed)
             raise ApiError(404, f"there is no endpoint {request.path.decode('latin-1')!r}")
@@ -423,11 +423,24 @@ class AdminApp:
 
 
 def _allowed_methods(app: Klein, path: str) -> list[str]:
-    methods: set[str] = set()
-    for rule in app.url_map.iter_rules():
-        if rule.rule == path and rule.methods:
-            methods |= rule.methods
-    return sorted(methods)
+    """
+    The methods the built-in routes allow at C{path} (the catch-all
+    branches for extensions and the UI take any method, so ask a map
+    without them).
+    """
+    from werkzeug.exceptions import NotFound
+    from werkzeug.routing import Map, Rule
+
+    fixed = Map([Rule(r.rule, methods=r.methods, endpoint=r.endpoint)
+                 for r in app.url_map.iter_rules() if r.methods and "__rest__" not in r.rule
+                 and "<string:name>" not in r.rule])
+    try:
+        fixed.bind("").match(path, method="--")
+    except MethodNotAllowed as e:
+        return sorted(e.valid_methods or ())
+    except NotFound:
+        return []
+    return []
 
 
 def _builtin_names() -> set[str]:

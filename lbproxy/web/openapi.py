@@ -1,7 +1,415 @@
 """
 The OpenAPI 3 description of the admin API (C{GET /api/v1/openapi.json}).
+
+Built from plain dicts here, next to nothing else, so a test can compare it
+with the Klein routes: every route is described and every description has a
+route.
 """
 
+from __future__ import annotations
 
-def openapi_document() -> dict:
-    return {"openapi": "3.0.3", "info": {"title": "lbproxy admin API", "version": "1"}, "paths": {}}
+from typing import Any
+
+import lbproxy
+from lbproxy.config import BACKEND_STATES, CHECK_TYPES
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+_STATUS_TEXT = {
+    400: "Bad input; the body says what is wrong and nothing changed.",
+    401: "A bearer token is configured and was missing or wrong.",
+    403: "A change from another origin (CSRF protection).",
+    404: "No such backend or endpoint.",
+    409: "The change raced another writer; nothing changed.  Read and retry.",
+    412: "If-Match named a stale version; nothing changed.",
+    413: "The body is too large.",
+    415: "The body was not sent as application/json.",
+    507: "The config store could not make the change durable; nothing changed.",
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): {
+            "description": _STATUS_TEXT[code],
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
+        for code in codes
+    }
+
+
+def _ok(schema: str, description: str, code: int = 200, etag: bool = True) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref(schema)}},
+    }
+    if etag:
+        response["headers"] = {
+            "ETag": {"description": 'The config version, quoted ("12").', "schema": {"type": "string"}}
+        }
+    return {str(code): response}
+
+
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": 'Apply only if this is still the config version (the ETag of a read, "12").',
+    "schema": {"type": "string", "pattern": '^(\\*|(W/)?"?[0-9]{1,18}"?)$'},
+}
+_BACKEND_ID = {
+    "name": "backend_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_READ_ERRORS = (401,)
+_CHANGE_ERRORS = (400, 401, 403, 409, 412, 413, 415, 507)
+
+
+def _change(summary: str, body: str | None, ok: dict[str, Any], *extra_errors: int,
+            params: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [_IF_MATCH, *params],
+        "responses": {**ok, **_errors(*sorted(set(_CHANGE_ERRORS + extra_errors)))},
+    }
+    if body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    return op
+
+
+def _read(summary: str, ok: dict[str, Any], *extra_errors: int,
+          params: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {**ok, **_errors(*_READ_ERRORS, *extra_errors)}}
+    if params:
+        op["parameters"] = list(params)
+    return op
+
+
+def _schemas() -> dict[str, Any]:
+    nullable_number = {"type": "number", "nullable": True}
+    health_check = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "type": {"type": "string", "enum": list(CHECK_TYPES)},
+            "interval": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+            "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+            "rise": {"type": "integer", "minimum": 1, "maximum": 100},
+            "fall": {"type": "integer", "minimum": 1, "maximum": 100},
+            "path": {"type": "string"},
+            "status": {"type": "string", "description": "A status or range, '200-399'."},
+            "send": {"type": "string"},
+            "expect": {"type": "string"},
+        },
+    }
+    outlier = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "consecutive_failures": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "base_ejection": {"type": "number"},
+            "max_ejection": {"type": "number"},
+            "max_ejection_percent": {"type": "integer", "minimum": 0, "maximum": 100},
+        },
+    }
+    backend_fields = {
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+        "host": {"type": "string", "description": "An IP address or host name."},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "weight": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "state": {"type": "string", "enum": list(BACKEND_STATES)},
+        "proxy_protocol": {"type": "string", "enum": ["v1", "v2"], "nullable": True},
+        "max_connections": {"type": "integer", "minimum": 1, "nullable": True},
+        "health_check": {**health_check, "nullable": True},
+    }
+    strategy = {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "description": "A name from GET /api/v1/strategies."},
+            "options": {"type": "object", "description": "Options valid against the strategy's options_schema."},
+        },
+    }
+    settings_fields = {
+        "health_check": {**health_check, "nullable": True},
+        "outlier": {**outlier, "nullable": True},
+        "slow_start": {"type": "number", "minimum": 0},
+        "drain_timeout": nullable_number,
+    }
+    counters = {"type": "object", "additionalProperties": {"type": "number", "nullable": True}}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}},
+        },
+        "HealthCheck": health_check,
+        "Outlier": outlier,
+        "NewBackend": {
+            "type": "object",
+            "required": ["host", "port"],
+            "additionalProperties": False,
+            "properties": backend_fields,
+        },
+        "BackendPatch": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": False,
+            "properties": {k: backend_fields[k] for k in
+                           ("weight", "state", "proxy_protocol", "max_connections", "health_check")},
+        },
+        "Backend": {
+            "type": "object",
+            "required": ["id", "host", "port", "weight", "state", "admin_state", "address", "stats", "version"],
+            "description": "A backend as configured, with its runtime state (state: up, down, "
+                           "draining, disabled or removing), health and live counters.",
+            "properties": {
+                **backend_fields,
+                "state": {"type": "string"},
+                "admin_state": {"type": "string", "enum": list(BACKEND_STATES)},
+                "address": {"type": "string"},
+                "health": {"type": "object", "nullable": True},
+                "effective_weight": {"type": "number"},
+                "stats": counters,
+                "version": {"type": "integer"},
+            },
+        },
+        "BackendList": {
+            "type": "object",
+            "required": ["version", "backends"],
+            "properties": {
+                "version": {"type": "integer"},
+                "backends": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "Removal": {
+            "type": "object",
+            "required": ["id", "state", "connections", "closed", "version"],
+            "properties": {
+                "id": {"type": "string"},
+                "state": {"type": "string", "enum": ["removing", "removed"],
+                          "description": "removing: draining its open connections first."},
+                "connections": {"type": "integer", "description": "Connections open at removal."},
+                "closed": {"type": "integer", "description": "Connections closed by force=true."},
+                "version": {"type": "integer"},
+            },
+        },
+        "StrategyChoice": strategy,
+        "ActiveStrategy": {
+            "type": "object",
+            "required": ["name", "options", "version"],
+            "properties": {"name": {"type": "string"}, "options": {"type": "object"}, "version": {"type": "integer"}},
+        },
+        "StrategyList": {
+            "type": "object",
+            "required": ["strategies", "active"],
+            "properties": {
+                "active": {"type": "string"},
+                "strategies": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "description", "options_schema"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "description": {"type": "string"},
+                            "options_schema": {"type": "object"},
+                        },
+                    },
+                },
+            },
+        },
+        "SettingsChange": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": settings_fields,
+        },
+        "Settings": {
+            "type": "object",
+            "required": ["version", "health_check", "outlier", "slow_start", "drain_timeout"],
+            "properties": {**settings_fields, "version": {"type": "integer"}},
+        },
+        "ConfigDocument": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "The whole config.  On import, version is ignored (use If-Match); "
+                           "the document becomes the next version.",
+            "properties": {
+                "version": {"type": "integer", "minimum": 0},
+                "backends": {"type": "array", "items": {
+                    "type": "object", "required": ["host", "port"],
+                    "additionalProperties": False, "properties": backend_fields,
+                }},
+                "strategy": strategy,
+                **settings_fields,
+            },
+        },
+        "Config": {
+            "type": "object",
+            "required": ["version", "backends", "strategy"],
+            "properties": {
+                "version": {"type": "integer"},
+                "backends": {"type": "array", "items": {"type": "object"}},
+                "strategy": {"type": "object"},
+            },
+        },
+        "Stats": {
+            "type": "object",
+            "required": ["time", "window", "totals", "backends"],
+            "description": "Counters and per-second rates over the sliding window: each counter "
+                           "NAME has NAME_per_second beside it.",
+            "properties": {
+                "time": {"type": "number"},
+                "window": {"type": "number", "description": "Seconds the rates cover."},
+                "totals": counters,
+                "backends": {"type": "object", "additionalProperties": counters},
+            },
+        },
+        "Status": {
+            "type": "object",
+            "required": ["lbproxy", "uptime", "config_version"],
+            "description": "Process status; the store and cluster add their own fields.",
+            "properties": {
+                "lbproxy": {"type": "string"},
+                "node": {"type": "string", "nullable": True},
+                "started": {"type": "number"},
+                "uptime": {"type": "number"},
+                "config_version": {"type": "integer"},
+                "strategy": {"type": "string"},
+                "backends": {"type": "integer"},
+                "active_connections": {"type": "integer"},
+                "feed_subscribers": {"type": "integer"},
+                "store": {"type": "object"},
+            },
+        },
+    }
+
+
+_FEED_TEXT = """Server-sent events.  Each event has an id; reconnect with Last-Event-ID (or
+?last_event_id=) to resume from the bounded history.  Types: snapshot (on connect: config,
+backends, stats), reset (same, when the history after Last-Event-ID is gone), config (every
+change, with the new version), backend (state or health change), route (every 100 ms while
+routing happens: counts per backend, a sample of decisions, how many were not sampled, the
+strategy), stats (about once a second).  ?types=config,backend limits the types.  Comment
+lines every 15 s keep proxies from closing an idle feed.  A client that stops reading is
+disconnected once its bounded buffer is full."""
+
+
+def openapi_document() -> dict[str, Any]:
+    """
+    The OpenAPI 3.0 document of the admin API.
+    """
+    api = "/api/v1"
+    paths: dict[str, Any] = {
+        f"{api}/backends": {
+            "get": _read("Every backend with state, health and counters.",
+                         _ok("BackendList", "The backends and the config version.")),
+            "post": _change("Add a backend; the next accepted connection may use it.", "NewBackend",
+                            _ok("Backend", "The new backend, with its id; Location names it.", 201)),
+        },
+        f"{api}/backends/{{backend_id}}": {
+            "get": _read("One backend.", _ok("Backend", "The backend."), 404, params=(_BACKEND_ID,)),
+            "patch": _change("Change weight, state, PROXY protocol, connection limit or health check.",
+                             "BackendPatch", _ok("Backend", "The changed backend."), 404,
+                             params=(_BACKEND_ID,)),
+            "delete": _change(
+                "Remove a backend: no new connections at once; open ones drain, or close now with force=true.",
+                None, _ok("Removal", "The backend is removed or draining."), 404,
+                params=(_BACKEND_ID, {"name": "force", "in": "query", "required": False,
+                                      "schema": {"type": "boolean"}}),
+            ),
+        },
+        f"{api}/strategies": {
+            "get": _read("Every strategy plugin found, with its options schema.",
+                         _ok("StrategyList", "The strategies.", etag=False)),
+        },
+        f"{api}/strategy": {
+            "get": _read("The active strategy.", _ok("ActiveStrategy", "The strategy.")),
+            "put": _change("Switch strategy; connections in flight keep their backend.", "StrategyChoice",
+                           _ok("ActiveStrategy", "The new strategy.")),
+        },
+        f"{api}/settings": {
+            "get": _read("Pool-wide health check, outlier ejection, slow start and drain timeout.",
+                         _ok("Settings", "The settings.")),
+            "put": _change("Change pool-wide settings; fields not sent keep their value.",
+                           "SettingsChange", _ok("Settings", "The new settings.")),
+            "patch": _change("The same as PUT.", "SettingsChange", _ok("Settings", "The new settings.")),
+        },
+        f"{api}/config": {
+            "get": _read("Export the whole config document.", _ok("Config", "The config.")),
+            "put": _change("Import a whole config document, validated before anything applies.",
+                           "ConfigDocument", _ok("Config", "The config now in force.")),
+        },
+        f"{api}/status": {
+            "get": _read("Version, uptime, node and store status.", _ok("Status", "The status.", etag=False)),
+        },
+        f"{api}/stats": {
+            "get": _read("Totals and per-backend rates over a sliding window.",
+                         _ok("Stats", "The stats.", etag=False)),
+        },
+        f"{api}/events": {
+            "get": {
+                "summary": "The live event feed.",
+                "description": _FEED_TEXT,
+                "parameters": [
+                    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+                    {"name": "types", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "An endless text/event-stream.",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    **_errors(400, 401),
+                },
+            },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics, per backend labelled backend and address.",
+                "responses": {
+                    "200": {"description": "Prometheus text exposition.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_errors(401),
+                },
+            },
+        },
+        f"{api}/openapi.json": {
+            "get": {
+                "summary": "This document.",
+                "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.0.",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}},
+            },
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "lbproxy admin API",
+            "version": lbproxy.__version__,
+            "description": (
+                "Change a running lbproxy and watch it work.  Every response carrying config "
+                "has its version in the body and as ETag; send If-Match to change only that "
+                "version.  Changes need a JSON body (Content-Type: application/json), come "
+                "from the same origin, and carry 'Authorization: Bearer <token>' when a token "
+                "is configured (reads too, unless the server lets them through).  Errors are "
+                "JSON {\"error\": \"...\"}.  Other modules mount routes under /api/v1/<name>/."
+            ),
+        },
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": paths,
+    }
