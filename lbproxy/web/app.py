@@ -383,6 +383,7 @@ class AdminApp:
 
     # Extensions and the UI -----------------------------------------------------------
 
+    @app.route(API + "/<string:name>/", endpoint="extension_root")
     @app.route(API + "/<string:name>", branch=True)
     def extension(self, request: Any, name: str) -> Any:
         ext = self._extensions.get(name)
