@@ -45,7 +45,7 @@ class DemoAPI:
     def resource(self) -> Any:
         return self.app.resource()
 
-    @app.route("/", methods=["GET"])
+    @app.route("/", methods=["GET"], strict_slashes=False)
     def show(self, request: Any) -> bytes:
         return _json(request, self.demo.to_json())
 

@@ -6,6 +6,7 @@ users once the proxy listens.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -179,44 +180,73 @@ class Demo:
 class DemoService(Service):
     """
     Runs the demo while lbproxy runs: users start once the proxy listens,
-    the demo's state goes out on the event feed twice a second, and on stop
-    users and backends go away.
+    the demo API is mounted on the admin site, the demo's state goes out on
+    the event feed twice a second, and on stop users and backends go away.
+
+    @ivar top: lbproxy's service tree (C{.balancer}, C{.admin}, and the
+        C{proxy} and C{admin} listeners).
     """
 
-    def __init__(
-        self, demo: Demo, events: Any, proxy_port: Callable[[], defer.Deferred],
-        reactor: Any = None,
-    ) -> None:
+    def __init__(self, demo: Demo, top: Any, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.demo = demo
-        self.events = events
-        self._proxy_port = proxy_port
+        self.top = top
         self._reactor = reactor
         self._ticker: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
-        self._proxy_port().addCallback(self._proxy_listening).addErrback(
-            lambda f: log.failure("demo users cannot start", f)
-        )
+        admin = getattr(self.top, "admin", None)
+        if admin is not None:
+            from lbproxy.demo.api import DemoAPI
+
+            if "demo" not in getattr(admin, "_extensions", {}):
+                admin.add_extension("demo", DemoAPI(self.demo))
+        _listening_address(self.top.getServiceNamed("proxy")).addCallback(
+            self._proxy_listening
+        ).addErrback(lambda f: log.failure("demo users cannot start", f))
+        try:
+            admin_service = self.top.getServiceNamed("admin")
+        except KeyError:
+            admin_service = None
+        if admin_service is not None:
+            _listening_address(admin_service).addCallback(self._announce).addErrback(
+                lambda f: log.failure("cannot tell where the admin UI is", f)
+            )
         self._ticker = LoopingCall(self.publish)
         self._ticker.clock = self._reactor
         self._ticker.start(0.5, now=False)
 
-    def _proxy_listening(self, port: Any) -> None:
-        if not self.running:
-            return
-        address = port.getHost()
-        host = address.host
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        self.demo.start_users(host, address.port)
+    def _proxy_listening(self, address: tuple[str, int]) -> None:
+        if self.running:
+            self.demo.start_users(*address)
+
+    def _announce(self, address: tuple[str, int]) -> None:
+        host, port = address
+        shown = f"[{host}]" if ":" in host else host
+        lines = [
+            "",
+            "  lbproxy demo is running",
+            f"  open the dashboard:  http://{shown}:{port}/",
+        ]
+        admin = getattr(self.top, "admin", None)
+        token = getattr(getattr(admin, "policy", None), "token", None)
+        if token:
+            lines.append(f"  admin token:         {token.decode()}")
+        lines += [
+            f"  demo backends:       " + ", ".join(
+                f"{b.name} :{b.port}" for b in self.demo.backends.values()
+            ),
+            "  stop with Ctrl-C",
+            "",
+        ]
+        text = "\n".join(lines)
+        print(text, file=sys.__stdout__, flush=True)
+        log.info("demo dashboard at http://{host}:{port}/", host=shown, port=port)
 
     def publish(self) -> None:
-        self.events.publish("demo", self.demo.event())
+        self.top.balancer.events.publish("demo", self.demo.event())
 
     def stopService(self) -> Any:
         super().stopService()
@@ -285,27 +315,45 @@ def start_demo_backends(options: Any, reactor: Any) -> Demo:
     return demo
 
 
-def demo_service(demo: Demo, top: Any, reactor: Any) -> DemoService:
+def _listening_address(service: Any) -> defer.Deferred:
     """
-    The service that runs the users against C{top}'s proxy listener and
-    publishes the demo's state on the balancer's event feed.
+    Where a listener of C{top} (the proxy or the admin site) accepts
+    connections, once it does: C{(host, port)}, with a wildcard host turned
+    into loopback.
     """
-    proxy = top.getServiceNamed("proxy")
+    def loopback(host: str, port: int) -> tuple[str, int]:
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return host, port
 
-    def proxy_port() -> defer.Deferred:
-        waiting = getattr(proxy, "_waitingForPort", None)
-        if waiting is None:
-            return defer.fail(RuntimeError("the proxy listener has not started"))
+    waiting = getattr(service, "_waitingForPort", None)
+    if waiting is not None:
         d: defer.Deferred = defer.Deferred()
 
         def got(port: Any) -> Any:
-            d.callback(port)
+            address = port.getHost()
+            d.callback(loopback(address.host, address.port))
             return port
 
         waiting.addCallback(got)
         return d
+    engine = getattr(service, "engine", None)
+    sock = getattr(engine, "listener", None)
+    if sock is not None and hasattr(sock, "getsockname"):
+        host, port = sock.getsockname()[:2]
+        return defer.succeed(loopback(host, port))
+    return defer.fail(RuntimeError(f"cannot tell where {service.name!r} listens"))
 
-    service = DemoService(demo, top.balancer.events, proxy_port, reactor)
+
+def demo_service(demo: Demo, top: Any, reactor: Any) -> "DemoService":
+    """
+    The service that runs the users against C{top}'s proxy listener,
+    mounts the demo API on the admin site, publishes the demo's state on
+    the balancer's event feed, and prints where the UI is.
+    """
+    service = DemoService(demo, top, reactor)
     service.setName("demo")
     top.demo = demo
     return service

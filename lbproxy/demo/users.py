@@ -299,10 +299,24 @@ class UserPopulation:
                 self.served[backend] = self.served.get(backend, 0) + 1
 
         factory = _RequestFactory(done, user.id)
-        connector = self.reactor.connectTCP(self.host, self.port, factory, timeout=REQUEST_TIMEOUT)
+        connector = self.reactor.connectTCP(
+            self.host, self.port, factory, timeout=REQUEST_TIMEOUT,
+            bindAddress=self._source(user),
+        )
         holder["connector"] = connector
         self._connectors.add(connector)
         holder["timer"] = self._later(REQUEST_TIMEOUT, connector.disconnect)
+
+    def _source(self, user: SimUser) -> tuple[str, int] | None:
+        """
+        On IPv4 loopback each user gets an address of its own
+        (127.0.0.2, 127.0.0.3, ...: all of 127/8 is local), so lbproxy sees
+        distinct clients and source hashing has something to hash.
+        """
+        if not self.host.startswith("127."):
+            return None
+        n = int(user.id[1:])
+        return (f"127.0.{n // 250}.{n % 250 + 2}", 0)
 
     # Views -----------------------------------------------------------------
 
