@@ -60,7 +60,9 @@ class Stream:
 
     def _pick(self) -> tuple[str, str, Any, Callable[[State], None], Callable[[Any], None]]:
         rng, ports = self.rng, sorted(self.acked["backends"])
-        kind = rng.choice(("add", "add", "patch", "patch", "strategy", "delete") if len(ports) > 2 else ("add",))
+        kind = rng.choice(
+            ("add", "add", "patch", "patch", "strategy", "delete", "import") if len(ports) > 2 else ("add",)
+        )
         if kind == "add" and len(ports) < 40:
             port, weight = self.next_port, rng.randint(0, 9)
             self.next_port += 1
@@ -75,6 +77,21 @@ class Stream:
         if kind == "strategy":
             name = rng.choice(STRATEGIES)
             return "PUT", "/strategy", {"name": name}, lambda s: s.update(strategy=name), lambda _: None
+        if kind == "import":
+            backends = {p: (rng.randint(0, 9), self.acked["backends"][p][1]) for p in ports}
+            name = rng.choice(STRATEGIES)
+            document = {
+                "backends": [
+                    {"id": self.ids[p], "host": "127.0.0.1", "port": p, "weight": w, "state": st}
+                    for p, (w, st) in backends.items()
+                ],
+                "strategy": {"name": name},
+            }
+
+            def imported(s: State) -> None:
+                s.update(backends=dict(backends), strategy=name)
+
+            return "PUT", "/config", document, imported, lambda _: None
         port = rng.choice(ports)
         if kind == "delete" or kind == "add":
             return "DELETE", f"/backends/{self.ids[port]}", None, lambda s: s["backends"].pop(port), lambda _: None
@@ -115,8 +132,8 @@ class Stream:
 @pytest_twisted.ensureDeferred
 async def test_sigkill_never_loses_an_acknowledged_change(tmp_path, children):
     """
-    25 rounds of: a stream of POST/PATCH/DELETE backends and PUT strategy
-    changes, SIGKILL at a random moment, then checks: config.json (and
+    25 rounds of: a stream of POST/PATCH/DELETE backends, PUT strategy and
+    PUT config (import) changes, SIGKILL at a random moment, then checks: config.json (and
     config.json.prev) parse with a valid checksum, config.json holds every
     acknowledged change (and at most the one unacknowledged change in
     flight), and a restarted lbproxy serves exactly the stored config.
