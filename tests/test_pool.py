@@ -468,3 +468,50 @@ def test_pool_direct_update_keeps_health_of_staying_backends():
     pool.update(replace(config, version=2, backends=config.backends[:1]), 2.0)
     assert not pool.health["a"].healthy and "b" not in pool.health
     assert [c.id for c in pool.candidates] == []
+
+
+def _relay(outlier=OUTLIER):
+    """A relay engine's frontend on a memory reactor, connected through to
+    backend b1; returns the balancer, the frontend and the backend
+    protocol."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lbproxy.proxy import FrontendProtocol
+
+    reactor = MemoryReactorClock()
+    b, _ = make(n=1, clock=reactor, outlier=outlier)
+    b.admit()
+    frontend = FrontendProtocol(b, reactor, {})
+    client = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 4000))
+    frontend.makeConnection(client)
+    host, port, factory, _, _ = reactor.tcpClients[-1]
+    wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
+    wrapper.makeConnection(StringTransport())
+    return b, frontend, frontend.peer
+
+
+def test_relay_reports_a_backend_reset_for_passive_health():
+    """When the backend side of a relayed connection is lost uncleanly and
+    neither lbproxy nor the client closed it, the relay reports a reset:
+    it counts as a failure toward ejection."""
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    b, frontend, backend = _relay()
+    backend.connectionLost(Failure(ConnectionLost()))
+    assert b.pool.stats["b1"].consecutive_failures == 1
+    assert b.pool.stats["b1"].failures == 1
+
+
+def test_relay_does_not_blame_the_backend_for_our_own_abort():
+    """An abort by lbproxy (idle or drain timeout) loses the backend side
+    uncleanly too, but is not the backend's fault: no failure is counted."""
+    from twisted.internet.error import ConnectionAborted
+    from twisted.python.failure import Failure
+
+    b, frontend, backend = _relay()
+    frontend.abort("idle-timeout")
+    backend.connectionLost(Failure(ConnectionAborted()))
+    assert b.pool.stats["b1"].consecutive_failures == 0
+    assert b.pool.stats["b1"].failures == 0
