@@ -215,3 +215,41 @@ async def test_flags_ignored_on_stored_config(tmp_path, children):
     assert config["strategy"]["name"] == "random"
     await stop_cleanly(again)
     assert "--backend, --strategy ignored" in again.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_damaged_store_at_startup(tmp_path, children):
+    """
+    A truncated config.json at startup: lbproxy starts from
+    config.json.prev and logs a critical line naming the file; with
+    config.json.prev damaged as well it refuses to start, with a one-line
+    reason naming the file and no traceback.
+    """
+    state = tmp_path / "state"
+    child = await start(state)
+    children.append(child)
+    assert (await child.call("POST", "/backends", {"host": "127.0.0.1", "port": 9002}))[0] == 201
+    assert (await child.call("PUT", "/strategy", {"name": "random"}))[0] == 200
+    await stop_cleanly(child)
+    good = (state / "config.json").read_bytes()
+    (state / "config.json").write_bytes(good[: len(good) // 2])
+
+    again = await start(state)
+    children.append(again)
+    code, config = await again.call("GET", "/config")
+    assert [b["port"] for b in config["backends"]] == [9002]
+    assert config["strategy"]["name"] == "round-robin"
+    assert config["version"] == 1
+    await stop_cleanly(again)
+    [line] = [ln for ln in again.output.splitlines() if "#critical]" in ln]
+    assert f"{state}/config.json is not valid JSON" in line and "config.json.prev" in line
+
+    (state / "config.json.prev").write_bytes(b"")
+    refused = Child(state)
+    children.append(refused)
+    assert await refused.watch.ended == (1, None)
+    lines = refused.output.strip().splitlines()
+    assert lines[-1].startswith("lbproxy: cannot start: the config store ")
+    assert f"{state}/config.json.prev is empty" in lines[-1]
+    assert "Traceback" not in refused.output
+    await refused.pool.closeCachedConnections()
