@@ -76,12 +76,27 @@ def available() -> bool:
     return hasattr(select, "epoll")
 
 
+_families: dict[str, int | None] = {}
+
+
 def _family(host: str) -> int | None:
+    """
+    @return: the address family of an IP literal, C{None} for a host name
+        (memoised: parsing an address per connect showed in profiles).
+    """
+    try:
+        return _families[host]
+    except KeyError:
+        pass
     try:
         version = ipaddress.ip_address(host).version
     except ValueError:
-        return None
-    return socket.AF_INET if version == 4 else socket.AF_INET6
+        family = None
+    else:
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+    if len(_families) < 4096:
+        _families[host] = family
+    return family
 
 
 def _error_text(code: int) -> str:
@@ -236,7 +251,8 @@ class Relay:
         except OSError as e:
             self._connect_failed(candidate, _error_text(e.errno))
             return
-        sock.setblocking(False)
+        if not _NONBLOCK_STREAM & getattr(socket, "SOCK_NONBLOCK", 0):
+            sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(address)
         if err and err != errno.EINPROGRESS:

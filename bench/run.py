@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""
+The side-by-side benchmark: lbproxy against HAProxy, in one run, as ratios.
+
+    python3 dev.py bench                 # 3 interleaved rounds of 5 s runs
+    python3 dev.py bench --rounds 1 --duration 2 --idle 2000   # a quick look
+
+Starts nginx (the backend: a tiny response at / and a 1 MiB file at
+/bulk), HAProxy (mode tcp) and lbproxy (fast engine, twisted engine for
+reference) on loopback ports, then drives each with wrk in interleaved
+rounds (every scenario runs on every proxy in each round, so the machine's
+load drifts alike for all) and prints medians and ratios to HAProxy.
+
+Measured: keep-alive small requests, one connection per request (wrk with
+C{Connection: close}), 1 MiB bulk, p50/p99 latency (wrk --latency),
+requests per proxy CPU-second (utime+stime from /proc, summed over the
+proxy's processes), RSS per idle client connection (N sockets held open
+from this process; RSS delta from /proc, scaled to 10,000), 1..N workers
+(HAProxy nbthread = lbproxy --workers) and lbproxy with 20 event-feed
+subscribers on the admin API.  Writes bench/results/latest.json and
+docs/_static/bench.png.
+
+Not part of the test suite.  On a small machine wrk, nginx and the proxy
+share the cores: compare ratios within one run and requests per CPU-second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX = "/usr/sbin/nginx"
+HAPROXY = "/usr/sbin/haproxy"
+WRK = "/usr/bin/wrk"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not listen on {port} within {timeout}s")
+
+
+def process_tree(pid: int) -> list[int]:
+    """
+    C{pid} and its descendants (lbproxy workers are child processes).
+    """
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return sorted(set(out))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except OSError:
+            pass
+    return total
+
+
+class Proxy:
+    """
+    One proxy under test: a name, a port and its process.
+    """
+
+    def __init__(self, name: str, kind: str, workers: int, argv: list[str], port: int,
+                 admin: int | None = None, cwd: Path | None = None) -> None:
+        self.name, self.kind, self.workers = name, kind, workers
+        self.argv, self.port, self.admin = argv, port, admin
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+        self.log = None
+        self.subscribers: list[subprocess.Popen] = []
+
+    def start(self, logdir: Path) -> None:
+        self.log = open(logdir / f"{self.name}.log", "wb")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=self.cwd or ROOT, env=env)
+        wait_port(self.port, self.proc, self.name)
+
+    def pids(self) -> list[int]:
+        return process_tree(self.proc.pid)
+
+    def stop(self) -> None:
+        for sub in self.subscribers:
+            sub.terminate()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+WRK_XFER = re.compile(r"Transfer/sec:\s+([\d.]+)([KMG]?B)")
+WRK_PCT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+WRK_ERR = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def wrk(port: int, path: str, seconds: float, connections: int, close: bool) -> dict:
+    argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}{path}")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+    m = WRK_RPS.search(out)
+    if not m:
+        raise RuntimeError(f"wrk gave no result:\n{out}")
+    x = WRK_XFER.search(out)
+    scale = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[x.group(2)]
+    pct = {p: float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[u] for p, v, u in WRK_PCT.findall(out)}
+    errors = sum(int(n) for n in WRK_ERR.search(out).groups()) if WRK_ERR.search(out) else 0
+    non2xx = int(WRK_NON2XX.search(out).group(1)) if WRK_NON2XX.search(out) else 0
+    return {
+        "rps": float(m.group(1)),
+        "mib_s": float(x.group(1)) * scale / 1024**2,
+        "p50_ms": pct.get("50"),
+        "p99_ms": pct.get("99"),
+        "errors": errors,
+        "non2xx": non2xx,
+    }
+
+
+def measure(proxy: Proxy, path: str, seconds: float, connections: int, close: bool) -> dict:
+    pids = proxy.pids() if proxy.proc else []
+    before = cpu_seconds(pids)
+    result = wrk(proxy.port, path, seconds, connections, close)
+    cpu = cpu_seconds(pids) - before
+    result["cpu_s"] = cpu
+    result["req_per_cpu_s"] = result["rps"] * seconds / cpu if cpu > 0 else None
+    return result
+
+
+def idle_rss(proxy: Proxy, count: int) -> dict:
+    """
+    Hold C{count} idle client connections open; RSS delta of the proxy's
+    processes per connection, scaled to 10,000 connections.
+    """
+    pids = proxy.pids()
+    time.sleep(0.5)
+    before = rss_bytes(pids)
+    fds_before = open_fds(pids)
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", proxy.port))
+            socks.append(s)
+        # Wait until the proxy holds both sockets of every connection.
+        deadline = time.monotonic() + 15
+        while open_fds(pids) - fds_before < 2 * count * 0.99 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        after = rss_bytes(pids)
+        fds = open_fds(pids) - fds_before
+    finally:
+        for s in socks:
+            s.close()
+    per = (after - before) / count
+    return {"connections": count, "proxy_fds_added": fds, "rss_before": before, "rss_after": after,
+            "bytes_per_conn": per, "kib_per_10k_conns": per * 10000 / 1024}
+
+
+def open_fds(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    return total
+
+
+def subscribe(proxy: Proxy, n: int) -> int:
+    """
+    Attach C{n} event-feed readers (curl) to the proxy's admin API.
+
+    @return: how many are connected and streaming.
+    """
+    url = f"http://127.0.0.1:{proxy.admin}/api/v1/events"
+    for _ in range(n):
+        proxy.subscribers.append(subprocess.Popen(
+            ["curl", "-sN", "-o", "/dev/null", "-w", "%{http_code}", url],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        ))
+    time.sleep(1.5)
+    alive = [p for p in proxy.subscribers if p.poll() is None]
+    return len(alive)
+
+
+def nginx_config(tmp: Path, port: int, workers: int) -> Path:
+    www = tmp / "www"
+    www.mkdir()
+    (www / "bulk").write_bytes(os.urandom(1024 * 1024))
+    www.chmod(0o755)
+    (www / "bulk").chmod(0o644)
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+worker_processes {workers};
+worker_rlimit_nofile 20000;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {www};
+        location = / {{ return 200 "ok\\n"; }}
+        location = /bulk {{ }}
+    }}
+}}
+""")
+    return conf
+
+
+def haproxy_config(tmp: Path, name: str, port: int, backend: int, threads: int) -> Path:
+    conf = tmp / f"{name}.cfg"
+    conf.write_text(f"""
+global
+    nbthread {threads}
+    maxconn 9000
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 300s
+    timeout server 300s
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    server s1 127.0.0.1:{backend}
+""")
+    return conf
+
+
+def lbproxy_argv(port: int, admin: int, backend: int, engine: str, workers: int) -> list[str]:
+    twistd = Path(sys.executable).parent / "twistd"
+    return [
+        str(twistd), "-n", "--pidfile=", "lbproxy",
+        "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
+        "--admin", f"tcp:{admin}:interface=127.0.0.1",
+        "--backend", f"127.0.0.1:{backend}",
+        "--no-access-log", "--engine", engine, "--workers", str(workers),
+        "--max-connections", "20000", "--idle-timeout", "600",
+    ]
+
+
+def median(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=50, help="wrk -c")
+    parser.add_argument("--workers", type=int, default=2, help="largest worker count (1..N)")
+    parser.add_argument("--idle", type=int, default=8000,
+                        help="idle connections held for the RSS test (hard fd limit permitting)")
+    parser.add_argument("--subscribers", type=int, default=20)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "_static" / "bench.png"))
+    args = parser.parse_args(argv)
+
+    for exe in (NGINX, HAPROXY, WRK):
+        if not os.path.exists(exe):
+            raise SystemExit(f"missing {exe}: apt-get install nginx-light haproxy wrk")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Each idle client costs the proxy two fds (client and backend).
+    idle = min(args.idle, (hard - 1000) // 2)
+
+    tmp = Path(tempfile.mkdtemp(prefix="lbproxy-bench-"))
+    tmp.chmod(0o755)  # nginx workers run unprivileged and must read the files
+    backend_port = free_port()
+    nginx = subprocess.Popen([NGINX, "-c", str(nginx_config(tmp, backend_port, 2)), "-p", str(tmp)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proxies: list[Proxy] = []
+    notes: list[str] = []
+    try:
+        wait_port(backend_port, nginx, "nginx")
+
+        def add(name: str, kind: str, workers: int, **kw) -> Proxy:
+            port = free_port()
+            if kind == "haproxy":
+                argv = [HAPROXY, "-db", "-f", str(haproxy_config(tmp, name, port, backend_port, workers))]
+                p = Proxy(name, kind, workers, argv, port)
+            else:
+                admin = free_port()
+                p = Proxy(name, kind, workers, lbproxy_argv(port, admin, backend_port, kw["engine"], workers),
+                          port, admin)
+            try:
+                p.start(tmp)
+            except SystemExit as e:
+                notes.append(f"{name} did not start: {e} (log: {tmp / (name + '.log')})")
+                return None
+            proxies.append(p)
+            return p
+
+        base = {
+            "haproxy": add("haproxy", "haproxy", 1),
+            "lbproxy-fast": add("lbproxy-fast", "lbproxy", 1, engine="fast"),
+            "lbproxy-twisted": add("lbproxy-twisted", "lbproxy", 1, engine="twisted"),
+        }
+        scaling = {}
+        for n in range(2, args.workers + 1):
+            scaling[f"haproxy-{n}t"] = add(f"haproxy-{n}t", "haproxy", n)
+            scaling[f"lbproxy-fast-{n}w"] = add(f"lbproxy-fast-{n}w", "lbproxy", n, engine="fast")
+        sse = add("lbproxy-fast-sse", "lbproxy", 1, engine="fast")
+        subscribed = 0
+        if sse is not None:
+            subscribed = subscribe(sse, args.subscribers)
+            if subscribed < args.subscribers:
+                notes.append(f"only {subscribed} of {args.subscribers} event-feed subscribers stayed "
+                             f"connected to GET /api/v1/events")
+
+        scenarios = {
+            "keepalive": ("/", False),
+            "close": ("/", True),
+            "bulk": ("/bulk", False),
+        }
+        plan = [(s, name, p) for s in scenarios for name, p in base.items() if p is not None]
+        plan += [("keepalive", name, p) for name, p in scaling.items() if p is not None]
+        if sse is not None:
+            plan.append(("keepalive", "lbproxy-fast-sse", sse))
+        plan.append(("keepalive", "direct-nginx", Proxy("direct-nginx", "nginx", 2, [], backend_port)))
+
+        raw: dict[str, dict[str, list[dict]]] = {}
+        for r in range(args.rounds):
+            for scenario, name, proxy in plan:
+                path, close = scenarios[scenario]
+                res = measure(proxy, path, args.duration, args.connections, close)
+                raw.setdefault(scenario, {}).setdefault(name, []).append(res)
+                print(f"round {r + 1} {scenario:9} {name:18} {res['rps']:10.0f} req/s "
+                      f"{res['mib_s']:8.1f} MiB/s p99 {res['p99_ms']} ms cpu {res['cpu_s']:.2f}s"
+                      + (f" errors {res['errors']}" if res["errors"] else "")
+                      + (f" NON-2XX {res['non2xx']}" if res["non2xx"] else ""), flush=True)
+                if res["non2xx"]:
+                    notes.append(f"round {r + 1} {scenario} {name}: {res['non2xx']} non-2xx responses")
+
+        idle_results = {}
+        for name in ("haproxy", "lbproxy-fast", "lbproxy-twisted"):
+            if base.get(name) is not None and idle > 0:
+                idle_results[name] = idle_rss(base[name], idle)
+                print(f"idle {name:18} {idle_results[name]['kib_per_10k_conns'] / 1024:.1f} MiB per 10k "
+                      f"({idle} held)", flush=True)
+        if idle < args.idle:
+            notes.append(f"idle RSS measured with {idle} connections (hard RLIMIT_NOFILE {hard}), scaled to 10k")
+
+        summary = summarise(raw, idle_results)
+        result = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                        "haproxy": subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout.split("\n")[0]},
+            "settings": vars(args) | {"idle_held": idle, "subscribers_connected": subscribed},
+            "summary": summary,
+            "idle": idle_results,
+            "raw": raw,
+            "notes": notes,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print_table(summary, idle_results, notes)
+        print(f"\nwrote {args.out}")
+        try:
+            plot(summary, args.plot)
+            print(f"wrote {args.plot}")
+        except ImportError:
+            print("matplotlib missing: no plot (pip install '.[bench]')")
+    finally:
+        for p in proxies:
+            p.stop()
+        nginx.send_signal(signal.SIGQUIT)
+        try:
+            nginx.wait(10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def summarise(raw: dict, idle: dict) -> dict:
+    out: dict = {}
+    for scenario, by_name in raw.items():
+        out[scenario] = {}
+        for name, runs in by_name.items():
+            out[scenario][name] = {
+                key: median([run[key] for run in runs])
+                for key in ("rps", "mib_s", "p50_ms", "p99_ms", "req_per_cpu_s", "cpu_s")
+            }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
+    print("\nMedians of the interleaved rounds; ratio = lbproxy / HAProxy (same run).\n")
+    ka, cl, bulk = summary.get("keepalive", {}), summary.get("close", {}), summary.get("bulk", {})
+    h = "haproxy"
+    rows = [
+        ("keep-alive req/s", lambda n: ka.get(n, {}).get("rps"), "{:,.0f}"),
+        ("one conn per request req/s", lambda n: cl.get(n, {}).get("rps"), "{:,.0f}"),
+        ("1 MiB bulk MiB/s", lambda n: bulk.get(n, {}).get("mib_s"), "{:,.0f}"),
+        ("keep-alive p50 ms", lambda n: ka.get(n, {}).get("p50_ms"), "{:.3f}"),
+        ("keep-alive p99 ms", lambda n: ka.get(n, {}).get("p99_ms"), "{:.3f}"),
+        ("keep-alive req per CPU-s", lambda n: ka.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
+        ("conn/request req per CPU-s", lambda n: cl.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
+        ("idle RSS MiB per 10k conns", lambda n: (idle.get(n, {}).get("kib_per_10k_conns") or 0) / 1024 or None, "{:.1f}"),
+    ]
+    names = ["haproxy", "lbproxy-fast", "lbproxy-twisted"]
+    print(f"| {'':28} | " + " | ".join(f"{n:>15}" for n in names) + " | fast/HAProxy | twisted/HAProxy |")
+    print("|" + "---|" * (len(names) + 3))
+    for label, get, fmt in rows:
+        cells = [get(n) for n in names]
+        text = [fmt.format(c) if c is not None else "-" for c in cells]
+        print(f"| {label:28} | " + " | ".join(f"{t:>15}" for t in text)
+              + f" | {_ratio(cells[1], cells[0]):>12} | {_ratio(cells[2], cells[0]):>15} |")
+    scale = sorted(n for n in ka if n.startswith(("haproxy-", "lbproxy-fast-")) and n[-1] in "tw")
+    if scale:
+        print("\nWorkers (keep-alive req/s; HAProxy nbthread = lbproxy --workers):")
+        print(f"  1: haproxy {ka.get(h, {}).get('rps', 0):,.0f}  lbproxy-fast {ka.get('lbproxy-fast', {}).get('rps', 0):,.0f}"
+              f"  ratio {_ratio(ka.get('lbproxy-fast', {}).get('rps'), ka.get(h, {}).get('rps'))}")
+        n = 2
+        while f"haproxy-{n}t" in ka or f"lbproxy-fast-{n}w" in ka:
+            a = ka.get(f"haproxy-{n}t", {}).get("rps")
+            b = ka.get(f"lbproxy-fast-{n}w", {}).get("rps")
+            print(f"  {n}: haproxy {a or 0:,.0f}  lbproxy-fast {b or 0:,.0f}  ratio {_ratio(b, a)}")
+            n += 1
+    if "lbproxy-fast-sse" in ka:
+        a = ka.get("lbproxy-fast", {}).get("rps")
+        b = ka["lbproxy-fast-sse"].get("rps")
+        print(f"\nWith event-feed subscribers: {b:,.0f} req/s vs {a or 0:,.0f} without "
+              f"({_ratio(b, a)})")
+    if "direct-nginx" in ka:
+        print(f"Direct to nginx (the limit here): {ka['direct-nginx']['rps']:,.0f} req/s keep-alive")
+    for note in notes:
+        print("note:", note)
+
+
+def plot(summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [
+        ("keep-alive", "keepalive", "rps"),
+        ("conn/request", "close", "rps"),
+        ("1 MiB bulk", "bulk", "mib_s"),
+        ("keep-alive\nreq/CPU-s", "keepalive", "req_per_cpu_s"),
+    ]
+    names = [("lbproxy-fast", "lbproxy fast engine"), ("lbproxy-twisted", "lbproxy twisted engine")]
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    width = 0.35
+    for i, (name, label) in enumerate(names):
+        ratios = []
+        for _, scenario, key in metrics:
+            a = summary.get(scenario, {}).get(name, {}).get(key)
+            b = summary.get(scenario, {}).get("haproxy", {}).get(key)
+            ratios.append(a / b if a and b else 0)
+        xs = [x + (i - 0.5) * width for x in range(len(metrics))]
+        bars = ax.bar(xs, ratios, width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="HAProxy (1 thread)")
+    ax.set_xticks(range(len(metrics)), [m[0] for m in metrics])
+    ax.set_ylabel("ratio to HAProxy (same run)")
+    ax.set_title("lbproxy vs HAProxy 2.6, mode tcp, nginx backend, wrk -t1 -c50")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
