@@ -160,3 +160,29 @@ def test_refused_api_change_changes_nothing_and_a_good_one_reaches_the_checker()
     assert results and store.config.health_check.interval == 4.0
     assert checker.loops["b1"].check.interval == 4.0
     checker.stopService()
+
+
+def test_make_service_runs_the_checker_over_the_balancer():
+    """C{makeService} puts a L{HealthChecker} named C{health} over the
+    balancer in the service tree; started, it probes each backend with the
+    check from the command line."""
+    options = Options()
+    options.parseOptions([
+        "--backend", "127.0.0.1:9001", "--backend", "127.0.0.1:9002",
+        "--listen", "tcp:0", "--admin", "tcp:0:interface=127.0.0.1",
+        "--check", "tcp", "--check-interval", "3", "--check-timeout", "1",
+    ])
+    from lbproxy.tap import makeService
+
+    reactor = MemoryReactorClock()
+    top = makeService(options, reactor=reactor)
+    checker = top.getServiceNamed("health")
+    assert isinstance(checker, HealthChecker) and checker.balancer is top.balancer
+    top.startService()
+    try:
+        reactor.advance(0)
+        reactor.advance(1.5)
+        probed = [(c[0], c[1]) for c in reactor.tcpClients]
+        assert probed == [("127.0.0.1", 9001), ("127.0.0.1", 9002)]
+    finally:
+        top.stopService()
