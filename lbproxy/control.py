@@ -59,7 +59,9 @@ class ConfigController:
         if expected_version is not None and expected_version != current.version:
             raise VersionConflict(expected_version, current.version)
         new, result = mutate(current)
-        strategy = self.balancer.check(new)
+        # A new strategy object only for a new choice: rebuilding it would
+        # restart its rotation (and caches) on every unrelated change.
+        strategy = self.balancer.check(new) if new.strategy != current.strategy else None
         try:
             yield self.store.save(new, current.version)
         except VersionConflict:

@@ -1,0 +1,96 @@
+"""
+The config change path of L{lbproxy.control.ConfigController} over the file
+store: validate, make durable, then apply.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from lbproxy import config as cfg
+from lbproxy.balancer import Balancer
+from lbproxy.config import Backend, Config, ConfigError, StrategyChoice, VersionConflict
+from lbproxy.control import ConfigController
+from lbproxy.store.file import FileStore
+
+START = Config(version=0, backends=(Backend("b1", "127.0.0.1", 9001), Backend("b2", "127.0.0.1", 9002)))
+
+
+def result_of(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+@pytest.fixture
+def setup(tmp_path, factories):
+    clock = Clock()
+    store = FileStore(str(tmp_path), reactor=clock, run=defer.maybeDeferred)
+    balancer = Balancer(START, factories, reactor=clock)
+    controller = ConfigController(balancer, store)
+    yield controller, balancer, store
+    controller.stop()
+
+
+def test_unrelated_change_keeps_strategy_rotation(setup):
+    """
+    A change that leaves the strategy choice alone keeps the running
+    strategy object, so round-robin continues where it was instead of
+    starting over at the first backend.
+    """
+    controller, balancer, store = setup
+    before = balancer.strategy
+    first = balancer.route(("10.0.0.1", 1000)).id
+    result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 3})))
+    assert balancer.strategy is before
+    assert balancer.route(("10.0.0.1", 1001)).id != first
+
+
+def test_strategy_change_builds_new_strategy(setup):
+    """Switching the strategy swaps in a new strategy object once stored."""
+    controller, balancer, store = setup
+    result_of(controller.change(lambda c: (cfg.set_strategy(c, StrategyChoice("random")), None)))
+    assert balancer.strategy.name == "random"
+    assert store.read().strategy.name == "random"
+
+
+def test_invalid_strategy_refused_before_storing(setup):
+    """An unknown strategy is refused with ConfigError and nothing is stored or applied."""
+    controller, balancer, store = setup
+    with pytest.raises(ConfigError):
+        result_of(controller.change(lambda c: (cfg.set_strategy(c, StrategyChoice("nope")), None)))
+    assert store.read() is None
+    assert balancer.config == START
+
+
+def test_stale_if_match_refused_before_storing(setup):
+    """A change based on an old version is refused with VersionConflict before any write."""
+    controller, balancer, store = setup
+    result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 3})))
+    with pytest.raises(VersionConflict):
+        result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 4}), expected_version=0))
+    assert store.read().version == 1 and balancer.config.version == 1
+
+
+def test_change_stored_by_another_process_is_adopted(setup, tmp_path):
+    """
+    A higher version written by another process (a worker sharing the
+    state directory) reaches the balancer through the store's watch, and
+    this process's next change is based on it.
+    """
+    controller, balancer, store = setup
+    other = FileStore(str(tmp_path), reactor=Clock(), run=defer.maybeDeferred)
+    newer = cfg.set_strategy(cfg.remove_backend(START, "b2"), StrategyChoice("least-connections"))
+    result_of(other.save(newer, 0))
+    store._reactor.advance(0.5)
+    assert balancer.config == newer
+    assert balancer.strategy.name == "least-connections"
+    new, _ = result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 2})))
+    assert new.version == newer.version + 1
+    assert other.read() == new
