@@ -10,7 +10,9 @@ others.  Loops start spread over the interval (the k-th of n new loops
 after C{k/n} of it) so checks of a large pool do not arrive at once.  The
 checker follows config changes through the balancer's C{config} events:
 new backends get a loop, removed ones lose theirs (a result still in flight
-is dropped), and changed check settings restart the loop.
+is dropped), and changed check settings restart the loop.  Draining and
+disabled backends are still probed, so their health is known the moment an
+operator brings them back.
 
 Probe kinds:
   - C{tcp}: the connect succeeds within the timeout.

@@ -300,8 +300,10 @@ class Pool:
         check): a failed connect or a reset is a failure, a connection that
         ended cleanly a success.  After the configured run of failures the
         backend is ejected, for C{base_ejection} times the number of its
-        ejections (at most C{max_ejection}), unless that would eject more
-        than the allowed share of the pool.  A backend that stayed in the
+        ejections (at most C{max_ejection}), unless that would take more
+        than C{max_ejection_percent} of the pool out of service: backends
+        already down by their checks count toward that share, so passive
+        ejection never finishes off a pool that checks have thinned.  A backend that stayed in the
         pool for C{max_ejection} seconds since its last ejection is forgiven:
         its next ejection is short again.  One already down by its checks is
         not ejected.
@@ -322,8 +324,8 @@ class Pool:
         if state.ejected(now) or not state.healthy:
             return None
         total = len(self.config.backends)
-        ejected = sum(1 for h in self.health.values() if h.ejected(now))
-        if total == 0 or (ejected + 1) * 100 > policy.max_ejection_percent * total:
+        out = sum(1 for h in self.health.values() if not h.available(now))
+        if total == 0 or (out + 1) * 100 > policy.max_ejection_percent * total:
             return None
         if state.ejection_ended is not None and now - state.ejection_ended >= policy.max_ejection:
             state.ejections = 0

@@ -515,3 +515,15 @@ def test_relay_does_not_blame_the_backend_for_our_own_abort():
     backend.connectionLost(Failure(ConnectionAborted()))
     assert b.pool.stats["b1"].consecutive_failures == 0
     assert b.pool.stats["b1"].failures == 0
+
+
+def test_backends_down_by_checks_count_toward_the_ejection_share():
+    """With 4 backends at 50 %, one down by its checks and one ejected, a
+    third is not ejected: passive ejection never takes more than half the
+    pool out of service, whatever took the rest out."""
+    b, _ = make(n=4, outlier=OUTLIER, health_check=CHECK)
+    b.health_result("b1", False, "check failed: connection refused")
+    fail(b, "b2", 3)
+    assert ids(b) == ["b3", "b4"]
+    fail(b, "b3", 30)
+    assert ids(b) == ["b3", "b4"]
