@@ -34,7 +34,7 @@ def setup(tmp_path, factories):
     store = FileStore(str(tmp_path), reactor=clock, run=defer.maybeDeferred)
     balancer = Balancer(START, factories, reactor=clock)
     controller = ConfigController(balancer, store)
-    yield controller, balancer, store
+    yield controller, balancer, store, clock
     controller.stop()
 
 
@@ -44,7 +44,7 @@ def test_unrelated_change_keeps_strategy_rotation(setup):
     strategy object, so round-robin continues where it was instead of
     starting over at the first backend.
     """
-    controller, balancer, store = setup
+    controller, balancer, store, clock = setup
     before = balancer.strategy
     first = balancer.route(("10.0.0.1", 1000)).id
     result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 3})))
@@ -54,7 +54,7 @@ def test_unrelated_change_keeps_strategy_rotation(setup):
 
 def test_strategy_change_builds_new_strategy(setup):
     """Switching the strategy swaps in a new strategy object once stored."""
-    controller, balancer, store = setup
+    controller, balancer, store, clock = setup
     result_of(controller.change(lambda c: (cfg.set_strategy(c, StrategyChoice("random")), None)))
     assert balancer.strategy.name == "random"
     assert store.read().strategy.name == "random"
@@ -62,7 +62,7 @@ def test_strategy_change_builds_new_strategy(setup):
 
 def test_invalid_strategy_refused_before_storing(setup):
     """An unknown strategy is refused with ConfigError and nothing is stored or applied."""
-    controller, balancer, store = setup
+    controller, balancer, store, clock = setup
     with pytest.raises(ConfigError):
         result_of(controller.change(lambda c: (cfg.set_strategy(c, StrategyChoice("nope")), None)))
     assert store.read() is None
@@ -71,7 +71,7 @@ def test_invalid_strategy_refused_before_storing(setup):
 
 def test_stale_if_match_refused_before_storing(setup):
     """A change based on an old version is refused with VersionConflict before any write."""
-    controller, balancer, store = setup
+    controller, balancer, store, clock = setup
     result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 3})))
     with pytest.raises(VersionConflict):
         result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 4}), expected_version=0))
@@ -84,11 +84,11 @@ def test_change_stored_by_another_process_is_adopted(setup, tmp_path):
     state directory) reaches the balancer through the store's watch, and
     this process's next change is based on it.
     """
-    controller, balancer, store = setup
+    controller, balancer, store, clock = setup
     other = FileStore(str(tmp_path), reactor=Clock(), run=defer.maybeDeferred)
     newer = cfg.set_strategy(cfg.remove_backend(START, "b2"), StrategyChoice("least-connections"))
     result_of(other.save(newer, 0))
-    store._reactor.advance(0.5)
+    clock.advance(0.5)
     assert balancer.config == newer
     assert balancer.strategy.name == "least-connections"
     new, _ = result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 2})))
