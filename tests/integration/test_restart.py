@@ -148,7 +148,18 @@ async def stop_cleanly(child: Child) -> None:
 
 
 async def start(state_dir: Path, *flags: str) -> Child:
-    return await Child(state_dir, *flags).ready()
+    """
+    Start a child and wait for its admin API; if another process took the
+    free port first, try again with another.
+    """
+    for attempt in range(3):
+        child = Child(state_dir, *flags)
+        try:
+            return await child.ready()
+        except AssertionError:
+            if attempt == 2 or "CannotListenError" not in child.output:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture
