@@ -296,6 +296,38 @@ def check_demo_options(options: Any) -> None:
     options["demo-ports"] = ports
 
 
+def port_taken(description: str) -> str | None:
+    """
+    Whether a plain C{tcp:PORT[:interface=HOST]} endpoint's port is in use,
+    so the demo can name it before it starts anything (a first-time user
+    may well have something on 8080 already).
+
+    @return: a message naming the port, or C{None} if it is free or the
+        endpoint is of another kind.
+    """
+    import socket
+
+    fields = description.split(":")
+    if fields[0] not in ("tcp", "tcp6"):
+        return None
+    args = [f for f in fields[1:] if "=" not in f]
+    kw = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
+    port = kw.get("port", args[0] if args else "")
+    if not port.isdigit() or int(port) == 0:
+        return None
+    family = socket.AF_INET6 if fields[0] == "tcp6" else socket.AF_INET
+    host = kw.get("interface", "::" if family == socket.AF_INET6 else "0.0.0.0")
+    if ":" in host and family == socket.AF_INET:
+        family = socket.AF_INET6
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(port)))
+        except OSError as e:
+            return f"port {port} on {host} is not available: {e.strerror or e}"
+    return None
+
+
 def start_demo_backends(options: Any, reactor: Any) -> Demo:
     """
     Open the demo backends' listeners and put them into the seed config.
@@ -304,6 +336,10 @@ def start_demo_backends(options: Any, reactor: Any) -> Demo:
     """
     if not isinstance(options["demo-ports"], list):
         check_demo_options(options)
+    for flag in ("listen", "admin"):
+        problem = port_taken(options[flag])
+        if problem:
+            raise SystemExit(f"lbproxy: cannot start the demo: --{flag} {problem}")
     demo = Demo(options["demo-ports"], options["demo-users"], reactor=reactor)
     try:
         demo.listen()

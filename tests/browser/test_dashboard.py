@@ -1,0 +1,248 @@
+"""
+The web UI in a real headless Chromium against a real lbproxy process:
+each test drives the page the way an operator would and checks what the
+page shows, and through the API what the server did.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.procs import ROOT
+
+pytestmark = pytest.mark.browser
+
+FAST_CHECKS = {"health_check": {"type": "tcp", "interval": 0.3, "timeout": 0.25, "rise": 1, "fall": 1}}
+
+
+def open_dashboard(page, proxy):
+    page.goto(proxy.url)
+    expect(page.locator("#feed-status")).to_have_text("Live")
+
+
+def card(page, backend_id):
+    return page.locator(f'article.card[data-id="{backend_id}"]')
+
+
+def test_add_backend_shows_its_card(page, lbproxy, backends):
+    """
+    Adding a backend with the form creates it on the server and its card
+    appears, up, with its address and weight, without a reload.
+    """
+    proxy = lbproxy()
+    b = backends("web1")
+    open_dashboard(page, proxy)
+    expect(page.locator("#cards .empty")).to_be_visible()
+    form = page.locator("#add-form")
+    form.get_by_label("Host").fill("127.0.0.1")
+    form.get_by_label("Port").fill(str(b.port))
+    form.get_by_label("Weight").fill("3")
+    form.get_by_role("button", name="Add backend").click()
+    expect(page.locator("#add-result")).to_contain_text(f"Added b1 (127.0.0.1:{b.port})")
+    c = card(page, "b1")
+    expect(c).to_be_visible()
+    expect(c).to_have_attribute("data-state", "up")
+    expect(c.locator(".addr")).to_have_text(f"127.0.0.1:{b.port}")
+    expect(c.get_by_label("Weight of b1")).to_have_value("3")
+    assert [x["id"] for x in proxy.api("GET", "/backends")["backends"]] == ["b1"]
+    assert proxy.request().endswith(b"hello from web1\n")
+    expect(c.locator(".m-total dd")).to_have_text("1")
+
+
+def test_invalid_input_shows_the_server_error_and_changes_nothing(page, lbproxy, backends):
+    """
+    A port out of range and a weight that is not a number reach the server
+    (the page does not pre-empt it), its message is shown next to the
+    control, and the pool and config version stay as they were.
+    """
+    b = backends("web1")
+    proxy = lbproxy("--backend", f"127.0.0.1:{b.port}")
+    before = proxy.api("GET", "/config")
+    open_dashboard(page, proxy)
+    expect(card(page, "b1")).to_be_visible()
+    form = page.locator("#add-form")
+    form.get_by_label("Port").fill("70000")
+    form.get_by_role("button", name="Add backend").click()
+    result = page.locator("#add-result")
+    expect(result).to_have_attribute("data-kind", "error")
+    expect(result).to_contain_text("port must be at most 65535, not 70000")
+    c = card(page, "b1")
+    c.get_by_label("Weight of b1").fill("heavy")
+    c.get_by_role("button", name="Set").click()
+    expect(c.locator("output.result")).to_contain_text("weight must be an integer, not 'heavy'")
+    assert proxy.api("GET", "/config") == before
+    expect(page.locator("#cards article.card")).to_have_count(1)
+    expect(page.locator("#kpi-version")).to_have_text(f"v{before['version']}")
+
+
+def test_strategy_switch_is_used_by_the_next_routing_events(page, lbproxy, backends):
+    """
+    Choosing a strategy from the list (with its description and options
+    form) and applying it makes the next routing decisions, as the live
+    feed shows them, come from that strategy.
+    """
+    one, two = backends("web1"), backends("web2")
+    proxy = lbproxy("--backend", f"127.0.0.1:{one.port}", "--backend", f"127.0.0.1:{two.port}")
+    open_dashboard(page, proxy)
+    recent = page.locator("#recent li .via")
+    for _ in range(4):
+        proxy.request()
+    expect(recent.first).to_have_text("round-robin")
+    expect(page.locator('#recent li .to[data-backend="b2"]').first).to_be_visible()
+
+    select = page.get_by_label("Load-balancing strategy")
+    names = select.locator("option").evaluate_all("els => els.map(e => e.value)")
+    assert {"round-robin", "least-connections", "first-available"} <= set(names)
+    select.select_option("first-available")
+    expect(page.locator("#strategy-desc")).to_contain_text("first")
+    page.locator("#strategy-options").get_by_label("limit").fill("50")
+    page.get_by_role("button", name="Apply strategy").click()
+    expect(page.locator("#strategy-result")).to_contain_text("now using first-available")
+    expect(page.locator("#kpi-strategy")).to_have_text("first-available")
+    assert proxy.api("GET", "/strategy")["options"] == {"limit": 50}
+
+    for _ in range(6):
+        proxy.request()
+    expect(recent.first).to_have_text("first-available")
+    vias = recent.all_inner_texts()
+    targets = page.locator("#recent li .to").all_inner_texts()
+    assert set(vias) == {"first-available"}, vias
+    assert set(targets) == {"b1"}, targets
+    expect(page.locator("#log")).to_contain_text("strategy round-robin → first-available")
+
+
+def test_stopped_backend_turns_down_with_reason_then_up(page, lbproxy, backends):
+    """
+    Killing a backend's process turns its card red (down) with the health
+    check's reason; starting it again on the same port brings it back up.
+    """
+    b = backends("web1")
+    other = backends("web2")
+    proxy = lbproxy("--backend", f"127.0.0.1:{b.port}", "--backend", f"127.0.0.1:{other.port}")
+    proxy.api("PUT", "/settings", FAST_CHECKS)
+    open_dashboard(page, proxy)
+    c = card(page, "b1")
+    expect(c).to_have_attribute("data-state", "up")
+    b.stop()
+    expect(c).to_have_attribute("data-state", "down")
+    expect(c.locator(".pill")).to_have_text("down")
+    expect(c.locator(".reason")).to_contain_text(re.compile("refused", re.I))
+    expect(page.locator("#log")).to_contain_text("b1 is down")
+    assert card(page, "b2").get_attribute("data-state") == "up"
+    backends("web1", b.port)
+    expect(c).to_have_attribute("data-state", "up")
+    expect(page.locator("#log")).to_contain_text("b1 is up")
+
+
+def test_drain_then_remove(page, lbproxy, backends):
+    """
+    Drain keeps a backend's open connection but takes it out of routing;
+    Remove then waits for that connection, and the card goes once it ends.
+    Force remove (confirmed by a second click) closes connections at once.
+    """
+    one, two = backends("web1"), backends("web2")
+    proxy = lbproxy("--backend", f"127.0.0.1:{one.port}", "--backend", f"127.0.0.1:{two.port}")
+    open_dashboard(page, proxy)
+    held = proxy.connect()   # round-robin: the first connection goes to b1
+    c = card(page, "b1")
+    expect(c.locator(".m-active dd")).to_have_text("1")
+    c.get_by_role("button", name="Drain").click()
+    expect(c).to_have_attribute("data-state", "draining")
+    expect(c.locator("output.result")).to_contain_text("draining")
+    for _ in range(3):
+        assert proxy.request().endswith(b"hello from web2\n")
+    c.get_by_role("button", name="Remove", exact=True).click()
+    expect(c).to_have_attribute("data-state", "removing")
+    expect(c.locator("output.result")).to_contain_text("waiting for 1 connection")
+    held.close()
+    expect(c).to_have_count(0)
+    assert [x["id"] for x in proxy.api("GET", "/backends")["backends"]] == ["b2"]
+
+    held = proxy.connect()
+    c2 = card(page, "b2")
+    expect(c2.locator(".m-active dd")).to_have_text("1")
+    force = c2.get_by_role("button", name="Force remove")
+    force.click()
+    expect(c2.get_by_role("button", name="Confirm: close connections")).to_be_visible()
+    assert len(proxy.api("GET", "/backends")["backends"]) == 1
+    c2.get_by_role("button", name="Confirm: close connections").click()
+    expect(c2).to_have_count(0)
+    held.settimeout(5)
+    try:
+        assert held.recv(100) == b""   # closed by lbproxy...
+    except ConnectionResetError:
+        pass                           # ...or aborted: either way, not left open
+    held.close()
+    expect(page.locator("#cards .empty")).to_be_visible()
+
+
+def test_admin_token_is_asked_for_and_kept_for_the_tab(page, lbproxy, backends, tmp_path):
+    """
+    With a token required, the page asks for it on the first 401, sends it
+    as a bearer token, goes live and can change the pool; the token sits in
+    sessionStorage (this tab only), not in localStorage or a cookie.
+    """
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-for-the-test\n")
+    b = backends("web1")
+    proxy = lbproxy("--admin-token-file", str(token_file), "--backend", f"127.0.0.1:{b.port}",
+                    token="s3cret-token-for-the-test")
+    page.goto(proxy.url)
+    dialog = page.locator("#token-dialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("Admin token").fill("s3cret-token-for-the-test")
+    dialog.get_by_role("button", name="Use token").click()
+    expect(page.locator("#feed-status")).to_have_text("Live")
+    expect(card(page, "b1")).to_be_visible()
+    card(page, "b1").get_by_role("button", name="Disable").click()
+    expect(card(page, "b1")).to_have_attribute("data-state", "disabled")
+    assert page.evaluate("sessionStorage.getItem('lbproxy.token')") == "s3cret-token-for-the-test"
+    assert page.evaluate("localStorage.length") == 0
+    assert page.context.cookies() == []
+
+
+def test_narrow_window_and_keyboard(page, lbproxy, backends):
+    """
+    At phone width nothing overflows sideways, and the add form works from
+    the keyboard alone (Tab to the fields, Enter to submit).
+    """
+    b = backends("web1")
+    proxy = lbproxy()
+    page.set_viewport_size({"width": 390, "height": 844})
+    open_dashboard(page, proxy)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.locator("#add-form input[name=host]").focus()
+    page.keyboard.press("Tab")
+    page.keyboard.type(str(b.port))
+    page.keyboard.press("Enter")
+    expect(card(page, "b1")).to_be_visible()
+
+
+def test_dashboard_screenshot_under_demo_load(page, lbproxy):
+    """
+    Under the demo's load the dashboard shows users online, three live
+    backends with traffic and a filled chart; the screenshot is kept as a
+    build artifact and in the docs.
+    """
+    proxy = lbproxy("--demo", "--demo-users", "40")
+    open_dashboard(page, proxy)
+    expect(page.locator("#demo-panel")).to_be_visible()
+    expect(page.locator("#cards article.card")).to_have_count(3)
+    for name in ("alpha", "bravo", "charlie"):
+        expect(card(page, name)).to_have_attribute("data-state", "up")
+        expect(card(page, name).locator(".m-rate dd")).not_to_have_text("0")
+    page.wait_for_function("Number(document.getElementById('users-online').textContent) >= 20")
+    page.wait_for_function("window.lbproxy.chart.series.size === 3 && [...window.lbproxy.chart.series.values()].every(p => p.length >= 12)", timeout=30000)
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shot = artifacts / "dashboard.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20000
+    docs = ROOT / "docs" / "_static"
+    docs.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, docs / "dashboard.png")
