@@ -195,9 +195,7 @@ class _Loop:
         reactor = self.checker.reactor
         if self._pending is None:
             self.probes += 1
-            d = self.checker.probe(
-                self.backend, self.check, reactor, self.checker.http_client, self.checker.endpoint
-            )
+            d = probe(self.backend, self.check, reactor, self.checker.http_client, self.checker.endpoint)
             d.addTimeout(self.check.timeout, reactor)
             self._pending = d
             d.addCallbacks(self._passed, self._failed, errbackArgs=(d,))
@@ -260,7 +258,6 @@ class HealthChecker(Service):
         self.reactor = reactor
         self._http_client = http_client
         self.endpoint = endpoint
-        self.probe = probe
         self.loops: dict[str, _Loop] = {}
         self._unsubscribe: Callable[[], None] | None = None
 
