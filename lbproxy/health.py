@@ -67,7 +67,7 @@ def _describe(failure: Failure, check: HealthCheck) -> str:
     if failure.check(
         defer.TimeoutError, error.TimeoutError, defer.CancelledError, error.ConnectingCancelledError
     ):
-        return f"timeout after {check.timeout:g}s"
+        return f"timeout after {check.timeout}s"
     if failure.check(error.ConnectionRefusedError):
         return "connection refused"
     if failure.check(error.DNSLookupError):

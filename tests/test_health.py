@@ -100,7 +100,7 @@ def test_tcp_check_times_out_on_its_own_timeout():
     reactor.advance(0.99)
     assert last(balancer, "b1") is None
     reactor.advance(0.01)
-    assert last(balancer, "b1") == "check failed: timeout after 1s"
+    assert last(balancer, "b1") == "check failed: timeout after 1.0s"
     assert reactor.connectors[0].stoppedConnecting
 
 
@@ -137,7 +137,7 @@ def test_a_hanging_backend_does_not_delay_the_others():
                 passed.append(i)
     assert len(passed) == 5
     assert checker.loops["b1"].probes == 6
-    assert last(balancer, "b1") == "check failed: timeout after 1s"
+    assert last(balancer, "b1") == "check failed: timeout after 1.0s"
     assert last(balancer, "b2") == "check passed"
 
 
@@ -190,7 +190,7 @@ def test_http_check_that_never_answers_times_out():
     reactor.advance(0)
     assert last(balancer, "b1") is None
     reactor.advance(1.0)
-    assert last(balancer, "b1") == "check failed: timeout after 1s"
+    assert last(balancer, "b1") == "check failed: timeout after 1.0s"
 
 
 SEND = HealthCheck(type="send-expect", interval=2.0, timeout=1.0, rise=1, fall=1, send="PING\r\n", expect="+PONG")
@@ -229,7 +229,7 @@ def test_send_expect_times_out_and_aborts():
     reactor.advance(0)
     _, transport = answer(reactor)
     reactor.advance(1.0)
-    assert last(balancer, "b1") == "check failed: timeout after 1s"
+    assert last(balancer, "b1") == "check failed: timeout after 1.0s"
     assert transport.disconnected
 
 
