@@ -213,11 +213,16 @@ class Pool:
             self.stats.pop(bid, None)
 
     def effective_weight(self, backend: Backend, now: float) -> float:
+        """
+        The weight strategies see: the configured one, ramped from
+        L{SLOW_START_FLOOR} of it to all of it over the slow-start window
+        after the backend came (back) into service.
+        """
         state = self.health[backend.id]
         window = self.config.slow_start
-        if state.ramp_start is None or not window:
+        if state.ramp_start is None:
             return float(backend.weight)
-        share = (now - state.ramp_start) / window
+        share = (now - state.ramp_start) / window if window else 1.0
         if share >= 1.0:
             state.ramp_start = None
             return float(backend.weight)

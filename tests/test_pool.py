@@ -527,3 +527,13 @@ def test_backends_down_by_checks_count_toward_the_ejection_share():
     assert ids(b) == ["b3", "b4"]
     fail(b, "b3", 30)
     assert ids(b) == ["b3", "b4"]
+
+
+def test_turning_slow_start_off_ends_ramps_in_progress():
+    """Setting slow start to 0 mid-ramp gives full weight at once and ends
+    the ramp, so the ticker stops rebuilding the candidates."""
+    b, clock = make(weights=[10, 10], slow_start=10.0)
+    assert b.pool.ramping() and candidate(b, "b1").weight == 1
+    b.apply(replace(b.config, version=2, slow_start=0.0))
+    assert candidate(b, "b1").weight == 10
+    assert not b.pool.ramping()
