@@ -160,9 +160,15 @@ class Pool:
     """
 
     def __init__(self, config: Config, now: float) -> None:
+        """
+        Backends of the first config do not slow start: as in HAProxy, a
+        ramp at process start would only throttle servers already running.
+        """
         self.config = config
         self.stats: dict[str, BackendStats] = {}
-        self.health: dict[str, HealthState] = {}
+        self.health: dict[str, HealthState] = {
+            b.id: HealthState(now) for b in config.backends
+        }
         self.candidates: tuple[Candidate, ...] = ()
         self.update(config, now)
 

@@ -395,8 +395,6 @@ def test_new_backend_and_reenabled_backend_slow_start():
     """A backend added by a config change, and one an operator sets back to
     C{up} from C{disabled}, both start at the floor weight."""
     b, clock = make(weights=[10, 10], slow_start=10.0)
-    clock.advance(20)
-    b.pool.refresh(clock.seconds())
     new = Backend("b3", "127.0.0.1", 9003, weight=10)
     b.apply(replace(b.config, version=2, backends=b.config.backends + (new,)))
     assert candidate(b, "b3").weight == 1
@@ -411,8 +409,6 @@ def test_new_backend_and_reenabled_backend_slow_start():
 def test_ejection_end_starts_slow_start():
     """A backend back from an ejection ramps too."""
     b, clock = make(weights=[10, 10], slow_start=10.0, outlier=OUTLIER)
-    clock.advance(20)
-    b.pool.refresh(clock.seconds())
     fail(b, "b1", 3)
     clock.advance(10)
     assert candidate(b, "b1").weight == 1
@@ -533,7 +529,17 @@ def test_turning_slow_start_off_ends_ramps_in_progress():
     """Setting slow start to 0 mid-ramp gives full weight at once and ends
     the ramp, so the ticker stops rebuilding the candidates."""
     b, clock = make(weights=[10, 10], slow_start=10.0)
-    assert b.pool.ramping() and candidate(b, "b1").weight == 1
-    b.apply(replace(b.config, version=2, slow_start=0.0))
-    assert candidate(b, "b1").weight == 10
+    new = Backend("b3", "127.0.0.1", 9003, weight=10)
+    b.apply(replace(b.config, version=2, backends=b.config.backends + (new,)))
+    assert b.pool.ramping() and candidate(b, "b3").weight == 1
+    b.apply(replace(b.config, version=3, slow_start=0.0))
+    assert candidate(b, "b3").weight == 10
+    assert not b.pool.ramping()
+
+
+def test_backends_of_the_first_config_do_not_slow_start():
+    """At process start the configured backends take full weight at once
+    (as HAProxy does): they are presumably serving already."""
+    b, _ = make(weights=[10, 10], slow_start=10.0)
+    assert [c.weight for c in b.pool.candidates] == [10, 10]
     assert not b.pool.ramping()
