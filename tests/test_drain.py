@@ -36,11 +36,11 @@ class Conn:
     def abort(self, why):
         self.close(why)
 
-    def close(self, outcome="ok"):
+    def close(self, why="ok"):
         if self.outcome is None:
-            self.outcome = outcome
+            self.outcome = why
             self.balancer.connection_closed(
-                self.candidate, self, AccessRecord("c", self.candidate.id, 0, 0, 1.0, outcome)
+                self.candidate, self, AccessRecord("c", self.candidate.id, 0, 0, 1.0, why)
             )
 
 
