@@ -201,8 +201,10 @@ class DemoService(Service):
         if admin is not None:
             from lbproxy.demo.api import DemoAPI
 
-            if "demo" not in getattr(admin, "_extensions", {}):
+            try:
                 admin.add_extension("demo", DemoAPI(self.demo))
+            except ValueError:
+                pass  # mounted by an earlier start of this service
         _listening_address(self.top.getServiceNamed("proxy")).addCallback(
             self._proxy_listening
         ).addErrback(lambda f: log.failure("demo users cannot start", f))
