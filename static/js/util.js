@@ -20,6 +20,7 @@ export function h(tag, attrs = {}, ...children) {
 export function rate(n) {
   if (n === null || n === undefined || Number.isNaN(n)) return '–';
   if (n >= 10000) return `${(n / 1000).toFixed(1)}k`;
+  if (n >= 1000) return `${(n / 1000).toFixed(2)}k`;
   if (n >= 100) return Math.round(n).toString();
   if (n >= 10) return n.toFixed(1);
   return n.toFixed(n === 0 ? 0 : 1);

@@ -223,24 +223,53 @@ def test_narrow_window_and_keyboard(page, lbproxy, backends):
     expect(card(page, "b1")).to_be_visible()
 
 
-def test_dashboard_screenshot_under_demo_load(page, lbproxy):
+def test_demo_panel_and_screenshot_under_demo_load(page, lbproxy):
     """
-    Under the demo's load the dashboard shows users online, three live
-    backends with traffic and a filled chart; the screenshot is kept as a
-    build artifact and in the docs.
+    Under the demo's load the dashboard shows users online and three live
+    backends.  From the demo panel: more users, a backend taken offline
+    (its card turns red, its traffic goes to the others), and a switch to
+    least-response-time.  The screenshot of that is kept as a build
+    artifact and in the docs.
     """
-    proxy = lbproxy("--demo", "--demo-users", "40")
+    proxy = lbproxy("--demo", "--demo-users", "20")
     open_dashboard(page, proxy)
-    expect(page.locator("#demo-panel")).to_be_visible()
+    panel = page.locator("#demo-panel")
+    expect(panel).to_be_visible()
     expect(page.locator("#cards article.card")).to_have_count(3)
     for name in ("alpha", "bravo", "charlie"):
         expect(card(page, name)).to_have_attribute("data-state", "up")
         expect(card(page, name).locator(".m-rate dd")).not_to_have_text("0")
-    page.wait_for_function("Number(document.getElementById('users-online').textContent) >= 20")
-    page.wait_for_function("window.lbproxy.chart.series.size === 3 && [...window.lbproxy.chart.series.values()].every(p => p.length >= 12)", timeout=30000)
+    page.wait_for_function("Number(document.getElementById('users-online').textContent) >= 15")
+    expect(panel.locator(".dot.on").first).to_be_visible()
+
+    panel.get_by_label("Users online (number)").fill("40")
+    panel.locator("#users-form").get_by_role("button", name="Set").click()
+    expect(page.locator("#users-result")).to_contain_text("aiming for 40 users online")
+    page.wait_for_function("Number(document.getElementById('users-online').textContent) >= 30")
+    assert proxy.api("GET", "/demo")["users"]["count"] == 40
+    page.wait_for_function("[...window.lbproxy.chart.series.values()].every(p => p.length >= 10)", timeout=30000)
+
+    row = panel.locator('li.demo-backend[data-name="bravo"]')
+    row.get_by_role("button", name="Take offline").click()
+    expect(row).to_have_attribute("data-online", "no")
+    expect(row.locator("output.result")).to_contain_text("bravo closed its port")
+    expect(card(page, "bravo")).to_have_attribute("data-state", "down")
+    expect(card(page, "bravo").locator(".m-rate dd")).to_have_text("0")
+    expect(page.locator("#log")).to_contain_text("bravo is down")
+
+    page.get_by_label("Load-balancing strategy").select_option("least-response-time")
+    page.get_by_role("button", name="Apply strategy").click()
+    expect(page.locator("#kpi-strategy")).to_have_text("least-response-time")
+    row = panel.locator('li.demo-backend[data-name="charlie"]')
+    row.get_by_label("Response delay of charlie in milliseconds").fill("400")
+    row.get_by_role("button", name="Set").click()
+    expect(row.locator("output.result")).to_contain_text("delay now 400 ms")
+    page.wait_for_function("[...window.lbproxy.chart.series.values()].every(p => p.length >= 22)", timeout=30000)
+
     artifacts = ROOT / "artifacts"
     artifacts.mkdir(exist_ok=True)
     shot = artifacts / "dashboard.png"
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20000
     docs = ROOT / "docs" / "_static"
