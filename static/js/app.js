@@ -59,7 +59,10 @@ class Dashboard {
     el.dataset.state = state;
     el.textContent = text;
     $('token-button').hidden = !token();
-    if (state === 'live' && was !== 'live' && this.hadFeed) this.log.add('feed', 'live feed reconnected');
+    if (state === 'live' && was !== 'live' && this.hadFeed) {
+      this.log.add('feed', 'live feed reconnected');
+      this.resync();
+    }
     if (state === 'down' && was === 'live') this.log.add('feed', 'live feed lost; reconnecting');
     if (state === 'live') this.hadFeed = true;
   }
@@ -176,6 +179,18 @@ class Dashboard {
     this.renderHeader();
     this.strategy.showActive();
     this.refresh();
+  }
+
+  // After a reconnect the server may have restarted (and numbered its
+  // events afresh), so read the state once instead of trusting the resume.
+  async resync() {
+    try {
+      const config = await get('/config');
+      if (this.config && config.version !== this.config.version) this.onConfig({ config });
+      else { this.config = config; this.renderHeader(); }
+      this.refresh();
+      this.demo.load();
+    } catch (e) { /* the feed status already says we are not connected */ }
   }
 
   // Fetch the full backend views again after a change (one request per

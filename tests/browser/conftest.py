@@ -48,8 +48,8 @@ def lbproxy(tmp_path):
     """Start lbproxy processes with C{lbproxy(*args)}; all stop after the test."""
     started: list[LBProxy] = []
 
-    def start(*args: str, token: str | None = None) -> LBProxy:
-        proc = LBProxy(tmp_path, *args, token=token)
+    def start(*args: str, token: str | None = None, **ports: int) -> LBProxy:
+        proc = LBProxy(tmp_path, *args, token=token, **ports)
         started.append(proc)
         return proc.start()
 

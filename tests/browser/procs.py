@@ -56,9 +56,12 @@ class LBProxy:
     @ivar admin: the admin API's port.
     """
 
-    def __init__(self, log_dir: Path, *args: str, token: str | None = None) -> None:
-        self.listen = free_port()
-        self.admin = free_port()
+    def __init__(
+        self, log_dir: Path, *args: str, token: str | None = None,
+        listen: int | None = None, admin: int | None = None,
+    ) -> None:
+        self.listen = listen or free_port()
+        self.admin = admin or free_port()
         self.token = token
         self.log_path = log_dir / f"lbproxy-{self.admin}.log"
         self.args = [

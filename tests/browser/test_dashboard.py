@@ -206,6 +206,27 @@ def test_admin_token_is_asked_for_and_kept_for_the_tab(page, lbproxy, backends, 
     assert page.context.cookies() == []
 
 
+def test_feed_drop_is_shown_and_the_page_reconnects(page, lbproxy, backends):
+    """
+    When lbproxy goes away the page says it is disconnected and retrying;
+    when it is back (a new process, same ports) the page is live again and
+    shows the new process's pool, without a reload.
+    """
+    b = backends("web1")
+    first = lbproxy("--backend", f"127.0.0.1:{b.port}")
+    open_dashboard(page, first)
+    expect(card(page, "b1")).to_be_visible()
+    first.stop()
+    status = page.locator("#feed-status")
+    expect(status).to_have_attribute("data-state", "down")
+    expect(status).to_contain_text("retrying")
+    second = lbproxy("--backend", f"127.0.0.1:{b.port},weight=7", listen=first.listen, admin=first.admin)
+    expect(status).to_have_text("Live", timeout=30000)
+    expect(card(page, "b1").get_by_label("Weight of b1")).to_have_value("7")
+    expect(page.locator("#log")).to_contain_text("live feed reconnected")
+    assert second.api("GET", "/backends")["backends"][0]["weight"] == 7
+
+
 def test_narrow_window_and_keyboard(page, lbproxy, backends):
     """
     At phone width nothing overflows sideways, and the add form works from
