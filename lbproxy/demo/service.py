@@ -235,7 +235,7 @@ class DemoService(Service):
         admin = getattr(self.top, "admin", None)
         token = getattr(getattr(admin, "policy", None), "token", None)
         if token:
-            lines.append(f"  admin token:         {token.decode()}")
+            lines.append("  admin token:         the one in --admin-token-file (the page asks for it)")
         lines += [
             f"  demo backends:       " + ", ".join(
                 f"{b.name} :{b.port}" for b in self.demo.backends.values()
@@ -248,7 +248,9 @@ class DemoService(Service):
         log.info("demo dashboard at http://{host}:{port}/", host=shown, port=port)
 
     def publish(self) -> None:
-        self.top.balancer.events.publish("demo", self.demo.event())
+        events = self.top.balancer.events
+        if events.subscriber_count:
+            events.publish("demo", self.demo.event())
 
     def stopService(self) -> Any:
         super().stopService()
