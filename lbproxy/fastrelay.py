@@ -472,6 +472,7 @@ class Relay:
         except (OSError, AttributeError):
             pass
         flow.pipe = (r, w)
+        self.engine.splices += 1
 
     def _splice(self, flow: _Flow, from_client: bool) -> None:
         r, w = flow.pipe
@@ -619,6 +620,8 @@ class FastRelay:
         self._sweeper: Any = None
         self._resolved: dict[tuple[str, int], tuple[float, Any]] = {}
         self.listening = False
+        #: directions switched to splice(2), for tests and curiosity.
+        self.splices = 0
         listener.setblocking(False)
         if listener.family in (socket.AF_INET, socket.AF_INET6):
             # Accepted sockets inherit it, which saves a syscall each.

@@ -111,6 +111,7 @@ class WorkerPool(Service):
 
     report_interval = 0.5
     restart_delay = 0.2
+    stop_timeout = 10.0
 
     def __init__(self, options: Any, balancer: Any, reactor: Any = None) -> None:
         if reactor is None:
@@ -170,7 +171,19 @@ class WorkerPool(Service):
         if self._reservation is not None:
             self._reservation.close()
             self._reservation = None
-        return defer.DeferredList(waits)
+        done = defer.DeferredList(waits)
+        killer = self.reactor.callLater(self.stop_timeout, self._kill_all)
+        done.addBoth(lambda r: killer.cancel() if killer.active() else None)
+        return done
+
+    def _kill_all(self) -> None:
+        for worker in self.workers:
+            if worker is not None and worker.pid is not None:
+                log.warn("worker {index} ignored SIGTERM; killing it", index=worker.index)
+                try:
+                    worker.transport.signalProcess("KILL")
+                except Exception:
+                    pass
 
     def _spawn(self, index: int) -> None:
         if not self.running:
@@ -363,6 +376,7 @@ def worker_main(spec: dict) -> None:
     else:
         from lbproxy.proxy import ProxyFactory
 
+        sock.setblocking(False)
         reactor.adoptStreamPort(sock.fileno(), sock.family, ProxyFactory(balancer, reactor))
         sock.close()
     balancer.start()

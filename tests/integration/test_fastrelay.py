@@ -1,0 +1,257 @@
+"""
+What only the fast engine does, over real loopback sockets: splice for
+bulk, TCP_NODELAY on both sides, reset outcomes, connect timeout, and
+driving the reactor as one reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import protocol, reactor, task
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+
+from lbproxy.config import ProxySettings
+from tests.integration import relay_harness as h
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fast engine is Linux-only"),
+]
+
+
+@pytest_twisted.inlineCallbacks
+def until(predicate, timeout=10.0, step=0.02):
+    """Wait (without blocking the reactor) until C{predicate()} is true."""
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        yield task.deferLater(reactor, step, lambda: None)
+        waited += step
+
+
+@pytest.fixture
+def fast(factories):
+    """Start the fast engine over a balancer; everything stopped after."""
+    from lbproxy.fastrelay import FastRelay, listening_socket
+
+    stops = []
+
+    def make(ports, **kw):
+        balancer = h.make_balancer(reactor, factories, ports, **kw)
+        engine = FastRelay(balancer, listening_socket("127.0.0.1", 0), reactor)
+        engine.start()
+        balancer.start(interval=0.05)
+        stops.extend([engine.stop, balancer.stop])
+        return engine, balancer
+
+    yield make
+    for stop in stops:
+        stop()
+
+
+class Blob(protocol.Protocol):
+    """Sends the factory's blob, then closes."""
+
+    def connectionMade(self):
+        self.transport.write(self.factory.blob)
+        self.transport.loseConnection()
+
+
+@pytest.fixture
+def access():
+    """Access-log events, collected."""
+    records = []
+
+    def observe(event):
+        if event.get("log_namespace") == "lbproxy.access":
+            records.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield records
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.inlineCallbacks
+def test_bulk_download_switches_to_splice(fast):
+    """A 16 MiB download fills the read buffer, so that direction moves to
+    splice(2); the bytes still arrive intact and are counted.  A small
+    exchange never splices."""
+    blob = os.urandom(16 * 1024 * 1024)
+    server = h.serve(reactor, Blob, blob=blob)
+    try:
+        engine, balancer = fast([server.getHost().port])
+
+        def download():
+            s = h.client(engine.port)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            data = h.read_all(s)
+            s.close()
+            return data
+
+        data = yield deferToThread(download)
+        assert hashlib.sha256(data).digest() == hashlib.sha256(blob).digest()
+        assert engine.splices == 1
+        yield until(lambda: balancer.totals.active == 0)
+        assert balancer.pool.stats["b1"].bytes_down == len(blob)
+    finally:
+        yield server.stopListening()
+
+    echo = h.serve(reactor, h.Echo)
+    try:
+        engine, balancer = fast([echo.getHost().port])
+
+        def small():
+            s = h.client(engine.port)
+            s.sendall(b"hello")
+            s.shutdown(socket.SHUT_WR)
+            data = h.read_all(s)
+            s.close()
+            return data
+
+        assert (yield deferToThread(small)) == b"hello"
+        assert engine.splices == 0
+    finally:
+        yield echo.stopListening()
+
+
+class Hold(protocol.Protocol):
+    """Keeps every connection, so a test can look at or reset it."""
+
+    def connectionMade(self):
+        self.factory.held.append(self)
+
+
+@pytest_twisted.inlineCallbacks
+def test_nodelay_on_both_sides(fast):
+    """Client sockets (inherited from the listener) and backend sockets
+    have TCP_NODELAY, so small writes are not held back by Nagle."""
+    from lbproxy.fastrelay import Relay
+
+    server = h.serve(reactor, Hold, held=[])
+    try:
+        engine, balancer = fast([server.getHost().port])
+        s = yield deferToThread(h.client, engine.port)
+        yield until(lambda: balancer.connections["b1"])
+        (relay,) = balancer.connections["b1"]
+        assert isinstance(relay, Relay)
+        for sock in (relay.client_sock, relay.backend_sock):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        s.close()
+    finally:
+        yield server.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_resets_are_recorded_by_side(fast, access):
+    """A client that resets is logged as client-reset; a backend that
+    resets as backend-reset, and passive health hears of the latter."""
+    server = h.serve(reactor, Hold, held=[])
+    try:
+        engine, balancer = fast([server.getHost().port])
+        a = yield deferToThread(h.client, engine.port)
+        yield until(lambda: len(server.factory.held) == 1)
+        me = "%s:%d" % a.getsockname()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        a.close()
+        yield until(lambda: any(r["client"] == me for r in access))
+        assert [r["outcome"] for r in access if r["client"] == me] == ["client-reset"]
+
+        b = yield deferToThread(h.client, engine.port)
+        yield until(lambda: len(server.factory.held) == 2)
+        me = "%s:%d" % b.getsockname()
+        server.factory.held[1].transport.abortConnection()
+        yield until(lambda: any(r["client"] == me for r in access))
+        assert [r["outcome"] for r in access if r["client"] == me] == ["backend-reset"]
+        b.close()
+    finally:
+        yield server.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_connect_timeout_then_retry(fast):
+    """A backend that never answers the SYN (its listen backlog is full)
+    costs one connect timeout; the retry reaches the live backend."""
+    # A listener with a full backlog drops further SYNs, so connects hang.
+    black = socket.socket()
+    black.bind(("127.0.0.1", 0))
+    black.listen(0)
+    fillers = []
+    for _ in range(4):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(black.getsockname())
+        fillers.append(f)
+    live = h.serve(reactor, h.Named, name="live")
+    try:
+        engine, balancer = fast(
+            [black.getsockname()[1], live.getHost().port],
+            settings=ProxySettings(connect_timeout=0.3, retries=1),
+        )
+        got = []
+
+        def run():
+            for _ in range(2):
+                started = time.monotonic()
+                s = h.client(engine.port)
+                got.append((h.read_line(s), time.monotonic() - started))
+                s.close()
+
+        yield deferToThread(run)
+        assert [line for line, _ in got] == [b"live\n", b"live\n"]
+        # The first went to the black hole first and waited out the timeout.
+        assert 0.3 <= got[0][1] < 2.0 and got[1][1] < 0.3
+        assert balancer.pool.stats["b1"].failures >= 1
+    finally:
+        yield live.stopListening()
+        black.close()
+        for f in fillers:
+            f.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_many_short_connections_leave_nothing_behind(fast):
+    """500 one-shot connections from 4 threads all complete; afterwards the
+    engine holds only its listener (no leaked fds or handlers)."""
+    echo = h.serve(reactor, h.Echo)
+    try:
+        engine, balancer = fast([echo.getHost().port])
+        before = len(os.listdir("/proc/self/fd"))
+        errors = []
+
+        def worker():
+            for i in range(125):
+                try:
+                    s = h.client(engine.port)
+                    s.sendall(b"ping %d" % i)
+                    s.shutdown(socket.SHUT_WR)
+                    assert h.read_all(s) == b"ping %d" % i
+                    s.close()
+                except Exception as e:  # noqa: BLE001
+                    errors.append(e)
+
+        def run():
+            threads = [threading.Thread(target=worker) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        yield deferToThread(run)
+        assert errors == []
+        yield until(lambda: balancer.totals.active == 0)
+        assert balancer.totals.accepted == 500
+        assert list(engine.handlers) == [engine.listener.fileno()]
+        yield until(lambda: len(os.listdir("/proc/self/fd")) <= before)
+    finally:
+        yield echo.stopListening()

@@ -1,0 +1,174 @@
+"""
+C{--workers}: real worker processes sharing one port with SO_REUSEPORT.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+from twisted.internet.threads import deferToThread
+
+from lbproxy.config import Backend, Config, StrategyChoice
+from lbproxy.workers import WorkerPool
+from tests.integration import relay_harness as h
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT workers are Linux-only"),
+]
+
+
+@pytest_twisted.inlineCallbacks
+def until(predicate, timeout=20.0, step=0.05):
+    """Wait (without blocking the reactor) until C{predicate()} is true."""
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        yield task.deferLater(reactor, step, lambda: None)
+        waited += step
+
+
+@pytest.fixture
+def pool_of(factories):
+    """Start a 2-worker pool over given backend ports; stopped after the test."""
+    started = []
+
+    def make(ports, engine="fast"):
+        balancer = h.make_balancer(reactor, factories, ports)
+        pool = WorkerPool(
+            {"workers": 2, "engine": engine, "listen-tcp": ("127.0.0.1", 0, 128)}, balancer, reactor
+        )
+        pool.startService()
+        started.append(pool)
+        return pool, balancer
+
+    yield make
+    for pool in started:
+        pytest_twisted.blockon(pool.stopService())
+
+
+def reporting(pool):
+    return all(w is not None and w.stats is not None for w in pool.workers)
+
+
+def _open_echoing(port, n):
+    socks = []
+    for _ in range(n):
+        s = h.client(port)
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
+        socks.append(s)
+    return socks
+
+
+def _still_echo(socks):
+    alive = 0
+    for s in socks:
+        try:
+            s.sendall(b"y")
+            if s.recv(1) == b"y":
+                alive += 1
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.parametrize("engine", ["fast", "twisted"])
+@pytest_twisted.inlineCallbacks
+def test_connections_split_and_a_killed_worker_restarts(engine, pool_of):
+    """Two workers share the port: 40 held connections land on both PIDs and
+    the parent's counters are their sums.  SIGKILL of one worker loses
+    exactly its connections; the other's keep echoing; the dead worker is
+    replaced by a new process that takes new connections."""
+    echo = h.serve(reactor, h.Echo)
+    try:
+        pool, balancer = pool_of([echo.getHost().port], engine)
+        yield until(lambda: reporting(pool))
+        socks = yield deferToThread(_open_echoing, pool.port, 40)
+        yield until(lambda: balancer.totals.active == 40 and all(
+            w.stats["totals"]["accepted"] for w in pool.workers))
+        per_worker = [w.stats["totals"]["active"] for w in pool.workers]
+        assert sum(per_worker) == 40 and min(per_worker) > 0, per_worker
+        assert balancer.pool.stats["b1"].active == 40
+        assert balancer.pool.stats["b1"].total == 40
+
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        yield victim.ended
+        alive = yield deferToThread(_still_echo, socks)
+        assert alive == per_worker[1]
+        for s in socks:
+            s.close()
+
+        yield until(lambda: pool.workers[0] is not None and pool.workers[0].stats is not None)
+        assert pool.workers[0].pid != victim.pid and pool.restarts == 1
+        more = yield deferToThread(_open_echoing, pool.port, 40)
+        yield until(lambda: all(w.stats["totals"]["active"] for w in pool.workers))
+        for s in more:
+            s.close()
+        # The killed worker's finished connections still count.
+        yield until(lambda: balancer.totals.active == 0)
+        assert balancer.totals.accepted == 80
+    finally:
+        yield echo.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_config_change_reaches_every_worker(pool_of):
+    """A config applied in the parent (as the admin API does) reaches both
+    workers: every new connection, whichever worker takes it, goes to the
+    new backend."""
+    a = h.serve(reactor, h.Named, name="a")
+    b = h.serve(reactor, h.Named, name="b")
+    try:
+        pool, balancer = pool_of([a.getHost().port])
+        yield until(lambda: reporting(pool))
+        new = Config(
+            version=2,
+            backends=(Backend(id="b2", host="127.0.0.1", port=b.getHost().port),),
+            strategy=StrategyChoice("round-robin"),
+        )
+        balancer.apply(new)
+
+        def names():
+            out = []
+            for _ in range(20):
+                s = h.client(pool.port)
+                out.append(h.read_line(s))
+                s.close()
+            return out
+
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        got = yield deferToThread(names)
+        assert got == [b"b\n"] * 20
+        yield until(lambda: sum(w.stats["totals"]["accepted"] for w in pool.workers) == 20)
+        assert all(w.stats["totals"]["accepted"] for w in pool.workers)
+    finally:
+        yield a.stopListening()
+        yield b.stopListening()
+
+
+def test_port_in_use_fails_at_start(factories):
+    """A listen port already taken by a non-reuseport socket fails the
+    pool's start, before any worker is spawned."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        balancer = h.make_balancer(reactor, factories, [h.dead_port()])
+        pool = WorkerPool(
+            {"workers": 2, "engine": "fast", "listen-tcp": ("127.0.0.1", taken.getsockname()[1], 128)},
+            balancer, reactor,
+        )
+        with pytest.raises(OSError):
+            pool.startService()
+        assert pool.workers == [None, None]
+    finally:
+        taken.close()

@@ -1,0 +1,108 @@
+"""
+The fast engine's pieces that need no sockets: interfaces, endpoint
+parsing and the --engine/--workers options.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.python import usage
+from zope.interface.verify import verifyObject
+
+from lbproxy.interfaces import IRelayedConnection
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll is Linux-only")
+
+
+def _relay():
+    from twisted.internet.task import Clock
+
+    from lbproxy.fastrelay import FastRelay, Relay
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    engine = FastRelay(object(), listener, reactor=Clock())
+    client = socket.socket()
+    return engine, Relay(engine, client, ("127.0.0.1", 1234), 0.0), (listener, client)
+
+
+def test_engine_is_a_read_descriptor():
+    """The engine is what the reactor watches: an IReadDescriptor whose fd
+    is the private epoll object's."""
+    engine, relay, socks = _relay()
+    try:
+        assert verifyObject(IReadDescriptor, engine)
+        assert engine.fileno() == engine.epoll.fileno()
+    finally:
+        engine.epoll.close()
+        for s in socks:
+            s.close()
+
+
+def test_relay_is_a_relayed_connection():
+    """A relay provides IRelayedConnection, with zero byte counters before
+    a backend is connected."""
+    engine, relay, socks = _relay()
+    try:
+        assert verifyObject(IRelayedConnection, relay)
+        assert (relay.bytes_up, relay.bytes_down) == (0, 0)
+    finally:
+        engine.epoll.close()
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.parametrize(
+    "description, expected",
+    [
+        ("tcp:8080", ("0.0.0.0", 8080, 50)),
+        ("tcp:0:interface=127.0.0.1:backlog=7", ("127.0.0.1", 0, 7)),
+        ("tcp6:8080:interface=\\:\\:1", ("::1", 8080, 50)),
+        ("unix:/tmp/x.sock", None),
+        ("ssl:443:privateKey=k.pem", None),
+        ("not an endpoint", None),
+    ],
+)
+def test_parse_tcp_endpoint(description, expected):
+    """Only plain tcp/tcp6 endpoints are the fast engine's to own; anything
+    else (unix, TLS, garbage) says so with None."""
+    from lbproxy.fastrelay import parse_tcp_endpoint
+
+    assert parse_tcp_endpoint(description) == expected
+
+
+def _options(*args):
+    from lbproxy.tap import Options
+
+    options = Options()
+    options.parseOptions(["--backend", "127.0.0.1:9", *args])
+    return options
+
+
+def test_engine_auto_picks_fast_for_tcp():
+    """--engine auto (the default) is the fast engine for a tcp listener on
+    Linux, and the twisted engine for any other endpoint."""
+    assert _options("--listen", "tcp:0")["engine"] == "fast"
+    assert _options("--listen", "unix:/tmp/lbproxy-test.sock")["engine"] == "twisted"
+    assert _options("--listen", "tcp:0", "--engine", "twisted")["engine"] == "twisted"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--engine", "turbo"], "--engine must be auto, fast or twisted"),
+        (["--engine", "fast", "--listen", "unix:/tmp/x.sock"], "--engine fast needs"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--workers", "two"], "--workers must be a number"),
+        (["--workers", "2", "--listen", "unix:/tmp/x.sock"], "--workers above 1 needs"),
+    ],
+)
+def test_engine_and_workers_refuse_bad_values(args, message):
+    """Bad --engine/--workers values are usage errors that say what is
+    wrong."""
+    with pytest.raises(usage.UsageError, match=message):
+        _options(*args)
