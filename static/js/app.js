@@ -146,6 +146,8 @@ class Dashboard {
     $('kpi-active').textContent = count(t.active ?? 0);
     $('kpi-accepted').textContent = count(t.accepted ?? 0);
     $('kpi-bytes').textContent = `${bytes((t.bytes_up_per_second || 0) + (t.bytes_down_per_second || 0))}/s`;
+    this.flow.noBackend = t.no_backend_per_second || 0;
+    this.flow.rejected = t.rejected_per_second || 0;
   }
 
   onBackend(event) {

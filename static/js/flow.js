@@ -19,6 +19,8 @@ export class FlowView {
     this.total = 0;
     this.clients = 0;
     this.strategy = '';
+    this.noBackend = 0;
+    this.rejected = 0;
     this.dots = [];
     this.carry = {};
     this.perDot = 1;
@@ -143,6 +145,21 @@ export class FlowView {
     label(ctx, L.client, 'Clients', `${this.clients} seen · ${rate(total)}/s`);
     box(ctx, L.proxy, '#0c4a6e', '#38bdf8');
     label(ctx, L.proxy, 'lbproxy', this.strategy || '…', '#e0f2fe');
+    const trouble = [];
+    if (this.noBackend > 0) trouble.push(`${rate(this.noBackend)}/s found no backend`);
+    if (this.rejected > 0) trouble.push(`${rate(this.rejected)}/s over the connection limit`);
+    ctx.textAlign = 'center';
+    ctx.textBaseline = 'top';
+    ctx.font = '600 12px system-ui, sans-serif';
+    ctx.fillStyle = '#fca5a5';
+    trouble.forEach((t, i) => ctx.fillText(`⚠ ${t}`, L.proxy.x + L.proxy.w / 2, L.proxy.y + L.proxy.h / 2 + 8 + i * 16));
+    if (!this.backends.length) {
+      ctx.textAlign = 'left';
+      ctx.textBaseline = 'middle';
+      ctx.font = '13px system-ui, sans-serif';
+      ctx.fillStyle = '#94a3b8';
+      ctx.fillText('no backends in the pool', pxOut + 24, L.proxy.y);
+    }
     for (const b of this.backends) {
       const node = L.nodes.get(b.id);
       const r = { x: node.x, y: node.y, w: node.w, h: node.h };

@@ -99,7 +99,7 @@ function field(name, schema, value) {
     if (value !== undefined && value !== null) input.value = value;
   } else {
     const numeric = types.includes('integer') || types.includes('number');
-    input = h('input', { id, name, autocomplete: 'off', inputmode: numeric ? 'numeric' : null, placeholder: schema.default !== undefined ? String(schema.default) : '' });
+    input = h('input', { id, name, autocomplete: 'off', inputmode: numeric ? 'numeric' : null, placeholder: schema.default !== undefined ? String(schema.default) : 'default' });
     if (value !== undefined && value !== null) input.value = value;
   }
   return h('div', { class: 'opt' }, h('label', { for: id, text: name }), input, hint ? h('small', { text: hint }) : null);
