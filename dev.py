@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
         )
     if command == "bench":
         system_packages()
-        venv("test")
+        venv("test,bench")
         return subprocess.call([str(PY), "bench/run.py", *rest], cwd=ROOT, env=env)
     print(__doc__)
     return 0 if command in ("help", "-h", "--help") else 2
