@@ -205,6 +205,9 @@ class DemoService(Service):
                 admin.add_extension("demo", DemoAPI(self.demo))
             except ValueError:
                 pass  # mounted by an earlier start of this service
+            else:
+                # The UI looks here to know whether to show its demo panel.
+                admin.add_status_provider(lambda: {"demo": {"api": "/api/v1/demo"}})
         _listening_address(self.top.getServiceNamed("proxy")).addCallback(
             self._proxy_listening
         ).addErrback(lambda f: log.failure("demo users cannot start", f))

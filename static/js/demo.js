@@ -21,6 +21,8 @@ export class DemoPanel {
 
   async load() {
     try {
+      const status = await get('/status');
+      if (!status.demo) return;
       this.render(await get('/demo'));
     } catch (e) {
       if (!(e instanceof ApiError) || e.status !== 404) this.dash.log.add('error', `demo: ${e.message}`);
