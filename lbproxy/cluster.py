@@ -18,7 +18,7 @@ says which node's view it shows.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from klein import Klein
 from twisted.application.service import MultiService, Service
@@ -73,6 +73,9 @@ class LoadThenServe(MultiService):
         self._attempt()
 
     def stopService(self) -> Any:
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -136,7 +139,8 @@ class Membership(Service):
     """
     Keeps this node's key C{PREFIX/nodes/NAME} alive under an etcd lease.
 
-    The key holds C{{"name", "admin_url", "since"}}; it disappears when the
+    The key holds C{{"name", "admin_url", "since"}} (C{admin_url} may be a
+    callable, asked at registration); it disappears when the
     node stops (the lease is revoked) or dies (the lease expires after
     C{ttl} seconds without a keepalive).
 
@@ -147,7 +151,7 @@ class Membership(Service):
         self,
         store: EtcdStore,
         name: str,
-        admin_url: str | None = None,
+        admin_url: str | Callable[[], str | None] | None = None,
         ttl: int = 10,
         reactor: Any = None,
     ) -> None:
@@ -206,7 +210,8 @@ class Membership(Service):
     def _register(self) -> Any:
         grant = yield self.store.request("/v3/lease/grant", {"TTL": str(self.ttl)})
         lease = grant["ID"]
-        value = json.dumps({"name": self.name, "admin_url": self.admin_url, "since": self.since})
+        url = self.admin_url() if callable(self.admin_url) else self.admin_url
+        value = json.dumps({"name": self.name, "admin_url": url, "since": self.since})
         yield self.store.request(
             "/v3/kv/put", {"key": b64(self.key), "value": b64(value), "lease": lease}
         )
@@ -305,6 +310,35 @@ def admin_url(endpoint: str, reactor: Any = None) -> str | None:
     return f"http://{host}:{port}"
 
 
+def listening_admin_url(endpoint: str, service: Any) -> Callable[[], str | None]:
+    """
+    The admin URL as a callable: for C{--admin tcp:0} the port is known only
+    once the admin service listens.
+    """
+
+    def url() -> str | None:
+        static = admin_url(endpoint)
+        waiting = getattr(service, "_waitingForPort", None)
+        if static and static.endswith(":0") and waiting is not None and waiting.called:
+            port = getattr(waiting.result, "getHost", None)
+            if port is not None:
+                return f"{static.rsplit(':', 1)[0]}:{port().port}"
+        return static
+
+    return url
+
+
+def mount_admin(admin: Any, membership: Membership, endpoint: str, service: Any) -> None:
+    """
+    Show the cluster in the admin API: C{GET /api/v1/nodes}, this node's
+    name and registration in C{/api/v1/status}, and the admin URL other
+    nodes list for this one.
+    """
+    membership.admin_url = listening_admin_url(endpoint, service)
+    admin.add_extension("nodes", NodesAPI(membership))
+    admin.add_status_provider(membership.status)
+
+
 def default_node_name(admin: str) -> str:
     """
     A node name unique per host and admin port (C{HOST-PORT}).
@@ -318,4 +352,4 @@ def default_node_name(admin: str) -> str:
     return f"{host}-{port}"
 
 
-__all__ = ["LoadThenServe", "Membership", "NodesAPI", "admin_url", "default_node_name"]
+__all__ = ["LoadThenServe", "Membership", "NodesAPI", "admin_url", "default_node_name", "mount_admin"]

@@ -80,6 +80,11 @@ class Options(usage.Options):
          "store is seeded from --backend/--strategy; a stored config wins over "
          "them (they are then ignored with a warning).  Without it, API changes "
          "are lost on restart."],
+        ["store", None, None,
+         "Cluster mode: keep the config in etcd, etcd:http://HOST:PORT[,http://HOST:PORT...]; "
+         "every node with the same --store and --store-prefix shares one config."],
+        ["store-prefix", None, "/lbproxy/default", "With --store: the etcd key prefix of this cluster."],
+        ["node-name", None, None, "This node's name in the cluster (default HOSTNAME-ADMINPORT)."],
         ["connect-timeout", None, "3", "Seconds to wait for a backend connect."],
         ["retries", None, "2", "Other backends to try after a failed connect."],
         ["idle-timeout", None, "300", "Close connections idle this many seconds (0: never)."],
@@ -195,6 +200,7 @@ class Options(usage.Options):
         )
         if self["state-dir"] is not None:
             self["state-dir"] = _state_dir(self["state-dir"])
+        _check_cluster(self)
 
 
 class _BalancerService(Service):
@@ -233,7 +239,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         demo = start_demo_backends(options, reactor)
 
     # -- config store and initial config (durable store: lbproxy/store/)
-    store, config = _open_store(options, reactor)
+    if options.get("etcd-endpoints"):
+        store, config = _etcd_store(options, reactor), options["seed"]
+    else:
+        store, config = _open_store(options, reactor)
 
     # -- the policy core
     balancer = Balancer(config, options["factories"], options["settings"], reactor=reactor)
@@ -243,8 +252,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top.controller = controller
     _BalancerService(balancer).setServiceParent(top)
 
-    # -- the proxy listener (relay engines: lbproxy/proxy.py)
-    _proxy_service(options, balancer, reactor).setServiceParent(top)
+    # -- the proxy listener (relay engines: lbproxy/proxy.py); in cluster
+    # mode it starts only once the config came from etcd (lbproxy/cluster.py)
+    listening = _cluster_gate(options, top, store, reactor) if options.get("etcd-endpoints") else top
+    _proxy_service(options, balancer, reactor).setServiceParent(listening)
 
     # -- the demo's simulated users (lbproxy/demo/)
     if demo is not None:
@@ -255,7 +266,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     # -- the admin site (lbproxy/web/)
     from lbproxy.web import admin_service
 
-    admin_service(options, top, reactor)
+    admin = admin_service(options, top, reactor)
+    if getattr(top, "membership", None) is not None:
+        from lbproxy.cluster import mount_admin
+
+        mount_admin(admin, top.membership, options["admin"], top.getServiceNamed("admin"))
 
     # -- active health checks (lbproxy/health.py)
     _health_service(balancer, reactor).setServiceParent(top)
@@ -292,6 +307,57 @@ def _open_store(options: Options, reactor: Any) -> tuple[Any, Config]:
             f"lbproxy: cannot start: the stored config in {options['state-dir']} cannot be used: {e}"
         ) from None
     return store, config
+
+
+def _check_cluster(options: Options) -> None:
+    """
+    Check C{--store}, C{--store-prefix} and C{--node-name}.
+    """
+    import re
+
+    from lbproxy.store.etcd import parse_prefix, parse_store_spec
+
+    options["etcd-endpoints"] = None
+    if options["store"] is not None:
+        if options["state-dir"] is not None:
+            raise usage.UsageError("--store and --state-dir exclude each other: the config lives in one place")
+        try:
+            options["etcd-endpoints"] = parse_store_spec(options["store"])
+            options["store-prefix"] = parse_prefix(options["store-prefix"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+    name = options["node-name"]
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise usage.UsageError(
+            f"--node-name must be 1-64 letters, digits, '.', '_' or '-', not {name!r}"
+        )
+    if name is None and options["store"] is not None:
+        from lbproxy.cluster import default_node_name
+
+        name = default_node_name(options["admin"])
+    options["node"] = name
+
+
+def _etcd_store(options: Options, reactor: Any) -> Any:
+    from lbproxy.store.etcd import EtcdStore
+
+    return EtcdStore(options["etcd-endpoints"], options["store-prefix"], reactor=reactor)
+
+
+def _cluster_gate(options: Options, top: MultiService, store: Any, reactor: Any) -> MultiService:
+    """
+    The service that loads the config from etcd (retrying while it is
+    unreachable), then starts the proxy listener and registers this node.
+    """
+    from lbproxy.cluster import LoadThenServe, Membership, admin_url
+
+    gate = LoadThenServe(store, top.balancer, options["seed"], reactor=reactor)
+    gate.setName("cluster")
+    gate.setServiceParent(top)
+    top.membership = Membership(store, options["node"], admin_url(options["admin"]), reactor=reactor)
+    top.membership.setServiceParent(gate)
+    top.store = store
+    return gate
 
 
 def _health_service(balancer: Any, reactor: Any) -> Service:
