@@ -13,6 +13,7 @@ population holds at most L{MAX_USERS} online.
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -163,6 +164,8 @@ class UserPopulation:
         self.answered = 0
         self.failed = 0
         self.served: dict[str, int] = {}
+        #: the latest comings and goings: C{(time, user id, "online" or "offline")}.
+        self.recent: deque[tuple[float, str, str]] = deque(maxlen=12)
         self.running = False
         self._timers: set[Any] = set()
         self._connectors: set[Any] = set()
@@ -223,7 +226,12 @@ class UserPopulation:
         offline = [u for u in self.users.values() if not u.online]
         self.rng.shuffle(offline)
         for _ in range(missing):
-            user = offline.pop() if offline else self._new_user()
+            # Keep about a third more users than the count, so some are
+            # always offline and the ones who come back vary.
+            if offline and len(self.users) >= self.count * 3 // 2 + 1:
+                user = offline.pop()
+            else:
+                user = self._new_user()
             self._online(user, self.rng.uniform(0, stagger) if stagger else 0.0)
 
     def _new_user(self) -> SimUser:
@@ -237,6 +245,7 @@ class UserPopulation:
         user.since = self.reactor.seconds()
         user.status = "idle"
         self.went_online += 1
+        self.recent.append((user.since, user.id, "online"))
         user._session = self._later(self.rng.uniform(*self.session), self._session_over, user)
         user._next = self._later(delay, self._request, user)
         self.on_change()
@@ -257,6 +266,7 @@ class UserPopulation:
         user.since = self.reactor.seconds()
         self.online.discard(user.id)
         self.went_offline += 1
+        self.recent.append((user.since, user.id, "offline"))
         if replace and self.running:
             self._later(self.rng.uniform(*self.pause), self._fill)
         self.on_change()
@@ -333,6 +343,7 @@ class UserPopulation:
             "answered": self.answered,
             "failed": self.failed,
             "served": dict(self.served),
+            "recent": [{"time": t, "user": u, "event": e} for t, u, e in self.recent],
             "users": [u.to_json() for u in sorted(listed, key=lambda u: u.id)],
         }
 

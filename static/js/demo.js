@@ -45,6 +45,9 @@ export class DemoPanel {
       }
       this.number.max = users.max;
       this.renderDots(users.users);
+      const moves = (users.recent || []).slice(-6).reverse().map((m) => h('li', { class: `move ${m.event}` },
+        h('b', { text: m.user }), m.event === 'online' ? ' came online' : ' went offline'));
+      document.getElementById('user-moves').replaceChildren(...moves);
     }
     this.renderBackends(data.backends || []);
   }
