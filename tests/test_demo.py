@@ -147,6 +147,8 @@ def test_users_go_offline_and_others_take_their_place():
     # Some leavers may still be in their pause before someone replaces them.
     assert 1 <= len(pop.online) <= 6
     assert pop.went_online - pop.went_offline == len(pop.online)
+    assert {e for _, _, e in pop.recent} == {"online", "offline"}
+    assert 6 < len(pop.users) <= 10, "the roster is bounded, a third over the count"
 
 
 def test_user_rates_are_bounded():
