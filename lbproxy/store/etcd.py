@@ -69,7 +69,7 @@ def _int(value: Any) -> int:
 def _describe(reason: Any) -> str:
     if isinstance(reason, Failure):
         reason = reason.value
-    if isinstance(reason, defer.CancelledError):
+    if isinstance(reason, (defer.CancelledError, defer.TimeoutError)):
         return "no answer in time"
     inner = getattr(reason, "reasons", None)
     if inner:
