@@ -20,7 +20,10 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="session")
 def browser():
     """One headless Chromium for the session."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # CI runs the whole suite on two cores: give the page time to catch up.
+    expect.set_options(timeout=20000)
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

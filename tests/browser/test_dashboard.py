@@ -201,6 +201,10 @@ def test_admin_token_is_asked_for_and_kept_for_the_tab(page, lbproxy, backends, 
     expect(card(page, "b1")).to_be_visible()
     card(page, "b1").get_by_role("button", name="Disable").click()
     expect(card(page, "b1")).to_have_attribute("data-state", "disabled")
+    expect(card(page, "b1").get_by_role("button", name="Disable")).to_be_hidden()
+    card(page, "b1").get_by_role("button", name="Enable").click()
+    expect(card(page, "b1")).to_have_attribute("data-state", "up")
+    assert proxy.api("GET", "/backends/b1")["admin_state"] == "up"
     assert page.evaluate("sessionStorage.getItem('lbproxy.token')") == "s3cret-token-for-the-test"
     assert page.evaluate("localStorage.length") == 0
     assert page.context.cookies() == []
