@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     rest = argv[1:]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if command == "run":
-        venv("test")
+        venv("run")
         return subprocess.call(
             [str(VENV / "bin" / "twistd"), "-n", "--pidfile=", "lbproxy", "--demo", *rest],
             cwd=ROOT, env=env,
