@@ -102,6 +102,19 @@ class IBalancer(Interface):
         A backend connection attempt failed (refused, timed out, ...).
         """
 
+    def connection_reset(candidate, reason):
+        """
+        An established backend connection was reset by the backend (not by
+        lbproxy or the client); passive health checking counts it like a
+        failed connect.
+        """
+
+    def observe_response(candidate, seconds):
+        """
+        The backend's first response byte came C{seconds} after the connect
+        (least-response-time uses it).
+        """
+
     def connection_closed(candidate, connection, record):
         """
         A relayed connection ended.
