@@ -56,15 +56,20 @@ export class FlowView {
 
   layout(width, height) {
     const n = Math.max(1, this.backends.length);
-    const bw = Math.min(190, Math.max(120, width * 0.2));
-    const bx = width - bw - 12;
+    const narrow = width < 560;
+    const bw = narrow ? Math.max(96, width * 0.3) : Math.min(190, Math.max(120, width * 0.2));
+    const bx = width - bw - (narrow ? 6 : 12);
     const gap = Math.min(58, (height - 24) / n);
     const top = height / 2 - (gap * (n - 1)) / 2;
     const nodes = new Map();
     this.backends.forEach((b, i) => nodes.set(b.id, { x: bx, y: top + i * gap, w: bw, h: Math.min(44, gap - 8) }));
     return {
-      client: { x: 20, y: height / 2, w: Math.min(150, width * 0.16), h: 64 },
-      proxy: { x: width * 0.36, y: height / 2, w: Math.min(170, width * 0.18), h: 70 },
+      client: narrow
+        ? { x: 6, y: height / 2, w: Math.max(66, width * 0.2), h: 56 }
+        : { x: 20, y: height / 2, w: Math.min(150, width * 0.16), h: 64 },
+      proxy: narrow
+        ? { x: width * 0.3, y: height / 2, w: Math.max(80, width * 0.25), h: 60 }
+        : { x: width * 0.36, y: height / 2, w: Math.min(170, width * 0.18), h: 70 },
       nodes,
     };
   }
@@ -214,11 +219,11 @@ function label(ctx, r, title, sub, colour = '#f1f5f9') {
   ctx.textAlign = 'center';
   ctx.textBaseline = 'middle';
   ctx.fillStyle = colour;
-  ctx.font = '600 14px system-ui, sans-serif';
-  ctx.fillText(title, r.x + r.w / 2, r.y - 9);
-  ctx.font = '12px system-ui, sans-serif';
+  ctx.font = `600 ${r.w < 110 ? 12 : 14}px system-ui, sans-serif`;
+  ctx.fillText(clip(ctx, title, r.w - 8), r.x + r.w / 2, r.y - 9);
+  ctx.font = `${r.w < 110 ? 11 : 12}px system-ui, sans-serif`;
   ctx.fillStyle = '#94a3b8';
-  ctx.fillText(clip(ctx, sub, r.w - 12), r.x + r.w / 2, r.y + 11);
+  ctx.fillText(clip(ctx, sub, r.w - 8), r.x + r.w / 2, r.y + 11);
 }
 
 function clip(ctx, text, max) {
