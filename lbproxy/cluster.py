@@ -125,7 +125,17 @@ class LoadThenServe(MultiService):
         if not self.running:
             return
         if config is not None and config != self.balancer.config:
-            self.balancer.apply(config)
+            try:
+                self.balancer.apply(config)
+            except Exception as e:
+                # For example a strategy plugin this node does not have.
+                log.error(
+                    "the stored config version {version} cannot be used here: {error}; "
+                    "not proxying, retrying in {delay}s",
+                    version=config.version, error=e, delay=self.max_backoff,
+                )
+                self._retry = self._reactor.callLater(self.max_backoff, self._attempt)
+                return
         log.info(
             "config version {version} loaded from the store: starting the listener",
             version=self.balancer.config.version,

@@ -106,6 +106,24 @@ def test_gate_adopts_the_seed_of_a_node_that_won(factories):
     assert child.running and balancer.config == STORED
 
 
+def test_gate_does_not_serve_a_config_it_cannot_apply(factories):
+    """
+    A stored config naming a strategy this node lacks is not applied and the
+    listener stays stopped; the gate retries until a usable config is stored.
+    """
+    from dataclasses import replace
+
+    from lbproxy.config import StrategyChoice
+
+    alien = replace(STORED, strategy=StrategyChoice("no-such-strategy"))
+    store = ScriptedStore([alien, STORED])
+    gate, child, balancer, clock = gate_for(store, factories)
+    gate.startService()
+    assert not child.running and balancer.config == SEED
+    clock.advance(gate.max_backoff)
+    assert child.running and balancer.config == STORED
+
+
 def test_gate_stopped_before_load_stops_retrying(factories):
     """Stopping while waiting cancels the retry, never starts the listener and closes the store."""
     store = ScriptedStore([StoreError("config store unavailable: x")])
