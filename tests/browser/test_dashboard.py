@@ -231,6 +231,31 @@ def test_feed_drop_is_shown_and_the_page_reconnects(page, lbproxy, backends):
     assert second.api("GET", "/backends")["backends"][0]["weight"] == 7
 
 
+def test_flow_view_reads_the_same_at_one_and_ten_thousand_per_second(page, lbproxy, backends):
+    """
+    One real connection is one dot.  At 10,000 decisions a second (fed to
+    the page as the feed would batch them: two cores cannot make that many
+    real connections next to a browser) the view aggregates: each dot
+    stands for hundreds, the number of dots stays bounded, and the rates
+    are shown as numbers.
+    """
+    one, two = backends("web1"), backends("web2")
+    proxy = lbproxy("--backend", f"127.0.0.1:{one.port}", "--backend", f"127.0.0.1:{two.port}")
+    open_dashboard(page, proxy)
+    proxy.request()
+    page.wait_for_function("window.lbproxy.flow.dots.length >= 1")
+    assert page.evaluate("window.lbproxy.flow.perDot") == 1
+    page.evaluate("""() => { window.flood = setInterval(() => window.lbproxy.onEvent('route', {
+        counts: {b1: 600, b2: 400}, total: 1000, dropped: 950, strategy: 'round-robin',
+        sample: [{time: Date.now() / 1000, client: '10.0.0.1', backend: 'b1'}]}), 100); }""")
+    expect(page.locator("#flow-scale")).to_have_text("each dot ≈ 500 connections")
+    expect(page.locator("#kpi-rate")).to_have_text(re.compile(r"^(9\.\d|10\.\d)k$"))
+    expect(card(page, "b1").locator(".m-rate dd")).to_have_text(re.compile(r"^(5\.\d\dk|6\.\d\dk)$"))
+    assert page.evaluate("window.lbproxy.flow.dots.length") <= 400
+    expect(page.locator("#recent .dropped")).to_contain_text("+950 more")
+    page.evaluate("clearInterval(window.flood)")
+
+
 def test_narrow_window_and_keyboard(page, lbproxy, backends):
     """
     At phone width nothing overflows sideways, and the add form works from
