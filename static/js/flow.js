@@ -37,6 +37,8 @@ export class FlowView {
     if (k !== this.perDot) {
       this.perDot = k;
     }
+    const parts = this.backends.map((b) => `${b.id} ${b.state === 'up' ? `${rate(rates[b.id] || 0)} per second` : b.state}`);
+    this.canvas.setAttribute('aria-label', `Clients to lbproxy: ${rate(total)} connections per second, using ${this.strategy || 'its strategy'}; ${parts.join('; ') || 'no backends'}`);
     this.scaleLabel.textContent = total > 0 ? `each dot ≈ ${k} connection${k === 1 ? '' : 's'}` : 'waiting for connections';
   }
 

@@ -239,6 +239,40 @@ async def test_demo_user_count_and_bad_requests():
     demo.assert_clean_exit()
 
 
+@pytest_twisted.ensureDeferred
+async def test_least_response_time_moves_load_off_the_slow_backend():
+    """
+    The demo's point: with one slow backend, round-robin still sends it a
+    third of the connections; after switching to least-response-time it
+    gets only a small share.
+    """
+    demo = Demo("--demo-users", "30")
+    demo.start()
+    try:
+        await demo.until("the demo API", lambda: demo.api("GET", "/demo"), 30)
+        await demo.api("POST", "/demo/backends/charlie", {"delay": 0.4})
+
+        async def share_over(n: int) -> dict[str, float]:
+            start = {k: v["stats"]["total"] for k, v in (await demo.backends()).items()}
+
+            async def enough():
+                now = {k: v["stats"]["total"] for k, v in (await demo.backends()).items()}
+                done = sum(now[k] - start[k] for k in now)
+                return {k: (now[k] - start[k]) / done for k in now} if done >= n else None
+
+            return await demo.until(f"{n} more connections", enough, 40)
+
+        rr = await share_over(60)
+        assert rr["charlie"] > 0.25, rr
+        await demo.api("PUT", "/strategy", {"name": "least-response-time"})
+        await share_over(30)  # let the averages settle on the new strategy
+        lrt = await share_over(120)
+        assert lrt["charlie"] < 0.15, lrt
+    finally:
+        await demo.stop()
+    demo.assert_clean_exit()
+
+
 def test_demo_names_a_taken_port_and_exits_nonzero():
     """
     A demo port that is already taken is named in the error, and the demo
