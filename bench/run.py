@@ -213,6 +213,11 @@ def idle_rss(proxy: Proxy, count: int) -> dict:
     finally:
         for s in socks:
             s.close()
+    # Let the proxy finish tearing them down before anything is timed.
+    deadline = time.monotonic() + 30
+    while open_fds(pids) > fds_before + 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
     per = (after - before) / count
     return {"connections": count, "proxy_fds_added": fds, "rss_before": before, "rss_after": after,
             "bytes_per_conn": per, "kib_per_10k_conns": per * 10000 / 1024}
@@ -243,6 +248,13 @@ def subscribe(proxy: Proxy, n: int) -> int:
     time.sleep(1.5)
     alive = [p for p in proxy.subscribers if p.poll() is None]
     return len(alive)
+
+
+def unsubscribe(proxy: Proxy) -> None:
+    for sub in proxy.subscribers:
+        sub.terminate()
+        sub.wait()
+    proxy.subscribers.clear()
 
 
 def nginx_config(tmp: Path, port: int, workers: int) -> Path:
@@ -373,38 +385,26 @@ def main(argv: list[str]) -> int:
         for n in range(2, args.workers + 1):
             scaling[f"haproxy-{n}t"] = add(f"haproxy-{n}t", "haproxy", n)
             scaling[f"lbproxy-fast-{n}w"] = add(f"lbproxy-fast-{n}w", "lbproxy", n, engine="fast")
-        sse = add("lbproxy-fast-sse", "lbproxy", 1, engine="fast")
-        subscribed = 0
-        if sse is not None:
-            subscribed = subscribe(sse, args.subscribers)
-            if subscribed < args.subscribers:
-                notes.append(f"only {subscribed} of {args.subscribers} event-feed subscribers stayed "
-                             f"connected to GET /api/v1/events")
+        # The feed's cost: the same lbproxy process, measured right after
+        # its plain run with the subscribers attached for that run only.
+        sse = base["lbproxy-fast"]
+        subscribed: list[int] = []
 
         scenarios = {
             "keepalive": ("/", False),
             "close": ("/", True),
             "bulk": ("/bulk", False),
         }
-        plan = [(s, name, p) for s in scenarios for name, p in base.items() if p is not None]
+        plan = []
+        for scenario in scenarios:
+            plan += [(scenario, name, p) for name, p in base.items() if p is not None]
+            if sse is not None and scenario != "bulk":
+                plan.append((scenario, "lbproxy-fast+sse", sse))
         plan += [("keepalive", name, p) for name, p in scaling.items() if p is not None]
-        if sse is not None:
-            plan.append(("keepalive", "lbproxy-fast-sse", sse))
         plan.append(("keepalive", "direct-nginx", Proxy("direct-nginx", "nginx", 2, [], backend_port)))
 
-        raw: dict[str, dict[str, list[dict]]] = {}
-        for r in range(args.rounds):
-            for scenario, name, proxy in plan:
-                path, close = scenarios[scenario]
-                res = measure(proxy, path, args.duration, args.connections, close)
-                raw.setdefault(scenario, {}).setdefault(name, []).append(res)
-                print(f"round {r + 1} {scenario:9} {name:18} {res['rps']:10.0f} req/s "
-                      f"{res['mib_s']:8.1f} MiB/s p99 {res['p99_ms']} ms cpu {res['cpu_s']:.2f}s"
-                      + (f" errors {res['errors']}" if res["errors"] else "")
-                      + (f" NON-2XX {res['non2xx']}" if res["non2xx"] else ""), flush=True)
-                if res["non2xx"]:
-                    notes.append(f"round {r + 1} {scenario} {name}: {res['non2xx']} non-2xx responses")
-
+        # Idle connections first, on fresh processes: memory freed after
+        # earlier load would otherwise be reused and hide the real cost.
         idle_results = {}
         for name in ("haproxy", "lbproxy-fast", "lbproxy-twisted"):
             if base.get(name) is not None and idle > 0:
@@ -413,6 +413,27 @@ def main(argv: list[str]) -> int:
                       f"({idle} held)", flush=True)
         if idle < args.idle:
             notes.append(f"idle RSS measured with {idle} connections (hard RLIMIT_NOFILE {hard}), scaled to 10k")
+
+        raw: dict[str, dict[str, list[dict]]] = {}
+        for r in range(args.rounds):
+            for scenario, name, proxy in plan:
+                path, close = scenarios[scenario]
+                if name.endswith("+sse"):
+                    subscribed.append(subscribe(proxy, args.subscribers))
+                    if subscribed[-1] < args.subscribers:
+                        notes.append(f"only {subscribed[-1]} of {args.subscribers} event-feed subscribers "
+                                     f"stayed connected to GET /api/v1/events")
+                try:
+                    res = measure(proxy, path, args.duration, args.connections, close)
+                finally:
+                    unsubscribe(proxy)
+                raw.setdefault(scenario, {}).setdefault(name, []).append(res)
+                print(f"round {r + 1} {scenario:9} {name:18} {res['rps']:10.0f} req/s "
+                      f"{res['mib_s']:8.1f} MiB/s p99 {res['p99_ms']} ms cpu {res['cpu_s']:.2f}s"
+                      + (f" errors {res['errors']}" if res["errors"] else "")
+                      + (f" NON-2XX {res['non2xx']}" if res["non2xx"] else ""), flush=True)
+                if res["non2xx"]:
+                    notes.append(f"round {r + 1} {scenario} {name}: {res['non2xx']} non-2xx responses")
 
         summary = summarise(raw, idle_results)
         result = {
@@ -495,11 +516,12 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
             b = ka.get(f"lbproxy-fast-{n}w", {}).get("rps")
             print(f"  {n}: haproxy {a or 0:,.0f}  lbproxy-fast {b or 0:,.0f}  ratio {_ratio(b, a)}")
             n += 1
-    if "lbproxy-fast-sse" in ka:
-        a = ka.get("lbproxy-fast", {}).get("rps")
-        b = ka["lbproxy-fast-sse"].get("rps")
-        print(f"\nWith event-feed subscribers: {b:,.0f} req/s vs {a or 0:,.0f} without "
-              f"({_ratio(b, a)})")
+    for label, table in (("keep-alive", ka), ("one conn per request", cl)):
+        if "lbproxy-fast+sse" in table:
+            a = table.get("lbproxy-fast", {}).get("rps")
+            b = table["lbproxy-fast+sse"].get("rps")
+            print(f"With 20 event-feed subscribers, {label}: {b:,.0f} req/s vs {a or 0:,.0f} without "
+                  f"({_ratio(b, a)}; same process)")
     if "direct-nginx" in ka:
         print(f"Direct to nginx (the limit here): {ka['direct-nginx']['rps']:,.0f} req/s keep-alive")
     for note in notes:
