@@ -330,6 +330,9 @@ class Relay:
             self._set_backend(_READ)
             self.cmask = _READ
             engine.epoll.register(self.cfd, _READ)
+            # The client has usually sent its first bytes while we
+            # connected: relay them now rather than after another poll.
+            self._read(up, 0, True)
         else:
             self._set_backend(_READ | EPOLLOUT)
             self.cmask = 0
@@ -714,18 +717,24 @@ class FastRelay:
     # The accept loop ----------------------------------------------------------
 
     def _accept(self, ev: int) -> None:
-        accept = self.listener.accept
+        # The raw accept: socket.accept() converts family and type to
+        # enums for every connection, which showed in profiles.
+        accept = self.listener._accept
+        family = int(self.listener.family)
+        make = socket.socket
+        stream = socket.SOCK_STREAM
         balancer = self.balancer
         now = self.now()
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, addr = accept()
+                fd, addr = accept()
             except BlockingIOError:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.error("accept failed: {error}", error=e)
                 return
+            sock = make(family, stream, 0, fd)
             if not balancer.admit():
                 sock.close()
                 continue
