@@ -309,3 +309,36 @@ async def check_nodes(url, c):
     response = await treq.get(url, persistent=False)
     body = json.loads(await response.content())
     assert [n["name"] for n in body["nodes"]] == ["A", "B"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_etcd_member_down_is_no_outage(cluster, etcd3):
+    """
+    With the member every node talks to first killed, the other two keep a
+    quorum: an edit through A is accepted at once (the store moves to the
+    next member; if the leader died, after the election) and reaches B
+    and C, whose watches move over too.
+    """
+    a, b, c = cluster
+    await start_all(cluster)
+    await etcd3.members[0].kill()
+    killed = reactor.seconds()
+    refused = 0
+    while True:
+        try:
+            new, _ = await a.controller.change(add(7501))
+            break
+        except StoreError:
+            # Killing the leader means an election (about a second).
+            refused += 1
+            assert reactor.seconds() - killed < 5.0
+    accepted = reactor.seconds()
+    await until(lambda: b.has(7501) and c.has(7501))
+    reached = reactor.seconds()
+    figure("one_member_down_edit_accepted_after_kill", (accepted - killed) * 1000)
+    figure("one_member_down_change_reached_others_after_accept", (reached - accepted) * 1000)
+    figure("one_member_down_edits_refused", refused, "")
+    assert accepted - killed < 5.0
+    assert reached - accepted < 1.5
+    await until(lambda: all(n.store.available for n in cluster), timeout=5)
+    assert b.balancer.config == c.balancer.config == new
