@@ -300,6 +300,11 @@ def check_demo_options(options: Any) -> None:
     fixed = [p for p in ports if p]
     if len(set(fixed)) != len(fixed):
         raise usage.UsageError(f"--demo-ports lists a port twice: {raw!r}")
+    if options.get("state-dir") and len(fixed) != len(ports):
+        raise usage.UsageError(
+            "--demo with --state-dir needs fixed --demo-ports (like 9001,9002,9003): "
+            "the stored pool must find the demo backends on the same ports next time"
+        )
     options["demo-ports"] = ports
 
 
