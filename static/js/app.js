@@ -9,6 +9,7 @@ import { BackendCards } from './cards.js';
 import { StrategyPanel } from './strategy.js';
 import { EventLog } from './log.js';
 import { DemoPanel } from './demo.js';
+import { SettingsPanel } from './settings.js';
 import { bytes, clock, count, h, rate, showResult, colourOf } from './util.js';
 
 const $ = (id) => document.getElementById(id);
@@ -31,6 +32,7 @@ class Dashboard {
     this.cards = new BackendCards($('cards'), this);
     this.strategy = new StrategyPanel(this);
     this.demo = new DemoPanel(this);
+    this.settings = new SettingsPanel(this);
     this.feed = new Feed({
       onEvent: (type, data) => this.onEvent(type, data),
       onStatus: (state, text) => this.onStatus(state, text),
@@ -221,6 +223,7 @@ class Dashboard {
 
   renderHeader() {
     if (!this.config) return;
+    this.settings.show(this.config);
     $('kpi-strategy').textContent = this.config.strategy.name;
     $('kpi-version').textContent = `v${this.config.version}`;
     this.flow.strategy = this.config.strategy.name;

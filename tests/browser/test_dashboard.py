@@ -256,6 +256,36 @@ def test_flow_view_reads_the_same_at_one_and_ten_thousand_per_second(page, lbpro
     page.evaluate("clearInterval(window.flood)")
 
 
+def test_pool_settings_form(page, lbproxy, backends):
+    """
+    The settings form shows the health check in force, refuses a bad value
+    with the server's message (nothing saved), and saves a good one.
+    """
+    b = backends("web1")
+    proxy = lbproxy("--backend", f"127.0.0.1:{b.port}")
+    proxy.api("PUT", "/settings", FAST_CHECKS)
+    before = proxy.api("GET", "/config")
+    open_dashboard(page, proxy)
+    panel = page.locator("#settings-panel")
+    expect(panel.locator("#settings-summary")).to_have_text("tcp every 0.3s")
+    panel.get_by_text("Pool settings").click()
+    form = panel.locator("#settings-form")
+    expect(form.get_by_label("Interval (s)")).to_have_value("0.3")
+    form.get_by_label("Timeout (s)", exact=True).fill("5")
+    form.get_by_role("button", name="Save settings").click()
+    expect(panel.locator("#settings-result")).to_contain_text("must not be longer than its interval")
+    assert proxy.api("GET", "/config") == before
+    form.get_by_label("Timeout (s)", exact=True).fill("0.2")
+    form.get_by_label("Rise").fill("3")
+    form.get_by_label("Drain timeout (s)").fill("30")
+    form.get_by_role("button", name="Save settings").click()
+    expect(panel.locator("#settings-result")).to_contain_text(f"saved as config v{before['version'] + 1}")
+    after = proxy.api("GET", "/config")
+    assert after["health_check"]["rise"] == 3 and after["health_check"]["timeout"] == 0.2
+    assert after["health_check"]["type"] == "tcp" and after["drain_timeout"] == 30
+    expect(page.locator("#log")).to_contain_text("health check settings changed")
+
+
 def test_narrow_window_and_keyboard(page, lbproxy, backends):
     """
     At phone width nothing overflows sideways, and the add form works from
