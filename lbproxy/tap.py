@@ -203,6 +203,36 @@ class Options(usage.Options):
         _check_cluster(self)
 
 
+class LBProxyService(MultiService):
+    """
+    The root of lbproxy's service tree.  A listener that cannot bind (a port
+    taken, an address not on this host) stops twistd with one line naming
+    it and a non-zero exit, not a traceback.
+    """
+
+    listen = "?"
+
+    def privilegedStartService(self) -> None:
+        self._reporting_bind_errors(super().privilegedStartService)
+
+    def startService(self) -> None:
+        self._reporting_bind_errors(super().startService)
+
+    def _reporting_bind_errors(self, start: Any) -> None:
+        from twisted.internet.error import CannotListenError
+
+        try:
+            start()
+        except CannotListenError as e:
+            where = f"{e.interface or '*'}:{e.port}"
+            raise SystemExit(f"lbproxy: cannot listen on {where}: {e.socketError}") from None
+        except OSError as e:
+            # The fast engine and the workers bind their own sockets.
+            raise SystemExit(
+                f"lbproxy: cannot listen on --listen {self.listen}: {e.strerror or e}"
+            ) from None
+
+
 class _BalancerService(Service):
     """
     Runs the balancer's housekeeping (idle timeouts, slow start) while the
@@ -247,7 +277,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     # -- the policy core
     balancer = Balancer(config, options["factories"], options["settings"], reactor=reactor)
     controller = ConfigController(balancer, store)
-    top = MultiService()
+    top = LBProxyService()
+    top.listen = options["listen"]
     top.balancer = balancer
     top.controller = controller
     _BalancerService(balancer).setServiceParent(top)

@@ -17,6 +17,7 @@ from twisted.python.usage import UsageError
 from lbproxy.tap import Options, makeService
 
 REPO = Path(__file__).parent.parent
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def parse(*args):
@@ -71,7 +72,7 @@ def test_twistd_refuses_bad_flags_and_starts_nothing():
     """twistd with a bad flag exits non-zero with the reason, and no
     traceback."""
     out = subprocess.run(
-        [sys.executable, "-m", "twisted", "lbproxy", "--strategy", "nope"],
+        [*TWISTD, "-n", "--pidfile=", "lbproxy", "--strategy", "nope"],
         capture_output=True, text=True, timeout=60, cwd=REPO,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
@@ -98,3 +99,36 @@ def test_plugin_module_imports_nothing_of_the_app():
                          cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[]", "False"]
+
+
+@pytest.mark.parametrize("engine", ["twisted", "fast"])
+@pytest.mark.parametrize("flag", ["--listen", "--admin"])
+def test_taken_port_is_named_and_exit_is_non_zero(engine, flag):
+    """A port already in use stops twistd with one line naming the address,
+    a non-zero exit and no traceback, whichever listener it is."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    ports = {"--listen": free.getsockname()[1], "--admin": free.getsockname()[1]}
+    ports[flag] = taken.getsockname()[1]
+    free.close()
+    try:
+        out = subprocess.run(
+            [*TWISTD, "-n", "--pidfile=", "lbproxy", "--engine", engine,
+             "--listen", f"tcp:{ports['--listen']}:interface=127.0.0.1",
+             "--admin", f"tcp:{ports['--admin']}:interface=127.0.0.1",
+             "--backend", "127.0.0.1:9"],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        )
+    finally:
+        taken.close()
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "Traceback" not in text
+    assert str(ports[flag]) in text
+    assert "cannot listen" in text
