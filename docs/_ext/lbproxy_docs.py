@@ -224,6 +224,39 @@ class InterfacesDirective(_RstDirective):
         return lines
 
 
+class MetricsDirective(_RstDirective):
+    """
+    Every metric C{GET /metrics} exposes, collected from a balancer with one
+    backend (on a fake clock) when the documentation is built.
+    """
+
+    def rst(self) -> list[str]:
+        from twisted.internet.task import Clock
+
+        from lbproxy.balancer import Balancer
+        from lbproxy.config import Backend, Config
+        from lbproxy.plugins import strategy_factories
+        from lbproxy.web.metrics import metrics_registry
+
+        class Feed:
+            subscriber_count = 0
+            cut_offs = 0
+
+        config = Config(version=1, backends=(Backend(id="b1", host="127.0.0.1", port=9001),))
+        balancer = Balancer(config, strategy_factories(), reactor=Clock())
+        balancer.pool.candidates[0].stats.observe_connect(0.001)
+        lines = [".. list-table::", "   :header-rows: 1", "   :widths: 35 10 15 40", "",
+                 "   * - Metric", "     - Type", "     - Labels", "     - Meaning"]
+        for family in metrics_registry(balancer, Feed()).collect():
+            name = family.name + ("_total" if family.type == "counter" else "")
+            labels = sorted({k for sample in family.samples for k in sample.labels} - {"version", "strategy"}
+                            if not family.name == "lbproxy" else {"version", "strategy"})
+            lines += [f"   * - {literal(name if family.type != 'info' else family.name + '_info')}",
+                      f"     - {family.type}", f"     - {', '.join(literal(l) for l in labels)}",
+                      f"     - {escape(family.documentation)}"]
+        return lines
+
+
 # -- OpenAPI --------------------------------------------------------------------
 
 
@@ -338,7 +371,7 @@ def _get(d: dict[str, Any], *keys: str) -> Any:
 
 
 def bench_figures(bench: dict[str, Any] | None, store: dict[str, Any] | None,
-                  store_big: dict[str, Any] | None) -> dict[str, str]:
+                  store_big: dict[str, Any] | None, lock: dict[str, Any] | None = None) -> dict[str, str]:
     """
     The figures the prose quotes, formatted, by substitution name.  A
     figure the results do not hold is C{"(not measured)"} and logged.
@@ -377,6 +410,11 @@ def bench_figures(bench: dict[str, Any] | None, store: dict[str, Any] | None,
     put("bench_sse", sse)
     put("bench_sse_subscribers", _get(bench or {}, "settings", "subscribers_connected"))
     put("bench_sse_change", (sse / fast - 1) * 100 if sse and fast else None, "{:+.1f}")
+    fcpu, scpu = _get(s, "keepalive", "lbproxy-fast", "req_per_cpu_s"), _get(s, "keepalive", "lbproxy-fast-sse", "req_per_cpu_s")
+    put("bench_sse_cpu", scpu)
+    put("bench_sse_cpu_change", (scpu / fcpu - 1) * 100 if scpu and fcpu else None, "{:+.1f}")
+    put("bench_2w_fast_cpu", _get(s, "keepalive", "lbproxy-fast-2w", "req_per_cpu_s"))
+    put("bench_2t_haproxy_cpu", _get(s, "keepalive", "haproxy-2t", "req_per_cpu_s"))
     w1h, w2h = _get(s, "keepalive", "haproxy", "rps"), _get(s, "keepalive", "haproxy-2t", "rps")
     w2f = _get(s, "keepalive", "lbproxy-fast-2w", "rps")
     put("bench_2w_fast", w2f)
@@ -408,14 +446,20 @@ def bench_figures(bench: dict[str, Any] | None, store: dict[str, Any] | None,
     put("plan_fast_cores", math.ceil(target / fc / utilisation) if fc else None, "{}")
     put("plan_haproxy_cores_raw", target / hc if hc else None, "{:.1f}")
     put("plan_haproxy_cores", math.ceil(target / hc / utilisation) if hc else None, "{}")
+    put("plan_cost_close", hc / fc if hc and fc else None, "{:.2f}")
+    hk, fk = _get(s, "keepalive", "haproxy", "req_per_cpu_s"), _get(s, "keepalive", "lbproxy-fast", "req_per_cpu_s")
+    put("plan_cost_keepalive", hk / fk if hk and fk else None, "{:.2f}")
+    hb, fb = _get(s, "bulk", "haproxy", "req_per_cpu_s"), _get(s, "bulk", "lbproxy-fast", "req_per_cpu_s")
+    put("plan_cost_bulk", hb / fb if hb and fb else None, "{:.2f}")
     if fc:
         cores = math.ceil(target / fc / utilisation)
         put("plan_nodes_4", math.ceil(cores / 3) + 1)
     else:
         put("plan_nodes_4", None)
-    per = _get(bench or {}, "idle", "lbproxy-fast", "bytes_per_conn")
     put("plan_open", target * 2)
-    put("plan_mem_mib", target * 2 * per / 1024**2 if per else None, "{:.0f}")
+    for proxy, short in (("lbproxy-fast", "fast"), ("lbproxy-twisted", "twisted")):
+        per = _get(bench or {}, "idle", proxy, "bytes_per_conn")
+        put(f"plan_mem_mib_{short}", target * 2 * per / 1024**2 if per else None, "{:.0f}")
     bc = _get(s, "bulk", "lbproxy-fast", "req_per_cpu_s")
     put("plan_bulk_mib_per_cpu", bc, "{:,.0f}")
     put("plan_gbit_per_core", bc * 8 * 1.048576 / 1000 if bc else None, "{:.1f}")
@@ -424,9 +468,17 @@ def bench_figures(bench: dict[str, Any] | None, store: dict[str, Any] | None,
         put(f"{name}_saves", _get(data or {}, "saves_per_second"))
         put(f"{name}_median", _get(data or {}, "median_ms"), "{:.2f}")
         put(f"{name}_p99", _get(data or {}, "p99_ms"), "{:.2f}")
+        put(f"{name}_encode", _get(data or {}, "encode_ms"), "{:.2f}")
         put(f"{name}_backends", _get(data or {}, "backends"))
         put(f"{name}_bytes", _get(data or {}, "document_bytes"))
         put(f"{name}_command", _get(data or {}, "command"), "{}")
+    for key in ("plain_one_thread_ns", "lock_one_thread_ns", "lock_two_threads_ns"):
+        put(f"lock_{key[:-3]}", _get(lock or {}, key), "{:.0f}")
+    lp, lo = _get(lock or {}, "plain_one_thread_ns"), _get(lock or {}, "lock_one_thread_ns")
+    put("lock_extra_ns", lo - lp if lo and lp else None, "{:.0f}")
+    put("lock_per_conn_us", (lo - lp) * 10 / 1000 if lo and lp else None, "{:.1f}")
+    put("lock_per_conn_pct", (lo - lp) * 10 / 1e9 * fc * 100 if lo and lp and fc else None, "{:.0f}")
+    put("conn_cpu_us", 1e6 / fc if fc else None, "{:.0f}")
     if missing:
         log.warning("benchmark figures missing from docs/_data: %s", ", ".join(missing))
     return out
@@ -484,7 +536,8 @@ class BenchDirective(_RstDirective):
 
 
 def _prolog(app: Any, config: Any) -> None:
-    figures = bench_figures(_load("bench.json"), _load("store-rate.json"), _load("store-rate-1000.json"))
+    figures = bench_figures(_load("bench.json"), _load("store-rate.json"), _load("store-rate-1000.json"),
+                            _load("lock-cost.json"))
     subs = "\n".join(f".. |{k}| replace:: {escape(v)}" for k, v in figures.items())
     config.rst_prolog = (config.rst_prolog or "") + "\n" + subs + "\n"
 
@@ -497,6 +550,7 @@ def setup(app: Any) -> dict[str, Any]:
     app.add_directive("lbproxy-strategies", StrategiesDirective)
     app.add_directive("lbproxy-interfaces", InterfacesDirective)
     app.add_directive("lbproxy-openapi", OpenAPIDirective)
+    app.add_directive("lbproxy-metrics", MetricsDirective)
     app.add_directive("lbproxy-bench", BenchDirective)
     app.connect("config-inited", _prolog)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
