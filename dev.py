@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,10 +90,15 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if command == "run":
         venv("run")
-        return subprocess.call(
+        child = subprocess.Popen(
             [str(VENV / "bin" / "twistd"), "-n", "--pidfile=", "lbproxy", "--demo", *rest],
             cwd=ROOT, env=env,
         )
+        # Ctrl-C reaches twistd too (same process group); let it shut down
+        # cleanly instead of being killed when this wrapper is interrupted.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = child.wait()
+        return 0 if code in (0, -signal.SIGINT) else code
     if command == "test":
         system_packages()
         venv("test,docs")

@@ -63,9 +63,12 @@ class EventBus:
     def since(self, last_id: int) -> list[Event] | None:
         """
         Events after C{last_id}, or C{None} if some of them are no longer
-        in the history (the client must resync from a full snapshot).
+        in the history, or C{last_id} is one this bus never gave (a client
+        of an earlier process): the client must resync from a snapshot.
         """
-        if last_id >= self.last_id:
+        if last_id > self.last_id:
+            return None
+        if last_id == self.last_id:
             return []
         if not self._history or self._history[0].id > last_id + 1:
             return None

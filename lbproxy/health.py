@@ -154,12 +154,21 @@ def probe(
         return None
     point = endpoint(reactor, backend.host, backend.port, check.timeout)
     if check.type == "tcp":
-        yield point.connect(Factory.forProtocol(_Connected))
+        yield point.connect(_QuietFactory.forProtocol(_Connected))
         return None
     proto = _SendExpect(check.send.encode("utf-8"), check.expect.encode("utf-8"))
-    yield point.connect(Factory.forProtocol(lambda: proto))
+    yield point.connect(_QuietFactory.forProtocol(lambda: proto))
     yield proto.done
     return None
+
+
+class _QuietFactory(Factory):
+    """
+    A probe's factory: without C{noisy = False} every check logs two
+    "Starting/Stopping factory" lines.
+    """
+
+    noisy = False
 
 
 class _Loop:
@@ -265,9 +274,13 @@ class HealthChecker(Service):
     def http_client(self) -> Any:
         if self._http_client is None:
             from treq.client import HTTPClient
-            from twisted.web.client import Agent, HTTPConnectionPool
+            from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+            class _QuietHTTPFactory(_HTTP11ClientFactory):
+                noisy = False
 
             pool = HTTPConnectionPool(self.reactor, persistent=False)
+            pool._factory = _QuietHTTPFactory
             self._http_client = HTTPClient(Agent(self.reactor, pool=pool))
         return self._http_client
 
