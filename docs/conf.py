@@ -26,7 +26,12 @@ exclude_patterns = ["_build", "examples", "_data"]
 templates_path = []
 html_static_path = ["_static"]
 html_theme = "alabaster"
-html_theme_options = {"description": "A TCP load balancer on Twisted", "fixed_sidebar": False}
+html_theme_options = {
+    "description": "A TCP load balancer on Twisted",
+    "fixed_sidebar": False,
+    "page_width": "1240px",
+    "code_font_size": "0.85em",
+}
 html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
 pygments_style = "sphinx"
 nitpicky = False
