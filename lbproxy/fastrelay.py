@@ -237,7 +237,9 @@ class Relay:
         self._connect_to(candidate, family, (candidate.host, candidate.port))
 
     def _resolved(self, found: tuple, candidate: Candidate) -> None:
-        if not self.finished:
+        if self.engine.stopped:
+            self.abort("shutdown")
+        elif not self.finished:
             self._connect_to(candidate, found[0], found[1])
 
     def _unresolved(self, failure: Any, candidate: Candidate) -> None:
@@ -624,6 +626,7 @@ class FastRelay:
         self._sweeper: Any = None
         self._resolved: dict[tuple[str, int], tuple[float, Any]] = {}
         self.listening = False
+        self.stopped = False
         #: directions switched to splice(2), for tests and curiosity.
         self.splices = 0
         listener.setblocking(False)
@@ -701,6 +704,8 @@ class FastRelay:
         """
         Stop accepting and close every connection.
         """
+        if self.stopped:
+            return
         self.stop_listening()
         for handler in tuple(self.handlers.values()):
             owner = getattr(handler, "__self__", None)
@@ -709,6 +714,8 @@ class FastRelay:
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self.reactor.removeReader(self)
+        self.stopped = True
+        self.epoll.close()
 
     @property
     def port(self) -> int:
@@ -779,6 +786,9 @@ class FastRelay:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             if not infos:
                 raise OSError(f"no address for {host}")
+            # IPv4 first: "localhost" often lists ::1 first while services
+            # listen on 127.0.0.1 only.
+            infos.sort(key=lambda info: info[0] != socket.AF_INET)
             return infos[0][0], infos[0][4]
 
         def remember(found: tuple) -> tuple:

@@ -255,3 +255,32 @@ def test_many_short_connections_leave_nothing_behind(fast):
         yield until(lambda: len(os.listdir("/proc/self/fd")) <= before)
     finally:
         yield echo.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_backend_by_host_name(factories):
+    """A backend given by host name is looked up off the reactor thread,
+    then connected like any other."""
+    from lbproxy.balancer import Balancer
+    from lbproxy.config import Backend, Config
+    from lbproxy.fastrelay import FastRelay, listening_socket
+
+    server = h.serve(reactor, h.Named, name="by-name")
+    balancer = Balancer(
+        Config(version=1, backends=(Backend(id="b1", host="localhost", port=server.getHost().port),)),
+        factories, ProxySettings(), reactor=reactor,
+    )
+    engine = FastRelay(balancer, listening_socket("127.0.0.1", 0), reactor)
+    engine.start()
+    try:
+        def run():
+            s = h.client(engine.port)
+            line = h.read_line(s)
+            s.close()
+            return line
+
+        assert (yield deferToThread(run)) == b"by-name\n"
+        assert balancer.pool.stats["b1"].total == 1
+    finally:
+        engine.stop()
+        yield server.stopListening()
