@@ -379,9 +379,10 @@ def bench_figures(bench: dict[str, Any] | None, store: dict[str, Any] | None,
     out: dict[str, str] = {}
     missing: list[str] = []
 
-    def put(name: str, value: Any, fmt: str = "{:,.0f}") -> None:
+    def put(name: str, value: Any, fmt: str = "{:,.0f}", optional: bool = False) -> None:
         if value is None:
-            missing.append(name)
+            if not optional:
+                missing.append(name)
             out[name] = "(not measured)"
         else:
             out[name] = fmt.format(value)
@@ -406,14 +407,26 @@ def bench_figures(bench: dict[str, Any] | None, store: dict[str, Any] | None,
         put(f"bench_idle_{short}_kib", per / 1024 if per is not None else None, "{:.1f}")
         put(f"bench_idle_{short}_mib10k", per * 10000 / 1024**2 if per is not None else None, "{:.0f}")
     put("bench_idle_held", _get(bench or {}, "settings", "idle_held"))
-    fast, sse = _get(s, "keepalive", "lbproxy-fast", "rps"), _get(s, "keepalive", "lbproxy-fast-sse", "rps")
+    sse_name = next((n for n in ("lbproxy-fast+sse", "lbproxy-fast-sse") if _get(s, "keepalive", n)), None)
+    fast, sse = _get(s, "keepalive", "lbproxy-fast", "rps"), _get(s, "keepalive", sse_name or "", "rps")
     put("bench_sse", sse)
-    put("bench_sse_subscribers", _get(bench or {}, "settings", "subscribers_connected"))
+    for key, short in (("rps", "rps"), ("req_per_cpu_s", "cpu")):
+        runs = [r.get(key) for r in (_get(bench or {}, "raw", "keepalive", "lbproxy-fast") or []) if r.get(key)]
+        spread = (max(runs) - min(runs)) / sorted(runs)[len(runs) // 2] * 100 if len(runs) > 1 else None
+        put(f"bench_spread_{short}", spread, "{:.1f}")
+    connected = _get(bench or {}, "settings", "subscribers_connected")
+    if isinstance(connected, list):
+        connected = min(connected) if connected else None
+    put("bench_sse_subscribers", connected)
+    cf, cs = _get(s, "close", "lbproxy-fast", "req_per_cpu_s"), _get(s, "close", sse_name or "", "req_per_cpu_s")
+    put("bench_sse_close_cpu_change", (cs / cf - 1) * 100 if cs and cf else None, "{:+.1f}", optional=True)
     put("bench_sse_change", (sse / fast - 1) * 100 if sse and fast else None, "{:+.1f}")
-    fcpu, scpu = _get(s, "keepalive", "lbproxy-fast", "req_per_cpu_s"), _get(s, "keepalive", "lbproxy-fast-sse", "req_per_cpu_s")
+    fcpu, scpu = _get(s, "keepalive", "lbproxy-fast", "req_per_cpu_s"), _get(s, "keepalive", sse_name or "", "req_per_cpu_s")
     put("bench_sse_cpu", scpu)
     put("bench_sse_cpu_change", (scpu / fcpu - 1) * 100 if scpu and fcpu else None, "{:+.1f}")
     put("bench_2w_fast_cpu", _get(s, "keepalive", "lbproxy-fast-2w", "req_per_cpu_s"))
+    w2c = _get(s, "keepalive", "lbproxy-fast-2w", "req_per_cpu_s")
+    put("bench_2w_cpu_ratio", w2c / fcpu if w2c and fcpu else None, "{:.2f}")
     put("bench_2t_haproxy_cpu", _get(s, "keepalive", "haproxy-2t", "req_per_cpu_s"))
     w1h, w2h = _get(s, "keepalive", "haproxy", "rps"), _get(s, "keepalive", "haproxy-2t", "rps")
     w2f = _get(s, "keepalive", "lbproxy-fast-2w", "rps")
