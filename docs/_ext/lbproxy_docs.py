@@ -169,11 +169,14 @@ class HelpDirective(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.run([sys.executable, "-m", "twisted", "lbproxy", "--help"],
+        code = "import sys; sys.argv = ['twistd', 'lbproxy', '--help']; from twisted.scripts.twistd import run; run()"
+        proc = subprocess.run([sys.executable, "-c", code],
                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
         if proc.returncode != 0:
             log.warning("twistd lbproxy --help failed (%s): %s", proc.returncode, proc.stderr[-2000:])
-        text = proc.stdout.replace("python -m twisted", "twistd")
+        text = proc.stdout
+        if "--listen" not in text:
+            log.warning("twistd lbproxy --help printed no --listen: %r", text[:500])
         node = nodes.literal_block(text, text)
         node["language"] = "text"
         return [node]
