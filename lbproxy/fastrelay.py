@@ -603,6 +603,9 @@ class FastRelay:
         one setting, so appending keeps them sorted).
     """
 
+    #: Batches of events handled per reactor wakeup.
+    max_polls = 8
+
     def __init__(
         self,
         balancer: IBalancer,
@@ -647,23 +650,36 @@ class FastRelay:
 
     def doRead(self) -> None:
         """
-        Dispatch every ready socket event.  Sockets closed while
-        dispatching are closed after the batch, so a new socket cannot
-        reuse an fd that still has an event in this batch.
+        Dispatch every ready socket event, then poll again (up to
+        C{max_polls} batches) while events keep coming: answers that
+        arrived meanwhile are handled without another pass through the
+        reactor.  Sockets closed while dispatching a batch are closed after
+        it, so a new socket cannot reuse an fd that still has an event in
+        the batch.
         """
         handlers = self.handlers
-        self._closing = closing = []
+        poll = self.epoll.poll
+        closing: list[socket.socket] = []
+        self._closing = closing
         try:
-            for fd, ev in self.epoll.poll(0):
-                handler = handlers.get(fd)
-                if handler is not None:
-                    try:
-                        handler(ev)
-                    except Exception:
-                        log.failure("relay event handler failed")
-                        owner = getattr(handler, "__self__", None)
-                        if isinstance(owner, Relay):
-                            owner.abort("internal-error")
+            for _ in range(self.max_polls):
+                events = poll(0)
+                if not events:
+                    break
+                for fd, ev in events:
+                    handler = handlers.get(fd)
+                    if handler is not None:
+                        try:
+                            handler(ev)
+                        except Exception:
+                            log.failure("relay event handler failed")
+                            owner = getattr(handler, "__self__", None)
+                            if isinstance(owner, Relay):
+                                owner.abort("internal-error")
+                if closing:
+                    for sock in closing:
+                        sock.close()
+                    closing.clear()
         finally:
             self._closing = None
             for sock in closing:
