@@ -85,3 +85,75 @@ def _nowhere() -> Any:
     from pathlib import Path
 
     return Path("/nonexistent/lbproxy-static")
+
+
+# Real sockets ----------------------------------------------------------------
+
+from twisted.internet import defer, task  # noqa: E402
+from twisted.internet.protocol import Protocol  # noqa: E402
+
+
+def wait_for(reactor: Any, condition: Any, timeout: float = 10.0, what: str = "condition") -> defer.Deferred:
+    """
+    Poll C{condition()} every 10 ms on the real reactor until it is true.
+
+    @raise AssertionError: (in the Deferred) after C{timeout} seconds.
+    """
+
+    async def poll() -> None:
+        deadline = reactor.seconds() + timeout
+        while not condition():
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            await task.deferLater(reactor, 0.01, lambda: None)
+
+    return defer.ensureDeferred(poll())
+
+
+class FeedReader(Protocol):
+    """
+    A raw SSE client: asks for C{path} over HTTP/1.0 (no chunking) and
+    parses the events as they arrive into C{events} (type, id, data).
+    """
+
+    def __init__(self, path: str, headers: dict[str, str] | None = None, read: bool = True) -> None:
+        self.path = path
+        self.headers = headers or {}
+        self.read = read
+        self.buffer = b""
+        self.head: bytes | None = None
+        self.events: list[tuple[str, int, Any]] = []
+        self.received = 0
+        self.lost = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        lines = [f"GET {self.path} HTTP/1.0", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in self.headers.items()]
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if not self.read:
+            self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.buffer += data
+        if self.head is None:
+            if b"\r\n\r\n" not in self.buffer:
+                return
+            self.head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        while b"\n\n" in self.buffer:
+            block, _, self.buffer = self.buffer.partition(b"\n\n")
+            fields = dict(line.split(": ", 1) for line in block.decode().splitlines()
+                          if ": " in line and not line.startswith(":"))
+            if "event" in fields:
+                self.events.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.callback(None)
+
+    def of(self, *types: str) -> list[tuple[str, int, Any]]:
+        return [e for e in self.events if e[0] in types]
+
+
+def connect_feed(reactor: Any, port: int, reader: FeedReader) -> defer.Deferred:
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), reader)

@@ -185,6 +185,14 @@ class AdminApp:
     async def _change(self, request: Any, mutate: Callable[[Config], Any]) -> tuple[Config, Any]:
         expected = expected_version(request)
         try:
+            # Bad input is refused as such even with a stale If-Match (RFC
+            # 9110 13.2.1); the change itself reruns against the config in
+            # force when its turn comes.
+            new, _ = mutate(self.balancer.config)
+            self.balancer.check(new)
+        except ConfigError as e:
+            raise ApiError(400, str(e)) from None
+        try:
             return await self.controller.change(mutate, expected)
         except VersionConflict as e:
             code = 412 if expected is not None else 409

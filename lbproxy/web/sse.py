@@ -95,7 +95,7 @@ class EventFeed:
         batch_interval: float = 0.1,
         stats_interval: float = 1.0,
         heartbeat: float = 15.0,
-        max_backlog: int = 256 * 1024,
+        max_backlog: int = 1024 * 1024,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
