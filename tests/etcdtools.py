@@ -82,7 +82,8 @@ class EtcdMember:
         if not os.path.exists(ETCD):
             raise RuntimeError(f"{ETCD} is missing: install Debian's etcd-server package")
         self.protocol = _Process(open(self.log_path, "ab"))
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")}
+        # A clean environment: etcd reads ETCD_* variables as flags.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         self.process = reactor.spawnProcess(self.protocol, ETCD, self.argv(), env=env)
 
     @property
