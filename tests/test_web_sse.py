@@ -192,6 +192,7 @@ def test_type_filter(admin):
 
 def test_slow_subscriber_is_cut_off(admin):
     """A client whose socket is full is cut off once its backlog passes the bound; others keep receiving."""
+    admin.app.feed.max_backlog = 64 * 1024
     slow = Client(admin)
     fast = Client(admin)
     slow.transport.producer.pauseProducing()  # what the transport does when its buffer is full
