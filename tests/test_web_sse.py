@@ -231,3 +231,20 @@ def test_close_ends_feeds(admin):
     assert c.transport.value().endswith(b"0\r\n\r\n")
     assert admin.app.feed.subscriber_count == 0
     assert admin.clock.getDelayedCalls() == []
+
+
+def test_broken_subscriber_never_breaks_a_change(admin):
+    """A subscriber whose write fails is dropped; the config change that published the event still applies."""
+    c = Client(admin)
+    other = Client(admin)
+    sub = admin.app.feed._subscribers[0]
+
+    def broken(data):
+        raise RuntimeError("write after finish")
+
+    sub.request.write = broken
+    change(admin, lambda cfg: add_backend(cfg, {"host": "127.0.0.1", "port": 9003}))
+    assert admin.balancer.config.version == 2
+    assert admin.app.feed.subscriber_count == 1
+    assert other.types()[-1] == "config"
+    assert c.types() == ["snapshot"]

@@ -195,6 +195,7 @@ class EventFeed:
         """
         for sub in tuple(self._subscribers):
             self.remove(sub)
+            sub.request.unregisterProducer()
             if not sub.done.called:
                 sub.done.callback(b"")
 
@@ -225,10 +226,23 @@ class EventFeed:
             self._unsubscribe = None
 
     def _deliver(self, event: Event) -> None:
-        data = encode(event.id, event.type, event.data)
+        # Called inside EventBus.publish, that is inside balancer.apply and
+        # the health path: a broken subscriber must never raise into them.
+        try:
+            data = encode(event.id, event.type, event.data)
+        except Exception:
+            log.failure("event {id} ({type}) cannot be encoded for the feed", id=event.id, type=event.type)
+            return
         for sub in tuple(self._subscribers):
             if sub.types is None or event.type in sub.types:
-                sub.send(data)
+                self._send(sub, data)
+
+    def _send(self, sub: Subscriber, data: bytes) -> None:
+        try:
+            sub.send(data)
+        except Exception:
+            log.failure("event feed subscriber {peer} failed; dropping it", peer=_peer(sub.request))
+            self.remove(sub)
 
     def publish_routes(self) -> None:
         """
@@ -247,7 +261,7 @@ class EventFeed:
 
     def _beat(self) -> None:
         for sub in tuple(self._subscribers):
-            sub.send(b": keep-alive\n\n")
+            self._send(sub, b": keep-alive\n\n")
 
 
 def _last_event_id(request: Any) -> int | None:

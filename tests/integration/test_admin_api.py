@@ -78,7 +78,7 @@ def test_ui_files(factories, tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
-def test_schemathesis_finds_no_server_errors(factories):
+def test_schemathesis_finds_no_server_errors(factories, tmp_path):
     """schemathesis, generating requests from openapi.json against the live site, finds no 5xx and no response that breaks the document."""
     app, port, url = start_admin(factories)
     try:
@@ -95,7 +95,7 @@ def test_schemathesis_finds_no_server_errors(factories):
             "--generation-database", "none", "--no-color",
         ]
         env = dict(os.environ, NO_COLOR="1")
-        out, err, code = yield utils.getProcessOutputAndValue(sys.executable, args, env=env)
+        out, err, code = yield utils.getProcessOutputAndValue(sys.executable, args, env=env, path=str(tmp_path))
         text = out.decode(errors="replace") + err.decode(errors="replace")
         assert code == 0, text[-6000:]
         assert "passed" in text
