@@ -248,3 +248,53 @@ def test_broken_subscriber_never_breaks_a_change(admin):
     assert admin.app.feed.subscriber_count == 1
     assert other.types()[-1] == "config"
     assert c.types() == ["snapshot"]
+
+
+def test_subscriber_limit(admin):
+    """Past the subscriber limit a new feed gets 503 JSON; when one leaves, a new one is welcome again."""
+    admin.app.feed.max_subscribers = 2
+    a, b = Client(admin), Client(admin)
+    c = Client(admin)
+    assert c.transport.value().startswith(b"HTTP/1.1 503")
+    assert b"Retry-After" in c.transport.value()
+    a.disconnect()
+    d = Client(admin)
+    assert d.types() == ["snapshot"]
+    assert admin.app.feed.subscriber_count == 2
+
+
+def test_head_does_not_subscribe(admin):
+    """HEAD on the feed answers the headers and ends, without subscribing."""
+    channel = Site(admin.app.resource()).buildProtocol(None)
+    t = StringTransport()
+    channel.makeConnection(t)
+    channel.dataReceived(b"HEAD /api/v1/events HTTP/1.1\r\nHost: admin.test\r\n\r\n")
+    assert t.value().startswith(b"HTTP/1.1 200")
+    assert b"text/event-stream" in t.value()
+    assert admin.app.feed.subscriber_count == 0
+    assert admin.clock.getDelayedCalls() == []
+
+
+def test_subscriber_is_a_push_producer(admin):
+    """The feed's subscriber provides IPushProducer, as the HTTP channel expects."""
+    from twisted.internet.interfaces import IPushProducer
+    from zope.interface.verify import verifyObject
+
+    Client(admin)
+    verifyObject(IPushProducer, admin.app.feed._subscribers[0])
+
+
+def test_access_log_redacts_token():
+    """The admin site's access log never shows an access_token query parameter."""
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from lbproxy.web import _redacting_formatter
+
+    request = DummyRequest([b"api", b"v1", b"events"])
+    request.uri = b"/api/v1/events?types=config&access_token=hunter2-secret"
+    request.method = b"GET"
+    request.clientproto = b"HTTP/1.1"
+    request.code = 200
+    request.sentLength = 10
+    line = _redacting_formatter("[26/Nov/2026:18:00:00 +0000]", request)
+    assert "hunter2" not in line and "access_token=REDACTED" in line and "types=config" in line

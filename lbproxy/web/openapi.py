@@ -29,6 +29,7 @@ _STATUS_TEXT = {
     412: "If-Match named a stale version; nothing changed.",
     413: "The body is too large.",
     415: "The body was not sent as application/json.",
+    503: "Too many event feed subscribers; retry later.",
     507: "The config store could not make the change durable; nothing changed.",
 }
 
@@ -369,7 +370,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "An endless text/event-stream.",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                    **_errors(400, 401),
+                    **_errors(400, 401, 503),
                 },
             },
         },

@@ -96,6 +96,7 @@ class EventFeed:
         stats_interval: float = 1.0,
         heartbeat: float = 15.0,
         max_backlog: int = 1024 * 1024,
+        max_subscribers: int = 100,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -106,6 +107,7 @@ class EventFeed:
         self.stats_interval = stats_interval
         self.heartbeat = heartbeat
         self.max_backlog = max_backlog
+        self.max_subscribers = max_subscribers
         self.cut_offs = 0
         self._subscribers: list[Subscriber] = []
         self._unsubscribe: Any = None
@@ -123,9 +125,14 @@ class EventFeed:
 
         @return: a Deferred that fires when the feed ends; cancelling it
             (as Klein does when the client goes away) unsubscribes.
-        @raise ApiError: for a C{Last-Event-ID} that is not an event id.
+        @raise ApiError: 400 for a C{Last-Event-ID} that is not an event
+            id; 503 when C{max_subscribers} feeds are open already (their
+            buffers are what bounds the feed's memory).
         """
         last_id = _last_event_id(request)
+        if len(self._subscribers) >= self.max_subscribers:
+            raise ApiError(503, f"the event feed already has {self.max_subscribers} subscribers; try again later",
+                           headers={"Retry-After": "10"})
         types = None
         if b"types" in request.args:
             names = b",".join(request.args[b"types"]).decode("utf-8", "replace").split(",")
@@ -133,6 +140,8 @@ class EventFeed:
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache, no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
+        if request.method == b"HEAD":
+            return defer.succeed(b"")
         channel = getattr(request, "channel", None)
         if channel is not None and hasattr(channel, "setTimeout"):
             channel.setTimeout(None)
