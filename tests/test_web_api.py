@@ -289,6 +289,7 @@ def test_status(factories):
     assert r.json["config_version"] == 1
     assert r.json["cluster"] == {"members": 3} and r.json["extra"] is True
     assert r.json["store"] == {"kind": "MemoryStore"}
+    assert r.json["auth"] == {"token": False, "open_reads": True}
 
 
 def test_status_from_store(factories):

@@ -52,6 +52,7 @@ def test_reads_need_token_unless_open(factories, locked):
     assert locked.get("/api/v1/openapi.json").code == 200
     open_reads = Admin(factories, policy=AdminPolicy(TOKEN, open_reads=True))
     assert open_reads.get("/api/v1/backends").code == 200
+    assert open_reads.get("/api/v1/status").json["auth"] == {"token": True, "open_reads": True}
     assert open_reads.request("POST", "/api/v1/backends", NEW).code == 401
 
 

@@ -346,6 +346,10 @@ class AdminApp:
             "backends": len(config.backends),
             "active_connections": self.balancer.totals.active,
             "feed_subscribers": self.feed.subscriber_count,
+            "auth": {
+                "token": self.policy.token is not None,
+                "open_reads": self.policy.token is None or self.policy.open_reads,
+            },
         }
         store = getattr(self.controller, "store", None)
         providers = list(self._status_providers)

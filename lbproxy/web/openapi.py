@@ -291,6 +291,11 @@ def _schemas() -> dict[str, Any]:
                 "backends": {"type": "integer"},
                 "active_connections": {"type": "integer"},
                 "feed_subscribers": {"type": "integer"},
+                "auth": {
+                    "type": "object",
+                    "description": "Whether changes need a bearer token, and whether reads do not.",
+                    "properties": {"token": {"type": "boolean"}, "open_reads": {"type": "boolean"}},
+                },
                 "store": {"type": "object"},
             },
         },

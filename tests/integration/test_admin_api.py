@@ -13,7 +13,7 @@ import sys
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer, utils
+from twisted.internet import utils
 
 from lbproxy.balancer import Balancer
 from lbproxy.config import Backend, Config, ProxySettings
