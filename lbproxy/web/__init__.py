@@ -8,17 +8,21 @@ import re
 from typing import Any
 
 from lbproxy.web.auth import AdminPolicy
-from lbproxy.web.static import static_dir
 
 __all__ = ["AdminApp", "AdminPolicy", "admin_service", "admin_site", "static_dir"]
 
 
 def __getattr__(name: str) -> Any:
-    # Klein imports the global reactor; import it only when the app is used.
+    # Klein imports the global reactor and twisted.web is heavy: the command
+    # line (which only needs lbproxy.web.auth) must not pay for them.
     if name == "AdminApp":
         from lbproxy.web.app import AdminApp
 
         return AdminApp
+    if name == "static_dir":
+        from lbproxy.web.static import static_dir
+
+        return static_dir
     raise AttributeError(name)
 
 
