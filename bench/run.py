@@ -184,6 +184,7 @@ def measure(proxy: Proxy, path: str, seconds: float, connections: int, close: bo
     cpu = cpu_seconds(pids) - before
     result["cpu_s"] = cpu
     result["req_per_cpu_s"] = result["rps"] * seconds / cpu if cpu > 0 else None
+    result["mib_per_cpu_s"] = result["mib_s"] * seconds / cpu if cpu > 0 else None
     return result
 
 
@@ -474,7 +475,7 @@ def summarise(raw: dict, idle: dict) -> dict:
         for name, runs in by_name.items():
             out[scenario][name] = {
                 key: median([run[key] for run in runs])
-                for key in ("rps", "mib_s", "p50_ms", "p99_ms", "req_per_cpu_s", "cpu_s")
+                for key in ("rps", "mib_s", "p50_ms", "p99_ms", "req_per_cpu_s", "mib_per_cpu_s", "cpu_s")
             }
     return out
 
@@ -495,6 +496,7 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
         ("keep-alive p99 ms", lambda n: ka.get(n, {}).get("p99_ms"), "{:.3f}"),
         ("keep-alive req per CPU-s", lambda n: ka.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
         ("conn/request req per CPU-s", lambda n: cl.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
+        ("1 MiB bulk MiB per CPU-s", lambda n: bulk.get(n, {}).get("mib_per_cpu_s"), "{:,.0f}"),
         ("idle RSS MiB per 10k conns", lambda n: (idle.get(n, {}).get("kib_per_10k_conns") or 0) / 1024 or None, "{:.1f}"),
     ]
     names = ["haproxy", "lbproxy-fast", "lbproxy-twisted"]
@@ -518,10 +520,11 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
             n += 1
     for label, table in (("keep-alive", ka), ("one conn per request", cl)):
         if "lbproxy-fast+sse" in table:
-            a = table.get("lbproxy-fast", {}).get("rps")
-            b = table["lbproxy-fast+sse"].get("rps")
-            print(f"With 20 event-feed subscribers, {label}: {b:,.0f} req/s vs {a or 0:,.0f} without "
-                  f"({_ratio(b, a)}; same process)")
+            a = table.get("lbproxy-fast", {})
+            b = table["lbproxy-fast+sse"]
+            print(f"With 20 event-feed subscribers, {label}: {b['rps']:,.0f} req/s vs {a.get('rps') or 0:,.0f} "
+                  f"without ({_ratio(b['rps'], a.get('rps'))}); per proxy CPU-second "
+                  f"{_ratio(b.get('req_per_cpu_s'), a.get('req_per_cpu_s'))} (same process)")
     if "direct-nginx" in ka:
         print(f"Direct to nginx (the limit here): {ka['direct-nginx']['rps']:,.0f} req/s keep-alive")
     for note in notes:

@@ -197,6 +197,12 @@ class WorkerPool(Service):
             "settings": dataclasses.asdict(self.settings),
             "config": self.balancer.config.to_json(),
             "report_interval": self.report_interval,
+            # A new worker starts with what the parent's checks know.
+            "down": [
+                [bid, state.reason]
+                for bid, state in self.balancer.pool.health.items()
+                if not state.healthy
+            ],
         }
         protocol = _WorkerProtocol(self, index)
         self.workers[index] = protocol
@@ -370,6 +376,13 @@ def worker_main(spec: dict) -> None:
         parse_config(spec["config"]), strategy_factories(), ProxySettings(**spec["settings"]),
         reactor=reactor,
     )
+    if spec.get("down"):
+        now = reactor.seconds()
+        for bid, reason in spec["down"]:
+            state = balancer.pool.health.get(bid)
+            if state is not None:
+                state.healthy, state.reason, state.since = False, reason, now
+        balancer.pool.refresh(now)
     sock = listening_socket(spec["host"], spec["port"], spec["backlog"], reuse_port=True)
     if spec["engine"] == "fast":
         FastRelay(balancer, sock, reactor).start()

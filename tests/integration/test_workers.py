@@ -172,3 +172,38 @@ def test_port_in_use_fails_at_start(factories):
         assert pool.workers == [None, None]
     finally:
         taken.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_health_results_reach_workers_and_restarted_ones(pool_of):
+    """Active checks run once, in the parent: their results are forwarded,
+    so every worker stops routing to a backend the parent marks down, and
+    a worker started after that knows it from the start."""
+    a = h.serve(reactor, h.Named, name="a")
+    b = h.serve(reactor, h.Named, name="b")
+    try:
+        pool, balancer = pool_of([a.getHost().port, b.getHost().port])
+        yield until(lambda: reporting(pool))
+        while balancer.pool.health["b1"].healthy:
+            balancer.health_result("b1", False, "check failed: test")
+
+        def names():
+            out = []
+            for _ in range(20):
+                s = h.client(pool.port)
+                out.append(h.read_line(s))
+                s.close()
+            return out
+
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        assert (yield deferToThread(names)) == [b"b\n"] * 20
+
+        victim = pool.workers[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        yield victim.ended
+        yield until(lambda: pool.workers[1] is not None and pool.workers[1].stats is not None)
+        assert (yield deferToThread(names)) == [b"b\n"] * 20
+        yield until(lambda: pool.workers[1].stats["totals"]["accepted"] > 0)
+    finally:
+        yield a.stopListening()
+        yield b.stopListening()
