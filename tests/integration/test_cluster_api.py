@@ -79,9 +79,11 @@ class HttpNode:
             self.feed.transport.stopProducing()
         await defer.maybeDeferred(self.top.stopService)
 
-    def post_backend(self, port):
+    def post_backend(self, port, version=None):
+        headers = {"If-Match": f'"{version}"'} if version is not None else {}
         return treq.post(
-            self.api + "/backends", json={"host": "127.0.0.1", "port": port}, persistent=False
+            self.api + "/backends", json={"host": "127.0.0.1", "port": port},
+            headers=headers, persistent=False,
         )
 
     async def backend_ports(self):
@@ -107,8 +109,8 @@ async def test_api_edits_reach_every_node_and_conflicts_get_409(http_nodes, etcd
     """
     A backend POSTed to node A's API is listed by B's and C's APIs and
     arrives as a C{config} event on their SSE feeds; two nodes POSTing on
-    the same version leave one 201 and one 409 (and never lose an update);
-    with etcd down the API refuses changes
+    the same version leave one 201 and one refusal (412 with If-Match, 409
+    without) and never lose an update; with etcd down the API refuses changes
     (507, "config store unavailable") and its status says so; once etcd is
     back the same POST is accepted.
     """
@@ -122,30 +124,43 @@ async def test_api_edits_reach_every_node_and_conflicts_get_409(http_nodes, etcd
     await until(lambda: b.announced(7001) and c.announced(7001))
     assert 7001 in await b.backend_ports() and 7001 in await c.backend_ports()
 
-    # Two POSTs at the same moment: when both nodes still base the change
-    # on the same version, etcd's compare-and-swap lets one through and the
-    # other gets 409; when one node already saw the other's write, both
-    # apply in turn.  Either way no update is lost.
-    conflicts = 0
-    for round in range(10):
+    # Two nodes change the same version at the same moment (If-Match names
+    # it): exactly one change is stored, the other is refused (by etcd's
+    # compare-and-swap, or by the node if it already saw the winner).
+    for round in range(3):
+        version = json.loads(await (await treq.get(a.api + "/config", persistent=False)).content())["version"]
+        await until(lambda: b.top.balancer.config.version == version)
         port_a, port_b = 7100 + 2 * round, 7101 + 2 * round
+        first, second = await defer.gatherResults(
+            [a.post_backend(port_a, version), b.post_backend(port_b, version)]
+        )
+        assert sorted([first.code, second.code]) == [201, 412], (first.code, second.code)
+        loser = second if second.code == 412 else first
+        assert "stale" in json.loads(await loser.content())["error"]
+        stored, lost = (port_a, port_b) if first.code == 201 else (port_b, port_a)
+        await until(lambda: all(n.announced(stored) for n in http_nodes))
+        for n in http_nodes:
+            ports = await n.backend_ports()
+            assert stored in ports and lost not in ports
+
+    # Without If-Match a change applies to the newest config the node has:
+    # a node that lost the race on a version it had not yet seen changed
+    # answers 409; one that already saw it applies on top.  Both writes are
+    # never stored over each other.
+    outcomes = set()
+    for round in range(5):
+        port_a, port_b = 7200 + 2 * round, 7201 + 2 * round
         first, second = await defer.gatherResults([a.post_backend(port_a), b.post_backend(port_b)])
-        codes = sorted([first.code, second.code])
-        assert codes in ([201, 409], [201, 201]), codes
-        if codes == [201, 409]:
-            conflicts += 1
-            loser = second if second.code == 409 else first
-            assert "stale" in json.loads(await loser.content())["error"]
-            stored, lost = (port_a, port_b) if first.code == 201 else (port_b, port_a)
-            await until(lambda: all(n.announced(stored) for n in http_nodes))
-            for n in http_nodes:
-                ports = await n.backend_ports()
-                assert stored in ports and lost not in ports
-        else:
-            await until(lambda: all(n.announced(port_a) and n.announced(port_b) for n in http_nodes))
-        if conflicts >= 2:
-            break
-    assert conflicts >= 1, "the two nodes never raced on the same version"
+        codes = tuple(sorted([first.code, second.code]))
+        assert codes in ((201, 409), (201, 201)), codes
+        outcomes.add(codes)
+        kept = [p for p, r in ((port_a, first), (port_b, second)) if r.code == 201]
+        await until(lambda: all(all(n.announced(p) for p in kept) for n in http_nodes))
+        for n in http_nodes:
+            ports = await n.backend_ports()
+            assert all(p in ports for p in kept)
+            assert not any(p in ports for p, r in ((port_a, first), (port_b, second)) if r.code == 409)
+    print(f"racing POSTs without If-Match: {sorted(outcomes)}")
 
     await etcd3.kill()
     await until(lambda: not a.top.store.available)
