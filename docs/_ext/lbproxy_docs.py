@@ -427,6 +427,9 @@ def bench_figures(bench: dict[str, Any] | None, store: dict[str, Any] | None,
     fcpu, scpu = _get(s, "keepalive", "lbproxy-fast", "req_per_cpu_s"), _get(s, "keepalive", sse_name or "", "req_per_cpu_s")
     put("bench_sse_cpu", scpu)
     put("bench_sse_cpu_change", (scpu / fcpu - 1) * 100 if scpu and fcpu else None, "{:+.1f}")
+    worst = min((v for v in ((scpu / fcpu - 1) * 100 if scpu and fcpu else None,
+                             (cs / cf - 1) * 100 if cs and cf else None) if v is not None), default=None)
+    put("bench_sse_verdict", None if worst is None else ("meets" if worst > -5 else "does not meet"), "{}")
     put("bench_2w_fast_cpu", _get(s, "keepalive", "lbproxy-fast-2w", "req_per_cpu_s"))
     w2c = _get(s, "keepalive", "lbproxy-fast-2w", "req_per_cpu_s")
     put("bench_2w_cpu_ratio", w2c / fcpu if w2c and fcpu else None, "{:.2f}")
