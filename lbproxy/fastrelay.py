@@ -164,7 +164,7 @@ class Relay:
         "engine", "client_sock", "backend_sock", "cfd", "bfd", "cmask", "bmask",
         "up", "down", "client", "started", "tried", "candidate", "connect_started",
         "outcome", "backend_outcome", "first_byte_pending", "idle_mark", "idle_since",
-        "finished",
+        "finished", "deadline",
     )
 
     def __init__(self, engine: "FastRelay", sock: socket.socket, client: tuple[str, int], now: float) -> None:
@@ -188,6 +188,7 @@ class Relay:
         self.idle_mark = 0
         self.idle_since = now
         self.finished = False
+        self.deadline: list | None = None
 
     # IRelayedConnection ----------------------------------------------------
 
@@ -268,7 +269,16 @@ class Relay:
         engine.epoll.register(fd, EPOLLOUT)
         self.bmask = EPOLLOUT
         engine.handlers[fd] = self._on_connect
-        engine.timeouts.append((self.connect_started + engine.balancer.settings.connect_timeout, self, sock))
+        # A list, so a connect that completes can drop its references at
+        # once instead of keeping the relay alive until the deadline.
+        self.deadline = deadline = [self.connect_started + engine.balancer.settings.connect_timeout, self, sock]
+        engine.timeouts.append(deadline)
+
+    def _release_deadline(self) -> None:
+        deadline = self.deadline
+        if deadline is not None:
+            deadline[1] = deadline[2] = None
+            self.deadline = None
 
     def connect_timed_out(self, sock: socket.socket) -> None:
         if sock is self.backend_sock and self.up is None and not self.finished:
@@ -276,6 +286,7 @@ class Relay:
             self._connect_failed(self.candidate, "connect timed out")
 
     def _drop_backend(self) -> None:
+        self._release_deadline()
         sock = self.backend_sock
         self.engine.handlers.pop(self.bfd, None)
         self.backend_sock = None
@@ -303,6 +314,7 @@ class Relay:
         self.connect()
 
     def _connected(self) -> None:
+        self._release_deadline()
         engine = self.engine
         now = engine.now()
         candidate = self.candidate
@@ -564,6 +576,7 @@ class Relay:
         if self.finished:
             return
         self.finished = True
+        self._release_deadline()
         engine = self.engine
         handlers = engine.handlers
         handlers.pop(self.cfd, None)
@@ -781,7 +794,8 @@ class FastRelay:
         now = self.now()
         while timeouts and timeouts[0][0] <= now:
             _, relay, sock = timeouts.popleft()
-            relay.connect_timed_out(sock)
+            if relay is not None:
+                relay.connect_timed_out(sock)
 
     def resolve(self, host: str, port: int) -> Any:
         """
