@@ -181,6 +181,7 @@ class EtcdStore:
         self.since = reactor.seconds()
         self._endpoint = 0
         self._watchers: list[Callable[[Config], None]] = []
+        self._status_watchers: list[Callable[[str], None]] = []
         self._watching = False
         self._stream: WatchStream | None = None
         self._pending: defer.Deferred | None = None
@@ -212,6 +213,30 @@ class EtcdStore:
             "watching": self._stream is not None,
         }
 
+    def watch_status(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """
+        Call C{callback(change)} when what the UI shows about the store
+        changes: C{"available"} or C{"unavailable"} as etcd comes and goes,
+        C{"nodes"} when a key under C{PREFIX/nodes/} changes (a node joined,
+        left or its lease expired).
+
+        @return: a callable that stops this watch.
+        """
+        self._status_watchers.append(callback)
+
+        def unwatch() -> None:
+            if callback in self._status_watchers:
+                self._status_watchers.remove(callback)
+
+        return unwatch
+
+    def _status_changed(self, change: str) -> None:
+        for callback in list(self._status_watchers):
+            try:
+                callback(change)
+            except Exception:
+                log.failure("store status watcher failed")
+
     def _up(self) -> None:
         if not self.available:
             log.info(
@@ -221,8 +246,10 @@ class EtcdStore:
             self.available = True
             self.error = None
             self.since = self._reactor.seconds()
+            self._status_changed("available")
 
     def _down(self, error: str) -> None:
+        was_available = self.available
         if self.available or self.error != error:
             log.warn(
                 "config store unavailable: {error}; proxying continues with config "
@@ -234,6 +261,8 @@ class EtcdStore:
             self.since = self._reactor.seconds()
         self.available = False
         self.error = error
+        if was_available:
+            self._status_changed("unavailable")
 
     # Requests --------------------------------------------------------------
 
@@ -434,11 +463,13 @@ class EtcdStore:
         if result.get("created"):
             self._failures = 0
             self._up()
-        changed = False
+        changed = nodes = False
         for event in result.get("events") or []:
             kv = event.get("kv", {})
             self.revision = max(self.revision, _int(kv.get("mod_revision")))
-            if unb64(kv.get("key", "")).decode("utf-8", "replace") != self.config_key:
+            key = unb64(kv.get("key", "")).decode("utf-8", "replace")
+            if key != self.config_key:
+                nodes = nodes or key.startswith(self.key("nodes/"))
                 continue
             if event.get("type") == "DELETE":
                 self._take(None)
@@ -450,6 +481,8 @@ class EtcdStore:
         if changed:
             log.info("config version {version} written elsewhere", version=self.current.version)
             self._notify()
+        if nodes:
+            self._status_changed("nodes")
 
     def _watch_ended(self, reason: Failure) -> None:
         self._stream = None

@@ -111,6 +111,8 @@ class AdminApp:
     provider (a callable with no arguments returning a dict or a Deferred of
     one), added with C{status_providers=} or L{add_status_provider}; a
     config store with a C{status()} method contributes C{{"store": ...}}.
+    A store with C{watch_status(callback)} (etcd) also gets a C{store}
+    event on the feed each time its availability or node list changes.
 
     @ivar controller: the L{lbproxy.control.ConfigController} every change
         goes through.
@@ -156,6 +158,15 @@ class AdminApp:
         for name, ext in (extensions or {}).items():
             self.add_extension(name, ext)
         self._status_providers = list(status_providers)
+        store = getattr(controller, "store", None)
+        if callable(getattr(store, "watch_status", None)):
+            store.watch_status(self._store_changed)
+
+    def _store_changed(self, change: str) -> None:
+        # No request carries availability (it changes when etcd comes and
+        # goes), so the feed does: the UI then needs no polling.
+        store = self.controller.store
+        self.balancer.events.publish("store", {"change": change, "node": self.node, "store": store.status()})
 
     def resource(self) -> IResource:
         return self.app.resource()

@@ -307,7 +307,8 @@ _FEED_TEXT = """Server-sent events.  Each event has an id; reconnect with Last-E
 backends, stats), reset (same, when the history after Last-Event-ID is gone), config (every
 change, with the new version), backend (state or health change), route (every 100 ms while
 routing happens: counts per backend, a sample of decisions, how many were not sampled, the
-strategy), stats (about once a second).  ?types=config,backend limits the types.  Comment
+strategy), stats (about once a second), store (cluster mode: the config store became
+available or unavailable, or the live nodes changed).  ?types=config,backend limits the types.  Comment
 lines every 15 s keep proxies from closing an idle feed.  A client that stops reading is
 disconnected once its bounded buffer is full."""
 

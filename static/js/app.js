@@ -10,6 +10,7 @@ import { StrategyPanel } from './strategy.js';
 import { EventLog } from './log.js';
 import { DemoPanel } from './demo.js';
 import { SettingsPanel } from './settings.js';
+import { ClusterPanel } from './cluster.js';
 import { bytes, clock, count, h, rate, showResult, colourOf } from './util.js';
 
 const $ = (id) => document.getElementById(id);
@@ -33,6 +34,7 @@ class Dashboard {
     this.strategy = new StrategyPanel(this);
     this.demo = new DemoPanel(this);
     this.settings = new SettingsPanel(this);
+    this.cluster = new ClusterPanel(this);
     this.feed = new Feed({
       onEvent: (type, data) => this.onEvent(type, data),
       onStatus: (state, text) => this.onStatus(state, text),
@@ -61,6 +63,7 @@ class Dashboard {
     el.dataset.state = state;
     el.textContent = text;
     $('token-button').hidden = !token();
+    if (state === 'live' && was !== 'live') this.cluster.refresh();
     if (state === 'live' && was !== 'live' && this.hadFeed) {
       this.log.add('feed', 'live feed reconnected');
       this.resync();
@@ -88,6 +91,7 @@ class Dashboard {
       case 'backend': this.onBackend(data); break;
       case 'config': this.onConfig(data); break;
       case 'demo': this.demo.render(data); break;
+      case 'store': this.cluster.onStore(data); break;
       default: break;
     }
   }
@@ -183,6 +187,7 @@ class Dashboard {
     this.renderHeader();
     this.strategy.showActive();
     this.refresh();
+    this.cluster.refresh();
   }
 
   // After a reconnect the server may have restarted (and numbered its
