@@ -253,7 +253,13 @@ class Relay:
         try:
             sock = socket.socket(family, _NONBLOCK_STREAM)
         except OSError as e:
-            self._connect_failed(candidate, _error_text(e.errno))
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # Our shortage, not the backend's fault: no failure against it.
+                self.outcome = "no-resources"
+                self._finish()
+                engine.pause_accepting(e)
+            else:
+                self._connect_failed(candidate, _error_text(e.errno))
             return
         if not _NONBLOCK_STREAM & getattr(socket, "SOCK_NONBLOCK", 0):
             sock.setblocking(False)
@@ -643,6 +649,7 @@ class FastRelay:
         self._resolved: dict[tuple[str, int], tuple[float, Any]] = {}
         self.listening = False
         self.stopped = False
+        self._accept_paused = False
         #: directions switched to splice(2), for tests and curiosity.
         self.splices = 0
         listener.setblocking(False)
@@ -768,7 +775,7 @@ class FastRelay:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept failed: {error}", error=e)
+                    self.pause_accepting(e)
                 return
             sock = make(family, stream, 0, fd)
             if not balancer.admit():
@@ -776,6 +783,30 @@ class FastRelay:
                 continue
             sock.setblocking(False)
             Relay(self, sock, (addr[0], addr[1]), now).connect()
+
+    #: Seconds to stop accepting after running out of file descriptors.
+    accept_pause = 0.1
+
+    def pause_accepting(self, error: OSError) -> None:
+        """
+        Out of fds (or memory): a pending connection stays in the backlog
+        and the level-triggered listener stays readable, so stop watching
+        it for a moment instead of spinning (or accepting clients that
+        cannot get a backend socket).
+        """
+        if self._accept_paused or not self.listening:
+            return
+        self._accept_paused = True
+        log.error("out of resources ({error}); pausing accepts for {pause}s", error=error, pause=self.accept_pause)
+        fd = self.listener.fileno()
+        self.epoll.modify(fd, 0)
+
+        def resume() -> None:
+            self._accept_paused = False
+            if self.listening:
+                self.epoll.modify(fd, EPOLLIN)
+
+        self.reactor.callLater(self.accept_pause, resume)
 
     # Helpers for relays ---------------------------------------------------------
 

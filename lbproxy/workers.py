@@ -68,6 +68,8 @@ class _WorkerProtocol(ProcessProtocol):
         self.index = index
         self._buffer = b""
         self.pid: int | None = None
+        self.started = 0.0
+        self.delay = 0.0
         self.stats: dict | None = None
         self.ended: defer.Deferred = defer.Deferred()
 
@@ -111,6 +113,9 @@ class WorkerPool(Service):
 
     report_interval = 0.5
     restart_delay = 0.2
+    max_restart_delay = 10.0
+    #: A worker that exits sooner than this after its start died young.
+    young = 2.0
     stop_timeout = 10.0
 
     def __init__(self, options: Any, balancer: Any, reactor: Any = None) -> None:
@@ -130,6 +135,7 @@ class WorkerPool(Service):
         self._retired_backends: dict[str, dict[str, int]] = {}
         self._unsubscribe: Any = None
         self._forwarded: dict[str, Any] = {}
+        self._delays: dict[int, float] = {}
         # Now, before health checks or the admin site take references.
         self._hook_balancer()
 
@@ -205,6 +211,8 @@ class WorkerPool(Service):
             ],
         }
         protocol = _WorkerProtocol(self, index)
+        protocol.started = self.reactor.seconds()
+        protocol.delay = self._delays.get(index, 0.0)
         self.workers[index] = protocol
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,10 +242,17 @@ class WorkerPool(Service):
         if self.workers[worker.index] is worker:
             self.workers[worker.index] = None
             if self.running:
-                log.warn("worker {index} (pid {pid}) exited: {why}; starting another",
-                         index=worker.index, pid=worker.pid, why=reason.getErrorMessage())
+                # A worker that dies young (bad config, port trouble) is
+                # restarted ever more slowly, not in a tight loop.
+                lived = self.reactor.seconds() - worker.started
+                delay = self.restart_delay
+                if lived < self.young:
+                    delay = min(max(worker.delay * 2, self.restart_delay), self.max_restart_delay)
+                log.warn("worker {index} (pid {pid}) exited: {why}; starting another in {delay}s",
+                         index=worker.index, pid=worker.pid, why=reason.getErrorMessage(), delay=delay)
                 self.restarts += 1
-                self.reactor.callLater(self.restart_delay, self._spawn, worker.index)
+                self._delays[worker.index] = delay
+                self.reactor.callLater(delay, self._spawn, worker.index)
         self._aggregate()
 
     # Parent to workers -----------------------------------------------------------

@@ -284,3 +284,60 @@ def test_backend_by_host_name(factories):
     finally:
         engine.stop()
         yield server.stopListening()
+
+
+def _is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest_twisted.inlineCallbacks
+def test_out_of_fds_pauses_accepting_then_serves_everyone(fast):
+    """When accept fails for lack of file descriptors the engine stops
+    watching the listener for a moment (a few log lines, not a busy loop);
+    once fds are available again every waiting client is served."""
+    import resource
+
+    echo = h.serve(reactor, h.Echo)
+    engine, balancer = fast([echo.getHost().port])
+    errors = []
+
+    def observe(event):
+        if "pausing accepts" in str(event.get("log_format", "")):
+            errors.append(event)
+
+    clients = [socket.socket() for _ in range(5)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    globalLogPublisher.addObserver(observe)
+    try:
+        # No room for one more fd: a new fd takes the lowest free number.
+        used = {int(fd) for fd in os.listdir("/proc/self/fd") if _is_open(int(fd))}
+        lowest_free = min(set(range(max(used) + 2)) - used)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        for c in clients:
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", engine.port))
+        yield until(lambda: errors)
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        assert 1 <= len(errors) <= 10, len(errors)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        globalLogPublisher.removeObserver(observe)
+
+    def talk():
+        out = []
+        for i, c in enumerate(clients):
+            c.setblocking(True)
+            c.settimeout(10)
+            c.sendall(b"n%d" % i)
+            out.append(c.recv(10))
+            c.close()
+        return out
+
+    try:
+        assert (yield deferToThread(talk)) == [b"n%d" % i for i in range(5)]
+    finally:
+        yield echo.stopListening()
