@@ -102,7 +102,8 @@ def test_cluster_panel_shows_node_members_and_store_outage(page, lbproxy, etcd):
     a feed event, no reload) and an add is refused with the server's
     message, changing nothing; with etcd back on the same data directory the
     banner goes, an add succeeds, and b's UI (reached through its link)
-    shows the new backend under node b's name.
+    shows the new backend under node b's name; when a stops, b's list
+    drops it (a feed event, no reload).
     """
     store = ("--store", f"etcd:{etcd.url}", "--store-prefix", "/lbproxy/ui-test")
     a = lbproxy(*store, "--node-name", "a")
@@ -155,6 +156,11 @@ def test_cluster_panel_shows_node_members_and_store_outage(page, lbproxy, etcd):
     expect(page.locator("#node-name")).to_have_text("b")
     expect(page.locator('#cards article.card[data-id="b1"]')).to_be_visible()
     expect(page.locator('#nodes li[data-node="b"] .here')).to_have_text("this view")
+    expect(nodes).to_have_count(2)
+
+    a.stop()
+    expect(nodes).to_have_count(1)
+    expect(page.locator("#nodes-note")).to_have_text("1 live node")
 
 
 def test_single_node_shows_whether_changes_survive_a_restart(page, lbproxy, tmp_path):
