@@ -528,12 +528,14 @@ class Relay:
         the destination once the pending bytes are out.
         """
         flow.eof = True
+        # Pass the EOF on first: if that ends the relay, the sockets are
+        # closed and changing their epoll interest would be a wasted call.
+        if flow.pending is None and not flow.inpipe and self._shut(flow, not from_client):
+            return
         if from_client:
             self._set_client(self.cmask & ~_READ)
         else:
             self._set_backend(self.bmask & ~_READ)
-        if flow.pending is None and not flow.inpipe:
-            self._shut(flow, not from_client)
 
     def _shut(self, flow: _Flow, to_client: bool) -> bool:
         """
