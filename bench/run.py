@@ -4,6 +4,7 @@ The side-by-side benchmark: lbproxy against HAProxy, in one run, as ratios.
 
     python3 dev.py bench                 # 3 interleaved rounds of 5 s runs
     python3 dev.py bench --rounds 1 --duration 2 --idle 2000   # a quick look
+    python3 dev.py bench --replot docs/_data/bench.json      # redraw the plot
 
 Starts nginx (the backend: a tiny response at / and a 1 MiB file at
 /bulk), HAProxy (mode tcp) and lbproxy (fast engine, twisted engine for
@@ -340,7 +341,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--subscribers", type=int, default=20)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "_static" / "bench.png"))
+    parser.add_argument("--replot", metavar="JSON",
+                        help="only redraw the plot (and print the table) from a results file")
     args = parser.parse_args(argv)
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        print_table(saved["summary"], saved["idle"], saved.get("notes", []))
+        plot(saved["summary"], args.plot)
+        print(f"wrote {args.plot}")
+        return 0
 
     for exe in (NGINX, HAPROXY, WRK):
         if not os.path.exists(exe):
