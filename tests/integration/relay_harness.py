@@ -10,7 +10,8 @@ import socket
 import sys
 from typing import Any, Callable
 
-from twisted.internet import protocol
+import pytest_twisted
+from twisted.internet import protocol, task
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from zope.interface import classImplements
 
@@ -180,6 +181,55 @@ def read_all(s: socket.socket) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+def read_until_closed(port: int) -> bytes:
+    """
+    Connect and read until the proxy closes.  A reset counts as a close,
+    wherever it lands: while reading, or already during the connect (the
+    proxy may accept and reset before the client has seen its SYN-ACK
+    confirmed).
+    """
+    try:
+        s = client(port)
+    except ConnectionResetError:
+        return b""
+    try:
+        return read_all(s)
+    except ConnectionResetError:
+        return b""
+    finally:
+        s.close()
+
+
+@pytest_twisted.inlineCallbacks
+def until(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
+    """Wait, without blocking the reactor, until C{predicate()} is true."""
+    from twisted.internet import reactor
+
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        yield task.deferLater(reactor, step, lambda: None)
+        waited += step
+
+
+def access_log(add_cleanup: Callable[[Callable[[], Any]], Any]) -> list:
+    """
+    Collect access-log events (namespace C{lbproxy.access}) until cleanup.
+    """
+    from twisted.logger import globalLogPublisher
+
+    records: list = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == "lbproxy.access":
+            records.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    add_cleanup(lambda: globalLogPublisher.removeObserver(observe))
+    return records
 
 
 def read_line(s: socket.socket) -> bytes:

@@ -29,15 +29,7 @@ pytestmark = [
 ]
 
 
-@pytest_twisted.inlineCallbacks
-def until(predicate, timeout=10.0, step=0.02):
-    """Wait (without blocking the reactor) until C{predicate()} is true."""
-    waited = 0.0
-    while not predicate():
-        if waited > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        yield task.deferLater(reactor, step, lambda: None)
-        waited += step
+until = h.until
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
 
 from lbproxy.config import ProxySettings, remove_backend
 from tests.integration import relay_harness as h
+from tests.integration.relay_harness import until
 
 pytestmark = pytest.mark.integration
 
@@ -52,17 +52,6 @@ def backend(cleanup, proto, **attrs):
     port = h.serve(reactor, proto, **attrs)
     cleanup(port.stopListening)
     return port
-
-
-@pytest_twisted.inlineCallbacks
-def until(predicate, timeout=10.0, step=0.02):
-    """Wait (without blocking the reactor) until C{predicate()} is true."""
-    waited = 0.0
-    while not predicate():
-        if waited > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        yield task.deferLater(reactor, step, lambda: None)
-        waited += step
 
 
 @pytest_twisted.inlineCallbacks
@@ -166,16 +155,7 @@ def test_all_backends_dead_closes_client_after_retries(engine, factories, cleanu
     )
     port = start(engine, balancer, cleanup)
 
-    def run():
-        s = h.client(port)
-        try:
-            return h.read_all(s)
-        except ConnectionResetError:
-            return b""
-        finally:
-            s.close()
-
-    data = yield deferToThread(run)
+    data = yield deferToThread(h.read_until_closed, port)
     assert data == b""
     yield until(lambda: balancer.totals.active == 0)
     assert balancer.totals.connect_failures == 2
@@ -223,14 +203,10 @@ def test_connection_limit_closes_extra_clients(engine, factories, cleanup):
         for s in (a, b):
             s.sendall(b"ping")
             assert s.recv(4) == b"ping"
-        c = h.client(port)
-        try:
-            extra = h.read_all(c)
-        except ConnectionResetError:
-            extra = b""
+        extra = h.read_until_closed(port)
         a.sendall(b"still")
         ok = a.recv(5)
-        for s in (a, b, c):
+        for s in (a, b):
             s.close()
         return extra, ok
 
@@ -248,14 +224,7 @@ def test_idle_connection_is_closed(engine, factories, cleanup):
         reactor, factories, [echo.getHost().port], settings=ProxySettings(idle_timeout=0.3)
     )
     port = start(engine, balancer, cleanup)
-    records = []
-
-    def observe(event):
-        if event.get("log_namespace") == "lbproxy.access":
-            records.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    cleanup(lambda: globalLogPublisher.removeObserver(observe))
+    records = h.access_log(cleanup)
 
     def run():
         s = h.client(port)
@@ -282,28 +251,26 @@ def test_access_log_one_line_per_connection(engine, factories, cleanup):
     echo = backend(cleanup, h.Echo)
     balancer = h.make_balancer(reactor, factories, [echo.getHost().port])
     port = start(engine, balancer, cleanup)
-    records = []
-
-    def observe(event):
-        if event.get("log_namespace") == "lbproxy.access":
-            records.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    cleanup(lambda: globalLogPublisher.removeObserver(observe))
+    records = h.access_log(cleanup)
 
     def run():
+        clients = []
         for n in (10, 2000):
             s = h.client(port)
+            clients.append("%s:%d" % s.getsockname())
             s.sendall(b"a" * n)
             got = 0
             while got < n:
                 got += len(s.recv(65536))
             s.close()
+        return clients
 
-    yield deferToThread(run)
-    yield until(lambda: len(records) == 2)
-    assert [(r["backend"], r["bytes_up"], r["bytes_down"], r["outcome"]) for r in records] == [
-        ("b1", 10, 10, "ok"), ("b1", 2000, 2000, "ok"),
+    clients = yield deferToThread(run)
+    # Only these clients' lines: connections of earlier tests may still end.
+    mine = lambda: [r for r in records if r["client"] in clients]  # noqa: E731
+    yield until(lambda: len(mine()) == 2)
+    assert [(r["client"], r["backend"], r["bytes_up"], r["bytes_down"], r["outcome"]) for r in mine()] == [
+        (clients[0], "b1", 10, 10, "ok"), (clients[1], "b1", 2000, 2000, "ok"),
     ]
 
 
@@ -417,15 +384,6 @@ def test_no_backend_closes_client_at_once(engine, factories, cleanup):
     balancer = h.make_balancer(reactor, factories, [h.dead_port()], state="disabled")
     port = start(engine, balancer, cleanup)
 
-    def run():
-        s = h.client(port)
-        try:
-            return h.read_all(s)
-        except ConnectionResetError:
-            return b""
-        finally:
-            s.close()
-
-    data = yield deferToThread(run)
+    data = yield deferToThread(h.read_until_closed, port)
     assert data == b""
     yield until(lambda: balancer.totals.no_backend == 1 and balancer.totals.active == 0)

@@ -24,15 +24,9 @@ pytestmark = [
 ]
 
 
-@pytest_twisted.inlineCallbacks
 def until(predicate, timeout=20.0, step=0.05):
-    """Wait (without blocking the reactor) until C{predicate()} is true."""
-    waited = 0.0
-    while not predicate():
-        if waited > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        yield task.deferLater(reactor, step, lambda: None)
-        waited += step
+    """Wait for a condition; workers are processes, so allow longer."""
+    return h.until(predicate, timeout, step)
 
 
 @pytest.fixture
