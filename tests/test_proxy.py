@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 from lbproxy.balancer import Balancer
 from lbproxy.config import Backend, Config, ProxySettings
 from lbproxy.interfaces import IRelayedConnection
-from lbproxy.proxy import FrontendProtocol, ProxyFactory
+from lbproxy.proxy import ProxyFactory
 
 
 class HalfCloseTransport(StringTransport):

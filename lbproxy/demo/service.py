@@ -240,7 +240,7 @@ class DemoService(Service):
         if token:
             lines.append("  admin token:         the one in --admin-token-file (the page asks for it)")
         lines += [
-            f"  demo backends:       " + ", ".join(
+            "  demo backends:       " + ", ".join(
                 f"{b.name} :{b.port}" for b in self.demo.backends.values()
             ),
             "  stop with Ctrl-C",
