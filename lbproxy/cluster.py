@@ -282,6 +282,20 @@ class NodesAPI:
     def resource(self) -> Any:
         return self.app.resource()
 
+    @staticmethod
+    def openapi_paths() -> dict[str, Any]:
+        """
+        This extension's route for the admin app's C{openapi.json}.
+        """
+        obj = {"application/json": {"schema": {"type": "object"}}}
+        return {"": {"get": {
+            "summary": "The live lbproxy nodes of this cluster, as this node sees them.",
+            "responses": {
+                "200": {"description": "{node, nodes: [{name, admin_url, since, self}], store}", "content": obj},
+                "503": {"description": "The config store (etcd) is unavailable.", "content": obj},
+            },
+        }}}
+
     @app.route("/", methods=["GET"])
     async def nodes(self, request: Any) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")

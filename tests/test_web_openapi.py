@@ -82,3 +82,32 @@ def test_served_document(factories):
     """GET /api/v1/openapi.json serves the document."""
     admin = Admin(factories)
     assert admin.get("/api/v1/openapi.json").json == openapi_document()
+
+
+@pytest.mark.parametrize("extension, name", [
+    ("lbproxy.demo.api.DemoAPI", "demo"),
+    ("lbproxy.cluster.NodesAPI", "nodes"),
+])
+def test_mounted_extensions_document_their_routes(factories, extension, name):
+    """An extension mounted on the admin app adds each of its Klein routes
+    and methods to the served openapi.json, and nothing it does not have."""
+    from twisted.python.reflect import namedAny
+
+    cls = namedAny(extension)
+    admin = Admin(factories)
+    admin.app.add_extension(name, cls.__new__(cls))
+    served = admin.get("/api/v1/openapi.json").json
+    prefix = f"/api/v1/{name}"
+    documented = {
+        (path[len(prefix):], method)
+        for path, ops in served["paths"].items() if path.startswith(prefix)
+        for method in ops
+    }
+    routes = set()
+    for rule in cls.app.url_map.iter_rules():
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule).rstrip("/")
+        for method in rule.methods or ():
+            if method not in ("HEAD", "OPTIONS"):
+                routes.add((path, method.lower()))
+    assert documented == routes
+    assert {k: v for k, v in served["paths"].items() if not k.startswith(prefix)} == openapi_document()["paths"]

@@ -45,6 +45,30 @@ class DemoAPI:
     def resource(self) -> Any:
         return self.app.resource()
 
+    @staticmethod
+    def openapi_paths() -> dict[str, Any]:
+        """
+        This extension's routes for the admin app's C{openapi.json}.
+        """
+        obj = {"type": "object"}
+        ok = {"200": {"description": "The demo's state.", "content": {"application/json": {"schema": obj}}}}
+        bad = {"400": {"description": "Invalid request; nothing changed.",
+                       "content": {"application/json": {"schema": obj}}}}
+        body = {"required": True, "content": {"application/json": {"schema": obj}}}
+        return {
+            "": {"get": {"summary": "The demo: backends, users online, recent comings and goings.",
+                         "responses": ok}},
+            "/backends/{name}": {"post": {
+                "summary": 'Take a demo backend offline or online, or change its delay: {"online": bool, "delay": seconds}.',
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": body,
+                "responses": {**ok, **bad, "404": {"description": "No demo backend of that name.",
+                                                   "content": {"application/json": {"schema": obj}}}},
+            }},
+            "/users": {"put": {"summary": 'Set how many simulated users are online: {"count": N}.',
+                               "requestBody": body, "responses": {**ok, **bad}}},
+        }
+
     @app.route("/", methods=["GET"], strict_slashes=False)
     def show(self, request: Any) -> bytes:
         return _json(request, self.demo.to_json())

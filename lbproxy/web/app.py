@@ -155,6 +155,7 @@ class AdminApp:
         self.started = clock.seconds()
         self.static = static if static is not None else static_dir()
         self._extensions: dict[str, IResource] = {}
+        self._extension_docs: dict[str, Callable[[], dict[str, Any]]] = {}
         for name, ext in (extensions or {}).items():
             self.add_extension(name, ext)
         self._status_providers = list(status_providers)
@@ -173,12 +174,17 @@ class AdminApp:
 
     def add_extension(self, name: str, extension: Any) -> None:
         """
-        Mount C{extension} under C{/api/v1/<name>}.
+        Mount C{extension} under C{/api/v1/<name>}.  If it has an
+        C{openapi_paths()} method (sub-path -> OpenAPI path item), its routes
+        join the served C{openapi.json}.
 
         @raise ValueError: if C{name} is a built-in endpoint or taken.
         """
         if name in _builtin_names() or name in self._extensions or not name.replace("-", "").isalnum():
             raise ValueError(f"cannot mount an extension at {API}/{name}")
+        paths = getattr(extension, "openapi_paths", None)
+        if callable(paths):
+            self._extension_docs[name] = paths
         if not IResource.providedBy(extension):
             extension = extension.resource()
         self._extensions[name] = extension
@@ -402,7 +408,11 @@ class AdminApp:
     def openapi(self, request: Any) -> bytes:
         from lbproxy.web.openapi import openapi_document
 
-        return send_json(request, openapi_document())
+        doc = openapi_document()
+        for name, paths in self._extension_docs.items():
+            for sub, item in paths().items():
+                doc["paths"][f"{API}/{name}{sub}"] = item
+        return send_json(request, doc)
 
     # Extensions and the UI -----------------------------------------------------------
 
