@@ -10,7 +10,7 @@ change is a plain attribute swap that no connection can see half-done.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -92,6 +92,7 @@ class Balancer:
         self._drain_timers: dict[str, Any] = {}
         self._ejection_timers: dict[str, Any] = {}
         self._ticker: LoopingCall | None = None
+        self._followers: list[Callable[[str, tuple], None]] = []
 
     # Lifecycle -----------------------------------------------------------
 
@@ -355,12 +356,26 @@ class Balancer:
         log.info("config version {version} in force", version=config.version)
         self.events.publish("config", {"version": config.version, "config": config.to_json()})
 
+    def follow(self, follower: Callable[[str, tuple], None]) -> Callable[[], None]:
+        """
+        Tell C{follower(kind, args)} of what changes the pool besides the
+        config: each active health result, C{("health", (id, ok, reason))},
+        and each forced close, C{("close", (id, why))}.  Worker processes'
+        balancers repeat these (L{lbproxy.workers}).
+
+        @return: a callable that stops following.
+        """
+        self._followers.append(follower)
+        return lambda: self._followers.remove(follower) if follower in self._followers else None
+
     def close_connections(self, backend_id: str, why: str) -> int:
         """
         Close every connection to a backend now.
 
         @return: how many were closed.
         """
+        for follower in self._followers:
+            follower("close", (backend_id, why))
         conns = tuple(self.connections.get(backend_id, ()))
         for conn in conns:
             conn.abort(why)
@@ -407,6 +422,8 @@ class Balancer:
         """
         Take one active health check result (see L{lbproxy.pool.Pool.check_result}).
         """
+        for follower in self._followers:
+            follower("health", (backend_id, ok, reason))
         state = self.pool.health.get(backend_id)
         if state is None:
             return

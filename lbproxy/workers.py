@@ -134,10 +134,8 @@ class WorkerPool(Service):
         self._retired_totals = dict.fromkeys(_TOTALS_SUMMED, 0)
         self._retired_backends: dict[str, dict[str, int]] = {}
         self._unsubscribe: Any = None
-        self._forwarded: dict[str, Any] = {}
+        self._unfollow: Any = None
         self._delays: dict[int, float] = {}
-        # Now, before health checks or the admin site take references.
-        self._hook_balancer()
 
     # Lifecycle ----------------------------------------------------------------
 
@@ -157,6 +155,7 @@ class WorkerPool(Service):
         self._reservation = sock
         self.port = sock.getsockname()[1]
         self._unsubscribe = self.balancer.events.subscribe(self._event)
+        self._unfollow = self.balancer.follow(self._follow)
         super().startService()
         for i in range(self.count):
             self._spawn(i)
@@ -166,6 +165,9 @@ class WorkerPool(Service):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
         waits = []
         for worker in self.workers:
             if worker is not None and worker.pid is not None:
@@ -266,27 +268,10 @@ class WorkerPool(Service):
         if event.type == "config" and "config" in event.data:
             self.broadcast({"config": event.data["config"]})
 
-    def _hook_balancer(self) -> None:
-        """
-        Forward what changes the workers' pools besides the config: active
-        health results and forced closes.
-        """
-        balancer = self.balancer
-
-        def health_result(backend_id: str, ok: bool, reason: str, _original=balancer.health_result) -> Any:
-            self.broadcast({"health": [backend_id, ok, reason]})
-            return _original(backend_id, ok, reason)
-
-        def close_connections(backend_id: str, why: str, _original=balancer.close_connections) -> int:
-            self.broadcast({"close": [backend_id, why]})
-            return _original(backend_id, why)
-
-        self._forwarded = {
-            "health_result": balancer.health_result,
-            "close_connections": balancer.close_connections,
-        }
-        balancer.health_result = health_result
-        balancer.close_connections = close_connections
+    def _follow(self, kind: str, args: tuple) -> None:
+        # Active health results and forced closes: the workers' pools must
+        # see them too (Balancer.follow).
+        self.broadcast({kind: list(args)})
 
     # Workers to parent --------------------------------------------------------------
 
@@ -323,9 +308,6 @@ class WorkerPool(Service):
             sums = backends.get(bid)
             for name in _BACKEND_SUMMED:
                 setattr(stats, name, sums[name] if sums else 0)
-
-    def worker_pids(self) -> list[int]:
-        return [w.pid for w in self.workers if w is not None and w.pid is not None]
 
 
 def _merge_routes(recorder: Any, batch: dict) -> None:

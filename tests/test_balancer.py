@@ -196,3 +196,24 @@ def test_route_records_decisions_cheaply(factories):
     batch = b.routes.drain()
     assert batch["total"] == 5 and batch["counts"] == {"b0": 3, "b1": 2}
     assert b.routes.drain() is None
+
+
+def test_followers_hear_health_results_and_forced_closes(factories):
+    """A follower (the worker pool) is told of every active health result
+    and every forced close, including the drain timeout's, until it stops
+    following."""
+    b, clock = make(factories, n=2, drain_timeout=5.0)
+    heard = []
+    unfollow = b.follow(lambda kind, args: heard.append((kind, args)))
+    b.health_result("b0", True, "check passed")
+    b.close_connections("b1", "forced")
+    b.apply(update_backend(b.config, "b0", {"state": "draining"})[0])
+    clock.advance(5)
+    assert heard == [
+        ("health", ("b0", True, "check passed")),
+        ("close", ("b1", "forced")),
+        ("close", ("b0", "drain-timeout")),
+    ]
+    unfollow()
+    b.health_result("b0", False, "check failed: x")
+    assert len(heard) == 3

@@ -78,12 +78,6 @@ def _describe(reason: Any) -> str:
     return text
 
 
-class _Unreachable(Exception):
-    """
-    No endpoint answered a request.
-    """
-
-
 class _Refused(Exception):
     """
     An endpoint answered with an error status.

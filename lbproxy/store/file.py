@@ -99,10 +99,6 @@ def _describe(e: OSError) -> str:
     return f"{e.strerror or e} [{name}]" if name else str(e.strerror or e)
 
 
-def _synchronous(f: Callable[..., Any], *args: Any) -> defer.Deferred:
-    return defer.maybeDeferred(f, *args)
-
-
 @implementer(IConfigStore)
 class FileStore:
     """
