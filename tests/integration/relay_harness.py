@@ -204,15 +204,19 @@ def read_until_closed(port: int) -> bytes:
 
 @pytest_twisted.inlineCallbacks
 def until(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
-    """Wait, without blocking the reactor, until C{predicate()} is true."""
+    """
+    Wait, without blocking the reactor, until C{predicate()} is true.
+
+    @return: a Deferred firing with the seconds waited.
+    """
     from twisted.internet import reactor
 
-    waited = 0.0
+    start = reactor.seconds()
     while not predicate():
-        if waited > timeout:
+        if reactor.seconds() - start > timeout:
             raise AssertionError(f"condition not met within {timeout}s")
         yield task.deferLater(reactor, step, lambda: None)
-        waited += step
+    return reactor.seconds() - start
 
 
 def access_log(add_cleanup: Callable[[Callable[[], Any]], Any]) -> list:
@@ -230,6 +234,17 @@ def access_log(add_cleanup: Callable[[Callable[[], Any]], Any]) -> list:
     globalLogPublisher.addObserver(observe)
     add_cleanup(lambda: globalLogPublisher.removeObserver(observe))
     return records
+
+
+def names(port: int, n: int) -> list[bytes]:
+    """Open C{n} connections one after another; the first line of each
+    (a L{Named} backend's name)."""
+    out = []
+    for _ in range(n):
+        s = client(port)
+        out.append(read_line(s))
+        s.close()
+    return out
 
 
 def read_line(s: socket.socket) -> bytes:

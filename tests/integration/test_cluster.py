@@ -25,19 +25,14 @@ from lbproxy.config import Backend, Config, ProxySettings, StoreError, VersionCo
 from lbproxy.control import ConfigController
 from lbproxy.proxy import ProxyFactory
 from lbproxy.store.etcd import EtcdStore
+from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
 
-async def until(predicate, timeout=15.0, step=0.005):
-    """Wait without blocking the reactor until C{predicate()} holds; return the seconds waited."""
-    start = reactor.seconds()
-    while not predicate():
-        if reactor.seconds() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await task.deferLater(reactor, step, lambda: None)
-    return reactor.seconds() - start
-
+def until(predicate, timeout=15.0, step=0.005):
+    """Wait without blocking the reactor; see L{relay_harness.until}."""
+    return h.until(predicate, timeout, step)
 
 def figure(name, value, unit="ms"):
     print(f"FIGURE {name}={value:.0f}{unit}")

@@ -11,23 +11,19 @@ import json
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from lbproxy.tap import Options, makeService
 from tests.etcdtools import EtcdCluster
+from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
 
-async def until(predicate, timeout=15.0, step=0.01):
-    """Wait without blocking the reactor until C{predicate()} holds."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await task.deferLater(reactor, step, lambda: None)
-
+def until(predicate, timeout=15.0, step=0.01):
+    """Wait without blocking the reactor; see L{relay_harness.until}."""
+    return h.until(predicate, timeout, step)
 
 class Echo(protocol.Protocol):
     def dataReceived(self, data):

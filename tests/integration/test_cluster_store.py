@@ -13,20 +13,16 @@ from twisted.internet import defer, reactor, task
 
 from lbproxy.config import Backend, Config, StoreError, VersionConflict, add_backend
 from lbproxy.store.etcd import EtcdStore
+from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
 SEED = Config(version=1, backends=(Backend(id="b1", host="127.0.0.1", port=9001),))
 
 
-async def until(predicate, timeout=10.0, step=0.01):
-    """Wait without blocking the reactor until C{predicate()} holds."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await task.deferLater(reactor, step, lambda: None)
-
+def until(predicate, timeout=10.0, step=0.01):
+    """Wait without blocking the reactor; see L{relay_harness.until}."""
+    return h.until(predicate, timeout, step)
 
 @pytest.fixture
 def stores():

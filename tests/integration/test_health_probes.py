@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import protocol, reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from lbproxy.balancer import Balancer
 from lbproxy.config import Backend, Config, HealthCheck
 from lbproxy.health import HealthChecker
+from tests.integration import relay_harness as h
 
 pytestmark = pytest.mark.integration
 
 
-@defer.inlineCallbacks
 def until(predicate, timeout=10.0, step=0.02):
-    """Wait, without blocking the reactor, until C{predicate()} is true."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        yield task.deferLater(reactor, step, lambda: None)
-
+    """Wait without blocking the reactor; see L{relay_harness.until}."""
+    return h.until(predicate, timeout, step)
 
 class Status(Resource):
     isLeaf = True

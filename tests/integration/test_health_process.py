@@ -18,6 +18,7 @@ from lbproxy.balancer import Balancer
 from lbproxy.config import Backend, Config, HealthCheck, Outlier, StrategyChoice
 from lbproxy.health import HealthChecker
 from lbproxy.proxy import ProxyFactory
+from tests.integration import relay_harness as h
 
 pytestmark = pytest.mark.integration
 
@@ -82,15 +83,9 @@ def bounded(d, seconds):
     return d.addTimeout(seconds, reactor)
 
 
-@defer.inlineCallbacks
 def until(predicate, timeout=10.0, step=0.02):
-    """Wait, without blocking the reactor, until C{predicate()} is true."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        yield task.deferLater(reactor, step, lambda: None)
-
+    """Wait without blocking the reactor; see L{relay_harness.until}."""
+    return h.until(predicate, timeout, step)
 
 class Streamer(protocol.Protocol):
     """A client: learns its backend from the greeting, then streams a

@@ -130,15 +130,7 @@ def test_dead_backend_costs_only_a_retry(engine, factories, cleanup):
     balancer = h.make_balancer(reactor, factories, [h.dead_port(), live.getHost().port])
     port = start(engine, balancer, cleanup)
 
-    def run():
-        names = []
-        for _ in range(10):
-            s = h.client(port)
-            names.append(h.read_line(s))
-            s.close()
-        return names
-
-    names = yield deferToThread(run)
+    names = yield deferToThread(h.names, port, 10)
     assert names == [b"live\n"] * 10
     assert balancer.pool.stats["b1"].failures >= 1
     assert balancer.totals.connect_failures == balancer.pool.stats["b1"].failures

@@ -131,16 +131,8 @@ def test_config_change_reaches_every_worker(pool_of):
         )
         balancer.apply(new)
 
-        def names():
-            out = []
-            for _ in range(20):
-                s = h.client(pool.port)
-                out.append(h.read_line(s))
-                s.close()
-            return out
-
         yield task.deferLater(reactor, 0.3, lambda: None)
-        got = yield deferToThread(names)
+        got = yield deferToThread(h.names, pool.port, 20)
         assert got == [b"b\n"] * 20
         yield until(lambda: sum(w.stats["totals"]["accepted"] for w in pool.workers) == 20)
         assert all(w.stats["totals"]["accepted"] for w in pool.workers)
@@ -181,22 +173,14 @@ def test_health_results_reach_workers_and_restarted_ones(pool_of):
         while balancer.pool.health["b1"].healthy:
             balancer.health_result("b1", False, "check failed: test")
 
-        def names():
-            out = []
-            for _ in range(20):
-                s = h.client(pool.port)
-                out.append(h.read_line(s))
-                s.close()
-            return out
-
         yield task.deferLater(reactor, 0.3, lambda: None)
-        assert (yield deferToThread(names)) == [b"b\n"] * 20
+        assert (yield deferToThread(h.names, pool.port, 20)) == [b"b\n"] * 20
 
         victim = pool.workers[1]
         os.kill(victim.pid, signal.SIGKILL)
         yield victim.ended
         yield until(lambda: pool.workers[1] is not None and pool.workers[1].stats is not None)
-        assert (yield deferToThread(names)) == [b"b\n"] * 20
+        assert (yield deferToThread(h.names, pool.port, 20)) == [b"b\n"] * 20
         yield until(lambda: pool.workers[1].stats["totals"]["accepted"] > 0)
     finally:
         yield a.stopListening()
