@@ -5,7 +5,7 @@ How many config changes per second the embedded file store makes durable.
     PYTHONPATH=. .venv/bin/python bench/store_rate.py            # 200 saves of a 10-backend config
     PYTHONPATH=. .venv/bin/python bench/store_rate.py --backends 1000 --saves 50
 
-Runs L{lbproxy.store.file.FileStore.save} back to back on a real reactor,
+Runs L{lbproxy.control.store.file.FileStore.save} back to back on a real reactor,
 each save a new config version (the same path an API change takes: a
 thread-pool write with fsync of the file and of the directory), and prints
 saves per second and the median/p99 latency of one save, and the median
@@ -30,8 +30,8 @@ import time
 def run(directory: str, backends: int, saves: int) -> dict:
     from twisted.internet import defer, reactor
 
-    from lbproxy.config import Backend, Config
-    from lbproxy.store.file import FileStore, encode
+    from lbproxy.model.config import Backend, Config
+    from lbproxy.control.store.file import FileStore, encode
 
     store = FileStore(directory, reactor=reactor)
     config = Config(

@@ -4,7 +4,7 @@ The interfaces of lbproxy: what each part promises the others.
 Read this module first.  A connection's path is: a relay engine accepts it,
 asks the L{IBalancer} to admit and route it, connects, relays bytes and
 reports back.  A config change's path is: the admin API validates it into a
-new L{lbproxy.config.Config}, an L{IConfigStore} makes it durable, and the
+new L{lbproxy.model.config.Config}, an L{IConfigStore} makes it durable, and the
 balancer swaps it in.
 """
 
@@ -25,7 +25,7 @@ class IStrategy(Interface):
         """
         Pick a backend for C{client}.
 
-        @param candidates: a non-empty tuple of L{lbproxy.pool.Candidate}, each
+        @param candidates: a non-empty tuple of L{lbproxy.policy.pool.Candidate}, each
             with C{.id}, C{.host}, C{.port}, C{.weight} (the effective
             weight, which slow start may lower) and C{.stats} (live counters:
             C{active}, C{total}, C{failures}, C{connect_ewma},
@@ -70,7 +70,7 @@ class IBalancer(Interface):
     thread.
     """
 
-    settings = Attribute("The L{lbproxy.config.ProxySettings} in force.")
+    settings = Attribute("The L{lbproxy.model.config.ProxySettings} in force.")
 
     def admit():
         """
@@ -84,7 +84,7 @@ class IBalancer(Interface):
 
         @param client: the client's C{(host, port)}.
         @param exclude: ids of backends already tried for this connection.
-        @return: a L{lbproxy.pool.Candidate} or C{None} if no backend is
+        @return: a L{lbproxy.policy.pool.Candidate} or C{None} if no backend is
             available.
         """
 
@@ -119,7 +119,7 @@ class IBalancer(Interface):
         """
         A relayed connection ended.
 
-        @param record: an L{lbproxy.pool.AccessRecord} for the access log.
+        @param record: an L{lbproxy.policy.pool.AccessRecord} for the access log.
         """
 
     def client_failed(record):
@@ -158,6 +158,27 @@ class IRelayedConnection(Interface):
         """
 
 
+class IConfigObserver(Interface):
+    """
+    A part of the running process that must follow the config document:
+    health checking, the worker pool, cluster code, the admin feed.
+
+    This is the control plane's one way of saying "the document changed";
+    nothing follows config changes by filtering the UI's event feed.
+    """
+
+    def applied(old, new):
+        """
+        A new config document is in force (it is durable and the balancer
+        has swapped it in).  Called on the reactor thread, in the order the
+        versions were applied; an observer that raises is logged and does
+        not stop the others.
+
+        @param old: the L{lbproxy.model.config.Config} before.
+        @param new: the L{lbproxy.model.config.Config} now in force.
+        """
+
+
 class IConfigStore(Interface):
     """
     Durable storage for the one config document.
@@ -165,7 +186,7 @@ class IConfigStore(Interface):
 
     def load():
         """
-        @return: a Deferred firing with the stored L{lbproxy.config.Config},
+        @return: a Deferred firing with the stored L{lbproxy.model.config.Config},
             or C{None} if the store is empty.
         """
 
@@ -174,8 +195,8 @@ class IConfigStore(Interface):
         Store C{config} if the stored version is still C{expected_version}.
 
         @return: a Deferred that fires once the write is durable, or fails
-            with L{lbproxy.config.VersionConflict} or
-            L{lbproxy.config.StoreError}.
+            with L{lbproxy.model.config.VersionConflict} or
+            L{lbproxy.model.config.StoreError}.
         """
 
     def watch(callback):

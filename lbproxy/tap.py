@@ -19,7 +19,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from lbproxy.config import (
+from lbproxy.model.config import (
     Config,
     ConfigError,
     ProxySettings,
@@ -157,7 +157,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         import json
 
-        from lbproxy.plugins import build_strategy, strategy_factories
+        from lbproxy.policy.plugins import build_strategy, strategy_factories
 
         _check_endpoint(self["listen"], "--listen")
         _check_endpoint(self["admin"], "--admin")
@@ -193,7 +193,7 @@ class Options(usage.Options):
             check_unique(backends)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        from lbproxy.health import settings_from_options
+        from lbproxy.health.checker import settings_from_options
 
         self["seed"] = Config(
             version=1, backends=backends, strategy=choice, **settings_from_options(self)
@@ -258,8 +258,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
     if reactor is None:
         from twisted.internet import reactor
-    from lbproxy.balancer import Balancer
-    from lbproxy.control import ConfigController
+    from lbproxy.policy.balancer import Balancer
+    from lbproxy.control.controller import ConfigController
 
     # -- the demo's backends listen first, so the seed config has their ports
     demo = None
@@ -268,7 +268,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
         demo = start_demo_backends(options, reactor)
 
-    # -- config store and initial config (durable store: lbproxy/store/)
+    # -- config store and initial config (durable store: lbproxy/control/store/)
     if options.get("etcd-endpoints"):
         store, config = _etcd_store(options, reactor), options["seed"]
     else:
@@ -283,8 +283,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top.controller = controller
     _BalancerService(balancer).setServiceParent(top)
 
-    # -- the proxy listener (relay engines: lbproxy/proxy.py); in cluster
-    # mode it starts only once the config came from etcd (lbproxy/cluster.py)
+    # -- the proxy listener (relay engines: lbproxy/relay/twisted_engine.py); in cluster
+    # mode it starts only once the config came from etcd (lbproxy/control/cluster.py)
     listening = _cluster_gate(options, top, store, reactor) if options.get("etcd-endpoints") else top
     _proxy_service(options, balancer, reactor).setServiceParent(listening)
 
@@ -299,11 +299,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
     admin = admin_service(options, top, reactor)
     if getattr(top, "membership", None) is not None:
-        from lbproxy.cluster import mount_admin
+        from lbproxy.control.cluster import mount_admin
 
         mount_admin(admin, top.membership, options["admin"], top.getServiceNamed("admin"))
 
-    # -- active health checks (lbproxy/health.py)
+    # -- active health checks (lbproxy/health/checker.py)
     _health_service(balancer, reactor).setServiceParent(top)
 
     return top
@@ -314,9 +314,9 @@ def _open_store(options: Options, reactor: Any) -> tuple[Any, Config]:
     Open the store and pick the initial config; a store that cannot be used
     stops twistd with a one-line reason, not a traceback.
     """
-    from lbproxy.config import StoreError
-    from lbproxy.plugins import build_strategy
-    from lbproxy.store import open_store
+    from lbproxy.model.config import StoreError
+    from lbproxy.policy.plugins import build_strategy
+    from lbproxy.control.store import open_store
 
     flags = [
         flag
@@ -346,7 +346,7 @@ def _check_cluster(options: Options) -> None:
     """
     import re
 
-    from lbproxy.store.etcd import parse_prefix, parse_store_spec
+    from lbproxy.control.store.etcd import parse_prefix, parse_store_spec
 
     options["etcd-endpoints"] = None
     if options["store"] is not None:
@@ -363,14 +363,14 @@ def _check_cluster(options: Options) -> None:
             f"--node-name must be 1-64 letters, digits, '.', '_' or '-', not {name!r}"
         )
     if name is None and options["store"] is not None:
-        from lbproxy.cluster import default_node_name
+        from lbproxy.control.cluster import default_node_name
 
         name = default_node_name(options["admin"])
     options["node"] = name
 
 
 def _etcd_store(options: Options, reactor: Any) -> Any:
-    from lbproxy.store.etcd import EtcdStore
+    from lbproxy.control.store.etcd import EtcdStore
 
     return EtcdStore(options["etcd-endpoints"], options["store-prefix"], reactor=reactor)
 
@@ -380,7 +380,7 @@ def _cluster_gate(options: Options, top: MultiService, store: Any, reactor: Any)
     The service that loads the config from etcd (retrying while it is
     unreachable), then starts the proxy listener and registers this node.
     """
-    from lbproxy.cluster import LoadThenServe, Membership, admin_url
+    from lbproxy.control.cluster import LoadThenServe, Membership, admin_url
 
     gate = LoadThenServe(store, top.balancer, options["seed"], reactor=reactor)
     gate.setName("cluster")
@@ -392,7 +392,7 @@ def _cluster_gate(options: Options, top: MultiService, store: Any, reactor: Any)
 
 
 def _health_service(balancer: Any, reactor: Any) -> Service:
-    from lbproxy.health import HealthChecker
+    from lbproxy.health.checker import HealthChecker
 
     return HealthChecker(balancer, reactor)
 
@@ -402,7 +402,7 @@ def _check_engine(options: Options) -> None:
     Resolve C{--engine auto} and check C{--engine}/C{--workers} against the
     platform and the listen endpoint.
     """
-    from lbproxy.fastrelay import available, parse_tcp_endpoint
+    from lbproxy.relay.fast_engine import available, parse_tcp_endpoint
 
     engine = options["engine"]
     if engine not in ("auto", "fast", "twisted"):
@@ -424,16 +424,16 @@ def _check_engine(options: Options) -> None:
 
 
 def _proxy_service(options: Options, balancer: Any, reactor: Any) -> Service:
-    from lbproxy.proxy import ProxyFactory
+    from lbproxy.relay.twisted_engine import ProxyFactory
 
     if options.get("workers", 1) > 1:
-        from lbproxy.workers import WorkerPool
+        from lbproxy.control.workers import WorkerPool
 
         pool = WorkerPool(options, balancer, reactor)
         pool.setName("proxy")
         return pool
     if options.get("engine") == "fast":
-        from lbproxy.fastrelay import FastRelayService
+        from lbproxy.relay.fast_engine import FastRelayService
 
         host, port, backlog = options["listen-tcp"]
         fast = FastRelayService(balancer, host, port, backlog, reactor=reactor)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from lbproxy.plugins import strategy_factories
+from lbproxy.policy.plugins import strategy_factories
 
 
 @pytest.fixture(scope="session")

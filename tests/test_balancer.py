@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import (
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import (
     Backend,
     Config,
     ConfigError,
@@ -22,7 +22,7 @@ from lbproxy.config import (
     update_backend,
 )
 from lbproxy.interfaces import IBalancer, IRelayedConnection
-from lbproxy.pool import AccessRecord
+from lbproxy.policy.pool import AccessRecord
 
 
 @implementer(IRelayedConnection)

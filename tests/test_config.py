@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from lbproxy.config import (
+from lbproxy.model.config import (
     Config,
     ConfigError,
     StrategyChoice,

@@ -16,7 +16,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from lbproxy.config import Config
+from lbproxy.model.config import Config
 from lbproxy.demo.api import DemoAPI
 from lbproxy.demo.backend import DemoBackend, DemoRequest
 from lbproxy.demo.service import DEMO_HEALTH_CHECK, Demo, check_demo_options

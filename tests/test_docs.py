@@ -113,8 +113,8 @@ def test_capacity_page_has_measured_figures(built):
 def test_config_example_is_valid():
     """The example config document in the docs parses and names a strategy
     that exists."""
-    from lbproxy.config import parse_config
-    from lbproxy.plugins import build_strategy, strategy_factories
+    from lbproxy.model.config import parse_config
+    from lbproxy.policy.plugins import build_strategy, strategy_factories
 
     config = parse_config(json.loads((DOCS / "examples" / "config.json").read_text()))
     build_strategy(config.strategy, strategy_factories())

@@ -12,11 +12,11 @@ from twisted.internet import task
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config
 from lbproxy.interfaces import IRelayedConnection
-from lbproxy.plugins import strategy_factories
-from lbproxy.pool import AccessRecord
+from lbproxy.policy.plugins import strategy_factories
+from lbproxy.policy.pool import AccessRecord
 
 
 @implementer(IRelayedConnection)

@@ -1,5 +1,5 @@
 """
-Unit tests of L{lbproxy.store.etcd.EtcdStore}: what it sends to etcd's JSON
+Unit tests of L{lbproxy.control.store.etcd.EtcdStore}: what it sends to etcd's JSON
 gateway, how it reads the answers, and its compare-and-swap and watch state
 machine, with a fake HTTP client and a fake clock for the cases a real etcd
 cannot produce on demand (a stream cut mid-line, a compaction exactly
@@ -19,9 +19,9 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from lbproxy.config import Backend, Config, StoreError, VersionConflict, add_backend
+from lbproxy.model.config import Backend, Config, StoreError, VersionConflict, add_backend
 from lbproxy.interfaces import IConfigStore
-from lbproxy.store.etcd import EtcdStore, b64, parse_prefix, parse_store_spec, prefix_end
+from lbproxy.control.store.etcd import EtcdStore, b64, parse_prefix, parse_store_spec, prefix_end
 
 SEED = Config(version=1, backends=(Backend(id="b1", host="127.0.0.1", port=9001),))
 V2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})

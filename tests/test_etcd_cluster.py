@@ -1,5 +1,5 @@
 """
-Unit tests of cluster mode's pieces (L{lbproxy.cluster}) and its command
+Unit tests of cluster mode's pieces (L{lbproxy.control.cluster}) and its command
 line: the startup gate, lease membership and C{GET /api/v1/nodes}, with
 fake stores, a fake HTTP client and a fake clock.
 """
@@ -16,10 +16,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from lbproxy.balancer import Balancer
-from lbproxy.cluster import LoadThenServe, Membership, NodesAPI, admin_url
-from lbproxy.config import Backend, Config, StoreError, VersionConflict
-from lbproxy.store.etcd import EtcdStore
+from lbproxy.policy.balancer import Balancer
+from lbproxy.control.cluster import LoadThenServe, Membership, NodesAPI, admin_url
+from lbproxy.model.config import Backend, Config, StoreError, VersionConflict
+from lbproxy.control.store.etcd import EtcdStore
 from lbproxy.tap import Options
 from tests.test_etcd import FakeClient
 
@@ -113,7 +113,7 @@ def test_gate_does_not_serve_a_config_it_cannot_apply(factories):
     """
     from dataclasses import replace
 
-    from lbproxy.config import StrategyChoice
+    from lbproxy.model.config import StrategyChoice
 
     alien = replace(STORED, strategy=StrategyChoice("no-such-strategy"))
     store = ScriptedStore([alien, STORED])

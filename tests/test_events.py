@@ -5,7 +5,7 @@ recorder's batches.
 
 from __future__ import annotations
 
-from lbproxy.events import EventBus, RouteRecorder
+from lbproxy.control.events import EventBus, RouteRecorder
 
 
 def test_since_resumes_or_asks_for_resync():

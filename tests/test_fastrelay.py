@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ep
 def _relay():
     from twisted.internet.task import Clock
 
-    from lbproxy.fastrelay import FastRelay, Relay
+    from lbproxy.relay.fast_engine import FastRelay, Relay
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -70,7 +70,7 @@ def test_relay_is_a_relayed_connection():
 def test_parse_tcp_endpoint(description, expected):
     """Only plain tcp/tcp6 endpoints are the fast engine's to own; anything
     else (unix, TLS, garbage) says so with None."""
-    from lbproxy.fastrelay import parse_tcp_endpoint
+    from lbproxy.relay.fast_engine import parse_tcp_endpoint
 
     assert parse_tcp_endpoint(description) == expected
 

@@ -1,5 +1,5 @@
 """
-The active checker, L{lbproxy.health.HealthChecker}, on a
+The active checker, L{lbproxy.health.checker.HealthChecker}, on a
 L{MemoryReactorClock} (TCP and send/expect probes) and on
 L{treq.testing.StubTreq} (HTTP probes): what each probe kind reports, the
 per-probe timeout, the spread of probes over the interval, and how the loops
@@ -20,10 +20,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config, HealthCheck
-from lbproxy.health import HealthChecker
-from lbproxy.plugins import strategy_factories
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config, HealthCheck
+from lbproxy.health.checker import HealthChecker
+from lbproxy.policy.plugins import strategy_factories
 
 TCP = HealthCheck(type="tcp", interval=2.0, timeout=1.0, rise=1, fall=1)
 

@@ -11,8 +11,8 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import (
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import (
     Backend,
     Config,
     ConfigError,
@@ -22,10 +22,10 @@ from lbproxy.config import (
     update_backend,
     update_settings,
 )
-from lbproxy.control import ConfigController
-from lbproxy.health import HealthChecker
-from lbproxy.plugins import strategy_factories
-from lbproxy.store.memory import MemoryStore
+from lbproxy.control.controller import ConfigController
+from lbproxy.health.checker import HealthChecker
+from lbproxy.policy.plugins import strategy_factories
+from lbproxy.control.store.memory import MemoryStore
 from lbproxy.tap import Options
 
 BAD = [

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config, ConfigError, StrategyChoice, freeze, set_strategy
-from lbproxy.plugins import build_strategy, strategy_factories
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config, ConfigError, StrategyChoice, freeze, set_strategy
+from lbproxy.policy.plugins import build_strategy, strategy_factories
 
 EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "lbproxy_lowest_port.py"
 
@@ -77,7 +77,7 @@ def test_broken_plugin_module_does_not_hide_others(plugin_dir):
 def test_duplicate_name_keeps_the_first(plugin_dir):
     """A plugin reusing a built-in's name does not replace it."""
     (plugin_dir / "lbproxy_dup.py").write_text(
-        "from lbproxy.strategies.builtin import StrategyFactory, RoundRobin\n"
+        "from lbproxy.policy.strategies.builtin import StrategyFactory, RoundRobin\n"
         "dup = StrategyFactory('zz-dup', 'first', RoundRobin)\n"
         "dup2 = StrategyFactory('zz-dup', 'second', RoundRobin)\n"
     )

@@ -1,5 +1,5 @@
 """
-The health policy of L{lbproxy.pool.Pool} as the balancer drives it: active
+The health policy of L{lbproxy.policy.pool.Pool} as the balancer drives it: active
 check rise/fall, passive ejection and its growing period and share cap,
 slow start, the all-down refusal, and one event plus one log line per
 transition.  Time is a L{task.Clock}; nothing touches the network.
@@ -15,9 +15,9 @@ from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config, HealthCheck, Outlier, StrategyChoice
-from lbproxy.pool import AccessRecord, Pool
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config, HealthCheck, Outlier, StrategyChoice
+from lbproxy.policy.pool import AccessRecord, Pool
 
 
 def make(n=2, clock=None, weights=None, **fields):
@@ -28,7 +28,7 @@ def make(n=2, clock=None, weights=None, **fields):
     )
     fields.setdefault("strategy", StrategyChoice("round-robin"))
     config = Config(version=1, backends=backends, **fields)
-    from lbproxy.plugins import strategy_factories
+    from lbproxy.policy.plugins import strategy_factories
 
     return Balancer(config, strategy_factories(), reactor=clock), clock
 
@@ -150,7 +150,7 @@ def test_all_backends_down_refuses_clients_at_once_and_counts_them():
     """With every backend down, route() returns None and counts
     C{no_backend}; the relay aborts the client at once without any connect
     attempt (the documented all-down behaviour)."""
-    from lbproxy.proxy import FrontendProtocol
+    from lbproxy.relay.twisted_engine import FrontendProtocol
 
     b, clock = make(health_check=CHECK)
     b.health_result("b1", False, "check failed: x")
@@ -184,7 +184,7 @@ def fail(b, bid, n, how="connect"):
 
 
 def _any_candidate(b, bid):
-    from lbproxy.pool import Candidate
+    from lbproxy.policy.pool import Candidate
 
     backend = b.config.backend(bid)
     return Candidate(backend, float(backend.weight), b.pool.stats[bid])
@@ -426,7 +426,7 @@ def test_each_transition_is_one_event_and_one_log_line_with_reason():
     lines = []
 
     def observe(event):
-        if event.get("log_namespace") == "lbproxy.balancer" and "backend" in event:
+        if event.get("log_namespace") == "lbproxy.policy.balancer" and "backend" in event:
             lines.append((event["backend"], event["state"], event["reason"]))
 
     globalLogPublisher.addObserver(observe)
@@ -473,7 +473,7 @@ def _relay(outlier=OUTLIER):
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock
 
-    from lbproxy.proxy import FrontendProtocol
+    from lbproxy.relay.twisted_engine import FrontendProtocol
 
     reactor = MemoryReactorClock()
     b, _ = make(n=1, clock=reactor, outlier=outlier)

@@ -12,10 +12,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config, ProxySettings
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config, ProxySettings
 from lbproxy.interfaces import IRelayedConnection
-from lbproxy.proxy import ProxyFactory
+from lbproxy.relay.twisted_engine import ProxyFactory
 
 
 class HalfCloseTransport(StringTransport):
@@ -136,7 +136,7 @@ def test_half_close_passes_through(factories):
 def test_proxy_protocol_header_precedes_data(factories):
     """A backend flagged v2 gets the binary PROXY header with the client's
     address before any relayed byte."""
-    from lbproxy.proxyprotocol import header_v2
+    from lbproxy.relay.proxyprotocol import header_v2
 
     reactor, balancer, factory = setup(factories, proxy_protocol="v2")
     proto, client = accept(factory)

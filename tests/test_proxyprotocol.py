@@ -9,7 +9,7 @@ import ipaddress
 import pytest
 from twisted.protocols.haproxy import _v1parser, _v2parser
 
-from lbproxy.proxyprotocol import header, header_v1, header_v2
+from lbproxy.relay.proxyprotocol import header, header_v1, header_v2
 
 
 def test_v1_ipv4():

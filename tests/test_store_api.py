@@ -14,8 +14,8 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from lbproxy.config import Backend, Config
-from lbproxy.store.file import FileStore, decode
+from lbproxy.model.config import Backend, Config
+from lbproxy.control.store.file import FileStore, decode
 from tests.test_store_file import SpyOS
 from tests.webtools import Admin
 

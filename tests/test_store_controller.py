@@ -1,5 +1,5 @@
 """
-The config change path of L{lbproxy.control.ConfigController} over the file
+The config change path of L{lbproxy.control.controller.ConfigController} over the file
 store: validate, make durable, then apply.
 """
 
@@ -10,11 +10,11 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from lbproxy import config as cfg
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config, ConfigError, StrategyChoice, VersionConflict
-from lbproxy.control import ConfigController
-from lbproxy.store.file import FileStore
+from lbproxy.model import config as cfg
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config, ConfigError, StrategyChoice, VersionConflict
+from lbproxy.control.controller import ConfigController
+from lbproxy.control.store.file import FileStore
 
 START = Config(version=0, backends=(Backend("b1", "127.0.0.1", 9001), Backend("b2", "127.0.0.1", 9002)))
 

@@ -1,5 +1,5 @@
 """
-Unit tests of the embedded config store, L{lbproxy.store.file.FileStore}:
+Unit tests of the embedded config store, L{lbproxy.control.store.file.FileStore}:
 real files in a temporary directory, writes run synchronously, faults
 injected through an C{os} stand-in that records and forwards calls.
 """
@@ -18,9 +18,9 @@ from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from lbproxy import config as cfg
-from lbproxy.balancer import Balancer
-from lbproxy.config import (
+from lbproxy.model import config as cfg
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import (
     Backend,
     Config,
     HealthCheck,
@@ -29,10 +29,10 @@ from lbproxy.config import (
     VersionConflict,
     freeze,
 )
-from lbproxy.control import ConfigController
+from lbproxy.control.controller import ConfigController
 from lbproxy.interfaces import IConfigStore
-from lbproxy.store import file as filestore
-from lbproxy.store.file import FileStore, checksum, decode, encode
+from lbproxy.control.store import file as filestore
+from lbproxy.control.store.file import FileStore, checksum, decode, encode
 
 
 class SpyOS:

@@ -16,11 +16,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
 from twisted.python import usage
 
-import lbproxy.store as store_module
-from lbproxy.config import Backend, Config, StrategyChoice
-from lbproxy.store import open_store
-from lbproxy.store.file import FileStore, checksum
-from lbproxy.store.memory import MemoryStore
+import lbproxy.control.store as store_module
+from lbproxy.model.config import Backend, Config, StrategyChoice
+from lbproxy.control.store import open_store
+from lbproxy.control.store.file import FileStore, checksum
+from lbproxy.control.store.memory import MemoryStore
 from lbproxy.tap import Options, makeService
 
 SEED = Config(version=1, backends=(Backend("b1", "127.0.0.1", 9001),), strategy=StrategyChoice("random"))

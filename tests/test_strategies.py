@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
-from lbproxy.config import Backend
+from lbproxy.model.config import Backend
 from lbproxy.interfaces import IStrategy, IStrategyFactory
-from lbproxy.plugins import strategy_factories
-from lbproxy.pool import BackendStats, Candidate
-from lbproxy.strategies import builtin
+from lbproxy.policy.plugins import strategy_factories
+from lbproxy.policy.pool import BackendStats, Candidate
+from lbproxy.policy.strategies import builtin
 
 FACTORIES = strategy_factories()
 

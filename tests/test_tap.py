@@ -92,7 +92,7 @@ def test_plugin_module_imports_nothing_of_the_app():
         "names = [p.tapname for p in getPlugins(IServiceMaker, plugins)]\n"
         "assert 'lbproxy' in names, names\n"
         "print(sorted(m for m in sys.modules if m.startswith('lbproxy.') and m not in"
-        " ('lbproxy.strategies', 'lbproxy.strategies.builtin', 'lbproxy.interfaces', 'lbproxy.pool', 'lbproxy.config')))\n"
+        " ('lbproxy.policy.strategies', 'lbproxy.policy.strategies.builtin', 'lbproxy.interfaces', 'lbproxy.policy.pool', 'lbproxy.model.config')))\n"
         "print('twisted.internet.reactor' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer
 
-from lbproxy.config import StoreError
-from lbproxy.store.memory import MemoryStore
+from lbproxy.model.config import StoreError
+from lbproxy.control.store.memory import MemoryStore
 from tests.webtools import Admin, settle
 
 
@@ -165,7 +165,7 @@ class FakeConnection:
 
 
 def _open(admin, backend_id):
-    from lbproxy.pool import AccessRecord
+    from lbproxy.policy.pool import AccessRecord
 
     b = admin.balancer
     assert b.admit()
@@ -354,7 +354,7 @@ def test_store_failure(admin):
 
 def test_store_conflict_without_if_match(admin):
     """A conflict in the store (another writer) without If-Match is 409."""
-    from lbproxy.config import VersionConflict
+    from lbproxy.model.config import VersionConflict
 
     admin.store.save = lambda config, expected: defer.fail(VersionConflict(expected, expected + 1))
     r = admin.request("PATCH", "/api/v1/backends/b1", {"weight": 3})

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lbproxy.pool import AccessRecord
-from lbproxy.stats import StatsSampler
+from lbproxy.policy.pool import AccessRecord
+from lbproxy.policy.stats import StatsSampler
 from tests.webtools import Admin
 
 

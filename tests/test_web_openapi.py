@@ -86,7 +86,7 @@ def test_served_document(factories):
 
 @pytest.mark.parametrize("extension, name", [
     ("lbproxy.demo.api.DemoAPI", "demo"),
-    ("lbproxy.cluster.NodesAPI", "nodes"),
+    ("lbproxy.control.cluster.NodesAPI", "nodes"),
 ])
 def test_mounted_extensions_document_their_routes(factories, extension, name):
     """An extension mounted on the admin app adds each of its Klein routes

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
 from twisted.web.server import Site
 
-from lbproxy.config import add_backend
+from lbproxy.model.config import add_backend
 from tests.webtools import Admin
 
 
@@ -161,7 +161,7 @@ def test_resume_after_last_event_id(admin):
 
 def test_reset_when_history_is_gone(factories):
     """When the events after Last-Event-ID have left the bounded history, the client gets a reset snapshot."""
-    from lbproxy.events import EventBus
+    from lbproxy.control.events import EventBus
 
     admin = Admin(factories)
     admin.balancer.events = EventBus(history=3)

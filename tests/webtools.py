@@ -12,10 +12,10 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config
-from lbproxy.control import ConfigController
-from lbproxy.store.memory import MemoryStore
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config
+from lbproxy.control.controller import ConfigController
+from lbproxy.control.store.memory import MemoryStore
 from lbproxy.web.app import AdminApp
 from lbproxy.web.auth import AdminPolicy
 

@@ -187,7 +187,7 @@ class HelpDirective(SphinxDirective):
 
 class StrategiesDirective(_RstDirective):
     def rst(self) -> list[str]:
-        from lbproxy.plugins import strategy_factories
+        from lbproxy.policy.plugins import strategy_factories
 
         lines: list[str] = []
         for name, factory in sorted(strategy_factories().items()):
@@ -236,9 +236,9 @@ class MetricsDirective(_RstDirective):
     def rst(self) -> list[str]:
         from twisted.internet.task import Clock
 
-        from lbproxy.balancer import Balancer
-        from lbproxy.config import Backend, Config
-        from lbproxy.plugins import strategy_factories
+        from lbproxy.policy.balancer import Balancer
+        from lbproxy.model.config import Backend, Config
+        from lbproxy.policy.plugins import strategy_factories
         from lbproxy.web.metrics import metrics_registry
 
         class Feed:

@@ -16,7 +16,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from lbproxy.config import Backend, Config, HealthCheck, Outlier
+from lbproxy.model.config import Backend, Config, HealthCheck, Outlier
 from lbproxy.demo.backend import DemoBackend
 from lbproxy.demo.users import UserPopulation
 

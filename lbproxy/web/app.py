@@ -5,7 +5,7 @@ balancer.
 Reads come straight from the balancer (on the reactor thread, so always one
 consistent snapshot); every change goes through
 L{ConfigController.change} with one of the pure functions of
-L{lbproxy.config}, so it is validated, made durable and applied in that
+L{lbproxy.model.config}, so it is validated, made durable and applied in that
 order, or refused with nothing changed.
 """
 
@@ -21,7 +21,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import lbproxy
-from lbproxy.config import (
+from lbproxy.model.config import (
     SETTINGS_FIELDS,
     Config,
     ConfigError,
@@ -114,11 +114,11 @@ class AdminApp:
     A store with C{watch_status(callback)} (etcd) also gets a C{store}
     event on the feed each time its availability or node list changes.
 
-    @ivar controller: the L{lbproxy.control.ConfigController} every change
+    @ivar controller: the L{lbproxy.control.controller.ConfigController} every change
         goes through.
-    @ivar balancer: the L{lbproxy.balancer.Balancer} reads come from.
+    @ivar balancer: the L{lbproxy.policy.balancer.Balancer} reads come from.
     @ivar policy: the L{AdminPolicy} for every API request.
-    @ivar stats: the L{lbproxy.stats.StatsSampler} behind C{/api/v1/stats}.
+    @ivar stats: the L{lbproxy.policy.stats.StatsSampler} behind C{/api/v1/stats}.
     @ivar feed: the L{lbproxy.web.sse.EventFeed} behind C{/api/v1/events}.
     """
 
@@ -140,7 +140,7 @@ class AdminApp:
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
-        from lbproxy.stats import StatsSampler
+        from lbproxy.policy.stats import StatsSampler
         from lbproxy.web.metrics import metrics_registry
         from lbproxy.web.sse import EventFeed
 

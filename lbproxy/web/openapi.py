@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import lbproxy
-from lbproxy.config import BACKEND_STATES, CHECK_TYPES
+from lbproxy.model.config import BACKEND_STATES, CHECK_TYPES
 
 _REF = "#/components/schemas/"
 

@@ -4,7 +4,7 @@ The live event feed (C{GET /api/v1/events}, server-sent events).
 Cheap by construction: each event is encoded once and the same bytes go to
 every subscriber; routing decisions reach the feed only as one batched
 C{route} event every C{batch_interval} (drained from the balancer's
-L{lbproxy.events.RouteRecorder}), and that work, the C{stats} events and
+L{lbproxy.control.events.RouteRecorder}), and that work, the C{stats} events and
 the heartbeats run only while someone is subscribed.
 
 A subscriber that stops reading fills its socket buffer; the HTTP channel
@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.events import Event
+from lbproxy.control.events import Event
 from lbproxy.web.errors import ApiError
 
 log = Logger()
@@ -80,7 +80,7 @@ class Subscriber:
 
 class EventFeed:
     """
-    Fans the balancer's L{lbproxy.events.EventBus} out to SSE subscribers,
+    Fans the balancer's L{lbproxy.control.events.EventBus} out to SSE subscribers,
     and publishes the batched C{route} and periodic C{stats} events while
     anyone listens.
 

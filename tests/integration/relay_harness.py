@@ -15,8 +15,8 @@ from twisted.internet import protocol, task
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from zope.interface import classImplements
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config, ProxySettings, StrategyChoice
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config, ProxySettings, StrategyChoice
 
 #: Relay engines the behaviour tests run against.  A new engine registers a
 #: starter here: C{starter(balancer, reactor) -> (port, stop)} where C{stop()}
@@ -25,7 +25,7 @@ ENGINES: dict[str, Callable[[Balancer, Any], tuple[int, Callable[[], Any]]]] = {
 
 
 def _twisted_engine(balancer: Balancer, reactor: Any) -> tuple[int, Callable[[], Any]]:
-    from lbproxy.proxy import ProxyFactory
+    from lbproxy.relay.twisted_engine import ProxyFactory
 
     port = reactor.listenTCP(0, ProxyFactory(balancer, reactor), interface="127.0.0.1")
     return port.getHost().port, port.stopListening
@@ -35,7 +35,7 @@ ENGINES["twisted"] = _twisted_engine
 
 
 def _fast_engine(balancer: Balancer, reactor: Any) -> tuple[int, Callable[[], Any]]:
-    from lbproxy.fastrelay import FastRelay, listening_socket
+    from lbproxy.relay.fast_engine import FastRelay, listening_socket
 
     relay = FastRelay(balancer, listening_socket("127.0.0.1", 0), reactor)
     relay.start()

@@ -15,10 +15,10 @@ import pytest_twisted
 import treq
 from twisted.internet import utils
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config, ProxySettings
-from lbproxy.control import ConfigController
-from lbproxy.store.memory import MemoryStore
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config, ProxySettings
+from lbproxy.control.controller import ConfigController
+from lbproxy.control.store.memory import MemoryStore
 from lbproxy.web import admin_site
 from lbproxy.web.app import AdminApp
 from lbproxy.web.auth import AdminPolicy

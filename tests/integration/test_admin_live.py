@@ -17,10 +17,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 
-from lbproxy.config import ProxySettings
-from lbproxy.control import ConfigController
-from lbproxy.proxy import ProxyFactory
-from lbproxy.store.memory import MemoryStore
+from lbproxy.model.config import ProxySettings
+from lbproxy.control.controller import ConfigController
+from lbproxy.relay.twisted_engine import ProxyFactory
+from lbproxy.control.store.memory import MemoryStore
 from lbproxy.web import admin_site
 from lbproxy.web.app import AdminApp
 from tests.integration.relay_harness import Echo, make_balancer, serve

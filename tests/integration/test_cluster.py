@@ -19,12 +19,12 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.web.server import Site
 
-from lbproxy.balancer import Balancer
-from lbproxy.cluster import LoadThenServe, Membership, NodesAPI
-from lbproxy.config import Backend, Config, ProxySettings, StoreError, VersionConflict, add_backend
-from lbproxy.control import ConfigController
-from lbproxy.proxy import ProxyFactory
-from lbproxy.store.etcd import EtcdStore
+from lbproxy.policy.balancer import Balancer
+from lbproxy.control.cluster import LoadThenServe, Membership, NodesAPI
+from lbproxy.model.config import Backend, Config, ProxySettings, StoreError, VersionConflict, add_backend
+from lbproxy.control.controller import ConfigController
+from lbproxy.relay.twisted_engine import ProxyFactory
+from lbproxy.control.store.etcd import EtcdStore
 from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]

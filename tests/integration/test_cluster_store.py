@@ -11,8 +11,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from lbproxy.config import Backend, Config, StoreError, VersionConflict, add_backend
-from lbproxy.store.etcd import EtcdStore
+from lbproxy.model.config import Backend, Config, StoreError, VersionConflict, add_backend
+from lbproxy.control.store.etcd import EtcdStore
 from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]

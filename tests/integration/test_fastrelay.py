@@ -20,7 +20,7 @@ from twisted.internet import protocol, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 
-from lbproxy.config import ProxySettings
+from lbproxy.model.config import ProxySettings
 from tests.integration import relay_harness as h
 
 pytestmark = [
@@ -35,7 +35,7 @@ until = h.until
 @pytest.fixture
 def fast(factories):
     """Start the fast engine over a balancer; everything stopped after."""
-    from lbproxy.fastrelay import FastRelay, listening_socket
+    from lbproxy.relay.fast_engine import FastRelay, listening_socket
 
     stops = []
 
@@ -128,7 +128,7 @@ class Hold(protocol.Protocol):
 def test_nodelay_on_both_sides(fast):
     """Client sockets (inherited from the listener) and backend sockets
     have TCP_NODELAY, so small writes are not held back by Nagle."""
-    from lbproxy.fastrelay import Relay
+    from lbproxy.relay.fast_engine import Relay
 
     server = h.serve(reactor, Hold, held=[])
     try:
@@ -253,9 +253,9 @@ def test_many_short_connections_leave_nothing_behind(fast):
 def test_backend_by_host_name(factories):
     """A backend given by host name is looked up off the reactor thread,
     then connected like any other."""
-    from lbproxy.balancer import Balancer
-    from lbproxy.config import Backend, Config
-    from lbproxy.fastrelay import FastRelay, listening_socket
+    from lbproxy.policy.balancer import Balancer
+    from lbproxy.model.config import Backend, Config
+    from lbproxy.relay.fast_engine import FastRelay, listening_socket
 
     server = h.serve(reactor, h.Named, name="by-name")
     balancer = Balancer(

@@ -12,9 +12,9 @@ from twisted.internet import protocol, reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config, HealthCheck
-from lbproxy.health import HealthChecker
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config, HealthCheck
+from lbproxy.health.checker import HealthChecker
 from tests.integration import relay_harness as h
 
 pytestmark = pytest.mark.integration

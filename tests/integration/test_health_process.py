@@ -14,10 +14,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Backend, Config, HealthCheck, Outlier, StrategyChoice
-from lbproxy.health import HealthChecker
-from lbproxy.proxy import ProxyFactory
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Backend, Config, HealthCheck, Outlier, StrategyChoice
+from lbproxy.health.checker import HealthChecker
+from lbproxy.relay.twisted_engine import ProxyFactory
 from tests.integration import relay_harness as h
 
 pytestmark = pytest.mark.integration

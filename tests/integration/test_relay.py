@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 
-from lbproxy.config import ProxySettings, remove_backend
+from lbproxy.model.config import ProxySettings, remove_backend
 from tests.integration import relay_harness as h
 from tests.integration.relay_harness import until
 

@@ -14,8 +14,8 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 
-from lbproxy.config import Backend, Config, StrategyChoice
-from lbproxy.workers import WorkerPool
+from lbproxy.model.config import Backend, Config, StrategyChoice
+from lbproxy.control.workers import WorkerPool
 from tests.integration import relay_harness as h
 
 pytestmark = [

@@ -1,4 +1,4 @@
-from lbproxy.strategies.builtin import (
+from lbproxy.policy.strategies.builtin import (
     firstAvailable,
     leastConnections,
     leastResponseTime,

@@ -2,7 +2,7 @@
 The runtime pool: live counters, health state and the routing candidates.
 
 Everything here is policy without I/O.  The config (what the operator asked
-for) is an immutable L{lbproxy.config.Config}; this module adds what only
+for) is an immutable L{lbproxy.model.config.Config}; this module adds what only
 the running process knows (health, ejections, slow start, counters) and
 derives from both one immutable tuple of L{Candidate}s that strategies
 choose from.  That tuple is rebuilt and swapped whole whenever an input
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from lbproxy.config import Backend, Config
+from lbproxy.model.config import Backend, Config
 
 #: Share of full weight that a backend in slow start begins with.
 SLOW_START_FLOOR = 0.1

@@ -4,7 +4,7 @@ An L{IConfigStore} on etcd v3, so several lbproxy nodes share one config.
 It speaks etcd's JSON gateway (C{/v3/...}) over HTTP: keys and values are
 base64, 64-bit integers arrive as strings and fields at their default value
 are left out.  The config document lives at C{PREFIX/config}; member nodes
-register under C{PREFIX/nodes/} (L{lbproxy.cluster}).
+register under C{PREFIX/nodes/} (L{lbproxy.control.cluster}).
 
 Writes are compare-and-swap on the key's C{mod_revision}, so two nodes
 editing at once cannot lose an update: the loser gets L{VersionConflict}.
@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.config import Config, ConfigError, StoreError, VersionConflict, parse_config
+from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict, parse_config
 from lbproxy.interfaces import IConfigStore
 
 log = Logger()

@@ -29,7 +29,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.config import Config, ConfigError, StoreError, VersionConflict, parse_config
+from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict, parse_config
 from lbproxy.interfaces import IConfigStore
 
 log = Logger()

@@ -10,7 +10,7 @@ batch of socket events costs the reactor one C{doRead}, and connection
 setup is one C{accept}, one C{socket} and one C{connect_ex}.  The reactor
 stays in charge: there is no second loop and no thread.
 
-The policy is the same as L{lbproxy.proxy}'s: every accepted connection
+The policy is the same as L{lbproxy.relay.twisted_engine}'s: every accepted connection
 goes through L{IBalancer} (admit, route with retries that exclude tried
 backends, connect timeout, PROXY protocol header, counters, access record
 outcomes).  Backpressure: while one direction has unsent bytes its source
@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lbproxy.interfaces import IBalancer, IRelayedConnection
-from lbproxy.pool import AccessRecord, Candidate
-from lbproxy.proxyprotocol import header
+from lbproxy.policy.pool import AccessRecord, Candidate
+from lbproxy.relay.proxyprotocol import header
 
 log = Logger()
 

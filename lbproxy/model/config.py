@@ -106,7 +106,7 @@ class Outlier:
 class Backend:
     """
     One backend as configured.  Its health is runtime state and lives in
-    L{lbproxy.pool.Pool}, not here.
+    L{lbproxy.policy.pool.Pool}, not here.
     """
 
     id: str
@@ -385,7 +385,7 @@ def parse_backend(value: Any, what: str = "backend", backend_id: str | None = No
 def parse_strategy(value: Any, what: str = "strategy") -> StrategyChoice:
     """
     Parse the shape of a strategy choice.  Whether the plugin exists and the
-    options fit its schema is checked by L{lbproxy.plugins.build_strategy}.
+    options fit its schema is checked by L{lbproxy.policy.plugins.build_strategy}.
     """
     obj = _expect_object(value, what)
     _unknown(obj, {"name", "options"}, what)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from twisted.logger import Logger
 
-from lbproxy.config import Config
+from lbproxy.model.config import Config
 from lbproxy.interfaces import IConfigStore
 
 log = Logger()
@@ -34,11 +34,11 @@ def open_store(
         C{["--backend", "--strategy"]}), named in the warning when a stored
         config overrides them.
     @return: C{(store, config)}.
-    @raise lbproxy.config.StoreError: if the store holds a config but
+    @raise lbproxy.model.config.StoreError: if the store holds a config but
         neither its file nor the previous version is usable.
     """
     if state_dir is None:
-        from lbproxy.store.memory import MemoryStore
+        from lbproxy.control.store.memory import MemoryStore
 
         log.warn(
             "no --state-dir: the config lives in memory only, and changes made "
@@ -46,7 +46,7 @@ def open_store(
         )
         return MemoryStore(seed), seed
 
-    from lbproxy.store.file import FileStore
+    from lbproxy.control.store.file import FileStore
 
     store = FileStore(state_dir, reactor=reactor)
     stored = store.read()

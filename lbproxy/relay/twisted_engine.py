@@ -24,8 +24,8 @@ from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from zope.interface import implementer
 
 from lbproxy.interfaces import IBalancer, IRelayedConnection
-from lbproxy.pool import AccessRecord, Candidate
-from lbproxy.proxyprotocol import header
+from lbproxy.policy.pool import AccessRecord, Candidate
+from lbproxy.relay.proxyprotocol import header
 
 
 def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:

@@ -26,8 +26,8 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from lbproxy.config import Config, StoreError, VersionConflict
-from lbproxy.store.etcd import EtcdStore, b64, prefix_end, unb64
+from lbproxy.model.config import Config, StoreError, VersionConflict
+from lbproxy.control.store.etcd import EtcdStore, b64, prefix_end, unb64
 
 log = Logger()
 

@@ -10,7 +10,7 @@ from typing import Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from lbproxy.config import Config, VersionConflict
+from lbproxy.model.config import Config, VersionConflict
 from lbproxy.interfaces import IConfigStore
 
 

@@ -16,7 +16,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from lbproxy.interfaces import IStrategy, IStrategyFactory
-from lbproxy.pool import Candidate
+from lbproxy.policy.pool import Candidate
 
 Candidates = Sequence[Candidate]
 

@@ -16,9 +16,9 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from lbproxy.balancer import Balancer
-from lbproxy.config import Config, StoreError, VersionConflict
-from lbproxy.interfaces import IConfigStore
+from lbproxy.policy.balancer import Balancer
+from lbproxy.model.config import Config, StoreError, VersionConflict
+from lbproxy.interfaces import IConfigObserver, IConfigStore
 
 log = Logger()
 
@@ -35,7 +35,29 @@ class ConfigController:
         self.balancer = balancer
         self.store = store
         self._lock = defer.DeferredLock()
+        self._observers: list[IConfigObserver] = []
         self._unwatch = store.watch(self._changed_elsewhere)
+
+    def observe(self, observer: IConfigObserver) -> Callable[[], None]:
+        """
+        Tell C{observer} of every config applied from now on.
+
+        @return: a callable that stops telling it.
+        """
+        self._observers.append(observer)
+
+        def stop() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return stop
+
+    def _applied(self, old: Config, new: Config) -> None:
+        for observer in tuple(self._observers):
+            try:
+                observer.applied(old, new)
+            except Exception:
+                log.failure("config observer {observer!r} failed on version {version}", observer=observer, version=new.version)
 
     @property
     def config(self) -> Config:
@@ -46,7 +68,7 @@ class ConfigController:
         Apply C{mutate} to the current config, durably.
 
         @param mutate: C{config -> (new_config, result)}; may raise
-            L{lbproxy.config.ConfigError} or C{KeyError} to refuse.
+            L{lbproxy.model.config.ConfigError} or C{KeyError} to refuse.
         @param expected_version: if given, refuse with L{VersionConflict}
             unless this is still the current version (C{If-Match}).
         @return: a Deferred firing with C{(new_config, result)}.
@@ -72,6 +94,7 @@ class ConfigController:
             log.failure("config store failed to save version {version}", version=new.version)
             raise StoreError(f"the config store could not save the change: {e}") from e
         self.balancer.apply(new, strategy)
+        self._applied(current, new)
         return (new, result)
 
     def stop(self) -> None:
@@ -86,7 +109,10 @@ class ConfigController:
     def _adopt(self, config: Config) -> None:
         if config.version <= self.balancer.config.version:
             return
+        old = self.balancer.config
         try:
             self.balancer.apply(config)
         except Exception:
             log.failure("cannot apply config version {version} from the store", version=config.version)
+            return
+        self._applied(old, config)

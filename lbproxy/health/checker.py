@@ -2,7 +2,7 @@
 Active health checks: one probe loop per backend, results to the balancer.
 
 The policy (C{rise}/C{fall}, ejection, slow start) lives in
-L{lbproxy.pool.Pool}; this module only probes and reports
+L{lbproxy.policy.pool.Pool}; this module only probes and reports
 C{balancer.health_result(id, ok, reason)}.  Each backend is probed with its
 effective check (its own, else the pool's) every C{interval} seconds, each
 probe bounded by its own C{timeout}, so a slow backend never delays the
@@ -21,7 +21,7 @@ Probe kinds:
     backend answers before the timeout.
 
 When every backend is down (failed checks, ejected, draining or disabled)
-lbproxy refuses new clients at once: L{lbproxy.balancer.Balancer.route}
+lbproxy refuses new clients at once: L{lbproxy.policy.balancer.Balancer.route}
 returns C{None}, the client connection is aborted without trying any
 backend, and it is counted in C{totals.no_backend} (access log outcome
 C{no-backend}).  We chose this over sending clients to the least-bad
@@ -41,7 +41,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy.config import Backend, HealthCheck
+from lbproxy.model.config import Backend, HealthCheck
 
 log = Logger()
 
@@ -230,7 +230,7 @@ class _Loop:
 
 
 def _default_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
-    from lbproxy.proxy import _endpoint
+    from lbproxy.relay.twisted_engine import _endpoint
 
     return _endpoint(reactor, host, port, timeout)
 
@@ -254,7 +254,7 @@ class HealthChecker(Service):
         endpoint: Callable[[Any, str, int, float], Any] = _default_endpoint,
     ) -> None:
         """
-        @param balancer: the L{lbproxy.balancer.Balancer} whose backends to
+        @param balancer: the L{lbproxy.policy.balancer.Balancer} whose backends to
             check and whose C{health_result} takes the results.
         @param http_client: a treq C{HTTPClient} (or C{StubTreq}) for HTTP
             checks; by default one on non-persistent connections.
@@ -381,7 +381,7 @@ def settings_from_options(options: Any) -> dict[str, Any]:
     """
     from twisted.python import usage
 
-    from lbproxy.config import ConfigError, _number, parse_health_check, parse_outlier
+    from lbproxy.model.config import ConfigError, _number, parse_health_check, parse_outlier
 
     def cast(name: str, flag: str, value: str) -> Any:
         caster = _CASTS.get(name)

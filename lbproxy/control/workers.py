@@ -221,7 +221,7 @@ class WorkerPool(Service):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.reactor.spawnProcess(
             protocol, sys.executable,
-            [sys.executable, "-m", "lbproxy.workers", json.dumps(spec)],
+            [sys.executable, "-m", "lbproxy.control.workers", json.dumps(spec)],
             env=env, childFDs={0: "w", 1: "r", 2: 2},
         )
         log.info("worker {index} started as pid {pid}", index=index, pid=protocol.pid)
@@ -362,10 +362,10 @@ def worker_main(spec: dict) -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.protocols.basic import LineReceiver
 
-    from lbproxy.balancer import Balancer
-    from lbproxy.config import ProxySettings, parse_config
-    from lbproxy.fastrelay import FastRelay, listening_socket
-    from lbproxy.plugins import strategy_factories
+    from lbproxy.policy.balancer import Balancer
+    from lbproxy.model.config import ProxySettings, parse_config
+    from lbproxy.relay.fast_engine import FastRelay, listening_socket
+    from lbproxy.policy.plugins import strategy_factories
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     index = spec["index"]
@@ -384,7 +384,7 @@ def worker_main(spec: dict) -> None:
     if spec["engine"] == "fast":
         FastRelay(balancer, sock, reactor).start()
     else:
-        from lbproxy.proxy import ProxyFactory
+        from lbproxy.relay.twisted_engine import ProxyFactory
 
         sock.setblocking(False)
         reactor.adoptStreamPort(sock.fileno(), sock.family, ProxyFactory(balancer, reactor))

@@ -16,7 +16,7 @@ from twisted.plugin import getPlugins
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from lbproxy.config import ConfigError, StrategyChoice
+from lbproxy.model.config import ConfigError, StrategyChoice
 from lbproxy.interfaces import IStrategy, IStrategyFactory
 
 log = Logger()

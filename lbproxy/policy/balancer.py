@@ -16,12 +16,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.config import Backend, Config, ProxySettings
-from lbproxy.events import EventBus, RouteRecorder
+from lbproxy.model.config import Backend, Config, ProxySettings
+from lbproxy.control.events import EventBus, RouteRecorder
 from lbproxy.interfaces import IBalancer, IRelayedConnection, IStrategy, IStrategyFactory
-from lbproxy.plugins import build_strategy
-from lbproxy.pool import AccessRecord, Candidate, Pool
-from lbproxy.strategies.builtin import RoundRobin
+from lbproxy.policy.plugins import build_strategy
+from lbproxy.policy.pool import AccessRecord, Candidate, Pool
+from lbproxy.policy.strategies.builtin import RoundRobin
 
 log = Logger()
 access_log = Logger(namespace="lbproxy.access")
@@ -306,7 +306,7 @@ class Balancer:
         Validate what only the running balancer can: the strategy plugin and
         its options.  Call before making a config durable.
 
-        @raise lbproxy.config.ConfigError: if it cannot be applied.
+        @raise lbproxy.model.config.ConfigError: if it cannot be applied.
         """
         return build_strategy(config.strategy, self.factories)
 
@@ -361,7 +361,7 @@ class Balancer:
         Tell C{follower(kind, args)} of what changes the pool besides the
         config: each active health result, C{("health", (id, ok, reason))},
         and each forced close, C{("close", (id, why))}.  Worker processes'
-        balancers repeat these (L{lbproxy.workers}).
+        balancers repeat these (L{lbproxy.control.workers}).
 
         @return: a callable that stops following.
         """
@@ -420,7 +420,7 @@ class Balancer:
 
     def health_result(self, backend_id: str, ok: bool, reason: str) -> None:
         """
-        Take one active health check result (see L{lbproxy.pool.Pool.check_result}).
+        Take one active health check result (see L{lbproxy.policy.pool.Pool.check_result}).
         """
         for follower in self._followers:
             follower("health", (backend_id, ok, reason))

@@ -1,0 +1,3 @@
+"""
+Active health checking of backends.
+"""

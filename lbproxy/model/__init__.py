@@ -1,0 +1,3 @@
+"""
+The config document: immutable values, their parsers and schemas.
+"""
