@@ -230,3 +230,17 @@ def test_whole_numbers_written_as_floats_are_integers():
     assert (b.port, b.weight) == (80, 2) and type(b.port) is int
     with pytest.raises(ConfigError, match="port must be an integer, not 80.5"):
         add_backend(Config(), {"host": "127.0.0.1", "port": 80.5})
+
+
+def test_command_line_refuses_two_spellings_of_one_backend():
+    """--backend localhost:21001 and --backend 127.0.0.1:21001 are one
+    backend: a one-line usage error naming both."""
+    from twisted.python import usage
+
+    from lbproxy.tap import Options
+
+    with pytest.raises(usage.UsageError) as e:
+        Options().parseOptions(["--backend", "localhost:21001", "--backend", "127.000.000.001:21001"])
+    assert str(e.value) == (
+        "backend 'b2' (127.0.0.1:21001) is listed twice: it is the same address as backend 'b1' (localhost:21001)"
+    )

@@ -3,8 +3,9 @@ The config document: pool, strategy and health-check settings.
 
 A L{Config} is immutable and versioned.  Every change builds a new one
 through the pure functions at the end of this module; nothing here does I/O.
-The same parser validates the command line, API bodies, imported files and
-the stored document, so bad input is refused the same way everywhere.
+The same parsers, over the schemas of L{lbproxy.model.schema}, validate the
+command line, API bodies, imported files and the stored document, so bad
+input is refused the same way everywhere.
 """
 
 from __future__ import annotations
