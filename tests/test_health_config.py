@@ -29,8 +29,15 @@ from lbproxy.control.store.memory import MemoryStore
 from lbproxy.tap import Options
 
 BAD = [
-    ({"interval": -1}, "interval must be greater than 0, not -1"),
-    ({"interval": 0}, "interval must be greater than 0, not 0"),
+    ({"interval": -1}, "interval must be at least 0.1, not -1"),
+    ({"interval": 0}, "interval must be at least 0.1, not 0"),
+    ({"interval": 1e-6}, "interval must be at least 0.1, not 1e-06"),
+    ({"interval": 1e308}, "interval must be at most 3600, not 1e+308"),
+    ({"interval": "2"}, "interval must be a number, not '2'"),
+    ({"timeout": 0}, "timeout must be greater than 0, not 0"),
+    ({"timeout": 1e308}, "timeout must be at most 3600, not 1e+308"),
+    ({"fall": 101}, "fall must be at most 100, not 101"),
+    ({"rise": 1.5}, "rise must be an integer, not 1.5"),
     ({"interval": 1, "timeout": 2}, "timeout (2.0) must not be longer than its interval (1.0)"),
     ({"rise": 0}, "rise must be at least 1, not 0"),
     ({"fall": 0}, "fall must be at least 1, not 0"),
@@ -73,6 +80,21 @@ def test_update_backend_refuses_bad_checks(body, message):
     assert message in str(e.value)
 
 
+def test_api_refuses_unbounded_check_interval_with_400(factories):
+    """PUT /api/v1/settings with an interval of 1e-6 s (which would spin a
+    core) or 1e308 s is a 400 naming the field, and nothing changes."""
+    from tests.webtools import Admin
+
+    admin = Admin(factories)
+    for interval in (1e-6, 1e308):
+        r = admin.request("PUT", "/api/v1/settings", {"health_check": {"interval": interval}})
+        assert r.code == 400
+        assert "body.health_check.interval must be at" in r.json["error"]
+    assert admin.balancer.config.health_check is None and admin.balancer.config.version == 1
+    r = admin.request("PUT", "/api/v1/settings", {"health_check": {"interval": 0.1, "timeout": 0.05}})
+    assert r.code == 200 and r.json["health_check"]["interval"] == 0.1
+
+
 def test_bad_document_from_a_store_is_refused():
     """A stored or imported document with a bad check fails to parse, so it
     can never be applied."""
@@ -81,7 +103,12 @@ def test_bad_document_from_a_store_is_refused():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--check", "tcp", "--check-interval", "-1"], "--check-interval must be greater than 0, not -1.0"),
+    (["--check", "tcp", "--check-interval", "-1"], "--check-interval must be at least 0.1, not -1.0"),
+    (["--check", "tcp", "--check-interval", "1e-6"], "--check-interval must be at least 0.1, not 1e-06"),
+    (["--check", "tcp", "--check-interval", "1e308"], "--check-interval must be at most 3600, not 1e+308"),
+    (["--check", "tcp", "--check-interval", "inf"], "--check-interval must be a finite number"),
+    (["--check", "tcp", "--check-timeout", "0"], "--check-timeout must be greater than 0, not 0.0"),
+    (["--check", "tcp", "--rise", "1000"], "--rise must be at most 100, not 1000"),
     (["--check", "tcp", "--check-interval", "1", "--check-timeout", "2"],
      "--check-timeout (2.0) must not be longer than its interval (1.0)"),
     (["--check", "tcp", "--rise", "0"], "--rise must be at least 1, not 0"),
@@ -92,17 +119,19 @@ def test_bad_document_from_a_store_is_refused():
     (["--check-path", "/h"], "--check-path needs --check tcp|http|send-expect"),
     (["--check", "send-expect", "--check-send", "x"], "--check-expect must not be empty"),
     (["--check", "send-expect", "--check-expect", "\\x4"], "--check-expect '\\\\x4' has a malformed escape"),
-    (["--slow-start", "-1"], "--slow-start must be at least 0.0"),
+    (["--slow-start", "-1"], "--slow-start must be at least 0, not -1.0"),
+    (["--slow-start", "1e308"], "--slow-start must be at most 86400"),
     (["--drain-timeout", "0"], "--drain-timeout must be greater than 0"),
     (["--outlier-failures", "-2"], "--outlier-failures must be at least 1"),
     (["--outlier-max-percent", "101"], "--outlier-max-percent must be at most 100"),
-    (["--outlier-ejection", "60", "--outlier-max-ejection", "30"], "--outlier-max-ejection must not be shorter than --outlier-ejection"),
+    (["--outlier-ejection", "60", "--outlier-max-ejection", "30"], "--outlier-max-ejection (30.0) must not be shorter than --outlier-ejection (60.0)"),
 ])
 def test_cli_refuses_bad_settings_with_usage_error(args, message):
     """Each invalid lifecycle flag is a L{usage.UsageError} naming the flag."""
     with pytest.raises(usage.UsageError) as e:
         cli(*args)
     assert message in str(e.value)
+    assert "\n" not in str(e.value) and "cli." not in str(e.value)
 
 
 def test_cli_settings_reach_the_seed_config():

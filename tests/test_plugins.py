@@ -147,3 +147,21 @@ def test_plugin_on_pythonpath_selectable_from_command_line(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["lowest-port", "3"]
+
+
+def test_uses_weights_defaults_to_true(plugin_dir):
+    """A third-party factory without C{uses_weights} (like the documented
+    example) counts as weight-aware; the built-ins that ignore weights say
+    so, and the strategies API passes it on."""
+    from lbproxy.policy.plugins import uses_weights
+    from tests.webtools import Admin
+
+    shutil.copy(EXAMPLE, plugin_dir / "lbproxy_lowest_port.py")
+    factories = strategy_factories()
+    assert not hasattr(factories["lowest-port"], "uses_weights")
+    assert uses_weights(factories["lowest-port"]) is True
+    assert uses_weights(factories["first-available"]) is False
+    listed = Admin(factories).get("/api/v1/strategies").json["strategies"]
+    flags = {s["name"]: s["uses_weights"] for s in listed}
+    assert flags["lowest-port"] is True and flags["round-robin"] is True
+    assert flags["first-available"] is False and flags["round-robin-unweighted"] is False

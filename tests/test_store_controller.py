@@ -47,7 +47,7 @@ def test_unrelated_change_keeps_strategy_rotation(setup):
     controller, balancer, store, clock = setup
     before = balancer.strategy
     first = balancer.route(("10.0.0.1", 1000)).id
-    result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 3})))
+    result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"max_connections": 10})))
     assert balancer.strategy is before
     assert balancer.route(("10.0.0.1", 1001)).id != first
 

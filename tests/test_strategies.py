@@ -21,9 +21,13 @@ from lbproxy.policy.strategies import builtin
 FACTORIES = strategy_factories()
 
 BUILTIN = [
-    "round-robin", "weighted-round-robin", "least-connections", "random",
+    "round-robin", "weighted-round-robin", "round-robin-unweighted", "least-connections", "random",
     "power-of-two", "source-hash", "least-response-time", "first-available",
 ]
+
+
+#: The strategies that say (through C{uses_weights}) that they ignore weights.
+IGNORE_WEIGHTS = {"round-robin-unweighted", "first-available"}
 
 
 def pool(*weights, limits=None):
@@ -53,29 +57,42 @@ def test_every_builtin_is_a_valid_plugin(factories):
         assert verifyObject(IStrategy, strategy)
         assert strategy.name == name
         assert factory.description
+        assert factory.uses_weights is (name not in IGNORE_WEIGHTS)
 
 
-def test_round_robin_cycles():
-    """Round-robin visits each backend in order, ignoring weights."""
-    s = builtin.RoundRobin()
+def test_unweighted_round_robin_cycles():
+    """round-robin-unweighted visits each backend in order, ignoring weights."""
+    s = builtin.UnweightedRoundRobin()
     c = pool(1, 5, 1)
     assert [s.choose(c, ("a", 1)).id for _ in range(6)] == ["b0", "b1", "b2"] * 2
 
 
-def test_weighted_round_robin_is_smooth():
-    """Weights 5,1,1 give nginx's smooth order a a b a c a a: shares follow
-    weights and the heavy backend never takes a burst of five."""
-    s = builtin.WeightedRoundRobin()
+def test_round_robin_is_weighted_and_smooth():
+    """round-robin follows weights, nginx's smooth way: weights 5,1,1 give
+    a a b a c a a, so the heavy backend never takes a burst of five; equal
+    weights give plain rotation."""
+    s = builtin.RoundRobin()
     c = pool(5, 1, 1)
     order = [s.choose(c, ("a", 1)).id for _ in range(7)]
     assert order == ["b0", "b0", "b1", "b0", "b2", "b0", "b0"]
+    even = pool(1, 1, 1)
+    assert [s.choose(even, ("a", 1)).id for _ in range(6)] == ["b0", "b1", "b2"] * 2
+
+
+def test_weighted_round_robin_is_an_alias_of_round_robin(factories):
+    """The old name weighted-round-robin builds the same weighted strategy."""
+    a = factories["weighted-round-robin"].build({})
+    b = factories["round-robin"].build({})
+    c = pool(1, 3)
+    assert [a.choose(c, ("a", 1)).id for _ in range(8)] == [b.choose(c, ("a", 1)).id for _ in range(8)]
+    assert picks(a, c, 400) == {"b0": 100, "b1": 300}
 
 
 @given(st.lists(st.integers(1, 20), min_size=1, max_size=6))
-def test_weighted_round_robin_shares_are_exact(weights):
+def test_round_robin_shares_are_exact(weights):
     """Over one full cycle (sum of weights picks) each backend is chosen
     exactly its weight in times."""
-    s = builtin.WeightedRoundRobin()
+    s = builtin.RoundRobin()
     c = pool(*weights)
     counts = picks(s, c, sum(weights))
     assert [counts[f"b{i}"] for i in range(len(weights))] == weights
@@ -92,6 +109,17 @@ def test_least_connections_prefers_fewest_per_weight():
         x.stats.active = 0
     c2 = pool(1, 1, 1)
     assert set(picks(s, c2, 3)) == {"b0", "b1", "b2"}
+
+
+def test_least_connections_fills_by_weight():
+    """Weighted least connections (HAProxy's leastconn): with weights 1:3
+    and connections that stay open, the heavy backend holds three times as
+    many."""
+    s = builtin.LeastConnections()
+    c = pool(1, 3)
+    for _ in range(400):
+        s.choose(c, ("a", 1)).stats.active += 1
+    assert (c[0].stats.active, c[1].stats.active) == (100, 300)
 
 
 def test_random_follows_weights():
@@ -112,6 +140,40 @@ def test_power_of_two_avoids_the_loaded_backend():
     counts = picks(builtin.PowerOfTwo(seed=1), c, 3000)
     assert counts["b0"] == 0
     assert counts["b1"] > 1000 and counts["b2"] > 1000
+
+
+def test_power_of_two_follows_weights():
+    """Draws follow weights (a backend of weight 3 is drawn first about
+    three times as often as one of weight 1), and with connections held
+    open the pool fills in proportion to weight; a seed makes it
+    repeatable."""
+    c = pool(1, 1, 1, 3)
+    s = builtin.PowerOfTwo(seed=3)
+    s.choose(c, ("a", 1))
+    first = Counter(s._draw(c, -1) for _ in range(6000))
+    assert 0.45 < first[3] / 6000 < 0.55
+    c = pool(1, 1, 1, 3)
+    s = builtin.PowerOfTwo(seed=3)
+    for _ in range(600):
+        s.choose(c, ("a", 1)).stats.active += 1
+    held = [x.stats.active for x in c]
+    assert all(85 <= n <= 115 for n in held[:3]) and 270 <= held[3] <= 330, held
+    again = pool(1, 1, 1, 3)
+    s2 = builtin.PowerOfTwo(seed=3)
+    for _ in range(600):
+        s2.choose(again, ("a", 1)).stats.active += 1
+    assert [x.stats.active for x in again] == held
+
+
+@given(st.lists(st.integers(1, 20), min_size=2, max_size=6), st.integers(0, 2**32))
+def test_power_of_two_draws_are_distinct(weights, seed):
+    """The second draw never repeats the first, whatever the weights."""
+    s = builtin.PowerOfTwo(seed=seed)
+    c = pool(*weights)
+    s.choose(c, ("a", 1))
+    for _ in range(20):
+        i = s._draw(c, -1)
+        assert s._draw(c, i) != i
 
 
 def test_source_hash_is_sticky_and_spread():
@@ -152,6 +214,25 @@ def test_least_response_time_prefers_fast_and_explores():
     c[1].stats.observe_response(0.01)
     counts = picks(s, c, 100)
     assert counts["b1"] >= 90 and counts["b0"] >= 1
+
+
+def test_least_response_time_uses_weights_before_measuring():
+    """Before anything is measured, active connections per unit of weight
+    decide, so weights 1:3 fill as weighted least connections does."""
+    s = builtin.LeastResponseTime(explore=0)
+    c = pool(1, 3)
+    for _ in range(400):
+        s.choose(c, ("a", 1)).stats.active += 1
+    assert (c[0].stats.active, c[1].stats.active) == (100, 300)
+
+
+def test_source_hash_follows_weights():
+    """A backend of weight 3 owns about three times the clients of one of
+    weight 1 (it has three times the points on the ring)."""
+    s = builtin.SourceHash()
+    c = pool(1, 3)
+    spread = Counter(s.choose(c, (f"10.1.{i // 250}.{i % 250}", 1)).id for i in range(4000))
+    assert 0.68 < spread["b1"] / 4000 < 0.82
 
 
 def test_least_response_time_falls_back_to_connect_latency():

@@ -111,3 +111,54 @@ def test_mounted_extensions_document_their_routes(factories, extension, name):
                 routes.add((path, method.lower()))
     assert documented == routes
     assert {k: v for k, v in served["paths"].items() if not k.startswith(prefix)} == openapi_document()["paths"]
+
+
+def _no_defaults(value):
+    if isinstance(value, dict):
+        return {k: _no_defaults(v) for k, v in value.items() if k != "default"}
+    if isinstance(value, list):
+        return [_no_defaults(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("component, name", [
+    ("HealthCheck", "HEALTH_CHECK"),
+    ("Outlier", "OUTLIER"),
+    ("NewBackend", "NEW_BACKEND"),
+    ("BackendPatch", "BACKEND_PATCH"),
+    ("StrategyChoice", "STRATEGY"),
+    ("SettingsChange", "SETTINGS"),
+    ("ConfigDocument", "CONFIG"),
+])
+def test_request_components_are_the_validation_schemas(component, name):
+    """Each request body's component is the schema the API validates that
+    body with, translated to OpenAPI 3.0 (only defaults and descriptions
+    added), so documented bounds are enforced bounds."""
+    from lbproxy.model import schema
+    from lbproxy.web.openapi import oas30
+
+    served = openapi_document()["components"]["schemas"][component]
+    expected = oas30(getattr(schema, name))
+    strip = lambda d: {k: v for k, v in d.items() if k != "description"}  # noqa: E731
+    assert strip(_no_defaults(served)) == strip(expected)
+    check = openapi_document()["components"]["schemas"]["HealthCheck"]["properties"]
+    assert (check["interval"]["minimum"], check["interval"]["maximum"]) == (0.1, 3600)
+    assert check["interval"]["default"] == 2.0
+
+
+def test_oas30_translates_2020_12():
+    """The translation makes null types and enums nullable, numeric
+    exclusive bounds boolean, type lists anyOf, and drops our own formats
+    and messages."""
+    from lbproxy.web.openapi import oas30
+
+    assert oas30({"type": ["number", "null"], "exclusiveMinimum": 0}) == {
+        "type": "number", "nullable": True, "minimum": 0, "exclusiveMinimum": True,
+    }
+    assert oas30({"enum": [None, "v1"]}) == {"enum": [None, "v1"], "type": "string", "nullable": True}
+    assert oas30({"type": ["string", "integer"], "format": "status-range"}) == {
+        "anyOf": [{"type": "string"}, {"type": "integer"}],
+    }
+    assert oas30({"type": "string", "x-errors": {"pattern": "x"}, "format": "date-time"}) == {
+        "type": "string", "format": "date-time",
+    }

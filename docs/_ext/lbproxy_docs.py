@@ -192,6 +192,8 @@ class StrategiesDirective(_RstDirective):
         lines: list[str] = []
         for name, factory in sorted(strategy_factories().items()):
             lines += [f"{literal(name)}", f"   {escape(factory.description)}", ""]
+            if getattr(factory, "uses_weights", True) is False:
+                lines += ["   Ignores backend weights (weight 0 still takes a backend out).", ""]
             props = factory.options_schema.get("properties") or {}
             if props:
                 lines += ["   Options:", ""]

@@ -359,86 +359,82 @@ OUTLIER_FLAGS = {
 _CASTS = {
     "interval": float, "timeout": float, "rise": int, "fall": int,
     "consecutive_failures": int, "base_ejection": float, "max_ejection": float,
-    "max_ejection_percent": int,
+    "max_ejection_percent": int, "slow_start": float, "drain_timeout": float,
+}
+#: What the messages of L{lbproxy.model.config.parse_settings} call each
+#: command-line value ("cli.health_check.interval"), and its flag.
+_FLAG_NAMES = {
+    **{f"cli.health_check.{name}": flag for name, flag in CHECK_FLAGS.items()},
+    "cli.health_check.type": "--check",
+    "cli.health_check": "--check",
+    **{f"cli.outlier.{name}": flag for name, flag in OUTLIER_FLAGS.items()},
+    "cli.outlier": "the outlier flags",
+    "cli.slow_start": "--slow-start",
+    "cli.drain_timeout": "--drain-timeout",
+    "cli": "the command line",
 }
 
 
-def _flag_message(message: str, what: str, flags: dict[str, str]) -> str:
-    for name in sorted(flags, key=len, reverse=True):
-        message = message.replace(f"{what}.{name}", flags[name])
-    return message.replace(what, flags.get("", what))
+def _flag_message(message: str) -> str:
+    for name in sorted(_FLAG_NAMES, key=len, reverse=True):
+        message = message.replace(name, _FLAG_NAMES[name])
+    return message
+
+
+def _cast(name: str, flag: str, value: str) -> Any:
+    from twisted.python import usage
+
+    caster = _CASTS.get(name)
+    if caster is None:
+        return value
+    try:
+        return caster(value)
+    except ValueError:
+        kind = "an integer" if caster is int else "a number"
+        raise usage.UsageError(f"{flag} must be {kind}, not {value!r}") from None
 
 
 def settings_from_options(options: Any) -> dict[str, Any]:
     """
     The pool-wide lifecycle settings of the command line, as L{Config}
     fields (C{health_check}, C{outlier}, C{slow_start}, C{drain_timeout}),
-    validated by the same parsers as the API.
+    validated by the same schema and parser as the API.
 
     @param options: the parsed C{Options} mapping.
-    @raise twisted.python.usage.UsageError: for any invalid value, naming
-        its flag; nothing is applied then.
+    @raise twisted.python.usage.UsageError: for any invalid value, in one
+        line naming its flag; nothing is applied then.
     """
     from twisted.python import usage
 
-    from lbproxy.model.config import ConfigError, _number, parse_health_check, parse_outlier
+    from lbproxy.model.config import ConfigError, parse_settings
 
-    def cast(name: str, flag: str, value: str) -> Any:
-        caster = _CASTS.get(name)
-        if caster is None:
-            return value
-        try:
-            return caster(value)
-        except ValueError:
-            kind = "an integer" if caster is int else "a number"
-            raise usage.UsageError(f"{flag} must be {kind}, not {value!r}") from None
+    def given(flags: dict[str, str]) -> dict[str, Any]:
+        return {
+            name: _cast(name, flag, options[flag[2:]])
+            for name, flag in flags.items()
+            if options.get(flag[2:]) is not None
+        }
 
-    out: dict[str, Any] = {}
-    raw = {
-        name: cast(name, flag, options[flag[2:]])
-        for name, flag in CHECK_FLAGS.items()
-        if options.get(flag[2:]) is not None
-    }
+    check = given(CHECK_FLAGS)
     for name in ("send", "expect"):
-        if name in raw:
+        if name in check:
             try:
-                raw[name] = decode_escapes(raw[name], CHECK_FLAGS[name])
+                check[name] = decode_escapes(check[name], CHECK_FLAGS[name])
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
     kind = options.get("check")
-    if kind is None:
-        if raw:
-            flag = CHECK_FLAGS[next(iter(raw))]
-            raise usage.UsageError(f"{flag} needs --check tcp|http|send-expect")
-        out["health_check"] = None
-    else:
-        raw["type"] = kind
-        try:
-            out["health_check"] = parse_health_check(raw, "HC")
-        except ConfigError as e:
-            raise usage.UsageError(
-                _flag_message(str(e), "HC", {**CHECK_FLAGS, "type": "--check", "": "--check"})
-            ) from None
-    outlier = {
-        name: cast(name, flag, options[flag[2:]])
-        for name, flag in OUTLIER_FLAGS.items()
-        if options.get(flag[2:]) is not None
+    if kind is None and check:
+        raise usage.UsageError(f"{CHECK_FLAGS[next(iter(check))]} needs --check tcp|http|send-expect")
+    outlier = given(OUTLIER_FLAGS)
+    lifecycle = given({"slow_start": "--slow-start", "drain_timeout": "--drain-timeout"})
+    raw: dict[str, Any] = {
+        "health_check": None if kind is None else {"type": kind, **check},
+        "outlier": None if outlier.get("consecutive_failures") == 0 else outlier,
+        "slow_start": 0.0,
+        "drain_timeout": None,
+        **lifecycle,
     }
-    if outlier.get("consecutive_failures") == 0:
-        out["outlier"] = None
-    else:
-        try:
-            out["outlier"] = parse_outlier(outlier, "OUT")
-        except ConfigError as e:
-            message = _flag_message(str(e), "OUT", {**OUTLIER_FLAGS, "": "outlier"})
-            raise usage.UsageError(message.replace("than base_ejection", "than --outlier-ejection")) from None
     try:
-        slow = options.get("slow-start")
-        out["slow_start"] = 0.0 if slow is None else _number(cast("interval", "--slow-start", slow), "--slow-start")
-        drain = options.get("drain-timeout")
-        out["drain_timeout"] = None if drain is None else _number(
-            cast("interval", "--drain-timeout", drain), "--drain-timeout", positive=True
-        )
+        return parse_settings(raw, "cli")
     except ConfigError as e:
-        raise usage.UsageError(str(e)) from None
-    return out
+        raise usage.UsageError(_flag_message(str(e))) from None

@@ -3,30 +3,37 @@ The config document: pool, strategy and health-check settings.
 
 A L{Config} is immutable and versioned.  Every change builds a new one
 through the pure functions at the end of this module; nothing here does I/O.
-The same parser validates the command line, API bodies, imported files and
-the stored document, so bad input is refused the same way everywhere.
+The same parsers, over the schemas of L{lbproxy.model.schema}, validate the
+command line, API bodies, imported files and the stored document, so bad
+input is refused the same way everywhere.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-BACKEND_STATES = ("up", "draining", "disabled")
-PROXY_PROTOCOLS = (None, "v1", "v2")
-CHECK_TYPES = ("tcp", "http", "send-expect")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from lbproxy.model.address import address_key, canonical_host
+from lbproxy.model.schema import (
+    BACKEND,
+    BACKEND_FIELDS,
+    BACKEND_PATCH,
+    BACKEND_STATES,
+    CHECK_TYPES,
+    CONFIG,
+    NEW_BACKEND,
+    PROXY_PROTOCOLS,
+    SETTINGS,
+    SETTINGS_FIELDS as _SETTINGS_SCHEMAS,
+    STRATEGY,
+    ConfigError,
+    status_range,
+    validate,
+)
 
-
-class ConfigError(ValueError):
-    """
-    A config document, or a change to one, is invalid.  The message says
-    what is wrong, in words an operator can act on.
-    """
+# BACKEND_STATES, CHECK_TYPES, PROXY_PROTOCOLS and ConfigError are
+# re-exported: they were defined here first.
 
 
 class VersionConflict(Exception):
@@ -219,142 +226,98 @@ def freeze(value: Any) -> Any:
 
 
 # Parsing -----------------------------------------------------------------
-
-
-def _expect_object(value: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{what} must be a JSON object")
-    return value
-
-
-def _unknown(obj: Mapping[str, Any], allowed: set[str], what: str) -> None:
-    extra = sorted(set(obj) - allowed)
-    if extra:
-        raise ConfigError(f"{what}: unknown field(s) {', '.join(map(repr, extra))}")
-
-
-def _int(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{what} must be an integer, not {value!r}")
-    if low is not None and value < low:
-        raise ConfigError(f"{what} must be at least {low}, not {value}")
-    if high is not None and value > high:
-        raise ConfigError(f"{what} must be at most {high}, not {value}")
-    return value
-
-
-def _number(value: Any, what: str, low: float = 0.0, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{what} must be a number, not {value!r}")
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{what} must be a finite number")
-    if positive and value <= 0:
-        raise ConfigError(f"{what} must be greater than 0, not {value}")
-    if value < low:
-        raise ConfigError(f"{what} must be at least {low}, not {value}")
-    return float(value)
+#
+# Each parser checks its value against the schema of lbproxy.model.schema,
+# then the rules a schema cannot say, then builds the value object.
 
 
 def parse_host(value: Any, what: str = "host") -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{what} must be a non-empty string")
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if not _HOSTNAME.match(value):
-        raise ConfigError(f"{what} {value!r} is neither an IP address nor a host name")
-    return value
+    validate(value, BACKEND_FIELDS["host"], what)
+    return canonical_host(value)
 
 
 def parse_port(value: Any, what: str = "port") -> int:
-    return _int(value, what, 1, 65535)
+    return int(validate(value, BACKEND_FIELDS["port"], what))
 
 
 def parse_weight(value: Any, what: str = "weight") -> int:
-    return _int(value, what, 0, 1000)
+    return int(validate(value, BACKEND_FIELDS["weight"], what))
 
 
 def parse_state(value: Any, what: str = "state") -> str:
-    if value not in BACKEND_STATES:
-        raise ConfigError(
-            f"{what} must be one of {', '.join(BACKEND_STATES)}, not {value!r}"
-        )
-    return value
+    return validate(value, BACKEND_FIELDS["state"], what)
 
 
 def parse_status_range(value: Any, what: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{what} must be a status like '200' or a range like '200-399'")
-    m = re.fullmatch(r"\s*(\d{3})\s*(?:-\s*(\d{3})\s*)?", value)
-    if not m:
-        raise ConfigError(f"{what} {value!r} is not a status like '200' or a range like '200-399'")
-    low = int(m.group(1))
-    high = int(m.group(2) or low)
-    if not (100 <= low <= high <= 599):
-        raise ConfigError(f"{what} {value!r} must lie within 100-599, low to high")
-    return (low, high)
+    try:
+        return status_range(value)
+    except ValueError as e:
+        raise ConfigError(f"{what} {e}") from None
 
 
-def parse_health_check(value: Any, what: str = "health_check") -> HealthCheck | None:
-    if value is None:
+def parse_proxy_protocol(value: Any, what: str = "proxy_protocol") -> str | None:
+    return validate(value, BACKEND_FIELDS["proxy_protocol"], what)
+
+
+def _health_check(obj: Mapping[str, Any] | None, what: str) -> HealthCheck | None:
+    if obj is None:
         return None
-    obj = _expect_object(value, what)
-    _unknown(obj, set(HealthCheck.__dataclass_fields__), what)
     d = HealthCheck()
-    kind = obj.get("type", d.type)
-    if kind not in CHECK_TYPES:
-        raise ConfigError(f"{what}.type must be one of {', '.join(CHECK_TYPES)}, not {kind!r}")
-    interval = _number(obj.get("interval", d.interval), f"{what}.interval", positive=True)
-    timeout = _number(obj.get("timeout", d.timeout), f"{what}.timeout", positive=True)
+    interval = float(obj.get("interval", d.interval))
+    timeout = float(obj.get("timeout", d.timeout))
     if timeout > interval:
         raise ConfigError(
             f"{what}.timeout ({timeout}) must not be longer than its interval ({interval})"
         )
-    rise = _int(obj.get("rise", d.rise), f"{what}.rise", 1, 100)
-    fall = _int(obj.get("fall", d.fall), f"{what}.fall", 1, 100)
-    path = obj.get("path", d.path)
-    if (
-        not isinstance(path, str)
-        or not path.startswith("/")
-        or any(c in path for c in " \r\n\t#")
-        or len(path) > 2048
-    ):
-        raise ConfigError(f"{what}.path must be an absolute HTTP path like '/health', not {path!r}")
-    status = parse_status_range(obj.get("status", "200-399"), f"{what}.status")
-    send = obj.get("send", d.send)
+    kind = obj.get("type", d.type)
     expect = obj.get("expect", d.expect)
-    for name, v in (("send", send), ("expect", expect)):
-        if not isinstance(v, str) or len(v) > 4096:
-            raise ConfigError(f"{what}.{name} must be a string of at most 4096 characters")
     if kind == "send-expect" and not expect:
         raise ConfigError(f"{what}.expect must not be empty for a send-expect check")
-    return HealthCheck(kind, interval, timeout, rise, fall, path, status, send, expect)
+    return HealthCheck(
+        kind, interval, timeout, int(obj.get("rise", d.rise)), int(obj.get("fall", d.fall)),
+        obj.get("path", d.path), status_range(obj.get("status", "200-399")),
+        obj.get("send", d.send), expect,
+    )
 
 
-def parse_outlier(value: Any, what: str = "outlier") -> Outlier | None:
-    if value is None:
+def parse_health_check(value: Any, what: str = "health_check") -> HealthCheck | None:
+    return _health_check(validate(value, _SETTINGS_SCHEMAS["health_check"], what), what)
+
+
+def _outlier(obj: Mapping[str, Any] | None, what: str) -> Outlier | None:
+    if obj is None:
         return None
-    obj = _expect_object(value, what)
-    _unknown(obj, set(Outlier.__dataclass_fields__), what)
     d = Outlier()
     o = Outlier(
-        _int(obj.get("consecutive_failures", d.consecutive_failures), f"{what}.consecutive_failures", 1, 1000),
-        _number(obj.get("base_ejection", d.base_ejection), f"{what}.base_ejection", positive=True),
-        _number(obj.get("max_ejection", d.max_ejection), f"{what}.max_ejection", positive=True),
-        _int(obj.get("max_ejection_percent", d.max_ejection_percent), f"{what}.max_ejection_percent", 0, 100),
+        int(obj.get("consecutive_failures", d.consecutive_failures)),
+        float(obj.get("base_ejection", d.base_ejection)),
+        float(obj.get("max_ejection", d.max_ejection)),
+        int(obj.get("max_ejection_percent", d.max_ejection_percent)),
     )
     if o.max_ejection < o.base_ejection:
-        raise ConfigError(f"{what}.max_ejection must not be shorter than base_ejection")
+        raise ConfigError(
+            f"{what}.max_ejection ({o.max_ejection}) must not be shorter than "
+            f"{what}.base_ejection ({o.base_ejection})"
+        )
     return o
 
 
-def parse_proxy_protocol(value: Any, what: str = "proxy_protocol") -> str | None:
-    if value not in PROXY_PROTOCOLS:
-        raise ConfigError(f"{what} must be null, 'v1' or 'v2', not {value!r}")
-    return value
+def parse_outlier(value: Any, what: str = "outlier") -> Outlier | None:
+    return _outlier(validate(value, _SETTINGS_SCHEMAS["outlier"], what), what)
+
+
+def _backend(obj: Mapping[str, Any], what: str, backend_id: str | None = None) -> Backend:
+    mc = obj.get("max_connections")
+    return Backend(
+        id=obj.get("id", backend_id),
+        host=canonical_host(obj["host"]),
+        port=int(obj["port"]),
+        weight=int(obj.get("weight", 1)),
+        state=obj.get("state", "up"),
+        proxy_protocol=obj.get("proxy_protocol"),
+        max_connections=None if mc is None else int(mc),
+        health_check=_health_check(obj.get("health_check"), f"{what}.health_check"),
+    )
 
 
 def parse_backend(value: Any, what: str = "backend", backend_id: str | None = None) -> Backend:
@@ -362,24 +325,9 @@ def parse_backend(value: Any, what: str = "backend", backend_id: str | None = No
     Parse one backend object.  C{backend_id} is used when the object has
     none (a new backend from the API).
     """
-    obj = _expect_object(value, what)
-    _unknown(obj, set(Backend.__dataclass_fields__), what)
-    bid = obj.get("id", backend_id)
-    if not isinstance(bid, str) or not _ID.match(bid):
-        raise ConfigError(f"{what}.id must be 1-64 letters, digits, '.', '_' or '-', not {bid!r}")
-    if "host" not in obj or "port" not in obj:
-        raise ConfigError(f"{what} needs both 'host' and 'port'")
-    mc = obj.get("max_connections")
-    return Backend(
-        id=bid,
-        host=parse_host(obj["host"], f"{what}.host"),
-        port=parse_port(obj["port"], f"{what}.port"),
-        weight=parse_weight(obj.get("weight", 1), f"{what}.weight"),
-        state=parse_state(obj.get("state", "up"), f"{what}.state"),
-        proxy_protocol=parse_proxy_protocol(obj.get("proxy_protocol"), f"{what}.proxy_protocol"),
-        max_connections=None if mc is None else _int(mc, f"{what}.max_connections", 1),
-        health_check=parse_health_check(obj.get("health_check"), f"{what}.health_check"),
-    )
+    if backend_id is None:
+        return _backend(validate(value, BACKEND, what), what)
+    return _backend(validate(value, NEW_BACKEND, what), what, backend_id)
 
 
 def parse_strategy(value: Any, what: str = "strategy") -> StrategyChoice:
@@ -387,54 +335,71 @@ def parse_strategy(value: Any, what: str = "strategy") -> StrategyChoice:
     Parse the shape of a strategy choice.  Whether the plugin exists and the
     options fit its schema is checked by L{lbproxy.policy.plugins.build_strategy}.
     """
-    obj = _expect_object(value, what)
-    _unknown(obj, {"name", "options"}, what)
-    name = obj.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{what}.name must be a non-empty string")
-    options = obj.get("options", {})
-    if options is None:
-        options = {}
-    _expect_object(options, f"{what}.options")
-    return StrategyChoice(name, freeze(dict(options)))
+    obj = validate(value, STRATEGY, what)
+    return StrategyChoice(obj["name"], freeze(dict(obj.get("options") or {})))
+
+
+def parse_settings(value: Any, what: str = "settings") -> dict[str, Any]:
+    """
+    Parse pool-wide settings (any of C{SETTINGS_FIELDS}) into the values
+    of the L{Config} fields they name.
+    """
+    obj = validate(value, SETTINGS, what)
+    out: dict[str, Any] = {}
+    if "health_check" in obj:
+        out["health_check"] = _health_check(obj["health_check"], f"{what}.health_check")
+    if "outlier" in obj:
+        out["outlier"] = _outlier(obj["outlier"], f"{what}.outlier")
+    if "slow_start" in obj:
+        out["slow_start"] = float(obj["slow_start"])
+    if obj.get("drain_timeout") is not None:
+        out["drain_timeout"] = float(obj["drain_timeout"])
+    elif "drain_timeout" in obj:
+        out["drain_timeout"] = None
+    return out
 
 
 def parse_config(value: Any, what: str = "config") -> Config:
     """
     Parse and validate a whole config document.
     """
-    obj = _expect_object(value, what)
-    _unknown(obj, set(Config.__dataclass_fields__), what)
-    version = _int(obj.get("version", 0), f"{what}.version", 0)
-    raw_backends = obj.get("backends", [])
-    if not isinstance(raw_backends, list):
-        raise ConfigError(f"{what}.backends must be a list")
+    obj = validate(value, CONFIG, what)
     backends = tuple(
-        parse_backend(b, f"{what}.backends[{i}]") for i, b in enumerate(raw_backends)
+        _backend(b, f"{what}.backends[{i}]") for i, b in enumerate(obj.get("backends", []))
     )
     check_unique(backends)
-    drain = obj.get("drain_timeout")
+    settings = {"outlier": Outlier().to_json(), **{k: obj[k] for k in SETTINGS_FIELDS if k in obj}}
     return Config(
-        version=version,
+        version=int(obj.get("version", 0)),
         backends=backends,
         strategy=parse_strategy(obj.get("strategy", {"name": "round-robin"}), f"{what}.strategy"),
-        health_check=parse_health_check(obj.get("health_check"), f"{what}.health_check"),
-        outlier=parse_outlier(obj.get("outlier", Outlier().to_json()), f"{what}.outlier"),
-        slow_start=_number(obj.get("slow_start", 0), f"{what}.slow_start"),
-        drain_timeout=None if drain is None else _number(drain, f"{what}.drain_timeout", positive=True),
+        **parse_settings(settings, what),
     )
+
+
+def _same(new: Backend, old: Backend) -> str:
+    return "" if new.address == old.address else f" ({old.address})"
 
 
 def check_unique(backends: tuple[Backend, ...]) -> None:
+    """
+    Refuse two backends with one id or one address (however spelled: see
+    L{lbproxy.model.address.address_key}), naming the backend duplicated.
+    """
     ids: set[str] = set()
-    addresses: set[tuple[str, int]] = set()
+    addresses: dict[tuple[str, int], Backend] = {}
     for b in backends:
         if b.id in ids:
             raise ConfigError(f"backend id {b.id!r} is used twice")
-        if (b.host, b.port) in addresses:
-            raise ConfigError(f"backend {b.address} is listed twice")
+        key = address_key(b.host, b.port)
+        other = addresses.get(key)
+        if other is not None:
+            raise ConfigError(
+                f"backend {b.id!r} ({b.address}) is listed twice: it is the same address "
+                f"as backend {other.id!r}{_same(b, other)}"
+            )
         ids.add(b.id)
-        addresses.add((b.host, b.port))
+        addresses[key] = b
 
 
 def parse_backend_spec(spec: str) -> dict[str, Any]:
@@ -486,9 +451,10 @@ def add_backend(config: Config, body: Any) -> tuple[Config, Backend]:
     backend = parse_backend(body, "backend", backend_id=next_backend_id(config))
     if config.backend(backend.id):
         raise ConfigError(f"backend id {backend.id!r} already exists")
+    key = address_key(backend.host, backend.port)
     for b in config.backends:
-        if (b.host, b.port) == (backend.host, backend.port):
-            raise ConfigError(f"backend {backend.address} already exists as {b.id!r}")
+        if address_key(b.host, b.port) == key:
+            raise ConfigError(f"backend {backend.address} already exists as {b.id!r}{_same(backend, b)}")
     return replace(config, version=config.version + 1, backends=config.backends + (backend,)), backend
 
 
@@ -496,13 +462,9 @@ def update_backend(config: Config, backend_id: str, body: Any) -> tuple[Config, 
     old = config.backend(backend_id)
     if old is None:
         raise KeyError(backend_id)
-    obj = _expect_object(body, "body")
-    allowed = {"weight", "state", "proxy_protocol", "max_connections", "health_check"}
-    _unknown(obj, allowed, "body")
-    if not obj:
-        raise ConfigError(f"body must change at least one of {', '.join(sorted(allowed))}")
+    validate(body, BACKEND_PATCH, "body")
     merged = old.to_json()
-    merged.update(obj)
+    merged.update(body)
     new = parse_backend(merged, "backend")
     return replace(
         config,
@@ -540,13 +502,4 @@ def update_settings(config: Config, body: Any) -> Config:
     Change the pool-wide settings (health check, outlier ejection, slow
     start, drain timeout); fields not in C{body} keep their value.
     """
-    obj = _expect_object(body, "body")
-    _unknown(obj, set(SETTINGS_FIELDS), "body")
-    merged = config.to_json()
-    merged.update(obj)
-    parsed = parse_config(merged)
-    return replace(
-        config,
-        version=config.version + 1,
-        **{name: getattr(parsed, name) for name in SETTINGS_FIELDS},
-    )
+    return replace(config, version=config.version + 1, **parse_settings(body, "body"))

@@ -52,6 +52,15 @@ def strategy_factories(package: Any = None) -> dict[str, IStrategyFactory]:
     return found
 
 
+def uses_weights(factory: IStrategyFactory) -> bool:
+    """
+    Whether the strategy's choices depend on backend weights.  A factory
+    says so with an optional C{uses_weights} attribute (C{False} for, say,
+    fill-in-order); without one it is assumed to use them.
+    """
+    return getattr(factory, "uses_weights", True) is not False
+
+
 def validate_options(factory: IStrategyFactory, options: Mapping[str, Any]) -> dict[str, Any]:
     plain = _plain(options)
     try:

@@ -36,6 +36,7 @@ from lbproxy.model.config import (
     update_backend,
     update_settings,
 )
+from lbproxy.policy.plugins import uses_weights
 from lbproxy.web.auth import AdminPolicy
 from lbproxy.web.errors import ApiError, dumps, read_json, send_json
 from lbproxy.web.static import UIFiles, static_dir
@@ -289,7 +290,8 @@ class AdminApp:
     @_api
     def list_strategies(self, request: Any) -> bytes:
         found = [
-            {"name": name, "description": f.description, "options_schema": f.options_schema}
+            {"name": name, "description": f.description, "options_schema": f.options_schema,
+             "uses_weights": uses_weights(f)}
             for name, f in sorted(self.balancer.factories.items())
         ]
         return send_json(request, {"strategies": found, "active": self.balancer.config.strategy.name})

@@ -3,7 +3,8 @@ The OpenAPI 3 description of the admin API (C{GET /api/v1/openapi.json}).
 
 Built from plain dicts here, next to nothing else, so a test can compare it
 with the Klein routes: every route is described and every description has a
-route.
+route.  The request bodies' components are the schemas the API validates
+with (L{lbproxy.model.schema}), translated to OpenAPI 3.0.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import lbproxy
-from lbproxy.model.config import BACKEND_STATES, CHECK_TYPES
+from lbproxy.model import schema
+from lbproxy.model.config import BACKEND_STATES, HealthCheck, Outlier
 
 _REF = "#/components/schemas/"
 
@@ -96,57 +98,83 @@ def _read(summary: str, ok: dict[str, Any], *extra_errors: int,
     return op
 
 
+_STANDARD_FORMATS = {"int32", "int64", "float", "double", "byte", "binary", "date", "date-time", "password"}
+
+
+def oas30(schema: Any) -> Any:
+    """
+    A JSON Schema 2020-12 of L{lbproxy.model.schema} in OpenAPI 3.0's
+    dialect: C{null} in C{type} or C{enum} becomes C{nullable}, numeric
+    C{exclusiveMinimum} the boolean form, a list of types C{anyOf}, and our
+    own formats and C{x-errors} are left out (a generator would not know
+    them; the descriptions say what they check).
+    """
+    if isinstance(schema, list):
+        return [oas30(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "x-errors" or (key == "format" and value not in _STANDARD_FORMATS):
+            continue
+        if key in ("properties", "$defs"):
+            out[key] = {k: oas30(v) for k, v in value.items()}
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+        else:
+            out[key] = oas30(value)
+    types = schema.get("type")
+    if isinstance(types, list):
+        rest = [t for t in types if t != "null"]
+        if len(rest) < len(types):
+            out["nullable"] = True
+        if len(rest) == 1:
+            out["type"] = rest[0]
+        else:
+            del out["type"]
+            out["anyOf"] = [{"type": t} for t in rest]
+    enum = schema.get("enum")
+    if enum is not None and "type" not in out:
+        kinds = {type(v) for v in enum if v is not None}
+        if kinds == {str}:
+            out["type"] = "string"
+        if None in enum:
+            out["nullable"] = True
+    return out
+
+
+def _with_defaults(schema: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """
+    C{schema} with each property's default taken from the value object, so
+    the document shows the defaults the parsers really apply.
+    """
+    props = {
+        k: ({**v, "default": defaults[k]} if k in defaults and defaults[k] is not None else v)
+        for k, v in schema["properties"].items()
+    }
+    return {**schema, "properties": props}
+
+
 def _schemas() -> dict[str, Any]:
-    nullable_number = {"type": "number", "nullable": True}
-    health_check = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "type": {"type": "string", "enum": list(CHECK_TYPES)},
-            "interval": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
-            "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
-            "rise": {"type": "integer", "minimum": 1, "maximum": 100},
-            "fall": {"type": "integer", "minimum": 1, "maximum": 100},
-            "path": {"type": "string"},
-            "status": {"type": "string", "description": "A status or range, '200-399'."},
-            "send": {"type": "string"},
-            "expect": {"type": "string"},
-        },
-    }
-    outlier = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "consecutive_failures": {"type": "integer", "minimum": 1, "maximum": 1000},
-            "base_ejection": {"type": "number"},
-            "max_ejection": {"type": "number"},
-            "max_ejection_percent": {"type": "integer", "minimum": 0, "maximum": 100},
-        },
-    }
-    backend_fields = {
-        "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
-        "host": {"type": "string", "description": "An IP address or host name."},
-        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-        "weight": {"type": "integer", "minimum": 0, "maximum": 1000},
-        "state": {"type": "string", "enum": list(BACKEND_STATES)},
-        "proxy_protocol": {"type": "string", "enum": ["v1", "v2"], "nullable": True},
-        "max_connections": {"type": "integer", "minimum": 1, "nullable": True},
-        "health_check": {**health_check, "nullable": True},
-    }
-    strategy = {
-        "type": "object",
-        "required": ["name"],
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string", "minLength": 1, "description": "A name from GET /api/v1/strategies."},
-            "options": {"type": "object", "description": "Options valid against the strategy's options_schema."},
-        },
-    }
+    check = _with_defaults(oas30(schema.HEALTH_CHECK), HealthCheck().to_json())
+    outlier = _with_defaults(oas30(schema.OUTLIER), Outlier().to_json())
+    backend_defaults = {"weight": 1, "state": "up"}
+    backend_fields = _with_defaults(oas30(schema.NEW_BACKEND), backend_defaults)["properties"]
+    backend_fields = {**backend_fields, "health_check": {**check, "nullable": True}}
     settings_fields = {
-        "health_check": {**health_check, "nullable": True},
+        **{k: oas30(v) for k, v in schema.SETTINGS_FIELDS.items()},
+        "health_check": {**check, "nullable": True},
         "outlier": {**outlier, "nullable": True},
-        "slow_start": {"type": "number", "minimum": 0},
-        "drain_timeout": nullable_number,
+    }
+    document = oas30(schema.CONFIG)
+    document["properties"].update(settings_fields)
+    document["properties"]["backends"]["items"]["properties"] = backend_fields
+    document["description"] = ("The whole config.  On import, version is ignored (use If-Match); "
+                               "the document becomes the next version.")
+    patch = oas30(schema.BACKEND_PATCH)
+    patch["properties"] = {
+        k: {n: v for n, v in backend_fields[k].items() if n != "default"} for k in patch["properties"]
     }
     counters = {"type": "object", "additionalProperties": {"type": "number", "nullable": True}}
     return {
@@ -155,21 +183,10 @@ def _schemas() -> dict[str, Any]:
             "required": ["error"],
             "properties": {"error": {"type": "string"}},
         },
-        "HealthCheck": health_check,
+        "HealthCheck": check,
         "Outlier": outlier,
-        "NewBackend": {
-            "type": "object",
-            "required": ["host", "port"],
-            "additionalProperties": False,
-            "properties": backend_fields,
-        },
-        "BackendPatch": {
-            "type": "object",
-            "minProperties": 1,
-            "additionalProperties": False,
-            "properties": {k: backend_fields[k] for k in
-                           ("weight", "state", "proxy_protocol", "max_connections", "health_check")},
-        },
+        "NewBackend": {**oas30(schema.NEW_BACKEND), "properties": backend_fields},
+        "BackendPatch": patch,
         "Backend": {
             "type": "object",
             "required": ["id", "host", "port", "weight", "state", "admin_state", "address", "stats", "version"],
@@ -206,7 +223,7 @@ def _schemas() -> dict[str, Any]:
                 "version": {"type": "integer"},
             },
         },
-        "StrategyChoice": strategy,
+        "StrategyChoice": oas30(schema.STRATEGY),
         "ActiveStrategy": {
             "type": "object",
             "required": ["name", "options", "version"],
@@ -221,50 +238,27 @@ def _schemas() -> dict[str, Any]:
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "required": ["name", "description", "options_schema"],
+                        "required": ["name", "description", "options_schema", "uses_weights"],
                         "properties": {
                             "name": {"type": "string"},
                             "description": {"type": "string"},
                             "options_schema": {"type": "object"},
+                            "uses_weights": {"type": "boolean",
+                                             "description": "false: its choices ignore backend weights."},
                         },
                     },
                 },
             },
         },
-        "SettingsChange": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": settings_fields,
-        },
+        "SettingsChange": oas30(schema.SETTINGS) | {"properties": settings_fields},
         "Settings": {
             "type": "object",
             "required": ["version", "health_check", "outlier", "slow_start", "drain_timeout"],
             "properties": {**settings_fields, "version": {"type": "integer"}},
         },
-        "ConfigDocument": {
-            "type": "object",
-            "additionalProperties": False,
-            "description": "The whole config.  On import, version is ignored (use If-Match); "
-                           "the document becomes the next version.",
-            "properties": {
-                "version": {"type": "integer", "minimum": 0},
-                "backends": {"type": "array", "items": {
-                    "type": "object", "required": ["host", "port"],
-                    "additionalProperties": False, "properties": backend_fields,
-                }},
-                "strategy": strategy,
-                **settings_fields,
-            },
-        },
-        "Config": {
-            "type": "object",
-            "required": ["version", "backends", "strategy"],
-            "properties": {
-                "version": {"type": "integer"},
-                "backends": {"type": "array", "items": {"type": "object"}},
-                "strategy": {"type": "object"},
-            },
-        },
+        "ConfigDocument": document,
+        "Config": {**document, "required": ["version", "backends", "strategy", *schema.SETTINGS_FIELDS],
+                   "description": "The config in force, at its version."},
         "Stats": {
             "type": "object",
             "required": ["time", "window", "totals", "backends"],

@@ -59,9 +59,11 @@ export class BackendCards {
     };
     c.weightInput = h('input', { name: 'weight', inputmode: 'numeric', autocomplete: 'off', 'aria-label': `Weight of ${id}` });
     c.result = h('output', { class: 'result', role: 'status' });
+    c.weightNote = h('small', { class: 'weight-note', hidden: true });
     const weightForm = h('form', { class: 'weight-form', novalidate: true },
       h('label', { text: 'Weight' }, c.weightInput),
-      h('button', { type: 'submit', text: 'Set' }));
+      h('button', { type: 'submit', text: 'Set' }),
+      c.weightNote);
     weightForm.addEventListener('submit', (e) => {
       e.preventDefault();
       const raw = c.weightInput.value.trim();
@@ -123,6 +125,7 @@ export class BackendCards {
       c.weightInput.value = view.weight;
       c.weightInput.dataset.shown = String(view.weight);
     }
+    this.noteWeight(c);
     const admin = view.admin_state || state;
     const removing = state === 'removing';
     c.drain.hidden = removing || admin === 'draining';
@@ -130,6 +133,17 @@ export class BackendCards {
     c.enable.hidden = removing || admin === 'up';
     c.remove.hidden = removing;
     c.weightInput.disabled = removing;
+  }
+
+  // A strategy whose plugin says uses_weights: false never looks at the
+  // weight (only 0, which takes a backend out, still matters): say so.
+  noteWeight(c) {
+    const name = this.dash.config ? this.dash.config.strategy.name : '';
+    const plugin = this.dash.strategy && this.dash.strategy.plugins.get(name);
+    const ignored = Boolean(plugin && plugin.uses_weights === false);
+    c.weightNote.hidden = !ignored;
+    c.weightNote.textContent = ignored ? `weight ignored by ${name}` : '';
+    c.weightNote.title = ignored ? `${name} does not use weights; only weight 0 (no new connections) still counts` : '';
   }
 
   async act(id, c, method, body, describe) {

@@ -25,6 +25,7 @@ export class StrategyPanel {
     this.select.value = this.current() || body.active;
     this.renderOptions();
     this.showActive();
+    this.dash.cards.render();
   }
 
   current() { return this.dash.config ? this.dash.config.strategy.name : null; }
@@ -38,7 +39,7 @@ export class StrategyPanel {
 
   renderOptions() {
     const plugin = this.plugins.get(this.select.value);
-    this.desc.textContent = plugin ? plugin.description : '';
+    this.desc.textContent = plugin ? plugin.description + (plugin.uses_weights === false ? ' It ignores backend weights.' : '') : '';
     const props = (plugin && plugin.options_schema && plugin.options_schema.properties) || {};
     const inUse = this.dash.config && this.dash.config.strategy.name === this.select.value ? this.dash.config.strategy.options || {} : {};
     const fields = Object.entries(props).map(([name, schema]) => field(name, schema, inUse[name]));

@@ -5,6 +5,7 @@ from lbproxy.policy.strategies.builtin import (
     powerOfTwo,
     random,
     roundRobin,
+    roundRobinUnweighted,
     sourceHash,
     weightedRoundRobin,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "powerOfTwo",
     "random",
     "roundRobin",
+    "roundRobinUnweighted",
     "sourceHash",
     "weightedRoundRobin",
 ]

@@ -34,9 +34,13 @@ class StrategyFactory:
         description: str,
         strategy: Callable[..., Any],
         options_schema: Mapping[str, Any] | None = None,
+        uses_weights: bool = True,
     ) -> None:
         self.name = name
         self.description = description
+        #: Whether backend weights change its choices; the UI says "weight
+        #: ignored" next to each weight when they do not.
+        self.uses_weights = uses_weights
         self.options_schema = dict(
             options_schema
             or {"type": "object", "properties": {}, "additionalProperties": False}
@@ -56,12 +60,12 @@ def _rotating(candidates: Candidates, start: int):
 
 
 @implementer(IStrategy)
-class RoundRobin:
+class UnweightedRoundRobin:
     """
     Each backend in turn, ignoring weights.
     """
 
-    name = "round-robin"
+    name = "round-robin-unweighted"
 
     def __init__(self) -> None:
         self._next = 0
@@ -73,13 +77,15 @@ class RoundRobin:
 
 
 @implementer(IStrategy)
-class WeightedRoundRobin:
+class RoundRobin:
     """
-    nginx's smooth weighted round-robin: weights 5,1,1 give a a b a c a a,
-    not a a a a a b c, so no backend gets a burst.
+    Round-robin by weight, as HAProxy's C{roundrobin}, interleaved the way
+    nginx's smooth weighted round-robin is: weights 5,1,1 give a a b a c a a,
+    not a a a a a b c, so no backend gets a burst.  Equal weights give plain
+    rotation.
     """
 
-    name = "weighted-round-robin"
+    name = "round-robin"
 
     def __init__(self) -> None:
         self._current: dict[str, float] = {}
@@ -163,23 +169,53 @@ class Random(_Seeded):
 @implementer(IStrategy)
 class PowerOfTwo(_Seeded):
     """
-    Two random choices: draw two distinct backends, keep the one with fewer
-    active connections per unit of weight.  Nearly as good as least
-    connections, without herding onto one backend when counts are stale.
+    Two random choices: draw two distinct backends, each in proportion to
+    its weight, and keep the one with fewer active connections per unit of
+    weight (ties to the heavier).  Nearly as good as least connections,
+    without herding onto one backend when counts are stale.
     """
 
     name = "power-of-two"
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self._seen: object = None
+        self._cumulative: list[float] = []
+
+    def _draw(self, candidates: Candidates, skip: int) -> int:
+        """
+        A weighted draw; C{skip} (if not -1) is left out by drawing over
+        the other weights and stepping over its interval.
+        """
+        cumulative = self._cumulative
+        total = cumulative[-1]
+        if skip < 0:
+            r = self._random.random() * total
+        else:
+            low = cumulative[skip - 1] if skip else 0.0
+            r = self._random.random() * (total - candidates[skip].weight)
+            if r >= low:
+                r += candidates[skip].weight
+        i = min(bisect.bisect_right(cumulative, r), len(candidates) - 1)
+        if i == skip:
+            i = (i + 1) % len(candidates)
+        return i
 
     def choose(self, candidates: Candidates, client: tuple[str, int]) -> Candidate:
         n = len(candidates)
         if n == 1:
             return candidates[0]
-        i = self._random.randrange(n)
-        j = self._random.randrange(n - 1)
-        if j >= i:
-            j += 1
-        a, b = candidates[i], candidates[j]
-        if b.stats.active / b.weight < a.stats.active / a.weight:
+        if candidates is not self._seen:
+            total = 0.0
+            cumulative = []
+            for c in candidates:
+                total += c.weight
+                cumulative.append(total)
+            self._cumulative = cumulative
+            self._seen = candidates
+        i = self._draw(candidates, -1)
+        a, b = candidates[i], candidates[self._draw(candidates, i)]
+        if (b.stats.active + 1) / b.weight < (a.stats.active + 1) / a.weight:
             return b
         return a
 
@@ -230,8 +266,9 @@ class LeastResponseTime:
     """
     The backend answering fastest: the lowest EWMA of time to first
     response byte (connect latency until one is measured), scaled by active
-    connections per unit of weight.  Every C{explore}th pick goes
-    round-robin so a backend that was slow gets measured again.
+    connections per unit of weight (which alone decides while nothing is
+    measured).  Every C{explore}th pick goes round-robin so a backend that
+    was slow gets measured again.
     """
 
     name = "least-response-time"
@@ -250,11 +287,12 @@ class LeastResponseTime:
             self._explored += 1
             return candidates[self._explored % len(candidates)]
         best = candidates[start]
-        best_score = float("inf")
+        best_score = (float("inf"), float("inf"))
         for c in _rotating(candidates, start):
             s = c.stats
             latency = s.response_ewma if s.response_ewma is not None else s.connect_ewma
-            score = (latency or 0.0) * (s.active + 1) / c.weight
+            load = (s.active + 1) / c.weight
+            score = ((latency or 0.0) * load, load)
             if score < best_score:
                 best, best_score = c, score
         return best
@@ -266,6 +304,8 @@ class FirstAvailable:
     Fill the first backend up to its limit, then the next (HAProxy's
     C{first}): keeps as few backends busy as possible, so spare ones can be
     scaled down.  When all are full, the least loaded relative to its limit.
+    Weights are ignored (except that weight 0 still takes a backend out of
+    the pool), as in HAProxy.
     """
 
     name = "first-available"
@@ -289,12 +329,22 @@ class FirstAvailable:
 _seed = {"type": ["integer", "null"], "description": "Seed for repeatable choices."}
 
 roundRobin = StrategyFactory(
-    "round-robin", "Each backend in turn, ignoring weights.", RoundRobin
+    "round-robin",
+    "Each backend in turn, as often as its weight says, interleaved (nginx's smooth weighted round-robin).",
+    RoundRobin,
 )
+#: The name round-robin had before it honoured weights; kept so stored
+#: configs and scripts naming it go on working.
 weightedRoundRobin = StrategyFactory(
     "weighted-round-robin",
-    "Smooth weighted round-robin (nginx style): shares follow weights, interleaved.",
-    WeightedRoundRobin,
+    "The same as round-robin (an older name).",
+    RoundRobin,
+)
+roundRobinUnweighted = StrategyFactory(
+    "round-robin-unweighted",
+    "Each backend in turn, ignoring weights.",
+    UnweightedRoundRobin,
+    uses_weights=False,
 )
 leastConnections = StrategyFactory(
     "least-connections",
@@ -353,4 +403,5 @@ firstAvailable = StrategyFactory(
         },
         "additionalProperties": False,
     },
+    uses_weights=False,
 )
