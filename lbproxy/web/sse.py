@@ -229,6 +229,8 @@ class EventFeed:
         @return: whether a slot is free now.
         """
         subs = self._subscribers
+        if not subs:
+            return False
         behind = [s for s in subs if s.paused]
         if behind:
             victim = max(behind, key=lambda s: s.backlog)
