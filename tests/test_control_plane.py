@@ -189,3 +189,29 @@ def test_make_service_stops_the_controller_on_shutdown(tmp_path):
     assert store._poller is not None and store._poller.running
     top.stopService()
     assert store._poller is None
+
+
+def test_make_service_wires_the_observers():
+    """In the tree makeService builds, one change through the controller
+    makes exactly one config event on the feed's bus and gives the new
+    backend a health-check loop: both follow the controller, not each
+    other."""
+    from lbproxy.tap import Options, makeService
+
+    options = Options()
+    options.parseOptions([
+        "--backend", "127.0.0.1:9001", "--listen", "tcp:0", "--admin", "tcp:0:interface=127.0.0.1",
+        "--check", "tcp",
+    ])
+    reactor = MemoryReactorClock()
+    top = makeService(options, reactor=reactor)
+    top.startService()
+    try:
+        checker = top.getServiceNamed("health")
+        assert sorted(checker.loops) == ["b1"]
+        top.controller.change(add(9002))
+        configs = [e for e in top.balancer.events.since(0) if e.type == "config"]
+        assert [e.data["version"] for e in configs] == [2]
+        assert sorted(checker.loops) == ["b1", "b2"]
+    finally:
+        top.stopService()
