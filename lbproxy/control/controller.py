@@ -40,7 +40,7 @@ class ConfigController:
         self.store = store
         self._lock = defer.DeferredLock()
         self._observers: list[IConfigObserver] = []
-        self._unwatch = store.watch(self._changed_elsewhere)
+        self._unwatch: Callable[[], None] | None = store.watch(self._changed_elsewhere)
 
     def observe(self, observer: IConfigObserver) -> Callable[[], None]:
         """
