@@ -259,7 +259,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     from lbproxy.policy.balancer import Balancer
-    from lbproxy.control.controller import ConfigController
+    from lbproxy.control.controller import ConfigController, ControllerService
 
     # -- the demo's backends listen first, so the seed config has their ports
     demo = None
@@ -281,6 +281,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top.listen = options["listen"]
     top.balancer = balancer
     top.controller = controller
+    ControllerService(controller).setServiceParent(top)
     _BalancerService(balancer).setServiceParent(top)
 
     # -- the proxy listener (relay engines: lbproxy/relay/twisted_engine.py); in cluster
@@ -304,7 +305,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         mount_admin(admin, top.membership, options["admin"], top.getServiceNamed("admin"))
 
     # -- active health checks (lbproxy/health/checker.py)
-    _health_service(balancer, reactor).setServiceParent(top)
+    _health_service(controller, reactor).setServiceParent(top)
 
     return top
 
@@ -382,7 +383,7 @@ def _cluster_gate(options: Options, top: MultiService, store: Any, reactor: Any)
     """
     from lbproxy.control.cluster import LoadThenServe, Membership, admin_url
 
-    gate = LoadThenServe(store, top.balancer, options["seed"], reactor=reactor)
+    gate = LoadThenServe(top.controller, options["seed"], reactor=reactor)
     gate.setName("cluster")
     gate.setServiceParent(top)
     top.membership = Membership(store, options["node"], admin_url(options["admin"]), reactor=reactor)
@@ -391,10 +392,10 @@ def _cluster_gate(options: Options, top: MultiService, store: Any, reactor: Any)
     return gate
 
 
-def _health_service(balancer: Any, reactor: Any) -> Service:
+def _health_service(controller: Any, reactor: Any) -> Service:
     from lbproxy.health.checker import HealthChecker
 
-    return HealthChecker(balancer, reactor)
+    return HealthChecker(controller.balancer, reactor, controller=controller)
 
 
 def _check_engine(options: Options) -> None:

@@ -174,14 +174,22 @@ def test_force_close_aborts_every_connection_of_a_backend(factories):
 
 
 def test_config_changes_publish_events(factories):
-    """Each applied config publishes a config event with its version; an
-    operator's state change also publishes a backend event."""
+    """An operator's state change publishes a backend event from the
+    balancer, then the config event from the bus observing the controller
+    (the balancer itself makes no config event: workers apply without one)."""
+    from lbproxy.control.controller import ConfigController
+    from lbproxy.control.store.memory import MemoryStore
+
     b, _ = make(factories)
     events = []
     b.events.subscribe(events.append)
-    b.apply(update_backend(b.config, "b1", {"state": "disabled"})[0])
+    b.apply(b.config.__class__(version=2, backends=b.config.backends, strategy=b.config.strategy))
+    assert events == []
+    controller = ConfigController(b, MemoryStore(b.config))
+    controller.observe(b.events)
+    controller.change(lambda c: (update_backend(c, "b1", {"state": "disabled"})[0], None))
     assert [(e.type, e.data.get("version") or e.data.get("state")) for e in events] == [
-        ("backend", "disabled"), ("config", 2),
+        ("backend", "disabled"), ("config", 3),
     ]
     assert "b1" not in {c.id for c in b.pool.candidates}
     assert b.backend_view(b.config.backend("b1"))["state"] == "disabled"

@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from lbproxy.policy.balancer import Balancer
+from lbproxy.control.controller import ConfigController
 from lbproxy.control.cluster import LoadThenServe, Membership, NodesAPI, admin_url
 from lbproxy.model.config import Backend, Config, StoreError, VersionConflict
 from lbproxy.control.store.etcd import EtcdStore
@@ -61,7 +62,7 @@ class Child(Service):
 def gate_for(store, factories):
     clock = Clock()
     balancer = Balancer(SEED, factories, reactor=clock)
-    gate = LoadThenServe(store, balancer, SEED, reactor=clock, max_backoff=2.0)
+    gate = LoadThenServe(ConfigController(balancer, store), SEED, reactor=clock, max_backoff=2.0)
     child = Child()
     child.setServiceParent(gate)
     return gate, child, balancer, clock

@@ -41,3 +41,57 @@ def test_route_ring_is_bounded_and_counts_drops():
     batch = r.drain()
     assert batch["total"] == 1000 and len(batch["sample"]) == 10
     assert batch["dropped"] == 990 and batch["counts"] == {"b0": 500, "b1": 500}
+
+
+def test_history_keeps_only_control_plane_events_and_stays_bounded():
+    """Route and stats events go to subscribers but never into the history:
+    after 6,000 route batches and 600 stats the config and backend events
+    published among them are all still there, in order; the history itself
+    never holds more than its bound, and what fell out of it asks for a
+    resync."""
+    bus = EventBus(history=5)
+    live = []
+    bus.subscribe(live.append)
+    kept = []
+    for i in range(6000):
+        bus.publish("route", {"n": i})
+        if i % 10 == 0:
+            bus.publish("stats", {"n": i})
+        if i % 1500 == 0:
+            kept.append(bus.publish("config", {"version": i}).id)
+            kept.append(bus.publish("backend", {"id": "b1", "state": "down"}).id)
+    assert len(live) == 6000 + 600 + len(kept)
+    assert len(kept) == 8 and bus.history_size == 5
+    assert [e.id for e in bus.since(kept[2])] == kept[3:]
+    assert bus.since(kept[2] - 1) is None, "kept[2] itself left the history"
+    assert bus.since(kept[-1] + 1) == [], "a client that last saw a route event is up to date"
+
+
+def test_a_client_that_last_saw_a_live_event_resumes():
+    """Ids are one sequence over kept and live events: resuming from the id
+    of a route event replays the kept events after it, and none before."""
+    bus = EventBus()
+    bus.publish("config", {"version": 1})
+    route = bus.publish("route", {"total": 1})
+    later = bus.publish("backend", {"id": "b1"})
+    bus.publish("stats", {})
+    assert bus.since(route.id) == [later]
+    assert bus.since(0)[0].type == "config"
+
+
+def test_the_bus_observes_applied_configs():
+    """The bus is an IConfigObserver: each applied config becomes one
+    config event with the new version and document, kept for resumption."""
+    from zope.interface.verify import verifyObject
+
+    from lbproxy.interfaces import IConfigObserver
+    from lbproxy.model.config import Backend, Config
+
+    bus = EventBus()
+    verifyObject(IConfigObserver, bus)
+    old = Config(version=1, backends=())
+    new = Config(version=2, backends=(Backend("b1", "127.0.0.1", 9001),))
+    bus.applied(old, new)
+    [event] = bus.since(0)
+    assert event.type == "config" and event.data["version"] == 2
+    assert event.data["config"] == new.to_json()

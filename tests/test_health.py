@@ -20,8 +20,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
+from lbproxy.interfaces import IConfigObserver
+
 from lbproxy.policy.balancer import Balancer
 from lbproxy.model.config import Backend, Config, HealthCheck
+from lbproxy.control.controller import ConfigController
+from lbproxy.control.store.memory import MemoryStore
 from lbproxy.health.checker import HealthChecker
 from lbproxy.policy.plugins import strategy_factories
 
@@ -33,7 +37,8 @@ def make(check=TCP, n=2, http_client=None, backends=None):
     backends = backends or tuple(Backend(f"b{i + 1}", "127.0.0.1", 9001 + i) for i in range(n))
     config = Config(version=1, backends=backends, health_check=check)
     balancer = Balancer(config, strategy_factories(), reactor=reactor)
-    checker = HealthChecker(balancer, reactor=reactor, http_client=http_client)
+    controller = ConfigController(balancer, MemoryStore(config))
+    checker = HealthChecker(balancer, reactor=reactor, http_client=http_client, controller=controller)
     checker.startService()
     return balancer, checker, reactor
 
@@ -242,17 +247,25 @@ def test_per_backend_check_beats_the_pool_check():
 
 
 def test_loops_follow_config_changes():
-    """A new backend gets a loop and is probed at once; a removed one loses
-    its loop (the probe in flight is abandoned and its result never
-    arrives); changed settings restart the loops; a weight change does not;
-    no check at all stops every loop."""
+    """Told of each applied config by the controller, the checker gives a
+    new backend a loop that probes at once; a removed one loses its loop
+    (the probe in flight is abandoned and its result never arrives);
+    changed settings restart the loops; a weight change does not; no check
+    at all stops every loop."""
     balancer, checker, reactor = make(n=2)
+
+    verifyObject(IConfigObserver, checker)
+
+    def apply(new):  # lock -> store -> balancer -> observers, as the API does
+        checker.controller.change(lambda _: (new, None))
+        assert balancer.config is new
+
     reactor.advance(0)
     reactor.advance(1.0)
     assert attempts(reactor) == [9001, 9002]
     config = balancer.config
     b3 = Backend("b3", "127.0.0.1", 9003)
-    balancer.apply(replace(config, version=2, backends=(config.backends[0], b3)))
+    apply(replace(config, version=2, backends=(config.backends[0], b3)))
     assert sorted(checker.loops) == ["b1", "b3"]
     assert reactor.connectors[1].stoppedConnecting
     reactor.advance(0)
@@ -261,27 +274,31 @@ def test_loops_follow_config_changes():
 
     before = checker.loops["b1"]
     heavier = replace(balancer.config.backends[0], weight=5)
-    balancer.apply(replace(balancer.config, version=3, backends=(heavier, b3)))
+    apply(replace(balancer.config, version=3, backends=(heavier, b3)))
     assert checker.loops["b1"] is before
 
     slower = replace(TCP, interval=5.0)
-    balancer.apply(replace(balancer.config, version=4, health_check=slower))
+    apply(replace(balancer.config, version=4, health_check=slower))
     assert checker.loops["b1"] is not before
     assert {loop.check.interval for loop in checker.loops.values()} == {5.0}
 
-    balancer.apply(replace(balancer.config, version=5, health_check=None))
+    apply(replace(balancer.config, version=5, health_check=None))
     assert checker.loops == {}
     assert reactor.getDelayedCalls() == []
 
 
 def test_stop_service_stops_every_probe():
     """Stopping the checker cancels its timers and probes in flight and
-    unsubscribes from the balancer's events."""
+    stops observing the controller: a config applied afterwards starts no
+    probe."""
     balancer, checker, reactor = make(n=3)
     reactor.advance(0)
     checker.stopService()
     assert reactor.getDelayedCalls() == []
-    assert balancer.events.subscriber_count == 0
+    b4 = Backend("b4", "127.0.0.1", 9004)
+    checker.controller.change(lambda c: (replace(c, version=2, backends=c.backends + (b4,)), None))
+    assert balancer.config.version == 2
+    assert checker.loops == {} and reactor.getDelayedCalls() == []
     assert reactor.connectors[0].stoppedConnecting
     refuse(reactor, 0)
     assert last(balancer, "b1") is None

@@ -171,7 +171,7 @@ def test_refused_api_change_changes_nothing_and_a_good_one_reaches_the_checker()
     store = MemoryStore(config)
     balancer = Balancer(config, strategy_factories(), reactor=reactor)
     controller = ConfigController(balancer, store)
-    checker = HealthChecker(balancer, reactor=reactor)
+    checker = HealthChecker(balancer, reactor=reactor, controller=controller)
     checker.startService()
     loop = checker.loops["b1"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
@@ -53,10 +54,11 @@ def parse(raw: bytes) -> list[dict]:
 class Client:
     """One HTTP connection to the admin site, on a StringTransport."""
 
-    def __init__(self, admin: Admin, path: str = "/api/v1/events", headers: dict | None = None):
+    def __init__(self, admin: Admin, path: str = "/api/v1/events", headers: dict | None = None,
+                 peer: str = "192.168.1.1"):
         self.site = Site(admin.app.resource())
         self.channel = self.site.buildProtocol(None)
-        self.transport = StringTransport()
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 54321))
         self.channel.makeConnection(self.transport)
         lines = [f"GET {path} HTTP/1.1", "Host: admin.test"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
@@ -298,3 +300,122 @@ def test_access_log_redacts_token():
     request.sentLength = 10
     line = _redacting_formatter("[26/Nov/2026:18:00:00 +0000]", request)
     assert "hunter2" not in line and "access_token=REDACTED" in line and "types=config" in line
+
+
+def status(c: Client) -> int:
+    return int(c.transport.value().split(b" ", 2)[1])
+
+
+def body(c: Client) -> dict:
+    return json.loads(dechunk(c.transport.value()))
+
+
+def test_resume_survives_route_and_stats_traffic(admin):
+    """Ten minutes of feed traffic (route batches every 100 ms, stats every
+    second, while another tab listens) between a disconnect and the
+    reconnect do not push the missed config and health events out of the
+    history: the client resumes with exactly those, in order, no reset."""
+    keeper = Client(admin)
+    first = Client(admin)
+    seen = first.events[-1]["id"]
+    first.disconnect()
+    for tick in range(6000):
+        admin.balancer.route(("10.0.0.1", tick))
+        admin.clock.advance(0.1)
+        if tick % 1000 == 500:
+            change(admin, lambda cfg: add_backend(cfg, {"host": "127.0.0.1", "port": 9100 + tick // 1000}))
+            for _ in range(3):
+                admin.balancer.health_result("b1", tick % 2000 != 500, "probe")
+    admin.clock.advance(0.01)  # 6000 float steps of 0.1 fall just short of 600 s
+    live = keeper.types()
+    assert live.count("route") == 6000 and live.count("stats") == 600
+    missed = [e for e in keeper.events if e["event"] in ("config", "backend")]
+    assert [e["event"] for e in missed].count("config") == 6
+    assert {e["data"].get("state") for e in missed} >= {"down", "up"}
+    again = Client(admin, headers={"Last-Event-ID": str(seen)})
+    assert again.events == missed
+
+
+def test_one_address_holds_at_most_eight_feeds(admin):
+    """A ninth feed from one address gets 429 with a JSON error and
+    Retry-After; another address still gets in."""
+    crowd = [Client(admin, peer="10.0.0.2") for _ in range(8)]
+    assert all(c.types() == ["snapshot"] for c in crowd)
+    ninth = Client(admin, peer="10.0.0.2")
+    assert status(ninth) == 429 and b"Retry-After: 10" in ninth.transport.value()
+    assert "10.0.0.2" in body(ninth)["error"]
+    ui = Client(admin, peer="10.0.0.1")
+    assert ui.types() == ["snapshot"]
+    assert admin.app.feed.subscriber_count == 9
+
+
+def test_full_feed_evicts_the_subscriber_furthest_behind(admin):
+    """When every slot is taken, a newcomer takes the slot of the paused
+    subscriber with the most bytes unsent (its connection is aborted); the
+    ones that keep reading stay."""
+    feed = admin.app.feed
+    feed.max_subscribers = 3
+    a, b, c = (Client(admin, peer=f"10.0.1.{i}") for i in (1, 2, 3))
+    a.transport.producer.pauseProducing()
+    b.transport.producer.pauseProducing()
+    admin.balancer.events.publish("backend", {"blob": "x" * 100})
+    b.transport.producer.pauseProducing()
+    admin.balancer.events.publish("backend", {"blob": "x" * 100})
+    a.transport.producer.resumeProducing()
+    a.transport.producer.pauseProducing()
+    new = Client(admin, peer="10.0.1.4")
+    assert new.types() == ["snapshot"]
+    assert b.transport.disconnected and not a.transport.disconnecting and not c.transport.disconnecting
+    assert feed.evictions == 1 and feed.subscriber_count == 3
+
+
+def test_full_feed_evicts_the_oldest_feed_of_the_most_crowded_address(admin):
+    """With nobody behind, a newcomer takes the oldest feed of the address
+    holding the most, if that is at least two more than its own address
+    holds; otherwise it gets 503."""
+    feed = admin.app.feed
+    feed.max_subscribers = 4
+    crowd = [Client(admin, peer="10.0.0.2") for _ in range(3)]
+    lone = Client(admin, peer="10.0.0.3")
+    ui = Client(admin, peer="10.0.0.1")
+    assert ui.types() == ["snapshot"]
+    assert crowd[0].transport.disconnected and not any(c.transport.disconnecting for c in crowd[1:])
+    assert not lone.transport.disconnecting
+    # Now 10.0.0.2 holds 2, 10.0.0.1 holds 1: a second UI tab may not take theirs.
+    second = Client(admin, peer="10.0.0.1")
+    assert status(second) == 503 and feed.evictions == 1
+    newcomer = Client(admin, peer="10.0.0.9")
+    assert newcomer.types() == ["snapshot"] and crowd[1].transport.disconnected
+
+
+def test_head_holds_no_slot(admin):
+    """HEAD on a full feed answers the headers and evicts nobody."""
+    admin.app.feed.max_subscribers = 1
+    only = Client(admin)
+    channel = Site(admin.app.resource()).buildProtocol(None)
+    t = StringTransport()
+    channel.makeConnection(t)
+    channel.dataReceived(b"HEAD /api/v1/events HTTP/1.1\r\nHost: admin.test\r\n\r\n")
+    assert t.value().startswith(b"HTTP/1.1 200")
+    assert not only.transport.disconnecting and admin.app.feed.evictions == 0
+
+
+def test_client_key_groups_ipv6_by_64():
+    """Feeds count per IPv4 address, per IPv6 /64 (one host's share), and
+    an IPv4-mapped IPv6 address counts as its IPv4 address."""
+    from twisted.internet.address import IPv6Address, UNIXAddress
+
+    from lbproxy.web.sse import client_key
+
+    class R:
+        def __init__(self, addr):
+            self.addr = addr
+
+        def getClientAddress(self):
+            return self.addr
+
+    assert client_key(R(IPv4Address("TCP", "127.0.0.2", 1))) == "127.0.0.2"
+    assert client_key(R(IPv6Address("TCP", "2001:db8::1:2", 1))) == client_key(
+        R(IPv6Address("TCP", "2001:db8::ffff:9", 1))) == "2001:db8::/64"
+    assert client_key(R(IPv6Address("TCP", "::ffff:192.0.2.1", 1))) == "192.0.2.1"
+    assert client_key(R(UNIXAddress(None))) == "local"

@@ -40,7 +40,9 @@ class LoadThenServe(MultiService):
     An empty store is seeded with the command line's config
     (create-if-absent: when several nodes start at once, one seed wins and
     the others adopt it).  The loaded config replaces the balancer's at
-    once, before any client is accepted.
+    once, before any client is accepted, through the controller
+    (L{ConfigController.install}), so its observers (health checks, the
+    feed, workers) follow it like any other change.
 
     @ivar ready: a Deferred firing with the config once children started.
     @ivar attempts: how many loads were tried.
@@ -48,8 +50,7 @@ class LoadThenServe(MultiService):
 
     def __init__(
         self,
-        store: Any,
-        balancer: Any,
+        controller: Any,
         seed: Config,
         reactor: Any = None,
         max_backoff: float = 2.0,
@@ -58,8 +59,9 @@ class LoadThenServe(MultiService):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
-        self.store = store
-        self.balancer = balancer
+        self.controller = controller
+        self.store = controller.store
+        self.balancer = controller.balancer
         self.seed = seed
         self.max_backoff = max_backoff
         self.ready: defer.Deferred = defer.Deferred()
@@ -120,22 +122,30 @@ class LoadThenServe(MultiService):
         if self.running:
             self._retry = self._reactor.callLater(delay, self._attempt)
 
-    def _loaded(self, config: Config | None) -> None:
+    def _loaded(self, config: Config | None) -> Any:
         self._loading = None
         if not self.running:
+            return None
+        if config is None:
+            self._serve()
+            return None
+        d = self.controller.install(config)
+        d.addCallbacks(lambda _: self._serve(), self._unusable, errbackArgs=(config,))
+        return d
+
+    def _unusable(self, reason: Any, config: Config) -> None:
+        # For example a strategy plugin this node does not have.
+        log.error(
+            "the stored config version {version} cannot be used here: {error}; "
+            "not proxying, retrying in {delay}s",
+            version=config.version, error=reason.getErrorMessage(), delay=self.max_backoff,
+        )
+        if self.running:
+            self._retry = self._reactor.callLater(self.max_backoff, self._attempt)
+
+    def _serve(self) -> None:
+        if not self.running:
             return
-        if config is not None and config != self.balancer.config:
-            try:
-                self.balancer.apply(config)
-            except Exception as e:
-                # For example a strategy plugin this node does not have.
-                log.error(
-                    "the stored config version {version} cannot be used here: {error}; "
-                    "not proxying, retrying in {delay}s",
-                    version=config.version, error=e, delay=self.max_backoff,
-                )
-                self._retry = self._reactor.callLater(self.max_backoff, self._attempt)
-                return
         log.info(
             "config version {version} loaded from the store: starting the listener",
             version=self.balancer.config.version,

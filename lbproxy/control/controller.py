@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -32,11 +33,14 @@ class ConfigController:
     """
 
     def __init__(self, balancer: Balancer, store: IConfigStore) -> None:
+        """
+        Watches C{store} from now until L{stop}.
+        """
         self.balancer = balancer
         self.store = store
         self._lock = defer.DeferredLock()
         self._observers: list[IConfigObserver] = []
-        self._unwatch = store.watch(self._changed_elsewhere)
+        self._unwatch: Callable[[], None] | None = store.watch(self._changed_elsewhere)
 
     def observe(self, observer: IConfigObserver) -> Callable[[], None]:
         """
@@ -99,9 +103,30 @@ class ConfigController:
 
     def stop(self) -> None:
         """
-        Stop watching the store for changes made by other processes.
+        Stop watching the store for changes made by other processes (the
+        process is shutting down: L{ControllerService} calls this).
         """
-        self._unwatch()
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
+
+    def install(self, config: Config) -> defer.Deferred:
+        """
+        Put in force a config loaded from the store at startup (cluster
+        mode), telling the observers.  Unlike a watched change it need not
+        be newer: what the store holds wins over the command line's seed.
+
+        @return: a Deferred firing with C{config}, or failing (nothing
+            changed) if the balancer cannot use it.
+        """
+        return self._lock.run(self._install, config)
+
+    def _install(self, config: Config) -> Config:
+        old = self.balancer.config
+        if config != old:
+            self.balancer.apply(config)
+            self._applied(old, config)
+        return config
 
     def _changed_elsewhere(self, config: Config) -> None:
         self._lock.run(self._adopt, config)
@@ -109,10 +134,21 @@ class ConfigController:
     def _adopt(self, config: Config) -> None:
         if config.version <= self.balancer.config.version:
             return
-        old = self.balancer.config
         try:
-            self.balancer.apply(config)
+            self._install(config)
         except Exception:
             log.failure("cannot apply config version {version} from the store", version=config.version)
-            return
-        self._applied(old, config)
+
+
+class ControllerService(Service):
+    """
+    Stops the controller's store watch when the application stops, so a
+    change arriving during shutdown is not applied to a stopping process.
+    """
+
+    def __init__(self, controller: ConfigController) -> None:
+        self.controller = controller
+
+    def stopService(self) -> Any:
+        self.controller.stop()
+        return super().stopService()

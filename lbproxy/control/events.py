@@ -1,6 +1,12 @@
 """
-Events for the admin feed: a bounded history with subscribers, and a cheap
+Events for the admin feed: a bus with a bounded resume history, and a cheap
 recorder of routing decisions.
+
+Only control-plane events (L{KEPT}: config, backend, store, node) enter the
+history a reconnecting client resumes from.  Everything else (the 10 Hz
+C{route} batches, the 1 Hz C{stats}, the demo's C{demo}) goes live to the
+subscribers of the moment and is never stored, so traffic cannot push a
+missed config or health change out of the history.
 
 Routing decisions can come tens of thousands a second, so the proxy never
 publishes them one by one: L{RouteRecorder.record} bumps a counter and
@@ -13,6 +19,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from zope.interface import implementer
+
+from lbproxy.interfaces import IConfigObserver
+
+#: The event types a feed client resumes: what changes the pool's state.
+KEPT = frozenset({"config", "backend", "store", "node"})
+
 
 @dataclass(frozen=True)
 class Event:
@@ -21,15 +34,24 @@ class Event:
     data: dict[str, Any]
 
 
+@implementer(IConfigObserver)
 class EventBus:
     """
-    Publishes events to subscribers and keeps the last C{history} of them
-    so a feed client can resume after C{Last-Event-ID}.
+    Publishes events to subscribers and keeps the last C{history} events of
+    the C{kept} types so a feed client can resume after C{Last-Event-ID}.
+
+    Every event gets the next id, kept or not, so ids stay one sequence a
+    client can resume from whatever it saw last.  The bus is also the
+    L{IConfigObserver} that turns each applied config into a C{config}
+    event for the UI (the one place that event is made).
     """
 
-    def __init__(self, history: int = 1000) -> None:
+    def __init__(self, history: int = 1000, kept: frozenset[str] = KEPT) -> None:
         self._history: deque[Event] = deque(maxlen=history)
+        self.kept = kept
         self._next_id = 1
+        #: the id of the newest kept event that left the history.
+        self._floor = 0
         self._subscribers: list[Callable[[Event], None]] = []
 
     @property
@@ -39,10 +61,17 @@ class EventBus:
     def publish(self, type: str, data: dict[str, Any]) -> Event:
         event = Event(self._next_id, type, data)
         self._next_id += 1
-        self._history.append(event)
+        if type in self.kept:
+            history = self._history
+            if len(history) == history.maxlen:
+                self._floor = history[0].id
+            history.append(event)
         for subscriber in tuple(self._subscribers):
             subscriber(event)
         return event
+
+    def applied(self, old: Any, new: Any) -> None:
+        self.publish("config", {"version": new.version, "config": new.to_json()})
 
     def subscribe(self, subscriber: Callable[[Event], None]) -> Callable[[], None]:
         """
@@ -60,17 +89,18 @@ class EventBus:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
+    @property
+    def history_size(self) -> int:
+        return len(self._history)
+
     def since(self, last_id: int) -> list[Event] | None:
         """
-        Events after C{last_id}, or C{None} if some of them are no longer
-        in the history, or C{last_id} is one this bus never gave (a client
-        of an earlier process): the client must resync from a snapshot.
+        The kept events after C{last_id}, or C{None} if some of them are no
+        longer in the history, or C{last_id} is one this bus never gave (a
+        client of an earlier process): the client must resync from a
+        snapshot.  Live-only events (routes, stats) are never replayed.
         """
-        if last_id > self.last_id:
-            return None
-        if last_id == self.last_id:
-            return []
-        if not self._history or self._history[0].id > last_id + 1:
+        if last_id > self.last_id or last_id < self._floor:
             return None
         return [e for e in self._history if e.id > last_id]
 

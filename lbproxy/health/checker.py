@@ -8,8 +8,8 @@ effective check (its own, else the pool's) every C{interval} seconds, each
 probe bounded by its own C{timeout}, so a slow backend never delays the
 others.  Loops start spread over the interval (the k-th of n new loops
 after C{k/n} of it) so checks of a large pool do not arrive at once.  The
-checker follows config changes through the balancer's C{config} events:
-new backends get a loop, removed ones lose theirs (a result still in flight
+checker follows config changes as an L{lbproxy.interfaces.IConfigObserver}
+of the L{lbproxy.control.controller.ConfigController}: new backends get a loop, removed ones lose theirs (a result still in flight
 is dropped), and changed check settings restart the loop.  Draining and
 disabled backends are still probed, so their health is known the moment an
 operator brings them back.
@@ -40,7 +40,9 @@ from twisted.internet import defer, error
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from lbproxy.interfaces import IConfigObserver
 from lbproxy.model.config import Backend, HealthCheck
 
 log = Logger()
@@ -235,10 +237,11 @@ def _default_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any
     return _endpoint(reactor, host, port, timeout)
 
 
+@implementer(IConfigObserver)
 class HealthChecker(Service):
     """
     Runs the active checks of a balancer's backends while the application
-    runs.
+    runs, following the controller's applied configs while it runs.
 
     @ivar loops: backend id -> its probe loop, for the backends that have a
         check.
@@ -252,6 +255,7 @@ class HealthChecker(Service):
         reactor: Any = None,
         http_client: Any = None,
         endpoint: Callable[[Any, str, int, float], Any] = _default_endpoint,
+        controller: Any = None,
     ) -> None:
         """
         @param balancer: the L{lbproxy.policy.balancer.Balancer} whose backends to
@@ -260,6 +264,9 @@ class HealthChecker(Service):
             checks; by default one on non-persistent connections.
         @param endpoint: C{endpoint(reactor, host, port, timeout)} making a
             client endpoint for TCP and send/expect checks.
+        @param controller: what to L{observe<lbproxy.control.controller.ConfigController.observe>}
+            while running; without one the checks follow only the config
+            in force at start (and explicit L{reconcile} calls).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -267,6 +274,7 @@ class HealthChecker(Service):
         self.reactor = reactor
         self._http_client = http_client
         self.endpoint = endpoint
+        self.controller = controller
         self.loops: dict[str, _Loop] = {}
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -286,7 +294,8 @@ class HealthChecker(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._unsubscribe = self.balancer.events.subscribe(self._event)
+        if self.controller is not None:
+            self._unsubscribe = self.controller.observe(self)
         self.reconcile()
 
     def stopService(self) -> Any:
@@ -298,8 +307,8 @@ class HealthChecker(Service):
         self.loops.clear()
         return super().stopService()
 
-    def _event(self, event: Any) -> None:
-        if event.type == "config":
+    def applied(self, old: Any, new: Any) -> None:
+        if self.running:
             self.reconcile()
 
     def reconcile(self) -> None:

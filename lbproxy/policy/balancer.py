@@ -353,8 +353,9 @@ class Balancer:
                     self._arm_drain_timer(b.id, config.drain_timeout)
                     if not self.connections.get(b.id):
                         self._backend_event(b.id, "drained", "drained: no connections left")
+        # The UI's config event comes from the controller's observers
+        # (EventBus.applied), not from here: workers apply without one.
         log.info("config version {version} in force", version=config.version)
-        self.events.publish("config", {"version": config.version, "config": config.to_json()})
 
     def follow(self, follower: Callable[[str, tuple], None]) -> Callable[[], None]:
         """

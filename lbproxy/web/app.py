@@ -151,6 +151,8 @@ class AdminApp:
         self.clock = clock
         self.stats = stats if stats is not None else StatsSampler(self.balancer, clock)
         self.feed = feed if feed is not None else EventFeed(self.balancer, self.stats, clock)
+        # The feed's config events: the bus is one of the controller's observers.
+        controller.observe(self.balancer.events)
         self.registry = metrics_registry(self.balancer, self.feed)
         self.node = node
         self.started = clock.seconds()

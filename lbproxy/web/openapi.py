@@ -31,6 +31,7 @@ _STATUS_TEXT = {
     412: "If-Match named a stale version; nothing changed.",
     413: "The body is too large.",
     415: "The body was not sent as application/json.",
+    429: "This client address already holds the most event feeds one address may (8); close one.",
     503: "Too many event feed subscribers; retry later.",
     507: "The config store could not make the change durable; nothing changed.",
 }
@@ -297,14 +298,18 @@ def _schemas() -> dict[str, Any]:
 
 
 _FEED_TEXT = """Server-sent events.  Each event has an id; reconnect with Last-Event-ID (or
-?last_event_id=) to resume from the bounded history.  Types: snapshot (on connect: config,
+?last_event_id=) to get every config, backend and store event missed, from a bounded history
+that only those enter (route and stats events are live only, so traffic never pushes them
+out).  Types: snapshot (on connect: config,
 backends, stats), reset (same, when the history after Last-Event-ID is gone), config (every
 change, with the new version), backend (state or health change), route (every 100 ms while
 routing happens: counts per backend, a sample of decisions, how many were not sampled, the
 strategy), stats (about once a second), store (cluster mode: the config store became
 available or unavailable, or the live nodes changed).  ?types=config,backend limits the types.  Comment
 lines every 15 s keep proxies from closing an idle feed.  A client that stops reading is
-disconnected once its bounded buffer is full."""
+disconnected once its bounded buffer is full.  One client address holds at most 8 feeds (429
+past that); a full feed (100) makes room by evicting the subscriber furthest behind, or the
+oldest feed of the address holding the most, and answers 503 only when it cannot."""
 
 
 def openapi_document() -> dict[str, Any]:
@@ -370,7 +375,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "An endless text/event-stream.",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                    **_errors(400, 401, 503),
+                    **_errors(400, 401, 429, 503),
                 },
             },
         },

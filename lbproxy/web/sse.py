@@ -12,11 +12,22 @@ then pauses the subscriber (it is the request's push producer), which from
 then on only counts the bytes it would have written.  Past C{max_backlog}
 it is cut off, so a stuck client costs bounded memory and never stalls the
 reactor; its browser reconnects with C{Last-Event-ID} and resumes from the
-bounded history, or gets a C{reset} snapshot when that history is gone.
+bounded history of control-plane events (routes and stats are live only,
+so traffic never pushes a config or health change out of it), or gets a
+C{reset} snapshot when that history is gone.
+
+Slots are bounded (C{max_subscribers}) and shared fairly, so slow readers
+cannot lock the UI out: one client address (an IPv6 /64) holds at most
+C{max_per_client} feeds (429 past that), and when every slot is taken a
+newcomer evicts the subscriber furthest behind (paused, most bytes
+unsent), or else the oldest feed of the address holding the most, if that
+is at least two more than the newcomer's address holds; only when neither
+exists is it refused (503).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -48,12 +59,15 @@ class Subscriber:
     @ivar paused: whether the HTTP channel said the socket is full.
     @ivar backlog: bytes written while paused (buffered in the transport).
     @ivar types: event types it asked for, or C{None} for all.
+    @ivar client: the client address it counts against (L{client_key}).
     """
 
-    def __init__(self, feed: "EventFeed", request: Any, types: frozenset[str] | None, max_backlog: int) -> None:
+    def __init__(self, feed: "EventFeed", request: Any, types: frozenset[str] | None, max_backlog: int,
+                 client: str = "?") -> None:
         self.feed = feed
         self.request = request
         self.types = types
+        self.client = client
         self.max_backlog = max_backlog
         self.paused = False
         self.backlog = 0
@@ -85,6 +99,7 @@ class EventFeed:
     anyone listens.
 
     @ivar cut_offs: how many subscribers were cut off for not reading.
+    @ivar evictions: how many gave their slot to a newcomer on a full feed.
     """
 
     def __init__(
@@ -97,6 +112,7 @@ class EventFeed:
         heartbeat: float = 15.0,
         max_backlog: int = 1024 * 1024,
         max_subscribers: int = 100,
+        max_per_client: int = 8,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -108,7 +124,9 @@ class EventFeed:
         self.heartbeat = heartbeat
         self.max_backlog = max_backlog
         self.max_subscribers = max_subscribers
+        self.max_per_client = max_per_client
         self.cut_offs = 0
+        self.evictions = 0
         self._subscribers: list[Subscriber] = []
         self._unsubscribe: Any = None
         self._loops: list[LoopingCall] = []
@@ -121,31 +139,37 @@ class EventFeed:
         """
         Start a feed on C{request}: headers, then the history after
         C{Last-Event-ID} (header, or C{?last_event_id=}) or a snapshot, then
-        live events.  C{?types=a,b} limits the event types.
+        live events.  C{?types=a,b} limits the event types.  C{HEAD}
+        answers the headers and holds no slot.
 
         @return: a Deferred that fires when the feed ends; cancelling it
             (as Klein does when the client goes away) unsubscribes.
         @raise ApiError: 400 for a C{Last-Event-ID} that is not an event
-            id; 503 when C{max_subscribers} feeds are open already (their
-            buffers are what bounds the feed's memory).
+            id; 429 when the client's address holds C{max_per_client}
+            feeds; 503 when C{max_subscribers} feeds are open and none may
+            be evicted (their buffers are what bounds the feed's memory).
         """
         last_id = _last_event_id(request)
-        if len(self._subscribers) >= self.max_subscribers:
-            raise ApiError(503, f"the event feed already has {self.max_subscribers} subscribers; try again later",
-                           headers={"Retry-After": "10"})
         types = None
         if b"types" in request.args:
             names = b",".join(request.args[b"types"]).decode("utf-8", "replace").split(",")
             types = frozenset(n.strip() for n in names if n.strip())
-        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-cache, no-store")
-        request.setHeader(b"X-Accel-Buffering", b"no")
         if request.method == b"HEAD":
+            _stream_headers(request)
             return defer.succeed(b"")
+        client = client_key(request)
+        same = sum(1 for s in self._subscribers if s.client == client)
+        if same >= self.max_per_client:
+            raise ApiError(429, f"{client} already has {same} event feeds open, the most one address may hold; "
+                                "close one", headers={"Retry-After": "10"})
+        if len(self._subscribers) >= self.max_subscribers and not self._make_room(same):
+            raise ApiError(503, f"the event feed already has {self.max_subscribers} subscribers; try again later",
+                           headers={"Retry-After": "10"})
+        _stream_headers(request)
         channel = getattr(request, "channel", None)
         if channel is not None and hasattr(channel, "setTimeout"):
             channel.setTimeout(None)
-        sub = Subscriber(self, request, types, self.max_backlog)
+        sub = Subscriber(self, request, types, self.max_backlog, client)
         request.registerProducer(sub, True)
         bus = self.balancer.events
         request.write(b"retry: 2000\n\n")
@@ -192,8 +216,41 @@ class EventFeed:
         without waiting for its buffer to drain.
         """
         self.cut_offs += 1
-        self.remove(sub)
         log.info("event feed subscriber {peer} cut off: it stopped reading", peer=_peer(sub.request))
+        self._abort(sub)
+
+    def _make_room(self, same: int) -> bool:
+        """
+        Evict one subscriber of a full feed for a newcomer whose address
+        holds C{same} feeds: the one furthest behind, else the oldest of the
+        address holding the most, if that is at least C{same + 2} (so the
+        two never take turns).
+
+        @return: whether a slot is free now.
+        """
+        subs = self._subscribers
+        if not subs:
+            return False
+        behind = [s for s in subs if s.paused]
+        if behind:
+            victim = max(behind, key=lambda s: s.backlog)
+            why = "it was the furthest behind"
+        else:
+            counts: dict[str, int] = {}
+            for s in subs:
+                counts[s.client] = counts.get(s.client, 0) + 1
+            crowd = max(counts, key=counts.__getitem__)
+            if counts[crowd] < same + 2:
+                return False
+            victim = next(s for s in subs if s.client == crowd)
+            why = f"{crowd} held {counts[crowd]} feeds"
+        self.evictions += 1
+        log.info("event feed full: subscriber {peer} evicted for a new one ({why})", peer=_peer(victim.request), why=why)
+        self._abort(victim)
+        return True
+
+    def _abort(self, sub: Subscriber) -> None:
+        self.remove(sub)
         transport = getattr(sub.request, "transport", None) or getattr(sub.request.channel, "transport", None)
         if transport is not None:
             getattr(transport, "abortConnection", transport.loseConnection)()
@@ -257,6 +314,7 @@ class EventFeed:
         """
         Publish the routing decisions since the last batch as one C{route}
         event: counts per backend, a sample, how many were not sampled.
+        Like C{stats}, it is live only: the bus keeps neither in its history.
         """
         batch = self.balancer.routes.drain()
         if batch is None:
@@ -271,6 +329,33 @@ class EventFeed:
     def _beat(self) -> None:
         for sub in tuple(self._subscribers):
             self._send(sub, b": keep-alive\n\n")
+
+
+def _stream_headers(request: Any) -> None:
+    request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-cache, no-store")
+    request.setHeader(b"X-Accel-Buffering", b"no")
+
+
+def client_key(request: Any) -> str:
+    """
+    The address a feed counts against: the client's IP, or its /64 for
+    IPv6 (one host's share of addresses), C{"local"} for a UNIX socket.
+    Behind a reverse proxy every client is the proxy's address.
+    """
+    try:
+        host = request.getClientAddress().host
+    except AttributeError:
+        return "local"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return str(host)
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _last_event_id(request: Any) -> int | None:

@@ -54,11 +54,12 @@ class Node:
         self.store = EtcdStore(endpoints, prefix, reactor=reactor)
         self.balancer = Balancer(seed, factories, ProxySettings(access_log=False), reactor=reactor)
         self.controller = ConfigController(self.balancer, self.store)
+        self.controller.observe(self.balancer.events)  # as AdminApp does: config events
         self.events = []
         self.balancer.events.subscribe(
             lambda e: self.events.append(e) if e.type == "config" else None
         )
-        self.gate = LoadThenServe(self.store, self.balancer, seed, reactor=reactor)
+        self.gate = LoadThenServe(self.controller, seed, reactor=reactor)
         self.listener = StreamServerEndpointService(
             TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), ProxyFactory(self.balancer, reactor)
         )

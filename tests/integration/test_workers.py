@@ -15,6 +15,8 @@ from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 
 from lbproxy.model.config import Backend, Config, StrategyChoice
+from lbproxy.control.controller import ConfigController
+from lbproxy.control.store.memory import MemoryStore
 from lbproxy.control.workers import WorkerPool
 from tests.integration import relay_harness as h
 
@@ -129,7 +131,11 @@ def test_config_change_reaches_every_worker(pool_of):
             backends=(Backend(id="b2", host="127.0.0.1", port=b.getHost().port),),
             strategy=StrategyChoice("round-robin"),
         )
-        balancer.apply(new)
+        # Through a controller whose bus observes it, as the admin API does
+        # (the pool hears the bus's config event until it observes the controller).
+        controller = ConfigController(balancer, MemoryStore(balancer.config))
+        controller.observe(balancer.events)
+        yield controller.change(lambda _: (new, None))
 
         yield task.deferLater(reactor, 0.3, lambda: None)
         got = yield deferToThread(h.names, pool.port, 20)
