@@ -56,7 +56,7 @@ export class DemoPanel {
     const dots = list.map((u) => {
       const [id, online, status, backend] = Array.isArray(u) ? u : [u.id, u.online, u.status, u.backend];
       const title = online
-        ? `${id}: online, ${status === 'error' ? 'last request failed' : status === 'waiting' ? 'waiting for an answer' : backend ? `last answered by ${backend}` : 'just arrived'}`
+        ? `${id}: online, ${status === 'error' ? 'last request failed' : status === 'waiting' ? 'waiting for an answer' : backend ? `last answered by ${backend}` : status === 'ok' ? 'last request answered' : 'just arrived'}`
         : `${id}: offline`;
       return h('span', {
         class: `dot ${online ? 'on' : 'off'} s-${status}`,
