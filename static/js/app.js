@@ -28,7 +28,7 @@ class Dashboard {
     this.strategyName = '';
 
     this.flow = new FlowView($('flow'), $('flow-scale'));
-    this.chart = new RateChart($('chart'), $('legend'));
+    this.chart = new RateChart($('chart'), $('legend'), $('chart-span'));
     this.log = new EventLog($('log'));
     this.cards = new BackendCards($('cards'), this);
     this.strategy = new StrategyPanel(this);
@@ -102,6 +102,7 @@ class Dashboard {
         this.setViews(data.backends);
         if (data.stats) this.onStats(data.stats);
         this.renderHeader();
+        this.loadHistory();
         break;
       case 'route': this.onRoute(data); break;
       case 'stats': this.onStats(data); break;
@@ -209,6 +210,15 @@ class Dashboard {
     this.strategy.showActive();
     this.refresh();
     this.cluster.refresh();
+  }
+
+  // The server's last minutes of rates, so the chart does not start empty.
+  async loadHistory() {
+    try {
+      const history = await get('/stats/history');
+      const offset = Date.now() / 1000 - history.time;
+      this.chart.seed(history.points.map((p) => ({ t: p.time + offset, values: p.backends })));
+    } catch (e) { /* an older lbproxy: the chart fills from the feed instead */ }
   }
 
   // After a reconnect the server may have restarted (and numbered its

@@ -5,7 +5,7 @@
 import { call } from './api.js';
 import { ago, bytes, colourOf, count, h, rate, showResult } from './util.js';
 
-const DRAINED = 'drained (no connections): remove it, or enable it to take traffic again';
+const DRAINED = 'drained (no connections): Remove it, or Enable it again';
 
 export class BackendCards {
   constructor(root, dash) {
@@ -71,7 +71,7 @@ export class BackendCards {
       this.act(id, c, 'PATCH', { weight: raw !== '' && Number.isFinite(n) ? n : raw }, (v) => `weight set to ${v.weight}`);
     });
     c.drain = act('Drain', () => this.act(id, c, 'PATCH', { state: 'draining' },
-      (v) => ((v.stats && v.stats.active) ? 'draining: no new connections' : DRAINED)));
+      (v) => ((v.stats && v.stats.active) ? 'draining: no new connections' : 'drained at once: it had no connections')));
     c.disable = act('Disable', () => this.act(id, c, 'PATCH', { state: 'disabled' }, () => 'disabled'));
     c.enable = act('Enable', () => this.act(id, c, 'PATCH', { state: 'up' }, () => 'enabled'));
     c.remove = act('Remove', () => this.remove(id, c, false), 'danger-soft');

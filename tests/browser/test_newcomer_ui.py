@@ -36,6 +36,7 @@ def shots(page, name):
     ARTIFACTS.mkdir(exist_ok=True)
     for width, height in ((1280, 800), (390, 844)):
         page.set_viewport_size({"width": width, "height": height})
+        page.evaluate("window.scrollTo(0, 0)")
         page.wait_for_timeout(300)   # one layout and paint at the new width
         path = ARTIFACTS / f"newcomer-{name}-{width}.png"
         page.screenshot(path=str(path), full_page=True)
@@ -104,7 +105,7 @@ def test_draining_an_idle_backend_says_drained_and_offers_the_next_step(page, lb
     expect(c).to_have_attribute("data-state", "drained")
     expect(c.locator(".pill")).to_have_text("drained")
     expect(c.locator(".reason")).to_contain_text("drained (no connections)")
-    expect(c.locator("output.result")).to_contain_text("drained (no connections)")
+    expect(c.locator("output.result")).to_contain_text("drained at once: it had no connections")
     expect(c.get_by_role("button", name="Drain")).to_be_hidden()
     enable = c.get_by_role("button", name="Enable")
     remove = c.get_by_role("button", name="Remove", exact=True)
@@ -210,6 +211,9 @@ def test_a_crowd_in_the_demo_fits_and_reads_at_both_widths(page, lbproxy):
     expect(latency).to_have_text(re.compile(r"^\d{4} ms$"), timeout=30000)
     line = latency.evaluate("el => [el.getBoundingClientRect().height, parseFloat(getComputedStyle(el).lineHeight)]")
     assert line[0] < line[1] * 1.5, line
+    cut = page.locator("#cards .metrics dd").evaluate_all(
+        "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+    assert cut == []
     tops = page.locator("#cards .card .buttons").evaluate_all("els => els.map(e => e.getBoundingClientRect().top)")
     assert len(tops) == 3 and max(tops) - min(tops) < 1, tops
 
@@ -228,3 +232,31 @@ def test_a_crowd_in_the_demo_fits_and_reads_at_both_widths(page, lbproxy):
     assert order[:4] == ["flow", "demo", "backends", "strategy"], order
     assert order.index("settings") > order.index("strategy"), order
     assert ys["demo"] < 844 * 2, ys
+
+
+def test_the_chart_starts_from_the_servers_history_after_a_reload(page, lbproxy, backends):
+    """
+    The chart's points come from the server's kept history on connect: after
+    a reload the chart already holds points from before the page loaded
+    (the page alone could not have them), with the traffic sent then; its
+    label says the span the axis shows.
+    """
+    b = backends("web1")
+    proxy = lbproxy("--backend", f"127.0.0.1:{b.port}")
+    for _ in range(5):
+        proxy.request()
+    open_dashboard(page, proxy)
+    page.wait_for_function("(window.lbproxy.chart.series.get('b1') || []).length >= 4", timeout=30000)
+    history = proxy.api("GET", "/stats/history")
+    assert sum(p["backends"].get("b1", 0) for p in history["points"]) >= 4, history
+
+    page.reload()
+    expect(page.locator("#feed-status")).to_have_text("Live")
+    page.wait_for_function("""() => {
+        const points = window.lbproxy.chart.series.get('b1') || [];
+        const loaded = performance.timeOrigin / 1000;
+        return points.filter(p => p.t < loaded - 1).length >= 3 && points.some(p => p.v > 0);
+    }""")
+    expect(page.locator("#chart-span")).to_have_text("last minute, per backend")
+    expect(page.locator("#chart")).to_have_attribute("aria-label", re.compile("over the last minute"))
+    shots(page, "history")
