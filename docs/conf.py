@@ -34,4 +34,8 @@ html_theme_options = {
 }
 html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
 pygments_style = "sphinx"
+# Docutils' "smart quotes" turn ``--flag`` into an en dash and ' into a curly
+# quote wherever text is not a literal (the generated tables, substitutions),
+# so a command copied from the HTML fails.  Keep the characters as written.
+smartquotes = False
 nitpicky = False

@@ -110,6 +110,28 @@ def test_capacity_page_has_measured_figures(built):
     assert "50,000 new connections per second" in page
 
 
+def test_flags_and_quotes_survive_into_the_html(built):
+    """
+    No page turns C{--flag} into an en dash or a straight quote into a
+    curly one (docutils' smart quotes did, in the generated flag and metric
+    tables and in the benchmark commands), so a command copied from the
+    HTML works.
+    """
+    pages = sorted(built.glob("*.html"))
+    assert len(pages) >= 10
+    for path in pages:
+        page = text_of(built, path.name)
+        dashed = re.findall(r".{0,30}\u2013[A-Za-z].{0,20}", page)
+        assert not dashed, (path.name, dashed)
+        curly = re.findall(r".{0,30}[\u2018\u2019\u201c\u201d].{0,20}", page)
+        assert not curly, (path.name, curly)
+    install = text_of(built, "install.html")
+    assert "--store and --store-prefix shares one config" in install
+    assert "'Authorization: Bearer <token>'" in install
+    assert "refused by --max-connections" in text_of(built, "operations.html")
+    assert "store_rate.py --backends 1000 --saves 50" in text_of(built, "capacity.html")
+
+
 def test_config_example_is_valid():
     """The example config document in the docs parses and names a strategy
     that exists."""

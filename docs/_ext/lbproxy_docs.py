@@ -60,6 +60,18 @@ def literal(text: str) -> str:
     return "``" + text + "``"
 
 
+_FLAG = re.compile(r"(?<![\w`-])(--[a-z][a-z0-9-]*)")
+
+
+def prose(text: str) -> str:
+    """
+    Plain text as reST with its command-line flags (C{--name}) as inline
+    literals, so they read (and copy) as the flags they are.
+    """
+    parts = _FLAG.split(str(text))
+    return "".join(escape(p) if i % 2 == 0 else "\\ " + literal(p) + "\\ " for i, p in enumerate(parts))
+
+
 def epytext(doc: str) -> str:
     """
     Turn an epytext docstring into reST: C{x}/L{x}/I{x}/B{x} become inline
@@ -158,7 +170,7 @@ class OptionsDirective(_RstDirective):
             if o["short"]:
                 flag += f", -{o['short']}" + (f" {o['arg']}" if o["arg"] else "")
             default = literal(o["default"]) if o["default"] is not None else ""
-            lines += [f"   * - {literal(flag)}", f"     - {default}", f"     - {escape(o['doc'])}"]
+            lines += [f"   * - {literal(flag)}", f"     - {default}", f"     - {prose(o['doc'])}"]
         return lines
 
 
@@ -258,7 +270,7 @@ class MetricsDirective(_RstDirective):
                             if not family.name == "lbproxy" else {"version", "strategy"})
             lines += [f"   * - {literal(name if family.type != 'info' else family.name + '_info')}",
                       f"     - {family.type}", f"     - {', '.join(literal(l) for l in labels)}",
-                      f"     - {escape(family.documentation)}"]
+                      f"     - {prose(family.documentation)}"]
         return lines
 
 

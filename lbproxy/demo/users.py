@@ -16,6 +16,7 @@ import random
 from collections import deque
 from typing import Any, Callable
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Protocol
 
 MAX_USERS = 500
@@ -72,9 +73,15 @@ class _Request(Protocol):
     """
     One request from a user: send a GET, read the answer until the backend
     closes, note which backend it came from.
+
+    It failed the way lbproxy counts a failure: no answer at all (lbproxy
+    closes a client whose backend it could not reach without a byte) or
+    the connection reset.  Any answer closed cleanly is answered, whether
+    or not it names its backend: a plain server added through the UI
+    answers without the demo's C{X-Backend} header and is no failure.
     """
 
-    def __init__(self, done: Callable[[str | None], None], user_id: str) -> None:
+    def __init__(self, done: Callable[[bool, str | None], None], user_id: str) -> None:
         self._done = done
         self._user_id = user_id
         self._data = b""
@@ -90,30 +97,35 @@ class _Request(Protocol):
             self._data += data
 
     def connectionLost(self, reason: Any) -> None:
-        self.finish(_backend_of(self._data))
+        clean = reason.check(ConnectionDone) is not None
+        self.finish(bool(self._data) and clean, _backend_of(self._data))
 
-    def finish(self, backend: str | None) -> None:
+    def finish(self, ok: bool, backend: str | None) -> None:
         if not self._finished:
             self._finished = True
-            self._done(backend)
+            self._done(ok, backend)
 
 
 def _backend_of(answer: bytes) -> str | None:
+    """
+    The backend an answer names in its C{X-Backend} header (the demo
+    backends do), or None.
+    """
     head, _, _ = answer.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
-    if not lines or not lines[0].startswith(b"HTTP/1.") or b" 200 " not in lines[0] + b" ":
+    if not lines or not lines[0].startswith(b"HTTP/1."):
         return None
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"x-backend":
-            return value.strip().decode("ascii", "replace")
+            return value.strip().decode("ascii", "replace") or None
     return None
 
 
 class _RequestFactory(ClientFactory):
     noisy = False
 
-    def __init__(self, done: Callable[[str | None], None], user_id: str) -> None:
+    def __init__(self, done: Callable[[bool, str | None], None], user_id: str) -> None:
         self._done = done
         self._user_id = user_id
         self.protocol_instance: _Request | None = None
@@ -123,7 +135,7 @@ class _RequestFactory(ClientFactory):
         return self.protocol_instance
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self._done(None)
+        self._done(False, None)
 
 
 class UserPopulation:
@@ -132,7 +144,9 @@ class UserPopulation:
     @ivar users: every user seen so far, by id (offline ones come back).
     @ivar went_online: users that came online so far.
     @ivar went_offline: users that went offline so far.
-    @ivar served: answered requests by backend name.
+    @ivar answered: requests answered (see L{_Request} for what failed).
+    @ivar served: answered requests by the backend name they carried
+        (answers that name none count in C{answered} only).
     """
 
     def __init__(
@@ -287,7 +301,7 @@ class UserPopulation:
         self.requests += 1
         holder: dict[str, Any] = {}
 
-        def done(backend: str | None) -> None:
+        def done(ok: bool, backend: str | None) -> None:
             connector = holder.pop("connector", None)
             if connector is None:
                 return
@@ -297,7 +311,7 @@ class UserPopulation:
                 timer.cancel()
                 self._timers.discard(timer)
             user.inflight -= 1
-            if backend is None:
+            if not ok or holder.get("timed_out"):
                 user.errors += 1
                 user.status = "error"
                 self.failed += 1
@@ -306,7 +320,12 @@ class UserPopulation:
                 user.status = "ok"
                 user.backend = backend
                 self.answered += 1
-                self.served[backend] = self.served.get(backend, 0) + 1
+                if backend is not None:
+                    self.served[backend] = self.served.get(backend, 0) + 1
+
+        def give_up() -> None:
+            holder["timed_out"] = True
+            connector.disconnect()
 
         factory = _RequestFactory(done, user.id)
         connector = self.reactor.connectTCP(
@@ -315,7 +334,7 @@ class UserPopulation:
         )
         holder["connector"] = connector
         self._connectors.add(connector)
-        holder["timer"] = self._later(REQUEST_TIMEOUT, connector.disconnect)
+        holder["timer"] = self._later(REQUEST_TIMEOUT, give_up)
 
     def _source(self, user: SimUser) -> tuple[str, int] | None:
         """

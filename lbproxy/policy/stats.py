@@ -6,6 +6,10 @@ into a bounded ring, and rates are the difference between the newest and
 the oldest sample in the window divided by the time between them.  Nothing
 here runs per connection, and a read of the stats does no more than that
 subtraction.
+
+It also keeps the last L{HISTORY} seconds of per-second connection rates
+(one small point per sample, so bounded), for a chart that starts full
+instead of empty after a reload.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from twisted.internet.task import LoopingCall
 
 #: Listener counters that get a per-second rate.
 _TOTAL_RATES = ("accepted", "rejected", "no_backend", "connect_failures", "bytes_up", "bytes_down")
+#: Seconds of per-second connection rates L{StatsSampler.history} keeps.
+HISTORY = 300.0
 #: Per-backend counters that get a per-second rate.
 _BACKEND_RATES = ("total", "failures", "bytes_up", "bytes_down")
 
@@ -41,9 +47,11 @@ class StatsSampler:
     C{window} seconds of samples.
 
     @ivar window: the length of the sliding window in seconds.
+    @ivar keep: seconds of rates L{history} keeps.
     """
 
-    def __init__(self, balancer: Any, clock: Any = None, window: float = 10.0, interval: float = 1.0) -> None:
+    def __init__(self, balancer: Any, clock: Any = None, window: float = 10.0, interval: float = 1.0,
+                 keep: float = HISTORY) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.balancer = balancer
@@ -51,6 +59,9 @@ class StatsSampler:
         self.window = window
         self.interval = interval
         self._samples: deque[_Sample] = deque(maxlen=int(window / interval) + 1)
+        self.keep = keep
+        #: (time, accepted per second, {backend id: connections per second})
+        self._history: deque[tuple[float, float, dict[str, float]]] = deque(maxlen=int(keep / interval) + 1)
         self._loop: LoopingCall | None = None
 
     def start(self) -> None:
@@ -84,7 +95,31 @@ class StatsSampler:
                 "connect_ewma": stats.connect_ewma,
                 "response_ewma": stats.response_ewma,
             }
-        self._samples.append(_Sample(self.clock.seconds(), totals, backends))
+        new = _Sample(self.clock.seconds(), totals, backends)
+        if self._samples:
+            self._remember(self._samples[-1], new)
+        self._samples.append(new)
+
+    def _remember(self, old: _Sample, new: _Sample) -> None:
+        seconds = new.time - old.time
+        rates = {bid: round(_rate(c["total"], old.backends[bid]["total"], seconds), 3)
+                 for bid, c in new.backends.items() if bid in old.backends}
+        accepted = round(_rate(new.totals["accepted"], old.totals["accepted"], seconds), 3)
+        self._history.append((new.time, accepted, rates))
+
+    def history(self) -> dict[str, Any]:
+        """
+        The per-second rates of the last L{keep} seconds, oldest first.
+
+        @return: C{{"time": now, "interval", "keep", "points": [{"time",
+            "accepted", "backends": {id: connections per second}}]}}.
+        """
+        return {
+            "time": self.clock.seconds(),
+            "interval": self.interval,
+            "keep": self.keep,
+            "points": [{"time": t, "accepted": a, "backends": dict(b)} for t, a, b in self._history],
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """

@@ -395,6 +395,11 @@ class AdminApp:
     def get_stats(self, request: Any) -> bytes:
         return send_json(request, self.stats.snapshot())
 
+    @app.route(API + "/stats/history", methods=["GET"])
+    @_api
+    def get_stats_history(self, request: Any) -> bytes:
+        return send_json(request, self.stats.history())
+
     @app.route(API + "/events", methods=["GET"])
     @_api
     def events(self, request: Any) -> Any:

@@ -272,6 +272,25 @@ def _schemas() -> dict[str, Any]:
                 "backends": {"type": "object", "additionalProperties": counters},
             },
         },
+        "StatsHistory": {
+            "type": "object",
+            "required": ["time", "interval", "keep", "points"],
+            "properties": {
+                "time": {"type": "number"},
+                "interval": {"type": "number", "description": "Seconds between points."},
+                "keep": {"type": "number", "description": "Seconds of points kept."},
+                "points": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["time", "accepted", "backends"],
+                    "properties": {
+                        "time": {"type": "number"},
+                        "accepted": {"type": "number", "description": "Accepted connections per second."},
+                        "backends": {"type": "object", "additionalProperties": {"type": "number"},
+                                     "description": "Connections per second by backend id."},
+                    },
+                }},
+            },
+        },
         "Status": {
             "type": "object",
             "required": ["lbproxy", "uptime", "config_version"],
@@ -363,6 +382,11 @@ def openapi_document() -> dict[str, Any]:
         f"{api}/stats": {
             "get": _read("Totals and per-backend rates over a sliding window.",
                          _ok("Stats", "The stats.", etag=False)),
+        },
+        f"{api}/stats/history": {
+            "get": _read("Connections per second, per backend and in total, one point a second "
+                         "for the last five minutes (what the UI's chart starts from).",
+                         _ok("StatsHistory", "The rates, oldest first.", etag=False)),
         },
         f"{api}/events": {
             "get": {

@@ -11,7 +11,7 @@ import { EventLog } from './log.js';
 import { DemoPanel } from './demo.js';
 import { SettingsPanel } from './settings.js';
 import { ClusterPanel } from './cluster.js';
-import { bytes, clock, count, h, rate, showResult, colourOf } from './util.js';
+import { ago, bytes, clock, count, h, rate, showResult, colourOf } from './util.js';
 
 const $ = (id) => document.getElementById(id);
 const RATE_WINDOW = 2;   // seconds of routing decisions behind a conn/s figure
@@ -28,7 +28,7 @@ class Dashboard {
     this.strategyName = '';
 
     this.flow = new FlowView($('flow'), $('flow-scale'));
-    this.chart = new RateChart($('chart'), $('legend'));
+    this.chart = new RateChart($('chart'), $('legend'), $('chart-span'));
     this.log = new EventLog($('log'));
     this.cards = new BackendCards($('cards'), this);
     this.strategy = new StrategyPanel(this);
@@ -49,7 +49,7 @@ class Dashboard {
     this.demo.load();
     setInterval(() => this.everySecond(), 1000);
     const frame = () => {
-      this.flow.draw();
+      if (!this.staleSince) this.flow.draw();
       this.chart.draw();
       requestAnimationFrame(frame);
     };
@@ -70,6 +70,23 @@ class Dashboard {
     }
     if (state === 'down' && was === 'live') this.log.add('feed', 'live feed lost; reconnecting');
     if (state === 'live') this.hadFeed = true;
+    this.showStale();
+  }
+
+  // Once the feed is gone, nothing on the page is live any more: grey out
+  // what was live and say since when, until the feed is back.
+  showStale() {
+    const state = $('feed-status').dataset.state;
+    const stale = Boolean(this.hadFeed) && state !== 'live';
+    if (stale && !this.staleSince) this.staleSince = this.feed.lastData || Date.now();
+    if (!stale) this.staleSince = null;
+    document.body.classList.toggle('stale', stale);
+    $('stale-banner').hidden = !stale;
+    if (!stale) return;
+    const since = new Date(this.staleSince);
+    $('stale-text').replaceChildren('no data from lbproxy since ',
+      h('time', { id: 'stale-since', datetime: since.toISOString(), text: clock(since) }),
+      ` (${ago((Date.now() - this.staleSince) / 1000)}): what is shown is the last data received, not the current state; reconnecting…`);
   }
 
   // The feed --------------------------------------------------------------
@@ -85,6 +102,7 @@ class Dashboard {
         this.setViews(data.backends);
         if (data.stats) this.onStats(data.stats);
         this.renderHeader();
+        this.loadHistory();
         break;
       case 'route': this.onRoute(data); break;
       case 'stats': this.onStats(data); break;
@@ -131,6 +149,7 @@ class Dashboard {
   }
 
   everySecond() {
+    if (this.staleSince) { this.showStale(); return; }
     const t = Date.now() / 1000;
     const values = {};
     for (const id of this.views.keys()) values[id] = this.bucket[id] || 0;
@@ -160,12 +179,15 @@ class Dashboard {
     const { id, state, reason } = event;
     this.lastChange.set(id, { state, reason, time: event.time });
     const kind = state === 'down' ? 'down' : state === 'up' ? 'up' : 'backend';
-    this.log.add(kind, `${id} is ${state}: ${reason}`, id);
+    this.log.add(kind, backendLine(id, state, reason), id);
     if (state === 'down' || state === 'up' || state === 'removed') {
       this.chart.mark(Date.now() / 1000, `${id} ${state}`, state === 'down' ? '#ef4444' : state === 'up' ? '#22c55e' : '#94a3b8');
     }
     const view = this.views.get(id);
-    if (state === 'removed') {
+    if (state === 'drained') {
+      // Not a state of its own: a draining backend with nothing left open.
+      this.cards.render();
+    } else if (state === 'removed') {
       this.views.delete(id);
       this.cards.render();
       this.flowBackends();
@@ -188,6 +210,15 @@ class Dashboard {
     this.strategy.showActive();
     this.refresh();
     this.cluster.refresh();
+  }
+
+  // The server's last minutes of rates, so the chart does not start empty.
+  async loadHistory() {
+    try {
+      const history = await get('/stats/history');
+      const offset = Date.now() / 1000 - history.time;
+      this.chart.seed(history.points.map((p) => ({ t: p.time + offset, values: p.backends })));
+    } catch (e) { /* an older lbproxy: the chart fills from the feed instead */ }
   }
 
   // After a reconnect the server may have restarted (and numbered its
@@ -267,6 +298,15 @@ class Dashboard {
       }
     });
   }
+}
+
+// One line of the event log for a backend event, without saying the state
+// twice when the reason only repeats it ("removed: removed").
+export function backendLine(id, state, reason) {
+  let rest = String(reason || '').trim();
+  if (rest === state) rest = '';
+  else if (rest.startsWith(`${state}:`)) rest = rest.slice(state.length + 1).trim();
+  return rest ? `${id} is ${state}: ${rest}` : `${id} is ${state}`;
 }
 
 // A form value as a number when it is one, else as typed, so the server

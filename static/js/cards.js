@@ -5,6 +5,8 @@
 import { call } from './api.js';
 import { ago, bytes, colourOf, count, h, rate, showResult } from './util.js';
 
+const DRAINED = 'drained (no connections): Remove it, or Enable it again';
+
 export class BackendCards {
   constructor(root, dash) {
     this.root = root;
@@ -70,7 +72,8 @@ export class BackendCards {
       const n = Number(raw);
       this.act(id, c, 'PATCH', { weight: raw !== '' && Number.isFinite(n) ? n : raw }, (v) => `weight set to ${v.weight}`);
     });
-    c.drain = act('Drain', () => this.act(id, c, 'PATCH', { state: 'draining' }, () => 'draining: no new connections'));
+    c.drain = act('Drain', () => this.act(id, c, 'PATCH', { state: 'draining' },
+      (v) => ((v.stats && v.stats.active) ? 'draining: no new connections' : 'drained at once: it had no connections')));
     c.disable = act('Disable', () => this.act(id, c, 'PATCH', { state: 'disabled' }, () => 'disabled'));
     c.enable = act('Enable', () => this.act(id, c, 'PATCH', { state: 'up' }, () => 'enabled'));
     c.remove = act('Remove', () => this.remove(id, c, false), 'danger-soft');
@@ -95,7 +98,10 @@ export class BackendCards {
   }
 
   fill(c, view) {
-    const state = view.state || 'up';
+    // Draining with nothing open is done: say so, and offer the next step.
+    const open = this.open(view);
+    const drained = view.state === 'draining' && open === 0;
+    const state = drained ? 'drained' : (view.state || 'up');
     c.root.dataset.state = state;
     c.state.textContent = state;
     c.state.dataset.state = state;
@@ -105,7 +111,9 @@ export class BackendCards {
     let reason = health.reason || '';
     let since = health.since;
     if (change && (!since || change.time >= since)) { reason = change.reason; since = change.time; }
-    if (state === 'draining' || state === 'disabled' || state === 'removing') {
+    if (drained) {
+      reason = DRAINED;
+    } else if (state === 'draining' || state === 'disabled' || state === 'removing') {
       if (!change || change.state !== state) reason = state === 'removing' ? 'removed from the pool; finishing its connections' : `set to ${state} by operator`;
     }
     const serverNow = this.dash.stats ? this.dash.stats.time : null;
@@ -132,6 +140,8 @@ export class BackendCards {
     c.disable.hidden = removing || admin === 'disabled';
     c.enable.hidden = removing || admin === 'up';
     c.remove.hidden = removing;
+    c.remove.classList.toggle('next', drained);
+    c.enable.classList.toggle('next', drained);
     c.weightInput.disabled = removing;
   }
 
@@ -144,6 +154,12 @@ export class BackendCards {
     c.weightNote.hidden = !ignored;
     c.weightNote.textContent = ignored ? `weight ignored by ${name}` : '';
     c.weightNote.title = ignored ? `${name} does not use weights; only weight 0 (no new connections) still counts` : '';
+  }
+
+  // Connections open on a backend, from the latest stats (else its view).
+  open(view) {
+    const s = (this.dash.stats && this.dash.stats.backends && this.dash.stats.backends[view.id]) || {};
+    return s.active ?? (view.stats || {}).active ?? 0;
   }
 
   async act(id, c, method, body, describe) {

@@ -1,15 +1,17 @@
 // A time-series line chart on a canvas: connections per second per backend,
-// one point a second, the last five minutes, with markers for events such
-// as a strategy switch or a backend going down.
+// one point a second, up to the last five minutes (seeded from the server's
+// history, so a reload keeps them), with markers for events such as a
+// strategy switch or a backend going down.  The label says the span shown.
 
 import { colourOf, fitCanvas, rate } from './util.js';
 
 const SPAN = 300;
 
 export class RateChart {
-  constructor(canvas, legend) {
+  constructor(canvas, legend, label) {
     this.canvas = canvas;
     this.legend = legend;
+    this.label = label;
     this.series = new Map();   // id -> [{t, v}]
     this.markers = [];         // {t, text, colour}
     this.names = [];
@@ -29,6 +31,20 @@ export class RateChart {
     }
     while (this.markers.length && this.markers[0].t < cutoff) this.markers.shift();
     this.now = t;
+    this.dirty = true;
+  }
+
+  // Replace the series with the server's history: [{t, values: {id: v}}],
+  // oldest first, times already on this page's clock.
+  seed(points) {
+    this.series = new Map();
+    for (const { t, values } of points) {
+      for (const [id, v] of Object.entries(values)) {
+        if (!this.series.has(id)) this.series.set(id, []);
+        this.series.get(id).push({ t, v });
+      }
+    }
+    if (points.length) this.now = Math.max(this.now || 0, points[points.length - 1].t);
     this.dirty = true;
   }
 
@@ -75,6 +91,7 @@ export class RateChart {
     for (const points of this.series.values()) if (points.length) first = Math.min(first, points[0].t);
     // The window grows from one minute to five as history accumulates.
     const span = Math.min(SPAN, Math.max(60, Math.ceil((now - first) / 30) * 30));
+    this.showSpan(span);
     const x = (t) => pad.l + ((t - (now - span)) / span) * w;
     const smooth = new Map();
     for (const [id, points] of this.series) {
@@ -153,6 +170,16 @@ export class RateChart {
     ctx.restore();
   }
 }
+
+// Say how much the chart shows ("last minute", "last 2.5 minutes", ...).
+RateChart.prototype.showSpan = function showSpan(span) {
+  if (this.shownSpan === span) return;
+  this.shownSpan = span;
+  const minutes = span / 60;
+  const text = minutes === 1 ? 'last minute' : `last ${minutes} minutes`;
+  if (this.label) this.label.textContent = `${text}, per backend`;
+  this.canvas.setAttribute('aria-label', `Connections per second per backend over the ${text}`);
+};
 
 function niceMax(v) {
   const p = 10 ** Math.floor(Math.log10(v));

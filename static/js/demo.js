@@ -44,7 +44,8 @@ export class DemoPanel {
         this.number.value = users.count;
       }
       this.number.max = users.max;
-      this.renderDots(users.users);
+      this.range.max = users.max;
+      this.renderDots(users.users, users.online);
       const moves = (users.recent || []).slice(-6).reverse().map((m) => h('li', { class: `move ${m.event}` },
         h('b', { text: m.user }), m.event === 'online' ? ' came online' : ' went offline'));
       document.getElementById('user-moves').replaceChildren(...moves);
@@ -52,11 +53,11 @@ export class DemoPanel {
     this.renderBackends(data.backends || []);
   }
 
-  renderDots(list) {
+  renderDots(list, onlineTotal) {
     const dots = list.map((u) => {
       const [id, online, status, backend] = Array.isArray(u) ? u : [u.id, u.online, u.status, u.backend];
       const title = online
-        ? `${id}: online, ${status === 'error' ? 'last request failed' : status === 'waiting' ? 'waiting for an answer' : backend ? `last answered by ${backend}` : 'just arrived'}`
+        ? `${id}: online, ${status === 'error' ? 'last request failed' : status === 'waiting' ? 'waiting for an answer' : backend ? `last answered by ${backend}` : status === 'ok' ? 'last request answered' : 'just arrived'}`
         : `${id}: offline`;
       return h('span', {
         class: `dot ${online ? 'on' : 'off'} s-${status}`,
@@ -65,8 +66,14 @@ export class DemoPanel {
       });
     });
     this.dots.replaceChildren(...dots);
+    // Smaller dots for a crowd, so every listed user fits without clipping.
+    this.dots.dataset.size = list.length > 160 ? 'xs' : list.length > 80 ? 's' : 'm';
     const online = list.filter((u) => (Array.isArray(u) ? u[1] : u.online)).length;
     this.dots.setAttribute('aria-label', `${online} of ${list.length} simulated users online`);
+    const more = document.getElementById('user-dots-more');
+    const hidden = Math.max(0, (onlineTotal ?? online) - online);
+    more.hidden = hidden === 0;
+    more.textContent = hidden ? `+${count(hidden)} more online, not drawn` : '';
   }
 
   renderBackends(list) {

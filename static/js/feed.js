@@ -12,6 +12,7 @@ export class Feed {
     this.lastId = null;
     this.backoff = 500;
     this.stopped = false;
+    this.lastData = null;   // when the feed last brought anything (ms), for "not live since"
   }
 
   start() { this.connect(); }
@@ -43,6 +44,7 @@ export class Feed {
       }
       if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
       this.backoff = 500;
+      this.lastData = Date.now();
       this.status('live', 'Live');
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = '';
@@ -50,6 +52,7 @@ export class Feed {
         const { value, done } = await reader.read();
         if (done) break;
         kick();
+        this.lastData = Date.now();
         buffer += value;
         let cut;
         while ((cut = buffer.indexOf('\n\n')) >= 0) {

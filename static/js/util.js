@@ -65,13 +65,34 @@ export const STATE_COLOURS = {
   up: '#22c55e', down: '#ef4444', draining: '#f59e0b', disabled: '#94a3b8', removing: '#a78bfa', removed: '#64748b',
 };
 
-// Show an action's outcome next to its control.
+// Show an action's outcome next to its control.  An error stays until the
+// form it belongs to is edited or a later action succeeds, so it never
+// outlives what it was about.
 export function showResult(output, ok, message) {
   output.textContent = message;
   output.dataset.kind = ok ? 'ok' : 'error';
   output.title = message;
   clearTimeout(output._timer);
-  if (ok) output._timer = setTimeout(() => { if (output.textContent === message) output.textContent = ''; }, 6000);
+  if (ok) {
+    output._timer = setTimeout(() => { if (output.textContent === message) output.textContent = ''; }, 6000);
+    for (const other of document.querySelectorAll('.result[data-kind="error"]')) {
+      if (other !== output) clearResult(other);
+    }
+  } else {
+    const form = output.closest('form') || output.parentElement;
+    if (form && !form._clearsErrors) {
+      form._clearsErrors = true;
+      form.addEventListener('input', () => {
+        for (const o of form.querySelectorAll('.result[data-kind="error"]')) clearResult(o);
+      });
+    }
+  }
+}
+
+function clearResult(output) {
+  output.textContent = '';
+  output.title = '';
+  delete output.dataset.kind;
 }
 
 // Size a canvas to its box at the device pixel ratio; returns the context.
