@@ -79,7 +79,12 @@ class _ParentChannel(amp.AMP):
 
     @Report.responder
     def report(self, **fields: Any) -> dict:
-        self.worker.pool.reported(self.worker, fields)
+        # An error here must not end the channel (AMP closes it on an
+        # unhandled error in an unanswered command): log it, keep going.
+        try:
+            self.worker.pool.reported(self.worker, fields)
+        except Exception:
+            log.failure("worker {index}: report not taken", index=self.worker.index)
         return {}
 
     @BackendEvent.responder
