@@ -190,7 +190,7 @@ class WorkerChannel(amp.AMP):
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         # The parent is gone: so is the reason to run.
-        if self.reactor.running:
+        if getattr(self.reactor, "running", False):
             self.reactor.stop()
 
 
