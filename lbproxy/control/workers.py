@@ -42,7 +42,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -220,7 +220,10 @@ class WorkerPool(Service):
         for worker in self._live():
             waits.append(worker.ended)
             try:
+                try:
                 worker.transport.signalProcess("TERM")
+            except error.ProcessExitedAlready:
+                pass
             except Exception:
                 pass
         if self._reservation is not None:
@@ -282,12 +285,20 @@ class WorkerPool(Service):
         d = worker.call(Listen, host=self.host, port=self.port, backlog=self.backlog,
                         engine=self.engine, down=down)
         d.addCallback(lambda _: setattr(worker, "listening", True))
-        d.addErrback(self._failed, worker, "listen")
+        d.addErrback(self._failed, worker, "listen", stop=True)
 
-    def _failed(self, failure: Any, worker: Worker, what: str) -> None:
-        if not worker.gone:
-            log.error("worker {index} could not {what}: {why}", index=worker.index, what=what,
-                      why=failure.getErrorMessage())
+    def _failed(self, failure: Any, worker: Worker, what: str, stop: bool = False) -> None:
+        if worker.gone or failure.check(error.ConnectionLost, error.ConnectionDone):
+            return  # it is dying: processEnded says so, once
+        log.error("worker {index} could not {what}: {why}", index=worker.index, what=what,
+                  why=failure.getErrorMessage())
+        if stop:
+            # A worker that does not relay is of no use: it exits and is
+            # started again, ever more slowly if this repeats.
+            try:
+                worker.transport.signalProcess("TERM")
+            except error.ProcessExitedAlready:
+                pass
 
     def ended(self, worker: Worker, reason: Any) -> None:
         """
