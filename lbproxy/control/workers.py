@@ -220,10 +220,7 @@ class WorkerPool(Service):
         for worker in self._live():
             waits.append(worker.ended)
             try:
-                try:
                 worker.transport.signalProcess("TERM")
-            except error.ProcessExitedAlready:
-                pass
             except Exception:
                 pass
         if self._reservation is not None:
