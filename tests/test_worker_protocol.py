@@ -201,3 +201,18 @@ def test_a_worker_that_exits_leaves_the_sums(factories):
     pool.workers[0].processEnded(Failure(ProcessTerminated(signal=9)))
     assert (balancer.totals.active, balancer.totals.accepted) == (0, 1)
     assert pool.workers == [None]
+
+
+def test_routing_batches_beyond_the_sample_keep_their_counts(factories):
+    """A worker's routing batch larger than the sample ring arrives whole
+    in the parent's recorder: every decision counted per backend, the
+    sample kept as a sample (the UI's feed drains the parent's recorder)."""
+    pool, balancer, children, pumps = pool_with(factories, 1)
+    b = children[0].balancer
+    for i in range(120):
+        b.route(("10.0.0.%d" % (i % 250), 5))
+    children[0].report()
+    flush(pumps)
+    batch = balancer.routes.drain()
+    assert batch["total"] == 120 and batch["counts"] == {"b0": 60, "b1": 60}
+    assert len(batch["sample"]) == 50 and batch["dropped"] == 70

@@ -195,3 +195,23 @@ def report_of(balancer: Any) -> dict[str, Any]:
     report["route_counts"] = [{"id": bid, "n": n} for bid, n in batch["counts"].items()]
     report["route_sample"] = list(batch["sample"])
     return report
+
+
+def merge_routes(recorder: Any, report: dict[str, Any]) -> None:
+    """
+    Fold a worker's routing batch into the parent's recorder: the samples
+    go into its ring, the decisions that were not sampled into its counts.
+    """
+    sample = report["route_sample"]
+    for s in sample:
+        recorder.record(s["time"], s["client"], s["backend"])
+    extra = report["route_total"] - len(sample)
+    if extra:
+        counts = recorder._counts
+        sampled: dict[str, int] = {}
+        for s in sample:
+            sampled[s["backend"]] = sampled.get(s["backend"], 0) + 1
+        for item in report["route_counts"]:
+            bid = item["id"]
+            counts[bid] = counts.get(bid, 0) + item["n"] - sampled.get(bid, 0)
+        recorder._total += extra

@@ -59,6 +59,7 @@ from lbproxy.control.worker_protocol import (
     Poll,
     Report,
     Start,
+    merge_routes,
 )
 from lbproxy.interfaces import IConfigObserver
 
@@ -398,7 +399,7 @@ class WorkerPool(Service):
         worker.reported_at = self.reactor.seconds()
         self.balancer.take_report(worker, fields["version"], totals, backends)
         if fields["route_total"]:
-            _merge_routes(self.balancer.routes, fields)
+            merge_routes(self.balancer.routes, fields)
 
     def status(self) -> dict[str, Any]:
         """
@@ -411,22 +412,3 @@ class WorkerPool(Service):
             "listen_port": self.port,
         }
 
-
-def _merge_routes(recorder: Any, report: dict[str, Any]) -> None:
-    """
-    Fold a worker's routing batch into the parent's recorder: the samples
-    go into its ring, the decisions that were not sampled into its counts.
-    """
-    sample = report["route_sample"]
-    for s in sample:
-        recorder.record(s["time"], s["client"], s["backend"])
-    extra = report["route_total"] - len(sample)
-    if extra:
-        counts = recorder._counts
-        sampled: dict[str, int] = {}
-        for s in sample:
-            sampled[s["backend"]] = sampled.get(s["backend"], 0) + 1
-        for item in report["route_counts"]:
-            bid = item["id"]
-            counts[bid] = counts.get(bid, 0) + item["n"] - sampled.get(bid, 0)
-        recorder._total += extra

@@ -369,8 +369,8 @@ class Balancer(RelayedElsewhere):
         """
         Tell C{follower(kind, args)} of what changes the pool besides the
         config: each active health result, C{("health", (id, ok, reason))},
-        and each forced close, C{("close", (id, why))}.  Worker processes'
-        balancers repeat these (L{lbproxy.control.workers}).
+        and each forced close, C{("close", (id, why))}.  The worker pool
+        repeats the health results to its workers (L{lbproxy.control.workers}).
 
         @return: a callable that stops following.
         """
