@@ -128,7 +128,8 @@ def test_config_change_reaches_every_worker(pool_of):
     """A config change made through the controller (as the admin API
     makes it) reaches both workers, each acknowledges the new version, and
     from then on every new connection, whichever worker takes it, goes to
-    the new backend."""
+    the new backend; a worker killed and started again has that version
+    from its start."""
     a = h.serve(reactor, h.Named, name="a")
     b = h.serve(reactor, h.Named, name="b")
     try:
@@ -145,6 +146,14 @@ def test_config_change_reaches_every_worker(pool_of):
         assert got == [b"b\n"] * 20
         yield until(lambda: sum(totals(pool, "accepted")) == 20)
         assert all(totals(pool, "accepted"))
+
+        # A worker started again gets the config of now, not the first one.
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        yield victim.ended
+        yield until(lambda: reporting(pool))
+        assert pool.workers[0].pid != victim.pid and pool.workers[0].applied == new.version
+        assert (yield deferToThread(h.names, pool.port, 20)) == [b"b\n"] * 20
     finally:
         yield a.stopListening()
         yield b.stopListening()
