@@ -247,6 +247,8 @@ class WorkerPool(Service):
         worker.started = self.reactor.seconds()
         worker.delay = self._delays.get(index, 0.0)
         self.workers[index] = worker
+        # A relay from now on: a removal waits for its first report.
+        self.balancer.take_report(worker, 0, {}, {})
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             env = dict(os.environ)
