@@ -216,3 +216,27 @@ def test_routing_batches_beyond_the_sample_keep_their_counts(factories):
     batch = balancer.routes.drain()
     assert batch["total"] == 120 and batch["counts"] == {"b0": 60, "b1": 60}
     assert len(batch["sample"]) == 50 and batch["dropped"] == 70
+
+
+def test_twistd_wiring_follows_the_controller_and_shows_the_workers():
+    """With C{--workers 2}, makeService registers the pool with the config
+    controller (a change reaches C{applied}) and GET /api/v1/status lists
+    its workers."""
+    from treq.testing import StubTreq
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lbproxy.tap import Options, makeService
+    from tests.webtools import settle
+
+    o = Options()
+    o.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "--backend", "127.0.0.1:9001"])
+    top = makeService(o, reactor=MemoryReactorClock())
+    pool = top.getServiceNamed("proxy")
+    heard = []
+    pool.applied = lambda old, new: heard.append((old.version, new.version))
+    top.controller.change(lambda c: (dataclasses.replace(c, version=c.version + 1), None))
+    assert heard == [(1, 2)]
+    stub = StubTreq(top.admin.resource())
+    response = settle(stub, stub.get("http://admin.test/api/v1/status"))
+    body = json.loads(settle(stub, stub.content(response)))
+    assert body["workers"] == [None, None] and body["worker_restarts"] == 0
