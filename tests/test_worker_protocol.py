@@ -240,3 +240,26 @@ def test_twistd_wiring_follows_the_controller_and_shows_the_workers():
     response = settle(stub, stub.get("http://admin.test/api/v1/status"))
     body = json.loads(settle(stub, stub.content(response)))
     assert body["workers"] == [None, None] and body["worker_restarts"] == 0
+
+
+def test_workers_that_die_young_come_back_ever_more_slowly(factories):
+    """A slot whose workers keep dying right after their start is refilled
+    after doubling delays up to the maximum; a worker that lived long
+    comes back after the base delay."""
+    from twisted.internet.error import ProcessTerminated
+
+    clock = Clock()
+    pool = WorkerPool({"workers": 1, "listen-tcp": ("127.0.0.1", 0, 8)}, parent_balancer(factories), clock)
+    pool.running = True
+    delays = []
+    for lived in (0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 60):
+        worker = Worker(pool, 0)
+        worker.started = clock.seconds()
+        pool.workers[0] = worker
+        clock.advance(lived)
+        worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        call = clock.getDelayedCalls()[-1]
+        delays.append(round(call.getTime() - clock.seconds(), 3))
+        call.cancel()
+    assert delays == [0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 0.2]
+    assert pool.restarts == 8

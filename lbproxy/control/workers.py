@@ -41,6 +41,7 @@ import socket
 import sys
 from typing import Any
 
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.protocol import Factory, ProcessProtocol
@@ -115,7 +116,6 @@ class Worker(ProcessProtocol):
         self.channel = _ParentChannel(self)
         self.pid: int | None = None
         self.started = 0.0
-        self.delay = 0.0
         self.listening = False
         self.applied: int | None = None
         self.apply_error: str | None = None
@@ -184,7 +184,8 @@ class WorkerPool(Service):
         self.restarts = 0
         self._reservation: socket.socket | None = None
         self._unfollow: Any = None
-        self._delays: dict[int, float] = {}
+        #: per slot, how many workers in a row died young
+        self._young_deaths: dict[int, int] = {}
 
     def _live(self) -> list[Worker]:
         return [w for w in self.workers if w is not None and not w.gone]
@@ -245,7 +246,6 @@ class WorkerPool(Service):
             return
         worker = Worker(self, index)
         worker.started = self.reactor.seconds()
-        worker.delay = self._delays.get(index, 0.0)
         self.workers[index] = worker
         # A relay from now on: a removal waits for its first report.
         self.balancer.take_report(worker, 0, {}, {})
@@ -314,13 +314,12 @@ class WorkerPool(Service):
         # A worker that dies young (bad config, port trouble) is restarted
         # ever more slowly, not in a tight loop.
         lived = self.reactor.seconds() - worker.started
-        delay = self.restart_delay
-        if lived < self.young:
-            delay = min(max(worker.delay * 2, self.restart_delay), self.max_restart_delay)
+        deaths = self._young_deaths.get(worker.index, 0) + 1 if lived < self.young else 0
+        self._young_deaths[worker.index] = deaths
+        delay = backoffPolicy(self.restart_delay, self.max_restart_delay, 2.0, jitter=lambda: 0)(deaths)
         log.warn("worker {index} (pid {pid}) exited: {why}; starting another in {delay}s",
                  index=worker.index, pid=worker.pid, why=reason.getErrorMessage(), delay=delay)
         self.restarts += 1
-        self._delays[worker.index] = delay
         self.reactor.callLater(delay, self._spawn, worker.index)
 
     # Parent to workers ------------------------------------------------------------

@@ -19,8 +19,10 @@ from twisted.internet import defer
 
 class RelayedElsewhere:
     """
-    The balancer's side of relays in other processes.  Inactive (every
-    method a no-op answer) until L{relay_elsewhere} is called.
+    The balancer's side of relays in other processes.  Until
+    L{relay_elsewhere} is called it is inactive: counting and closing
+    answer for the local connections only.  It works on the balancer's
+    C{config}, C{pool}, C{totals}, C{connections} and C{removing}.
     """
 
     _relays: Any = None
@@ -77,7 +79,7 @@ class RelayedElsewhere:
         A relay is gone (a worker exited): its connections are gone with
         it; what it finished stays counted.
         """
-        gone = self._reports.pop(source, None)
+        gone = self._reports.pop(source, None) if self._relays is not None else None
         if gone is None:
             return
         _, totals, backends = gone
