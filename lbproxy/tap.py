@@ -287,7 +287,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     # -- the proxy listener (relay engines: lbproxy/relay/twisted_engine.py); in cluster
     # mode it starts only once the config came from etcd (lbproxy/control/cluster.py)
     listening = _cluster_gate(options, top, store, reactor) if options.get("etcd-endpoints") else top
-    _proxy_service(options, balancer, reactor).setServiceParent(listening)
+    proxy = _proxy_service(options, balancer, reactor)
+    proxy.setServiceParent(listening)
 
     # -- the demo's simulated users (lbproxy/demo/)
     if demo is not None:
@@ -303,6 +304,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         from lbproxy.control.cluster import mount_admin
 
         mount_admin(admin, top.membership, options["admin"], top.getServiceNamed("admin"))
+
+    # -- the worker pool (--workers) follows every applied config and reports its workers
+    from lbproxy.interfaces import IConfigObserver
+
+    if IConfigObserver.providedBy(proxy):
+        controller.observe(proxy)
+        admin.add_status_provider(proxy.status)
 
     # -- active health checks (lbproxy/health/checker.py)
     _health_service(controller, reactor).setServiceParent(top)

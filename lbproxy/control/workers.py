@@ -2,111 +2,163 @@
 C{--workers N}: N relay processes sharing the listen port, one admin for all.
 
 Python relays on one core per process, so more cores need more processes.
-Each worker is a reactor process with its own L{Balancer} and relay engine
-on a listening socket of its own, bound with C{SO_REUSEPORT}: the kernel
-spreads new connections over the workers.  This process (the parent) keeps
-everything else: the config store and controller, the admin API and UI,
-active health checks.  It relays nothing.
+Each worker (L{lbproxy.control.worker_main}) is a reactor process with its
+own L{Balancer} and relay engine on a listening socket of its own, bound
+with C{SO_REUSEPORT}: the kernel spreads new connections over the workers.
+This process (the parent) keeps everything else: the config store and
+controller, the admin API and UI, active health checks.  It relays nothing.
 
-Parent and worker talk over the worker's stdin/stdout, one JSON object per
-line:
+Parent and worker talk AMP (L{lbproxy.control.worker_protocol}) over a
+Unix socketpair: the child's end becomes the worker's file descriptor 3
+(C{spawnProcess} C{childFDs}), and its number is the worker's only
+argument.  A socketpair, rather than extra pipes, gives both ends one
+full-duplex stream with a real transport (C{adoptStreamConnection}), so
+AMP runs on it unchanged, and either side sees the other die as the
+connection closing.
 
- - parent to worker: C{{"config": {...}}} after every applied config change
-   (so changes reach every worker at once, with or without a durable
-   store), C{{"health": [id, ok, reason]}} for each active check result
-   (checks run once, here; each worker's pool applies rise/fall the same
-   way), C{{"close": [id, why]}} for a forced close of a backend's
-   connections.
- - worker to parent, every C{report_interval} seconds: C{{"stats": ...}}
-   with its totals and per-backend counters, plus its batch of routing
-   decisions; C{{"event": [type, data]}} for backend events the worker
-   itself raised (passive ejections, drains).
+The parent follows the controller (L{IConfigObserver}): every applied
+config goes to every worker as L{ApplyConfig}, and each worker's answer is
+the version it applied (L{WorkerPool.status}).  Active check results go
+as L{Health}.  Workers push L{Report}s of their counters twice a second,
+and soon after any backend event; the parent's balancer adds them up
+(L{lbproxy.policy.relayed}), so the API shows the sums, a removed backend
+stays C{removing} until every worker has drained it, and a forced close
+(L{CloseBackend}) answers with the real number closed.  Not aggregated:
+connect and response time averages and passive-health state (each worker
+ejects on its own traffic, and its ejections are republished with a
+C{worker} field).
 
-What is aggregated, honestly: the parent's C{balancer.totals} and every
-backend's C{active}, C{total}, C{failures}, C{bytes_up}, C{bytes_down}
-become the sums over live workers (as of their last report, so at most one
-interval old) plus the finished counters of workers that died; routing
-decisions are merged into the parent's recorder; worker backend events are
-republished with a C{worker} field.  Not aggregated: connect and response
-time averages (each worker keeps its own), and passive-health state (each
-worker ejects on its own traffic).
-
-A worker that exits is started again after C{restart_delay}; only its own
-connections are lost.
+A worker that exits is started again after C{restart_delay}, with the
+config and the down backends of that moment; only its own connections are
+lost.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
 import sys
 from typing import Any
 
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet import defer
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet import defer, error
+from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
+from twisted.protocols import amp
+from zope.interface import implementer
+
+from lbproxy.control.worker_protocol import (
+    BACKEND_COUNTERS,
+    TOTAL_COUNTERS,
+    ApplyConfig,
+    BackendEvent,
+    CloseBackend,
+    Health,
+    Listen,
+    Poll,
+    Report,
+    Start,
+    merge_routes,
+)
+from lbproxy.interfaces import IConfigObserver
 
 log = Logger()
 
-_TOTALS_SUMMED = (
-    "accepted", "active", "rejected", "no_backend", "connect_failures", "retries",
-    "strategy_errors", "idle_timeouts", "bytes_up", "bytes_down",
-)
-_BACKEND_SUMMED = ("active", "total", "failures", "bytes_up", "bytes_down")
+#: The worker's file descriptor for its end of the channel.
+CHANNEL_FD = 3
 
 
-class _WorkerProtocol(ProcessProtocol):
+class _ParentChannel(amp.AMP):
     """
-    The parent's end of one worker's pipes.
+    The parent's end of one worker's channel: takes its reports.
+    """
+
+    def __init__(self, worker: "Worker") -> None:
+        super().__init__()
+        self.worker = worker
+
+    @Report.responder
+    def report(self, **fields: Any) -> dict:
+        # An error here must not end the channel (AMP closes it on an
+        # unhandled error in an unanswered command): log it, keep going.
+        try:
+            self.worker.pool.reported(self.worker, fields)
+        except Exception:
+            log.failure("worker {index}: report not taken", index=self.worker.index)
+        return {}
+
+    @BackendEvent.responder
+    def backend_event(self, backend: str, state: str, reason: str, time: float,
+                      ejected_until: float | None) -> dict:
+        data: dict[str, Any] = {"id": backend, "state": state, "reason": reason, "time": time,
+                                "worker": self.worker.index}
+        if ejected_until is not None:
+            data["ejected_until"] = ejected_until
+        self.worker.pool.balancer.events.publish("backend", data)
+        return {}
+
+
+class Worker(ProcessProtocol):
+    """
+    One worker process, as the parent sees it.
+
+    @ivar applied: the config version the worker last acknowledged.
+    @ivar apply_error: why the last L{ApplyConfig} failed, or C{None}.
+    @ivar report: the worker's last report (totals by name), or C{None}.
+    @ivar ended: fires once the process has exited.
     """
 
     def __init__(self, pool: "WorkerPool", index: int) -> None:
         self.pool = pool
         self.index = index
-        self._buffer = b""
+        self.channel = _ParentChannel(self)
         self.pid: int | None = None
         self.started = 0.0
-        self.delay = 0.0
-        self.stats: dict | None = None
+        self.listening = False
+        self.applied: int | None = None
+        self.apply_error: str | None = None
+        self.report: dict[str, Any] | None = None
+        self.reported_at: float | None = None
+        self.gone = False
         self.ended: defer.Deferred = defer.Deferred()
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
 
-    def outReceived(self, data: bytes) -> None:
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
-            if not line:
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:
-                log.warn("worker {index}: unreadable line {line!r}", index=self.index, line=line[:200])
-                continue
-            self.pool.message(self, message)
-
-    def send(self, message: dict) -> None:
-        if self.transport is not None and self.pid is not None:
-            try:
-                self.transport.write(json.dumps(message).encode() + b"\n")
-            except Exception:
-                log.failure("could not write to worker {index}", index=self.index)
+    def call(self, command: type, **kwargs: Any) -> defer.Deferred:
+        """
+        Send a command; a worker that is gone answers with a failure.
+        """
+        if self.gone or self.channel.transport is None:
+            return defer.fail(ConnectionError(f"worker {self.index} is gone"))
+        return self.channel.callRemote(command, **kwargs)
 
     def processEnded(self, reason: Any) -> None:
+        self.gone = True
         self.pool.ended(self, reason)
+        if self.channel.transport is not None:
+            self.channel.transport.loseConnection()
         self.ended.callback(None)
 
+    def view(self) -> dict[str, Any]:
+        totals = self.report or {}
+        return {
+            "index": self.index, "pid": self.pid, "listening": self.listening,
+            "applied_version": self.applied, "apply_error": self.apply_error,
+            "active": totals.get("active", 0), "accepted": totals.get("accepted", 0),
+            "reported": self.reported_at,
+        }
 
+
+@implementer(IConfigObserver)
 class WorkerPool(Service):
     """
-    Starts, feeds and restarts the worker processes, and folds their
-    counters into the parent's balancer so the admin API shows all workers.
+    Starts, feeds and restarts the worker processes; the relays of the
+    parent's balancer (L{Balancer.relay_elsewhere}).
 
-    @ivar workers: the live L{_WorkerProtocol} of each worker slot.
+    @ivar workers: the live L{Worker} of each worker slot.
     @ivar port: the listen port (known once started, also for port 0).
     @ivar restarts: how many workers were started again after exiting.
     """
@@ -127,15 +179,16 @@ class WorkerPool(Service):
         self.engine = options.get("engine", "fast")
         self.host, self.requested_port, self.backlog = options["listen-tcp"]
         self.settings = balancer.settings
-        self.workers: list[_WorkerProtocol | None] = [None] * self.count
+        self.workers: list[Worker | None] = [None] * self.count
         self.port: int | None = None
         self.restarts = 0
         self._reservation: socket.socket | None = None
-        self._retired_totals = dict.fromkeys(_TOTALS_SUMMED, 0)
-        self._retired_backends: dict[str, dict[str, int]] = {}
-        self._unsubscribe: Any = None
         self._unfollow: Any = None
-        self._delays: dict[int, float] = {}
+        #: per slot, how many workers in a row died young
+        self._young_deaths: dict[int, int] = {}
+
+    def _live(self) -> list[Worker]:
+        return [w for w in self.workers if w is not None and not w.gone]
 
     # Lifecycle ----------------------------------------------------------------
 
@@ -154,7 +207,7 @@ class WorkerPool(Service):
             raise
         self._reservation = sock
         self.port = sock.getsockname()[1]
-        self._unsubscribe = self.balancer.events.subscribe(self._event)
+        self.balancer.relay_elsewhere(self)
         self._unfollow = self.balancer.follow(self._follow)
         super().startService()
         for i in range(self.count):
@@ -162,20 +215,16 @@ class WorkerPool(Service):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
         if self._unfollow is not None:
             self._unfollow()
             self._unfollow = None
         waits = []
-        for worker in self.workers:
-            if worker is not None and worker.pid is not None:
-                waits.append(worker.ended)
-                try:
-                    worker.transport.signalProcess("TERM")
-                except Exception:
-                    pass
+        for worker in self._live():
+            waits.append(worker.ended)
+            try:
+                worker.transport.signalProcess("TERM")
+            except Exception:
+                pass
         if self._reservation is not None:
             self._reservation.close()
             self._reservation = None
@@ -185,249 +234,182 @@ class WorkerPool(Service):
         return done
 
     def _kill_all(self) -> None:
-        for worker in self.workers:
-            if worker is not None and worker.pid is not None:
-                log.warn("worker {index} ignored SIGTERM; killing it", index=worker.index)
-                try:
-                    worker.transport.signalProcess("KILL")
-                except Exception:
-                    pass
+        for worker in self._live():
+            log.warn("worker {index} ignored SIGTERM; killing it", index=worker.index)
+            try:
+                worker.transport.signalProcess("KILL")
+            except Exception:
+                pass
 
     def _spawn(self, index: int) -> None:
         if not self.running:
             return
-        spec = {
-            "index": index,
-            "host": self.host,
-            "port": self.port,
-            "backlog": self.backlog,
-            "engine": self.engine,
-            "settings": dataclasses.asdict(self.settings),
-            "config": self.balancer.config.to_json(),
-            "report_interval": self.report_interval,
-            # A new worker starts with what the parent's checks know.
-            "down": [
-                [bid, state.reason]
-                for bid, state in self.balancer.pool.health.items()
-                if not state.healthy
-            ],
-        }
-        protocol = _WorkerProtocol(self, index)
-        protocol.started = self.reactor.seconds()
-        protocol.delay = self._delays.get(index, 0.0)
-        self.workers[index] = protocol
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.reactor.spawnProcess(
-            protocol, sys.executable,
-            [sys.executable, "-m", "lbproxy.control.workers", json.dumps(spec)],
-            env=env, childFDs={0: "w", 1: "r", 2: 2},
-        )
-        log.info("worker {index} started as pid {pid}", index=index, pid=protocol.pid)
+        worker = Worker(self, index)
+        worker.started = self.reactor.seconds()
+        self.workers[index] = worker
+        # A relay from now on: a removal waits for its first report.
+        self.balancer.take_report(worker, 0, {}, {})
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            env = dict(os.environ)
+            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+            self.reactor.spawnProcess(
+                worker, sys.executable,
+                [sys.executable, "-m", "lbproxy.control.worker_main", str(CHANNEL_FD)],
+                env=env, childFDs={0: "w", 1: 1, 2: 2, CHANNEL_FD: theirs.fileno()},
+            )
+            self.reactor.adoptStreamConnection(
+                ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: worker.channel)
+            )
+        finally:
+            ours.close()
+            theirs.close()
+        log.info("worker {index} started as pid {pid}", index=index, pid=worker.pid)
+        self._introduce(worker)
 
-    def ended(self, worker: _WorkerProtocol, reason: Any) -> None:
+    def _introduce(self, worker: Worker) -> None:
         """
-        A worker exited: keep its finished counters, start another.
+        Start the worker with the config and the down backends of now.
+        The commands go at once: AMP keeps their order.
         """
-        if worker.stats is not None:
-            totals = worker.stats["totals"]
-            for name in _TOTALS_SUMMED:
-                if name != "active":
-                    self._retired_totals[name] += totals.get(name, 0)
-            for bid, counters in worker.stats["backends"].items():
-                kept = self._retired_backends.setdefault(bid, dict.fromkeys(_BACKEND_SUMMED, 0))
-                for name in _BACKEND_SUMMED:
-                    if name != "active":
-                        kept[name] += counters.get(name, 0)
-            worker.stats = None
-        if self.workers[worker.index] is worker:
-            self.workers[worker.index] = None
-            if self.running:
-                # A worker that dies young (bad config, port trouble) is
-                # restarted ever more slowly, not in a tight loop.
-                lived = self.reactor.seconds() - worker.started
-                delay = self.restart_delay
-                if lived < self.young:
-                    delay = min(max(worker.delay * 2, self.restart_delay), self.max_restart_delay)
-                log.warn("worker {index} (pid {pid}) exited: {why}; starting another in {delay}s",
-                         index=worker.index, pid=worker.pid, why=reason.getErrorMessage(), delay=delay)
-                self.restarts += 1
-                self._delays[worker.index] = delay
-                self.reactor.callLater(delay, self._spawn, worker.index)
-        self._aggregate()
+        s = self.settings
+        worker.call(Start, index=worker.index, report_interval=self.report_interval,
+                    connect_timeout=s.connect_timeout, retries=s.retries,
+                    idle_timeout=s.idle_timeout, max_connections=s.max_connections,
+                    access_log=s.access_log).addErrback(self._failed, worker, "start")
+        config = self.balancer.config
+        self._apply(worker, config.version, json.dumps(config.to_json()))
+        down = [{"id": bid, "reason": state.reason}
+                for bid, state in self.balancer.pool.health.items() if not state.healthy]
+        d = worker.call(Listen, host=self.host, port=self.port, backlog=self.backlog,
+                        engine=self.engine, down=down)
+        d.addCallback(lambda _: setattr(worker, "listening", True))
+        d.addErrback(self._failed, worker, "listen", stop=True)
 
-    # Parent to workers -----------------------------------------------------------
+    def _failed(self, failure: Any, worker: Worker, what: str, stop: bool = False) -> None:
+        if worker.gone or failure.check(error.ConnectionLost, error.ConnectionDone):
+            return  # it is dying: processEnded says so, once
+        log.error("worker {index} could not {what}: {why}", index=worker.index, what=what,
+                  why=failure.getErrorMessage())
+        if stop:
+            # A worker that does not relay is of no use: it exits and is
+            # started again, ever more slowly if this repeats.
+            try:
+                worker.transport.signalProcess("TERM")
+            except error.ProcessExitedAlready:
+                pass
 
-    def broadcast(self, message: dict) -> None:
-        for worker in self.workers:
-            if worker is not None:
-                worker.send(message)
+    def ended(self, worker: Worker, reason: Any) -> None:
+        """
+        A worker exited: its connections are gone, its finished counters
+        stay; start another.
+        """
+        self.balancer.drop_reports(worker)
+        if self.workers[worker.index] is not worker:
+            return
+        self.workers[worker.index] = None
+        if not self.running:
+            return
+        # A worker that dies young (bad config, port trouble) is restarted
+        # ever more slowly, not in a tight loop.
+        lived = self.reactor.seconds() - worker.started
+        deaths = self._young_deaths.get(worker.index, 0) + 1 if lived < self.young else 0
+        self._young_deaths[worker.index] = deaths
+        delay = backoffPolicy(self.restart_delay, self.max_restart_delay, 2.0, jitter=lambda: 0)(deaths)
+        log.warn("worker {index} (pid {pid}) exited: {why}; starting another in {delay}s",
+                 index=worker.index, pid=worker.pid, why=reason.getErrorMessage(), delay=delay)
+        self.restarts += 1
+        self.reactor.callLater(delay, self._spawn, worker.index)
 
-    def _event(self, event: Any) -> None:
-        if event.type == "config" and "config" in event.data:
-            self.broadcast({"config": event.data["config"]})
+    # Parent to workers ------------------------------------------------------------
+
+    def applied(self, old: Any, new: Any) -> None:
+        """
+        L{IConfigObserver}: send the config now in force to every worker.
+        """
+        document = json.dumps(new.to_json())
+        for worker in self._live():
+            self._apply(worker, new.version, document)
+
+    def _apply(self, worker: Worker, version: int, document: str) -> None:
+        def done(answer: dict) -> None:
+            worker.applied = answer["applied"]
+            worker.apply_error = None
+
+        def failed(failure: Any) -> None:
+            if worker.gone:
+                return
+            worker.apply_error = failure.getErrorMessage()
+            log.error("worker {index} (pid {pid}) failed to apply config version {version}: {why}",
+                      index=worker.index, pid=worker.pid, version=version, why=worker.apply_error)
+
+        worker.call(ApplyConfig, version=version, document=document).addCallbacks(done, failed)
 
     def _follow(self, kind: str, args: tuple) -> None:
-        # Active health results and forced closes: the workers' pools must
-        # see them too (Balancer.follow).
-        self.broadcast({kind: list(args)})
+        # Forced closes are asked through close() (whose answer counts
+        # them), and each worker runs its own drain timers: only the
+        # parent's health results need repeating.
+        if kind == "health":
+            backend, ok, reason = args
+            for worker in self._live():
+                worker.call(Health, backend=backend, ok=ok, reason=reason).addErrback(
+                    self._failed, worker, f"take a health result for {backend}")
+
+    def refresh(self) -> defer.Deferred:
+        """
+        Ask every worker for a fresh report (for the balancer).
+
+        @return: a Deferred that fires once all have answered or failed.
+        """
+        polls = []
+        for worker in self._live():
+            d = worker.call(Poll)
+            d.addCallback(lambda fields, w=worker: self.reported(w, fields))
+            d.addErrback(self._failed, worker, "report")
+            polls.append(d)
+        return defer.gatherResults(polls).addCallback(lambda _: None)
+
+    def close(self, backend_id: str, why: str) -> defer.Deferred:
+        """
+        Close every worker's connections to a backend.
+
+        @return: a Deferred firing with how many they closed (a worker that
+            is gone closed none).
+        """
+        closes = []
+        for worker in self._live():
+            d = worker.call(CloseBackend, backend=backend_id, why=why)
+            d.addCallback(lambda answer: answer["closed"])
+            d.addErrback(lambda f, w=worker: self._failed(f, w, f"close {backend_id}") or 0)
+            closes.append(d)
+        return defer.gatherResults(closes).addCallback(sum)
 
     # Workers to parent --------------------------------------------------------------
 
-    def message(self, worker: _WorkerProtocol, message: dict) -> None:
-        if "stats" in message:
-            worker.stats = message["stats"]
-            routes = message["stats"].get("routes")
-            if routes:
-                _merge_routes(self.balancer.routes, routes)
-            self._aggregate()
-        elif "event" in message:
-            type_, data = message["event"]
-            data["worker"] = worker.index
-            self.balancer.events.publish(type_, data)
-
-    def _aggregate(self) -> None:
+    def reported(self, worker: Worker, fields: dict[str, Any]) -> None:
         """
-        Make the parent's counters the sums over all workers.
+        Take one worker's report: counters into the balancer, routing
+        decisions into its recorder (for the UI's feed).
         """
-        totals = dict(self._retired_totals)
-        backends = {bid: dict(c) for bid, c in self._retired_backends.items()}
-        for worker in self.workers:
-            if worker is None or worker.stats is None:
-                continue
-            for name in _TOTALS_SUMMED:
-                totals[name] += worker.stats["totals"].get(name, 0)
-            for bid, counters in worker.stats["backends"].items():
-                sums = backends.setdefault(bid, dict.fromkeys(_BACKEND_SUMMED, 0))
-                for name in _BACKEND_SUMMED:
-                    sums[name] += counters.get(name, 0)
-        for name, value in totals.items():
-            setattr(self.balancer.totals, name, value)
-        for bid, stats in self.balancer.pool.stats.items():
-            sums = backends.get(bid)
-            for name in _BACKEND_SUMMED:
-                setattr(stats, name, sums[name] if sums else 0)
+        if worker.gone:
+            return
+        totals = {name: fields[name] for name in TOTAL_COUNTERS}
+        backends = {b["id"]: {name: b[name] for name in BACKEND_COUNTERS} for b in fields["backends"]}
+        worker.report = totals
+        worker.reported_at = self.reactor.seconds()
+        self.balancer.take_report(worker, fields["version"], totals, backends)
+        if fields["route_total"]:
+            merge_routes(self.balancer.routes, fields)
 
-
-def _merge_routes(recorder: Any, batch: dict) -> None:
-    """
-    Fold a worker's drained routing batch into the parent's recorder: the
-    samples go into its ring, the counts into its counts.
-    """
-    for s in batch.get("sample", ()):
-        recorder.record(s["time"], s["client"], s["backend"])
-    extra = batch.get("dropped", 0)
-    if extra:
-        counts = recorder._counts
-        sampled: dict[str, int] = {}
-        for s in batch.get("sample", ()):
-            sampled[s["backend"]] = sampled.get(s["backend"], 0) + 1
-        for bid, n in batch.get("counts", {}).items():
-            counts[bid] = counts.get(bid, 0) + n - sampled.get(bid, 0)
-        recorder._total += extra
-
-
-# The worker process ------------------------------------------------------------------
-
-
-def _worker_stats(balancer: Any) -> dict:
-    backends = {}
-    for bid, stats in balancer.pool.stats.items():
-        up, down = balancer.bytes_of(bid)
-        backends[bid] = {
-            "active": stats.active, "total": stats.total, "failures": stats.failures,
-            "bytes_up": up, "bytes_down": down,
+    def status(self) -> dict[str, Any]:
+        """
+        For C{GET /api/v1/status}: each worker's pid, applied config
+        version and last reported counts.
+        """
+        return {
+            "workers": [w.view() if w is not None else None for w in self.workers],
+            "worker_restarts": self.restarts,
+            "listen_port": self.port,
         }
-    totals = balancer.totals.to_json()
-    # Include the bytes of connections in flight, as the backends do.
-    for group in balancer.connections.values():
-        for conn in group:
-            totals["bytes_up"] += conn.bytes_up
-            totals["bytes_down"] += conn.bytes_down
-    return {"pid": os.getpid(), "totals": totals, "backends": backends,
-            "routes": balancer.routes.drain()}
 
-
-def worker_main(spec: dict) -> None:
-    """
-    Run one worker: a balancer and relay engine on a C{SO_REUSEPORT}
-    listener, fed by the parent over stdin, reporting over stdout.
-    """
-    from twisted.internet import epollreactor
-
-    epollreactor.install()
-    from twisted.internet import reactor, stdio
-    from twisted.internet.task import LoopingCall
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.protocols.basic import LineReceiver
-
-    from lbproxy.policy.balancer import Balancer
-    from lbproxy.model.config import ProxySettings, parse_config
-    from lbproxy.relay.fast_engine import FastRelay, listening_socket
-    from lbproxy.policy.plugins import strategy_factories
-
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    index = spec["index"]
-    balancer = Balancer(
-        parse_config(spec["config"]), strategy_factories(), ProxySettings(**spec["settings"]),
-        reactor=reactor,
-    )
-    if spec.get("down"):
-        now = reactor.seconds()
-        for bid, reason in spec["down"]:
-            state = balancer.pool.health.get(bid)
-            if state is not None:
-                state.healthy, state.reason, state.since = False, reason, now
-        balancer.pool.refresh(now)
-    sock = listening_socket(spec["host"], spec["port"], spec["backlog"], reuse_port=True)
-    if spec["engine"] == "fast":
-        FastRelay(balancer, sock, reactor).start()
-    else:
-        from lbproxy.relay.twisted_engine import ProxyFactory
-
-        sock.setblocking(False)
-        reactor.adoptStreamPort(sock.fileno(), sock.family, ProxyFactory(balancer, reactor))
-        sock.close()
-    balancer.start()
-
-    class Parent(LineReceiver):
-        delimiter = b"\n"
-        MAX_LENGTH = 64 * 1024 * 1024
-
-        def lineReceived(self, line: bytes) -> None:
-            message = json.loads(line)
-            if "config" in message:
-                config = parse_config(message["config"])
-                if config.version != balancer.config.version:
-                    balancer.apply(config)
-            elif "health" in message:
-                balancer.health_result(*message["health"])
-            elif "close" in message:
-                balancer.close_connections(*message["close"])
-
-        def send(self, message: dict) -> None:
-            self.transport.write(json.dumps(message).encode() + b"\n")
-
-        def connectionLost(self, reason: Any) -> None:
-            # The parent is gone: so is the reason to run.
-            if reactor.running:
-                reactor.stop()
-
-    parent = Parent()
-    stdio.StandardIO(parent)
-
-    def forward(event: Any) -> None:
-        if event.type == "backend":
-            parent.send({"event": [event.type, dict(event.data)]})
-
-    balancer.events.subscribe(forward)
-    LoopingCall(lambda: parent.send({"stats": _worker_stats(balancer)})).start(
-        spec.get("report_interval", 0.5)
-    )
-    log.info("worker {index} relaying on port {port}", index=index, port=spec["port"])
-    reactor.run()
-
-
-if __name__ == "__main__":
-    worker_main(json.loads(sys.argv[1]))

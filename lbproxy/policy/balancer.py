@@ -21,6 +21,7 @@ from lbproxy.control.events import EventBus, RouteRecorder
 from lbproxy.interfaces import IBalancer, IRelayedConnection, IStrategy, IStrategyFactory
 from lbproxy.policy.plugins import build_strategy
 from lbproxy.policy.pool import AccessRecord, Candidate, Pool
+from lbproxy.policy.relayed import RelayedElsewhere
 from lbproxy.policy.strategies.builtin import RoundRobin
 
 log = Logger()
@@ -54,7 +55,7 @@ class Totals:
 
 
 @implementer(IBalancer)
-class Balancer:
+class Balancer(RelayedElsewhere):
     """
     @ivar config: the L{Config} in force.
     @ivar pool: live state for its backends.
@@ -334,13 +335,17 @@ class Balancer:
         for bid in new_ids - old_ids:
             self.connections.setdefault(bid, set())
             self.removing.pop(bid, None)
+            if self._relays is not None:
+                self._settling.pop(bid, None)
         self.pool.update(config, now)
         for bid, before in was_available.items():
             self._health_changed(bid, before, self.pool.health[bid].reason)
         for bid in old_ids - new_ids:
             backend = old.backend(bid)
-            if self.connections.get(bid):
+            if self.connections.get(bid) or self._relays is not None:
                 self.removing[bid] = backend
+                if self._relays is not None:
+                    self._settling[bid] = config.version
                 self._backend_event(bid, "removing", "removed from config; draining")
                 self._arm_drain_timer(bid, config.drain_timeout)
             else:
@@ -351,18 +356,22 @@ class Balancer:
                 self._backend_event(b.id, b.state, f"set to {b.state} by operator")
                 if b.state == "draining":
                     self._arm_drain_timer(b.id, config.drain_timeout)
-                    if not self.connections.get(b.id):
+                    if self._relays is not None:
+                        self._settling[b.id] = config.version
+                    elif not self.connections.get(b.id):
                         self._backend_event(b.id, "drained", "drained: no connections left")
         # The UI's config event comes from the controller's observers
         # (EventBus.applied), not from here: workers apply without one.
+        if self._relays is not None:
+            self._settle()
         log.info("config version {version} in force", version=config.version)
 
     def follow(self, follower: Callable[[str, tuple], None]) -> Callable[[], None]:
         """
         Tell C{follower(kind, args)} of what changes the pool besides the
         config: each active health result, C{("health", (id, ok, reason))},
-        and each forced close, C{("close", (id, why))}.  Worker processes'
-        balancers repeat these (L{lbproxy.control.workers}).
+        and each forced close, C{("close", (id, why))}.  The worker pool
+        repeats the health results to its workers (L{lbproxy.control.workers}).
 
         @return: a callable that stops following.
         """
@@ -403,6 +412,8 @@ class Balancer:
 
     def _removed(self, backend_id: str, why: str) -> None:
         self.removing.pop(backend_id, None)
+        if self._relays is not None:
+            self._settling.pop(backend_id, None)
         self.connections.pop(backend_id, None)
         for timers in (self._drain_timers, self._ejection_timers):
             timer = timers.pop(backend_id, None)

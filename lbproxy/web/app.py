@@ -277,8 +277,10 @@ class AdminApp:
 
         new, _ = await self._change(request, mutate)
         b = self.balancer
-        active = len(b.connections.get(backend_id, ()))
-        closed = b.close_connections(backend_id, "removed by operator") if force else 0
+        # With --workers the connections are in other processes: both
+        # numbers are their answers, not a local count.
+        active = await b.count_connections(backend_id)
+        closed = (await b.close_everywhere(backend_id, "removed by operator")) if force else 0
         return self._with_version(request, new.version, {
             "id": backend_id,
             "state": "removing" if backend_id in b.removing else "removed",

@@ -1,5 +1,6 @@
 """
-C{--workers}: real worker processes sharing one port with SO_REUSEPORT.
+C{--workers}: real worker processes sharing one port with SO_REUSEPORT,
+driven by a L{WorkerPool} in the test's reactor over AMP.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import sys
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
-from lbproxy.model.config import Backend, Config, StrategyChoice
 from lbproxy.control.controller import ConfigController
 from lbproxy.control.store.memory import MemoryStore
-from lbproxy.control.workers import WorkerPool
+from lbproxy.control.workers import CHANNEL_FD, WorkerPool
+from lbproxy.model.config import Backend, Config, StrategyChoice, replace_config
 from tests.integration import relay_harness as h
 
 pytestmark = [
@@ -33,7 +34,8 @@ def until(predicate, timeout=20.0, step=0.05):
 
 @pytest.fixture
 def pool_of(factories):
-    """Start a 2-worker pool over given backend ports; stopped after the test."""
+    """Start a 2-worker pool over given backend ports, following a config
+    controller as in twistd; stopped after the test."""
     started = []
 
     def make(ports, engine="fast"):
@@ -41,6 +43,8 @@ def pool_of(factories):
         pool = WorkerPool(
             {"workers": 2, "engine": engine, "listen-tcp": ("127.0.0.1", 0, 128)}, balancer, reactor
         )
+        pool.controller = ConfigController(balancer, MemoryStore(balancer.config))
+        pool.controller.observe(pool)
         pool.startService()
         started.append(pool)
         return pool, balancer
@@ -51,7 +55,11 @@ def pool_of(factories):
 
 
 def reporting(pool):
-    return all(w is not None and w.stats is not None for w in pool.workers)
+    return all(w is not None and w.listening and w.report is not None for w in pool.workers)
+
+
+def totals(pool, name):
+    return [w.report[name] for w in pool.workers]
 
 
 def _open_echoing(port, n):
@@ -88,9 +96,8 @@ def test_connections_split_and_a_killed_worker_restarts(engine, pool_of):
         pool, balancer = pool_of([echo.getHost().port], engine)
         yield until(lambda: reporting(pool))
         socks = yield deferToThread(_open_echoing, pool.port, 40)
-        yield until(lambda: balancer.totals.active == 40 and all(
-            w.stats["totals"]["accepted"] for w in pool.workers))
-        per_worker = [w.stats["totals"]["active"] for w in pool.workers]
+        yield until(lambda: balancer.totals.active == 40 and all(totals(pool, "accepted")))
+        per_worker = totals(pool, "active")
         assert sum(per_worker) == 40 and min(per_worker) > 0, per_worker
         assert balancer.pool.stats["b1"].active == 40
         assert balancer.pool.stats["b1"].total == 40
@@ -103,10 +110,10 @@ def test_connections_split_and_a_killed_worker_restarts(engine, pool_of):
         for s in socks:
             s.close()
 
-        yield until(lambda: pool.workers[0] is not None and pool.workers[0].stats is not None)
+        yield until(lambda: reporting(pool))
         assert pool.workers[0].pid != victim.pid and pool.restarts == 1
         more = yield deferToThread(_open_echoing, pool.port, 40)
-        yield until(lambda: all(w.stats["totals"]["active"] for w in pool.workers))
+        yield until(lambda: all(totals(pool, "active")))
         for s in more:
             s.close()
         # The killed worker's finished connections still count.
@@ -118,33 +125,50 @@ def test_connections_split_and_a_killed_worker_restarts(engine, pool_of):
 
 @pytest_twisted.inlineCallbacks
 def test_config_change_reaches_every_worker(pool_of):
-    """A config applied in the parent (as the admin API does) reaches both
-    workers: every new connection, whichever worker takes it, goes to the
-    new backend."""
+    """A config change made through the controller (as the admin API
+    makes it) reaches both workers, each acknowledges the new version, and
+    from then on every new connection, whichever worker takes it, goes to
+    the new backend; a worker killed and started again has that version
+    from its start."""
     a = h.serve(reactor, h.Named, name="a")
     b = h.serve(reactor, h.Named, name="b")
     try:
         pool, balancer = pool_of([a.getHost().port])
         yield until(lambda: reporting(pool))
-        new = Config(
-            version=2,
-            backends=(Backend(id="b2", host="127.0.0.1", port=b.getHost().port),),
-            strategy=StrategyChoice("round-robin"),
-        )
-        # Through a controller whose bus observes it, as the admin API does
-        # (the pool hears the bus's config event until it observes the controller).
-        controller = ConfigController(balancer, MemoryStore(balancer.config))
-        controller.observe(balancer.events)
-        yield controller.change(lambda _: (new, None))
+        assert [w.applied for w in pool.workers] == [1, 1]
+        backends = (Backend(id="b2", host="127.0.0.1", port=b.getHost().port),)
+        imported = Config(version=1, backends=backends, strategy=StrategyChoice("round-robin"))
+        new, _ = yield pool.controller.change(lambda c: (replace_config(c, imported), None))
 
-        yield task.deferLater(reactor, 0.3, lambda: None)
+        yield until(lambda: [w.applied for w in pool.workers] == [new.version] * 2)
+        assert [w["applied_version"] for w in pool.status()["workers"]] == [new.version] * 2
         got = yield deferToThread(h.names, pool.port, 20)
         assert got == [b"b\n"] * 20
-        yield until(lambda: sum(w.stats["totals"]["accepted"] for w in pool.workers) == 20)
-        assert all(w.stats["totals"]["accepted"] for w in pool.workers)
+        yield until(lambda: sum(totals(pool, "accepted")) == 20)
+        assert all(totals(pool, "accepted"))
+
+        # A worker started again gets the config of now, not the first one.
+        victim = pool.workers[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        yield victim.ended
+        yield until(lambda: reporting(pool))
+        assert pool.workers[0].pid != victim.pid and pool.workers[0].applied == new.version
+        assert (yield deferToThread(h.names, pool.port, 20)) == [b"b\n"] * 20
     finally:
         yield a.stopListening()
         yield b.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_worker_argv_names_only_the_channel(pool_of):
+    """Nothing but the channel's file descriptor is on a worker's command
+    line (no config, no JSON: C{ps} shows nothing of the pool)."""
+    pool, _ = pool_of([h.dead_port()])
+    yield until(lambda: reporting(pool))
+    for w in pool.workers:
+        with open(f"/proc/{w.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")[:-1]
+        assert argv[1:] == [b"-m", b"lbproxy.control.worker_main", str(CHANNEL_FD).encode()]
 
 
 def test_port_in_use_fails_at_start(factories):
@@ -178,16 +202,17 @@ def test_health_results_reach_workers_and_restarted_ones(pool_of):
         yield until(lambda: reporting(pool))
         while balancer.pool.health["b1"].healthy:
             balancer.health_result("b1", False, "check failed: test")
-
-        yield task.deferLater(reactor, 0.3, lambda: None)
+        # A poll is answered after every command sent before it: once it
+        # is, both workers have taken the health results.
+        yield pool.refresh()
         assert (yield deferToThread(h.names, pool.port, 20)) == [b"b\n"] * 20
 
         victim = pool.workers[1]
         os.kill(victim.pid, signal.SIGKILL)
         yield victim.ended
-        yield until(lambda: pool.workers[1] is not None and pool.workers[1].stats is not None)
+        yield until(lambda: reporting(pool))
         assert (yield deferToThread(h.names, pool.port, 20)) == [b"b\n"] * 20
-        yield until(lambda: pool.workers[1].stats["totals"]["accepted"] > 0)
+        yield until(lambda: pool.workers[1].report["accepted"] > 0)
     finally:
         yield a.stopListening()
         yield b.stopListening()
