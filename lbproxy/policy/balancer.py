@@ -62,6 +62,8 @@ class Balancer:
     @ivar events: the L{EventBus} of the admin feed.
     @ivar routes: the L{RouteRecorder} of routing decisions.
     @ivar factories: strategy plugins by name.
+    @ivar resolver: the L{lbproxy.health.resolver.Resolver} engines and
+        checks ask for the addresses of backends given by host name.
     """
 
     def __init__(
@@ -71,10 +73,16 @@ class Balancer:
         settings: ProxySettings = ProxySettings(),
         events: EventBus | None = None,
         reactor: Any = None,
+        resolver: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        if resolver is None:
+            from lbproxy.health.resolver import Resolver
+
+            resolver = Resolver(reactor)
         self._reactor = reactor
+        self.resolver = resolver
         self.factories = factories
         self.settings = settings
         self.events = events if events is not None else EventBus()
