@@ -37,10 +37,19 @@ from twisted.python.failure import Failure
 
 log = Logger()
 
-__all__ = ["Resolver", "DNSLookup", "is_name"]
+__all__ = ["Resolver", "DNSLookup", "LookupFailed", "is_name"]
 
 #: (family, ip) of one address.
 Address = tuple[int, str]
+
+
+class LookupFailed(DNSLookupError):
+    """
+    A host name has no address; the message says why in an operator's words.
+    """
+
+    def __str__(self) -> str:
+        return " ".join(str(a) for a in self.args)
 
 
 def is_name(host: str) -> bool:
@@ -145,7 +154,7 @@ class Resolver(Service):
             return defer.succeed(_sockaddr(entry.addresses[0], port))
         if entry.pending is None:
             if not due:
-                return defer.fail(DNSLookupError(f"{host}: {entry.error}"))
+                return defer.fail(LookupFailed(f"{host}: {entry.error}"))
             self._start(entry)
             if entry.pending is None:
                 return self.resolve(host, port)
@@ -239,7 +248,7 @@ class Resolver(Service):
         if entry.pending is not d:
             return
         if not addresses:
-            self._failed(Failure(DNSLookupError("no address")), entry, d)
+            self._failed(Failure(LookupFailed("no address")), entry, d)
             return
         entry.pending = None
         now = self.reactor.seconds()
@@ -277,7 +286,7 @@ class Resolver(Service):
         entry.failures += 1
         waiters, entry.waiters = entry.waiters, []
         for waiter, _ in waiters:
-            waiter.errback(DNSLookupError(f"{entry.host}: {entry.error}"))
+            waiter.errback(LookupFailed(f"{entry.host}: {entry.error}"))
 
     def _arm(self, entry: _Name, due: float) -> None:
         entry.due = due
@@ -352,13 +361,15 @@ class DNSLookup:
             except error.DNSServerError:
                 problems.append(f"{candidate}: DNS server failure")
                 continue
-            except error.DNSQueryTimeoutError:
+            except (error.DNSQueryTimeoutError, defer.TimeoutError):
                 servers = ", ".join(f"{h}:{p}" for h, p in self._client_servers or ())
-                raise DNSLookupError(f"no answer from DNS server {servers}") from None
+                raise LookupFailed(f"no answer from DNS server {servers}") from None
             if found:
                 return found
             problems.append(f"{candidate}: no address")
-        raise DNSLookupError("; ".join(problems) or f"{name}: no address")
+        if len(problems) == 1:
+            raise LookupFailed(problems[0].split(": ", 1)[1])
+        raise LookupFailed("; ".join(problems) or "no address")
 
     @defer.inlineCallbacks
     def _query(self, client: Any, name: str) -> Any:
