@@ -21,6 +21,7 @@ from lbproxy.control.events import EventBus, RouteRecorder
 from lbproxy.interfaces import IBalancer, IRelayedConnection, IStrategy, IStrategyFactory
 from lbproxy.policy.plugins import build_strategy
 from lbproxy.policy.pool import AccessRecord, Candidate, Pool
+from lbproxy.policy.stats import TOTAL_NAMES
 from lbproxy.policy.strategies.builtin import RoundRobin
 
 log = Logger()
@@ -32,18 +33,7 @@ class Totals:
     Listener-wide counters.
     """
 
-    __slots__ = (
-        "accepted",
-        "active",
-        "rejected",
-        "no_backend",
-        "connect_failures",
-        "retries",
-        "strategy_errors",
-        "idle_timeouts",
-        "bytes_up",
-        "bytes_down",
-    )
+    __slots__ = TOTAL_NAMES
 
     def __init__(self) -> None:
         for name in self.__slots__:
