@@ -224,9 +224,10 @@ def known(clock, *addresses, error=None):
 def test_fast_engine_asks_the_balancer_resolver():
     """FastRelay.resolve answers at once from the balancer's resolver (no
     thread pool, no lookup)."""
-    from lbproxy.relay.fast_engine import FastRelay, listening_socket
+    from lbproxy.relay.fast_engine import FastRelay, available, listening_socket
 
-    pytest.importorskip("select").epoll
+    if not available():
+        pytest.skip("the fast engine needs epoll")
     clock = task.Clock()
 
     class FakeBalancer:
@@ -248,8 +249,10 @@ def test_twisted_engine_connects_to_the_resolved_address():
     reactor = MemoryReactorClock()
     resolver = known(reactor, OTHER, error="no answer")
     endpoint = _endpoint(reactor, "b.test", 8080, 3.0, resolver)
+    from twisted.internet.interfaces import IStreamClientEndpoint
     from twisted.internet.protocol import Factory, Protocol
 
+    assert verifyObject(IStreamClientEndpoint, endpoint)
     endpoint.connect(Factory.forProtocol(Protocol))
     host, port, _, timeout, _ = reactor.tcpClients[-1]
     assert (host, port, timeout) == ("127.0.0.2", 8080, 3.0)
@@ -282,3 +285,42 @@ def test_check_of_a_never_resolved_name_fails_with_the_lookup_error():
     lookup.fail("no such name")
     failure = result(d)
     assert _describe(failure, HealthCheck(type="tcp")) == "host name lookup failed: b.test: no such name"
+
+
+def test_http_check_of_a_name_goes_to_the_address_with_the_host_header():
+    """An HTTP check of a backend by name asks its last good address and
+    sends the name in the Host header (no lookup by the HTTP client)."""
+    clock = task.Clock()
+    resolver = known(clock, HOME, error="no answer")
+    asked = []
+
+    class Response:
+        code = 200
+
+        def collect(self, sink):
+            return defer.succeed(None)
+
+    class Client:
+        def get(self, url, headers=None, allow_redirects=True):
+            asked.append((url, headers))
+            return defer.succeed(Response())
+
+    backend = Backend(id="b1", host="b.test", port=7000)
+    d = probe(backend, HealthCheck(type="http", path="/health"), clock, Client(), _default_endpoint, resolver)
+    assert asked == [("http://127.0.0.1:7000/health", {"Host": ["b.test:7000"]})]
+    assert result(d).startswith("address from last good lookup")
+
+
+def test_backend_view_says_when_the_address_is_from_an_old_lookup(factories):
+    """Without any health check the API's view of a backend by name says,
+    under health.dns, that its address is from the last good lookup."""
+    from lbproxy.policy.balancer import Balancer
+
+    clock = task.Clock()
+    resolver = known(clock, HOME, error="no answer from DNS server")
+    config = Config(version=1, backends=(Backend(id="b1", host="b.test", port=80),))
+    balancer = Balancer(config, factories, reactor=clock, resolver=resolver)
+    clock.advance(12)
+    view = balancer.backend_view(config.backends[0])
+    assert view["health"]["dns"] == "address from last good lookup 42 s ago: no answer from DNS server"
+    assert view["state"] == "up"

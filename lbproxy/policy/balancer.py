@@ -284,6 +284,9 @@ class Balancer:
             view["state"] = self.pool.state_of(backend, now)
         view["admin_state"] = backend.state
         view["health"] = health.to_json(now) if health else None
+        note = self.resolver.note(backend.host)
+        if note and view["health"] is not None:
+            view["health"]["dns"] = note
         view["effective_weight"] = (
             self.pool.effective_weight(backend, now) if health else 0
         )
