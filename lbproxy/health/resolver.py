@@ -11,7 +11,7 @@ by C{timeout}.  Only a name that has never resolved makes a caller wait,
 for that one bounded lookup; if it failed, callers fail at once until the
 next retry (negative caching).
 
-Lookups go through twisted.names (L{DNSLookup}), not C{getaddrinfo} in
+Lookups go through twisted.names (L{lbproxy.health.dnslookup}), not C{getaddrinfo} in
 threads: a query is asynchronous, has its own timeouts and can be
 abandoned, so an outage ties up no thread and shutdown has nothing to wait
 for (Twisted's thread pool is joined at shutdown: a hung C{getaddrinfo}
@@ -24,33 +24,20 @@ nsswitch.conf (mDNS, LDAP, nss-myhostname).
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from typing import Any, Callable, Iterable
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.error import DNSLookupError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from lbproxy.health.dnslookup import Address, DNSLookup, LookupFailed
 
 log = Logger()
 
 __all__ = ["Resolver", "DNSLookup", "LookupFailed", "is_name"]
-
-#: (family, ip) of one address.
-Address = tuple[int, str]
-
-
-class LookupFailed(DNSLookupError):
-    """
-    A host name has no address; the message says why in an operator's words.
-    """
-
-    def __str__(self) -> str:
-        return " ".join(str(a) for a in self.args)
-
 
 def is_name(host: str) -> bool:
     """
@@ -141,7 +128,8 @@ class Resolver(Service):
         after the one bounded lookup in flight.
 
         @return: a Deferred of C{(family, sockaddr)}, failing with
-            L{DNSLookupError} if the name has no address.
+            L{LookupFailed} (a L{twisted.internet.error.DNSLookupError})
+            if the name has no address.
         """
         entry = self._names.get(host)
         if entry is None:
@@ -297,163 +285,3 @@ class Resolver(Service):
         if entry.timer is not None and entry.timer.active():
             entry.timer.cancel()
         entry.timer = None
-
-
-class DNSLookup:
-    """
-    C{lookup(name)} for L{Resolver} through twisted.names: the hosts file
-    first, then A (else AAAA) queries to the DNS servers given, or else to
-    those of resolv.conf with its search list (re-read when it changes).
-    """
-
-    def __init__(
-        self,
-        reactor: Any = None,
-        servers: list[tuple[str, int]] | None = None,
-        resolv_conf: str = "/etc/resolv.conf",
-        hosts_file: str = "/etc/hosts",
-        attempts: tuple[float, ...] = (1.0, 3.0),
-    ) -> None:
-        """
-        @param attempts: the timeout of each try of a query (each try asks
-            the next server).
-        """
-        from twisted.names import hosts
-
-        if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
-        self._fixed = list(servers) if servers else None
-        self._resolv_conf = resolv_conf
-        self._hosts = hosts.Resolver(file=hosts_file.encode())
-        self._attempts = attempts
-        self._client: Any = None
-        self._client_servers: list[tuple[str, int]] | None = None
-        self._servers: list[tuple[str, int]] = []
-        self._search: tuple[str, ...] = ()
-        self._ndots = 1
-        self._conf_stamp: Any = object()
-
-    def __call__(self, name: str) -> defer.Deferred:
-        return self._lookup(name)
-
-    @defer.inlineCallbacks
-    def _lookup(self, name: str) -> Any:
-        from twisted.names import dns, error
-
-        bare = name.rstrip(".")
-        for query, rtype in ((self._hosts.lookupAddress, dns.A), (self._hosts.lookupIPV6Address, dns.AAAA)):
-            try:
-                answers, _, _ = yield query(bare)
-            except error.DomainError:
-                continue
-            found = _addresses(bare, answers, rtype)
-            if found:
-                return found
-        client, names = self._configured(name)
-        problems = []
-        for candidate in names:
-            try:
-                found = yield self._query(client, candidate)
-            except error.DNSNameError:
-                problems.append(f"{candidate}: no such name")
-                continue
-            except error.DNSServerError:
-                problems.append(f"{candidate}: DNS server failure")
-                continue
-            except (error.DNSQueryTimeoutError, defer.TimeoutError):
-                servers = ", ".join(f"{h}:{p}" for h, p in self._client_servers or ())
-                raise LookupFailed(f"no answer from DNS server {servers}") from None
-            if found:
-                return found
-            problems.append(f"{candidate}: no address")
-        if len(problems) == 1:
-            raise LookupFailed(problems[0].split(": ", 1)[1])
-        raise LookupFailed("; ".join(problems) or "no address")
-
-    @defer.inlineCallbacks
-    def _query(self, client: Any, name: str) -> Any:
-        from twisted.names import dns, error
-
-        answers, _, _ = yield client.lookupAddress(name, timeout=self._attempts)
-        found = _addresses(name, answers, dns.A)
-        if not found:
-            try:
-                answers, _, _ = yield client.lookupIPV6Address(name, timeout=self._attempts)
-            except error.DomainError:
-                answers = []
-            found = _addresses(name, answers, dns.AAAA)
-        return found
-
-    def _configured(self, name: str) -> tuple[Any, list[str]]:
-        """
-        @return: the DNS client for the current servers and the names to
-            query for C{name} (search list and C{ndots} applied).
-        """
-        from twisted.names import client
-
-        if self._fixed is not None:
-            servers, search, ndots = self._fixed, (), 1
-        else:
-            self._read_resolv_conf()
-            servers, search, ndots = self._servers, self._search, self._ndots
-        if self._client is None or self._client_servers != servers:
-            self._client = client.Resolver(servers=servers, reactor=self.reactor, timeout=self._attempts)
-            self._client_servers = list(servers)
-        if name.endswith("."):
-            return self._client, [name[:-1]]
-        searched = [f"{name}.{domain}" for domain in search]
-        names = [name, *searched] if name.count(".") >= ndots else [*searched, name]
-        return self._client, names
-
-    def _read_resolv_conf(self) -> None:
-        try:
-            st = os.stat(self._resolv_conf)
-            stamp: Any = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            stamp = None
-        if stamp == self._conf_stamp:
-            return
-        self._conf_stamp = stamp
-        servers, search, ndots = [], (), 1
-        try:
-            with open(self._resolv_conf, encoding="utf-8", errors="replace") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            words = line.split("#", 1)[0].split()
-            if len(words) >= 2 and words[0] == "nameserver":
-                servers.append((words[1], 53))
-            elif words and words[0] in ("search", "domain"):
-                search = tuple(w.rstrip(".") for w in words[1:])
-            elif words and words[0] == "options":
-                for word in words[1:]:
-                    if word.startswith("ndots:") and word[6:].isdigit():
-                        ndots = int(word[6:])
-        self._servers = servers or [("127.0.0.1", 53)]
-        self._search, self._ndots = search, ndots
-
-
-def _addresses(name: str, answers: Iterable[Any], rtype: int) -> list[Address]:
-    """
-    The addresses of type C{rtype} for C{name} in C{answers}, following
-    a CNAME chain within them.
-    """
-    from twisted.names import dns
-
-    records = list(answers)
-    target = dns.Name(name.rstrip("."))
-    family = socket.AF_INET if rtype == dns.A else socket.AF_INET6
-    for _ in range(8):
-        found = [
-            (family, socket.inet_ntop(family, r.payload.address))
-            for r in records if r.name == target and r.type == rtype
-        ]
-        if found:
-            return found
-        alias = next((r for r in records if r.name == target and r.type == dns.CNAME), None)
-        if alias is None:
-            return []
-        target = alias.payload.name
-    return []
