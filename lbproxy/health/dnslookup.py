@@ -4,7 +4,8 @@ Host names to addresses through twisted.names, for L{lbproxy.health.resolver}.
 The hosts file first, then A (else AAAA) queries to the DNS servers given,
 or else to those of resolv.conf (its C{nameserver}, C{search} and C{ndots}
 lines, re-read when the file changes).  Every query is asynchronous and has
-its own timeouts, so nothing waits on a thread.
+its own timeouts, so nothing waits on a thread, and a query given up on
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -32,11 +33,31 @@ class LookupFailed(DNSLookupError):
 
 
 
+#: Seconds after which the query socket is replaced (when idle), so the
+#: source port does not stay the same for the life of the process.
+ROTATE = 600.0
+
+
+class _Unsolicited:
+    """
+    The controller of the query sockets: answers nobody waits for any more
+    (late, or to a query given up) are dropped.
+    """
+
+    def messageReceived(self, message: Any, protocol: Any, address: Any = None) -> None:
+        pass
+
+
 class DNSLookup:
     """
-    C{lookup(name)} for L{Resolver} through twisted.names: the hosts file
+    C{lookup(name)} for L{lbproxy.health.resolver.Resolver}: the hosts file
     first, then A (else AAAA) queries to the DNS servers given, or else to
-    those of resolv.conf with its search list (re-read when it changes).
+    those of resolv.conf with its search list.
+
+    Queries go out on one UDP socket per address family, kept open and
+    replaced every L{ROTATE} seconds when idle (Twisted's own client opens a
+    socket per query and logs two lines for each); answers must come from
+    the server asked and carry the random id of the query.
     """
 
     def __init__(
@@ -48,8 +69,8 @@ class DNSLookup:
         attempts: tuple[float, ...] = (1.0, 3.0),
     ) -> None:
         """
-        @param attempts: the timeout of each try of a query (each try asks
-            the next server).
+        @param attempts: the timeout of each try of a query; each try asks
+            the next server.
         """
         from twisted.names import hosts
 
@@ -60,15 +81,23 @@ class DNSLookup:
         self._resolv_conf = resolv_conf
         self._hosts = hosts.Resolver(file=hosts_file.encode())
         self._attempts = attempts
-        self._client: Any = None
-        self._client_servers: list[tuple[str, int]] | None = None
         self._servers: list[tuple[str, int]] = []
         self._search: tuple[str, ...] = ()
         self._ndots = 1
         self._conf_stamp: Any = object()
+        self._sockets: dict[int, tuple[Any, float]] = {}
 
     def __call__(self, name: str) -> defer.Deferred:
         return self._lookup(name)
+
+    def close(self) -> None:
+        """
+        Close the query sockets (a later lookup opens new ones).
+        """
+        sockets, self._sockets = self._sockets, {}
+        for proto, _ in sockets.values():
+            if proto.transport is not None:
+                proto.transport.stopListening()
 
     @defer.inlineCallbacks
     def _lookup(self, name: str) -> Any:
@@ -83,20 +112,20 @@ class DNSLookup:
             found = _addresses(bare, answers, rtype)
             if found:
                 return found
-        client, names = self._configured(name)
+        servers, names = self._configured(name)
         problems = []
         for candidate in names:
             try:
-                found = yield self._query(client, candidate)
+                found = yield self._query(servers, candidate)
             except error.DNSNameError:
                 problems.append(f"{candidate}: no such name")
                 continue
-            except error.DNSServerError:
-                problems.append(f"{candidate}: DNS server failure")
+            except error.DNSServerError as e:
+                problems.append(f"{candidate}: DNS server failure ({e})")
                 continue
-            except (error.DNSQueryTimeoutError, defer.TimeoutError):
-                servers = ", ".join(f"{h}:{p}" for h, p in self._client_servers or ())
-                raise LookupFailed(f"no answer from DNS server {servers}") from None
+            except error.DNSQueryTimeoutError:
+                listed = ", ".join(f"{h}:{p}" for h, p in servers)
+                raise LookupFailed(f"no answer from DNS server {listed}") from None
             if found:
                 return found
             problems.append(f"{candidate}: no address")
@@ -105,39 +134,72 @@ class DNSLookup:
         raise LookupFailed("; ".join(problems) or "no address")
 
     @defer.inlineCallbacks
-    def _query(self, client: Any, name: str) -> Any:
-        from twisted.names import dns, error
+    def _query(self, servers: list[tuple[str, int]], name: str) -> Any:
+        from twisted.names import dns
 
-        answers, _, _ = yield client.lookupAddress(name, timeout=self._attempts)
+        answers = yield self._ask(servers, name, dns.A)
         found = _addresses(name, answers, dns.A)
         if not found:
-            try:
-                answers, _, _ = yield client.lookupIPV6Address(name, timeout=self._attempts)
-            except error.DomainError:
-                answers = []
+            answers = yield self._ask(servers, name, dns.AAAA)
             found = _addresses(name, answers, dns.AAAA)
         return found
 
-    def _configured(self, name: str) -> tuple[Any, list[str]]:
+    @defer.inlineCallbacks
+    def _ask(self, servers: list[tuple[str, int]], name: str, rtype: int) -> Any:
         """
-        @return: the DNS client for the current servers and the names to
-            query for C{name} (search list and C{ndots} applied).
+        One question, each try to the next server: the answer records, or
+        L{DNSNameError} (no such name), L{DNSServerError} (every try got a
+        server failure) or L{DNSQueryTimeoutError}.
         """
-        from twisted.names import client
+        from twisted.names import dns, error
 
+        failed = None
+        for i, timeout in enumerate(self._attempts):
+            server = servers[i % len(servers)]
+            try:
+                message = yield self._socket(server).query(server, [dns.Query(name, rtype, dns.IN)], timeout)
+            except error.DNSQueryTimeoutError:
+                continue
+            if message.rCode == dns.OK:
+                return message.answers
+            if message.rCode == dns.ENAME:
+                raise error.DNSNameError(name)
+            failed = {dns.ESERVER: "SERVFAIL", dns.EREFUSED: "REFUSED"}.get(message.rCode, f"rcode {message.rCode}")
+        if failed is not None:
+            raise error.DNSServerError(failed)
+        raise error.DNSQueryTimeoutError(name)
+
+    def _socket(self, server: tuple[str, int]) -> Any:
+        from twisted.names import dns
+
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        now = self.reactor.seconds()
+        proto, opened = self._sockets.get(family, (None, 0.0))
+        if proto is not None and now - opened > ROTATE and not proto.liveMessages:
+            proto.transport.stopListening()
+            proto = None
+        if proto is None:
+            proto = dns.DNSDatagramProtocol(_Unsolicited(), reactor=self.reactor)
+            proto.noisy = False
+            self.reactor.listenUDP(0, proto, interface="::" if family == socket.AF_INET6 else "", maxPacketSize=512)
+            self._sockets[family] = (proto, now)
+        return proto
+
+    def _configured(self, name: str) -> tuple[list[tuple[str, int]], list[str]]:
+        """
+        @return: the DNS servers to ask and the names to query for C{name}
+            (search list and C{ndots} applied).
+        """
         if self._fixed is not None:
             servers, search, ndots = self._fixed, (), 1
         else:
             self._read_resolv_conf()
             servers, search, ndots = self._servers, self._search, self._ndots
-        if self._client is None or self._client_servers != servers:
-            self._client = client.Resolver(servers=servers, reactor=self.reactor, timeout=self._attempts)
-            self._client_servers = list(servers)
         if name.endswith("."):
-            return self._client, [name[:-1]]
+            return servers, [name[:-1]]
         searched = [f"{name}.{domain}" for domain in search]
         names = [name, *searched] if name.count(".") >= ndots else [*searched, name]
-        return self._client, names
+        return servers, names
 
     def _read_resolv_conf(self) -> None:
         try:

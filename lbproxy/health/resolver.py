@@ -217,6 +217,9 @@ class Resolver(Service):
             self._cancel_timer(entry)
             if entry.pending is not None:
                 entry.pending.cancel()
+        close = getattr(self._lookup, "close", None)
+        if close is not None:
+            close()
         return None
 
     # Lookups -------------------------------------------------------------------

@@ -39,6 +39,7 @@ class Zone:
         self.records = records
         self.mode = "ok"
         self.queries: list[tuple[str, str]] = []
+        self.sources: list[Any] = []
 
     def query(self, query: Any, timeout: Any = None) -> defer.Deferred:
         name = query.name.name.decode()
@@ -62,6 +63,7 @@ class _Server(server.DNSServerFactory):
 
     def handleQuery(self, message: Any, protocol: Any, address: Any) -> Any:
         zone = self.resolver.resolvers[0]
+        zone.sources.append(address)
         if zone.mode != "servfail":
             return super().handleQuery(message, protocol, address)
         zone.queries.append(("servfail", message.queries[0].name.name.decode()))
@@ -97,6 +99,34 @@ def test_lookup_against_a_real_dns_server():
             yield lookup("web.test")
         assert reactor.seconds() - start < 2
     finally:
+        yield udp.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_quiet_socket_replaced_when_old(monkeypatch):
+    """Lookups share one UDP socket (no log lines per query) until it is
+    older than ROTATE, then a fresh one (another source port) is used."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from lbproxy.health import dnslookup
+
+    zone = Zone({"web.test": "127.0.0.7"})
+    udp = dns_server(zone)
+    lines: list = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        lookup = DNSLookup(reactor, servers=[("127.0.0.1", udp.getHost().port)])
+        for _ in range(3):
+            yield lookup("web.test")
+        assert len({port for _, port in zone.sources}) == 1
+        opened = [formatEvent(e) for e in lines if "starting on" in formatEvent(e)]
+        assert len(opened) == 1, opened
+        monkeypatch.setattr(dnslookup, "ROTATE", -1.0)
+        yield lookup("web.test")
+        assert len({port for _, port in zone.sources}) == 2
+        lookup.close()
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
         yield udp.stopListening()
 
 
