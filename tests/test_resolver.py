@@ -324,3 +324,30 @@ def test_backend_view_says_when_the_address_is_from_an_old_lookup(factories):
     view = balancer.backend_view(config.backends[0])
     assert view["health"]["dns"] == "address from last good lookup 42 s ago: no answer from DNS server"
     assert view["state"] == "up"
+
+
+def test_command_line_builds_and_wires_the_resolver():
+    """makeService runs one resolver as a service, gives it to the balancer
+    (so engines and checks use it) and it looks the backends' names up at
+    start; --dns-server is parsed into servers and a bad one is a usage
+    error naming the flag (the twistd test proves the servers are asked)."""
+    from twisted.python import usage
+
+    from lbproxy.tap import Options, makeService
+
+    def parse(*args):
+        o = Options()
+        o.parseOptions(list(args))
+        return o
+
+    with pytest.raises(usage.UsageError, match="--dns-server 'nowhere' is not HOST:PORT"):
+        parse("--backend", "web.test:80", "--dns-server", "nowhere")
+    o = parse("--backend", "web.test:80", "--dns-server", "127.0.0.1:5353,[::1]:53", "--dns-refresh", "7")
+    assert o["dns-server"] == [("127.0.0.1", 5353), ("::1", 53)]
+    reactor = MemoryReactorClock()
+    top = makeService(o, reactor)
+    resolver = top.getServiceNamed("resolver")
+    assert top.balancer.resolver is resolver and resolver.refresh == 7.0
+    resolver.startService()
+    assert resolver.lookups == 1
+    assert resolver.stopService() is None
