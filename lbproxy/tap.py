@@ -298,8 +298,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     # -- the policy core
     resolver = _resolver(options, reactor)
     balancer = Balancer(config, options["factories"], options["settings"], reactor=reactor, resolver=resolver)
-    resolver.follow(balancer)
+    resolver.track(b.host for b in config.backends)
     controller = ConfigController(balancer, store)
+    controller.observe(resolver)
     top = LBProxyService()
     resolver.setServiceParent(top)
     top.listen = options["listen"]

@@ -166,21 +166,21 @@ def test_new_names_are_looked_up_at_once_and_removed_ones_forgotten():
     assert [name for name, _ in lookup.calls] == ["b.test", "c.test", "c.test"]
 
 
-def test_follow_tracks_the_balancer_config():
-    """follow() looks up the backends' names and follows config changes."""
-    from lbproxy.control.events import EventBus
-
-    class FakeBalancer:
-        events = EventBus()
-        config = Config(version=1, backends=(Backend(id="b1", host="b.test", port=80),))
+def test_follows_config_changes_as_an_observer():
+    """As an IConfigObserver the resolver looks a new config's names up at
+    once and forgets the ones no longer there."""
+    from lbproxy.interfaces import IConfigObserver
 
     clock, lookup, resolver = make()
-    balancer = FakeBalancer()
-    resolver.follow(balancer)
+    assert verifyObject(IConfigObserver, resolver)
+    one = Config(version=1, backends=(Backend(id="b1", host="b.test", port=80),))
+    two = Config(version=2, backends=(Backend(id="b2", host="c.test", port=80),))
+    resolver.applied(Config(version=0), one)
     assert [name for name, _ in lookup.calls] == ["b.test"]
-    balancer.config = Config(version=2, backends=(Backend(id="b2", host="c.test", port=80),))
-    balancer.events.publish("config", {"version": 2})
+    lookup.answer(HOME)
+    resolver.applied(one, two)
     assert [name for name, _ in lookup.calls] == ["b.test", "c.test"]
+    assert resolver.address("b.test") is None
 
 
 def test_stop_never_waits_for_a_lookup():
@@ -329,7 +329,7 @@ def test_backend_view_says_when_the_address_is_from_an_old_lookup(factories):
 def test_command_line_builds_and_wires_the_resolver():
     """makeService runs one resolver as a service, gives it to the balancer
     (so engines and checks use it) and it looks the backends' names up at
-    start; --dns-server is parsed into servers and a bad one is a usage
+    start and a new backend's at once; --dns-server is parsed into servers and a bad one is a usage
     error naming the flag (the twistd test proves the servers are asked)."""
     from twisted.python import usage
 
@@ -350,4 +350,8 @@ def test_command_line_builds_and_wires_the_resolver():
     assert top.balancer.resolver is resolver and resolver.refresh == 7.0
     resolver.startService()
     assert resolver.lookups == 1
+    from lbproxy.model.config import add_backend
+
+    top.controller.change(lambda c: add_backend(c, {"host": "new.test", "port": 81}))
+    assert resolver.lookups == 2
     assert resolver.stopService() is None

@@ -33,7 +33,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from zope.interface import implementer
+
 from lbproxy.health.dnslookup import Address, DNSLookup, LookupFailed
+from lbproxy.interfaces import IConfigObserver
 
 log = Logger()
 
@@ -75,9 +78,11 @@ class _Name:
         self.timer: Any = None
 
 
+@implementer(IConfigObserver)
 class Resolver(Service):
     """
-    Keeps the addresses of backend host names fresh.
+    Keeps the addresses of backend host names fresh; follows the config as
+    an L{IConfigObserver} of the controller.
 
     @ivar lookups: lookups started so far (tests and curiosity).
     """
@@ -109,7 +114,6 @@ class Resolver(Service):
         self.timeout = timeout
         self._backoff = backoff or backoffPolicy(1.0, refresh, 2.0, jitter=lambda: 0.0)
         self._names: dict[str, _Name] = {}
-        self._unfollow: Callable[[], None] | None = None
         self.lookups = 0
 
     # The connect path --------------------------------------------------------
@@ -184,17 +188,12 @@ class Resolver(Service):
                 if self.running:
                     self._start(entry)
 
-    def follow(self, balancer: Any) -> None:
+    def applied(self, old: Any, new: Any) -> None:
         """
-        Track the host names of C{balancer}'s backends as its config
-        changes, until the service stops.
+        L{lbproxy.interfaces.IConfigObserver}: keep the names of the new
+        config's backends fresh.
         """
-        def changed(event: Any) -> None:
-            if event.type == "config":
-                self.track(b.host for b in balancer.config.backends)
-
-        self.track(b.host for b in balancer.config.backends)
-        self._unfollow = balancer.events.subscribe(changed)
+        self.track(b.host for b in new.backends)
 
     # Lifecycle -----------------------------------------------------------------
 
@@ -210,9 +209,6 @@ class Resolver(Service):
         so shutdown never waits for DNS.
         """
         super().stopService()
-        if self._unfollow is not None:
-            self._unfollow()
-            self._unfollow = None
         for entry in tuple(self._names.values()):
             self._cancel_timer(entry)
             if entry.pending is not None:

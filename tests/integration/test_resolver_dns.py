@@ -196,7 +196,7 @@ def test_backend_by_name_survives_a_dns_outage(engine, factories):
     balancer = Balancer(config, factories, ProxySettings(), reactor=reactor, resolver=resolver)
     events: list = []
     balancer.events.subscribe(lambda e: events.append(e.data) if e.type == "backend" else None)
-    resolver.follow(balancer)
+    resolver.track(["web.test"])
     resolver.startService()
     checker = HealthChecker(balancer, reactor)
     checker.startService()
