@@ -63,6 +63,20 @@ def _state_dir(path: str) -> str:
     return os.path.abspath(path)
 
 
+def _dns_servers(value: str) -> list[tuple[str, int]]:
+    servers = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        try:
+            number = int(port)
+            if not host or not 0 < number < 65536:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError(f"--dns-server {item.strip()!r} is not HOST:PORT") from None
+        servers.append((host.strip("[]"), number))
+    return servers
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -86,6 +100,10 @@ class Options(usage.Options):
         ["store-prefix", None, "/lbproxy/default", "With --store: the etcd key prefix of this cluster."],
         ["node-name", None, None, "This node's name in the cluster (default HOSTNAME-ADMINPORT)."],
         ["connect-timeout", None, "3", "Seconds to wait for a backend connect."],
+        ["dns-server", None, None,
+         "HOST:PORT[,HOST:PORT...] of DNS servers for backend host names (default: those of "
+         "/etc/resolv.conf); the hosts file is read first either way."],
+        ["dns-refresh", None, "30", "Seconds between two lookups of a backend host name."],
         ["retries", None, "2", "Other backends to try after a failed connect."],
         ["idle-timeout", None, "300", "Close connections idle this many seconds (0: never)."],
         ["max-connections", None, "10000", "Client connections at once; more are closed."],
@@ -200,6 +218,9 @@ class Options(usage.Options):
         )
         if self["state-dir"] is not None:
             self["state-dir"] = _state_dir(self["state-dir"])
+        if self["dns-server"] is not None:
+            self["dns-server"] = _dns_servers(self["dns-server"])
+        self["dns-refresh"] = _number(self["dns-refresh"], "--dns-refresh", low=0.1)
         _check_cluster(self)
 
 
@@ -275,9 +296,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         store, config = _open_store(options, reactor)
 
     # -- the policy core
-    balancer = Balancer(config, options["factories"], options["settings"], reactor=reactor)
+    resolver = _resolver(options, reactor)
+    balancer = Balancer(config, options["factories"], options["settings"], reactor=reactor, resolver=resolver)
+    resolver.track(b.host for b in config.backends)
     controller = ConfigController(balancer, store)
+    controller.observe(resolver)
     top = LBProxyService()
+    resolver.setServiceParent(top)
     top.listen = options["listen"]
     top.balancer = balancer
     top.controller = controller
@@ -398,6 +423,16 @@ def _cluster_gate(options: Options, top: MultiService, store: Any, reactor: Any)
     top.membership.setServiceParent(gate)
     top.store = store
     return gate
+
+
+def _resolver(options: Options, reactor: Any) -> Any:
+    """
+    The resolver of backend host names (lbproxy/health/resolver.py).
+    """
+    from lbproxy.health.resolver import DNSLookup, Resolver
+
+    servers = options.get("dns-server")
+    return Resolver(reactor, DNSLookup(reactor, servers=servers), refresh=float(options.get("dns-refresh") or 30))
 
 
 def _health_service(controller: Any, reactor: Any) -> Service:

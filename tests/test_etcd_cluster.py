@@ -289,3 +289,27 @@ def test_malformed_cluster_options_are_usage_errors(args):
     """A malformed --store, --store-prefix or --node-name is a UsageError."""
     with pytest.raises(usage.UsageError):
         parse(*args)
+
+
+def test_membership_and_store_share_one_etcd_client():
+    """Membership talks to etcd through the store's EtcdClient: its requests
+    rotate over the same members and a failed renewal marks the store
+    unavailable, a renewal that gets through marks it available again."""
+    client = FakeClient()
+    clock = Clock()
+    store = EtcdStore(["http://e1:2379", "http://e2:2379"], "/lbproxy/t", client=client, reactor=clock)
+    membership = Membership(store, "a", "http://10.0.0.1:8081", ttl=9, reactor=clock)
+    assert membership.store.etcd is store.etcd
+    membership.startService()
+    grant = client.next("/v3/lease/grant")
+    grant.refuse()
+    retry = client.next("/v3/lease/grant")
+    assert retry.base == "http://e2:2379"
+    retry.refuse()
+    assert store.status()["available"] is False
+    assert "e1:2379" in store.status()["error"] and "e2:2379" in store.status()["error"]
+    clock.advance(3)
+    client.next("/v3/lease/grant").respond({"header": {}, "ID": "7", "TTL": "9"})
+    assert store.status()["available"] is True
+    client.next("/v3/kv/put").respond({"header": {}})
+    assert membership.lease == "7"

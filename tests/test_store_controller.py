@@ -76,21 +76,3 @@ def test_stale_if_match_refused_before_storing(setup):
     with pytest.raises(VersionConflict):
         result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 4}), expected_version=0))
     assert store.read().version == 1 and balancer.config.version == 1
-
-
-def test_change_stored_by_another_process_is_adopted(setup, tmp_path):
-    """
-    A higher version written by another process (a worker sharing the
-    state directory) reaches the balancer through the store's watch, and
-    this process's next change is based on it.
-    """
-    controller, balancer, store, clock = setup
-    other = FileStore(str(tmp_path), reactor=Clock(), run=defer.maybeDeferred)
-    newer = cfg.set_strategy(cfg.remove_backend(START, "b2"), StrategyChoice("least-connections"))
-    result_of(other.save(newer, 0))
-    clock.advance(0.5)
-    assert balancer.config == newer
-    assert balancer.strategy.name == "least-connections"
-    new, _ = result_of(controller.change(lambda c: cfg.update_backend(c, "b1", {"weight": 2})))
-    assert new.version == newer.version + 1
-    assert other.read() == new

@@ -162,7 +162,6 @@ def test_durable_write_order(tmp_path, spy):
     names = [c for c in spy.calls if c[0] != "unlink"]
     d = str(tmp_path)
     assert names == [
-        ("open", f"{d}/config.lock", os.O_RDWR | os.O_CREAT, 0o600),
         ("link", f"{d}/config.json", f"{d}/config.json.prev.tmp"),
         ("replace", f"{d}/config.json.prev.tmp", f"{d}/config.json.prev"),
         ("open", f"{d}/config.json.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
@@ -173,7 +172,6 @@ def test_durable_write_order(tmp_path, spy):
         ("open", d, os.O_RDONLY),
         ("fsync", tmp_path.name),
         ("close", tmp_path.name),
-        ("close", "config.lock"),
     ]
     assert decode((tmp_path / "config.json").read_bytes()).version == 2
     assert decode((tmp_path / "config.json.prev").read_bytes()).version == 1
@@ -208,7 +206,8 @@ def test_stale_version_conflicts(tmp_path):
 
 
 def test_version_checked_against_disk_not_memory(tmp_path):
-    """A second process's write is seen by the version check (workers share a directory)."""
+    """The version check reads the disk, so a file put there behind the
+    store's back is not overwritten from a stale version."""
     a, b = store_in(tmp_path), store_in(tmp_path)
     result_of(a.save(make_config(1), 0))
     result_of(b.save(make_config(2, 8002), 1))
@@ -389,47 +388,62 @@ def test_failed_write_applies_nothing(tmp_path, spy, factories):
     controller.stop()
 
 
-def test_watch_sees_other_writers(tmp_path):
-    """
-    The watch polls on the injected clock and calls back once per higher
-    version stored by another process, never for this store's own saves;
-    unwatching stops the polling.
-    """
+def test_watch_never_polls(tmp_path):
+    """Nothing else writes an owned state directory, so the watch arms no
+    timer and runs no job (it used to stat the file every 0.5 s)."""
     clock = Clock()
-    mine = FileStore(str(tmp_path), reactor=clock, run=run_now, poll_interval=0.5)
-    other = store_in(tmp_path)
-    seen = []
-    unwatch = mine.watch(seen.append)
-    result_of(mine.save(make_config(1), 0))
-    clock.advance(0.5)
-    assert seen == []
-    result_of(other.save(make_config(2, 8002), 1))
-    clock.advance(0.4)
-    assert seen == []
-    clock.advance(0.1)
-    assert [c.version for c in seen] == [2]
-    clock.advance(0.5)
-    clock.advance(0.5)
-    assert len(seen) == 1
-    unwatch()
+    jobs = []
+    store = FileStore(str(tmp_path), reactor=clock, run=lambda f, *a: jobs.append(f) or run_now(f, *a))
+    unwatch = store.watch(lambda config: None)
     assert clock.getDelayedCalls() == []
-    result_of(other.save(make_config(3, 8003), 2))
-    clock.advance(5)
-    assert len(seen) == 1
+    clock.advance(10)
+    assert jobs == []
+    unwatch()
 
 
-def test_watch_ignores_damaged_file(tmp_path, logged):
-    """A damaged file seen by the watch is logged once and not passed on."""
-    clock = Clock()
-    store = FileStore(str(tmp_path), reactor=clock, run=run_now)
-    seen = []
-    store.watch(seen.append)
-    (tmp_path / "config.json").write_bytes(b"{")
-    clock.advance(0.5)
-    clock.advance(0.5)
-    assert seen == []
-    errors = [t for level, t in texts(logged) if level == "error"]
-    assert len(errors) == 1 and "is not valid JSON" in errors[0]
+CLAIM = (
+    "import sys; from lbproxy.control.store.file import FileStore; "
+    "from lbproxy.model.config import StoreError\n"
+    "try:\n    FileStore(sys.argv[1]).claim()\n"
+    "except StoreError as e:\n    print(e); sys.exit(3)\n"
+    "print('claimed')"
+)
+
+
+def claim_elsewhere(directory):
+    """Try to claim C{directory} from a separate process; its exit code and output."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", CLAIM, str(directory)], capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=root),
+    )
+    return done.returncode, done.stdout.strip()
+
+
+@pytest.mark.integration
+def test_second_process_on_a_state_dir_is_refused(tmp_path):
+    """While one process owns a state directory another cannot claim it,
+    and the message names the directory and the owner's pid; once the owner
+    is gone (its lock dropped) the directory can be claimed again."""
+    code, out = claim_elsewhere(tmp_path)
+    assert (code, out) == (0, "claimed")
+    store_in(tmp_path).claim()
+    code, out = claim_elsewhere(tmp_path)
+    assert code == 3
+    assert f"the state directory {tmp_path} is in use by another lbproxy process (pid {os.getpid()}" in out
+
+
+@pytest.mark.integration
+def test_open_store_claims_the_directory(tmp_path):
+    """open_store (what makeService uses) claims the state directory."""
+    from lbproxy.control.store import open_store
+
+    open_store(str(tmp_path), make_config(0), [])
+    code, out = claim_elsewhere(tmp_path)
+    assert code == 3 and "in use by another lbproxy process" in out
 
 
 def test_encode_decode_are_inverse():

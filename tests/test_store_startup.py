@@ -71,7 +71,7 @@ def test_empty_store_is_seeded_from_command_line(tmp_path, logged):
     assert isinstance(store, FileStore)
     assert config == replace(SEED, version=0)
     assert warnings(logged) == []
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["config.lock"]  # the owner's lock, no config
 
 
 def test_stored_config_wins_over_flags_with_warning(tmp_path, logged):

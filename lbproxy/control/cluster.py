@@ -21,13 +21,14 @@ import json
 from typing import Any, Callable
 
 from klein import Klein
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from lbproxy.model.config import Config, StoreError, VersionConflict
-from lbproxy.control.store.etcd import EtcdStore, b64, prefix_end, unb64
+from lbproxy.control.store.etcd import EtcdStore, unb64
 
 log = Logger()
 
@@ -113,7 +114,7 @@ class LoadThenServe(MultiService):
         self._loading = None
         if reason.check(defer.CancelledError):
             return
-        delay = min(self.max_backoff, 0.1 * 2 ** min(self.attempts, 10))
+        delay = backoffPolicy(0.1, self.max_backoff, 2.0, jitter=lambda: 0.0)(self.attempts)
         error = reason.getErrorMessage() if reason.check(StoreError) else repr(reason.value)
         log.warn(
             "waiting for the config store before proxying (attempt {n}): {error}; retrying in {delay:.1f}s",
@@ -205,7 +206,7 @@ class Membership(Service):
         lease, self.lease = self.lease, None
         if lease is None:
             return None
-        d = self.store.request("/v3/lease/revoke", {"ID": lease})
+        d = self.store.etcd.revoke(lease)
         d.addErrback(lambda f: log.warn("could not revoke lease: {e}", e=f.getErrorMessage()))
         d.addCallback(lambda _: None)
         return d
@@ -228,20 +229,17 @@ class Membership(Service):
 
     @defer.inlineCallbacks
     def _register(self) -> Any:
-        grant = yield self.store.request("/v3/lease/grant", {"TTL": str(self.ttl)})
-        lease = grant["ID"]
+        lease = yield self.store.etcd.grant(self.ttl)
         url = self.admin_url() if callable(self.admin_url) else self.admin_url
         value = json.dumps({"name": self.name, "admin_url": url, "since": self.since})
-        yield self.store.request(
-            "/v3/kv/put", {"key": b64(self.key), "value": b64(value), "lease": lease}
-        )
+        yield self.store.etcd.put(self.key, value, lease)
         self.lease = lease
         log.info("registered node {name} in the cluster (lease {lease})", name=self.name, lease=lease)
 
     @defer.inlineCallbacks
     def _keepalive(self) -> Any:
-        answer = yield self.store.request("/v3/lease/keepalive", {"ID": self.lease})
-        if not int((answer.get("result") or {}).get("TTL") or 0):
+        ttl = yield self.store.etcd.keepalive(self.lease)
+        if not ttl:
             log.warn("lease {lease} of node {name} expired: registering again", lease=self.lease, name=self.name)
             self.lease = None
             yield self._register()
@@ -252,10 +250,7 @@ class Membership(Service):
         @return: a Deferred firing with the live nodes, sorted by name, each
             C{{"name", "admin_url", "since", "self"}}.
         """
-        start = self.store.key("nodes/")
-        data = yield self.store.request(
-            "/v3/kv/range", {"key": b64(start), "range_end": b64(prefix_end(start))}
-        )
+        data = yield self.store.etcd.range(self.store.key("nodes/"), prefix=True)
         nodes = []
         for kv in data.get("kvs") or []:
             try:

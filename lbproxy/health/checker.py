@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.interfaces import IConfigObserver
+from lbproxy.health.resolver import is_name
 from lbproxy.model.config import Backend, HealthCheck
 
 log = Logger()
@@ -73,7 +74,7 @@ def _describe(failure: Failure, check: HealthCheck) -> str:
     if failure.check(error.ConnectionRefusedError):
         return "connection refused"
     if failure.check(error.DNSLookupError):
-        return "host name lookup failed"
+        return f"host name lookup failed: {failure.getErrorMessage()}"
     if failure.check(error.ConnectionDone, error.ConnectionLost):
         return "connection closed"
     text = failure.getErrorMessage() or failure.type.__name__
@@ -137,31 +138,40 @@ def probe(
     reactor: Any,
     http_client: Any,
     endpoint: Callable[[Any, str, int, float], Any],
+    resolver: Any = None,
 ) -> Any:
     """
     Probe C{backend} once, without a timeout of its own (the caller bounds
-    it and cancels it).
+    it and cancels it).  A backend given by host name is probed at the
+    address C{resolver} has for it (the last good lookup), so a DNS
+    failure alone never fails a check.
 
-    @return: a Deferred that fires with C{None} if the backend passed, or
+    @return: a Deferred that fires with C{None} if the backend passed (or
+        the resolver's note that its address is from an older lookup), or
         fails with the reason it did not.
     """
+    host, note = backend.host, None
+    if resolver is not None and is_name(host):
+        family, sockaddr = yield resolver.resolve(host, backend.port)
+        host, note = sockaddr[0], resolver.note(backend.host)
     if check.type == "http":
-        url = f"http://{backend.address}{check.path}"
-        response = yield http_client.get(url, allow_redirects=False)
+        where = f"[{host}]:{backend.port}" if ":" in host else f"{host}:{backend.port}"
+        headers = {"Host": [backend.address]} if host != backend.host else None
+        response = yield http_client.get(f"http://{where}{check.path}", headers=headers, allow_redirects=False)
         code = response.code
         yield response.collect(_discard)
         low, high = check.status
         if not low <= code <= high:
             raise CheckFailed(f"HTTP {code} (expected {low}-{high})")
-        return None
-    point = endpoint(reactor, backend.host, backend.port, check.timeout)
+        return note
+    point = endpoint(reactor, host, backend.port, check.timeout)
     if check.type == "tcp":
         yield point.connect(_QuietFactory.forProtocol(_Connected))
-        return None
+        return note
     proto = _SendExpect(check.send.encode("utf-8"), check.expect.encode("utf-8"))
     yield point.connect(_QuietFactory.forProtocol(lambda: proto))
     yield proto.done
-    return None
+    return note
 
 
 class _QuietFactory(Factory):
@@ -206,7 +216,10 @@ class _Loop:
         reactor = self.checker.reactor
         if self._pending is None:
             self.probes += 1
-            d = probe(self.backend, self.check, reactor, self.checker.http_client, self.checker.endpoint)
+            d = probe(
+                self.backend, self.check, reactor, self.checker.http_client, self.checker.endpoint,
+                getattr(self.checker.balancer, "resolver", None),
+            )
             d.addTimeout(self.check.timeout, reactor)
             self._pending = d
             d.addCallbacks(self._passed, self._failed, errbackArgs=(d,))
@@ -214,10 +227,11 @@ class _Loop:
         if self.running:
             self._timer = reactor.callLater(self.check.interval, self._run)
 
-    def _passed(self, result: None) -> None:
+    def _passed(self, note: str | None) -> None:
         self._pending = None
         if self.running:
-            self.checker.balancer.health_result(self.backend.id, True, "check passed")
+            reason = f"check passed ({note})" if note else "check passed"
+            self.checker.balancer.health_result(self.backend.id, True, reason)
 
     def _failed(self, failure: Failure, d: defer.Deferred) -> None:
         if self._pending is not d or not self.running:

@@ -22,6 +22,7 @@ from lbproxy.interfaces import IBalancer, IRelayedConnection, IStrategy, IStrate
 from lbproxy.policy.plugins import build_strategy
 from lbproxy.policy.pool import AccessRecord, Candidate, Pool
 from lbproxy.policy.relayed import RelayedElsewhere
+from lbproxy.policy.stats import TOTAL_NAMES
 from lbproxy.policy.strategies.builtin import RoundRobin
 
 log = Logger()
@@ -33,18 +34,7 @@ class Totals:
     Listener-wide counters.
     """
 
-    __slots__ = (
-        "accepted",
-        "active",
-        "rejected",
-        "no_backend",
-        "connect_failures",
-        "retries",
-        "strategy_errors",
-        "idle_timeouts",
-        "bytes_up",
-        "bytes_down",
-    )
+    __slots__ = TOTAL_NAMES
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -63,6 +53,8 @@ class Balancer(RelayedElsewhere):
     @ivar events: the L{EventBus} of the admin feed.
     @ivar routes: the L{RouteRecorder} of routing decisions.
     @ivar factories: strategy plugins by name.
+    @ivar resolver: the L{lbproxy.health.resolver.Resolver} engines and
+        checks ask for the addresses of backends given by host name.
     """
 
     def __init__(
@@ -72,10 +64,16 @@ class Balancer(RelayedElsewhere):
         settings: ProxySettings = ProxySettings(),
         events: EventBus | None = None,
         reactor: Any = None,
+        resolver: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        if resolver is None:
+            from lbproxy.health.resolver import Resolver
+
+            resolver = Resolver(reactor)
         self._reactor = reactor
+        self.resolver = resolver
         self.factories = factories
         self.settings = settings
         self.events = events if events is not None else EventBus()
@@ -287,6 +285,9 @@ class Balancer(RelayedElsewhere):
             view["state"] = self.pool.state_of(backend, now)
         view["admin_state"] = backend.state
         view["health"] = health.to_json(now) if health else None
+        note = self.resolver.note(backend.host)
+        if note and view["health"] is not None:
+            view["health"]["dns"] = note
         view["effective_weight"] = (
             self.pool.effective_weight(backend, now) if health else 0
         )

@@ -15,16 +15,55 @@ instead of empty after a reload.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.task import LoopingCall
 
-#: Listener counters that get a per-second rate.
-_TOTAL_RATES = ("accepted", "rejected", "no_backend", "connect_failures", "bytes_up", "bytes_down")
+
+class Counter(NamedTuple):
+    """
+    One counter of the balancer, as every view of it names it.
+    """
+
+    #: the attribute on L{lbproxy.policy.balancer.Totals} or L{lbproxy.policy.pool.BackendStats}.
+    name: str
+    #: the Prometheus metric (C{lbproxy.web.metrics}), or C{None} where it is not a counter there.
+    metric: str | None
+    #: the metric's help text.
+    help: str
+    #: whether the stats view gives it a C{NAME_per_second} rate.
+    rate: bool
+
+
+#: The listener's counters, in the order of L{lbproxy.policy.balancer.Totals}.
+#: The one list: Totals, the stats view, the metrics and the workers' sums use it.
+TOTALS = (
+    Counter("accepted", "lbproxy_connections_accepted", "Client connections accepted.", True),
+    Counter("active", None, "Client connections open now.", False),
+    Counter("rejected", "lbproxy_connections_rejected", "Client connections refused by --max-connections.", True),
+    Counter("no_backend", "lbproxy_no_backend", "Client connections closed because no backend was available.", True),
+    Counter("connect_failures", "lbproxy_connect_failures", "Failed connects to backends.", True),
+    Counter("retries", "lbproxy_retries", "Connects retried on another backend.", False),
+    Counter("strategy_errors", "lbproxy_strategy_errors", "Strategy failures (round-robin used instead).", False),
+    Counter("idle_timeouts", "lbproxy_idle_timeouts", "Connections closed for being idle.", False),
+    Counter("bytes_up", "lbproxy_bytes_up", "Bytes from clients to backends, finished connections.", True),
+    Counter("bytes_down", "lbproxy_bytes_down", "Bytes from backends to clients, finished connections.", True),
+)
+#: Per-backend counters that are sampled (and summed over workers).
+BACKEND_COUNTERS = (
+    Counter("active", None, "Connections open to the backend now.", False),
+    Counter("total", "lbproxy_backend_connections", "Connections to the backend.", True),
+    Counter("failures", "lbproxy_backend_connect_failures", "Failed connects to the backend.", True),
+    Counter("bytes_up", "lbproxy_backend_bytes_up", "Bytes from clients to the backend.", True),
+    Counter("bytes_down", "lbproxy_backend_bytes_down", "Bytes from the backend to clients.", True),
+)
+TOTAL_NAMES = tuple(c.name for c in TOTALS)
+BACKEND_NAMES = tuple(c.name for c in BACKEND_COUNTERS)
+
+_TOTAL_RATES = tuple(c.name for c in TOTALS if c.rate)
+_BACKEND_RATES = tuple(c.name for c in BACKEND_COUNTERS if c.rate)
 #: Seconds of per-second connection rates L{StatsSampler.history} keeps.
 HISTORY = 300.0
-#: Per-backend counters that get a per-second rate.
-_BACKEND_RATES = ("total", "failures", "bytes_up", "bytes_down")
 
 
 class _Sample:
@@ -85,16 +124,11 @@ class StatsSampler:
         totals = b.totals.to_json()
         backends: dict[str, dict[str, Any]] = {}
         for bid, stats in b.pool.stats.items():
-            up, down = b.bytes_of(bid)
-            backends[bid] = {
-                "active": stats.active,
-                "total": stats.total,
-                "failures": stats.failures,
-                "bytes_up": up,
-                "bytes_down": down,
-                "connect_ewma": stats.connect_ewma,
-                "response_ewma": stats.response_ewma,
-            }
+            view = {name: getattr(stats, name) for name in BACKEND_NAMES}
+            view["bytes_up"], view["bytes_down"] = b.bytes_of(bid)
+            view["connect_ewma"] = stats.connect_ewma
+            view["response_ewma"] = stats.response_ewma
+            backends[bid] = view
         new = _Sample(self.clock.seconds(), totals, backends)
         if self._samples:
             self._remember(self._samples[-1], new)

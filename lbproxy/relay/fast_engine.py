@@ -648,7 +648,7 @@ class FastRelay:
         self._closing: list[socket.socket] | None = None
         self._sweep_interval = sweep_interval
         self._sweeper: Any = None
-        self._resolved: dict[tuple[str, int], tuple[float, Any]] = {}
+        self._resolver: Any = None
         self.listening = False
         self.stopped = False
         self._accept_paused = False
@@ -832,33 +832,20 @@ class FastRelay:
 
     def resolve(self, host: str, port: int) -> Any:
         """
-        Look a backend host name up off the reactor thread (cached 30 s).
+        The address of a backend host name, from the balancer's
+        L{lbproxy.health.resolver.Resolver}: at once from its last good
+        lookup; only a name never resolved waits, for one bounded lookup.
 
         @return: a Deferred firing with C{(family, sockaddr)}.
         """
-        from twisted.internet import defer
-        from twisted.internet.threads import deferToThreadPool
+        resolver = getattr(self.balancer, "resolver", None)
+        if resolver is None:
+            if self._resolver is None:
+                from lbproxy.health.resolver import Resolver
 
-        key = (host, port)
-        now = self.now()
-        hit = self._resolved.get(key)
-        if hit is not None and hit[0] > now:
-            return defer.succeed(hit[1])
-
-        def lookup() -> tuple:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            if not infos:
-                raise OSError(f"no address for {host}")
-            # IPv4 first: "localhost" often lists ::1 first while services
-            # listen on 127.0.0.1 only.
-            infos.sort(key=lambda info: info[0] != socket.AF_INET)
-            return infos[0][0], infos[0][4]
-
-        def remember(found: tuple) -> tuple:
-            self._resolved[key] = (now + 30.0, found)
-            return found
-
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), lookup).addCallback(remember)
+                self._resolver = Resolver(self.reactor)
+            resolver = self._resolver
+        return resolver.resolve(host, port)
 
 
 def listening_socket(

@@ -12,14 +12,14 @@ is read, let alone buffered.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any
 
 from twisted.internet.endpoints import (
-    HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from zope.interface import implementer
 
@@ -28,13 +28,44 @@ from lbproxy.policy.pool import AccessRecord, Candidate
 from lbproxy.relay.proxyprotocol import header
 
 
-def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+def _endpoint(reactor: Any, host: str, port: int, timeout: float, resolver: Any = None) -> Any:
+    """
+    A client endpoint for a backend; a host name connects to the address
+    C{resolver} (a L{lbproxy.health.resolver.Resolver}) has for it, so no
+    lookup happens on the connect path once the name is known.
+    """
     try:
         version = ipaddress.ip_address(host).version
     except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+        if resolver is None:
+            from lbproxy.health.resolver import Resolver
+
+            resolver = Resolver(reactor)
+        return _ResolvedEndpoint(reactor, resolver, host, port, timeout)
     cls = TCP4ClientEndpoint if version == 4 else TCP6ClientEndpoint
     return cls(reactor, host, port, timeout=timeout)
+
+
+@implementer(IStreamClientEndpoint)
+class _ResolvedEndpoint:
+    """
+    Connects to a host name's current address from the resolver.
+    """
+
+    def __init__(self, reactor: Any, resolver: Any, host: str, port: int, timeout: float) -> None:
+        self._reactor = reactor
+        self._resolver = resolver
+        self._host = host
+        self._port = port
+        self._timeout = timeout
+
+    def connect(self, factory: Any) -> Any:
+        def connect_to(found: tuple) -> Any:
+            family, sockaddr = found
+            cls = TCP4ClientEndpoint if family == socket.AF_INET else TCP6ClientEndpoint
+            return cls(self._reactor, sockaddr[0], self._port, timeout=self._timeout).connect(factory)
+
+        return self._resolver.resolve(self._host, self._port).addCallback(connect_to)
 
 
 def _reason(failure: Any) -> str:
@@ -162,7 +193,7 @@ class FrontendProtocol(_Side):
         if endpoint is None:
             endpoint = self._endpoints[key] = _endpoint(
                 self.reactor, candidate.host, candidate.port,
-                self.balancer.settings.connect_timeout,
+                self.balancer.settings.connect_timeout, getattr(self.balancer, "resolver", None),
             )
         self._connect_started = self.reactor.seconds()
         d = self._pending = endpoint.connect(_BackendFactory(BackendProtocol(self)))

@@ -15,19 +15,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 import lbproxy
+from lbproxy.policy.stats import BACKEND_COUNTERS, TOTALS
 
 #: Listener counters: (Totals attribute, metric name, help).
-_TOTALS = (
-    ("accepted", "lbproxy_connections_accepted", "Client connections accepted."),
-    ("rejected", "lbproxy_connections_rejected", "Client connections refused by --max-connections."),
-    ("no_backend", "lbproxy_no_backend", "Client connections closed because no backend was available."),
-    ("connect_failures", "lbproxy_connect_failures", "Failed connects to backends."),
-    ("retries", "lbproxy_retries", "Connects retried on another backend."),
-    ("strategy_errors", "lbproxy_strategy_errors", "Strategy failures (round-robin used instead)."),
-    ("idle_timeouts", "lbproxy_idle_timeouts", "Connections closed for being idle."),
-    ("bytes_up", "lbproxy_bytes_up", "Bytes from clients to backends, finished connections."),
-    ("bytes_down", "lbproxy_bytes_down", "Bytes from backends to clients, finished connections."),
-)
+_TOTALS = tuple((c.name, c.metric, c.help) for c in TOTALS if c.metric)
+#: Per-backend counters: (stats key, metric name, help).
+_BACKEND = tuple((c.name, c.metric, c.help) for c in BACKEND_COUNTERS if c.metric)
 
 
 class BalancerCollector(Collector):
@@ -68,11 +61,8 @@ class BalancerCollector(Collector):
     def _backends(self) -> Iterator[Any]:
         b = self.balancer
         labels = ["backend", "address"]
-        total = CounterMetricFamily("lbproxy_backend_connections", "Connections to the backend.", labels=labels)
+        counters = [(key, CounterMetricFamily(name, doc, labels=labels)) for key, name, doc in _BACKEND]
         active = GaugeMetricFamily("lbproxy_backend_active_connections", "Connections open to the backend now.", labels=labels)
-        failures = CounterMetricFamily("lbproxy_backend_connect_failures", "Failed connects to the backend.", labels=labels)
-        up_bytes = CounterMetricFamily("lbproxy_backend_bytes_up", "Bytes from clients to the backend.", labels=labels)
-        down_bytes = CounterMetricFamily("lbproxy_backend_bytes_down", "Bytes from the backend to clients.", labels=labels)
         latency = GaugeMetricFamily(
             "lbproxy_backend_connect_latency_seconds",
             "Moving average of the time to connect to the backend.", labels=labels,
@@ -86,17 +76,16 @@ class BalancerCollector(Collector):
         for view in b.backends_view():
             lv = [view["id"], view["address"]]
             stats = view["stats"]
-            total.add_metric(lv, stats.get("total", 0))
+            for key, family in counters:
+                family.add_metric(lv, stats.get(key, 0))
             active.add_metric(lv, stats.get("active", 0))
-            failures.add_metric(lv, stats.get("failures", 0))
-            up_bytes.add_metric(lv, stats.get("bytes_up", 0))
-            down_bytes.add_metric(lv, stats.get("bytes_down", 0))
             if stats.get("connect_ewma") is not None:
                 latency.add_metric(lv, stats["connect_ewma"])
             up.add_metric(lv, 1 if view["id"] in candidates else 0)
             weight.add_metric(lv, view["effective_weight"])
             state.add_metric(lv + [view["state"]], 1)
-        yield from (total, active, failures, up_bytes, down_bytes, latency, up, weight, state)
+        yield from (family for _, family in counters)
+        yield from (active, latency, up, weight, state)
 
 
 def metrics_registry(balancer: Any, feed: Any = None) -> CollectorRegistry:

@@ -34,8 +34,9 @@ def open_store(
         C{["--backend", "--strategy"]}), named in the warning when a stored
         config overrides them.
     @return: C{(store, config)}.
-    @raise lbproxy.model.config.StoreError: if the store holds a config but
-        neither its file nor the previous version is usable.
+    @raise lbproxy.model.config.StoreError: if another process owns the
+        state directory, or if the store holds a config but neither its file
+        nor the previous version is usable.
     """
     if state_dir is None:
         from lbproxy.control.store.memory import MemoryStore
@@ -49,6 +50,7 @@ def open_store(
     from lbproxy.control.store.file import FileStore
 
     store = FileStore(state_dir, reactor=reactor)
+    store.claim()
     stored = store.read()
     if stored is None:
         log.info(

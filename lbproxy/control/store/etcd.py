@@ -1,9 +1,9 @@
 """
 An L{IConfigStore} on etcd v3, so several lbproxy nodes share one config.
 
-It speaks etcd's JSON gateway (C{/v3/...}) over HTTP: keys and values are
-base64, 64-bit integers arrive as strings and fields at their default value
-are left out.  The config document lives at C{PREFIX/config}; member nodes
+It speaks etcd's JSON gateway through L{EtcdClient}
+(L{lbproxy.control.store.etcd_client}), the one client cluster membership
+uses too.  The config document lives at C{PREFIX/config}; member nodes
 register under C{PREFIX/nodes/} (L{lbproxy.control.cluster}).
 
 Writes are compare-and-swap on the key's C{mod_revision}, so two nodes
@@ -19,122 +19,40 @@ changed meanwhile.
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any, Callable, Sequence
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lbproxy.control.store.etcd_client import (
+    EtcdClient,
+    WatchStream,
+    b64,
+    describe as _describe,
+    etcd_message as _etcd_message,
+    prefix_end,
+    unb64,
+)
 from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict, parse_config
 from lbproxy.interfaces import IConfigStore
 
 log = Logger()
 
-
-def b64(value: str | bytes) -> str:
-    """
-    Encode a key or value the way the gateway wants it.
-    """
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    return base64.b64encode(value).decode("ascii")
-
-
-def unb64(value: str) -> bytes:
-    return base64.b64decode(value)
-
-
-def prefix_end(prefix: str | bytes) -> bytes:
-    """
-    The C{range_end} that makes a range or watch cover every key starting
-    with C{prefix} (the prefix with its last byte incremented).
-    """
-    key = bytearray(prefix.encode("utf-8") if isinstance(prefix, str) else prefix)
-    while key:
-        if key[-1] < 0xFF:
-            key[-1] += 1
-            return bytes(key)
-        key.pop()
-    return b"\0"
+__all__ = ["EtcdStore", "WatchStream", "b64", "unb64", "prefix_end", "parse_store_spec", "parse_prefix"]
 
 
 def _int(value: Any) -> int:
     return int(value) if value is not None else 0
 
 
-def _describe(reason: Any) -> str:
-    if isinstance(reason, Failure):
-        reason = reason.value
-    if isinstance(reason, (defer.CancelledError, defer.TimeoutError)):
-        return "no answer in time"
-    inner = getattr(reason, "reasons", None)
-    if inner:
-        return "; ".join(_describe(r) for r in inner)
-    text = str(reason) or type(reason).__name__
-    return text
-
-
-class _Refused(Exception):
-    """
-    An endpoint answered with an error status.
-    """
-
-
-class WatchStream(Protocol):
-    """
-    Reads a streamed watch response: one JSON object per line.
-
-    @ivar on_message: called with each decoded object.
-    @ivar on_end: called with the reason once the stream ends.
-    """
-
-    def __init__(self, on_message: Callable[[dict], None], on_end: Callable[[Failure], None]) -> None:
-        self.on_message = on_message
-        self.on_end = on_end
-        self._buffer = b""
-        self.stopped = False
-
-    def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while not self.stopped and b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            if line.strip():
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    message = {"error": {"message": f"unreadable watch line {line[:80]!r}"}}
-                self.on_message(message)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.on_end(reason)
-
-    def stop(self) -> None:
-        """
-        Close the stream; C{on_end} is not called for a stream we stopped.
-        """
-        self.stopped = True
-        self.on_end = lambda reason: None
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-
-def _default_client(reactor: Any) -> Any:
-    import treq
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    # A fresh connection per request: a pooled one may be dead after etcd
-    # restarts, and the control path is far too slow for reuse to matter.
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    return treq.client.HTTPClient(Agent(reactor, pool=pool))
-
-
 @implementer(IConfigStore)
 class EtcdStore:
     """
+    @ivar etcd: the L{EtcdClient} (cluster membership uses it too).
     @ivar endpoints: base URLs of the etcd members, tried in turn.
     @ivar prefix: the key prefix of this lbproxy cluster.
     @ivar current: the config last read or written, or C{None}.
@@ -156,15 +74,18 @@ class EtcdStore:
         timeout: float = 2.0,
         max_backoff: float = 1.0,
     ) -> None:
+        """
+        @param client: the treq-like HTTP client the L{EtcdClient} posts with.
+        @param max_backoff: the longest wait between two re-reads while etcd
+            is unreachable (waits double from 0.1 s).
+        """
         if reactor is None:
             from twisted.internet import reactor
-        if not endpoints:
-            raise ValueError("at least one etcd endpoint is needed")
         self._reactor = reactor
-        self.endpoints = tuple(e.rstrip("/") for e in endpoints)
+        self.etcd = EtcdClient(endpoints, client, reactor, timeout, reached=self._up, unreachable=self._down)
+        self.endpoints = self.etcd.endpoints
         self.prefix = "/" + prefix.strip("/")
         self.config_key = self.key("config")
-        self._client = client if client is not None else _default_client(reactor)
         self.timeout = timeout
         self.max_backoff = max_backoff
         self.current: Config | None = None
@@ -173,7 +94,6 @@ class EtcdStore:
         self.available = False
         self.error: str | None = "not connected yet"
         self.since = reactor.seconds()
-        self._endpoint = 0
         self._watchers: list[Callable[[Config], None]] = []
         self._status_watchers: list[Callable[[str], None]] = []
         self._watching = False
@@ -231,12 +151,9 @@ class EtcdStore:
             except Exception:
                 log.failure("store status watcher failed")
 
-    def _up(self) -> None:
+    def _up(self, endpoint: str) -> None:
         if not self.available:
-            log.info(
-                "config store available: etcd at {endpoint}",
-                endpoint=self.endpoints[self._endpoint],
-            )
+            log.info("config store available: etcd at {endpoint}", endpoint=endpoint)
             self.available = True
             self.error = None
             self.since = self._reactor.seconds()
@@ -260,33 +177,12 @@ class EtcdStore:
 
     # Requests --------------------------------------------------------------
 
-    @defer.inlineCallbacks
     def request(self, path: str, body: dict[str, Any]) -> Any:
         """
-        POST C{body} to C{path} on the first etcd member that answers.
-
-        @return: a Deferred firing with the decoded JSON answer.
-        @raise StoreError: C{"config store unavailable: ..."} when no member
-            answers, or when a member answers with an error.
+        POST C{body} to C{path} on the first etcd member that answers
+        (L{EtcdClient.request}).
         """
-        errors = []
-        for _ in self.endpoints:
-            url = self.endpoints[self._endpoint] + path
-            try:
-                d = self._client.post(url, json=body)
-                d.addTimeout(self.timeout, self._reactor)
-                response = yield d
-                data = yield response.json()
-                if response.code != 200:
-                    raise _Refused(f"HTTP {response.code}: {_etcd_message(data)}")
-            except Exception as e:
-                errors.append(f"{self.endpoints[self._endpoint]}: {_describe(e)}")
-                self._endpoint = (self._endpoint + 1) % len(self.endpoints)
-                continue
-            self._up()
-            return data
-        self._down("; ".join(errors))
-        raise StoreError(f"config store unavailable: {'; '.join(errors)}")
+        return self.etcd.request(path, body)
 
     # IConfigStore ------------------------------------------------------------
 
@@ -296,7 +192,7 @@ class EtcdStore:
         Read the config and, the first time, start watching from the
         revision read.
         """
-        data = yield self.request("/v3/kv/range", {"key": b64(self.config_key)})
+        data = yield self.etcd.range(self.config_key)
         kvs = data.get("kvs") or []
         self._take(kvs[0] if kvs else None)
         self.revision = _int(data.get("header", {}).get("revision"))
@@ -317,7 +213,7 @@ class EtcdStore:
         value = json.dumps(config.to_json(), sort_keys=True, separators=(",", ":"))
         self._saving = config
         try:
-            data = yield self.request(
+            data = yield self.etcd.request(
                 "/v3/kv/txn",
                 {
                     "compare": [compare],
@@ -411,23 +307,12 @@ class EtcdStore:
         if self._closed:
             return
         start = self.prefix + "/"
-        body = {
-            "create_request": {
-                "key": b64(start),
-                "range_end": b64(prefix_end(start)),
-                "start_revision": str(self.revision + 1),
-            }
-        }
-        url = self.endpoints[self._endpoint] + "/v3/watch"
-        d = self._pending = self._client.post(url, json=body, unbuffered=True)
-        d.addTimeout(self.timeout, self._reactor)
+        d = self._pending = self.etcd.watch(start, prefix_end(start), self.revision + 1)
         d.addCallback(self._watch_connected)
         d.addErrback(self._watch_failed)
 
     def _watch_connected(self, response: Any) -> None:
         self._pending = None
-        if response.code != 200:
-            raise _Refused(f"watch answered HTTP {response.code}")
         self._stream = WatchStream(self._watch_message, self._watch_ended)
         response.deliverBody(self._stream)
 
@@ -435,9 +320,7 @@ class EtcdStore:
         self._pending = None
         if self._closed:
             return
-        error = f"{self.endpoints[self._endpoint]}: {_describe(reason)}"
-        self._endpoint = (self._endpoint + 1) % len(self.endpoints)
-        self._down(error)
+        self._down(reason.getErrorMessage() if reason.check(StoreError) else _describe(reason))
         self._schedule_resync()
 
     def _watch_message(self, message: dict[str, Any]) -> None:
@@ -456,7 +339,7 @@ class EtcdStore:
             return
         if result.get("created"):
             self._failures = 0
-            self._up()
+            self._up(self.etcd.endpoint)
         changed = nodes = False
         for event in result.get("events") or []:
             kv = event.get("kv", {})
@@ -495,8 +378,8 @@ class EtcdStore:
     def _schedule_resync(self) -> None:
         if self._closed or (self._retry is not None and self._retry.active()):
             return
+        delay = backoffPolicy(0.1, self.max_backoff, 2.0, jitter=lambda: 0.0)(self._failures)
         self._failures += 1
-        delay = min(self.max_backoff, 0.05 * 2 ** self._failures)
         self._retry = self._reactor.callLater(delay, self._resync)
 
     def _resync(self) -> None:
@@ -506,7 +389,7 @@ class EtcdStore:
         """
         if self._closed:
             return
-        d = self.request("/v3/kv/range", {"key": b64(self.config_key)})
+        d = self.etcd.range(self.config_key)
 
         def read(data: dict[str, Any]) -> None:
             kvs = data.get("kvs") or []
@@ -522,12 +405,6 @@ class EtcdStore:
 
         d.addCallbacks(read, failed)
         d.addErrback(lambda f: log.failure("resync failed", f))
-
-
-def _etcd_message(data: Any) -> str:
-    if isinstance(data, dict):
-        return str(data.get("message") or data.get("error") or data)
-    return str(data)
 
 
 def parse_store_spec(spec: str) -> list[str]:

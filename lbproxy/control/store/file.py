@@ -8,10 +8,16 @@ previous good document is kept beside it as C{config.json.prev}.
 
 A write is durable before it is acknowledged: temporary file in the same
 directory, write, C{fsync}, C{os.replace}, C{fsync} of the directory.  Writes
-run in the reactor's thread pool, one at a time per process (a
-L{DeferredLock}) and one at a time per directory (C{flock} on
-C{config.lock}, so worker processes sharing a state directory cannot
-interleave); the version check reads the file under that lock.
+run in the reactor's thread pool, one at a time (a L{DeferredLock}); the
+version check reads the file, so a file restored by hand is not overwritten
+from a stale version.
+
+One process owns a state directory: L{FileStore.claim} (called by
+L{lbproxy.control.store.open_store}) takes a lock on C{config.lock} for the
+life of the process, and a second lbproxy on the same directory refuses to
+start.  Nothing else writes the directory (worker processes get the config
+from the parent; cluster mode keeps it in etcd), so there is nothing to
+watch: L{FileStore.watch} never calls back.
 
 Startup may read synchronously (L{FileStore.read}), before the reactor runs.
 """
@@ -25,7 +31,7 @@ import json
 import os
 from typing import Any, Callable
 
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -38,7 +44,6 @@ FORMAT = 1
 CONFIG_NAME = "config.json"
 PREVIOUS_NAME = "config.json.prev"
 LOCK_NAME = "config.lock"
-POLL_INTERVAL = 0.5
 
 Runner = Callable[..., defer.Deferred]
 
@@ -113,7 +118,6 @@ class FileStore:
         reactor: Any = None,
         run: Runner | None = None,
         os_module: Any = os,
-        poll_interval: float = POLL_INTERVAL,
     ) -> None:
         """
         @param run: C{run(f, *args)} returning a Deferred of C{f(*args)};
@@ -136,14 +140,41 @@ class FileStore:
         self._run = run if run is not None else self._in_thread
         self._lock = defer.DeferredLock()
         self._known = 0
-        self._poll_interval = poll_interval
-        self._watchers: list[Callable[[Config], None]] = []
-        self._poller: task.LoopingCall | None = None
-        self._polling = False
-        self._seen: tuple[int, int, int] | None = None
+        self._claim: int | None = None
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+
+    def claim(self) -> None:
+        """
+        Make this process the owner of the state directory until it exits
+        (blocking: for startup).  The lock is a POSIX record lock on
+        C{config.lock}, which the kernel drops when the process ends, however
+        it ends; the file names the owner's pid.
+
+        @raise StoreError: if another process owns the directory.
+        """
+        if self._claim is not None:
+            return
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open {self._lock_path}: {_describe(e)}") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                raise StoreError(
+                    f"the state directory {self.directory} is in use by another lbproxy "
+                    f"process (pid {owner}, which holds {self._lock_path}); one process "
+                    f"owns a state directory"
+                ) from None
+            raise StoreError(f"cannot lock {self._lock_path}: {_describe(e)}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._claim = fd
 
     # Reading --------------------------------------------------------------
 
@@ -239,30 +270,22 @@ class FileStore:
 
     def _write(self, data: bytes, version: int, expected_version: int) -> None:
         """
-        The blocking part of L{save}: lock the directory, check the version,
-        keep the current file as the previous one, write the new one.
+        The blocking part of L{save}: check the version on disk, keep the
+        current file as the previous one, write the new one.
         """
-        o = self._os
         try:
-            lock = o.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise self._failed(version, self._lock_path, e) from None
+            current, problem = self._current()
+        except StoreError as e:
+            raise StoreError(f"cannot save config version {version}: {e}") from None
+        stored = current.version if current is not None else 0
+        if stored != expected_version:
+            raise VersionConflict(expected_version, stored)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                current, problem = self._current()
-            except StoreError as e:
-                raise StoreError(f"cannot save config version {version}: {e}") from None
-            stored = current.version if current is not None else 0
-            if stored != expected_version:
-                raise VersionConflict(expected_version, stored)
             if current is not None and problem is None:
                 self._keep_previous()
             self._durable_write(self.path, self._temp, data)
         except OSError as e:
             raise self._failed(version, getattr(e, "filename", None) or self.path, e) from None
-        finally:
-            o.close(lock)
 
     def _failed(self, version: int, path: str, e: OSError) -> StoreError:
         return StoreError(
@@ -325,75 +348,9 @@ class FileStore:
 
     def watch(self, callback: Callable[[Config], None]) -> Callable[[], None]:
         """
-        Call C{callback(config)} whenever another process (a worker sharing
-        the state directory) stores a higher version.  The file is polled:
-        a C{stat} every C{poll_interval} seconds off the reactor thread, a
-        read only when it changed.
+        Nothing but this process writes the directory it owns
+        (L{claim}), so there are no changes from elsewhere to report.
 
-        @return: a callable that stops this watch.
+        @return: a callable that stops this (empty) watch.
         """
-        self._watchers.append(callback)
-        if self._poller is None:
-            self._poller = task.LoopingCall(self._poll)
-            self._poller.clock = self._reactor
-            self._poller.start(self._poll_interval, now=False).addErrback(
-                lambda f: log.failure("config store watch stopped", f)
-            )
-
-        def unwatch() -> None:
-            if callback in self._watchers:
-                self._watchers.remove(callback)
-            if not self._watchers and self._poller is not None:
-                if self._poller.running:
-                    self._poller.stop()
-                self._poller = None
-
-        return unwatch
-
-    def _poll(self) -> None:
-        if self._polling or self._lock.locked:
-            return
-        self._polling = True
-        d = self._run(self._check, self._seen)
-        d.addCallback(self._checked)
-        d.addErrback(lambda f: log.failure("config store poll of {path} failed", f, path=self.path))
-        d.addBoth(self._poll_done)
-
-    def _poll_done(self, _: Any) -> None:
-        self._polling = False
-
-    def _check(self, seen: tuple[int, int, int] | None) -> tuple[Any, Config | None, str | None]:
-        """
-        The blocking part of a poll.
-
-        @return: C{(signature, config, problem)}; C{config} is C{None}
-            when the file is unchanged, missing or unusable.
-        """
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None, None, None
-        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if signature == seen:
-            return signature, None, None
-        try:
-            return signature, self._read_file(self.path), None
-        except CorruptFile as e:
-            return signature, None, str(e)
-        except OSError as e:
-            return signature, None, f"cannot be read: {_describe(e)}"
-
-    def _checked(self, result: tuple[Any, Config | None, str | None]) -> None:
-        signature, config, problem = result
-        if self._lock.locked:
-            return  # our own save is in flight; look again next time
-        self._seen = signature
-        if problem is not None:
-            log.error("config store {path} changed but {problem}; ignored", path=self.path, problem=problem)
-            return
-        if config is None or config.version <= self._known:
-            return
-        self._known = config.version
-        log.info("config store {path}: version {version} stored by another process", path=self.path, version=config.version)
-        for callback in list(self._watchers):
-            callback(config)
+        return lambda: None
