@@ -173,7 +173,7 @@ def test_controller_service_stops_the_watch(rig):
 
 def test_make_service_stops_the_controller_on_shutdown(tmp_path):
     """makeService puts a ControllerService in the tree: once the
-    application stops, the file store's poll timer (its watch) is gone."""
+    application stops, the controller has stopped watching its store."""
     from lbproxy.tap import Options, makeService
 
     options = Options()
@@ -184,11 +184,10 @@ def test_make_service_stops_the_controller_on_shutdown(tmp_path):
     reactor = MemoryReactorClock()
     top = makeService(options, reactor=reactor)
     assert any(isinstance(s, ControllerService) and s.controller is top.controller for s in top)
-    store = top.controller.store
     top.startService()
-    assert store._poller is not None and store._poller.running
+    assert top.controller._unwatch is not None
     top.stopService()
-    assert store._poller is None
+    assert top.controller._unwatch is None
 
 
 def test_make_service_wires_the_observers():
