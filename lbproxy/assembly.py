@@ -65,11 +65,18 @@ class LBProxyService(MultiService):
 
     def startService(self) -> None:
         def bind_all_then_start() -> None:
-            for listener in _listeners(self):
-                listener.bind()
+            self.bind()
             MultiService.startService(self)
 
         self._reporting_bind_errors(bind_all_then_start)
+
+    def bind(self) -> None:
+        """
+        Bind every listener of the tree now, or none.
+
+        @raise SystemExit: naming the first that cannot bind.
+        """
+        self._reporting_bind_errors(lambda: [listener.bind() for listener in _listeners(self)])
 
     def _reporting_bind_errors(self, start: Any) -> None:
         try:

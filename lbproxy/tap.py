@@ -367,9 +367,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
     The service tree for C{twistd lbproxy}: first the open-files limit is
     raised (and C{--max-connections} checked against it), then
-    L{lbproxy.assembly.assemble} builds the tree from the spec.
+    L{lbproxy.assembly.assemble} builds the tree from the spec, and every
+    listener is bound (before twistd's log starts, so a taken port is one
+    plain line).
     """
     from lbproxy.assembly import assemble
     from lbproxy.limits import fit_descriptors
 
-    return assemble(fit_descriptors(options.spec), reactor).top
+    top = assemble(fit_descriptors(options.spec), reactor).top
+    top.bind()
+    return top

@@ -78,4 +78,5 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     service = DemoService(demo, assembly, reactor)
     service.setName("demo")
     service.setServiceParent(assembly.top)
+    assembly.top.bind()
     return assembly.top
