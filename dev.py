@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     if command == "run":
         venv("run")
         child = subprocess.Popen(
-            [str(VENV / "bin" / "twistd"), "-n", "--pidfile=", "lbproxy", "--demo", *rest],
+            [str(VENV / "bin" / "twistd"), "-n", "--pidfile=", "lbproxy-demo", *rest],
             cwd=ROOT, env=env,
         )
         # Ctrl-C reaches twistd too (same process group); let it shut down

@@ -84,8 +84,8 @@ def test_parse_endpoint(description, expected):
     ("tcp:80:backlog=0", "backlog must be a number from 1"),
     ("tcp:80:port=81", "port given twice"),
     ("tcp6:80:interface=127.0.0.1", "needs an IPv6 interface"),
-    ("not an endpoint", ""),
-    ("bogus:1", ""),
+    ("not an endpoint", "Unknown endpoint type"),
+    ("bogus:1", "Unknown endpoint type: .bogus."),
 ])
 def test_parse_endpoint_refuses_malformed(description, message):
     """A malformed description is a ValueError saying what is wrong."""
