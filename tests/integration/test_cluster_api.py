@@ -169,10 +169,12 @@ async def test_api_edits_reach_every_node_and_conflicts_get_409(http_nodes, etcd
     assert 7004 not in await a.backend_ports()
 
     await etcd3.restart()
+    deadline = reactor.seconds() + 30
     while True:
         response = await a.post_backend(7004)
         if response.code == 201:
             break
         assert response.code == 507, await response.content()
+        assert reactor.seconds() < deadline, "edits still refused 30 s after etcd came back"
         await task.deferLater(reactor, 0.05, lambda: None)
     await until(lambda: c.announced(7004))
