@@ -292,3 +292,21 @@ def test_demo_with_a_state_dir_needs_fixed_ports():
     with pytest.raises(usage.UsageError, match="needs fixed --demo-ports"):
         check_demo_options("5", "0,0,0", "/tmp/x")
     assert check_demo_options("5", "9001,9002,9003", "/tmp/x") == (5, (9001, 9002, 9003))
+
+
+def test_demo_plugin_composes_lbproxy_options_on_loopback():
+    """C{twistd lbproxy-demo} takes lbproxy's flags plus the demo's, and
+    its proxy listens on loopback unless told otherwise; the product's
+    options know nothing of the demo."""
+    from lbproxy.demo.tap import Options as DemoOptions
+    from lbproxy.tap import Options
+
+    o = DemoOptions()
+    o.parseOptions(["--demo-users", "7", "--strategy", "random"])
+    assert o.spec.users == 7 and o.spec.ports == (0, 0, 0)
+    assert o.spec.proxy.listen.host == "127.0.0.1" and o.spec.proxy.seed.strategy.name == "random"
+    assert "tcp:8080:interface=127.0.0.1" in o.getUsage()
+    product = {name for name, *_ in Options.optParameters}
+    assert not any(name.startswith("demo-") for name in product)
+    with pytest.raises(usage.UsageError, match="--demo-users must be a number"):
+        DemoOptions().parseOptions(["--demo-users", "lots"])
