@@ -56,9 +56,14 @@ class LBProxyService(MultiService):
     before any child starts, so a port that is taken (or an address not on
     this host) stops twistd with one line naming it, a non-zero exit and
     no traceback, before anything logs that it listens.
+
+    @param listen: the proxy's endpoint description, named when the worker
+        pool (which binds its own sockets) cannot bind.
     """
 
-    listen = "?"
+    def __init__(self, listen: str = "?") -> None:
+        super().__init__()
+        self.listen = listen
 
     def privilegedStartService(self) -> None:
         self._reporting_bind_errors(super().privilegedStartService)
@@ -146,8 +151,7 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
         store, config = _open_store(spec, factories, reactor)
     balancer = Balancer(config, factories, spec.settings, reactor=reactor)
     controller = ConfigController(balancer, store)
-    top = LBProxyService()
-    top.listen = spec.listen.description
+    top = LBProxyService(spec.listen.description)
     _BalancerService(balancer).setServiceParent(top)
 
     proxy = _proxy_service(spec, balancer, reactor)
