@@ -165,9 +165,12 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
         gate.setServiceParent(top)
         membership = Membership(store, spec.node, admin_url(spec.admin.description), reactor=reactor)
         membership.setServiceParent(gate)
-        proxy.setServiceParent(gate)
+        parent: MultiService = gate
     else:
-        proxy.setServiceParent(top)
+        parent = top
+    if spec.workers > 1:
+        _PortHold(spec.listen, spec.backlog, "worker pool's port").setServiceParent(parent)
+    proxy.setServiceParent(parent)
 
     admin, services = admin_service(spec, controller, balancer, reactor)
     for service in services:
@@ -213,6 +216,27 @@ def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:
             f"lbproxy: cannot start: the stored config in {spec.state_dir} cannot be used: {e}"
         ) from None
     return store, config
+
+
+class _PortHold(_Listener):
+    """
+    Binds the worker pool's port with every other listener (with
+    C{SO_REUSEPORT}, as the pool's own sockets), so a taken port stops the
+    start before anything listens; lets go once started, just before the
+    pool binds.
+    """
+
+    def _reuse_port(self) -> bool:
+        return True
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self._bound is not None:
+            self._bound.close()
+            self._bound = None
+
+    def address(self) -> tuple[str, int] | None:
+        return None
 
 
 def _proxy_service(spec: Any, balancer: Any, reactor: Any) -> Service:

@@ -216,7 +216,7 @@ def test_plugin_module_imports_nothing_of_the_app():
     assert out.stdout.split("\n")[:2] == ["[]", "False"]
 
 
-@pytest.mark.parametrize("engine", ["twisted", "fast"])
+@pytest.mark.parametrize("engine", ["twisted", "fast", "workers"])
 @pytest.mark.parametrize("flag", ["--listen", "--admin"])
 def test_taken_port_is_named_and_exit_is_non_zero(engine, flag):
     """A port already in use stops twistd with one plain line naming the
@@ -234,7 +234,7 @@ def test_taken_port_is_named_and_exit_is_non_zero(engine, flag):
     free.close()
     try:
         out = _twistd(
-            "lbproxy", "--engine", engine,
+            "lbproxy", *(["--workers", "2"] if engine == "workers" else ["--engine", engine]),
             "--listen", f"tcp:{ports['--listen']}:interface=127.0.0.1",
             "--admin", f"tcp:{ports['--admin']}:interface=127.0.0.1",
             "--backend", "127.0.0.1:9",
