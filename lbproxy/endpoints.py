@@ -22,6 +22,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -347,8 +348,8 @@ def _synchronously(endpoint: Endpoint, reactor: Any, factory: Any) -> Any:
     serverFromString(reactor, endpoint.description).listen(factory).addBoth(outcome.append)
     if not outcome:
         raise ListenError(endpoint.description, "the endpoint did not listen at once")
-    if isinstance(outcome[0], Exception) or hasattr(outcome[0], "value"):
-        error = getattr(outcome[0], "value", outcome[0])
+    if isinstance(outcome[0], Failure):
+        error = outcome[0].value
         reason = getattr(error, "socketError", None) or error
         raise ListenError(endpoint.description, getattr(reason, "strerror", None) or str(reason))
     return outcome[0]
