@@ -44,9 +44,10 @@ def flag(name: str, parse: Callable[[Any, str], Any] = lambda value, flag: value
     return field(default=default, metadata={"flag": name, "parse": parse})
 
 
-def number(cast: Any = float, low: float = 0) -> Callable[[Any, str], Any]:
+def number(cast: Any = float, low: float = 0, high: float | None = None) -> Callable[[Any, str], Any]:
     """
-    A C{parse} for L{flag}: a number of type C{cast}, at least C{low}.
+    A C{parse} for L{flag}: a number of type C{cast}, at least C{low} (and
+    at most C{high}).
     """
 
     def parse(value: Any, flag: str) -> Any:
@@ -56,6 +57,8 @@ def number(cast: Any = float, low: float = 0) -> Callable[[Any, str], Any]:
             raise usage.UsageError(f"{flag} must be a number, not {value!r}") from None
         if n < low:
             raise usage.UsageError(f"{flag} must be at least {low}, not {value!r}")
+        if high is not None and n > high:
+            raise usage.UsageError(f"{flag} must be at most {high}, not {value!r}")
         return n
 
     return parse
@@ -329,7 +332,7 @@ def build_spec(options: Options) -> ProxySpec:
     workers = number(int, 1)(options["workers"], "--workers")
     engine = _engine(options, listen, workers)
     backlog = listen.backlog or (
-        number(int, 1)(options["backlog"], "--backlog") if options["backlog"] is not None else default_backlog()
+        number(int, 1, 1 << 20)(options["backlog"], "--backlog") if options["backlog"] is not None else default_backlog()
     )
     token = _admin_token(options, admin)
     given = options["max-connections"] is not None

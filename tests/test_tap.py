@@ -41,6 +41,10 @@ def parse(*args):
     (["--retries", "-1"], "--retries must be at least 0"),
     (["--connect-timeout", "soon"], "--connect-timeout must be a number"),
     (["--max-connections", "0"], "--max-connections must be at least 1"),
+    (["--backlog", "0"], "--backlog must be at least 1"),
+    (["--backlog", "99999999999"], "--backlog must be at most 1048576"),
+    (["--listen", "tcp:80:backlog=0"], "--listen 'tcp:80:backlog=0' is not a valid endpoint: backlog must be"),
+    (["--demo"], "--demo moved: run 'twistd -n lbproxy-demo'"),
 ])
 def test_bad_flags_are_usage_errors(args, message):
     """Each malformed flag is refused with a message naming it."""
@@ -109,12 +113,6 @@ def test_default_backlog_is_capped_by_somaxconn(tmp_path):
     assert default_backlog(cap=65535) == 4096
     assert somaxconn(str(tmp_path / "missing")) is None
     assert default_backlog(cap=None) == min(4096, somaxconn() or 4096)
-
-
-def test_demo_flag_points_at_the_demo_plugin():
-    """--demo moved to its own plugin; the product says where."""
-    with pytest.raises(UsageError, match="twistd -n lbproxy-demo"):
-        parse("--demo")
 
 
 def test_assemble_builds_a_multiservice():
