@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+# Building the wheel and installing it into a fresh virtualenv may take minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).parent.parent.parent
 #: The environment of a user's shell: this checkout is not on the path.
