@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     if command == "run":
         venv("run")
         child = subprocess.Popen(
-            [str(VENV / "bin" / "twistd"), "-n", "--pidfile=", "lbproxy", "--demo", *rest],
+            [str(VENV / "bin" / "twistd"), "-n", "--pidfile=", "lbproxy-demo", *rest],
             cwd=ROOT, env=env,
         )
         # Ctrl-C reaches twistd too (same process group); let it shut down
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
     if command == "test":
         system_packages()
         venv("test,docs")
-        return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env)
+        return subprocess.call([str(PY), "-m", "pytest", "--durations=15", *rest], cwd=ROOT, env=env)
     if command == "docs":
         venv("docs")
         return subprocess.call(

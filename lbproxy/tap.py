@@ -1,5 +1,6 @@
 """
-C{twistd lbproxy}: command-line options and the service tree.
+C{twistd lbproxy}: command-line options -> a frozen L{ProxySpec} -> the
+service tree (L{lbproxy.assembly}).
 
 Command line and stored config: with C{--state-dir}, changes made through
 the API are stored there and survive restarts.  C{--backend} and
@@ -12,55 +13,55 @@ says so.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
-from twisted.internet.endpoints import serverFromString
+from twisted.application.service import MultiService
 from twisted.python import usage
 
+from lbproxy.endpoints import Endpoint, default_backlog, parse_endpoint
 from lbproxy.model.config import (
     Config,
     ConfigError,
     ProxySettings,
     StrategyChoice,
+    check_unique,
     freeze,
     parse_backend,
     parse_backend_spec,
-    check_unique,
 )
 
-
-def _check_endpoint(description: str, flag: str) -> str:
-    from twisted.internet.testing import MemoryReactor
-
-    try:
-        serverFromString(MemoryReactor(), description)
-    except Exception as e:
-        raise usage.UsageError(f"{flag} {description!r} is not a valid endpoint: {e}") from None
-    return description
+#: C{--max-connections} when not given (fewer if the descriptor limit is lower).
+DEFAULT_MAX_CONNECTIONS = 10000
 
 
-def _number(value: str, flag: str, cast: Any = float, low: float = 0) -> Any:
-    try:
-        n = cast(value)
-    except ValueError:
-        raise usage.UsageError(f"{flag} must be a number, not {value!r}") from None
-    if n < low:
-        raise usage.UsageError(f"{flag} must be at least {low}, not {value!r}")
-    return n
+def flag(name: str, parse: Callable[[Any, str], Any] = lambda value, flag: value, default: Any = None) -> Any:
+    """
+    A L{ProxySpec} field read from C{--name}: C{parse(value, "--name")}
+    (not called when the flag is absent, which gives C{default}).  Adding an
+    option is its C{optParameters} line and one such field.
+    """
+    return field(default=default, metadata={"flag": name, "parse": parse})
 
 
-def _state_dir(path: str) -> str:
-    import os
+def number(cast: Any = float, low: float = 0, high: float | None = None) -> Callable[[Any, str], Any]:
+    """
+    A C{parse} for L{flag}: a number of type C{cast}, at least C{low} (and
+    at most C{high}).
+    """
 
-    if not path:
-        raise usage.UsageError("--state-dir must name a directory")
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise usage.UsageError(f"--state-dir {path!r} cannot be used: {e.strerror or e}") from None
-    return os.path.abspath(path)
+    def parse(value: Any, flag: str) -> Any:
+        try:
+            n = cast(value)
+        except (TypeError, ValueError):
+            raise usage.UsageError(f"{flag} must be a number, not {value!r}") from None
+        if n < low:
+            raise usage.UsageError(f"{flag} must be at least {low}, not {value!r}")
+        if high is not None and n > high:
+            raise usage.UsageError(f"{flag} must be at most {high}, not {value!r}")
+        return n
+
+    return parse
 
 
 def _dns_servers(value: str) -> list[tuple[str, int]]:
@@ -68,13 +69,50 @@ def _dns_servers(value: str) -> list[tuple[str, int]]:
     for item in value.split(","):
         host, _, port = item.strip().rpartition(":")
         try:
-            number = int(port)
-            if not host or not 0 < number < 65536:
+            n = int(port)
+            if not host or not 0 < n < 65536:
                 raise ValueError
         except ValueError:
             raise usage.UsageError(f"--dns-server {item.strip()!r} is not HOST:PORT") from None
-        servers.append((host.strip("[]"), number))
+        servers.append((host.strip("[]"), n))
     return servers
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxySpec:
+    """
+    What the command line asks for, checked: the service tree is built from
+    this alone (L{lbproxy.assembly.assemble}).
+
+    @ivar listen: the proxy's endpoint.
+    @ivar admin: the admin API and UI's endpoint.
+    @ivar backlog: the proxy listener's accept queue (its endpoint's
+        C{backlog=}, else C{--backlog}, else 4096 capped by somaxconn).
+    @ivar engine: C{fast} or C{twisted} (C{auto} resolved).
+    @ivar seed: the config built from the command line (version 1).
+    @ivar seed_flags: the config flags given, named when a stored config wins.
+    @ivar max_connections_given: whether C{--max-connections} was given
+        (else it may be lowered to fit the descriptor limit).
+    @ivar etcd_endpoints: cluster mode's etcd URLs, else C{None}.
+    """
+
+    listen: Endpoint
+    admin: Endpoint
+    backlog: int
+    engine: str
+    workers: int
+    settings: ProxySettings
+    seed: Config
+    seed_flags: tuple[str, ...] = ()
+    max_connections_given: bool = False
+    state_dir: str | None = None
+    etcd_endpoints: tuple[str, ...] | None = None
+    store_prefix: str = "/lbproxy/default"
+    node: str | None = None
+    admin_token: str | None = None
+    admin_open_reads: bool = flag("admin-open-reads", lambda v, f: bool(v), default=False)
+    dns_servers: tuple[tuple[str, int], ...] | None = flag("dns-server", lambda v, f: tuple(_dns_servers(v)))
+    dns_refresh: float = flag("dns-refresh", lambda v, f: number(float, 0.1)(v, f), default=30.0)
 
 
 class Options(usage.Options):
@@ -87,6 +125,9 @@ class Options(usage.Options):
     optParameters = [
         ["listen", "l", "tcp:8080", "Endpoint for clients (Twisted endpoint syntax)."],
         ["admin", "a", "tcp:8081:interface=127.0.0.1", "Endpoint for the admin API and UI."],
+        ["backlog", None, None,
+         "Accept queue of the proxy listener (default 4096, capped by net.core.somaxconn); "
+         "a backlog= in --listen wins."],
         ["strategy", "s", None, "Strategy plugin name (default round-robin)."],
         ["strategy-options", None, None, "Strategy options as a JSON object."],
         ["state-dir", "d", None,
@@ -100,13 +141,11 @@ class Options(usage.Options):
         ["store-prefix", None, "/lbproxy/default", "With --store: the etcd key prefix of this cluster."],
         ["node-name", None, None, "This node's name in the cluster (default HOSTNAME-ADMINPORT)."],
         ["connect-timeout", None, "3", "Seconds to wait for a backend connect."],
-        ["dns-server", None, None,
-         "HOST:PORT[,HOST:PORT...] of DNS servers for backend host names (default: those of "
-         "/etc/resolv.conf); the hosts file is read first either way."],
-        ["dns-refresh", None, "30", "Seconds between two lookups of a backend host name."],
         ["retries", None, "2", "Other backends to try after a failed connect."],
         ["idle-timeout", None, "300", "Close connections idle this many seconds (0: never)."],
-        ["max-connections", None, "10000", "Client connections at once; more are closed."],
+        ["max-connections", None, None,
+         "Client connections at once; more are closed (default 10000, fewer if the "
+         "open-files limit cannot hold them; given, it must fit or lbproxy will not start)."],
         ["engine", None, "auto",
          "Relay engine: fast (Linux epoll relay, plain tcp listen endpoints), "
          "twisted (portable transports), or auto (fast where it can run)."],
@@ -128,17 +167,22 @@ class Options(usage.Options):
         ["outlier-max-percent", None, None, "Never eject more than this percentage of the pool (default 50)."],
         ["slow-start", None, None, "Seconds over which a new or recovered backend ramps from 10% to full weight (default 0: off)."],
         ["drain-timeout", None, None, "Seconds after which connections still open to a draining backend are closed (default: none)."],
+        ["dns-server", None, None,
+         "HOST:PORT[,HOST:PORT...] of DNS servers for backend host names (default: those of "
+         "/etc/resolv.conf); the hosts file is read first either way."],
+        ["dns-refresh", None, "30", "Seconds between two lookups of a backend host name."],
         ["admin-token-file", None, None,
          "File holding the admin API token: changes then need 'Authorization: Bearer <token>', "
          "and so do reads unless --admin-open-reads.  Required when --admin is not loopback-only."],
-        ["demo-users", None, "20", "With --demo: how many simulated users are online at first."],
-        ["demo-ports", None, "0,0,0", "With --demo: ports of the demo backends (0: any free port)."],
     ]
     optFlags = [
         ["no-access-log", None, "Do not log one line per finished connection."],
         ["admin-open-reads", None, "With --admin-token-file: let reads of the admin API through without the token."],
-        ["demo", None, "Also run demo backends and simulated users; the pool starts with the demo backends."],
+        ["demo", None, "Moved: the demo is 'twistd -n lbproxy-demo' (or 'python3 dev.py run')."],
     ]
+
+    #: The checked spec, once parsed.
+    spec: ProxySpec
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,226 +199,121 @@ class Options(usage.Options):
 
     opt_b = opt_backend
 
-    def _check_admin_access(self) -> None:
-        from lbproxy.web.auth import loopback_only, read_token_file
-
-        self["admin-token"] = None
-        if self["admin-token-file"]:
-            try:
-                self["admin-token"] = read_token_file(self["admin-token-file"])
-            except ValueError as e:
-                raise usage.UsageError(f"--admin-token-file: {e}") from None
-        elif not loopback_only(self["admin"]):
-            raise usage.UsageError(
-                f"--admin {self['admin']!r} is reachable from other hosts; give --admin-token-file "
-                "so that only holders of the token can change the pool (or bind to 127.0.0.1)"
-            )
-        if self["admin-open-reads"] and not self["admin-token"]:
-            raise usage.UsageError("--admin-open-reads only makes sense with --admin-token-file")
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Under twistd, a bad flag is one line and a hint, not twistd's
+        whole help; used directly (tests), it raises L{usage.UsageError}.
+        """
+        parent = getattr(self, "parent", None)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if parent is None:
+                raise
+            name = getattr(parent, "subCommand", None) or "lbproxy"
+            raise SystemExit(f"{name}: {e}\nsee: twistd {name} --help") from None
 
     def postOptions(self) -> None:
-        import json
-
-        from lbproxy.policy.plugins import build_strategy, strategy_factories
-
-        _check_endpoint(self["listen"], "--listen")
-        _check_endpoint(self["admin"], "--admin")
-        _check_engine(self)
-        self._check_admin_access()
         if self["demo"]:
-            from lbproxy.demo.service import check_demo_options
-
-            check_demo_options(self)
-        self["settings"] = ProxySettings(
-            connect_timeout=_number(self["connect-timeout"], "--connect-timeout", float, 0.001),
-            retries=_number(self["retries"], "--retries", int, 0),
-            idle_timeout=_number(self["idle-timeout"], "--idle-timeout", float, 0),
-            max_connections=_number(self["max-connections"], "--max-connections", int, 1),
-            access_log=not self["no-access-log"],
-        )
-        options: dict[str, Any] = {}
-        if self["strategy-options"]:
-            try:
-                options = json.loads(self["strategy-options"])
-            except ValueError as e:
-                raise usage.UsageError(f"--strategy-options is not valid JSON: {e}") from None
-            if not isinstance(options, dict):
-                raise usage.UsageError("--strategy-options must be a JSON object")
-        choice = StrategyChoice(self["strategy"] or "round-robin", freeze(options))
-        self["factories"] = strategy_factories()
-        try:
-            build_strategy(choice, self["factories"])
-            backends = tuple(
-                parse_backend(spec, f"--backend {i + 1}", backend_id=f"b{i + 1}")
-                for i, spec in enumerate(self["backends"])
-            )
-            check_unique(backends)
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        from lbproxy.health.checker import settings_from_options
-
-        self["seed"] = Config(
-            version=1, backends=backends, strategy=choice, **settings_from_options(self)
-        )
-        if self["state-dir"] is not None:
-            self["state-dir"] = _state_dir(self["state-dir"])
-        if self["dns-server"] is not None:
-            self["dns-server"] = _dns_servers(self["dns-server"])
-        self["dns-refresh"] = _number(self["dns-refresh"], "--dns-refresh", low=0.1)
-        _check_cluster(self)
+            raise usage.UsageError("--demo moved: run 'twistd -n lbproxy-demo' (or 'python3 dev.py run')")
+        self.spec = build_spec(self)
 
 
-class LBProxyService(MultiService):
-    """
-    The root of lbproxy's service tree.  A listener that cannot bind (a port
-    taken, an address not on this host) stops twistd with one line naming
-    it and a non-zero exit, not a traceback.
-    """
-
-    listen = "?"
-
-    def privilegedStartService(self) -> None:
-        self._reporting_bind_errors(super().privilegedStartService)
-
-    def startService(self) -> None:
-        self._reporting_bind_errors(super().startService)
-
-    def _reporting_bind_errors(self, start: Any) -> None:
-        from twisted.internet.error import CannotListenError
-
-        try:
-            start()
-        except CannotListenError as e:
-            where = f"{e.interface or '*'}:{e.port}"
-            raise SystemExit(f"lbproxy: cannot listen on {where}: {e.socketError}") from None
-        except OSError as e:
-            # The fast engine and the workers bind their own sockets.
-            raise SystemExit(
-                f"lbproxy: cannot listen on --listen {self.listen}: {e.strerror or e}"
-            ) from None
-
-
-class _BalancerService(Service):
-    """
-    Runs the balancer's housekeeping (idle timeouts, slow start) while the
-    application runs.
-    """
-
-    def __init__(self, balancer: Any) -> None:
-        self.balancer = balancer
-
-    def startService(self) -> None:
-        super().startService()
-        self.balancer.start()
-
-    def stopService(self) -> Any:
-        self.balancer.stop()
-        return super().stopService()
-
-
-def makeService(options: Options, reactor: Any = None) -> MultiService:
-    """
-    Build lbproxy's service tree under one L{MultiService}: housekeeping,
-    the proxy listener, the admin site, health checks.
-    """
-    if reactor is None:
-        from twisted.internet import reactor
-    from lbproxy.policy.balancer import Balancer
-    from lbproxy.control.controller import ConfigController, ControllerService
-
-    # -- the demo's backends listen first, so the seed config has their ports
-    demo = None
-    if options.get("demo"):
-        from lbproxy.demo.service import start_demo_backends
-
-        demo = start_demo_backends(options, reactor)
-
-    # -- config store and initial config (durable store: lbproxy/control/store/)
-    if options.get("etcd-endpoints"):
-        store, config = _etcd_store(options, reactor), options["seed"]
-    else:
-        store, config = _open_store(options, reactor)
-
-    # -- the policy core
-    resolver = _resolver(options, reactor)
-    balancer = Balancer(config, options["factories"], options["settings"], reactor=reactor, resolver=resolver)
-    resolver.track(b.host for b in config.backends)
-    controller = ConfigController(balancer, store)
-    controller.observe(resolver)
-    top = LBProxyService()
-    resolver.setServiceParent(top)
-    top.listen = options["listen"]
-    top.balancer = balancer
-    top.controller = controller
-    ControllerService(controller).setServiceParent(top)
-    _BalancerService(balancer).setServiceParent(top)
-
-    # -- the proxy listener (relay engines: lbproxy/relay/twisted_engine.py); in cluster
-    # mode it starts only once the config came from etcd (lbproxy/control/cluster.py)
-    listening = _cluster_gate(options, top, store, reactor) if options.get("etcd-endpoints") else top
-    proxy = _proxy_service(options, balancer, reactor)
-    proxy.setServiceParent(listening)
-
-    # -- the demo's simulated users (lbproxy/demo/)
-    if demo is not None:
-        from lbproxy.demo.service import demo_service
-
-        demo_service(demo, top, reactor).setServiceParent(top)
-
-    # -- the admin site (lbproxy/web/)
-    from lbproxy.web import admin_service
-
-    admin = admin_service(options, top, reactor)
-    if getattr(top, "membership", None) is not None:
-        from lbproxy.control.cluster import mount_admin
-
-        mount_admin(admin, top.membership, options["admin"], top.getServiceNamed("admin"))
-
-    # -- the worker pool (--workers) follows every applied config and reports its workers
-    from lbproxy.interfaces import IConfigObserver
-
-    if IConfigObserver.providedBy(proxy):
-        controller.observe(proxy)
-        admin.add_status_provider(proxy.status)
-
-    # -- active health checks (lbproxy/health/checker.py)
-    _health_service(controller, reactor).setServiceParent(top)
-
-    return top
-
-
-def _open_store(options: Options, reactor: Any) -> tuple[Any, Config]:
-    """
-    Open the store and pick the initial config; a store that cannot be used
-    stops twistd with a one-line reason, not a traceback.
-    """
-    from lbproxy.model.config import StoreError
-    from lbproxy.policy.plugins import build_strategy
-    from lbproxy.control.store import open_store
-
-    flags = [
-        flag
-        for flag, given in (
-            ("--backend", options["backends"]),
-            ("--strategy", options["strategy"]),
-            ("--strategy-options", options["strategy-options"]),
-        )
-        if given
-    ]
+def _endpoint(description: str, flag: str) -> Endpoint:
     try:
-        store, config = open_store(options["state-dir"], options["seed"], flags, reactor)
-    except StoreError as e:
-        raise SystemExit(f"lbproxy: cannot start: {e}") from None
+        return parse_endpoint(description)
+    except ValueError as e:
+        raise usage.UsageError(f"{flag} {description!r} is not a valid endpoint: {e}") from None
+
+
+def _state_dir(path: str | None) -> str | None:
+    import os
+
+    if path is None:
+        return None
+    if not path:
+        raise usage.UsageError("--state-dir must name a directory")
     try:
-        build_strategy(config.strategy, options["factories"])
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise usage.UsageError(f"--state-dir {path!r} cannot be used: {e.strerror or e}") from None
+    return os.path.abspath(path)
+
+
+def _admin_token(options: Options, admin: Endpoint) -> str | None:
+    from lbproxy.web.auth import loopback_only, read_token_file
+
+    token = None
+    if options["admin-token-file"]:
+        try:
+            token = read_token_file(options["admin-token-file"])
+        except ValueError as e:
+            raise usage.UsageError(f"--admin-token-file: {e}") from None
+    elif not loopback_only(admin.description):
+        raise usage.UsageError(
+            f"--admin {admin.description!r} is reachable from other hosts; give --admin-token-file "
+            "so that only holders of the token can change the pool (or bind to 127.0.0.1)"
+        )
+    if options["admin-open-reads"] and not token:
+        raise usage.UsageError("--admin-open-reads only makes sense with --admin-token-file")
+    return token
+
+
+def _seed(options: Options) -> Config:
+    """
+    Version 1 of the config, from C{--backend}, C{--strategy}, the health
+    and outlier flags.
+    """
+    import json
+
+    from lbproxy.health.checker import settings_from_options
+    from lbproxy.policy.plugins import build_strategy, strategy_factories
+
+    choice_options: dict[str, Any] = {}
+    if options["strategy-options"]:
+        try:
+            choice_options = json.loads(options["strategy-options"])
+        except ValueError as e:
+            raise usage.UsageError(f"--strategy-options is not valid JSON: {e}") from None
+        if not isinstance(choice_options, dict):
+            raise usage.UsageError("--strategy-options must be a JSON object")
+    choice = StrategyChoice(options["strategy"] or "round-robin", freeze(choice_options))
+    try:
+        build_strategy(choice, strategy_factories())
+        backends = tuple(
+            parse_backend(spec, f"--backend {i + 1}", backend_id=f"b{i + 1}")
+            for i, spec in enumerate(options["backends"])
+        )
+        check_unique(backends)
     except ConfigError as e:
-        raise SystemExit(
-            f"lbproxy: cannot start: the stored config in {options['state-dir']} cannot be used: {e}"
-        ) from None
-    return store, config
+        raise usage.UsageError(str(e)) from None
+    return Config(version=1, backends=backends, strategy=choice, **settings_from_options(options))
 
 
-def _check_cluster(options: Options) -> None:
+def _engine(options: Options, listen: Endpoint, workers: int) -> str:
+    """
+    Resolve C{--engine auto} and check C{--engine}/C{--workers} against the
+    platform and the listen endpoint.
+    """
+    import socket
+
+    from lbproxy.relay.fast_engine import available
+
+    engine = options["engine"]
+    if engine not in ("auto", "fast", "twisted"):
+        raise usage.UsageError(f"--engine must be auto, fast or twisted, not {engine!r}")
+    if engine != "twisted" and (not listen.tcp or not available()):
+        if engine == "fast":
+            raise usage.UsageError("--engine fast needs Linux and a plain tcp: --listen endpoint")
+        engine = "twisted"
+    elif engine == "auto":
+        engine = "fast"
+    if workers > 1 and (not listen.tcp or not hasattr(socket, "SO_REUSEPORT")):
+        raise usage.UsageError("--workers above 1 needs SO_REUSEPORT and a plain tcp: --listen endpoint")
+    return engine
+
+
+def _cluster(options: Options, admin: Endpoint) -> dict[str, Any]:
     """
     Check C{--store}, C{--store-prefix} and C{--node-name}.
     """
@@ -382,110 +321,82 @@ def _check_cluster(options: Options) -> None:
 
     from lbproxy.control.store.etcd import parse_prefix, parse_store_spec
 
-    options["etcd-endpoints"] = None
+    out: dict[str, Any] = {"etcd_endpoints": None, "store_prefix": options["store-prefix"]}
     if options["store"] is not None:
         if options["state-dir"] is not None:
             raise usage.UsageError("--store and --state-dir exclude each other: the config lives in one place")
         try:
-            options["etcd-endpoints"] = parse_store_spec(options["store"])
-            options["store-prefix"] = parse_prefix(options["store-prefix"])
+            out["etcd_endpoints"] = tuple(parse_store_spec(options["store"]))
+            out["store_prefix"] = parse_prefix(options["store-prefix"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
     name = options["node-name"]
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-        raise usage.UsageError(
-            f"--node-name must be 1-64 letters, digits, '.', '_' or '-', not {name!r}"
-        )
+        raise usage.UsageError(f"--node-name must be 1-64 letters, digits, '.', '_' or '-', not {name!r}")
     if name is None and options["store"] is not None:
         from lbproxy.control.cluster import default_node_name
 
-        name = default_node_name(options["admin"])
-    options["node"] = name
+        name = default_node_name(admin.description)
+    out["node"] = name
+    return out
 
 
-def _etcd_store(options: Options, reactor: Any) -> Any:
-    from lbproxy.control.store.etcd import EtcdStore
-
-    return EtcdStore(options["etcd-endpoints"], options["store-prefix"], reactor=reactor)
-
-
-def _cluster_gate(options: Options, top: MultiService, store: Any, reactor: Any) -> MultiService:
+def build_spec(options: Options) -> ProxySpec:
     """
-    The service that loads the config from etcd (retrying while it is
-    unreachable), then starts the proxy listener and registers this node.
+    Check every flag and build the L{ProxySpec}; nothing is started.
+
+    @raise usage.UsageError: naming the first bad flag.
     """
-    from lbproxy.control.cluster import LoadThenServe, Membership, admin_url
-
-    gate = LoadThenServe(top.controller, options["seed"], reactor=reactor)
-    gate.setName("cluster")
-    gate.setServiceParent(top)
-    top.membership = Membership(store, options["node"], admin_url(options["admin"]), reactor=reactor)
-    top.membership.setServiceParent(gate)
-    top.store = store
-    return gate
-
-
-def _resolver(options: Options, reactor: Any) -> Any:
-    """
-    The resolver of backend host names (lbproxy/health/resolver.py).
-    """
-    from lbproxy.health.resolver import DNSLookup, Resolver
-
-    servers = options.get("dns-server")
-    return Resolver(reactor, DNSLookup(reactor, servers=servers), refresh=float(options.get("dns-refresh") or 30))
-
-
-def _health_service(controller: Any, reactor: Any) -> Service:
-    from lbproxy.health.checker import HealthChecker
-
-    return HealthChecker(controller.balancer, reactor, controller=controller)
-
-
-def _check_engine(options: Options) -> None:
-    """
-    Resolve C{--engine auto} and check C{--engine}/C{--workers} against the
-    platform and the listen endpoint.
-    """
-    from lbproxy.relay.fast_engine import available, parse_tcp_endpoint
-
-    engine = options["engine"]
-    if engine not in ("auto", "fast", "twisted"):
-        raise usage.UsageError(f"--engine must be auto, fast or twisted, not {engine!r}")
-    workers = options["workers"] = _number(options["workers"], "--workers", int, 1)
-    tcp = parse_tcp_endpoint(options["listen"])
-    if engine != "twisted" and (tcp is None or not available()):
-        if engine == "fast":
-            raise usage.UsageError(
-                "--engine fast needs Linux and a plain tcp: --listen endpoint"
-            )
-        engine = "twisted"
-    elif engine == "auto":
-        engine = "fast"
-    options["engine"] = engine
-    if workers > 1 and (tcp is None or not hasattr(__import__("socket"), "SO_REUSEPORT")):
-        raise usage.UsageError("--workers above 1 needs SO_REUSEPORT and a plain tcp: --listen endpoint")
-    options["listen-tcp"] = tcp
-
-
-def _proxy_service(options: Options, balancer: Any, reactor: Any) -> Service:
-    from lbproxy.relay.twisted_engine import ProxyFactory
-
-    if options.get("workers", 1) > 1:
-        from lbproxy.control.workers import WorkerPool
-
-        pool = WorkerPool(options, balancer, reactor)
-        pool.setName("proxy")
-        return pool
-    if options.get("engine") == "fast":
-        from lbproxy.relay.fast_engine import FastRelayService
-
-        host, port, backlog = options["listen-tcp"]
-        fast = FastRelayService(balancer, host, port, backlog, reactor=reactor)
-        fast.setName("proxy")
-        return fast
-    service = StreamServerEndpointService(
-        serverFromString(reactor, options["listen"]), ProxyFactory(balancer, reactor)
+    listen = _endpoint(options["listen"], "--listen")
+    admin = _endpoint(options["admin"], "--admin")
+    workers = number(int, 1)(options["workers"], "--workers")
+    engine = _engine(options, listen, workers)
+    backlog = listen.backlog or (
+        number(int, 1, 1 << 20)(options["backlog"], "--backlog") if options["backlog"] is not None else default_backlog()
     )
-    service._raiseSynchronously = True
-    service.setName("proxy")
-    return service
+    token = _admin_token(options, admin)
+    given = options["max-connections"] is not None
+    settings = ProxySettings(
+        connect_timeout=number(float, 0.001)(options["connect-timeout"], "--connect-timeout"),
+        retries=number(int, 0)(options["retries"], "--retries"),
+        idle_timeout=number(float, 0)(options["idle-timeout"], "--idle-timeout"),
+        max_connections=number(int, 1)(options["max-connections"], "--max-connections")
+        if given else DEFAULT_MAX_CONNECTIONS,
+        access_log=not options["no-access-log"],
+    )
+    seed = _seed(options)
+    seed_flags = tuple(
+        name for name, value in (
+            ("--backend", options["backends"]),
+            ("--strategy", options["strategy"]),
+            ("--strategy-options", options["strategy-options"]),
+        ) if value
+    )
+    state_dir = _state_dir(options["state-dir"])
+    cluster = _cluster(options, admin)
+    simple = {
+        f.name: f.metadata["parse"](options[f.metadata["flag"]], "--" + f.metadata["flag"])
+        for f in fields(ProxySpec)
+        if "flag" in f.metadata and options.get(f.metadata["flag"]) is not None
+    }
+    return ProxySpec(
+        listen=listen, admin=admin, backlog=backlog, engine=engine, workers=workers,
+        settings=settings, seed=seed, seed_flags=seed_flags, max_connections_given=given,
+        state_dir=state_dir, admin_token=token, **cluster, **simple,
+    )
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """
+    The service tree for C{twistd lbproxy}: first the open-files limit is
+    raised (and C{--max-connections} checked against it), then
+    L{lbproxy.assembly.assemble} builds the tree from the spec, and every
+    listener is bound (before twistd's log starts, so a taken port is one
+    plain line).
+    """
+    from lbproxy.assembly import assemble
+    from lbproxy.limits import fit_descriptors
+
+    top = assemble(fit_descriptors(options.spec), reactor).top
+    top.bind()
+    return top

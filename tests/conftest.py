@@ -12,6 +12,19 @@ import pytest_twisted
 from lbproxy.policy.plugins import strategy_factories
 
 
+@pytest.fixture(autouse=True)
+def _process_limits_restored():
+    """Every test leaves this process's open-files limit as it found it
+    (a test that needs other limits sets them in a child process, or
+    restores them)."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    yield
+    after = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert after == before, f"the test changed RLIMIT_NOFILE from {before} to {after}"
+
+
 @pytest.fixture(scope="session")
 def factories():
     """Every strategy plugin, discovered once."""

@@ -172,9 +172,10 @@ def test_controller_service_stops_the_watch(rig):
 
 
 def test_make_service_stops_the_controller_on_shutdown(tmp_path):
-    """makeService puts a ControllerService in the tree: once the
+    """The assembly puts a ControllerService in the tree: once the
     application stops, the controller has stopped watching its store."""
-    from lbproxy.tap import Options, makeService
+    from lbproxy.assembly import assemble
+    from lbproxy.tap import Options
 
     options = Options()
     options.parseOptions([
@@ -182,20 +183,22 @@ def test_make_service_stops_the_controller_on_shutdown(tmp_path):
         "--state-dir", str(tmp_path),
     ])
     reactor = MemoryReactorClock()
-    top = makeService(options, reactor=reactor)
-    assert any(isinstance(s, ControllerService) and s.controller is top.controller for s in top)
+    built = assemble(options.spec, reactor)
+    top = built.top
+    assert any(isinstance(s, ControllerService) and s.controller is built.controller for s in top)
     top.startService()
-    assert top.controller._unwatch is not None
+    assert built.controller._unwatch is not None
     top.stopService()
-    assert top.controller._unwatch is None
+    assert built.controller._unwatch is None
 
 
 def test_make_service_wires_the_observers():
-    """In the tree makeService builds, one change through the controller
+    """In the tree the assembly builds, one change through the controller
     makes exactly one config event on the feed's bus and gives the new
     backend a health-check loop: both follow the controller, not each
     other."""
-    from lbproxy.tap import Options, makeService
+    from lbproxy.assembly import assemble
+    from lbproxy.tap import Options
 
     options = Options()
     options.parseOptions([
@@ -203,13 +206,14 @@ def test_make_service_wires_the_observers():
         "--check", "tcp",
     ])
     reactor = MemoryReactorClock()
-    top = makeService(options, reactor=reactor)
+    built = assemble(options.spec, reactor)
+    top = built.top
     top.startService()
     try:
         checker = top.getServiceNamed("health")
         assert sorted(checker.loops) == ["b1"]
-        top.controller.change(add(9002))
-        configs = [e for e in top.balancer.events.since(0) if e.type == "config"]
+        built.controller.change(add(9002))
+        configs = [e for e in built.balancer.events.since(0) if e.type == "config"]
         assert [e.data["version"] for e in configs] == [2]
         assert sorted(checker.loops) == ["b1", "b2"]
     finally:

@@ -281,7 +281,7 @@ def test_demo_api_refuses_invalid_json():
 def test_demo_options_are_checked(users, ports, message):
     """Bad demo flags are usage errors that say what is wrong."""
     with pytest.raises(usage.UsageError, match=message):
-        check_demo_options({"demo-users": users, "demo-ports": ports})
+        check_demo_options(users, ports)
 
 
 def test_demo_with_a_state_dir_needs_fixed_ports():
@@ -290,7 +290,23 @@ def test_demo_with_a_state_dir_needs_fixed_ports():
     backends must come back on the same ports: any-free-port is refused.
     """
     with pytest.raises(usage.UsageError, match="needs fixed --demo-ports"):
-        check_demo_options({"demo-users": "5", "demo-ports": "0,0,0", "state-dir": "/tmp/x"})
-    options = {"demo-users": "5", "demo-ports": "9001,9002,9003", "state-dir": "/tmp/x"}
-    check_demo_options(options)
-    assert options["demo-ports"] == [9001, 9002, 9003] and options["demo-users"] == 5
+        check_demo_options("5", "0,0,0", "/tmp/x")
+    assert check_demo_options("5", "9001,9002,9003", "/tmp/x") == (5, (9001, 9002, 9003))
+
+
+def test_demo_plugin_composes_lbproxy_options_on_loopback():
+    """C{twistd lbproxy-demo} takes lbproxy's flags plus the demo's, and
+    its proxy listens on loopback unless told otherwise; the product's
+    options know nothing of the demo."""
+    from lbproxy.demo.tap import Options as DemoOptions
+    from lbproxy.tap import Options
+
+    o = DemoOptions()
+    o.parseOptions(["--demo-users", "7", "--strategy", "random"])
+    assert o.spec.users == 7 and o.spec.ports == (0, 0, 0)
+    assert o.spec.proxy.listen.host == "127.0.0.1" and o.spec.proxy.seed.strategy.name == "random"
+    assert "tcp:8080:interface=127.0.0.1" in o.getUsage()
+    product = {name for name, *_ in Options.optParameters}
+    assert not any(name.startswith("demo-") for name in product)
+    with pytest.raises(usage.UsageError, match="--demo-users must be a number"):
+        DemoOptions().parseOptions(["--demo-users", "lots"])

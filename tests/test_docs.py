@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# The Sphinx build (module fixture) may take longer than the default limit.
+pytestmark = pytest.mark.timeout(600)
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 

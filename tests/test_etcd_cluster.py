@@ -270,11 +270,11 @@ def test_store_option_selects_etcd():
     """--store etcd:URL,URL selects cluster mode with those members, prefix and node name."""
     options = parse("--store", "etcd:http://127.0.0.1:2379,http://127.0.0.2:2379",
                     "--store-prefix", "/lbproxy/prod/", "--node-name", "lb-1")
-    assert options["etcd-endpoints"] == ["http://127.0.0.1:2379", "http://127.0.0.2:2379"]
-    assert options["store-prefix"] == "/lbproxy/prod"
-    assert options["node"] == "lb-1"
+    assert options.spec.etcd_endpoints == ("http://127.0.0.1:2379", "http://127.0.0.2:2379")
+    assert options.spec.store_prefix == "/lbproxy/prod"
+    assert options.spec.node == "lb-1"
     default = parse("--store", "etcd:http://127.0.0.1:2379", "--admin", "tcp:9091:interface=127.0.0.1")
-    assert default["node"].endswith("-9091")
+    assert default.spec.node.endswith("-9091")
 
 
 @pytest.mark.parametrize("args", [

@@ -59,20 +59,40 @@ def test_relay_is_a_relayed_connection():
 @pytest.mark.parametrize(
     "description, expected",
     [
-        ("tcp:8080", ("0.0.0.0", 8080, 50)),
+        ("tcp:8080", ("0.0.0.0", 8080, None)),
         ("tcp:0:interface=127.0.0.1:backlog=7", ("127.0.0.1", 0, 7)),
-        ("tcp6:8080:interface=\\:\\:1", ("::1", 8080, 50)),
+        ("tcp:port=9:backlog=3", ("0.0.0.0", 9, 3)),
+        ("tcp6:8080:interface=\\:\\:1", ("::1", 8080, None)),
+        ("tcp6:8080", ("::", 8080, None)),
         ("unix:/tmp/x.sock", None),
-        ("ssl:443:privateKey=k.pem", None),
-        ("not an endpoint", None),
     ],
 )
-def test_parse_tcp_endpoint(description, expected):
-    """Only plain tcp/tcp6 endpoints are the fast engine's to own; anything
-    else (unix, TLS, garbage) says so with None."""
-    from lbproxy.relay.fast_engine import parse_tcp_endpoint
+def test_parse_endpoint(description, expected):
+    """Plain tcp/tcp6 endpoints parse to what the engines bind (the
+    backlog only if the description has one); other kinds are not TCP."""
+    from lbproxy.endpoints import parse_endpoint
 
-    assert parse_tcp_endpoint(description) == expected
+    endpoint = parse_endpoint(description)
+    assert endpoint.description == description
+    assert ((endpoint.host, endpoint.port, endpoint.backlog) if endpoint.tcp else None) == expected
+
+
+@pytest.mark.parametrize("description, message", [
+    ("tcp:notaport", "the port must be a number"),
+    ("tcp:", "needs a port"),
+    ("tcp:80:colour=red", "unknown tcp: option 'colour'"),
+    ("tcp:80:backlog=0", "backlog must be a number from 1"),
+    ("tcp:80:port=81", "port given twice"),
+    ("tcp6:80:interface=127.0.0.1", "needs an IPv6 interface"),
+    ("not an endpoint", "Unknown endpoint type"),
+    ("bogus:1", "Unknown endpoint type: .bogus."),
+])
+def test_parse_endpoint_refuses_malformed(description, message):
+    """A malformed description is a ValueError saying what is wrong."""
+    from lbproxy.endpoints import parse_endpoint
+
+    with pytest.raises(ValueError, match=message):
+        parse_endpoint(description)
 
 
 def _options(*args):
@@ -86,9 +106,9 @@ def _options(*args):
 def test_engine_auto_picks_fast_for_tcp():
     """--engine auto (the default) is the fast engine for a tcp listener on
     Linux, and the twisted engine for any other endpoint."""
-    assert _options("--listen", "tcp:0")["engine"] == "fast"
-    assert _options("--listen", "unix:/tmp/lbproxy-test.sock")["engine"] == "twisted"
-    assert _options("--listen", "tcp:0", "--engine", "twisted")["engine"] == "twisted"
+    assert _options("--listen", "tcp:0").spec.engine == "fast"
+    assert _options("--listen", "unix:/tmp/lbproxy-test.sock").spec.engine == "twisted"
+    assert _options("--listen", "tcp:0", "--engine", "twisted").spec.engine == "twisted"
 
 
 @pytest.mark.parametrize(

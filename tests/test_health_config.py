@@ -54,7 +54,7 @@ BAD = [
 def cli(*args):
     options = Options()
     options.parseOptions(["--backend", "127.0.0.1:9001", *args])
-    return options["seed"]
+    return options.spec.seed
 
 
 def seed():
@@ -192,7 +192,7 @@ def test_refused_api_change_changes_nothing_and_a_good_one_reaches_the_checker()
 
 
 def test_make_service_runs_the_checker_over_the_balancer():
-    """C{makeService} puts a L{HealthChecker} named C{health} over the
+    """The assembly puts a L{HealthChecker} named C{health} over the
     balancer in the service tree; started, it probes each backend with the
     check from the command line."""
     options = Options()
@@ -201,12 +201,13 @@ def test_make_service_runs_the_checker_over_the_balancer():
         "--listen", "tcp:0", "--admin", "tcp:0:interface=127.0.0.1",
         "--check", "tcp", "--check-interval", "3", "--check-timeout", "1",
     ])
-    from lbproxy.tap import makeService
+    from lbproxy.assembly import assemble
 
     reactor = MemoryReactorClock()
-    top = makeService(options, reactor=reactor)
+    assembly = assemble(options.spec, reactor)
+    top = assembly.top
     checker = top.getServiceNamed("health")
-    assert isinstance(checker, HealthChecker) and checker.balancer is top.balancer
+    assert isinstance(checker, HealthChecker) and checker.balancer is assembly.balancer
     top.startService()
     try:
         reactor.advance(0)

@@ -141,7 +141,8 @@ def test_plugin_on_pythonpath_selectable_from_command_line(tmp_path):
         "o = Options()\n"
         "o.parseOptions(['--strategy', 'lowest-port', '--strategy-options', '{\"max_active\": 3}',"
         " '--backend', '127.0.0.1:9001'])\n"
-        "print(o['seed'].strategy.name, o['factories']['lowest-port'].build({'max_active': 3}).max_active)\n"
+        "from lbproxy.policy.plugins import strategy_factories\n"
+        "print(o.spec.seed.strategy.name, strategy_factories()['lowest-port'].build({'max_active': 3}).max_active)\n"
     )
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{repo}")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)

@@ -327,13 +327,14 @@ def test_backend_view_says_when_the_address_is_from_an_old_lookup(factories):
 
 
 def test_command_line_builds_and_wires_the_resolver():
-    """makeService runs one resolver as a service, gives it to the balancer
+    """The assembly runs one resolver as a service, gives it to the balancer
     (so engines and checks use it) and it looks the backends' names up at
     start and a new backend's at once; --dns-server is parsed into servers and a bad one is a usage
     error naming the flag (the twistd test proves the servers are asked)."""
     from twisted.python import usage
 
-    from lbproxy.tap import Options, makeService
+    from lbproxy.assembly import assemble
+    from lbproxy.tap import Options
 
     def parse(*args):
         o = Options()
@@ -343,15 +344,16 @@ def test_command_line_builds_and_wires_the_resolver():
     with pytest.raises(usage.UsageError, match="--dns-server 'nowhere' is not HOST:PORT"):
         parse("--backend", "web.test:80", "--dns-server", "nowhere")
     o = parse("--backend", "web.test:80", "--dns-server", "127.0.0.1:5353,[::1]:53", "--dns-refresh", "7")
-    assert o["dns-server"] == [("127.0.0.1", 5353), ("::1", 53)]
+    assert o.spec.dns_servers == (("127.0.0.1", 5353), ("::1", 53))
     reactor = MemoryReactorClock()
-    top = makeService(o, reactor)
+    built = assemble(o.spec, reactor)
+    top = built.top
     resolver = top.getServiceNamed("resolver")
-    assert top.balancer.resolver is resolver and resolver.refresh == 7.0
+    assert built.balancer.resolver is resolver and resolver.refresh == 7.0
     resolver.startService()
     assert resolver.lookups == 1
     from lbproxy.model.config import add_backend
 
-    top.controller.change(lambda c: add_backend(c, {"host": "new.test", "port": 81}))
+    built.controller.change(lambda c: add_backend(c, {"host": "new.test", "port": 81}))
     assert resolver.lookups == 2
     assert resolver.stopService() is None

@@ -21,7 +21,8 @@ from lbproxy.model.config import Backend, Config, StrategyChoice
 from lbproxy.control.store import open_store
 from lbproxy.control.store.file import FileStore, checksum
 from lbproxy.control.store.memory import MemoryStore
-from lbproxy.tap import Options, makeService
+from lbproxy.assembly import assemble
+from lbproxy.tap import Options
 
 SEED = Config(version=1, backends=(Backend("b1", "127.0.0.1", 9001),), strategy=StrategyChoice("random"))
 STORED = Config(
@@ -92,16 +93,16 @@ def test_stored_config_without_flags_no_warning(tmp_path, logged):
 
 def test_make_service_seed_then_stored(tmp_path):
     """
-    Through twistd's Options and makeService: the first start uses
+    Through twistd's Options and the assembly: the first start uses
     --backend; once a config is stored, a start with other flags runs the
     stored pool and strategy.
     """
-    first = makeService(options("--state-dir", str(tmp_path), "--backend", "127.0.0.1:9001"), MemoryReactorClock())
+    first = assemble(options("--state-dir", str(tmp_path), "--backend", "127.0.0.1:9001").spec, MemoryReactorClock())
     assert [b.port for b in first.balancer.config.backends] == [9001]
     assert first.balancer.config.version == 0
     store_config(tmp_path, STORED)
-    again = makeService(
-        options("--state-dir", str(tmp_path), "--backend", "127.0.0.1:9555", "--strategy", "random"),
+    again = assemble(
+        options("--state-dir", str(tmp_path), "--backend", "127.0.0.1:9555", "--strategy", "random").spec,
         MemoryReactorClock(),
     )
     assert again.balancer.config == STORED
@@ -113,7 +114,7 @@ def test_state_dir_is_created(tmp_path):
     """A missing --state-dir is created (private to the user) and made absolute."""
     target = tmp_path / "a" / "state"
     o = options("--state-dir", str(target))
-    assert o["state-dir"] == str(target)
+    assert o.spec.state_dir == str(target)
     assert target.is_dir() and (target.stat().st_mode & 0o777) == 0o700
 
 
@@ -127,14 +128,14 @@ def test_state_dir_unusable_is_usage_error(tmp_path, make):
 
 def test_unusable_store_refuses_to_start(tmp_path):
     """
-    If config.json and config.json.prev are both damaged, makeService stops
+    If config.json and config.json.prev are both damaged, the assembly stops
     with a one-line SystemExit naming the file (twistd prints it, no
     traceback), instead of starting with some other config.
     """
     (tmp_path / "config.json").write_text('{"format": 1, "checksum": "sha256:00", "config": {}}')
     (tmp_path / "config.json.prev").write_text("")
     with pytest.raises(SystemExit) as e:
-        makeService(options("--state-dir", str(tmp_path)), MemoryReactorClock())
+        assemble(options("--state-dir", str(tmp_path)).spec, MemoryReactorClock())
     message = str(e.value.code)
     assert "\n" not in message
     assert f"{tmp_path}/config.json fails its checksum" in message
@@ -148,5 +149,5 @@ def test_stored_unknown_strategy_refuses_to_start(tmp_path):
         json.dumps({"format": 1, "checksum": checksum(body), "config": body})
     )
     with pytest.raises(SystemExit) as e:
-        makeService(options("--state-dir", str(tmp_path)), MemoryReactorClock())
+        assemble(options("--state-dir", str(tmp_path)).spec, MemoryReactorClock())
     assert "no-such-plugin" in str(e.value.code) and str(tmp_path) in str(e.value.code)

@@ -5,6 +5,7 @@ build the service tree.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,10 @@ def parse(*args):
     (["--retries", "-1"], "--retries must be at least 0"),
     (["--connect-timeout", "soon"], "--connect-timeout must be a number"),
     (["--max-connections", "0"], "--max-connections must be at least 1"),
+    (["--backlog", "0"], "--backlog must be at least 1"),
+    (["--backlog", "99999999999"], "--backlog must be at most 1048576"),
+    (["--listen", "tcp:80:backlog=0"], "--listen 'tcp:80:backlog=0' is not a valid endpoint: backlog must be"),
+    (["--demo"], "--demo moved: run 'twistd -n lbproxy-demo'"),
 ])
 def test_bad_flags_are_usage_errors(args, message):
     """Each malformed flag is refused with a message naming it."""
@@ -49,36 +54,144 @@ def test_bad_flags_are_usage_errors(args, message):
 
 def test_good_flags_seed_the_config():
     """Backends, weights and the strategy from the command line form
-    version 1 of the config."""
+    version 1 of the config, in the spec."""
     o = parse("--backend", "127.0.0.1:9001", "--backend", "127.0.0.1:9002,weight=3,proxy=v1",
               "--strategy", "weighted-round-robin", "--retries", "4", "--no-access-log")
-    seed = o["seed"]
+    seed = o.spec.seed
     assert [(b.id, b.port, b.weight, b.proxy_protocol) for b in seed.backends] == [
         ("b1", 9001, 1, None), ("b2", 9002, 3, "v1"),
     ]
     assert seed.strategy.name == "weighted-round-robin" and seed.version == 1
-    assert o["settings"].retries == 4 and not o["settings"].access_log
+    assert o.spec.settings.retries == 4 and not o.spec.settings.access_log
+    assert o.spec.seed_flags == ("--backend", "--strategy")
 
 
-def test_make_service_builds_a_multiservice():
-    """makeService returns a MultiService holding the proxy listener."""
-    o = parse("--listen", "tcp:0:interface=127.0.0.1", "--backend", "127.0.0.1:9001")
-    top = makeService(o, reactor=MemoryReactorClock())
+def test_options_hold_only_flags_and_the_spec_is_frozen():
+    """postOptions leaves the flags as given (no built objects in the
+    Options dict) and puts everything checked in one frozen spec."""
+    import dataclasses
+
+    o = parse("--backend", "127.0.0.1:9001", "--listen", "tcp:0:interface=127.0.0.1")
+    assert set(o) <= {name for name, *_ in o.optParameters} | {name for name, *_ in o.optFlags} | {"backends"}
+    assert all(v is None or isinstance(v, (str, int, list)) for v in o.values())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.spec.backlog = 1
+
+
+def test_spec_fields_read_from_flags():
+    """A spec field declared with flag() is read from its flag, with no
+    other code: adding an option is one optParameters line and one field."""
+    from dataclasses import fields
+
+    from lbproxy.tap import ProxySpec
+
+    declared = {f.metadata["flag"] for f in fields(ProxySpec) if "flag" in f.metadata}
+    assert "admin-open-reads" in declared
+    assert parse().spec.admin_open_reads is False
+
+
+@pytest.mark.parametrize("args, backlog", [
+    ([], "default"),
+    (["--backlog", "77"], 77),
+    (["--listen", "tcp:0:interface=127.0.0.1:backlog=33", "--backlog", "77"], 33),
+])
+def test_backlog_default_flag_and_endpoint(args, backlog):
+    """The proxy's backlog is 4096 capped by somaxconn, unless --backlog
+    says otherwise; an endpoint's own backlog= wins over both."""
+    from lbproxy.endpoints import default_backlog
+
+    o = parse("--listen", "tcp:0:interface=127.0.0.1", *args)
+    assert o.spec.backlog == (default_backlog() if backlog == "default" else backlog)
+
+
+def test_default_backlog_is_capped_by_somaxconn(tmp_path):
+    """The default backlog is 4096, or somaxconn when lower; unreadable
+    somaxconn leaves 4096."""
+    from lbproxy.endpoints import default_backlog, somaxconn
+
+    assert default_backlog(cap=128) == 128
+    assert default_backlog(cap=65535) == 4096
+    assert somaxconn(str(tmp_path / "missing")) is None
+    assert default_backlog(cap=None) == min(4096, somaxconn() or 4096)
+
+
+def test_assemble_builds_a_multiservice():
+    """The assembly's top is a MultiService holding the proxy and admin
+    listeners; its parts are handed back, not hung on the top service."""
+    from lbproxy.assembly import assemble
+
+    o = parse("--listen", "tcp:0:interface=127.0.0.1", "--admin", "tcp:0:interface=127.0.0.1",
+              "--backend", "127.0.0.1:9001", "--engine", "twisted")
+    assembly = assemble(o.spec, reactor=MemoryReactorClock())
+    top = assembly.top
     assert IServiceCollection.providedBy(top)
-    assert top.getServiceNamed("proxy") is not None
+    assert top.getServiceNamed("proxy") is assembly.proxy
+    assert top.getServiceNamed("admin") is assembly.admin_listener
+    assert assembly.balancer.config.backends[0].port == 9001
+    assert not any(hasattr(top, name) for name in ("balancer", "controller", "admin", "membership", "store"))
 
 
-def test_twistd_refuses_bad_flags_and_starts_nothing():
-    """twistd with a bad flag exits non-zero with the reason, and no
-    traceback."""
-    out = subprocess.run(
-        [*TWISTD, "-n", "--pidfile=", "lbproxy", "--strategy", "nope"],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+def test_fd_limit_fits_or_refuses():
+    """The soft open-files limit is raised to the hard one; a default
+    --max-connections is lowered to fit it; a given one that does not fit
+    refuses to start with the numbers (on a fake resource module: this
+    process's limits are left alone)."""
+    from dataclasses import replace
+
+    from lbproxy.limits import RESERVED, fit_descriptors
+
+    class Resource:
+        RLIMIT_NOFILE, RLIM_INFINITY = 7, -1
+
+        def __init__(self, soft, hard):
+            self.limits = (soft, hard)
+
+        def getrlimit(self, which):
+            return self.limits
+
+        def setrlimit(self, which, limits):
+            self.limits = limits
+
+    spec = parse("--backend", "127.0.0.1:9001").spec
+    res = Resource(1024, 100_000)
+    assert fit_descriptors(spec, res) is spec and res.limits == (100_000, 100_000)
+    res = Resource(256, 1024)
+    lowered = fit_descriptors(spec, res)
+    assert res.limits == (1024, 1024)
+    assert lowered.settings.max_connections == (1024 - RESERVED - 1) // 2
+    given = parse("--backend", "127.0.0.1:9001", "--max-connections", "1000").spec
+    with pytest.raises(SystemExit) as e:
+        fit_descriptors(given, Resource(256, 1024))
+    assert str(e.value) == (
+        f"lbproxy: --max-connections 1000 needs {2000 + RESERVED + 1} open files "
+        f"(2 per connection + {RESERVED + 1}) but the limit is 1024; "
+        "lower --max-connections or raise the limit (ulimit -n, LimitNOFILE=)"
     )
-    assert out.returncode != 0
-    assert "unknown strategy 'nope'" in out.stdout + out.stderr
-    assert "Traceback" not in out.stdout + out.stderr
+    assert fit_descriptors(replace(given, settings=replace(given.settings, max_connections=400)), Resource(256, 1024))
+
+
+def _twistd(*args, **kw):
+    return subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", *args], capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, **kw,
+    )
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--strategy", "nope"], "unknown strategy 'nope'"),
+    (["--colour", "red"], "option --colour not recognized"),
+    (["--backlog", "many"], "--backlog must be a number"),
+])
+def test_twistd_refuses_bad_flags_in_one_line(args, reason):
+    """twistd with a bad flag exits 1 with the reason on one line and a
+    hint where the options are, instead of twistd's whole help; no
+    traceback, nothing started."""
+    out = _twistd("lbproxy", *args)
+    assert out.returncode == 1
+    text = (out.stdout + out.stderr).strip()
+    lines = text.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"lbproxy: {reason}"), text
+    assert lines[1] == "see: twistd lbproxy --help"
 
 
 def test_plugin_module_imports_nothing_of_the_app():
@@ -90,7 +203,7 @@ def test_plugin_module_imports_nothing_of_the_app():
         "from twisted.plugin import getPlugins\n"
         "from twisted import plugins\n"
         "names = [p.tapname for p in getPlugins(IServiceMaker, plugins)]\n"
-        "assert 'lbproxy' in names, names\n"
+        "assert 'lbproxy' in names and 'lbproxy-demo' in names, names\n"
         "print(sorted(m for m in sys.modules if m.startswith('lbproxy.') and m not in"
         " ('lbproxy.policy.strategies', 'lbproxy.policy.strategies.builtin', 'lbproxy.interfaces', 'lbproxy.policy.pool', 'lbproxy.model.config')))\n"
         "print('twisted.internet.reactor' in sys.modules)\n"
@@ -101,11 +214,12 @@ def test_plugin_module_imports_nothing_of_the_app():
     assert out.stdout.split("\n")[:2] == ["[]", "False"]
 
 
-@pytest.mark.parametrize("engine", ["twisted", "fast"])
+@pytest.mark.parametrize("engine", ["twisted", "fast", "workers"])
 @pytest.mark.parametrize("flag", ["--listen", "--admin"])
 def test_taken_port_is_named_and_exit_is_non_zero(engine, flag):
-    """A port already in use stops twistd with one line naming the address,
-    a non-zero exit and no traceback, whichever listener it is."""
+    """A port already in use stops twistd with one plain line naming the
+    endpoint and the reason and exit 1, whichever listener it is, before
+    any listener starts (the admin site never logs that it starts)."""
     import socket
 
     taken = socket.socket()
@@ -117,18 +231,144 @@ def test_taken_port_is_named_and_exit_is_non_zero(engine, flag):
     ports[flag] = taken.getsockname()[1]
     free.close()
     try:
-        out = subprocess.run(
-            [*TWISTD, "-n", "--pidfile=", "lbproxy", "--engine", engine,
-             "--listen", f"tcp:{ports['--listen']}:interface=127.0.0.1",
-             "--admin", f"tcp:{ports['--admin']}:interface=127.0.0.1",
-             "--backend", "127.0.0.1:9"],
-            capture_output=True, text=True, timeout=60, cwd=REPO,
-            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        out = _twistd(
+            "lbproxy", *(["--workers", "2"] if engine == "workers" else ["--engine", engine]),
+            "--listen", f"tcp:{ports['--listen']}:interface=127.0.0.1",
+            "--admin", f"tcp:{ports['--admin']}:interface=127.0.0.1",
+            "--backend", "127.0.0.1:9",
         )
     finally:
         taken.close()
     text = out.stdout + out.stderr
-    assert out.returncode != 0
+    assert out.returncode == 1
     assert "Traceback" not in text
-    assert str(ports[flag]) in text
-    assert "cannot listen" in text
+    assert f"lbproxy: cannot listen on tcp:{ports[flag]}:interface=127.0.0.1: Address already in use" in text.splitlines()
+    assert "Site starting" not in text and "listening on" not in text, text
+
+
+class _Running:
+    """One twistd lbproxy child, read until it says both listeners listen."""
+
+    def __init__(self, *args, preexec_fn=None, deadline=30.0):
+        import selectors
+        import time
+
+        self.proc = subprocess.Popen(
+            [*TWISTD, "-n", "--pidfile=", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
+            preexec_fn=preexec_fn,
+        )
+        self.text = ""
+        selector = selectors.DefaultSelector()
+        selector.register(self.proc.stdout, selectors.EVENT_READ)
+        end = time.monotonic() + deadline
+        try:
+            while "admin API and UI listening on" not in self.text:
+                if time.monotonic() > end or self.proc.poll() is not None:
+                    raise AssertionError(f"twistd did not start:\n{self.text}")
+                if selector.select(timeout=max(0.0, end - time.monotonic())):
+                    self.text += os.read(self.proc.stdout.fileno(), 65536).decode(errors="replace")
+        finally:
+            selector.close()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+def _send_q(port):
+    """The Send-Q column of ss for a listener: its backlog, as the kernel
+    applies it."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10)
+    return [int(line.split()[2]) for line in out.stdout.splitlines()]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("engine", ["twisted", "fast"])
+@pytest.mark.parametrize("args, expected", [
+    ([], "default"),
+    (["--backlog", "77"], 77),
+    (["--listen-backlog", "33"], 33),
+])
+def test_listener_backlog_is_what_was_asked(engine, args, expected):
+    """The proxy listener's accept queue in the kernel (ss's Send-Q) is
+    4096 capped by somaxconn by default, --backlog when given, and the
+    endpoint's backlog= over both; both listeners are logged at start."""
+    from lbproxy.endpoints import default_backlog
+
+    listen, admin = _free_port(), _free_port()
+    description = f"tcp:{listen}:interface=127.0.0.1"
+    if args and args[0] == "--listen-backlog":
+        description += f":backlog={args[1]}"
+        args = ["--backlog", "1000"]
+    want = default_backlog() if expected == "default" else expected
+    running = _Running("lbproxy", "--engine", engine, "--listen", description,
+                       "--admin", f"tcp:{admin}:interface=127.0.0.1", "--backend", "127.0.0.1:9", *args)
+    try:
+        assert _send_q(listen) == [want]
+        assert f"proxy ({engine} engine) listening on 127.0.0.1:{listen} ({description}, backlog {want})" in running.text
+        assert f"admin API and UI listening on 127.0.0.1:{admin}" in running.text
+    finally:
+        running.stop()
+
+
+def _limit_nofile(soft, hard):
+    def limit():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return limit
+
+
+@pytest.mark.integration
+def test_open_files_limit_raised_and_max_connections_fitted():
+    """Started with a soft limit of 256 (hard 1024, set in the child
+    only), lbproxy raises its soft limit to 1024 and lowers the default
+    --max-connections to what fits, saying so."""
+    from lbproxy.limits import RESERVED
+
+    listen, admin = _free_port(), _free_port()
+    running = _Running(
+        "lbproxy", "--listen", f"tcp:{listen}:interface=127.0.0.1",
+        "--admin", f"tcp:{admin}:interface=127.0.0.1", "--backend", "127.0.0.1:9",
+        preexec_fn=_limit_nofile(256, 1024),
+    )
+    try:
+        limits = Path(f"/proc/{running.proc.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == ["1024", "1024"], line
+        fits = (1024 - RESERVED - 1) // 2
+        assert f"--max-connections is {fits}, not 10000" in running.text
+    finally:
+        running.stop()
+
+
+def test_max_connections_that_cannot_fit_refuses_to_start():
+    """A given --max-connections that the hard open-files limit cannot
+    hold stops twistd with one line naming the numbers."""
+    from lbproxy.limits import RESERVED
+
+    out = _twistd("lbproxy", "--listen", "tcp:0:interface=127.0.0.1", "--admin", "tcp:0:interface=127.0.0.1",
+                  "--backend", "127.0.0.1:9", "--max-connections", "5000", preexec_fn=_limit_nofile(256, 1024))
+    text = (out.stdout + out.stderr).strip()
+    assert out.returncode == 1
+    assert text.splitlines()[-1] == (
+        f"lbproxy: --max-connections 5000 needs {10000 + RESERVED + 1} open files "
+        f"(2 per connection + {RESERVED + 1}) but the limit is 1024; "
+        "lower --max-connections or raise the limit (ulimit -n, LimitNOFILE=)"
+    ), text
+    assert "listening on" not in text

@@ -153,8 +153,8 @@ def test_token_file(tmp_path):
     """--admin-token-file reads the token; bad files are UsageErrors."""
     f = tmp_path / "token"
     f.write_text(TOKEN + "\n")
-    assert _parse("--admin-token-file", str(f))["admin-token"] == TOKEN
-    assert _parse()["admin-token"] is None
+    assert _parse("--admin-token-file", str(f)).spec.admin_token == TOKEN
+    assert _parse().spec.admin_token is None
     with pytest.raises(usage.UsageError, match="cannot read"):
         _parse("--admin-token-file", str(tmp_path / "missing"))
     f.write_text("short")
@@ -173,8 +173,8 @@ def test_non_loopback_admin_needs_token(tmp_path):
         _parse("--admin", "tcp:0:interface=0.0.0.0")
     f = tmp_path / "token"
     f.write_text(TOKEN)
-    assert _parse("--admin", "tcp:0", "--admin-token-file", str(f))["admin-token"] == TOKEN
-    assert _parse("--admin", "tcp:0:interface=127.0.0.1")["admin-token"] is None
+    assert _parse("--admin", "tcp:0", "--admin-token-file", str(f)).spec.admin_token == TOKEN
+    assert _parse("--admin", "tcp:0:interface=127.0.0.1").spec.admin_token is None
     with pytest.raises(usage.UsageError, match="open-reads"):
         _parse("--admin-open-reads")
 

@@ -219,24 +219,26 @@ def test_routing_batches_beyond_the_sample_keep_their_counts(factories):
 
 
 def test_twistd_wiring_follows_the_controller_and_shows_the_workers():
-    """With C{--workers 2}, makeService registers the pool with the config
+    """With C{--workers 2}, the assembly registers the pool with the config
     controller (a change reaches C{applied}) and GET /api/v1/status lists
     its workers."""
     from treq.testing import StubTreq
     from twisted.internet.testing import MemoryReactorClock
 
-    from lbproxy.tap import Options, makeService
+    from lbproxy.assembly import assemble
+    from lbproxy.tap import Options
     from tests.webtools import settle
 
     o = Options()
     o.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "--backend", "127.0.0.1:9001"])
-    top = makeService(o, reactor=MemoryReactorClock())
+    built = assemble(o.spec, MemoryReactorClock())
+    top = built.top
     pool = top.getServiceNamed("proxy")
     heard = []
     pool.applied = lambda old, new: heard.append((old.version, new.version))
-    top.controller.change(lambda c: (dataclasses.replace(c, version=c.version + 1), None))
+    built.controller.change(lambda c: (dataclasses.replace(c, version=c.version + 1), None))
     assert heard == [(1, 2)]
-    stub = StubTreq(top.admin.resource())
+    stub = StubTreq(built.admin.resource())
     response = settle(stub, stub.get("http://admin.test/api/v1/status"))
     body = json.loads(settle(stub, stub.content(response)))
     assert body["workers"] == [None, None] and body["worker_restarts"] == 0

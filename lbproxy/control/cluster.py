@@ -321,17 +321,15 @@ def admin_url(endpoint: str, reactor: Any = None) -> str | None:
     """
     import socket
 
-    from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor
+    from lbproxy.endpoints import parse_endpoint
 
     try:
-        ep = serverFromString(MemoryReactor(), endpoint)
-    except Exception:
+        ep = parse_endpoint(endpoint, reactor)
+    except ValueError:
         return None
-    port = getattr(ep, "_port", None)
-    if port is None:
+    if not ep.tcp:
         return None
-    host = getattr(ep, "_interface", "") or socket.gethostname()
+    host, port = ep.host, ep.port
     if host in ("0.0.0.0", "::"):
         host = socket.gethostname()
     if ":" in host:
@@ -347,11 +345,9 @@ def listening_admin_url(endpoint: str, service: Any) -> Callable[[], str | None]
 
     def url() -> str | None:
         static = admin_url(endpoint)
-        waiting = getattr(service, "_waitingForPort", None)
-        if static and static.endswith(":0") and waiting is not None and waiting.called:
-            port = getattr(waiting.result, "getHost", None)
-            if port is not None:
-                return f"{static.rsplit(':', 1)[0]}:{port().port}"
+        where = service.address()
+        if static and static.endswith(":0") and where is not None:
+            return f"{static.rsplit(':', 1)[0]}:{where[1]}"
         return static
 
     return url

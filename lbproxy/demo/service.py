@@ -183,60 +183,56 @@ class DemoService(Service):
     the demo API is mounted on the admin site, the demo's state goes out on
     the event feed twice a second, and on stop users and backends go away.
 
-    @ivar top: lbproxy's service tree (C{.balancer}, C{.admin}, and the
-        C{proxy} and C{admin} listeners).
+    @ivar assembly: lbproxy's parts (L{lbproxy.assembly.Assembly}); this
+        service starts after them.
     """
 
-    def __init__(self, demo: Demo, top: Any, reactor: Any = None) -> None:
+    def __init__(self, demo: Demo, assembly: Any, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.demo = demo
-        self.top = top
+        self.assembly = assembly
         self._reactor = reactor
         self._ticker: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
-        admin = getattr(self.top, "admin", None)
-        if admin is not None:
-            from lbproxy.demo.api import DemoAPI
+        admin = self.assembly.admin
+        from lbproxy.demo.api import DemoAPI
 
-            try:
-                admin.add_extension("demo", DemoAPI(self.demo))
-            except ValueError:
-                pass  # mounted by an earlier start of this service
-            else:
-                # The UI looks here to know whether to show its demo panel.
-                admin.add_status_provider(lambda: {"demo": {"api": "/api/v1/demo"}})
-        _listening_address(self.top.getServiceNamed("proxy")).addCallback(
-            self._proxy_listening
-        ).addErrback(lambda f: log.failure("demo users cannot start", f))
         try:
-            admin_service = self.top.getServiceNamed("admin")
-        except KeyError:
-            admin_service = None
-        if admin_service is not None:
-            _listening_address(admin_service).addCallback(self._announce).addErrback(
-                lambda f: log.failure("cannot tell where the admin UI is", f)
-            )
+            admin.add_extension("demo", DemoAPI(self.demo))
+        except ValueError:
+            pass  # mounted by an earlier start of this service
+        else:
+            # The UI looks here to know whether to show its demo panel.
+            admin.add_status_provider(lambda: {"demo": {"api": "/api/v1/demo"}})
+        proxy = listening_address(self.assembly.proxy)
+        if proxy is None:
+            log.error("demo users cannot start: the proxy does not listen on TCP")
+        else:
+            self.demo.start_users(*proxy)
+        where = listening_address(self.assembly.admin_listener)
+        if where is not None:
+            self._announce(where, proxy)
         self._ticker = LoopingCall(self.publish)
         self._ticker.clock = self._reactor
         self._ticker.start(0.5, now=False)
 
-    def _proxy_listening(self, address: tuple[str, int]) -> None:
-        if self.running:
-            self.demo.start_users(*address)
+    def _announce(self, address: tuple[str, int], proxy: tuple[str, int] | None) -> None:
+        def shown(host: str) -> str:
+            return f"[{host}]" if ":" in host else host
 
-    def _announce(self, address: tuple[str, int]) -> None:
         host, port = address
-        shown = f"[{host}]" if ":" in host else host
         lines = [
             "",
             "  lbproxy demo is running",
-            f"  open the dashboard:  http://{shown}:{port}/",
+            f"  open the dashboard:  http://{shown(host)}:{port}/",
         ]
-        admin = getattr(self.top, "admin", None)
-        token = getattr(getattr(admin, "policy", None), "token", None)
+        if proxy is not None:
+            lines.append(f"  the proxy listens:   {shown(proxy[0])}:{proxy[1]}"
+                         f"  (try: curl http://{shown(proxy[0])}:{proxy[1]}/)")
+        token = getattr(getattr(self.assembly.admin, "policy", None), "token", None)
         if token:
             lines.append("  admin token:         the one in --admin-token-file (the page asks for it)")
         lines += [
@@ -246,12 +242,11 @@ class DemoService(Service):
             "  stop with Ctrl-C",
             "",
         ]
-        text = "\n".join(lines)
-        print(text, file=sys.__stdout__, flush=True)
-        log.info("demo dashboard at http://{host}:{port}/", host=shown, port=port)
+        print("\n".join(lines), file=sys.__stdout__, flush=True)
+        log.info("demo dashboard at http://{host}:{port}/", host=shown(host), port=port)
 
     def publish(self) -> None:
-        events = self.top.balancer.events
+        events = self.assembly.balancer.events
         if events.subscriber_count:
             events.publish("demo", self.demo.event())
 
@@ -264,144 +259,97 @@ class DemoService(Service):
         return self.demo.close()
 
 
-# Wiring into twistd (called from lbproxy.tap) ---------------------------
-
-
-def check_demo_options(options: Any) -> None:
+def listening_address(service: Any) -> tuple[str, int] | None:
     """
-    Check C{--demo-users} and C{--demo-ports}; store them parsed as
-    C{options["demo-users"]} (int) and C{options["demo-ports"]} (list).
+    Where a started listener of lbproxy (the proxy or the admin site)
+    accepts connections, on loopback for a wildcard address; C{None} if it
+    is not a TCP listener.
+    """
+    address = getattr(service, "address", None)
+    if address is not None:
+        return address()
+    port = getattr(service, "port", None)  # the worker pool
+    if isinstance(port, int):
+        host = getattr(service, "host", "127.0.0.1")
+        return ("::1" if host == "::" else "127.0.0.1" if host == "0.0.0.0" else host), port
+    return None
 
+
+# Checks and start, for lbproxy.demo.tap -------------------------------------
+
+
+def check_demo_options(users: Any, ports: Any, state_dir: str | None = None) -> tuple[int, tuple[int, ...]]:
+    """
+    Check C{--demo-users} and C{--demo-ports}.
+
+    @return: C{(users, ports)}, parsed.
     @raise twisted.python.usage.UsageError: for bad values.
     """
     from twisted.python import usage
 
     from lbproxy.demo.users import MAX_USERS
 
-    users = options["demo-users"]
     try:
         n = int(users)
     except (TypeError, ValueError):
         raise usage.UsageError(f"--demo-users must be a number, not {users!r}") from None
     if not 0 <= n <= MAX_USERS:
         raise usage.UsageError(f"--demo-users must be from 0 to {MAX_USERS}, not {n}")
-    options["demo-users"] = n
-    raw = options["demo-ports"]
-    if isinstance(raw, list):
-        return
-    ports = []
-    for part in str(raw).split(","):
+    parsed = []
+    for part in str(ports).split(","):
         part = part.strip()
         if not part.isdigit() or int(part) > 65535:
-            raise usage.UsageError(f"--demo-ports must be port numbers separated by commas, not {raw!r}")
-        ports.append(int(part))
-    if not 1 <= len(ports) <= len(DEMO_BACKENDS):
-        raise usage.UsageError(f"--demo-ports must list 1 to {len(DEMO_BACKENDS)} ports, not {len(ports)}")
-    fixed = [p for p in ports if p]
+            raise usage.UsageError(f"--demo-ports must be port numbers separated by commas, not {ports!r}")
+        parsed.append(int(part))
+    if not 1 <= len(parsed) <= len(DEMO_BACKENDS):
+        raise usage.UsageError(f"--demo-ports must list 1 to {len(DEMO_BACKENDS)} ports, not {len(parsed)}")
+    fixed = [p for p in parsed if p]
     if len(set(fixed)) != len(fixed):
-        raise usage.UsageError(f"--demo-ports lists a port twice: {raw!r}")
-    if options.get("state-dir") and len(fixed) != len(ports):
+        raise usage.UsageError(f"--demo-ports lists a port twice: {ports!r}")
+    if state_dir and len(fixed) != len(parsed):
         raise usage.UsageError(
             "--demo with --state-dir needs fixed --demo-ports (like 9001,9002,9003): "
             "the stored pool must find the demo backends on the same ports next time"
         )
-    options["demo-ports"] = ports
+    return n, tuple(parsed)
 
 
-def port_taken(description: str) -> str | None:
+def port_taken(endpoint: Any) -> str | None:
     """
-    Whether a plain C{tcp:PORT[:interface=HOST]} endpoint's port is in use,
-    so the demo can name it before it starts anything (a first-time user
-    may well have something on 8080 already).
+    Whether a TCP endpoint's fixed port is in use, so the demo can name it
+    before it starts anything (a first-time user may well have something
+    on 8080 already).
 
+    @param endpoint: an L{lbproxy.endpoints.Endpoint}.
     @return: a message naming the port, or C{None} if it is free or the
         endpoint is of another kind.
     """
-    import socket
+    from lbproxy.endpoints import bound_socket
 
-    fields = description.split(":")
-    if fields[0] not in ("tcp", "tcp6"):
+    if not endpoint.tcp or endpoint.port == 0:
         return None
-    args = [f for f in fields[1:] if "=" not in f]
-    kw = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
-    port = kw.get("port", args[0] if args else "")
-    if not port.isdigit() or int(port) == 0:
-        return None
-    family = socket.AF_INET6 if fields[0] == "tcp6" else socket.AF_INET
-    host = kw.get("interface", "::" if family == socket.AF_INET6 else "0.0.0.0")
-    if ":" in host and family == socket.AF_INET:
-        family = socket.AF_INET6
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, int(port)))
-        except OSError as e:
-            return f"port {port} on {host} is not available: {e.strerror or e}"
+    try:
+        bound_socket(endpoint.host, endpoint.port).close()
+    except OSError as e:
+        return f"port {endpoint.port} on {endpoint.host} is not available: {e.strerror or e}"
     return None
 
 
-def start_demo_backends(options: Any, reactor: Any) -> Demo:
+def start_demo_backends(spec: Any, reactor: Any) -> Demo:
     """
-    Open the demo backends' listeners and put them into the seed config.
+    Open the demo backends' listeners (after checking that lbproxy's own
+    ports are free).
 
+    @param spec: a L{lbproxy.demo.tap.DemoSpec}.
     @raise SystemExit: naming the port, if one is taken.
     """
-    if not isinstance(options["demo-ports"], list):
-        check_demo_options(options)
-    for flag in ("listen", "admin"):
-        problem = port_taken(options[flag])
+    for flag, endpoint in (("listen", spec.proxy.listen), ("admin", spec.proxy.admin)):
+        problem = port_taken(endpoint)
         if problem:
             raise SystemExit(f"lbproxy: cannot start the demo: --{flag} {problem}")
-    demo = Demo(options["demo-ports"], options["demo-users"], reactor=reactor)
+    demo = Demo(list(spec.ports), spec.users, reactor=reactor)
     try:
         demo.listen()
     except DemoError as e:
         raise SystemExit(f"lbproxy: cannot start the demo: {e}") from None
-    options["seed"] = demo.seed(options["seed"])
-    # One log line per demo request would bury the UI's address.
-    options["settings"] = replace(options["settings"], access_log=False)
     return demo
-
-
-def _listening_address(service: Any) -> defer.Deferred:
-    """
-    Where a listener of C{top} (the proxy or the admin site) accepts
-    connections, once it does: C{(host, port)}, with a wildcard host turned
-    into loopback.
-    """
-    def loopback(host: str, port: int) -> tuple[str, int]:
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        return host, port
-
-    waiting = getattr(service, "_waitingForPort", None)
-    if waiting is not None:
-        d: defer.Deferred = defer.Deferred()
-
-        def got(port: Any) -> Any:
-            address = port.getHost()
-            d.callback(loopback(address.host, address.port))
-            return port
-
-        waiting.addCallback(got)
-        return d
-    engine = getattr(service, "engine", None)
-    sock = getattr(engine, "listener", None)
-    if sock is not None and hasattr(sock, "getsockname"):
-        host, port = sock.getsockname()[:2]
-        return defer.succeed(loopback(host, port))
-    return defer.fail(RuntimeError(f"cannot tell where {service.name!r} listens"))
-
-
-def demo_service(demo: Demo, top: Any, reactor: Any) -> "DemoService":
-    """
-    The service that runs the users against C{top}'s proxy listener,
-    mounts the demo API on the admin site, publishes the demo's state on
-    the balancer's event feed, and prints where the UI is.
-    """
-    service = DemoService(demo, top, reactor)
-    service.setName("demo")
-    top.demo = demo
-    return service

@@ -296,14 +296,12 @@ class HealthChecker(Service):
     def http_client(self) -> Any:
         if self._http_client is None:
             from treq.client import HTTPClient
-            from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-
-            class _QuietHTTPFactory(_HTTP11ClientFactory):
-                noisy = False
+            from twisted.web.client import Agent, HTTPConnectionPool
 
             pool = HTTPConnectionPool(self.reactor, persistent=False)
-            pool._factory = _QuietHTTPFactory
-            self._http_client = HTTPClient(Agent(self.reactor, pool=pool))
+            self._http_client = HTTPClient(
+                Agent.usingEndpointFactory(self.reactor, _QuietEndpoints(self.reactor), pool=pool)
+            )
         return self._http_client
 
     def startService(self) -> None:
@@ -461,3 +459,26 @@ def settings_from_options(options: Any) -> dict[str, Any]:
         return parse_settings(raw, "cli")
     except ConfigError as e:
         raise usage.UsageError(_flag_message(str(e))) from None
+
+
+class _QuietEndpoints:
+    """
+    Plain-HTTP endpoints for the checks' agent whose connection factories
+    do not log "Starting factory" for every probe (public API: an
+    C{IAgentEndpointFactory} instead of the pool's private factory class).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def endpointForURI(self, uri: Any) -> Any:
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        endpoint = HostnameEndpoint(self.reactor, uri.host, uri.port)
+
+        class _Quiet:
+            def connect(self, factory: Any) -> Any:
+                factory.noisy = False
+                return endpoint.connect(factory)
+
+        return _Quiet()

@@ -31,11 +31,11 @@ import socket
 from collections import deque
 from typing import Any, Callable
 
-from twisted.application.service import Service
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from lbproxy.endpoints import listening_socket  # noqa: F401  (moved there; imported from here too)
 from lbproxy.interfaces import IBalancer, IRelayedConnection
 from lbproxy.policy.pool import AccessRecord, Candidate
 from lbproxy.relay.proxyprotocol import header
@@ -846,82 +846,3 @@ class FastRelay:
                 self._resolver = Resolver(self.reactor)
             resolver = self._resolver
         return resolver.resolve(host, port)
-
-
-def listening_socket(
-    host: str, port: int, backlog: int = 511, reuse_port: bool = False, family: int | None = None
-) -> socket.socket:
-    """
-    Bind and listen, as C{listenTCP} would (with C{SO_REUSEADDR}), and
-    optionally C{SO_REUSEPORT} so several worker processes share the port.
-
-    @raise OSError: if the address cannot be bound.
-    """
-    if family is None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def parse_tcp_endpoint(description: str) -> tuple[str, int, int] | None:
-    """
-    @return: C{(interface, port, backlog)} if C{description} is a plain
-        C{tcp:} or C{tcp6:} server endpoint the fast engine can own, else
-        C{None}.
-    """
-    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-    from twisted.internet.testing import MemoryReactor
-
-    try:
-        endpoint = serverFromString(MemoryReactor(), description)
-    except Exception:
-        return None
-    if type(endpoint) is TCP4ServerEndpoint:
-        return endpoint._interface or "0.0.0.0", endpoint._port, endpoint._backlog
-    if type(endpoint) is TCP6ServerEndpoint:
-        return endpoint._interface or "::", endpoint._port, endpoint._backlog
-    return None
-
-
-
-class FastRelayService(Service):
-    """
-    Runs a L{FastRelay} on a plain TCP listener while the application runs
-    (the fast engine's counterpart of C{StreamServerEndpointService}).
-    Binding happens in L{startService}, so a port in use fails the start
-    at once.
-
-    @ivar engine: the running L{FastRelay}, once started.
-    """
-
-    def __init__(
-        self, balancer: IBalancer, host: str, port: int, backlog: int = 511,
-        reuse_port: bool = False, reactor: Any = None,
-    ) -> None:
-        self.balancer = balancer
-        self.host = host
-        self.requested_port = port
-        self.backlog = backlog
-        self.reuse_port = reuse_port
-        self.reactor = reactor
-        self.engine: FastRelay | None = None
-
-    def startService(self) -> None:
-        sock = listening_socket(self.host, self.requested_port, self.backlog, self.reuse_port)
-        self.engine = FastRelay(self.balancer, sock, self.reactor)
-        self.engine.start()
-        super().startService()
-
-    def stopService(self) -> Any:
-        if self.engine is not None:
-            self.engine.stop_listening()
-        return super().stopService()

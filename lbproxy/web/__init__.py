@@ -46,27 +46,24 @@ def admin_site(app: Any) -> Any:
     return site
 
 
-def admin_service(options: Any, top: Any, reactor: Any = None) -> Any:
+def admin_service(spec: Any, controller: Any, balancer: Any, reactor: Any = None) -> tuple[Any, list[Any]]:
     """
-    Add the admin site to C{top} (the service tree of L{lbproxy.tap}): the
-    listener on C{--admin} and the stats sampler, which run while the
-    application runs.  The app is C{top.admin}, so other parts can mount
-    extensions or add status providers.
+    The admin site of L{lbproxy.tap.ProxySpec} C{spec}: the L{AdminApp}
+    (where other parts mount extensions or add status providers) and the
+    services that run it while the application runs: the stats sampler and
+    the listener on C{spec.admin}, named C{admin}.
 
-    @param options: the parsed L{lbproxy.tap.Options}.
-    @param top: the L{MultiService} with C{.balancer} and C{.controller}.
-    @return: the L{AdminApp}.
+    @return: C{(app, services)}.
     """
     if reactor is None:
         from twisted.internet import reactor
-    from twisted.application.internet import StreamServerEndpointService
     from twisted.application.service import Service
-    from twisted.internet.endpoints import serverFromString
 
+    from lbproxy.endpoints import ListenerService
     from lbproxy.web.app import AdminApp
 
-    policy = AdminPolicy(options.get("admin-token"), bool(options.get("admin-open-reads")))
-    app = AdminApp(top.controller, top.balancer, policy=policy, clock=reactor, node=options.get("node"))
+    policy = AdminPolicy(spec.admin_token, spec.admin_open_reads)
+    app = AdminApp(controller, balancer, policy=policy, clock=reactor, node=spec.node)
 
     class _Lifecycle(Service):
         def startService(self) -> None:
@@ -78,10 +75,8 @@ def admin_service(options: Any, top: Any, reactor: Any = None) -> Any:
             app.feed.close()
             return super().stopService()
 
-    _Lifecycle().setServiceParent(top)
-    service = StreamServerEndpointService(serverFromString(reactor, options["admin"]), admin_site(app))
-    service._raiseSynchronously = True
-    service.setName("admin")
-    service.setServiceParent(top)
-    top.admin = app
-    return app
+    listener = ListenerService(
+        spec.admin, admin_site(app), spec.admin.backlog or 50, "admin API and UI", reactor
+    )
+    listener.setName("admin")
+    return app, [_Lifecycle(), listener]

@@ -145,17 +145,15 @@ def loopback_only(description: str) -> bool:
     """
     import ipaddress
 
-    from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor
+    from lbproxy.endpoints import parse_endpoint
 
-    try:
-        endpoint = serverFromString(MemoryReactor(), description)
-    except Exception:
-        return False
-    if type(endpoint).__name__ == "UNIXServerEndpoint":
+    if description.startswith("unix:"):
         return True
-    interface = getattr(endpoint, "_interface", None)
-    if not isinstance(interface, str) or not interface:
+    try:
+        interface = parse_endpoint(description).interface
+    except ValueError:
+        return False
+    if not interface:
         return False
     if interface == "localhost":
         return True

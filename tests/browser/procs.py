@@ -50,7 +50,8 @@ def _pause(proc: subprocess.Popen, seconds: float) -> None:
 
 class LBProxy:
     """
-    One lbproxy process.
+    One lbproxy process (the demo plugin if the first argument is
+    C{--demo}).
 
     @ivar listen: the proxy's port.
     @ivar admin: the admin API's port.
@@ -64,8 +65,11 @@ class LBProxy:
         self.admin = admin or free_port()
         self.token = token
         self.log_path = log_dir / f"lbproxy-{self.admin}.log"
+        # "--demo" first runs the demo plugin (lbproxy composed with the demo).
+        plugin = "lbproxy-demo" if args[:1] == ("--demo",) else "lbproxy"
+        args = args[1:] if plugin == "lbproxy-demo" else args
         self.args = [
-            sys.executable, "-m", "twisted", "lbproxy",
+            sys.executable, "-m", "twisted", plugin,
             "--listen", f"tcp:{self.listen}:interface=127.0.0.1",
             "--admin", f"tcp:{self.admin}:interface=127.0.0.1",
             "--connect-timeout", "1", *args,

@@ -158,8 +158,9 @@ def test_http_changes_with_token(factories):
 
 @pytest_twisted.inlineCallbacks
 def test_twistd_service_serves_admin(tmp_path):
-    """makeService wires the admin site: it answers on --admin, the feed and stats run, and stopping ends them."""
-    from lbproxy.tap import Options, makeService
+    """The assembly wires the admin site: it answers on --admin, the feed and stats run, and stopping ends them."""
+    from lbproxy.assembly import assemble
+    from lbproxy.tap import Options
 
     reactor = _reactor()
     token = tmp_path / "token"
@@ -170,11 +171,11 @@ def test_twistd_service_serves_admin(tmp_path):
         "--admin-token-file", str(token), "--admin-open-reads", "--no-access-log",
         "-b", "127.0.0.1:1", "--state-dir", str(tmp_path / "state"),
     ])
-    top = makeService(options, reactor)
+    assembly = assemble(options.spec, reactor)
+    top = assembly.top
     top.startService()
     try:
-        listening = yield top.getServiceNamed("admin")._waitingForPort
-        url = f"http://127.0.0.1:{listening.getHost().port}"
+        url = "http://%s:%d" % top.getServiceNamed("admin").address()
         r = yield treq.get(url + "/api/v1/status")
         status = yield r.json()
         assert r.code == 200 and status["backends"] == 1, status
@@ -182,8 +183,8 @@ def test_twistd_service_serves_admin(tmp_path):
                            headers={"Content-Type": "application/json"})
         assert r.code == 401
         yield r.content()
-        assert top.admin.stats._loop is not None
+        assert assembly.admin.stats._loop is not None
     finally:
         yield top.stopService()
-    assert top.admin.stats._loop is None
-    assert top.admin.feed.subscriber_count == 0
+    assert assembly.admin.stats._loop is None
+    assert assembly.admin.feed.subscriber_count == 0

@@ -1,6 +1,6 @@
 """
 Cluster mode end to end through the admin HTTP API: three complete lbproxy
-nodes as C{twistd lbproxy --store etcd:...} builds them (makeService, in
+nodes as C{twistd lbproxy --store etcd:...} builds them (the assembly, in
 the test reactor), on a real three-member etcd cluster.
 """
 
@@ -13,7 +13,8 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, protocol, reactor, task
 
-from lbproxy.tap import Options, makeService
+from lbproxy.assembly import assemble
+from lbproxy.tap import Options
 from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
@@ -56,14 +57,15 @@ class HttpNode:
             "--backend", "127.0.0.1:1",
         ])
         self.name = name
-        self.top = makeService(options, reactor)
+        self.assembly = assemble(options.spec, reactor)
+        self.top = self.assembly.top
         self.feed = FeedReader()
         self.feed_response = None
 
     async def start(self):
         self.top.startService()
         await self.top.getServiceNamed("cluster").ready
-        port = (await self.top.getServiceNamed("admin")._waitingForPort).getHost().port
+        port = self.assembly.admin_listener.address()[1]
         self.api = f"http://127.0.0.1:{port}/api/v1"
         response = await treq.get(self.api + "/events", unbuffered=True, persistent=False)
         self.feed_response = response
@@ -112,7 +114,7 @@ async def test_api_edits_reach_every_node_and_conflicts_get_409(http_nodes, etcd
     a, b, c = http_nodes
     for n in http_nodes:
         await n.start()
-    await until(lambda: all(n.top.store.status()["watching"] for n in http_nodes))
+    await until(lambda: all(n.assembly.store.status()["watching"] for n in http_nodes))
 
     response = await a.post_backend(7001)
     assert response.code == 201, await response.content()
@@ -124,7 +126,7 @@ async def test_api_edits_reach_every_node_and_conflicts_get_409(http_nodes, etcd
     # compare-and-swap, or by the node if it already saw the winner).
     for round in range(3):
         version = json.loads(await (await treq.get(a.api + "/config", persistent=False)).content())["version"]
-        await until(lambda: b.top.balancer.config.version == version)
+        await until(lambda: b.assembly.balancer.config.version == version)
         port_a, port_b = 7100 + 2 * round, 7101 + 2 * round
         first, second = await defer.gatherResults(
             [a.post_backend(port_a, version), b.post_backend(port_b, version)]
@@ -158,7 +160,7 @@ async def test_api_edits_reach_every_node_and_conflicts_get_409(http_nodes, etcd
     print(f"racing POSTs without If-Match: {sorted(outcomes)}")
 
     await etcd3.kill()
-    await until(lambda: not a.top.store.available)
+    await until(lambda: not a.assembly.store.available)
     response = await a.post_backend(7004)
     body = json.loads(await response.content())
     assert response.code == 507 and "config store unavailable" in body["error"]
@@ -167,10 +169,12 @@ async def test_api_edits_reach_every_node_and_conflicts_get_409(http_nodes, etcd
     assert 7004 not in await a.backend_ports()
 
     await etcd3.restart()
+    deadline = reactor.seconds() + 30
     while True:
         response = await a.post_backend(7004)
         if response.code == 201:
             break
         assert response.code == 507, await response.content()
+        assert reactor.seconds() < deadline, "edits still refused 30 s after etcd came back"
         await task.deferLater(reactor, 0.05, lambda: None)
     await until(lambda: c.announced(7004))

@@ -1,5 +1,5 @@
 """
-C{twistd lbproxy --store etcd:...} as makeService builds it: the node waits
+C{twistd lbproxy --store etcd:...} as the assembly builds it: the node waits
 for etcd before proxying, says so in its status, then loads, listens and
 registers; the admin API lists the node.
 """
@@ -14,7 +14,8 @@ import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from lbproxy.tap import Options, makeService
+from lbproxy.assembly import assemble
+from lbproxy.tap import Options
 from tests.etcdtools import EtcdCluster
 from tests.integration import relay_harness as h
 
@@ -72,12 +73,13 @@ async def test_node_waits_for_etcd_then_serves(tmp_path):
         "--no-access-log",
         "--backend", f"127.0.0.1:{echo.getHost().port}",
     ])
-    top = makeService(options, reactor)
+    assembly = assemble(options.spec, reactor)
+    top = assembly.top
     gate = top.getServiceNamed("cluster")
     proxy = gate.getServiceNamed("proxy")
     top.startService()
     try:
-        admin_port = (await top.getServiceNamed("admin")._waitingForPort).getHost().port
+        admin_port = assembly.admin_listener.address()[1]
         admin = f"http://127.0.0.1:{admin_port}/api/v1"
         await until(lambda: gate.attempts >= 2)
         assert not proxy.running
@@ -91,9 +93,9 @@ async def test_node_waits_for_etcd_then_serves(tmp_path):
         await etcd.start()
         config = await gate.ready
         assert [b.port for b in config.backends] == [echo.getHost().port]
-        proxy_port = (await proxy._waitingForPort).getHost().port
+        proxy_port = proxy.address()[1]
         assert await through(proxy_port) == b"hello\n"
-        await until(lambda: top.membership.lease is not None)
+        await until(lambda: assembly.membership.lease is not None)
         response = await treq.get(admin + "/nodes", persistent=False)
         body = json.loads(await response.content())
         assert response.code == 200, body

@@ -1,5 +1,5 @@
 """
-The demo as a user runs it (C{twistd -n --pidfile= lbproxy --demo}, a real
+The demo as a user runs it (C{twistd -n --pidfile= lbproxy-demo}, a real
 child process): simulated users come and go, their traffic reaches every
 demo backend, a backend taken offline turns C{down} and its traffic moves
 to the others, and Ctrl-C stops everything.
@@ -51,14 +51,14 @@ class _Watch(protocol.ProcessProtocol):
 
 class Demo:
     """
-    One C{twistd lbproxy --demo} child and an HTTP client for its admin API.
+    One C{twistd lbproxy-demo} child and an HTTP client for its admin API.
     """
 
     def __init__(self, *args: str) -> None:
         self.listen = free_port()
         self.admin = free_port()
         self.args = [
-            sys.executable, "-c", TWISTD, "-n", "--pidfile=", "lbproxy", "--demo",
+            sys.executable, "-c", TWISTD, "-n", "--pidfile=", "lbproxy-demo",
             "--listen", f"tcp:{self.listen}:interface=127.0.0.1",
             "--admin", f"tcp:{self.admin}:interface=127.0.0.1", *args,
         ]
@@ -153,6 +153,7 @@ async def test_demo_users_traffic_and_a_backend_going_offline():
         u = await demo.until("users to come and go", users, 40)
         assert u["count"] == 30
         assert "open the dashboard:  http://127.0.0.1:%d/" % demo.admin in demo.output
+        assert "the proxy listens:   127.0.0.1:%d" % demo.listen in demo.output
 
         async def all_served():
             views = await demo.backends()
@@ -292,7 +293,7 @@ def test_demo_names_a_taken_port_and_exits_nonzero():
              f"--listen port {port} on 127.0.0.1 is not available"),
         ):
             result = subprocess.run(
-                [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "lbproxy", "--demo", *flags],
+                [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "lbproxy-demo", *flags],
                 capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
             )
             assert result.returncode != 0

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+# Building the wheel and installing it into a fresh virtualenv may take minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).parent.parent.parent
 #: The environment of a user's shell: this checkout is not on the path.
@@ -41,8 +42,8 @@ def test_wheel_ships_plugins_and_ui(wheel):
     """The wheel holds the twistd and strategy plugin modules (without an
     C{__init__.py} or a C{dropin.cache}) and the UI's static files."""
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"twisted/plugins/lbproxy_tap.py", "twisted/plugins/lbproxy_strategies.py",
-            "lbproxy/static/index.html"} <= names
+    assert {"twisted/plugins/lbproxy_tap.py", "twisted/plugins/lbproxy_demo.py",
+            "twisted/plugins/lbproxy_strategies.py", "lbproxy/static/index.html"} <= names
     assert "twisted/plugins/__init__.py" not in names
     assert "twisted/__init__.py" not in names
     assert not any(n.endswith("dropin.cache") for n in names)
@@ -78,6 +79,9 @@ def test_installed_twistd_balances_real_traffic(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=CLEAN_ENV)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
                    check=True, timeout=600, env=CLEAN_ENV, cwd=tmp_path)
+    listed = subprocess.run([str(venv / "bin" / "twistd"), "--help"], capture_output=True, text=True,
+                            timeout=60, env=CLEAN_ENV, cwd=tmp_path)
+    assert "lbproxy-demo" in listed.stdout and "lbproxy " in listed.stdout, listed.stdout
     a, b = _backend(b"alpha"), _backend(b"beta")
     listen, admin = _free_port(), _free_port()
     proc = subprocess.Popen(

@@ -253,7 +253,9 @@ def test_access_log_one_line_per_connection(engine, factories, cleanup):
             s.sendall(b"a" * n)
             got = 0
             while got < n:
-                got += len(s.recv(65536))
+                data = s.recv(65536)
+                assert data, f"closed after {got} of {n} bytes"
+                got += len(data)
             s.close()
         return clients
 

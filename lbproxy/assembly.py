@@ -1,0 +1,278 @@
+"""
+The service tree, assembled from a L{lbproxy.tap.ProxySpec}.
+
+L{assemble} builds every part explicitly and returns them in an
+L{Assembly}: the top L{MultiService} for twistd, and the parts themselves
+for whoever composes more on top (the demo) or looks inside (tests).
+Nothing is hung on the top service for others to find.
+
+The order of the tree is the order of start: balancer housekeeping, the
+proxy listener (behind the cluster gate in cluster mode), the admin site,
+health checks.  Every listener binds before any starts (L{LBProxyService}).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import IServiceCollection, MultiService, Service
+from twisted.logger import Logger
+
+from lbproxy.endpoints import FastRelayService, ListenerService, ListenError, _Listener, somaxconn
+from lbproxy.model.config import Config, ConfigError
+
+log = Logger()
+
+
+@dataclass
+class Assembly:
+    """
+    The parts of a running lbproxy.
+
+    @ivar top: the root service (give it to twistd, or start it).
+    @ivar proxy: the proxy listener's service (named C{proxy}).
+    @ivar admin: the L{lbproxy.web.AdminApp}.
+    @ivar admin_listener: the admin site's listener (named C{admin}).
+    @ivar membership: cluster mode's L{lbproxy.control.cluster.Membership}.
+    @ivar gate: cluster mode's L{lbproxy.control.cluster.LoadThenServe}.
+    """
+
+    spec: Any
+    top: MultiService
+    balancer: Any
+    controller: Any
+    store: Any
+    proxy: Any
+    admin: Any
+    admin_listener: ListenerService
+    membership: Any = None
+    gate: Any = None
+
+
+class LBProxyService(MultiService):
+    """
+    The root of lbproxy's service tree.  Every listener below it is bound
+    before any child starts, so a port that is taken (or an address not on
+    this host) stops twistd with one line naming it, a non-zero exit and
+    no traceback, before anything logs that it listens.
+
+    @param listen: the proxy's endpoint description, named when the worker
+        pool (which binds its own sockets) cannot bind.
+    """
+
+    def __init__(self, listen: str = "?") -> None:
+        super().__init__()
+        self.listen = listen
+
+    def privilegedStartService(self) -> None:
+        self._reporting_bind_errors(super().privilegedStartService)
+
+    def startService(self) -> None:
+        def bind_all_then_start() -> None:
+            self.bind()
+            MultiService.startService(self)
+
+        self._reporting_bind_errors(bind_all_then_start)
+
+    def bind(self) -> None:
+        """
+        Bind every listener of the tree now, or none.
+
+        @raise SystemExit: naming the first that cannot bind.
+        """
+        self._reporting_bind_errors(lambda: [listener.bind() for listener in _listeners(self)])
+
+    def _reporting_bind_errors(self, start: Any) -> None:
+        try:
+            start()
+        except ListenError as e:
+            self._unbind()
+            raise SystemExit(f"lbproxy: {e}") from None
+        except OSError as e:
+            # The worker pool binds its own sockets.
+            self._unbind()
+            raise SystemExit(f"lbproxy: cannot listen on {self.listen}: {e.strerror or e}") from None
+
+    def _unbind(self) -> None:
+        for listener in _listeners(self):
+            if not listener.running:
+                listener.stopService()
+
+
+def _listeners(service: Any) -> list[_Listener]:
+    found = []
+    if isinstance(service, _Listener):
+        found.append(service)
+    if IServiceCollection.providedBy(service):
+        for child in service:
+            found.extend(_listeners(child))
+    return found
+
+
+class _BalancerService(Service):
+    """
+    Runs the balancer's housekeeping (idle timeouts, slow start) while the
+    application runs.
+    """
+
+    def __init__(self, balancer: Any) -> None:
+        self.balancer = balancer
+
+    def startService(self) -> None:
+        super().startService()
+        self.balancer.start()
+
+    def stopService(self) -> Any:
+        self.balancer.stop()
+        return super().stopService()
+
+
+def assemble(spec: Any, reactor: Any = None) -> Assembly:
+    """
+    Build lbproxy's service tree from C{spec}; nothing starts until
+    C{top} does.
+
+    @raise SystemExit: if the config store cannot be used.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from lbproxy.control.controller import ConfigController, ControllerService
+    from lbproxy.health.resolver import DNSLookup, Resolver
+    from lbproxy.interfaces import IConfigObserver
+    from lbproxy.policy.balancer import Balancer
+    from lbproxy.policy.plugins import strategy_factories
+    from lbproxy.web import admin_service
+
+    factories = strategy_factories()
+    if spec.etcd_endpoints:
+        from lbproxy.control.store.etcd import EtcdStore
+
+        store, config = EtcdStore(list(spec.etcd_endpoints), spec.store_prefix, reactor=reactor), spec.seed
+    else:
+        store, config = _open_store(spec, factories, reactor)
+    servers = list(spec.dns_servers) if spec.dns_servers else None
+    resolver = Resolver(reactor, DNSLookup(reactor, servers=servers), refresh=spec.dns_refresh)
+    balancer = Balancer(config, factories, spec.settings, reactor=reactor, resolver=resolver)
+    resolver.track(b.host for b in config.backends)
+    controller = ConfigController(balancer, store)
+    controller.observe(resolver)
+    top = LBProxyService(spec.listen.description)
+    resolver.setServiceParent(top)
+    ControllerService(controller).setServiceParent(top)
+    _BalancerService(balancer).setServiceParent(top)
+
+    proxy = _proxy_service(spec, balancer, reactor)
+    membership = gate = None
+    if spec.etcd_endpoints:
+        from lbproxy.control.cluster import LoadThenServe, Membership, admin_url
+
+        # The proxy listens only once the config came from etcd.
+        gate = LoadThenServe(controller, spec.seed, reactor=reactor)
+        gate.setName("cluster")
+        gate.setServiceParent(top)
+        membership = Membership(store, spec.node, admin_url(spec.admin.description), reactor=reactor)
+        membership.setServiceParent(gate)
+        parent: MultiService = gate
+    else:
+        parent = top
+    if spec.workers > 1:
+        _PortHold(spec.listen, spec.backlog, "worker pool's port").setServiceParent(parent)
+    proxy.setServiceParent(parent)
+
+    admin, services = admin_service(spec, controller, balancer, reactor)
+    for service in services:
+        service.setServiceParent(top)
+    admin_listener = top.getServiceNamed("admin")
+    if membership is not None:
+        from lbproxy.control.cluster import mount_admin
+
+        mount_admin(admin, membership, spec.admin.description, admin_listener)
+
+    # The worker pool (--workers) follows every applied config and reports its workers.
+    if IConfigObserver.providedBy(proxy):
+        controller.observe(proxy)
+        admin.add_status_provider(proxy.status)
+
+    from lbproxy.health.checker import HealthChecker
+
+    HealthChecker(balancer, reactor, controller=controller).setServiceParent(top)
+    cap = somaxconn()
+    if cap is not None and spec.backlog > cap:
+        log.warn(
+            "the proxy's backlog {backlog} is above net.core.somaxconn ({cap}): the kernel queues at most {cap}",
+            backlog=spec.backlog, cap=cap,
+        )
+    return Assembly(
+        spec=spec, top=top, balancer=balancer, controller=controller, store=store, proxy=proxy,
+        admin=admin, admin_listener=admin_listener, membership=membership, gate=gate,
+    )
+
+
+def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:
+    """
+    Open the store and pick the initial config; a store that cannot be used
+    stops twistd with a one-line reason, not a traceback.
+    """
+    from lbproxy.control.store import open_store
+    from lbproxy.model.config import StoreError
+    from lbproxy.policy.plugins import build_strategy
+
+    try:
+        store, config = open_store(spec.state_dir, spec.seed, list(spec.seed_flags), reactor)
+    except StoreError as e:
+        raise SystemExit(f"lbproxy: cannot start: {e}") from None
+    try:
+        build_strategy(config.strategy, factories)
+    except ConfigError as e:
+        raise SystemExit(
+            f"lbproxy: cannot start: the stored config in {spec.state_dir} cannot be used: {e}"
+        ) from None
+    return store, config
+
+
+class _PortHold(_Listener):
+    """
+    Binds the worker pool's port with every other listener (with
+    C{SO_REUSEPORT}, as the pool's own sockets), so a taken port stops the
+    start before anything listens; lets go once started, just before the
+    pool binds.
+    """
+
+    def _reuse_port(self) -> bool:
+        return True
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self._bound is not None:
+            self._bound.close()
+            self._bound = None
+
+    def address(self) -> tuple[str, int] | None:
+        return None
+
+
+def _proxy_service(spec: Any, balancer: Any, reactor: Any) -> Service:
+    """
+    The proxy listener, named C{proxy}: the worker pool, the fast engine or
+    a Twisted listening port (lbproxy/relay/).
+    """
+    if spec.workers > 1:
+        from lbproxy.control.workers import WorkerPool
+
+        listen = spec.listen
+        service = WorkerPool(
+            {"workers": spec.workers, "engine": spec.engine,
+             "listen-tcp": (listen.host, listen.port, spec.backlog)},
+            balancer, reactor,
+        )
+    elif spec.engine == "fast":
+        service = FastRelayService(balancer, spec.listen, spec.backlog, reactor=reactor)
+    else:
+        from lbproxy.relay.twisted_engine import ProxyFactory
+
+        service = ListenerService(
+            spec.listen, ProxyFactory(balancer, reactor), spec.backlog, "proxy (twisted engine)", reactor
+        )
+    service.setName("proxy")
+    return service

@@ -1,0 +1,107 @@
+"""
+The endpoints module: listen descriptions parsed once, listeners bound
+before any starts (all or none), TCP sockets handed to the reactor with
+the backlog asked, other kinds listened on through their endpoint.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from twisted.application.service import IService
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
+from zope.interface.verify import verifyObject
+
+from lbproxy.assembly import LBProxyService
+from lbproxy.endpoints import FastRelayService, ListenerService, ListenError, parse_endpoint
+
+
+def _taken():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _can_bind(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_listeners_provide_iservice():
+    """Both listeners are services twistd can parent."""
+    endpoint = parse_endpoint("tcp:0:interface=127.0.0.1")
+    verifyObject(IService, ListenerService(endpoint, Factory(), 50, "x", MemoryReactor()))
+    verifyObject(IService, FastRelayService(None, endpoint, 50, reactor=MemoryReactor()))
+
+
+def test_every_listener_binds_or_none_does():
+    """The root binds every listener before any starts; if one cannot
+    bind, the one line names its endpoint and reason, and the others'
+    sockets are closed again (their ports are free)."""
+    taken = _taken()
+    first_port = _free_port()
+    top = LBProxyService()
+    first = ListenerService(parse_endpoint(f"tcp:{first_port}:interface=127.0.0.1"), Factory(), 50, "a", MemoryReactor())
+    first.setServiceParent(top)
+    busy = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+    ListenerService(parse_endpoint(busy), Factory(), 50, "b", MemoryReactor()).setServiceParent(top)
+    try:
+        with pytest.raises(SystemExit) as e:
+            top.startService()
+    finally:
+        taken.close()
+    assert str(e.value) == f"lbproxy: cannot listen on {busy}: Address already in use"
+    assert not top.running and not first.running
+    assert _can_bind(first_port)
+
+
+def test_tcp_listener_hands_its_socket_to_the_reactor_with_the_backlog():
+    """Started, a TCP listener listens with the backlog asked and gives
+    the reactor the socket (adoptStreamPort); stopped, the port is free."""
+    reactor = MemoryReactor()
+    port = _free_port()
+    factory = Factory()
+    listener = ListenerService(parse_endpoint(f"tcp:{port}:interface=127.0.0.1"), factory, 321, "proxy", reactor)
+    listener.privilegedStartService()
+    assert not _can_bind(port)
+    listener.startService()
+    [(fd, family, adopted)] = reactor.adoptedPorts
+    assert (family, adopted) == (socket.AF_INET, factory)
+    assert listener.address() == ("127.0.0.1", 1234)  # the memory reactor's fake port
+    listener.stopService()
+    assert listener.address() is None
+    assert _can_bind(port)
+
+
+def test_other_endpoints_listen_through_serverFromString(tmp_path):
+    """A unix: listener listens through its endpoint at start; a failure
+    there is a ListenError at once, not a logged failure later."""
+    reactor = MemoryReactor()
+    path = str(tmp_path / "s.sock")
+    listener = ListenerService(parse_endpoint(f"unix:{path}", reactor), Factory(), 50, "proxy", reactor)
+    listener.startService()
+    assert [server[0] for server in reactor.unixServers] == [path]
+    assert listener.address() is None
+
+    class Refusing(MemoryReactor):
+        def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
+            raise CannotListenError(None, address, OSError(13, "Permission denied"))
+
+    refusing = Refusing()
+    broken = ListenerService(parse_endpoint(f"unix:{path}", refusing), Factory(), 50, "proxy", refusing)
+    with pytest.raises(ListenError, match="cannot listen on unix:.*Permission denied"):
+        broken.startService()
