@@ -51,6 +51,15 @@ def _number(value: str, flag: str, cast: Any = float, low: float = 0) -> Any:
     return n
 
 
+def _keepalive(value: str) -> Any:
+    from lbproxy.relay.sockopts import parse_keepalive
+
+    try:
+        return parse_keepalive(value)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
 def _state_dir(path: str) -> str:
     import os
 
@@ -89,6 +98,9 @@ class Options(usage.Options):
         ["retries", None, "2", "Other backends to try after a failed connect."],
         ["idle-timeout", None, "300", "Close connections idle this many seconds (0: never)."],
         ["max-connections", None, "10000", "Client connections at once; more are closed."],
+        ["tcp-keepalive", None, "60,10,6",
+         "TCP keepalive on both sides of relayed connections: IDLE,INTERVAL,COUNT "
+         "(seconds, seconds, probes), or off."],
         ["engine", None, "auto",
          "Relay engine: fast (Linux epoll relay, plain tcp listen endpoints), "
          "twisted (portable transports), or auto (fast where it can run)."],
@@ -173,6 +185,7 @@ class Options(usage.Options):
             idle_timeout=_number(self["idle-timeout"], "--idle-timeout", float, 0),
             max_connections=_number(self["max-connections"], "--max-connections", int, 1),
             access_log=not self["no-access-log"],
+            tcp_keepalive=_keepalive(self["tcp-keepalive"]),
         )
         options: dict[str, Any] = {}
         if self["strategy-options"]:
