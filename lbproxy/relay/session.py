@@ -145,7 +145,11 @@ class ConnectionSession:
         if backend is None:
             self.balancer.client_failed(record)
         else:
-            self.balancer.connection_closed(backend, self.connection, record)
+            connection = self.connection
+            # The engine's connection refers to its session: break the
+            # cycle so both are freed now, not by the cyclic collector.
+            self.connection = None
+            self.balancer.connection_closed(backend, connection, record)
         return record
 
     # Internals ----------------------------------------------------------------
