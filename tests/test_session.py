@@ -379,3 +379,11 @@ def test_tcp_keepalive_flag_refuses_bad_values(value, message):
     with pytest.raises(usage.UsageError, match=message) as e:
         _options("--tcp-keepalive", value)
     assert "\n" not in str(e.value)
+
+
+def test_socket_options_from_json_settings():
+    """Worker processes get their settings through JSON, where the
+    keepalive triple is a list: it gives the same options."""
+    from lbproxy.relay.sockopts import keepalive_options
+
+    assert keepalive_options([60, 10, 6]) == keepalive_options((60, 10, 6))

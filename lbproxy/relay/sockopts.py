@@ -18,10 +18,14 @@ _cache: dict[Any, tuple[tuple[int, int, int], ...]] = {}
 
 def keepalive_options(keepalive: tuple[int, int, int] | None) -> tuple[tuple[int, int, int], ...]:
     """
-    @param keepalive: C{(idle, interval, count)}, or C{None} for off.
+    @param keepalive: C{(idle, interval, count)} (any sequence), or
+        C{None} for off.
     @return: the C{(level, option, value)} triples to set (memoised; the
         timing options this platform lacks are left out).
     """
+    if keepalive is not None:
+        # Worker processes get their settings through JSON, as a list.
+        keepalive = tuple(keepalive)  # type: ignore[assignment]
     try:
         return _cache[keepalive]
     except KeyError:
