@@ -387,3 +387,18 @@ def test_socket_options_from_json_settings():
     from lbproxy.relay.sockopts import keepalive_options
 
     assert keepalive_options([60, 10, 6]) == keepalive_options((60, 10, 6))
+
+
+def test_socket_options_leave_unix_sockets_alone():
+    """A Unix socket (the Twisted engine serves unix: endpoints too) has
+    no TCP options: applying them is a no-op, not an error."""
+    import socket
+
+    from lbproxy.relay.sockopts import apply, keepalive_options
+
+    a, b = socket.socketpair(socket.AF_UNIX)
+    try:
+        apply(a, keepalive_options((60, 10, 6)))
+    finally:
+        a.close()
+        b.close()

@@ -255,10 +255,8 @@ class Relay:
             return
         if not _NONBLOCK_STREAM & getattr(socket, "SOCK_NONBLOCK", 0):
             sock.setblocking(False)
-        setsockopt = sock.setsockopt
-        setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for option in engine.options:
-            setsockopt(*option)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        apply(sock, engine.options)
         err = sock.connect_ex(address)
         if err and err != errno.EINPROGRESS:
             sock.close()

@@ -44,12 +44,15 @@ def keepalive_options(keepalive: tuple[int, int, int] | None) -> tuple[tuple[int
 
 def apply(sock: Any, options: tuple[tuple[int, int, int], ...]) -> None:
     """
-    Set C{options} on a TCP socket; other sockets (Unix) are left alone.
+    Set C{options} on a socket; one that refuses them (a Unix socket has
+    no TCP options) is left as it is.
     """
-    if options and sock.family in (socket.AF_INET, socket.AF_INET6):
-        setsockopt = sock.setsockopt
+    setsockopt = sock.setsockopt
+    try:
         for level, name, value in options:
             setsockopt(level, name, value)
+    except OSError:
+        pass
 
 
 def parse_keepalive(text: str) -> tuple[int, int, int] | None:

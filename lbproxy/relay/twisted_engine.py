@@ -123,7 +123,7 @@ def _set_options(transport: Any, options: tuple) -> None:
     handle = getattr(transport, "getHandle", None)
     if options and handle is not None:
         sock = handle()
-        if hasattr(sock, "family"):
+        if hasattr(sock, "setsockopt"):
             apply(sock, options)
 
 
