@@ -2,9 +2,10 @@
 The portable relay engine: Twisted transports on both sides.
 
 A L{ProxyFactory} serves any stream server endpoint.  Each client
-connection's L{ConnectionSession} picks the backend (and decides everything
-else about the connection); the protocols connect through an endpoint, then relays with backpressure both ways (each transport is the
-other's streaming producer) and half-close (L{IHalfCloseableProtocol}).
+connection's L{ConnectionSession} picks the backend and decides everything
+else about the connection; the protocols connect through an endpoint, then
+relay with backpressure both ways (each transport is the other's streaming
+producer) and half-close (L{IHalfCloseableProtocol}).
 Until the backend is up the client transport is paused, so no client byte
 is read, let alone buffered.
 """
