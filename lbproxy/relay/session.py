@@ -74,12 +74,19 @@ class ConnectionSession:
     # Events from the engine ---------------------------------------------------
 
     def accepted(self) -> Candidate | None:
-        if not self.balancer.admit():
+        balancer = self.balancer
+        if not balancer.admit():
             # Never admitted, so there is nothing to report at the end.
             self.outcome = "rejected"
             self.finished = True
             return None
-        return self._route()
+        # _route, inlined: this runs for every connection.
+        candidate = self.attempt = balancer.route(self.client, ())
+        if candidate is None:
+            self._give_up("no-backend")
+            return None
+        self.tried = (candidate.id,)
+        return candidate
 
     def connecting(self) -> None:
         self.since = self.clock.seconds()
