@@ -256,7 +256,6 @@ class Relay:
         if not _NONBLOCK_STREAM & getattr(socket, "SOCK_NONBLOCK", 0):
             sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        apply(sock, engine.options)
         err = sock.connect_ex(address)
         if err and err != errno.EINPROGRESS:
             sock.close()
@@ -267,8 +266,9 @@ class Relay:
         engine.epoll.register(fd, EPOLLOUT)
         self.bmask = EPOLLOUT
         engine.handlers[fd] = self._on_connect
-        # A list, so a connect that completes can drop its references at
-        # once instead of keeping the relay alive until the deadline.
+        # A list, so a relay that ends (or connects, with keepalive off)
+        # can drop its references at once instead of keeping the relay
+        # alive until the deadline.
         self.deadline = deadline = [engine.now() + self.session.connect_timeout, self, sock]
         engine.timeouts.append(deadline)
 
@@ -278,10 +278,23 @@ class Relay:
             deadline[1] = deadline[2] = None
             self.deadline = None
 
-    def connect_timed_out(self, sock: socket.socket) -> None:
-        if sock is self.backend_sock and self.up is None and not self.finished:
+    def deadline_passed(self, sock: socket.socket) -> None:
+        """
+        The connect deadline came: a connect still in progress failed; a
+        relay that connected and still lives gets its backend socket's
+        TCP keepalive now.  Deferred this far because the four
+        C{setsockopt} calls cost about a tenth of a one-shot connection
+        (measured), while a connection shorter than the connect timeout
+        ends long before a keepalive probe could be sent.
+        """
+        if sock is not self.backend_sock or self.finished:
+            return
+        if self.up is None:
             self._drop_backend()
             self._connect_failed("connect timed out")
+        else:
+            self.deadline = None
+            apply(sock, self.engine.options)
 
     def _drop_backend(self) -> None:
         self._release_deadline()
@@ -308,8 +321,9 @@ class Relay:
             self.connect(candidate)
 
     def _connected(self) -> None:
-        self._release_deadline()
         engine = self.engine
+        if not engine.options:
+            self._release_deadline()
         csock, bsock = self.client_sock, self.backend_sock
         self.up = up = _Flow(csock, bsock)
         self.down = _Flow(bsock, csock)
@@ -621,7 +635,8 @@ class FastRelay:
         self._accept_paused = False
         #: directions switched to splice(2), for tests and curiosity.
         self.splices = 0
-        #: setsockopt triples of every backend socket (TCP keepalive).
+        #: setsockopt triples of every backend socket (TCP keepalive),
+        #: set once a connection outlives its connect deadline.
         self.options = socket_options(balancer)
         listener.setblocking(False)
         if listener.family in (socket.AF_INET, socket.AF_INET6):
@@ -797,14 +812,15 @@ class FastRelay:
 
     def sweep_timeouts(self) -> None:
         """
-        Fail the connect attempts whose deadline passed.
+        Fail the connect attempts whose deadline passed (and give the
+        connected ones their keepalive, L{Relay.deadline_passed}).
         """
         timeouts = self.timeouts
         now = self.now()
         while timeouts and timeouts[0][0] <= now:
             _, relay, sock = timeouts.popleft()
             if relay is not None:
-                relay.connect_timed_out(sock)
+                relay.deadline_passed(sock)
 
     def resolve(self, host: str, port: int) -> Any:
         """

@@ -144,6 +144,29 @@ def test_nodelay_on_both_sides(fast):
         yield server.stopListening()
 
 
+@pytest.mark.parametrize("setting, expected", [((60, 10, 6), 1), (None, 0)])
+@pytest_twisted.inlineCallbacks
+def test_backend_keepalive_comes_with_the_connect_deadline(fast, setting, expected):
+    """The backend socket gets its keepalive when the connect deadline is
+    swept (the sweep emptying the deadline queue is the acknowledgement),
+    and with keepalive off it gets none then either."""
+    server = h.serve(reactor, Hold, held=[])
+    try:
+        engine, balancer = fast(
+            [server.getHost().port],
+            settings=ProxySettings(tcp_keepalive=setting, connect_timeout=0.2),
+        )
+        s = yield deferToThread(h.client, engine.port)
+        yield until(lambda: balancer.connections["b1"])
+        (relay,) = balancer.connections["b1"]
+        yield until(lambda: not engine.timeouts)
+        assert relay.backend_sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == expected
+        assert relay.client_sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == expected
+        s.close()
+    finally:
+        yield server.stopListening()
+
+
 @pytest_twisted.inlineCallbacks
 def test_resets_are_recorded_by_side(fast, access):
     """A client that resets is logged as client-reset; a backend that
