@@ -1,9 +1,10 @@
 """
 The interfaces of lbproxy: what each part promises the others.
 
-Read this module first.  A connection's path is: a relay engine accepts it,
-asks the L{IBalancer} to admit and route it, connects, relays bytes and
-reports back.  A config change's path is: the admin API validates it into a
+Read this module first.  A connection's path is: a relay engine accepts it
+and starts an L{IConnectionSession}, which makes every decision (admission,
+routing and retries through the L{IBalancer}, the PROXY header, outcomes);
+the engine connects, relays bytes and reports what happened to the session.  A config change's path is: the admin API validates it into a
 new L{lbproxy.model.config.Config}, an L{IConfigStore} makes it durable, and the
 balancer swaps it in.
 """
@@ -63,7 +64,8 @@ class IStrategyFactory(Interface):
 
 class IBalancer(Interface):
     """
-    The policy core that relay engines call for every connection.
+    The policy core that every connection's L{IConnectionSession} calls
+    (and nothing else on the connection path).
 
     It owns the current config snapshot, the active strategy, per-backend
     counters and the routing event ring.  All calls happen on the reactor
@@ -86,6 +88,11 @@ class IBalancer(Interface):
         @param exclude: ids of backends already tried for this connection.
         @return: a L{lbproxy.policy.pool.Candidate} or C{None} if no backend is
             available.
+        """
+
+    def retried():
+        """
+        A failed connect is tried again on another backend (counted).
         """
 
     def connection_opened(candidate, connection, latency):
@@ -155,6 +162,103 @@ class IRelayedConnection(Interface):
         byte is in flight.
 
         @param why: the outcome to record in the access log.
+        """
+
+
+class IEngineConnection(IRelayedConnection):
+    """
+    A relay engine's connection as its session sees it: what the balancer
+    sees, plus what only the engine can tell.
+    """
+
+    def local_address():
+        """
+        @return: the C{(host, port)} the client connected to; asked only
+            when a backend wants a PROXY header (it may cost a syscall).
+        """
+
+
+class IConnectionSession(Interface):
+    """
+    Every per-connection decision, with no I/O: one per accepted client.
+
+    The engine reports events; the answers are its actions.  A method that
+    answers a L{lbproxy.policy.pool.Candidate} means "connect to it"
+    (within C{connect_timeout}); one that answers C{None} means "close the
+    client": the session has then already reported the end, and the
+    engine's later L{ended} is a no-op.  Every method runs on the reactor
+    thread; the fast engine calls them on its hot path.
+    """
+
+    client = Attribute("The client's C{(host, port)}.")
+    connect_timeout = Attribute("Seconds a backend connect may take.")
+    outcome = Attribute(
+        "What ended or is ending the connection (C{None} while nothing has): "
+        "the first cause wins."
+    )
+    finished = Attribute("Whether the end was reported to the balancer.")
+
+    def accepted():
+        """
+        The client is accepted: admit it (connection limit) and route it.
+
+        @return: the first backend to connect to, or C{None}: close the
+            client (C{rejected}: over the limit; C{no-backend}).
+        """
+
+    def connecting():
+        """
+        The connect to the current backend starts only now (after a name
+        lookup): its latency is counted from here.
+        """
+
+    def connected(connection):
+        """
+        The backend connect succeeded.
+
+        @param connection: the engine's L{IEngineConnection}, which the
+            balancer may then abort or close.
+        @return: bytes to send the backend before any relayed byte (the
+            PROXY header) or C{None}; then the engine starts relaying.
+        """
+
+    def connect_failed(reason):
+        """
+        The backend connect failed (refused, timed out, unresolvable).
+
+        @return: the next backend to try (tried ones are excluded), or
+            C{None}: close the client (C{connect-failed}).
+        """
+
+    def first_response():
+        """
+        The backend's first byte came (the engine reports the first only).
+        """
+
+    def client_reset():
+        """
+        The client side failed (reset, write error).
+        """
+
+    def backend_reset(reason):
+        """
+        The backend side failed; passive health counts it unless lbproxy
+        or the client caused it.
+        """
+
+    def closing(why):
+        """
+        lbproxy is closing or aborting the connection (forced removal,
+        drain or idle timeout, shutdown): C{why} is the outcome unless one
+        came first, and resets that follow are not the peers' fault.
+        """
+
+    def ended(bytes_up, bytes_down):
+        """
+        Both sides are closed: report the access record (once).
+
+        @return: the L{lbproxy.policy.pool.AccessRecord}, or C{None} if the
+            end was already reported.
         """
 
 

@@ -44,6 +44,15 @@ def flag(name: str, parse: Callable[[Any, str], Any] = lambda value, flag: value
     return field(default=default, metadata={"flag": name, "parse": parse})
 
 
+def _keepalive(value: str) -> Any:
+    from lbproxy.relay.sockopts import parse_keepalive
+
+    try:
+        return parse_keepalive(value)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
 def number(cast: Any = float, low: float = 0, high: float | None = None) -> Callable[[Any, str], Any]:
     """
     A C{parse} for L{flag}: a number of type C{cast}, at least C{low} (and
@@ -146,6 +155,9 @@ class Options(usage.Options):
         ["max-connections", None, None,
          "Client connections at once; more are closed (default 10000, fewer if the "
          "open-files limit cannot hold them; given, it must fit or lbproxy will not start)."],
+        ["tcp-keepalive", None, "60,10,6",
+         "TCP keepalive on both sides of relayed connections: IDLE,INTERVAL,COUNT "
+         "(seconds, seconds, probes), or off."],
         ["engine", None, "auto",
          "Relay engine: fast (Linux epoll relay, plain tcp listen endpoints), "
          "twisted (portable transports), or auto (fast where it can run)."],
@@ -363,6 +375,7 @@ def build_spec(options: Options) -> ProxySpec:
         max_connections=number(int, 1)(options["max-connections"], "--max-connections")
         if given else DEFAULT_MAX_CONNECTIONS,
         access_log=not options["no-access-log"],
+        tcp_keepalive=_keepalive(options["tcp-keepalive"]),
     )
     seed = _seed(options)
     seed_flags = tuple(

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
-from lbproxy.interfaces import IRelayedConnection
+from lbproxy.interfaces import IEngineConnection, IRelayedConnection
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll is Linux-only")
 
@@ -21,13 +21,22 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ep
 def _relay():
     from twisted.internet.task import Clock
 
+    from lbproxy.model.config import Backend, Config
+    from lbproxy.policy.balancer import Balancer
+    from lbproxy.policy.plugins import strategy_factories
     from lbproxy.relay.fast_engine import FastRelay, Relay
+    from lbproxy.relay.session import ConnectionSession
 
+    clock = Clock()
+    balancer = Balancer(
+        Config(version=1, backends=(Backend("b1", "127.0.0.1", 9),)), strategy_factories(), reactor=clock
+    )
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    engine = FastRelay(object(), listener, reactor=Clock())
+    engine = FastRelay(balancer, listener, reactor=clock)
     client = socket.socket()
-    return engine, Relay(engine, client, ("127.0.0.1", 1234), 0.0), (listener, client)
+    session = ConnectionSession(balancer, clock, ("127.0.0.1", 1234))
+    return engine, Relay(engine, client, session), (listener, client)
 
 
 def test_engine_is_a_read_descriptor():
@@ -44,11 +53,13 @@ def test_engine_is_a_read_descriptor():
 
 
 def test_relay_is_a_relayed_connection():
-    """A relay provides IRelayedConnection, with zero byte counters before
-    a backend is connected."""
+    """A relay provides IRelayedConnection (what the balancer sees) and
+    IEngineConnection (what its session sees), with zero byte counters
+    before a backend is connected."""
     engine, relay, socks = _relay()
     try:
         assert verifyObject(IRelayedConnection, relay)
+        assert verifyObject(IEngineConnection, relay)
         assert (relay.bytes_up, relay.bytes_down) == (0, 0)
     finally:
         engine.epoll.close()

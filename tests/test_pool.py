@@ -150,22 +150,21 @@ def test_all_backends_down_refuses_clients_at_once_and_counts_them():
     """With every backend down, route() returns None and counts
     C{no_backend}; the relay aborts the client at once without any connect
     attempt (the documented all-down behaviour)."""
-    from lbproxy.relay.twisted_engine import FrontendProtocol
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
 
-    b, clock = make(health_check=CHECK)
+    from lbproxy.relay.twisted_engine import ProxyFactory
+
+    reactor = MemoryReactorClock()
+    b, _ = make(clock=reactor, health_check=CHECK)
     b.health_result("b1", False, "check failed: x")
     b.health_result("b2", False, "check failed: x")
     assert b.route(("192.0.2.1", 1)) is None
     assert b.totals.no_backend == 1
-    assert b.admit()
-    endpoints = {}
-    proto = FrontendProtocol(b, clock, endpoints)
-    transport = StringTransport(peerAddress=None)
-    transport.abortConnection = lambda: setattr(transport, "aborted", True)
-    proto.makeConnection(transport)
-    assert getattr(transport, "aborted", False)
-    assert endpoints == {} and proto.outcome == "no-backend"
-    assert b.totals.no_backend == 2
+    factory = ProxyFactory(b, reactor)
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 2)) is None
+    assert reactor.tcpClients == [] and factory._endpoints == {}
+    assert b.totals.no_backend == 2 and b.totals.active == 0
 
 
 # Passive ejection ----------------------------------------------------------------
@@ -473,12 +472,11 @@ def _relay(outlier=OUTLIER):
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock
 
-    from lbproxy.relay.twisted_engine import FrontendProtocol
+    from lbproxy.relay.twisted_engine import ProxyFactory
 
     reactor = MemoryReactorClock()
     b, _ = make(n=1, clock=reactor, outlier=outlier)
-    b.admit()
-    frontend = FrontendProtocol(b, reactor, {})
+    frontend = ProxyFactory(b, reactor).buildProtocol(IPv4Address("TCP", "192.0.2.1", 4000))
     client = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 4000))
     frontend.makeConnection(client)
     host, port, factory, _, _ = reactor.tcpClients[-1]

@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.policy.balancer import Balancer
 from lbproxy.model.config import Backend, Config, ProxySettings
-from lbproxy.interfaces import IRelayedConnection
+from lbproxy.interfaces import IEngineConnection, IRelayedConnection
 from lbproxy.relay.twisted_engine import ProxyFactory
 
 
@@ -63,6 +63,7 @@ def test_client_is_paused_until_backend_connects(factories):
     reactor, balancer, factory = setup(factories)
     proto, client = accept(factory)
     assert verifyObject(IRelayedConnection, proto)
+    assert verifyObject(IEngineConnection, proto)
     assert client.producerState == "paused"
     host, port, _, timeout, _ = reactor.tcpClients[0]
     assert (host, port, timeout) == ("127.0.0.1", 9000, 3.0)
@@ -102,7 +103,7 @@ def test_refused_connect_retries_elsewhere_then_gives_up(factories):
     assert reactor.tcpClients[1][1] != first[1]
     reactor.tcpClients[1][2].clientConnectionFailed(reactor.connectors[1], Failure(ConnectionRefusedError()))
     assert len(reactor.tcpClients) == 2
-    assert client.disconnected
+    assert client.disconnecting
     assert balancer.totals.connect_failures == 2 and balancer.totals.retries == 1
     proto.connectionLost(Failure(ConnectionLost()))
     assert balancer.totals.active == 0

@@ -224,6 +224,7 @@ def known(clock, *addresses, error=None):
 def test_fast_engine_asks_the_balancer_resolver():
     """FastRelay.resolve answers at once from the balancer's resolver (no
     thread pool, no lookup)."""
+    from lbproxy.model.config import ProxySettings
     from lbproxy.relay.fast_engine import FastRelay, available, listening_socket
 
     if not available():
@@ -232,6 +233,7 @@ def test_fast_engine_asks_the_balancer_resolver():
 
     class FakeBalancer:
         resolver = known(clock, HOME)
+        settings = ProxySettings()
 
     relay = FastRelay(FakeBalancer(), listening_socket("127.0.0.1", 0), clock)
     try:

@@ -67,7 +67,8 @@ class WorkerChannel(amp.AMP):
 
         self.index = index
         self.report_interval = report_interval
-        self.settings = ProxySettings(**settings)
+        keepalive = settings.pop("tcp_keepalive", None)
+        self.settings = ProxySettings(**settings, tcp_keepalive=tuple(keepalive) if keepalive else None)
         return {"pid": os.getpid()}
 
     @ApplyConfig.responder

@@ -98,6 +98,8 @@ class Start(amp.Command):
         (b"idle_timeout", amp.Float()),
         (b"max_connections", amp.Integer()),
         (b"access_log", amp.Boolean()),
+        # IDLE, INTERVAL, COUNT; empty for off.
+        (b"tcp_keepalive", amp.ListOf(amp.Integer())),
     ]
     response = [(b"pid", amp.Integer())]
 

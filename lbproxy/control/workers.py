@@ -277,7 +277,8 @@ class WorkerPool(Service):
         worker.call(Start, index=worker.index, report_interval=self.report_interval,
                     connect_timeout=s.connect_timeout, retries=s.retries,
                     idle_timeout=s.idle_timeout, max_connections=s.max_connections,
-                    access_log=s.access_log).addErrback(self._failed, worker, "start")
+                    access_log=s.access_log, tcp_keepalive=list(s.tcp_keepalive or ()),
+                    ).addErrback(self._failed, worker, "start")
         config = self.balancer.config
         self._apply(worker, config.version, json.dumps(config.to_json()))
         down = [{"id": bid, "reason": state.reason}

@@ -203,6 +203,8 @@ class ProxySettings:
     idle_timeout: float = 300.0
     max_connections: int = 10000
     access_log: bool = True
+    #: TCP keepalive of relayed sockets, C{(idle, interval, count)}; C{None}: off.
+    tcp_keepalive: tuple[int, int, int] | None = (60, 10, 6)
 
 
 def _thaw(value: Any) -> Any:

@@ -177,6 +177,9 @@ class Balancer(RelayedElsewhere):
         self.totals.no_backend += 1
         return None
 
+    def retried(self) -> None:
+        self.totals.retries += 1
+
     def connection_opened(self, candidate: Candidate, connection: IRelayedConnection, latency: float) -> None:
         stats = candidate.stats
         stats.active += 1

@@ -11,8 +11,7 @@ changes, so a routing decision never sees half of a change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from lbproxy.model.config import Backend, Config
 
@@ -82,10 +81,10 @@ class Candidate:
         return f"<Candidate {self.id} {self.backend.address} w={self.weight:g}>"
 
 
-@dataclass(frozen=True)
-class AccessRecord:
+class AccessRecord(NamedTuple):
     """
-    One finished client connection, for the access log.
+    One finished client connection, for the access log.  A named tuple:
+    one is built per connection, at half a frozen dataclass's cost.
     """
 
     client: str

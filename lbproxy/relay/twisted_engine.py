@@ -2,9 +2,10 @@
 The portable relay engine: Twisted transports on both sides.
 
 A L{ProxyFactory} serves any stream server endpoint.  Each client
-connection asks the L{IBalancer} for a backend, connects through an
-endpoint, then relays with backpressure both ways (each transport is the
-other's streaming producer) and half-close (L{IHalfCloseableProtocol}).
+connection's L{ConnectionSession} picks the backend and decides everything
+else about the connection; the protocols connect through an endpoint, then
+relay with backpressure both ways (each transport is the other's streaming
+producer) and half-close (L{IHalfCloseableProtocol}).
 Until the backend is up the client transport is paused, so no client byte
 is read, let alone buffered.
 """
@@ -23,9 +24,10 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEnd
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from zope.interface import implementer
 
-from lbproxy.interfaces import IBalancer, IRelayedConnection
-from lbproxy.policy.pool import AccessRecord, Candidate
-from lbproxy.relay.proxyprotocol import header
+from lbproxy.interfaces import IBalancer, IEngineConnection
+from lbproxy.policy.pool import Candidate
+from lbproxy.relay.session import ConnectionSession, socket_options
+from lbproxy.relay.sockopts import apply
 
 
 def _endpoint(reactor: Any, host: str, port: int, timeout: float, resolver: Any = None) -> Any:
@@ -135,7 +137,8 @@ class BackendProtocol(_Side):
     def dataReceived(self, data: bytes) -> None:
         frontend = self.frontend
         if frontend.first_byte_pending:
-            frontend.first_response()
+            frontend.first_byte_pending = False
+            frontend.session.first_response()
         frontend.bytes_down += len(data)
         frontend.transport.write(data)
 
@@ -143,101 +146,89 @@ class BackendProtocol(_Side):
         self._lost = True
         frontend = self.frontend
         if not reason.check(*_CLEAN):
-            frontend.backend_outcome = "backend-reset"
-            if frontend.outcome is None and frontend.candidate is not None:
-                # Not our abort nor the client's: passive health counts it.
-                frontend.balancer.connection_reset(frontend.candidate, _reason(reason))
+            frontend.session.backend_reset(_reason(reason))
         self._close_peer()
-        self.frontend.side_lost()
+        frontend.side_lost()
 
 
-@implementer(IRelayedConnection)
+def _set_options(transport: Any, options: tuple) -> None:
+    handle = getattr(transport, "getHandle", None)
+    if options and handle is not None:
+        sock = handle()
+        if hasattr(sock, "setsockopt"):
+            apply(sock, options)
+
+
+@implementer(IEngineConnection)
 class FrontendProtocol(_Side):
     """
-    One client connection, relayed to one backend.
+    One client connection, relayed to one backend; its
+    L{ConnectionSession} decides, this protocol does the I/O.
     """
 
-    candidate: Candidate | None = None
     _pending: Any = None
-    outcome: str | None = None
-    backend_outcome: str | None = None
     first_byte_pending = False
     idle_mark = 0
     idle_since = 0.0
 
-    def __init__(self, balancer: IBalancer, reactor: Any, endpoints: dict) -> None:
-        self.balancer = balancer
+    def __init__(
+        self, session: ConnectionSession, candidate: Candidate, reactor: Any,
+        endpoints: dict, options: tuple = (), resolver: Any = None,
+    ) -> None:
+        self.session = session
+        self._resolver = resolver
         self.reactor = reactor
+        self._candidate: Candidate | None = candidate
         self._endpoints = endpoints
-        self._tried: tuple[str, ...] = ()
+        self._options = options
         self.bytes_up = 0
         self.bytes_down = 0
         self._finished = False
 
     def connectionMade(self) -> None:
-        self.started = self.reactor.seconds()
-        peer = self.transport.getPeer()
-        self.client = (getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
         self.transport.pauseProducing()
-        self._connect()
+        _set_options(self.transport, self._options)
+        candidate, self._candidate = self._candidate, None
+        self._connect(candidate)
 
-    def _connect(self) -> None:
-        candidate = self.balancer.route(self.client, self._tried)
-        if candidate is None:
-            self.outcome = "connect-failed" if self._tried else "no-backend"
-            self.transport.abortConnection()
-            return
-        self._tried += (candidate.id,)
+    def _connect(self, candidate: Candidate) -> None:
         key = (candidate.host, candidate.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             endpoint = self._endpoints[key] = _endpoint(
-                self.reactor, candidate.host, candidate.port,
-                self.balancer.settings.connect_timeout, getattr(self.balancer, "resolver", None),
+                self.reactor, candidate.host, candidate.port, self.session.connect_timeout,
+                self._resolver,
             )
-        self._connect_started = self.reactor.seconds()
         d = self._pending = endpoint.connect(_BackendFactory(BackendProtocol(self)))
-        d.addCallbacks(
-            self._connected, self._connect_failed,
-            callbackArgs=(candidate,), errbackArgs=(candidate,),
-        )
+        d.addCallbacks(self._connected, self._connect_failed)
 
-    def _connected(self, backend: BackendProtocol, candidate: Candidate) -> None:
+    def _connected(self, backend: BackendProtocol) -> None:
         self._pending = None
-        now = self.reactor.seconds()
-        self.candidate = candidate
         self.peer = backend
         backend.peer = self
-        self.balancer.connection_opened(candidate, self, now - self._connect_started)
-        version = candidate.backend.proxy_protocol
-        if version:
-            host = self.transport.getHost()
-            backend.transport.write(
-                header(version, self.client, (getattr(host, "host", ""), getattr(host, "port", 0)))
-            )
+        _set_options(backend.transport, self._options)
+        data = self.session.connected(self)
+        if data:
+            backend.transport.write(data)
         self.first_byte_pending = True
-        self._first_byte_from = now
         self.transport.registerProducer(backend.transport, True)
         backend.transport.registerProducer(self.transport, True)
         self.transport.resumeProducing()
 
-    def _connect_failed(self, failure: Any, candidate: Candidate) -> None:
+    def _connect_failed(self, failure: Any) -> None:
         self._pending = None
         if self._lost:
+            # We cancelled it: the client left first.
             return
-        self.balancer.connect_failed(candidate, _reason(failure))
-        if len(self._tried) > self.balancer.settings.retries:
-            self.outcome = "connect-failed"
-            self.transport.abortConnection()
-            return
-        self.balancer.totals.retries += 1
-        self._connect()
+        candidate = self.session.connect_failed(_reason(failure))
+        if candidate is None:
+            self.transport.loseConnection()
+        else:
+            self._connect(candidate)
 
-    def first_response(self) -> None:
-        self.first_byte_pending = False
-        self.balancer.observe_response(
-            self.candidate, self.reactor.seconds() - self._first_byte_from
-        )
+    def local_address(self) -> tuple[str, int]:
+        host = self.transport.getHost()
+        return (getattr(host, "host", ""), getattr(host, "port", 0))
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_up += len(data)
@@ -245,10 +236,10 @@ class FrontendProtocol(_Side):
 
     def connectionLost(self, reason: Any) -> None:
         self._lost = True
+        if not reason.check(*_CLEAN):
+            self.session.client_reset()
         if self._pending is not None:
             self._pending.cancel()
-        if self.outcome is None and not reason.check(*_CLEAN):
-            self.outcome = "client-reset"
         self._close_peer()
         self.side_lost()
 
@@ -260,29 +251,16 @@ class FrontendProtocol(_Side):
         if self._finished or not self._lost or (self.peer is not None and not self.peer._lost):
             return
         self._finished = True
-        record = AccessRecord(
-            client=f"{self.client[0]}:{self.client[1]}",
-            backend=self.candidate.id if self.candidate else None,
-            bytes_up=self.bytes_up,
-            bytes_down=self.bytes_down,
-            duration=self.reactor.seconds() - self.started,
-            outcome=self.outcome or self.backend_outcome or "ok",
-        )
-        if self.candidate is None:
-            self.balancer.client_failed(record)
-        else:
-            self.balancer.connection_closed(self.candidate, self, record)
+        self.session.ended(self.bytes_up, self.bytes_down)
 
     def abort(self, why: str) -> None:
-        if self.outcome is None:
-            self.outcome = why
+        self.session.closing(why)
         self.transport.abortConnection()
         if self.peer is not None and not self.peer._lost:
             self.peer.transport.abortConnection()
 
     def close(self, why: str) -> None:
-        if self.outcome is None:
-            self.outcome = why
+        self.session.closing(why)
         self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._close_peer()
@@ -299,8 +277,9 @@ _CLEAN = _clean_errors()
 
 class ProxyFactory(ServerFactory):
     """
-    Accepts client connections for the balancer; over the connection limit
-    a client is closed at once (L{buildProtocol} returns C{None}).
+    Accepts client connections for the balancer; a client the session
+    refuses (over the connection limit, no backend) is closed at once
+    (L{buildProtocol} returns C{None}).
     """
 
     noisy = False
@@ -311,8 +290,16 @@ class ProxyFactory(ServerFactory):
         self.balancer = balancer
         self.reactor = reactor
         self._endpoints: dict = {}
+        self._options = socket_options(balancer)
+        self._resolver = getattr(balancer, "resolver", None)
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol | None:
-        if not self.balancer.admit():
+        session = ConnectionSession(
+            self.balancer, self.reactor, (getattr(addr, "host", str(addr)), getattr(addr, "port", 0))
+        )
+        candidate = session.accepted()
+        if candidate is None:
             return None
-        return FrontendProtocol(self.balancer, self.reactor, self._endpoints)
+        return FrontendProtocol(
+            session, candidate, self.reactor, self._endpoints, self._options, self._resolver
+        )

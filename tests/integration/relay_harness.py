@@ -46,6 +46,25 @@ if sys.platform.startswith("linux"):
     ENGINES["fast"] = _fast_engine
 
 
+def relayed_sockets(connection: Any) -> tuple[socket.socket, socket.socket]:
+    """
+    The client-side and backend-side sockets of a relayed connection (as
+    the balancer holds it), whichever engine made it.
+    """
+    client_sock = getattr(connection, "client_sock", None)
+    if client_sock is not None:
+        return client_sock, connection.backend_sock
+    return connection.transport.getHandle(), connection.peer.transport.getHandle()
+
+
+class Hold(protocol.Protocol):
+    """Keeps every connection (in C{factory.held}), so a test can look at
+    or reset it."""
+
+    def connectionMade(self) -> None:
+        self.factory.held.append(self)
+
+
 class Echo(protocol.Protocol):
     """Echoes; on the client's EOF flushes what it owes, then closes."""
 

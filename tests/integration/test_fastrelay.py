@@ -144,6 +144,29 @@ def test_nodelay_on_both_sides(fast):
         yield server.stopListening()
 
 
+@pytest.mark.parametrize("setting, expected", [((60, 10, 6), 1), (None, 0)])
+@pytest_twisted.inlineCallbacks
+def test_backend_keepalive_comes_with_the_connect_deadline(fast, setting, expected):
+    """The backend socket gets its keepalive when the connect deadline is
+    swept (the sweep emptying the deadline queue is the acknowledgement),
+    and with keepalive off it gets none then either."""
+    server = h.serve(reactor, Hold, held=[])
+    try:
+        engine, balancer = fast(
+            [server.getHost().port],
+            settings=ProxySettings(tcp_keepalive=setting, connect_timeout=0.2),
+        )
+        s = yield deferToThread(h.client, engine.port)
+        yield until(lambda: balancer.connections["b1"])
+        (relay,) = balancer.connections["b1"]
+        yield until(lambda: not engine.timeouts)
+        assert relay.backend_sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == expected
+        assert relay.client_sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == expected
+        s.close()
+    finally:
+        yield server.stopListening()
+
+
 @pytest_twisted.inlineCallbacks
 def test_resets_are_recorded_by_side(fast, access):
     """A client that resets is logged as client-reset; a backend that
@@ -246,6 +269,39 @@ def test_many_short_connections_leave_nothing_behind(fast):
         assert list(engine.handlers) == [engine.listener.fileno()]
         yield until(lambda: len(os.listdir("/proc/self/fd")) <= before)
     finally:
+        yield echo.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_finished_connections_are_freed_without_the_cyclic_collector(fast):
+    """A finished relay and its session are freed by reference counting at
+    once (no reference cycle left for the cyclic collector, whose passes
+    over many dead relays cost throughput and latency)."""
+    import gc
+
+    from lbproxy.relay.fast_engine import Relay
+    from lbproxy.relay.session import ConnectionSession
+
+    echo = h.serve(reactor, h.Echo)
+    gc.collect()
+    gc.disable()
+    try:
+        engine, balancer = fast([echo.getHost().port])
+
+        def run():
+            for i in range(20):
+                s = h.client(engine.port)
+                s.sendall(b"x")
+                s.shutdown(socket.SHUT_WR)
+                assert h.read_all(s) == b"x"
+                s.close()
+
+        yield deferToThread(run)
+        yield until(lambda: balancer.totals.active == 0)
+        live = [o for o in gc.get_objects() if type(o) in (Relay, ConnectionSession)]
+        assert live == []
+    finally:
+        gc.enable()
         yield echo.stopListening()
 
 

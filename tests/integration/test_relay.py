@@ -381,3 +381,59 @@ def test_no_backend_closes_client_at_once(engine, factories, cleanup):
     data = yield deferToThread(h.read_until_closed, port)
     assert data == b""
     yield until(lambda: balancer.totals.no_backend == 1 and balancer.totals.active == 0)
+
+
+KEEPALIVE = (socket.SO_KEEPALIVE, socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+
+
+def keepalive(sock):
+    levels = (socket.SOL_SOCKET, socket.IPPROTO_TCP, socket.IPPROTO_TCP, socket.IPPROTO_TCP)
+    return tuple(sock.getsockopt(level, name) for level, name in zip(levels, KEEPALIVE))
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [(ProxySettings().tcp_keepalive, (1, 60, 10, 6)), ((30, 5, 3), (1, 30, 5, 3))],
+)
+@pytest_twisted.inlineCallbacks
+def test_tcp_keepalive_on_both_sides(engine, factories, cleanup, setting, expected):
+    """Both sockets of a relayed connection (the accepted client socket and
+    the backend socket) carry TCP keepalive with the configured idle,
+    interval and count (60,10,6 by default), so dead peers of idle
+    connections are found.  The client side has it from the start; the
+    fast engine gives the backend side its keepalive once the connection
+    outlives the connect timeout (shorter ones never need it)."""
+    server = backend(cleanup, h.Hold, held=[])
+    balancer = h.make_balancer(
+        reactor, factories, [server.getHost().port],
+        settings=ProxySettings(tcp_keepalive=setting, connect_timeout=0.2),
+    )
+    port = start(engine, balancer, cleanup)
+    s = yield deferToThread(h.client, port)
+    try:
+        yield until(lambda: balancer.connections["b1"])
+        (conn,) = balancer.connections["b1"]
+        client_side, backend_side = h.relayed_sockets(conn)
+        assert keepalive(client_side) == expected
+        yield until(lambda: backend_side.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+        assert keepalive(backend_side) == expected
+    finally:
+        s.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_tcp_keepalive_off(engine, factories, cleanup):
+    """With --tcp-keepalive off neither side gets SO_KEEPALIVE."""
+    server = backend(cleanup, h.Hold, held=[])
+    balancer = h.make_balancer(
+        reactor, factories, [server.getHost().port], settings=ProxySettings(tcp_keepalive=None)
+    )
+    port = start(engine, balancer, cleanup)
+    s = yield deferToThread(h.client, port)
+    try:
+        yield until(lambda: balancer.connections["b1"])
+        (conn,) = balancer.connections["b1"]
+        for sock in h.relayed_sockets(conn):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+    finally:
+        s.close()

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""
+A/B of the fast engine between two source trees (e.g. before and after a
+change), interleaved on one nginx backend: requests per proxy CPU-second
+for one connection per request (wrk, Connection: close) and keep-alive.
+
+    git archive BASE | tar -x -C /tmp/base
+    python3 bench/ab.py /tmp/base . --rounds 6 --duration 2
+
+Each round runs every tree, alternating which goes first, so drifting
+load on a shared machine hits both alike; the medians are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import run as B  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("trees", nargs="+", help="source trees (the first is the reference)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--modes", default="close,keepalive")
+    parser.add_argument("--extra", action="append", default=[],
+                        help="TREE_INDEX:ARG,ARG extra lbproxy arguments for one tree")
+    args = parser.parse_args(argv)
+    trees = [Path(t).resolve() for t in args.trees]
+    extra: dict[int, list[str]] = {}
+    for item in args.extra:
+        index, _, rest = item.partition(":")
+        extra[int(index)] = rest.split(",")
+    tmp = Path(tempfile.mkdtemp(prefix="lbproxy-ab-"))
+    tmp.chmod(0o755)
+    nport = B.free_port()
+    nginx = subprocess.Popen([B.NGINX, "-c", str(B.nginx_config(tmp, nport, 1)), "-p", str(tmp)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proxies = []
+    try:
+        B.wait_port(nport, nginx, "nginx")
+        for i, root in enumerate(trees):
+            port, admin = B.free_port(), B.free_port()
+            argv_ = B.lbproxy_argv(port, admin, nport, "fast", 1) + extra.get(i, [])
+            log = open(tmp / f"tree{i}.log", "wb")
+            proc = subprocess.Popen(argv_, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
+                                    stdout=log, stderr=subprocess.STDOUT)
+            B.wait_port(port, proc, str(root))
+            proxy = B.Proxy(f"tree{i}", "lbproxy", 1, argv_, port, admin, root)
+            proxy.proc = proc
+            proxies.append(proxy)
+        modes = args.modes.split(",")
+        results = {(i, m): [] for i in range(len(trees)) for m in modes}
+        for r in range(args.rounds):
+            order = list(range(len(trees)))
+            if r % 2:
+                order.reverse()
+            for mode in modes:
+                for i in order:
+                    results[(i, mode)].append(
+                        B.measure(proxies[i], "/", args.duration, 50, mode == "close"))
+        for mode in modes:
+            ref = B.median([x["req_per_cpu_s"] for x in results[(0, mode)]]) or 1.0
+            for i, root in enumerate(trees):
+                rs = results[(i, mode)]
+                med = B.median([x["req_per_cpu_s"] for x in rs]) or 0.0
+                print(f"{mode:9} {str(root):40} req/CPU-s {med:9.0f} ({med / ref:.2f}x) "
+                      f"runs {[round(x['req_per_cpu_s'] or 0) for x in rs]} errors {sum(x['errors'] for x in rs)}")
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        nginx.terminate()
+        nginx.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
