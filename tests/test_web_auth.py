@@ -42,11 +42,14 @@ def test_mutation_needs_token(locked):
 
 
 def test_reads_need_token_unless_open(factories, locked):
-    """Reads need the token too, unless the policy opens them; EventSource-style ?access_token= works for reads only."""
+    """Reads need the token too, unless the policy opens them; EventSource-style ?access_token= works for reads of the event feed only."""
     assert locked.get("/api/v1/backends").code == 401
     assert locked.get("/metrics").code == 401
     assert locked.get("/api/v1/backends", headers=bearer()).code == 200
-    assert locked.get(f"/api/v1/stats?access_token={TOKEN}").code == 200
+    assert locked.request("HEAD", f"/api/v1/events?access_token={TOKEN}").code == 200
+    assert locked.request("HEAD", f"/api/v1/events?%61ccess_token={TOKEN}").code == 200
+    assert locked.get(f"/api/v1/stats?access_token={TOKEN}").code == 401
+    assert locked.get(f"/api/v1/config?access_token={TOKEN}").code == 401
     r = locked.request("POST", f"/api/v1/backends?access_token={TOKEN}", NEW)
     assert r.code == 401
     assert locked.get("/api/v1/openapi.json").code == 200
@@ -73,8 +76,8 @@ def test_cross_origin_changes_refused(locked, headers):
 
 
 def test_same_origin_changes_allowed(factories):
-    """The site's own pages (Origin equal to Host) and configured origins may change it."""
-    admin = Admin(factories, policy=AdminPolicy(origins=["http://ui.example:8000"]))
+    """The site's own pages (Origin equal to an allowed Host) and configured origins may change it."""
+    admin = Admin(factories, policy=AdminPolicy(origins=["http://ui.example:8000"], hosts=["admin.test"]))
     r = admin.request("POST", "/api/v1/backends", NEW,
                       headers={"Origin": "http://admin.test", "Sec-Fetch-Site": "same-origin"})
     assert r.code == 201
