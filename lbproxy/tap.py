@@ -113,6 +113,15 @@ class Options(usage.Options):
         ["admin-token-file", None, None,
          "File holding the admin API token: changes then need 'Authorization: Bearer <token>', "
          "and so do reads unless --admin-open-reads.  Required when --admin is not loopback-only."],
+        ["admin-max-connections", None, "256",
+         "Admin connections open at once (event feed streams included); more are closed as they "
+         "are accepted, so the admin can never take the relay's file descriptors."],
+        ["admin-read-timeout", None, "10",
+         "Seconds a client has to send one whole admin request (headers and body); a slower "
+         "one gets 408 and is disconnected."],
+        ["admin-write-rate", None, "20",
+         "Changes per second the admin API accepts, with bursts of twice as many; past that it "
+         "answers 429 with Retry-After (0: no limit)."],
         ["demo-users", None, "20", "With --demo: how many simulated users are online at first."],
         ["demo-ports", None, "0,0,0", "With --demo: ports of the demo backends (0: any free port)."],
     ]
@@ -125,6 +134,17 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["backends"] = []
+        self["admin-hosts"] = []
+
+    def opt_admin_host(self, value: str) -> None:
+        """
+        A name the admin API and UI answer for besides its address and localhost (exactly this name, any port; repeatable); any other Host gets 421, which stops DNS rebinding.
+        """
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?", value):
+            raise usage.UsageError(f"--admin-host must be a host name without a port, not {value!r}")
+        self["admin-hosts"].append(value.lower())
 
     def opt_backend(self, value: str) -> None:
         """
@@ -153,6 +173,9 @@ class Options(usage.Options):
             )
         if self["admin-open-reads"] and not self["admin-token"]:
             raise usage.UsageError("--admin-open-reads only makes sense with --admin-token-file")
+        self["admin-max-connections"] = _number(self["admin-max-connections"], "--admin-max-connections", int, 1)
+        self["admin-read-timeout"] = _number(self["admin-read-timeout"], "--admin-read-timeout", float, 0.1)
+        self["admin-write-rate"] = _number(self["admin-write-rate"], "--admin-write-rate", float, 0)
 
     def postOptions(self) -> None:
         import json
