@@ -99,8 +99,14 @@ def admin_service(options: Any, top: Any, reactor: Any = None) -> Any:
     from lbproxy.web.app import AdminApp
     from lbproxy.web.site import MAX_CONNECTIONS, READ_TIMEOUT
 
-    policy = AdminPolicy(options.get("admin-token"), bool(options.get("admin-open-reads")),
-                         hosts=options.get("admin-hosts") or ())
+    hosts = list(options.get("admin-hosts") or ())
+    if options.get("etcd-endpoints"):
+        import socket
+
+        # The name other nodes' UIs link to for a wildcard --admin
+        # (lbproxy.control.cluster.admin_url).
+        hosts.append(socket.gethostname().lower())
+    policy = AdminPolicy(options.get("admin-token"), bool(options.get("admin-open-reads")), hosts=hosts)
     app = AdminApp(top.controller, top.balancer, policy=policy, clock=reactor, node=options.get("node"),
                    write_rate=float(options.get("admin-write-rate", 20.0)))
 

@@ -166,9 +166,9 @@ class AdminApp:
         self.clock = clock
         self.stats = stats if stats is not None else StatsSampler(self.balancer, clock)
         self.feed = feed if feed is not None else EventFeed(self.balancer, self.stats, clock)
-        self.registry = metrics_registry(self.balancer, self.feed)
         self.writes = TokenBucket(write_rate, write_burst, clock)
         self.views = ViewCache(self.balancer, clock)
+        self.registry = metrics_registry(self.balancer, self.feed, self.views.views)
         self.node = node
         self.started = clock.seconds()
         self.static = static if static is not None else static_dir()

@@ -36,9 +36,10 @@ class BalancerCollector(Collector):
     C{backend} (id) and C{address}).
     """
 
-    def __init__(self, balancer: Any, feed: Any = None) -> None:
+    def __init__(self, balancer: Any, feed: Any = None, views: Any = None) -> None:
         self.balancer = balancer
         self.feed = feed
+        self.views = views if views is not None else balancer.backends_view
 
     def collect(self) -> Iterator[Any]:
         b = self.balancer
@@ -83,7 +84,7 @@ class BalancerCollector(Collector):
             "lbproxy_backend_state", "1 for the state the backend is in.", labels=labels + ["state"],
         )
         candidates = {c.id for c in b.pool.candidates}
-        for view in b.backends_view():
+        for view in self.views():
             lv = [view["id"], view["address"]]
             stats = view["stats"]
             total.add_metric(lv, stats.get("total", 0))
@@ -99,7 +100,7 @@ class BalancerCollector(Collector):
         yield from (total, active, failures, up_bytes, down_bytes, latency, up, weight, state)
 
 
-def metrics_registry(balancer: Any, feed: Any = None) -> CollectorRegistry:
+def metrics_registry(balancer: Any, feed: Any = None, views: Any = None) -> CollectorRegistry:
     """
     A registry of this balancer's metrics and the process's own (CPU,
     memory, file descriptors), separate from the global default registry
@@ -108,6 +109,6 @@ def metrics_registry(balancer: Any, feed: Any = None) -> CollectorRegistry:
     from prometheus_client import ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BalancerCollector(balancer, feed))
+    registry.register(BalancerCollector(balancer, feed, views))
     ProcessCollector(registry=registry)
     return registry
