@@ -137,6 +137,7 @@ class AdminChannel(HTTPChannel):
     """
 
     _deadline: Any = None
+    _aborting: Any = None
     _partial = False
 
     def connectionMade(self) -> None:
@@ -147,6 +148,8 @@ class AdminChannel(HTTPChannel):
     def connectionLost(self, reason: Any) -> None:
         self.site.open_connections -= 1
         self._disarm()
+        if self._aborting is not None and self._aborting.active():
+            self._aborting.cancel()
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -193,11 +196,7 @@ class AdminChannel(HTTPChannel):
             )
         self.loseConnection()
         # A client that reads nothing would keep the socket open.
-        self.callLater(self.site.read_timeout, self._abort)
-
-    def _abort(self) -> None:
-        if self.transport is not None and self.transport.connected:
-            self.transport.abortConnection()
+        self._aborting = self.callLater(self.site.read_timeout, self.transport.abortConnection)
 
 
 class AdminSite(Site):
