@@ -202,3 +202,27 @@ def test_read_token_file_rejects_spaces(tmp_path):
     f.write_text("abc def ghi jkl mno pqr")
     with pytest.raises(ValueError, match="printable"):
         read_token_file(str(f))
+
+
+def test_admin_limit_flags_reach_the_site(factories):
+    """--admin-host, --admin-max-connections, --admin-read-timeout and --admin-write-rate are parsed, checked and given to the admin site."""
+    from twisted.application.service import MultiService
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lbproxy.web import admin_service
+
+    o = _parse("--admin-host", "LB1.example.com", "--admin-host", "lb2", "--admin-max-connections", "7",
+               "--admin-read-timeout", "2.5", "--admin-write-rate", "3")
+    helper = Admin(factories)
+    top = MultiService()
+    top.balancer, top.controller = helper.balancer, helper.controller
+    app = admin_service(o, top, reactor=MemoryReactorClock())
+    site = top.getServiceNamed("admin").factory
+    assert app.policy.hosts == {"lb1.example.com", "lb2"}
+    assert (site.max_connections, site.read_timeout, app.writes.rate, app.writes.burst) == (7, 2.5, 3, 6)
+    defaults = _parse()
+    assert (defaults["admin-max-connections"], defaults["admin-read-timeout"], defaults["admin-write-rate"]) == (256, 10, 20)
+    for bad in (["--admin-host", "lb:8081"], ["--admin-host", "a b"], ["--admin-max-connections", "0"],
+                ["--admin-write-rate", "-1"], ["--admin-read-timeout", "x"]):
+        with pytest.raises(usage.UsageError):
+            _parse(*bad)
