@@ -261,7 +261,7 @@ def _failures():
     seen = []
 
     def observe(event):
-        if "log_failure" in event:
+        if "log_failure" in event or event.get("isError"):
             seen.append(event)
 
     globalLogPublisher.addObserver(observe)
@@ -292,6 +292,18 @@ def test_duplicate_keys_are_400(admin):
                       headers={"Content-Type": JSON})
     assert r.code == 400 and "'a'" in r.json["error"]
     assert admin.balancer.config.version == 1
+
+
+def test_undecodable_path_is_400_without_traceback(admin):
+    """A path that is not UTF-8 once percent-decoded is a plain 400 from the site, with nothing logged as a failure."""
+    seen, stop = _failures()
+    try:
+        for path in ("/%ff", "/api/v1/backends/%c3%28", "/api/v1/%ff/x"):
+            code, body = Wire(admin).send("GET", path, [("Host", "127.0.0.1")])
+            assert code == 400 and json.loads(body)["error"].endswith("percent-decoded"), path
+    finally:
+        stop()
+    assert seen == []
 
 
 def test_nul_in_path_is_404(factories, tmp_path):

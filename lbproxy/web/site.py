@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, parse_qs
@@ -58,6 +59,7 @@ class AdminRequest(Request):
         self._early_fields()
         try:
             self.channel.site.policy.check_host(self)
+            _check_path(self.path)
             if length != 0:
                 self.channel.site.policy.check(self)
                 if length is not None and length > MAX_BODY:
@@ -127,6 +129,14 @@ class AdminRequest(Request):
         self.finished = 1
         self.channel.factory.log(self)
         self.channel.loseConnection()
+
+
+def _check_path(path: bytes | None) -> None:
+    # Klein would log a traceback for each such request; refuse it plainly.
+    try:
+        unquote_to_bytes(path or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the path is not valid UTF-8 once percent-decoded") from None
 
 
 class AdminChannel(HTTPChannel):
