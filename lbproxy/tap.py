@@ -120,6 +120,11 @@ class ProxySpec:
     node: str | None = None
     admin_token: str | None = None
     admin_open_reads: bool = flag("admin-open-reads", lambda v, f: bool(v), default=False)
+    #: names the admin answers for besides its address and localhost (--admin-host).
+    admin_hosts: tuple[str, ...] = ()
+    admin_max_connections: int = flag("admin-max-connections", number(int, 1), default=256)
+    admin_read_timeout: float = flag("admin-read-timeout", number(float, 0.1), default=10.0)
+    admin_write_rate: float = flag("admin-write-rate", number(float, 0), default=20.0)
     dns_servers: tuple[tuple[str, int], ...] | None = flag("dns-server", lambda v, f: tuple(_dns_servers(v)))
     dns_refresh: float = flag("dns-refresh", lambda v, f: number(float, 0.1)(v, f), default=30.0)
 
@@ -186,6 +191,15 @@ class Options(usage.Options):
         ["admin-token-file", None, None,
          "File holding the admin API token: changes then need 'Authorization: Bearer <token>', "
          "and so do reads unless --admin-open-reads.  Required when --admin is not loopback-only."],
+        ["admin-max-connections", None, "256",
+         "Admin connections open at once (event feed streams included); more are closed as they "
+         "are accepted, so the admin can never take the relay's file descriptors."],
+        ["admin-read-timeout", None, "10",
+         "Seconds a client has to send one whole admin request (headers and body); a slower "
+         "one gets 408 and is disconnected."],
+        ["admin-write-rate", None, "20",
+         "Changes per second the admin API accepts, with bursts of twice as many; past that it "
+         "answers 429 with Retry-After (0: no limit)."],
     ]
     optFlags = [
         ["no-access-log", None, "Do not log one line per finished connection."],
@@ -199,6 +213,17 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["backends"] = []
+        self["admin-hosts"] = []
+
+    def opt_admin_host(self, value: str) -> None:
+        """
+        A name the admin API and UI answer for besides its address and localhost (exactly this name, any port; repeatable); any other Host gets 421, which stops DNS rebinding.
+        """
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?", value):
+            raise usage.UsageError(f"--admin-host must be a host name without a port, not {value!r}")
+        self["admin-hosts"].append(value.lower())
 
     def opt_backend(self, value: str) -> None:
         """
@@ -395,7 +420,8 @@ def build_spec(options: Options) -> ProxySpec:
     return ProxySpec(
         listen=listen, admin=admin, backlog=backlog, engine=engine, workers=workers,
         settings=settings, seed=seed, seed_flags=seed_flags, max_connections_given=given,
-        state_dir=state_dir, admin_token=token, **cluster, **simple,
+        state_dir=state_dir, admin_token=token, admin_hosts=tuple(options["admin-hosts"]),
+        **cluster, **simple,
     )
 
 

@@ -72,7 +72,7 @@ def test_options_hold_only_flags_and_the_spec_is_frozen():
     import dataclasses
 
     o = parse("--backend", "127.0.0.1:9001", "--listen", "tcp:0:interface=127.0.0.1")
-    assert set(o) <= {name for name, *_ in o.optParameters} | {name for name, *_ in o.optFlags} | {"backends"}
+    assert set(o) <= {name for name, *_ in o.optParameters} | {name for name, *_ in o.optFlags} | {"backends", "admin-hosts"}
     assert all(v is None or isinstance(v, (str, int, list)) for v in o.values())
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.spec.backlog = 1

@@ -42,11 +42,14 @@ def test_mutation_needs_token(locked):
 
 
 def test_reads_need_token_unless_open(factories, locked):
-    """Reads need the token too, unless the policy opens them; EventSource-style ?access_token= works for reads only."""
+    """Reads need the token too, unless the policy opens them; EventSource-style ?access_token= works for reads of the event feed only."""
     assert locked.get("/api/v1/backends").code == 401
     assert locked.get("/metrics").code == 401
     assert locked.get("/api/v1/backends", headers=bearer()).code == 200
-    assert locked.get(f"/api/v1/stats?access_token={TOKEN}").code == 200
+    assert locked.request("HEAD", f"/api/v1/events?access_token={TOKEN}").code == 200
+    assert locked.request("HEAD", f"/api/v1/events?%61ccess_token={TOKEN}").code == 200
+    assert locked.get(f"/api/v1/stats?access_token={TOKEN}").code == 401
+    assert locked.get(f"/api/v1/config?access_token={TOKEN}").code == 401
     r = locked.request("POST", f"/api/v1/backends?access_token={TOKEN}", NEW)
     assert r.code == 401
     assert locked.get("/api/v1/openapi.json").code == 200
@@ -73,8 +76,8 @@ def test_cross_origin_changes_refused(locked, headers):
 
 
 def test_same_origin_changes_allowed(factories):
-    """The site's own pages (Origin equal to Host) and configured origins may change it."""
-    admin = Admin(factories, policy=AdminPolicy(origins=["http://ui.example:8000"]))
+    """The site's own pages (Origin equal to an allowed Host) and configured origins may change it."""
+    admin = Admin(factories, policy=AdminPolicy(origins=["http://ui.example:8000"], hosts=["admin.test"]))
     r = admin.request("POST", "/api/v1/backends", NEW,
                       headers={"Origin": "http://admin.test", "Sec-Fetch-Site": "same-origin"})
     assert r.code == 201
@@ -199,3 +202,25 @@ def test_read_token_file_rejects_spaces(tmp_path):
     f.write_text("abc def ghi jkl mno pqr")
     with pytest.raises(ValueError, match="printable"):
         read_token_file(str(f))
+
+
+def test_admin_limit_flags_reach_the_site(factories):
+    """--admin-host, --admin-max-connections, --admin-read-timeout and --admin-write-rate are parsed, checked and given to the admin site."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lbproxy.web import admin_service
+
+    o = _parse("--admin-host", "LB1.example.com", "--admin-host", "lb2", "--admin-max-connections", "7",
+               "--admin-read-timeout", "2.5", "--admin-write-rate", "3")
+    helper = Admin(factories)
+    app, services = admin_service(o.spec, helper.controller, helper.balancer, reactor=MemoryReactorClock())
+    site = next(s for s in services if s.name == "admin").factory
+    assert app.policy.hosts == {"lb1.example.com", "lb2"}
+    assert (site.max_connections, site.read_timeout, app.writes.rate, app.writes.burst) == (7, 2.5, 3, 6)
+    defaults = _parse()
+    spec = defaults.spec
+    assert (spec.admin_max_connections, spec.admin_read_timeout, spec.admin_write_rate) == (256, 10, 20)
+    for bad in (["--admin-host", "lb:8081"], ["--admin-host", "a b"], ["--admin-max-connections", "0"],
+                ["--admin-write-rate", "-1"], ["--admin-read-timeout", "x"]):
+        with pytest.raises(usage.UsageError):
+            _parse(*bad)

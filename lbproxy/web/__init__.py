@@ -26,24 +26,57 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+def redact(uri: bytes) -> bytes:
+    """
+    C{uri} with the value of every C{access_token} query parameter replaced
+    by C{REDACTED}.  Names are decoded as the request's C{args} decode them
+    (C{+} and C{%XX}, C{&} or C{;} between pairs), so no spelling that the
+    token check accepts shows the token.
+    """
+    from urllib.parse import unquote_to_bytes
+
+    path, sep, query = uri.partition(b"?")
+    if not sep:
+        return uri
+    parts = re.split(rb"([&;])", query)
+    for i in range(0, len(parts), 2):
+        name, eq, _ = parts[i].partition(b"=")
+        if eq and unquote_to_bytes(name.replace(b"+", b" ")).lower() == b"access_token":
+            parts[i] = name + b"=REDACTED"
+    return path + sep + b"".join(parts)
+
+
+class _Redacted:
+    """A request as the access log sees it: URI and Referer redacted."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self.uri = redact(request.uri)
+
+    def getHeader(self, name: bytes) -> Any:
+        value = self._request.getHeader(name)
+        return redact(value) if value and name.lower() == b"referer" else value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
 def _redacting_formatter(timestamp: str, request: Any) -> str:
     from twisted.web.http import combinedLogFormatter
 
-    line = combinedLogFormatter(timestamp, request)
-    return re.sub(r"access_token=[^&\s\"]*", "access_token=REDACTED", line)
+    return combinedLogFormatter(timestamp, _Redacted(request))
 
 
-def admin_site(app: Any) -> Any:
+def admin_site(app: Any, **limits: Any) -> Any:
     """
-    A L{twisted.web.server.Site} for C{app}: no traceback pages, and access
-    log lines with any C{access_token} query parameter redacted.
+    The L{lbproxy.web.site.AdminSite} for C{app}: no traceback pages, access
+    log lines with any C{access_token} query parameter redacted, requests
+    checked from their headers, and the connection and time limits
+    (C{max_connections=}, C{read_timeout=}, C{reactor=}).
     """
-    from twisted.web.server import Site
+    from lbproxy.web.site import AdminSite
 
-    site = Site(app.resource(), logFormatter=_redacting_formatter)
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+    return AdminSite(app, logFormatter=_redacting_formatter, **limits)
 
 
 def admin_service(spec: Any, controller: Any, balancer: Any, reactor: Any = None) -> tuple[Any, list[Any]]:
@@ -61,9 +94,18 @@ def admin_service(spec: Any, controller: Any, balancer: Any, reactor: Any = None
 
     from lbproxy.endpoints import ListenerService
     from lbproxy.web.app import AdminApp
+    from lbproxy.web.site import MAX_CONNECTIONS, READ_TIMEOUT
 
-    policy = AdminPolicy(spec.admin_token, spec.admin_open_reads)
-    app = AdminApp(controller, balancer, policy=policy, clock=reactor, node=spec.node)
+    hosts = list(spec.admin_hosts)
+    if spec.etcd_endpoints:
+        import socket
+
+        # The name other nodes' UIs link to for a wildcard --admin
+        # (lbproxy.control.cluster.admin_url).
+        hosts.append(socket.gethostname().lower())
+    policy = AdminPolicy(spec.admin_token, spec.admin_open_reads, hosts=hosts)
+    app = AdminApp(controller, balancer, policy=policy, clock=reactor, node=spec.node,
+                   write_rate=spec.admin_write_rate)
 
     class _Lifecycle(Service):
         def startService(self) -> None:
@@ -75,8 +117,13 @@ def admin_service(spec: Any, controller: Any, balancer: Any, reactor: Any = None
             app.feed.close()
             return super().stopService()
 
+    site = admin_site(
+        app, reactor=reactor,
+        max_connections=spec.admin_max_connections,
+        read_timeout=spec.admin_read_timeout,
+    )
     listener = ListenerService(
-        spec.admin, admin_site(app), spec.admin.backlog or 50, "admin API and UI", reactor
+        spec.admin, site, spec.admin.backlog or 50, "admin API and UI", reactor
     )
     listener.setName("admin")
     return app, [_Lifecycle(), listener]

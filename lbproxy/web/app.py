@@ -37,8 +37,9 @@ from lbproxy.model.config import (
     update_settings,
 )
 from lbproxy.policy.plugins import uses_weights
-from lbproxy.web.auth import AdminPolicy
+from lbproxy.web.auth import SAFE_METHODS, AdminPolicy
 from lbproxy.web.errors import ApiError, dumps, read_json, send_json
+from lbproxy.web.limits import TokenBucket, ViewCache, retry_after
 from lbproxy.web.static import UIFiles, static_dir
 
 log = Logger()
@@ -48,12 +49,21 @@ API = "/api/v1"
 
 def _api(handler: Callable[..., Any]) -> Callable[..., Any]:
     """
-    Apply the access policy before an API handler runs.
+    Apply the access policy, and to changes the write rate limit, before
+    an API handler runs.
     """
 
     @functools.wraps(handler)
     def guarded(self: "AdminApp", request: Any, *args: Any, **kwargs: Any) -> Any:
         self.policy.check(request)
+        if request.method not in SAFE_METHODS:
+            wait = self.writes.take()
+            if wait:
+                raise ApiError(
+                    429, f"too many changes: at most {self.writes.rate:g} a second "
+                    f"(bursts of {self.writes.burst:g}); retry later",
+                    headers={"Retry-After": retry_after(wait)},
+                )
         return handler(self, request, *args, **kwargs)
 
     return guarded
@@ -121,6 +131,10 @@ class AdminApp:
     @ivar policy: the L{AdminPolicy} for every API request.
     @ivar stats: the L{lbproxy.policy.stats.StatsSampler} behind C{/api/v1/stats}.
     @ivar feed: the L{lbproxy.web.sse.EventFeed} behind C{/api/v1/events}.
+    @ivar writes: the L{TokenBucket} every change takes a token from
+        (C{write_rate} a second, bursts of C{write_burst}, default twice the
+        rate; a rate of C{0} is no limit).
+    @ivar views: the L{ViewCache} reads of backends come from.
     """
 
     app = Klein()
@@ -138,6 +152,8 @@ class AdminApp:
         node: str | None = None,
         static: Any = None,
         clock: Any = None,
+        write_rate: float = 20.0,
+        write_burst: float | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -153,7 +169,9 @@ class AdminApp:
         self.feed = feed if feed is not None else EventFeed(self.balancer, self.stats, clock)
         # The feed's config events: the bus is one of the controller's observers.
         controller.observe(self.balancer.events)
-        self.registry = metrics_registry(self.balancer, self.feed)
+        self.writes = TokenBucket(write_rate, write_burst, clock)
+        self.views = ViewCache(self.balancer, clock)
+        self.registry = metrics_registry(self.balancer, self.feed, self.views.views)
         self.node = node
         self.started = clock.seconds()
         self.static = static if static is not None else static_dir()
@@ -223,10 +241,14 @@ class AdminApp:
             raise ApiError(400, str(e)) from None
 
     def _backend_view(self, backend_id: str) -> dict[str, Any]:
-        b = self.balancer.config.backend(backend_id) or self.balancer.removing.get(backend_id)
-        if b is None:
+        view = self.views.view(backend_id)
+        if view is None:
             raise ApiError(404, f"there is no backend {backend_id!r}")
-        return self.balancer.backend_view(b)
+        return view
+
+    def _removing(self, backend_id: str) -> bool:
+        b = self.balancer
+        return backend_id in b.removing and b.config.backend(backend_id) is None
 
     # Backends ----------------------------------------------------------------
 
@@ -234,7 +256,7 @@ class AdminApp:
     @_api
     def list_backends(self, request: Any) -> bytes:
         config = self.balancer.config
-        return self._with_version(request, config.version, {"backends": self.balancer.backends_view()})
+        return self._with_version(request, config.version, {"backends": self.views.views()})
 
     @app.route(API + "/backends", methods=["POST"])
     @_api
@@ -254,6 +276,9 @@ class AdminApp:
     @_api
     async def patch_backend(self, request: Any, backend_id: str) -> bytes:
         body = read_json(request)
+        if self._removing(backend_id):
+            raise ApiError(409, f"backend {backend_id!r} is being removed and cannot be changed; "
+                           "DELETE it with ?force=true to close its remaining connections")
 
         def mutate(config: Config) -> Any:
             try:
@@ -268,6 +293,8 @@ class AdminApp:
     @_api
     async def delete_backend(self, request: Any, backend_id: str) -> bytes:
         force = _flag(request, b"force")
+        if self._removing(backend_id):
+            return self._close_removing(request, backend_id, force)
 
         def mutate(config: Config) -> Any:
             try:
@@ -282,6 +309,21 @@ class AdminApp:
         active = await b.count_connections(backend_id)
         closed = (await b.close_everywhere(backend_id, "removed by operator")) if force else 0
         return self._with_version(request, new.version, {
+            "id": backend_id,
+            "state": "removing" if backend_id in b.removing else "removed",
+            "connections": active,
+            "closed": closed,
+        })
+
+    def _close_removing(self, request: Any, backend_id: str, force: bool) -> bytes:
+        """
+        DELETE of a backend already out of the config and draining: nothing
+        to store; with C{force}, close what it still has open.
+        """
+        b = self.balancer
+        active = len(b.connections.get(backend_id, ()))
+        closed = b.close_connections(backend_id, "removed by operator") if force else 0
+        return self._with_version(request, b.config.version, {
             "id": backend_id,
             "state": "removing" if backend_id in b.removing else "removed",
             "connections": active,

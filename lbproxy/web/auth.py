@@ -1,10 +1,15 @@
 """
 Who may read and who may change the pool through the admin API.
 
-Three checks, for three threats:
+Four checks, for four threats:
+  - the C{Host} must be a name this admin answers for (a literal address it
+    is bound to, C{localhost}, or a C{--admin-host} name), so a page whose
+    name was re-pointed at 127.0.0.1 (DNS rebinding) cannot use the
+    operator's browser as a same-origin client;
   - a bearer token (when one is configured) so only operators change the
     pool, and optionally only they read it;
-  - the C{Origin} (and C{Sec-Fetch-Site}) of a mutation must be this site,
+  - the C{Origin} (and C{Sec-Fetch-Site}) of a mutation must be this site
+    under one of those names,
     so a page on another origin that the operator happens to visit cannot
     drive their browser against the admin API (CSRF);
   - C{POST}/C{PUT}/C{PATCH} must declare a JSON body, which a plain HTML
@@ -15,6 +20,8 @@ Three checks, for three threats:
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import re
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
@@ -22,6 +29,31 @@ from lbproxy.web.errors import ApiError, is_json_type
 
 SAFE_METHODS = frozenset({b"GET", b"HEAD"})
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+#: The only path that takes the token as C{?access_token=} (RFC 6750 2.3):
+#: EventSource cannot send headers, and query strings end up in logs.
+EVENTS_PATH = b"/api/v1/events"
+
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^:\[\]@/\s]+))(?::[0-9]{0,5})?")
+
+
+def host_name(value: str) -> str | None:
+    """
+    The host of a C{Host} header or URL authority (without port or IPv6
+    brackets), lower case, or C{None} if it is not one.
+    """
+    m = _HOST.fullmatch(value.strip().lower())
+    if m is None:
+        return None
+    return m.group("v6") or m.group("name")
+
+
+def _same_ip(name: str, local: str) -> bool:
+    try:
+        a, b = ipaddress.ip_address(name), ipaddress.ip_address(local.split("%")[0])
+    except ValueError:
+        return False
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+    return (getattr(a, "ipv4_mapped", None) or a) == (getattr(b, "ipv4_mapped", None) or b)
 
 
 class AdminPolicy:
@@ -34,12 +66,49 @@ class AdminPolicy:
     @ivar open_reads: whether reads need no token.
     @ivar origins: extra origins (C{scheme://host:port}) allowed to mutate,
         for a UI served from elsewhere; the site's own origin always is.
+    @ivar hosts: names besides C{localhost} and the literal address a
+        connection arrived on that the admin answers for (C{--admin-host}).
     """
 
-    def __init__(self, token: str | None = None, open_reads: bool = False, origins: Iterable[str] = ()) -> None:
+    def __init__(self, token: str | None = None, open_reads: bool = False, origins: Iterable[str] = (),
+                 hosts: Iterable[str] = ()) -> None:
         self.token = token.encode("utf-8") if token else None
         self.open_reads = open_reads
         self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+        self.hosts = frozenset(h.lower() for h in hosts)
+
+    def host_allowed(self, name: str, local: Any) -> bool:
+        """
+        Whether the admin answers for host C{name} on a connection whose
+        local address is C{local} (an L{IAddress}).
+        """
+        if name == "localhost" or name in self.hosts:
+            return True
+        bound = getattr(local, "host", None)
+        return isinstance(bound, str) and _same_ip(name, bound)
+
+    def check_host(self, request: Any) -> None:
+        """
+        Refuse a request without exactly one C{Host} header (HTTP/1.0 may
+        have none) or for a host this admin does not answer for.
+
+        @raise ApiError: 400 for a missing or repeated header, 421 for a
+            foreign name.
+        """
+        values = request.requestHeaders.getRawHeaders(b"host") or []
+        if len(values) > 1:
+            raise ApiError(400, "a request must have exactly one Host header")
+        if not values:
+            if request.clientproto == b"HTTP/1.0":
+                return
+            raise ApiError(400, "an HTTP/1.1 request must have a Host header")
+        text = values[0].decode("latin-1")
+        name = host_name(text)
+        if name is None or not self.host_allowed(name, request.getHost()):
+            raise ApiError(
+                421, f"this admin does not answer for host {text!r}; use its address, localhost, "
+                "or a name given with --admin-host (this refuses DNS rebinding)",
+            )
 
     def check(self, request: Any) -> None:
         """
@@ -51,7 +120,7 @@ class AdminPolicy:
         method = request.method
         if method in SAFE_METHODS:
             if not self.open_reads:
-                self._check_token(request, allow_query=True)
+                self._check_token(request, allow_query=request.path == EVENTS_PATH)
             return
         self._check_token(request, allow_query=False)
         self._check_origin(request)
@@ -68,7 +137,8 @@ class AdminPolicy:
             if scheme.lower() == b"bearer":
                 given = value.strip()
         elif allow_query:
-            # RFC 6750 section 2.3: EventSource cannot send headers.
+            # request.args holds decoded names, so %61ccess_token is this too;
+            # the access log redacts it by the same decoding.
             values = request.args.get(b"access_token")
             if values:
                 given = values[0]
@@ -106,10 +176,13 @@ class AdminPolicy:
             return True
         parts = urlsplit(text)
         host = request.getHeader(b"host")
+        if parts.scheme not in ("http", "https") or host is None:
+            return False
+        name = host_name(parts.netloc)
         return (
-            parts.scheme in ("http", "https")
-            and host is not None
-            and parts.netloc == host.decode("latin-1").lower()
+            parts.netloc == host.decode("latin-1").lower()
+            and name is not None
+            and self.host_allowed(name, request.getHost())
         )
 
 

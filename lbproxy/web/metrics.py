@@ -29,9 +29,10 @@ class BalancerCollector(Collector):
     C{backend} (id) and C{address}).
     """
 
-    def __init__(self, balancer: Any, feed: Any = None) -> None:
+    def __init__(self, balancer: Any, feed: Any = None, views: Any = None) -> None:
         self.balancer = balancer
         self.feed = feed
+        self.views = views if views is not None else balancer.backends_view
 
     def collect(self) -> Iterator[Any]:
         b = self.balancer
@@ -73,7 +74,7 @@ class BalancerCollector(Collector):
             "lbproxy_backend_state", "1 for the state the backend is in.", labels=labels + ["state"],
         )
         candidates = {c.id for c in b.pool.candidates}
-        for view in b.backends_view():
+        for view in self.views():
             lv = [view["id"], view["address"]]
             stats = view["stats"]
             for key, family in counters:
@@ -88,7 +89,7 @@ class BalancerCollector(Collector):
         yield from (active, latency, up, weight, state)
 
 
-def metrics_registry(balancer: Any, feed: Any = None) -> CollectorRegistry:
+def metrics_registry(balancer: Any, feed: Any = None, views: Any = None) -> CollectorRegistry:
     """
     A registry of this balancer's metrics and the process's own (CPU,
     memory, file descriptors), separate from the global default registry
@@ -97,6 +98,6 @@ def metrics_registry(balancer: Any, feed: Any = None) -> CollectorRegistry:
     from prometheus_client import ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BalancerCollector(balancer, feed))
+    registry.register(BalancerCollector(balancer, feed, views))
     ProcessCollector(registry=registry)
     return registry

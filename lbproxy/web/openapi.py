@@ -31,7 +31,7 @@ _STATUS_TEXT = {
     412: "If-Match named a stale version; nothing changed.",
     413: "The body is too large.",
     415: "The body was not sent as application/json.",
-    429: "This client address already holds the most event feeds one address may (8); close one.",
+    429: "Too many changes a second (--admin-write-rate; retry after Retry-After seconds), or, on the event feed, this client address already holds the most feeds one address may (8).",
     503: "Too many event feed subscribers; retry later.",
     507: "The config store could not make the change durable; nothing changed.",
 }
@@ -73,7 +73,7 @@ _BACKEND_ID = {
     "schema": {"type": "string"},
 }
 _READ_ERRORS = (401,)
-_CHANGE_ERRORS = (400, 401, 403, 409, 412, 413, 415, 507)
+_CHANGE_ERRORS = (400, 401, 403, 409, 412, 413, 415, 429, 507)
 
 
 def _change(summary: str, body: str | None, ok: dict[str, Any], *extra_errors: int,

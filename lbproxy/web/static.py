@@ -36,6 +36,13 @@ class UIFiles(File):
     framed by another site or sniffed as another type.
     """
 
+    def getChild(self, path, request):  # type: ignore[no-untyped-def]
+        # A NUL (from %00) is no file name; the OS would refuse it with an
+        # exception rather than an answer.
+        if b"\x00" in path:
+            return notFound("No such page.")
+        return super().getChild(path, request)
+
     def directoryListing(self) -> IResource:
         return notFound("No such page.")
 

@@ -142,6 +142,8 @@ export class BackendCards {
     c.remove.hidden = removing;
     c.remove.classList.toggle('next', drained);
     c.enable.classList.toggle('next', drained);
+    // A backend already removing can still have its connections cut.
+    c.force.title = removing ? 'Close its remaining connections now' : 'Remove now and close its open connections';
     c.weightInput.disabled = removing;
   }
 
@@ -175,9 +177,10 @@ export class BackendCards {
   async remove(id, c, force) {
     try {
       const r = await call('DELETE', `/backends/${encodeURIComponent(id)}${force ? '?force=true' : ''}`);
-      const text = r.state === 'removing'
+      const closed = r.closed ? `, ${r.closed} connection${r.closed === 1 ? '' : 's'} closed` : '';
+      const text = r.state === 'removing' && !force
         ? `removing: waiting for ${r.connections} connection${r.connections === 1 ? '' : 's'} to finish`
-        : `removed${r.closed ? `, ${r.closed} connections closed` : ''}`;
+        : `removed${closed}`;
       showResult(c.result, true, text);
       this.dash.refresh();
     } catch (e) {

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 
 ROUNDS = 25
 STRATEGIES = ("round-robin", "random", "least-connections", "weighted-round-robin", "first-available")
-SEED = ("--backend", "127.0.0.1:9001")
+# No admin write limit: this drives changes as fast as the store takes them.
+SEED = ("--backend", "127.0.0.1:9001", "--admin-write-rate", "0")
 
 State = dict[str, Any]  # {"backends": {port: (weight, state)}, "strategy": name}
 
