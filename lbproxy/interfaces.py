@@ -262,6 +262,54 @@ class IConnectionSession(Interface):
         """
 
 
+class IListenerRoute(Interface):
+    """
+    What one listening endpoint knows of the services bound to it: an
+    immutable snapshot, swapped whole on the engine when the config
+    document changes (so a connection sees one route from accept to end).
+
+    An ordinary listener carries one service and never waits for client
+    bytes (server-speaks-first protocols keep working).  A listener shared
+    by several services tells them apart by the TLS server name (SNI), so
+    the session must read the ClientHello first; a listener whose services
+    accept the PROXY protocol reads its header first from trusted sources.
+    """
+
+    endpoint = Attribute("The listen endpoint description, e.g. C{tcp:5432:interface=127.0.0.1}.")
+    routes_by_sni = Attribute(
+        "Whether the session must read the TLS ClientHello (at most 16 KiB) "
+        "before a service can be chosen."
+    )
+    sni_timeout = Attribute("Seconds the session waits for a whole ClientHello.")
+    accept_proxy = Attribute(
+        "A tuple of L{ipaddress.ip_network} from which connections must start "
+        "with a PROXY protocol v1/v2 header; empty: never read one."
+    )
+
+    def default():
+        """
+        @return: the L{IBalancer} for a connection that needs no choice (an
+            ordinary listener's one service) or has no usable server name
+            (the C{sni_default} service), or C{None}: close it.
+        """
+
+    def for_server_name(name):
+        """
+        @param name: the SNI host name, lower case, no trailing dot.
+        @return: the L{IBalancer} of the service it selects (exact name,
+            then the longest matching wildcard C{*.example.com}), or
+            C{None} if none matches (then L{default} applies).
+        """
+
+    def refused(reason):
+        """
+        Count a connection closed before any service was chosen.
+
+        @param reason: C{sni-timeout}, C{not-tls}, C{no-sni}, C{no-match},
+            C{proxy-untrusted}, C{proxy-malformed}, C{proxy-timeout}, ...
+        """
+
+
 class IConfigObserver(Interface):
     """
     A part of the running process that must follow the config document:
