@@ -227,7 +227,7 @@ class Options(usage.Options):
 
     def opt_backend(self, value: str) -> None:
         """
-        A backend, HOST:PORT[,weight=N][,proxy=v1|v2][,maxconn=N]; repeatable.
+        A backend, HOST:PORT[,KEY=VALUE...] with the keys weight=N, proxy=v1|v2, maxconn=N, id=NAME (default b1, b2, ... in order) and state=up|draining|disabled; repeatable.
         """
         try:
             self["backends"].append(parse_backend_spec(value))
