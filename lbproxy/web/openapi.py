@@ -177,7 +177,8 @@ def _schemas() -> dict[str, Any]:
     document["properties"].update(settings_fields)
     document["properties"]["backends"]["items"]["properties"] = backend_fields
     document["description"] = ("The whole config.  On import, version is ignored (use If-Match); "
-                               "the document becomes the next version.")
+                               "the document becomes the next version.  Without health_check it "
+                               "gets the default tcp check (the HealthCheck defaults); null: no checks.")
     patch = oas30(schema.BACKEND_PATCH)
     patch["properties"] = {
         k: {n: v for n, v in backend_fields[k].items() if n != "default"} for k in patch["properties"]
