@@ -169,11 +169,14 @@ class Options(usage.Options):
         ["workers", None, "1",
          "Relay worker processes sharing the listen port (SO_REUSEPORT, Linux, "
          "plain tcp listen endpoint); this process serves the admin API for all."],
-        ["check", None, None, "Active health check of every backend: tcp, http or send-expect (default: none)."],
-        ["check-interval", None, None, "Seconds between two checks of a backend (default 2)."],
+        ["check", None, None,
+         "Active health check of every backend: tcp, http, send-expect, or none to turn checks off "
+         "(default tcp: a connect every second, so a dead backend is down within about 2 s and "
+         "back up about 2 s after it answers again)."],
+        ["check-interval", None, None, "Seconds between two checks of a backend (default 1)."],
         ["check-timeout", None, None, "Seconds a check may take, at most the interval (default 1)."],
         ["rise", None, None, "Passed checks in a row that bring a down backend up (default 2)."],
-        ["fall", None, None, "Failed checks in a row that take an up backend down (default 3)."],
+        ["fall", None, None, "Failed checks in a row that take an up backend down (default 2)."],
         ["check-path", None, None, "HTTP check: the path to GET (default /)."],
         ["check-status", None, None, "HTTP check: expected status or range (default 200-399)."],
         ["check-send", None, None, "send-expect check: what to send (backslash escapes like \\r\\n)."],
@@ -227,7 +230,7 @@ class Options(usage.Options):
 
     def opt_backend(self, value: str) -> None:
         """
-        A backend, HOST:PORT[,weight=N][,proxy=v1|v2][,maxconn=N]; repeatable.
+        A backend, HOST:PORT[,KEY=VALUE...] with the keys weight=N, proxy=v1|v2, maxconn=N, id=NAME (default b1, b2, ... in order) and state=up|draining|disabled; repeatable.
         """
         try:
             self["backends"].append(parse_backend_spec(value))

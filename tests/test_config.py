@@ -144,8 +144,12 @@ def test_bad_backend_spec(spec, message):
 
 
 def test_default_config_is_empty_round_robin():
-    """An empty document is an empty pool with round-robin."""
-    assert parse_config({}) == Config()
+    """An empty document is an empty pool with round-robin and the default
+    tcp check (a document that does not say gets it; Config() in code
+    has none)."""
+    from lbproxy.model.config import DEFAULT_HEALTH_CHECK
+
+    assert parse_config({}) == Config(health_check=DEFAULT_HEALTH_CHECK)
 
 
 @pytest.mark.parametrize("host, stored", [

@@ -15,6 +15,7 @@ from lbproxy.policy.balancer import Balancer
 from lbproxy.model.config import (
     Backend,
     Config,
+    DEFAULT_HEALTH_CHECK,
     ConfigError,
     HealthCheck,
     Outlier,
@@ -115,8 +116,10 @@ def test_bad_document_from_a_store_is_refused():
     (["--check", "tcp", "--fall", "two"], "--fall must be an integer, not 'two'"),
     (["--check", "http", "--check-path", "health"], "--check-path must be an absolute HTTP path"),
     (["--check", "http", "--check-status", "2xx"], "--check-status '2xx' is not a status"),
-    (["--check", "ping"], "--check must be one of tcp, http, send-expect, not 'ping'"),
-    (["--check-path", "/h"], "--check-path needs --check tcp|http|send-expect"),
+    (["--check", "ping"], "--check must be one of tcp, http, send-expect or none, not 'ping'"),
+    (["--check-path", "/h"], "--check-path needs --check http (the default check is tcp)"),
+    (["--check-expect", "x"], "--check-expect needs --check send-expect (the default check is tcp)"),
+    (["--check", "none", "--fall", "3"], "--fall makes no sense with --check none"),
     (["--check", "send-expect", "--check-send", "x"], "--check-expect must not be empty"),
     (["--check", "send-expect", "--check-expect", "\\x4"], "--check-expect '\\\\x4' has a malformed escape"),
     (["--slow-start", "-1"], "--slow-start must be at least 0, not -1.0"),
@@ -152,14 +155,33 @@ def test_cli_settings_reach_the_seed_config():
     assert (http.health_check.path, http.health_check.status) == ("/healthz", (200, 204))
 
 
-def test_cli_defaults_keep_checks_off_and_outlier_on():
-    """Without flags there is no active check, passive ejection uses the
-    default policy, no slow start and no drain timeout; outlier failures 0
-    turns passive ejection off."""
+def test_cli_defaults_check_tcp_and_keep_outlier_on():
+    """Without flags every backend gets a tcp check a second (down after 2
+    failures, up after 2 passes), passive ejection uses the default
+    policy, no slow start and no drain timeout; --check none turns active
+    checks off, outlier failures 0 passive ejection; the interval and
+    rise/fall flags alone tune the default tcp check."""
     config = cli()
-    assert config.health_check is None and config.outlier == Outlier()
+    assert config.health_check == DEFAULT_HEALTH_CHECK
+    assert (config.health_check.type, config.health_check.interval) == ("tcp", 1.0)
+    assert (config.health_check.fall, config.health_check.rise) == (2, 2)
+    assert config.outlier == Outlier()
     assert (config.slow_start, config.drain_timeout) == (0.0, None)
+    assert cli("--check", "none").health_check is None
     assert cli("--outlier-failures", "0").outlier is None
+    tuned = cli("--check-interval", "3", "--fall", "4").health_check
+    assert (tuned.type, tuned.interval, tuned.fall) == ("tcp", 3.0, 4)
+
+
+def test_document_without_a_check_gets_the_default_and_null_keeps_none():
+    """A config document that does not say gets the default tcp check; an
+    explicit null (every config stored by the first release has one) keeps
+    meaning no active checks, so an upgrade changes no stored pool."""
+    assert parse_config({"backends": []}).health_check == DEFAULT_HEALTH_CHECK
+    assert parse_config({"backends": [], "health_check": None}).health_check is None
+    old_release = Config(version=4, backends=(Backend("b1", "127.0.0.1", 9001),)).to_json()
+    assert old_release["health_check"] is None
+    assert parse_config(old_release).health_check is None
 
 
 def test_refused_api_change_changes_nothing_and_a_good_one_reaches_the_checker():

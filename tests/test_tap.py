@@ -372,3 +372,33 @@ def test_max_connections_that_cannot_fit_refuses_to_start():
         "lower --max-connections or raise the limit (ulimit -n, LimitNOFILE=)"
     ), text
     assert "listening on" not in text
+
+
+def test_backend_help_names_every_option_the_parser_takes():
+    """Every key=value option that parse_backend_spec accepts (probed: the
+    keys its own refusal lists, and the backend fields of a config) is
+    named in --help of --backend, and the help names no option it refuses."""
+    import re
+
+    from lbproxy.model.config import ConfigError, parse_backend_spec
+    from lbproxy.model.schema import BACKEND_FIELDS
+    from lbproxy.tap import Options
+
+    with pytest.raises(ConfigError) as refused:
+        parse_backend_spec("127.0.0.1:1,colour=red")
+    listed = re.search(r"\(([^)]*)\)", str(refused.value)).group(1).split(", ")
+
+    def accepted(key):
+        try:
+            parse_backend_spec(f"127.0.0.1:1,{key}=1")
+        except ConfigError as e:
+            return "unknown option" not in str(e)
+        return True
+
+    keys = {k for k in {*listed, *BACKEND_FIELDS, "proxy", "maxconn"} if accepted(k)}
+    assert {"weight", "proxy", "maxconn", "id", "state"} <= keys
+    text = " ".join(str(Options()).split())
+    start = text.index("--backend=")
+    help_text = text[start:text.index("--", start + 10)]
+    named = set(re.findall(r"(\w+)=", help_text.split("with the keys", 1)[1]))
+    assert keys == named, help_text

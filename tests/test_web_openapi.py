@@ -143,7 +143,7 @@ def test_request_components_are_the_validation_schemas(component, name):
     assert strip(_no_defaults(served)) == strip(expected)
     check = openapi_document()["components"]["schemas"]["HealthCheck"]["properties"]
     assert (check["interval"]["minimum"], check["interval"]["maximum"]) == (0.1, 3600)
-    assert check["interval"]["default"] == 2.0
+    assert check["interval"]["default"] == 1.0
 
 
 def test_oas30_translates_2020_12():

@@ -16,7 +16,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from lbproxy.model.config import Backend, Config, HealthCheck, Outlier
+from lbproxy.model.config import DEFAULT_HEALTH_CHECK, Backend, Config, HealthCheck, Outlier
 from lbproxy.demo.backend import DemoBackend
 from lbproxy.demo.users import UserPopulation
 
@@ -94,7 +94,8 @@ class Demo:
         return replace(
             config,
             backends=demo + config.backends,
-            health_check=config.health_check or DEMO_HEALTH_CHECK,
+            # The demo's backends answer HTTP: its own check unless one was asked for.
+            health_check=DEMO_HEALTH_CHECK if config.health_check in (None, DEFAULT_HEALTH_CHECK) else config.health_check,
             outlier=DEMO_OUTLIER,
         )
 

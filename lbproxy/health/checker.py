@@ -371,6 +371,8 @@ CHECK_FLAGS = {
     "send": "--check-send",
     "expect": "--check-expect",
 }
+#: The flags only one check type reads, and that type.
+_TYPED_FLAGS = {"path": "http", "status": "http", "send": "send-expect", "expect": "send-expect"}
 OUTLIER_FLAGS = {
     "consecutive_failures": "--outlier-failures",
     "base_ejection": "--outlier-ejection",
@@ -419,7 +421,10 @@ def settings_from_options(options: Any) -> dict[str, Any]:
     """
     The pool-wide lifecycle settings of the command line, as L{Config}
     fields (C{health_check}, C{outlier}, C{slow_start}, C{drain_timeout}),
-    validated by the same schema and parser as the API.
+    validated by the same schema and parser as the API.  Without C{--check}
+    the pool gets L{lbproxy.model.config.DEFAULT_HEALTH_CHECK} (tcp; the
+    interval and rise/fall flags still apply to it); C{--check none} turns
+    active checks off.
 
     @param options: the parsed C{Options} mapping.
     @raise twisted.python.usage.UsageError: for any invalid value, in one
@@ -427,7 +432,8 @@ def settings_from_options(options: Any) -> dict[str, Any]:
     """
     from twisted.python import usage
 
-    from lbproxy.model.config import ConfigError, parse_settings
+    from lbproxy.model.config import DEFAULT_HEALTH_CHECK, ConfigError, parse_settings
+    from lbproxy.model.schema import CHECK_TYPES
 
     def given(flags: dict[str, str]) -> dict[str, Any]:
         return {
@@ -444,12 +450,24 @@ def settings_from_options(options: Any) -> dict[str, Any]:
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
     kind = options.get("check")
-    if kind is None and check:
-        raise usage.UsageError(f"{CHECK_FLAGS[next(iter(check))]} needs --check tcp|http|send-expect")
+    if kind == "none":
+        if check:
+            raise usage.UsageError(f"{CHECK_FLAGS[next(iter(check))]} makes no sense with --check none")
+    elif kind is None:
+        # The default check is tcp: a flag only http or send-expect reads
+        # means the operator wanted one of those.
+        for name, needs in _TYPED_FLAGS.items():
+            if name in check:
+                raise usage.UsageError(
+                    f"{CHECK_FLAGS[name]} needs --check {needs} (the default check is {DEFAULT_HEALTH_CHECK.type})"
+                )
+        kind = DEFAULT_HEALTH_CHECK.type
+    elif kind not in CHECK_TYPES:
+        raise usage.UsageError(f"--check must be one of {', '.join(CHECK_TYPES)} or none, not {kind!r}")
     outlier = given(OUTLIER_FLAGS)
     lifecycle = given({"slow_start": "--slow-start", "drain_timeout": "--drain-timeout"})
     raw: dict[str, Any] = {
-        "health_check": None if kind is None else {"type": kind, **check},
+        "health_check": None if kind == "none" else {"type": kind, **check},
         "outlier": None if outlier.get("consecutive_failures") == 0 else outlier,
         "slow_start": 0.0,
         "drain_timeout": None,

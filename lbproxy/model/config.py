@@ -60,13 +60,18 @@ class HealthCheck:
     """
     How to probe a backend, in HAProxy's terms: every C{interval} seconds,
     C{rise} successes in a row mark it up and C{fall} failures mark it down.
+
+    The defaults are also the check of a new pool (L{DEFAULT_HEALTH_CHECK}):
+    a dead backend is down within about C{fall x interval} = 2 s, before a
+    client pays for it, yet one lost probe does not take it out (nginx's
+    C{max_fails=1} would); a connect a second per backend costs nothing.
     """
 
     type: str = "tcp"
-    interval: float = 2.0
+    interval: float = 1.0
     timeout: float = 1.0
     rise: int = 2
-    fall: int = 3
+    fall: int = 2
     path: str = "/"
     status: tuple[int, int] = (200, 399)
     send: str = ""
@@ -84,6 +89,12 @@ class HealthCheck:
             "send": self.send,
             "expect": self.expect,
         }
+
+
+#: The check of a config that does not say (a new seed, a document without
+#: C{health_check}).  An explicit C{null}, as every config stored by the
+#: first release has, keeps meaning no active checks.
+DEFAULT_HEALTH_CHECK = HealthCheck()
 
 
 @dataclass(frozen=True)
@@ -370,7 +381,11 @@ def parse_config(value: Any, what: str = "config") -> Config:
         _backend(b, f"{what}.backends[{i}]") for i, b in enumerate(obj.get("backends", []))
     )
     check_unique(backends)
-    settings = {"outlier": Outlier().to_json(), **{k: obj[k] for k in SETTINGS_FIELDS if k in obj}}
+    settings = {
+        "outlier": Outlier().to_json(),
+        "health_check": DEFAULT_HEALTH_CHECK.to_json(),
+        **{k: obj[k] for k in SETTINGS_FIELDS if k in obj},
+    }
     return Config(
         version=int(obj.get("version", 0)),
         backends=backends,

@@ -92,6 +92,9 @@ class Balancer(RelayedElsewhere):
         self._ejection_timers: dict[str, Any] = {}
         self._ticker: LoopingCall | None = None
         self._followers: list[Callable[[str, tuple], None]] = []
+        #: When the idle sweep last logged, and what it closed since (see L{sweep_idle}).
+        self._idle_logged_at: float | None = None
+        self._idle_unlogged = 0
 
     # Lifecycle -----------------------------------------------------------
 
@@ -124,10 +127,16 @@ class Balancer(RelayedElsewhere):
         Close connections where neither side sent a byte for the idle
         timeout.  Checking counters once a tick costs nothing per chunk; a
         connection is closed within one tick after its timeout.
+
+        Quiet long-lived connections (Redis pub/sub, C{monitor}, database
+        pools) are cut by this and the operator should hear why, but not
+        once per connection: the first close is logged at once, naming
+        C{--idle-timeout}, and later ones at most once a minute as a count.
         """
         timeout = self.settings.idle_timeout
         if not timeout:
             return
+        closed = 0
         for group in tuple(self.connections.values()):
             for conn in tuple(group):
                 if conn.idle_mark < 0:
@@ -140,6 +149,26 @@ class Balancer(RelayedElsewhere):
                     self.totals.idle_timeouts += 1
                     conn.idle_mark = -1
                     conn.close("idle-timeout")
+                    closed += 1
+        self._idle_unlogged += closed
+        last = self._idle_logged_at
+        if not self._idle_unlogged or (last is not None and now - last < 60):
+            return
+        if last is None:
+            log.info(
+                "closed {count} connection(s) where no byte moved for {timeout:g}s; quiet "
+                "long-lived connections (Redis pub/sub, monitor, database pools) need a longer "
+                "--idle-timeout (0: never).  Further idle closes are logged once a minute.",
+                count=self._idle_unlogged, timeout=timeout,
+            )
+        else:
+            log.info(
+                "closed {count} more idle connection(s) ({timeout:g}s without a byte, "
+                "--idle-timeout) in the last {minutes:.0f} minute(s)",
+                count=self._idle_unlogged, timeout=timeout, minutes=(now - last) // 60,
+            )
+        self._idle_logged_at = now
+        self._idle_unlogged = 0
 
     # The connection path (IBalancer) -------------------------------------
 

@@ -39,6 +39,7 @@ from lbproxy.model.config import (
 from lbproxy.policy.plugins import uses_weights
 from lbproxy.web.auth import SAFE_METHODS, AdminPolicy
 from lbproxy.web.errors import ApiError, dumps, read_json, send_json
+from lbproxy.web.preconditions import if_match
 from lbproxy.web.limits import TokenBucket, ViewCache, retry_after
 from lbproxy.web.static import UIFiles, static_dir
 
@@ -67,27 +68,6 @@ def _api(handler: Callable[..., Any]) -> Callable[..., Any]:
         return handler(self, request, *args, **kwargs)
 
     return guarded
-
-
-def expected_version(request: Any) -> int | None:
-    """
-    The config version a change was based on, from C{If-Match}.
-
-    @return: the version, or C{None} without the header or for C{*}.
-    @raise ApiError: 400 for a header that is not one version.
-    """
-    header = request.getHeader(b"if-match")
-    if header is None:
-        return None
-    value = header.strip()
-    if value == b"*":
-        return None
-    if value.startswith(b"W/"):
-        value = value[2:]
-    value = value.strip(b'"')
-    if not value.isdigit() or len(value) > 18:
-        raise ApiError(400, 'If-Match must be one config version, like "12" (the ETag of a read)')
-    return int(value)
 
 
 def _flag(request: Any, name: bytes) -> bool:
@@ -221,7 +201,7 @@ class AdminApp:
         return send_json(request, body, code)
 
     async def _change(self, request: Any, mutate: Callable[[Config], Any]) -> tuple[Config, Any]:
-        expected = expected_version(request)
+        condition = if_match(request)
         try:
             # Bad input is refused as such even with a stale If-Match (RFC
             # 9110 13.2.1); the change itself reruns against the config in
@@ -230,6 +210,7 @@ class AdminApp:
             self.balancer.check(new)
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
+        expected = condition.expected(self.balancer.config.version)
         try:
             return await self.controller.change(mutate, expected)
         except VersionConflict as e:
@@ -540,4 +521,4 @@ def _builtin_names() -> set[str]:
     return names
 
 
-__all__ = ["AdminApp", "expected_version", "dumps"]
+__all__ = ["AdminApp", "dumps"]

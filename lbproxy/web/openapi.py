@@ -59,12 +59,17 @@ def _ok(schema: str, description: str, code: int = 200, etag: bool = True) -> di
     return {str(code): response}
 
 
+#: RFC 9110 If-Match: * or a list of entity-tags (or a bare version, as the first release took).
+_ETAG = '(W/)?"[\\x21\\x23-\\x7e\\u0080-\\u00ff]*"'
+_IF_MATCH_PATTERN = f'^[ \\t]*(\\*|[0-9]{{1,18}}|[ \\t,]*{_ETAG}([ \\t]*,[ \\t,]*{_ETAG})*[ \\t,]*)[ \\t]*$'
 _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
     "required": False,
-    "description": 'Apply only if this is still the config version (the ETag of a read, "12").',
-    "schema": {"type": "string", "pattern": '^(\\*|(W/)?"?[0-9]{1,18}"?)$'},
+    "description": ('Apply only if the config version is still one of these entity-tags (the ETag '
+                    'of a read, "12"; a list "12", "13"; * for any); strong comparison, so a weak '
+                    'W/"12" never matches.  No match: 412.'),
+    "schema": {"type": "string", "pattern": _IF_MATCH_PATTERN},
 }
 _BACKEND_ID = {
     "name": "backend_id",
@@ -172,7 +177,8 @@ def _schemas() -> dict[str, Any]:
     document["properties"].update(settings_fields)
     document["properties"]["backends"]["items"]["properties"] = backend_fields
     document["description"] = ("The whole config.  On import, version is ignored (use If-Match); "
-                               "the document becomes the next version.")
+                               "the document becomes the next version.  Without health_check it "
+                               "gets the default tcp check (the HealthCheck defaults); null: no checks.")
     patch = oas30(schema.BACKEND_PATCH)
     patch["properties"] = {
         k: {n: v for n, v in backend_fields[k].items() if n != "default"} for k in patch["properties"]

@@ -25,7 +25,7 @@ export class SettingsPanel {
     if (this.form.contains(document.activeElement) || this.shownVersion === config.version) return;
     this.shownVersion = config.version;
     const f = this.form.elements;
-    const d = { interval: 2, timeout: 1, rise: 2, fall: 3, path: '/', status: '200-399' };
+    const d = { interval: 1, timeout: 1, rise: 2, fall: 2, path: '/', status: '200-399' };  // HealthCheck's defaults
     f.type.value = hc ? hc.type : '';
     for (const k of HC) f[k].value = hc ? hc[k] : d[k];
     const o = config.outlier || {};
