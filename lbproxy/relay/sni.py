@@ -81,12 +81,13 @@ def _read(data: bytes) -> str | Answer:
 def _handshake_bytes(data: bytes) -> tuple[bytes | None, bool]:
     """
     Concatenate the payloads of the handshake records at the start of
-    C{data} (within L{MAX_HELLO}).
+    C{data} (within L{MAX_HELLO}) until they hold a whole handshake
+    message; what follows it is not looked at.
 
     @return: C{(payload, complete)}: C{None} for a record that is not a
         TLS handshake record; C{complete} when no more may be read.
     """
-    parts = []
+    payload = b""
     offset = 0
     limit = min(len(data), MAX_HELLO)
     while offset + 5 <= limit:
@@ -95,10 +96,11 @@ def _handshake_bytes(data: bytes) -> tuple[bytes | None, bool]:
         size = int.from_bytes(data[offset + 3:offset + 5], "big")
         if size == 0 or size > 16384 + 2048:
             return None, True
-        parts.append(data[offset + 5:offset + 5 + size])
+        payload += data[offset + 5:offset + 5 + size]
         offset += 5 + size
-    complete = len(data) >= MAX_HELLO
-    return b"".join(parts), complete
+        if len(payload) >= 4 and len(payload) >= 4 + int.from_bytes(payload[1:4], "big"):
+            break
+    return payload, len(data) >= MAX_HELLO
 
 
 def _hello(body: memoryview) -> str | Answer:
