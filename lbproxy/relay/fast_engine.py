@@ -698,6 +698,12 @@ class FastRelay:
             # options), which saves syscalls per connection.
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             apply(listener, self.options)
+            if route.routes_by_sni and hasattr(socket, "TCP_DEFER_ACCEPT"):
+                # A TLS client speaks first: wake us only once it has.
+                # Never on an ordinary listener (servers may speak first).
+                listener.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, int(route.sni_timeout))
+                )
 
     # IReadDescriptor ------------------------------------------------------
 

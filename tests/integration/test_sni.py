@@ -276,3 +276,20 @@ def test_haproxy_in_front_the_backend_sees_the_original_client(engine, factories
     assert answer == expected + b"hello through two proxies!"
     yield until(lambda: any(r.get("client") == f"127.0.0.3:{cport}" for r in records))
     assert route.refusals == []
+
+
+def test_defer_accept_only_on_sni_listeners(factories):
+    """The fast engine sets TCP_DEFER_ACCEPT on a listener that routes by
+    SNI (the client speaks first there) and never on an ordinary one."""
+    if "fast" not in h.ENGINES:
+        pytest.skip("the fast engine needs Linux")
+    from lbproxy.relay.fast_engine import FastRelay, listening_socket
+
+    b = h.make_balancer(reactor, factories, [h.dead_port()])
+    seen = {}
+    for name, target in (("sni", TwoServices({"a": b}, timeout=3.0)), ("ordinary", b)):
+        engine = FastRelay(target, listening_socket("127.0.0.1", 0), reactor)
+        seen[name] = engine.listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
+        engine.listener.close()
+        engine.epoll.close()
+    assert seen["ordinary"] == 0 and seen["sni"] > 0
