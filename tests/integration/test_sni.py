@@ -293,3 +293,40 @@ def test_defer_accept_only_on_sni_listeners(factories):
         engine.listener.close()
         engine.epoll.close()
     assert seen["ordinary"] == 0 and seen["sni"] > 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_haproxy_in_front_of_sni_routing(engine, factories, cleanup, certificate, haproxy):
+    """HAProxy's PROXY v2 header, then the client's ClientHello, in one
+    stream: lbproxy reads the header, then routes by the server name."""
+    ports = {"a": tls_server(cleanup, certificate, "site-a"), "b": tls_server(cleanup, certificate, "site-b")}
+    route = TwoServices(services(factories, cleanup, ports), proxy=["127.0.0.0/8"])
+    port, stop = start_engine(engine, route)
+    cleanup(stop)
+    front = haproxy(port)
+
+    def run():
+        wait_listening(front)
+        return [tls_read(front, n) for n in ("b.test", "a.test")]
+
+    assert (yield deferToThread(run)) == [b"site-b\n", b"site-a\n"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_untrusted_proxy_header_is_closed(engine, factories, cleanup, certificate):
+    """A source outside accept_proxy that starts with a PROXY header on an
+    SNI listener is closed and counted proxy-untrusted; its ClientHello
+    alone is routed."""
+    ports = {"b": tls_server(cleanup, certificate, "site-b")}
+    route = TwoServices(services(factories, cleanup, ports), default="b", proxy=["127.0.0.2/32"])
+    port, stop = start_engine(engine, route)
+    cleanup(stop)
+
+    def run():
+        with h.client(port) as s:
+            s.sendall(b"PROXY TCP4 203.0.113.1 127.0.0.1 1 2\r\n")
+            closed = h.read_all(s)
+        return closed, tls_read(port, "b.test")
+
+    closed, named = yield deferToThread(run)
+    assert (closed, named) == (b"", b"site-b\n") and route.refusals == ["proxy-untrusted"]
