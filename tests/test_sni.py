@@ -12,33 +12,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lbproxy.relay.sni import MAX_HELLO, NEED_MORE, NO_SNI, NOT_TLS, Answer, read_server_name
-from tests.fuzz.samples import client_hello, hello_seeds, refragment
+from tests.fuzz.samples import _records, built_hello, client_hello, hello_seeds, refragment, sni_extension
 
 VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
-
-
-def built_hello(extensions: list[tuple[int, bytes]] | None) -> bytes:
-    """A ClientHello record built by hand, with these extensions (C{None}:
-    no extensions block at all)."""
-    body = b"\x03\x03" + b"\x00" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
-    if extensions is not None:
-        block = b"".join(t.to_bytes(2, "big") + len(d).to_bytes(2, "big") + d for t, d in extensions)
-        body += len(block).to_bytes(2, "big") + block
-    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
-    return _records(handshake)
-
-
-def _records(handshake: bytes, size: int = 16384) -> bytes:
-    out = b""
-    for start in range(0, len(handshake), size):
-        chunk = handshake[start:start + size]
-        out += b"\x16\x03\x01" + len(chunk).to_bytes(2, "big") + chunk
-    return out
-
-
-def sni_extension(name: bytes) -> tuple[int, bytes]:
-    entry = b"\x00" + len(name).to_bytes(2, "big") + name
-    return (0, len(entry).to_bytes(2, "big") + entry)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -41,12 +41,38 @@ def refragment(hello: bytes, size: int) -> bytes:
     return records
 
 
+def built_hello(extensions: list[tuple[int, bytes]] | None) -> bytes:
+    """A ClientHello record built by hand, with these extensions (C{None}:
+    no extensions block at all)."""
+    body = b"\x03\x03" + b"\x00" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    if extensions is not None:
+        block = b"".join(t.to_bytes(2, "big") + len(d).to_bytes(2, "big") + d for t, d in extensions)
+        body += len(block).to_bytes(2, "big") + block
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return _records(handshake)
+
+
+def _records(handshake: bytes, size: int = 16384) -> bytes:
+    out = b""
+    for start in range(0, len(handshake), size):
+        chunk = handshake[start:start + size]
+        out += b"\x16\x03\x01" + len(chunk).to_bytes(2, "big") + chunk
+    return out
+
+
+def sni_extension(name: bytes) -> tuple[int, bytes]:
+    entry = b"\x00" + len(name).to_bytes(2, "big") + name
+    return (0, len(entry).to_bytes(2, "big") + entry)
+
+
 def hello_seeds() -> list[bytes]:
     seeds = []
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         for name in (None, "a.example", "www.long-name.example.org"):
             hello = client_hello(name, version)
             seeds += [hello, refragment(hello, 61)]
+    padded = built_hello([(21, b"\x00" * 15000), sni_extension(b"big.example")])
+    seeds += [padded, _records(padded[5:], 4000)]
     return seeds
 
 
