@@ -203,7 +203,27 @@ class IConnectionSession(Interface):
         The client is accepted: admit it (connection limit) and route it.
 
         @return: the first backend to connect to, or C{None}: close the
-            client (C{rejected}: over the limit; C{no-backend}).
+            client (C{rejected}: over the limit; C{no-backend}); or, only
+            when the listener's L{IListenerRoute} needs the client's first
+            bytes, a L{lbproxy.relay.session.ReadFirst}: read up to its
+            C{limit} bytes and hand them to L{client_bytes}, and call
+            L{read_timed_out} at its C{deadline}.
+        """
+
+    def client_bytes(data):
+        """
+        The client's next bytes while a C{ReadFirst} is in force (C{b""}:
+        it closed).  They are kept and replayed to the backend.
+
+        @return: another C{ReadFirst}, the backend to connect to, or
+            C{None}: close the client (counted by L{IListenerRoute.refused}).
+        """
+
+    def read_timed_out():
+        """
+        The C{ReadFirst} deadline passed with no decision.
+
+        @return: C{None}: close the client.
         """
 
     def connecting():

@@ -35,7 +35,9 @@ def _relay():
     listener.bind(("127.0.0.1", 0))
     engine = FastRelay(balancer, listener, reactor=clock)
     client = socket.socket()
-    session = ConnectionSession(balancer, clock, ("127.0.0.1", 1234))
+    from lbproxy.relay.route import SingleServiceRoute
+
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, ("127.0.0.1", 1234))
     return engine, Relay(engine, client, session), (listener, client)
 
 

@@ -18,6 +18,7 @@ from lbproxy.interfaces import IConnectionSession, IEngineConnection, IRelayedCo
 from lbproxy.model.config import Backend, Config, HealthCheck, ProxySettings, StrategyChoice
 from lbproxy.policy.balancer import Balancer
 from lbproxy.relay.proxyprotocol import header_v1, header_v2
+from lbproxy.relay.route import SingleServiceRoute
 from lbproxy.relay.session import ConnectionSession, socket_options
 
 CLIENT = ("192.0.2.7", 40000)
@@ -91,7 +92,7 @@ def _stop_observing():
 def opened(factories, **kw):
     """A session connected to its first backend."""
     balancer, clock, records = make(factories, **kw)
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     candidate = session.accepted()
     engine = Engine(session)
     session.connected(engine)
@@ -102,7 +103,7 @@ def test_provides_interfaces(factories):
     """The session provides IConnectionSession; the fake engine connection
     IEngineConnection, which is what the balancer sees and more."""
     balancer, clock, _ = make(factories)
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     assert verifyObject(IConnectionSession, session)
     assert verifyObject(IEngineConnection, Engine(session))
     assert verifyObject(IRelayedConnection, Engine(session))
@@ -113,7 +114,7 @@ def test_success_reports_one_ok_record(factories):
     connect latency, the backend's connection and the bytes, and gets one
     ok record through connection_closed."""
     balancer, clock, records = make(factories)
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     candidate = session.accepted()
     assert candidate.id == "b0" and session.connect_timeout == 3.0
     clock.advance(0.125)
@@ -148,7 +149,7 @@ def test_connect_latency_counts_from_connecting_after_a_lookup(factories):
     """A connect that waited for a name lookup is timed from when it
     started, not from the routing decision."""
     balancer, clock, _ = make(factories)
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     session.accepted()
     clock.advance(5)
     session.connecting()
@@ -162,7 +163,7 @@ def test_failed_connect_retries_on_another_backend(factories, reason):
     """A refused or timed-out connect counts against the backend and the
     next attempt excludes it; the retry is counted through the balancer."""
     balancer, clock, records = make(factories, n=3)
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     first = session.accepted()
     second = session.connect_failed(reason)
     assert second is not None and second.id != first.id
@@ -176,7 +177,7 @@ def test_retries_exhausted_closes_with_connect_failed(factories):
     """After --retries more attempts fail the answer is close: the session
     has reported a connect-failed record through client_failed already."""
     balancer, clock, records = make(factories, n=3, settings=ProxySettings(retries=1))
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     tried = [session.accepted()]
     tried.append(session.connect_failed("Connection refused"))
     assert session.connect_failed("Connection refused") is None
@@ -191,7 +192,7 @@ def test_every_backend_tried_is_connect_failed(factories):
     """When the tried backends were all there was, routing finds none: the
     outcome is connect-failed (not no-backend), counted once."""
     balancer, clock, records = make(factories, n=1, settings=ProxySettings(retries=5))
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     session.accepted()
     assert session.connect_failed("Connection refused") is None
     assert records == [("-", "connect-failed")]
@@ -204,7 +205,7 @@ def test_no_backend_closes_at_once(factories):
     balancer, clock, records = make(factories)
     for bid in ("b0", "b1"):
         balancer.health_result(bid, False, "check failed: x")
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     assert session.accepted() is None
     assert records == [("-", "no-backend")]
     assert balancer.totals.no_backend == 1 and balancer.totals.active == 0
@@ -216,9 +217,9 @@ def test_over_max_connections_is_rejected_without_a_record(factories):
     the client was never admitted, so there is no access record and the
     active count is untouched."""
     balancer, clock, records = make(factories, settings=ProxySettings(max_connections=1))
-    first = ConnectionSession(balancer, clock, CLIENT)
+    first = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     assert first.accepted() is not None
-    second = ConnectionSession(balancer, clock, ("192.0.2.8", 1))
+    second = ConnectionSession(SingleServiceRoute(balancer), clock, ("192.0.2.8", 1))
     assert second.accepted() is None
     assert second.outcome == "rejected" and second.finished
     assert second.ended(0, 0) is None
@@ -230,7 +231,7 @@ def test_client_gone_while_connecting(factories):
     client_failed, and the cancelled connect reported after it is not a
     failure of the backend."""
     balancer, clock, records = make(factories)
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     session.accepted()
     session.client_reset()
     session.ended(0, 0)
@@ -316,7 +317,7 @@ def test_proxy_header_to_send(factories, version, make_header):
     """A backend that asks for the PROXY protocol gets the header with the
     client's and the listener's addresses before any byte."""
     balancer, clock, _ = make(factories, proxy_protocol=version)
-    session = ConnectionSession(balancer, clock, CLIENT)
+    session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
     session.accepted()
     engine = Engine(session)
     assert session.connected(engine) == make_header(CLIENT, LOCAL)

@@ -37,9 +37,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lbproxy.endpoints import listening_socket  # noqa: F401  (moved there; imported from here too)
-from lbproxy.interfaces import IBalancer, IEngineConnection
+from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
-from lbproxy.relay.session import ConnectionSession, socket_options
+from lbproxy.relay.route import as_route
+from lbproxy.relay.session import ConnectionSession, ReadFirst, socket_options
 from lbproxy.relay.sockopts import apply
 
 log = Logger()
@@ -167,6 +168,7 @@ class Relay:
     __slots__ = (
         "engine", "session", "client_sock", "backend_sock", "cfd", "bfd", "cmask", "bmask",
         "up", "down", "first_byte_pending", "idle_mark", "idle_since", "finished", "deadline",
+        "reading", "timer",
     )
 
     def __init__(self, engine: "FastRelay", sock: socket.socket, session: ConnectionSession) -> None:
@@ -185,6 +187,8 @@ class Relay:
         self.idle_since = 0.0
         self.finished = False
         self.deadline: list | None = None
+        self.reading: ReadFirst | None = None
+        self.timer: Any = None
 
     # IRelayedConnection ----------------------------------------------------
 
@@ -215,6 +219,55 @@ class Relay:
         local = self.client_sock.getsockname()
         return (local[0], local[1])
 
+    # The first bytes, for a route that needs them ---------------------------
+
+    def read_first(self, answer: ReadFirst) -> None:
+        """
+        Read the client's first bytes for the session (SNI, a PROXY
+        header) until it decides, within its deadline.
+        """
+        engine = self.engine
+        self.reading = answer
+        engine.handlers[self.cfd] = self._on_first
+        engine.epoll.register(self.cfd, _READ)
+        self.cmask = _READ
+        self.timer = engine.reactor.callLater(
+            max(0.0, answer.deadline - engine.now()), self._first_timed_out
+        )
+
+    def _on_first(self, ev: int) -> None:
+        try:
+            data = self.client_sock.recv(self.reading.limit)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.session.client_reset()
+            self._first(None)
+            return
+        self._first(self.session.client_bytes(data))
+
+    def _first_timed_out(self) -> None:
+        self.timer = None
+        if not self.finished:
+            self._first(self.session.read_timed_out())
+
+    def _first(self, answer: Any) -> None:
+        if answer.__class__ is ReadFirst:
+            self.reading = answer
+            return
+        self.reading = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if answer is None:
+            self._finish()
+            return
+        # _connected registers the client again once the backend is up.
+        self.engine.handlers.pop(self.cfd, None)
+        self.engine.epoll.unregister(self.cfd)
+        self.cmask = 0
+        self.connect(answer)
+
     # Connecting -------------------------------------------------------------
 
     def connect(self, candidate: Candidate) -> None:
@@ -223,7 +276,7 @@ class Relay:
         """
         family = _family(candidate.host)
         if family is None:
-            self.engine.resolve(candidate.host, candidate.port).addCallbacks(
+            self.engine.resolve(candidate.host, candidate.port, self.session.balancer).addCallbacks(
                 self._resolved, self._unresolved
             )
             return
@@ -598,7 +651,8 @@ class FastRelay:
     The engine: a listening socket and every relayed socket on one
     C{epoll} object, which the reactor watches as a single reader.
 
-    @ivar balancer: the L{IBalancer} every connection goes through.
+    @ivar route: the L{lbproxy.interfaces.IListenerRoute} each accepted
+        connection gets (read per connection: the service table swaps it).
     @ivar epoll: the private C{select.epoll}.
     @ivar handlers: fd -> callable taking the epoll event mask.
     @ivar timeouts: pending connect deadlines, oldest first (the timeout is
@@ -610,14 +664,14 @@ class FastRelay:
 
     def __init__(
         self,
-        balancer: IBalancer,
+        route: Any,
         listener: socket.socket,
         reactor: Any = None,
         sweep_interval: float = 0.05,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        self.balancer = balancer
+        self.route = route = as_route(route)
         self.reactor = reactor
         self.listener = listener
         self.epoll = select.epoll()
@@ -637,13 +691,19 @@ class FastRelay:
         self.splices = 0
         #: setsockopt triples of every backend socket (TCP keepalive),
         #: set once a connection outlives its connect deadline.
-        self.options = socket_options(balancer)
+        self.options = socket_options(route.default())
         listener.setblocking(False)
         if listener.family in (socket.AF_INET, socket.AF_INET6):
             # Accepted sockets inherit these (Linux copies the listener's
             # options), which saves syscalls per connection.
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             apply(listener, self.options)
+            if route.routes_by_sni and hasattr(socket, "TCP_DEFER_ACCEPT"):
+                # A TLS client speaks first: wake us only once it has.
+                # Never on an ordinary listener (servers may speak first).
+                listener.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, int(route.sni_timeout))
+                )
 
     # IReadDescriptor ------------------------------------------------------
 
@@ -757,7 +817,6 @@ class FastRelay:
         family = int(self.listener.family)
         make = socket.socket
         stream = socket.SOCK_STREAM
-        balancer = self.balancer
         clock = self.reactor
         for _ in range(ACCEPT_BATCH):
             try:
@@ -769,13 +828,16 @@ class FastRelay:
                     self.pause_accepting(e)
                 return
             sock = make(family, stream, 0, fd)
-            session = ConnectionSession(balancer, clock, (addr[0], addr[1]))
+            session = ConnectionSession(self.route, clock, (addr[0], addr[1]))
             candidate = session.accepted()
             if candidate is None:
                 sock.close()
                 continue
             sock.setblocking(False)
-            Relay(self, sock, session).connect(candidate)
+            if candidate.__class__ is ReadFirst:
+                Relay(self, sock, session).read_first(candidate)
+            else:
+                Relay(self, sock, session).connect(candidate)
 
     #: Seconds to stop accepting after running out of file descriptors.
     accept_pause = 0.1
@@ -822,15 +884,18 @@ class FastRelay:
             if relay is not None:
                 relay.deadline_passed(sock)
 
-    def resolve(self, host: str, port: int) -> Any:
+    def resolve(self, host: str, port: int, balancer: Any = None) -> Any:
         """
         The address of a backend host name, from the balancer's
         L{lbproxy.health.resolver.Resolver}: at once from its last good
         lookup; only a name never resolved waits, for one bounded lookup.
 
+        @param balancer: the connection's service (default: the route's).
         @return: a Deferred firing with C{(family, sockaddr)}.
         """
-        resolver = getattr(self.balancer, "resolver", None)
+        if balancer is None:
+            balancer = self.route.default()
+        resolver = getattr(balancer, "resolver", None)
         if resolver is None:
             if self._resolver is None:
                 from lbproxy.health.resolver import Resolver

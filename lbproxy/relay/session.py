@@ -15,25 +15,68 @@ runs on the fast engine's hot path: a L{Candidate} is "connect to it",
 C{None} is "close the client" (the session has then reported the end
 already), bytes from L{ConnectionSession.connected} are "send this
 first".
+
+A listener whose route needs it (L{IListenerRoute.routes_by_sni}, or a
+trusted source of PROXY headers) first has the engine read the client's
+opening bytes: L{ConnectionSession.accepted} then answers a L{ReadFirst}
+and the engine hands what it reads to L{ConnectionSession.client_bytes}
+until the answer is a backend or C{None}.  Every byte read is replayed to
+the backend, after lbproxy's own PROXY header.  An ordinary listener
+never gets a L{ReadFirst}: no read, no timer (server-speaks-first
+protocols keep working).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from zope.interface import implementer
 
 from lbproxy.interfaces import IBalancer, IConnectionSession
 from lbproxy.policy.pool import AccessRecord, Candidate
+from lbproxy.relay import proxyprotocol, sni
 from lbproxy.relay.proxyprotocol import header
 from lbproxy.relay.sockopts import keepalive_options
 
+#: Bytes read at most for a PROXY header, then again for a ClientHello.
+FIRST_READ_MAX = 16 * 1024
 
-def socket_options(balancer: IBalancer) -> tuple[tuple[int, int, int], ...]:
+
+class ReadFirst:
+    """
+    The answer "read up to C{limit} client bytes and hand them to
+    L{ConnectionSession.client_bytes}; at C{deadline} (the clock's time)
+    call L{ConnectionSession.read_timed_out}".
+    """
+
+    __slots__ = ("limit", "deadline")
+
+    def __init__(self, limit: int, deadline: float) -> None:
+        self.limit = limit
+        self.deadline = deadline
+
+
+def _trusted(host: str, networks: tuple) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    return any(address in network for network in networks)
+
+
+def socket_options(balancer: IBalancer | None) -> tuple[tuple[int, int, int], ...]:
     """
     @return: the C{setsockopt} triples every relayed socket gets, on both
         sides (TCP keepalive, so dead peers of idle connections are found).
     """
+    if balancer is None:
+        from lbproxy.model.config import ProxySettings
+
+        return keepalive_options(ProxySettings().tcp_keepalive)
     return keepalive_options(balancer.settings.tcp_keepalive)
 
 
@@ -42,21 +85,30 @@ class ConnectionSession:
     """
     One client connection's decisions; see L{IConnectionSession}.
 
+    @ivar route: the L{IListenerRoute} in force when the client came.
+    @ivar balancer: the chosen service's L{IBalancer} (C{None} before).
     @ivar attempt: the backend being connected to.
     @ivar backend: the backend once connected (C{None} before).
     @ivar since: when the current connect started, then (once connected)
         when the first-byte wait started.
+    @ivar phase: while reading the first bytes: C{"proxy"} (a trusted
+        source's header), then C{"sni"}; C{"untrusted"}: SNI from a
+        source whose PROXY header would be refused.
+    @ivar first: the first bytes read so far (replayed to the backend).
     """
 
     __slots__ = (
-        "balancer", "clock", "client", "connection", "started", "since", "tried",
-        "attempt", "backend", "waiting", "outcome", "backend_outcome", "finished",
+        "route", "balancer", "clock", "client", "local", "connection", "started", "since",
+        "tried", "attempt", "backend", "waiting", "outcome", "backend_outcome", "finished",
+        "phase", "first", "deadline",
     )
 
-    def __init__(self, balancer: IBalancer, clock: Any, client: tuple[str, int]) -> None:
-        self.balancer = balancer
+    def __init__(self, route: Any, clock: Any, client: tuple[str, int]) -> None:
+        self.route = route
+        self.balancer: Any = None
         self.clock = clock
         self.client = client
+        self.local: tuple[str, int] | None = None
         self.connection: Any = None
         self.started = self.since = clock.seconds()
         self.tried: tuple[str, ...] = ()
@@ -66,27 +118,85 @@ class ConnectionSession:
         self.outcome: str | None = None
         self.backend_outcome: str | None = None
         self.finished = False
+        self.first = b""
 
     @property
     def connect_timeout(self) -> float:
-        return self.balancer.settings.connect_timeout
+        balancer = self.balancer
+        if balancer is None:
+            balancer = self.route.default()
+            if balancer is None:
+                return 0.0
+        return balancer.settings.connect_timeout
 
     # Events from the engine ---------------------------------------------------
 
-    def accepted(self) -> Candidate | None:
-        balancer = self.balancer
-        if not balancer.admit():
-            # Never admitted, so there is nothing to report at the end.
-            self.outcome = "rejected"
-            self.finished = True
+    def accepted(self) -> Candidate | ReadFirst | None:
+        route = self.route
+        if route.routes_by_sni or route.accept_proxy:
+            return self._read_first(route)
+        return self._admit(route.default())
+
+    def client_bytes(self, data: bytes) -> Candidate | ReadFirst | None:
+        """
+        The client's next bytes while a L{ReadFirst} is in force (C{b""}:
+        it closed).
+
+        @return: a L{ReadFirst} (read more), the backend to connect to, or
+            C{None}: close the client (counted by L{IListenerRoute.refused}).
+        """
+        if self.finished:
             return None
-        # _route, inlined: this runs for every connection.
-        candidate = self.attempt = balancer.route(self.client, ())
-        if candidate is None:
-            self._give_up("no-backend")
+        if not data:
+            return self._refuse("client-closed")
+        buffered = self.first = self.first + data
+        route = self.route
+        if self.phase == "proxy":
+            found = proxyprotocol.parse(buffered)
+            if found is proxyprotocol.NEED_MORE:
+                return ReadFirst(FIRST_READ_MAX - len(buffered), self.deadline)
+            if found is proxyprotocol.MALFORMED:
+                return self._refuse("proxy-malformed")
+            if found.source is not None:
+                self.client = found.source
+                self.local = found.destination
+            buffered = self.first = buffered[found.length:]
+            if not route.routes_by_sni:
+                return self._admit(route.default())
+            self.phase = "sni"
+            if not buffered:
+                return ReadFirst(FIRST_READ_MAX, self.deadline)
+        elif self.phase == "untrusted":
+            # An untrusted source may not speak for another address.
+            signed = proxyprotocol.starts_with_signature(buffered)
+            if signed is None:
+                return ReadFirst(FIRST_READ_MAX - len(buffered), self.deadline)
+            if signed:
+                return self._refuse("proxy-untrusted")
+        found = sni.read_server_name(buffered)
+        if found is sni.NEED_MORE:
+            return ReadFirst(sni.MAX_HELLO - len(buffered), self.deadline)
+        if found.__class__ is str:
+            balancer = route.for_server_name(found)
+            if balancer is not None:
+                return self._admit(balancer)
+            reason = "no-match"
+        else:
+            reason = found.reason
+        balancer = route.default()
+        if balancer is None:
+            return self._refuse(reason)
+        return self._admit(balancer)
+
+    def read_timed_out(self) -> Candidate | None:
+        """
+        The L{ReadFirst} deadline passed.
+
+        @return: C{None}: close the client (if it is still undecided).
+        """
+        if self.finished or self.balancer is not None:
             return None
-        self.tried = (candidate.id,)
-        return candidate
+        return self._refuse("proxy-timeout" if self.phase == "proxy" else "sni-timeout")
 
     def connecting(self) -> None:
         self.since = self.clock.seconds()
@@ -99,9 +209,11 @@ class ConnectionSession:
         self.since = now
         self.waiting = True
         version = candidate.backend.proxy_protocol
+        replay = self.first
         if version:
-            return header(version, self.client, connection.local_address())
-        return None
+            data = header(version, self.client, self.local or connection.local_address())
+            return data + replay if replay else data
+        return replay or None
 
     def connect_failed(self, reason: str) -> Candidate | None:
         if self.finished:
@@ -138,8 +250,14 @@ class ConnectionSession:
     def ended(self, bytes_up: int, bytes_down: int) -> AccessRecord | None:
         if self.finished:
             return None
+        if self.balancer is None:
+            # Gone while its first bytes were read: no service to tell.
+            self._refuse(self.outcome or "client-closed")
+            return None
         self.finished = True
         backend = self.backend
+        if backend is not None:
+            bytes_up += len(self.first)
         client = self.client
         record = AccessRecord(
             client=f"{client[0]}:{client[1]}",
@@ -160,6 +278,40 @@ class ConnectionSession:
         return record
 
     # Internals ----------------------------------------------------------------
+
+    def _admit(self, balancer: IBalancer) -> Candidate | None:
+        self.balancer = balancer
+        if balancer is None:
+            return self._refuse("no-service")
+        if not balancer.admit():
+            # Never admitted, so there is nothing to report at the end.
+            self.outcome = "rejected"
+            self.finished = True
+            return None
+        candidate = self.attempt = balancer.route(self.client, ())
+        if candidate is None:
+            self._give_up("no-backend")
+            return None
+        self.tried = (candidate.id,)
+        return candidate
+
+    def _read_first(self, route: Any) -> ReadFirst | Candidate | None:
+        if route.accept_proxy and _trusted(self.client[0], route.accept_proxy):
+            self.phase = "proxy"
+        elif route.routes_by_sni:
+            self.phase = "untrusted" if route.accept_proxy else "sni"
+        else:
+            # Untrusted, and nothing else to read for: an ordinary listener.
+            return self._admit(route.default())
+        self.deadline = self.started + route.sni_timeout
+        return ReadFirst(FIRST_READ_MAX, self.deadline)
+
+    def _refuse(self, reason: str) -> None:
+        if self.outcome is None:
+            self.outcome = reason
+        self.finished = True
+        self.route.refused(reason)
+        return None
 
     def _route(self) -> Candidate | None:
         candidate = self.balancer.route(self.client, self.tried)

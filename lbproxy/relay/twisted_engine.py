@@ -7,7 +7,9 @@ else about the connection; the protocols connect through an endpoint, then
 relay with backpressure both ways (each transport is the other's streaming
 producer) and half-close (L{IHalfCloseableProtocol}).
 Until the backend is up the client transport is paused, so no client byte
-is read, let alone buffered.
+is read, let alone buffered; only a listener whose route asks for its
+first bytes (SNI, a PROXY header) reads them first and hands them to the
+session, which keeps them (at most 16 KiB and one read) for the backend.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEnd
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from zope.interface import implementer
 
-from lbproxy.interfaces import IBalancer, IEngineConnection
+from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
-from lbproxy.relay.session import ConnectionSession, socket_options
+from lbproxy.relay.route import as_route
+from lbproxy.relay.session import ConnectionSession, ReadFirst, socket_options
 from lbproxy.relay.sockopts import apply
 
 
@@ -167,16 +170,16 @@ class FrontendProtocol(_Side):
     """
 
     _pending: Any = None
+    _timer: Any = None
     first_byte_pending = False
     idle_mark = 0
     idle_since = 0.0
 
     def __init__(
-        self, session: ConnectionSession, candidate: Candidate, reactor: Any,
-        endpoints: dict, options: tuple = (), resolver: Any = None,
+        self, session: ConnectionSession, candidate: Candidate | ReadFirst, reactor: Any,
+        endpoints: dict, options: tuple = (),
     ) -> None:
         self.session = session
-        self._resolver = resolver
         self.reactor = reactor
         self._candidate: Candidate | None = candidate
         self._endpoints = endpoints
@@ -186,10 +189,45 @@ class FrontendProtocol(_Side):
         self._finished = False
 
     def connectionMade(self) -> None:
+        answer, self._candidate = self._candidate, None
+        if answer.__class__ is ReadFirst:
+            _set_options(self.transport, self._options)
+            self._read_first(answer)
+            return
         self.transport.pauseProducing()
         _set_options(self.transport, self._options)
-        candidate, self._candidate = self._candidate, None
-        self._connect(candidate)
+        self._connect(answer)
+
+    # The first bytes, for a route that needs them -----------------------------
+
+    def _read_first(self, answer: ReadFirst) -> None:
+        reactor = self.reactor
+        self._timer = reactor.callLater(
+            max(0.0, answer.deadline - reactor.seconds()), self._first_timed_out
+        )
+        # Until the session decides, client bytes go to it (an instance
+        # attribute, so the relay's dataReceived stays as it is).
+        self.dataReceived = self._first_bytes  # type: ignore[method-assign]
+
+    def _first_bytes(self, data: bytes) -> None:
+        self._first(self.session.client_bytes(data))
+
+    def _first_timed_out(self) -> None:
+        self._timer = None
+        self._first(self.session.read_timed_out())
+
+    def _first(self, answer: Any) -> None:
+        if answer.__class__ is ReadFirst:
+            return
+        del self.dataReceived
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if answer is None:
+            self.transport.loseConnection()
+        else:
+            self.transport.pauseProducing()
+            self._connect(answer)
 
     def _connect(self, candidate: Candidate) -> None:
         key = (candidate.host, candidate.port)
@@ -197,7 +235,7 @@ class FrontendProtocol(_Side):
         if endpoint is None:
             endpoint = self._endpoints[key] = _endpoint(
                 self.reactor, candidate.host, candidate.port, self.session.connect_timeout,
-                self._resolver,
+                getattr(self.session.balancer, "resolver", None),
             )
         d = self._pending = endpoint.connect(_BackendFactory(BackendProtocol(self)))
         d.addCallbacks(self._connected, self._connect_failed)
@@ -234,10 +272,19 @@ class FrontendProtocol(_Side):
         self.bytes_up += len(data)
         self.peer.transport.write(data)
 
+    def readConnectionLost(self) -> None:
+        if "dataReceived" in self.__dict__:
+            self._first(self.session.client_bytes(b""))
+        else:
+            super().readConnectionLost()
+
     def connectionLost(self, reason: Any) -> None:
         self._lost = True
         if not reason.check(*_CLEAN):
             self.session.client_reset()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._pending is not None:
             self._pending.cancel()
         self._close_peer()
@@ -277,29 +324,33 @@ _CLEAN = _clean_errors()
 
 class ProxyFactory(ServerFactory):
     """
-    Accepts client connections for the balancer; a client the session
-    refuses (over the connection limit, no backend) is closed at once
-    (L{buildProtocol} returns C{None}).
+    Accepts client connections for a listener's route; a client the
+    session refuses (over the connection limit, no backend) is closed at
+    once (L{buildProtocol} returns C{None}).
+
+    @ivar route: the L{lbproxy.interfaces.IListenerRoute} each new
+        connection gets (read per connection: the service table swaps it).
     """
 
     noisy = False
 
-    def __init__(self, balancer: IBalancer, reactor: Any = None) -> None:
+    def __init__(self, route: Any, reactor: Any = None) -> None:
+        """
+        @param route: an L{lbproxy.interfaces.IListenerRoute}, or one
+            L{lbproxy.interfaces.IBalancer} (an ordinary listener).
+        """
         if reactor is None:
             from twisted.internet import reactor
-        self.balancer = balancer
+        self.route = as_route(route)
         self.reactor = reactor
         self._endpoints: dict = {}
-        self._options = socket_options(balancer)
-        self._resolver = getattr(balancer, "resolver", None)
+        self._options = socket_options(self.route.default())
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol | None:
         session = ConnectionSession(
-            self.balancer, self.reactor, (getattr(addr, "host", str(addr)), getattr(addr, "port", 0))
+            self.route, self.reactor, (getattr(addr, "host", str(addr)), getattr(addr, "port", 0))
         )
-        candidate = session.accepted()
-        if candidate is None:
+        answer = session.accepted()
+        if answer is None:
             return None
-        return FrontendProtocol(
-            session, candidate, self.reactor, self._endpoints, self._options, self._resolver
-        )
+        return FrontendProtocol(session, answer, self.reactor, self._endpoints, self._options)
