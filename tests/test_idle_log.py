@@ -10,6 +10,7 @@ import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
 from lbproxy.model.config import ProxySettings
+from lbproxy.relay.route import SingleServiceRoute
 from lbproxy.relay.session import ConnectionSession
 from tests.test_session import CLIENT, Engine, make
 
@@ -30,7 +31,7 @@ def lines():
 def connect(balancer, clock, n):
     engines = []
     for _ in range(n):
-        session = ConnectionSession(balancer, clock, CLIENT)
+        session = ConnectionSession(SingleServiceRoute(balancer), clock, CLIENT)
         session.accepted()
         engine = Engine(session)
         session.connected(engine)
