@@ -253,6 +253,7 @@ class FailoverLab:
 
     def __init__(self, workdir: Path, rate: float = 200.0, timeout: float = 2.0, log: Any = print) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.rate = rate
         self.timeout = timeout
         self.log = log

@@ -8,13 +8,13 @@ several people on one machine never meet):
 
     root namespace      lbf<tag>m  10.A.B.1    etcd, the backends, the test
          |  veth
-    lbf-<tag>-hub       br0 (a bridge; nothing else runs here)
+    lbf-<tag>-<pid>-hub br0 (a bridge; nothing else runs here)
          |  veth, one per host
-    lbf-<tag>-n1 ...    eth0       10.A.B.11   lbproxy + keepalived
-    lbf-<tag>-cl        eth0       10.A.B.100  the load client
+    lbf-<tag>-<pid>-n1  eth0       10.A.B.11   lbproxy + keepalived (n2 .12, n3 .13)
+    lbf-<tag>-<pid>-cl  eth0       10.A.B.100  the load client (virtual address .200)
 
 The bridge lives in a namespace of its own, so no bridge, route or
-sysctl of the root namespace changes; the root namespace gets one veth
+global setting of the root namespace changes; the root namespace gets one veth
 end with an address in the run's own /24 (chosen not to overlap any
 route there), which lets etcd and the backends run as ordinary
 processes and the test reach every node's admin API.  Deleting the hub
@@ -34,6 +34,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,7 +54,7 @@ class NetError(RuntimeError):
 
 def sh(*argv: str, check: bool = True, timeout: float = 10.0) -> str:
     """
-    Run a short command (C{ip}, C{sysctl}) and return its output.
+    Run a short command (C{ip}, C{ss}) and return its output.
 
     @raise NetError: naming the command and its stderr, if it fails.
     """
@@ -71,9 +72,9 @@ def missing_requirements() -> list[str]:
     problems = []
     if os.geteuid() != 0:
         problems.append("not root (network namespaces need CAP_NET_ADMIN)")
-    for tool, package in (("/usr/sbin/ip", "iproute2"), ("/usr/sbin/keepalived", "keepalived"),
-                          ("/usr/bin/etcd", "etcd-server")):
-        if not os.path.exists(tool):
+    for tool, package in (("ip", "iproute2"), ("ss", "iproute2"), ("keepalived", "keepalived"),
+                          ("etcd", "etcd-server")):
+        if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
             problems.append(f"{tool} missing (Debian package {package})")
     return problems
 
@@ -152,7 +153,9 @@ class Host:
         return sh("ip", "-n", self.ns, *args, check=check)
 
     def sysctl(self, key: str, value: str) -> None:
-        sh(*self.argv("sysctl", "-q", "-w", f"{key}={value}"))
+        """Set one of this namespace's own sysctls (C{net.*} keys are per namespace)."""
+        path = "/proc/sys/" + key.replace(".", "/")
+        sh(*self.argv("sh", "-c", f'echo {value} > "$0"', path))
 
     def addresses(self, dev: str = "eth0") -> set[str]:
         """The IPv4 addresses on this host's C{dev} now."""
@@ -226,7 +229,10 @@ class Topology:
         sh("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.hub, "link", "set", "br0", "up")
         sh("ip", "link", "add", self.mgmt_if, "type", "veth", "peer", "name", "m0", "netns", self.hub)
-        sh("sysctl", "-q", "-w", f"net.ipv6.conf.{self.mgmt_if}.disable_ipv6=1", check=False)
+        try:
+            Path(f"/proc/sys/net/ipv6/conf/{self.mgmt_if}/disable_ipv6").write_text("1")
+        except OSError:
+            pass
         sh("ip", "-n", self.hub, "link", "set", "m0", "master", "br0", "up")
         sh("ip", "addr", "add", f"{self.mgmt}/{self.net.prefixlen}", "dev", self.mgmt_if)
         sh("ip", "link", "set", self.mgmt_if, "up")
