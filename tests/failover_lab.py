@@ -50,7 +50,8 @@ TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twi
 PORT = 8080
 ADMIN = 8081
 TOKEN = "failover-test-token-0123456789"
-SLOW = 0.5
+#: A connection this slow waited for a SYN retransmission (Linux resends a lost SYN after 1 s).
+SLOW = 0.9
 
 KEEPALIVED_CONF = """\
 global_defs {{
