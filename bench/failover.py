@@ -41,12 +41,14 @@ from tests.nettools import missing_requirements  # noqa: E402
 #: Figures summarised over the rounds, per phase.
 SUMMARY = {
     "failover": ("gap_s", "vrrp_takeover_s", "kill_to_first_success_s", "failed", "slow", "attempts",
-                 "acknowledged_changes", "acknowledged_present", "dead_node_listed_s"),
+                 "acknowledged_changes", "acknowledged_present", "dead_node_listed_s", "open_at_event",
+                 "failed_unexplained", "latency_p50_ms"),
     "rejoin": ("rejoin_s", "failed", "slow", "attempts"),
     "scale_up": ("join_s", "failed", "slow", "attempts", "latency_max_ms"),
     "scale_down": ("vrrp_handover_s", "first_success_on_successor_s", "leave_s", "failed", "slow",
-                   "attempts", "latency_max_ms", "left_open_on_leaving_node"),
-    "scale_down_no_hold": ("vrrp_handover_s", "failed", "slow", "attempts", "latency_max_ms"),
+                   "attempts", "latency_max_ms", "latency_p50_ms", "left_open_on_leaving_node", "open_at_event",
+                   "failed_unexplained"),
+    "scale_down_no_hold": ("vrrp_handover_s", "failed", "slow", "attempts", "latency_max_ms", "open_at_event"),
 }
 
 

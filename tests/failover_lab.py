@@ -27,6 +27,17 @@ served it.  The phases, in order:
     until clients reach the new master and its own connections end, then
     stops lbproxy (SIGTERM).
 
+What no handover at L2 avoids: the clients move when they receive the
+new master's gratuitous ARP, all of their connections at once.  A
+connection whose handshake is under way at that instant sends its next
+segment to the new master, which has no state for it and resets it;
+connections whose request already went out finish (their answer comes
+from the old node) but leave a half-closed socket there, which is why
+the leaving node waits for the client's connections to end, not for its
+own count to reach zero (those it then closes).  Only connection state
+shared between the nodes (IPVS sync, a flow-hashing router) would avoid
+it.
+
 Every wait is for an acknowledgement (an address on an interface, a
 keepalived state line, the admin API's answer, the client's records),
 each with a deadline.
@@ -221,6 +232,17 @@ class LoadLog:
         done = [r for r in self.ended.values() if r[2] and r[1] <= t]
         return max(done, key=lambda r: r[1]) if done else None
 
+    def around(self, t_from: float, t_to: float, event: float, first: float) -> dict[str, int]:
+        """
+        Of the attempts started in C{[t_from, t_to]}: how many were open at
+        C{event}, and how many failed although they started after C{first}
+        (the first success once service was back) or ended before C{event}
+        (failures the event cannot explain; none is expected).
+        """
+        records = [r for r in self.ended.values() if t_from <= r[0] <= t_to]
+        return {"open_at_event": sum(1 for r in records if r[0] <= event <= r[1]),
+                "failed_unexplained": sum(1 for r in records if not r[2] and (r[0] > first or r[1] < event))}
+
     def summary(self, t_from: float, t_to: float, names: dict[str, str]) -> dict[str, Any]:
         """The attempts started in C{[t_from, t_to]}: counts, failures by reason, latency."""
         records = [r for r in self.ended.values() if t_from <= r[0] <= t_to]
@@ -346,6 +368,7 @@ class FailoverLab:
             "in_flight_change_present": "in-flight" in ids,
             "dead_node_listed_s": round(t_gone - t_kill, 2),
             **self.records.summary(t_kill - 1.0, end, self.names),
+            **self.records.around(t_kill - 1.0, end, t_kill, first[0]),
         }
 
     @staticmethod
@@ -414,7 +437,8 @@ class FailoverLab:
                 "first_success_on_successor_s": round(first[1] - t_term, 3),
                 "leave_s": round(t_left - t0, 2), "lbproxy_exit": code,
                 "left_open_on_leaving_node": left_open,
-                **self.records.summary(t0, end, self.names)}
+                **self.records.summary(t0, end, self.names),
+                **self.records.around(t0, end, t_vip, first[0])}
 
     def teardown(self) -> list[str]:
         """Stop everything this run started; returns what is left (nothing, or a bug)."""

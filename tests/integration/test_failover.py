@@ -65,11 +65,13 @@ def test_failover_rejoin_scale_up_scale_down(lab):
     - the master leaves gracefully (address held on C{lo}, keepalived
       stopped, then lbproxy once the client's connections through it
       ended): the joined node takes over within its skew time and no
-      connection waits for a SYN retransmission.  At most a few fail:
-      a connection whose handshake straddles the new master's gratuitous
-      ARP sends its next segment to a node with no state for it and is
-      reset (measured: 0 in most moves, 1 in some, at 200 connections/s;
-      L{tests.failover_lab} explains why no L2 handover avoids it).
+      connection waits for a SYN retransmission.  Only connections open
+      at the move may fail, reset: one whose handshake or request is
+      under way when the client receives the new master's gratuitous
+      ARP sends its next segment to a node with no state for it
+      (L{tests.failover_lab} explains why no handover at L2 avoids it).
+      How many depends on how many are open then: none in most rounds
+      here, dozens on a loaded machine (C{bench/failover.py}).
     """
     rate, timeout = lab.rate, lab.timeout
 
@@ -79,6 +81,7 @@ def test_failover_rejoin_scale_up_scale_down(lab):
     assert down["vrrp_takeover_s"] < 5.0, down
     assert down["gap_s"] < 10.0, down
     assert 0 < down["failed"] <= rate * (down["gap_s"] + timeout + 1), down
+    assert down["failed_unexplained"] == 0, down
     assert set(down["served_by"]) == {"n1", "n2"}, down
     assert down["dead_node_listed_s"] < 15.0, down
 
@@ -97,7 +100,7 @@ def test_failover_rejoin_scale_up_scale_down(lab):
     assert (leave["leaving"], leave["successor"]) == ("n2", "n3"), leave
     assert leave["vrrp_handover_s"] < 2.0, leave
     assert leave["slow"] == 0, leave
-    assert leave["failed"] <= 3 and set(leave["failures"]) <= {"ConnectionResetError"}, leave
+    assert leave["failed_unexplained"] == 0 and set(leave["failures"]) <= {"ConnectionResetError"}, leave
     assert leave["lbproxy_exit"] in (0, -signal.SIGTERM), leave
     assert leave["served_by"].get("n3", 0) >= 100, leave
 
