@@ -67,5 +67,5 @@ def test_docs_figures_come_from_the_results_file():
     assert figures["failover_command"].startswith("sudo PYTHONPATH=. ")
     assert all(failover_figures({})[name] == "(not measured)" for name, *_ in FIGURES)
     design = (ROOT / "docs" / "design.rst").read_text()
-    for name in ("failover_gap", "failover_takeover", "scale_up_failed_max", "scale_down_failed_max"):
+    for name in ("failover_gap", "failover_takeover", "scale_up_failed_max", "scale_down_failed_each"):
         assert f"|{name}|" in design, name
