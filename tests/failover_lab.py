@@ -48,21 +48,19 @@ from __future__ import annotations
 import os
 import re
 import signal
-import statistics
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from tests.netload import LoadLog
 from tests.nettools import Backends, Etcd, Host, Process, Topology, clean_env, http, until
 
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 PORT = 8080
 ADMIN = 8081
 TOKEN = "failover-test-token-0123456789"
-#: A connection this slow waited for a SYN retransmission (Linux resends a lost SYN after 1 s).
-SLOW = 0.9
 
 KEEPALIVED_CONF = """\
 global_defs {{
@@ -188,98 +186,17 @@ class Node:
         return body
 
 
-class LoadLog:
-    """
-    The load client's records, read as they are written: C{S i t0} when
-    attempt C{i} starts, C{E i t0 t1 ok info} when it ends.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.rest = b""
-        self.started: dict[int, float] = {}
-        self.ended: dict[int, tuple[float, float, bool, str]] = {}
-
-    def refresh(self) -> "LoadLog":
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        self.offset += len(data)
-        *lines, self.rest = (self.rest + data).split(b"\n")
-        for line in lines:
-            parts = line.decode().split()
-            if parts and parts[0] == "S":
-                self.started[int(parts[1])] = float(parts[2])
-            elif parts and parts[0] == "E":
-                self.ended[int(parts[1])] = (float(parts[2]), float(parts[3]), parts[4] == "1",
-                                             parts[5] if len(parts) > 5 else "")
-        return self
-
-    def complete(self, until_t: float) -> bool:
-        """Every attempt started before C{until_t} has ended (and one started after it)."""
-        self.refresh()
-        return any(t0 > until_t for t0 in self.started.values()) and all(
-            i in self.ended for i, t0 in self.started.items() if t0 <= until_t)
-
-    def successes(self, after: float, via: str | None = None) -> list[tuple[float, float, bool, str]]:
-        """Successful attempts started after C{after} (relayed by C{via}), by end time."""
-        self.refresh()
-        return sorted((r for r in self.ended.values() if r[2] and r[0] > after and (via is None or r[3] == via)),
-                      key=lambda r: r[1])
-
-    def last_success_before(self, t: float) -> tuple[float, float, bool, str] | None:
-        done = [r for r in self.ended.values() if r[2] and r[1] <= t]
-        return max(done, key=lambda r: r[1]) if done else None
-
-    def around(self, t_from: float, t_to: float, event: float, first: float) -> dict[str, int]:
-        """
-        Of the attempts started in C{[t_from, t_to]}: how many were open at
-        C{event}, and how many failed although they started after C{first}
-        (the first success once service was back) or ended before C{event}
-        (failures the event cannot explain; none is expected).
-        """
-        records = [r for r in self.ended.values() if t_from <= r[0] <= t_to]
-        return {"open_at_event": sum(1 for r in records if r[0] <= event <= r[1]),
-                "failed_unexplained": sum(1 for r in records if not r[2] and (r[0] > first or r[1] < event))}
-
-    def summary(self, t_from: float, t_to: float, names: dict[str, str]) -> dict[str, Any]:
-        """The attempts started in C{[t_from, t_to]}: counts, failures by reason, latency."""
-        records = [r for r in self.ended.values() if t_from <= r[0] <= t_to]
-        failed = [r for r in records if not r[2]]
-        latency = sorted(r[1] - r[0] for r in records if r[2])
-        reasons: dict[str, int] = {}
-        for r in failed:
-            reasons[r[3]] = reasons.get(r[3], 0) + 1
-        served: dict[str, int] = {}
-        for r in records:
-            if r[2]:
-                name = names.get(r[3], r[3])
-                served[name] = served.get(name, 0) + 1
-        return {
-            "attempts": len(records),
-            "failed": len(failed),
-            "failures": reasons,
-            "served_by": served,
-            "slow": sum(1 for x in latency if x > SLOW),
-            "latency_p50_ms": round(statistics.median(latency) * 1000, 2) if latency else None,
-            "latency_max_ms": round(latency[-1] * 1000, 1) if latency else None,
-            "window_s": round(t_to - t_from, 2),
-        }
-
-
 class FailoverLab:
     """
     The topology, etcd, backends, nodes and load of one run; the phases
     are methods returning their figures (seconds, counts).
     """
 
-    def __init__(self, workdir: Path, rate: float = 200.0, timeout: float = 2.0, log: Any = print) -> None:
+    def __init__(self, workdir: Path, rate: float = 200.0, timeout: float = 2.0) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.rate = rate
         self.timeout = timeout
-        self.log = log
         self.topology = Topology()
         self.prefix = f"/lbproxy/failover-{self.topology.tag}"
         self.vrid = 1 + int(self.topology.tag, 16) % 254
@@ -323,7 +240,7 @@ class FailoverLab:
         out = self.workdir / "load.txt"
         out.touch()
         self.records = LoadLog(out)
-        self.load = Process(client.argv(sys.executable, "-m", "tests.nettools", "load", self.vip, str(PORT),
+        self.load = Process(client.argv(sys.executable, "-m", "tests.netload", "load", self.vip, str(PORT),
                                         "--rate", str(self.rate), "--timeout", str(self.timeout),
                                         "--out", str(out)), self.workdir / "load.log", env=clean_env())
         until(lambda: len(self.records.successes(0, n1.host.addr)) >= 100, 15, "clients served through n1")

@@ -20,15 +20,11 @@ route there), which lets etcd and the backends run as ordinary
 processes and the test reach every node's admin API.  Deleting the hub
 namespace destroys every veth at once.
 
-Run as C{python -m tests.nettools load|backend ...}, this module is also
-the load client and the backend server (standard library only, since
-they run as separate processes inside the namespaces).
+The load client and the backend servers are L{tests.netload}.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import ipaddress
 import json
 import os
@@ -40,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
@@ -398,108 +395,10 @@ class Backends:
             self.sockets.append(s)
         self.addresses = [s.getsockname() for s in self.sockets]
         fds = tuple(s.fileno() for s in self.sockets)
-        self.process = Process([sys.executable, "-m", "tests.nettools", "backend", *map(str, fds)],
+        self.process = Process([sys.executable, "-m", "tests.netload", "backend", *map(str, fds)],
                                log, env=clean_env(), pass_fds=fds)
         for s in self.sockets:
             s.close()
 
     def stop(self) -> None:
         self.process.stop()
-
-
-# -- the child processes --------------------------------------------------------
-
-
-async def _backend_main(fds: list[int]) -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await asyncio.wait_for(reader.readline(), 10)
-            peer, port = writer.get_extra_info("peername")[0], writer.get_extra_info("sockname")[1]
-            writer.write(f"{peer} {port}\n".encode())
-            await writer.drain()
-        except (OSError, asyncio.TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    servers = [await asyncio.start_server(serve, sock=socket.socket(fileno=fd)) for fd in fds]
-    await asyncio.gather(*(s.serve_forever() for s in servers))
-
-
-async def _load_main(host: str, port: int, rate: float, timeout: float, out: Any) -> None:
-    """
-    Open C{rate} new connections per second to C{host:port}, each sending
-    a line and reading the answer, until SIGTERM; then wait for those in
-    flight.  Writes C{S i t0} when attempt C{i} starts and C{E i t0 t1 ok
-    info} when it ends (times from C{time.monotonic}, the clock every
-    process on the machine shares).
-    """
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    pending: set[asyncio.Task] = set()
-
-    async def attempt(i: int) -> None:
-        t0 = time.monotonic()
-        out.write(f"S {i} {t0:.6f}\n")
-        ok, info = 0, ""
-        writer = None
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-            writer.write(b"ping\n")
-            left = timeout - (time.monotonic() - t0)
-            line = await asyncio.wait_for(reader.readline(), max(left, 0.001))
-            if line.endswith(b"\n"):
-                ok, info = 1, line.split()[0].decode()
-            else:
-                info = "closed-early"
-        except asyncio.TimeoutError:
-            info = "timeout"
-        except OSError as e:
-            info = type(e).__name__
-        finally:
-            if writer is not None:
-                writer.close()
-        out.write(f"E {i} {t0:.6f} {time.monotonic():.6f} {ok} {info}\n")
-
-    interval = 1.0 / rate
-    start = time.monotonic()
-    i = 0
-    while not stopping.is_set():
-        task = asyncio.ensure_future(attempt(i))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-        i += 1
-        delay = start + i * interval - time.monotonic()
-        if delay > 0:
-            try:
-                await asyncio.wait_for(stopping.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
-    if pending:
-        await asyncio.wait(pending, timeout=timeout + 1)
-    out.write("DONE\n")
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.nettools")
-    sub = parser.add_subparsers(dest="command", required=True)
-    load = sub.add_parser("load", help="the load client")
-    load.add_argument("host")
-    load.add_argument("port", type=int)
-    load.add_argument("--rate", type=float, default=200.0)
-    load.add_argument("--timeout", type=float, default=2.0)
-    load.add_argument("--out", required=True)
-    backend = sub.add_parser("backend", help="backend servers on inherited sockets")
-    backend.add_argument("fds", type=int, nargs="+")
-    args = parser.parse_args(argv)
-    if args.command == "backend":
-        asyncio.run(_backend_main(args.fds))
-        return 0
-    with open(args.out, "a", buffering=1) as out:
-        asyncio.run(_load_main(args.host, args.port, args.rate, args.timeout, out))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

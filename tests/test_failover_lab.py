@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.failover_lab import LoadLog
+from tests.netload import LoadLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
