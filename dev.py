@@ -32,6 +32,7 @@ SYSTEM_PACKAGES = {
     "/usr/bin/chromium": "chromium",
     "/usr/bin/etcd": "etcd-server",
     "/usr/sbin/haproxy": "haproxy",
+    "/usr/sbin/keepalived": "keepalived",
     "/usr/sbin/nginx": "nginx-light",
     "/usr/bin/wrk": "wrk",
 }

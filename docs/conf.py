@@ -21,7 +21,7 @@ author = "the lbproxy developers"
 copyright = "the lbproxy developers"
 release = version = lbproxy.__version__
 
-extensions = ["lbproxy_docs"]
+extensions = ["lbproxy_docs", "failover_docs"]
 exclude_patterns = ["_build", "examples", "_data"]
 templates_path = []
 html_static_path = ["_static"]
