@@ -48,6 +48,7 @@ class Assembly:
     admin_listener: ListenerService
     membership: Any = None
     gate: Any = None
+    lifecycle: Any = None
 
 
 class LBProxyService(MultiService):
@@ -197,6 +198,10 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     from lbproxy.health.checker import HealthChecker
 
     HealthChecker(balancer, reactor, controller=controller).setServiceParent(top)
+    # Graceful stop: SIGTERM drains the relay (lbproxy.control.lifecycle).
+    lifecycle = _lifecycle(spec, proxy, balancer, reactor)
+    lifecycle.setServiceParent(top)
+    admin.add_status_provider(lifecycle.status)
     cap = somaxconn()
     if cap is not None and spec.backlog > cap:
         log.warn(
@@ -206,7 +211,19 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     return Assembly(
         spec=spec, top=top, balancer=balancer, controller=controller, store=store, proxy=proxy,
         admin=admin, admin_listener=admin_listener, membership=membership, gate=gate,
+        lifecycle=lifecycle,
     )
+
+
+def _lifecycle(spec: Any, proxy: Any, balancer: Any, reactor: Any) -> Any:
+    """
+    The graceful stop of C{proxy}: the worker pool drains its workers,
+    an engine of this process drains over the balancer's connections.
+    """
+    from lbproxy.control.lifecycle import Lifecycle, LocalDrain
+
+    drainable = proxy if hasattr(proxy, "drain") else LocalDrain.of_balancer(reactor, proxy.stop_accepting, balancer)
+    return Lifecycle(drainable, reactor, spec.grace, spread=spec.grace_spread, events=balancer.events)
 
 
 def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:

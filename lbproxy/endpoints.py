@@ -325,6 +325,13 @@ class ListenerService(_Listener):
 
     def stopService(self) -> Any:
         super().stopService()
+        return self.stop_accepting()
+
+    def stop_accepting(self) -> Any:
+        """
+        Stop accepting: the reactor closes its own copy of the socket (a
+        process that took the socket over keeps it, and its queue, alive).
+        """
         port, self.port = self.port, None
         return defer.maybeDeferred(port.stopListening) if port is not None else None
 
@@ -386,9 +393,15 @@ class FastRelayService(_Listener):
         self._announce()
 
     def stopService(self) -> Any:
+        self.stop_accepting()
+        return super().stopService()
+
+    def stop_accepting(self) -> None:
+        """
+        Stop accepting; relayed connections go on (see L{ListenerService.stop_accepting}).
+        """
         if self.engine is not None:
             self.engine.stop_listening()
-        return super().stopService()
 
     def address(self) -> tuple[str, int] | None:
         engine = self.engine

@@ -127,6 +127,8 @@ class ProxySpec:
     admin_write_rate: float = flag("admin-write-rate", number(float, 0), default=20.0)
     dns_servers: tuple[tuple[str, int], ...] | None = flag("dns-server", lambda v, f: tuple(_dns_servers(v)))
     dns_refresh: float = flag("dns-refresh", lambda v, f: number(float, 0.1)(v, f), default=30.0)
+    grace: float = flag("grace", number(float, 0), default=30.0)
+    grace_spread: float = flag("grace-spread", number(float, 0), default=5.0)
 
 
 class Options(usage.Options):
@@ -188,6 +190,8 @@ class Options(usage.Options):
          "HOST:PORT[,HOST:PORT...] of DNS servers for backend host names (default: those of "
          "/etc/resolv.conf); the hosts file is read first either way."],
         ["dns-refresh", None, "30", "Seconds between two lookups of a backend host name."],
+        ["grace", None, "30", "On SIGTERM: seconds open connections may go on before they are closed."],
+        ["grace-spread", None, "5", "Seconds over which connections left after --grace are closed."],
         ["admin-token-file", None, None,
          "File holding the admin API token: changes then need 'Authorization: Bearer <token>', "
          "and so do reads unless --admin-open-reads.  Required when --admin is not loopback-only."],

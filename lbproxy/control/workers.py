@@ -55,6 +55,8 @@ from lbproxy.control.worker_protocol import (
     ApplyConfig,
     BackendEvent,
     CloseBackend,
+    Drain,
+    Force,
     Health,
     Listen,
     Poll,
@@ -186,6 +188,8 @@ class WorkerPool(Service):
         self._unfollow: Any = None
         #: per slot, how many workers in a row died young
         self._young_deaths: dict[int, int] = {}
+        #: set by a graceful stop: an exiting worker is not replaced.
+        self.draining = False
 
     def _live(self) -> list[Worker]:
         return [w for w in self.workers if w is not None and not w.gone]
@@ -310,7 +314,7 @@ class WorkerPool(Service):
         if self.workers[worker.index] is not worker:
             return
         self.workers[worker.index] = None
-        if not self.running:
+        if not self.running or self.draining:
             return
         # A worker that dies young (bad config, port trouble) is restarted
         # ever more slowly, not in a tight loop.
@@ -322,6 +326,32 @@ class WorkerPool(Service):
                  index=worker.index, pid=worker.pid, why=reason.getErrorMessage(), delay=delay)
         self.restarts += 1
         self.reactor.callLater(delay, self._spawn, worker.index)
+
+    # Graceful stop (lbproxy.control.lifecycle.IDrainable) ------------------------
+
+    def drain(self, grace: float, spread: float) -> defer.Deferred:
+        """
+        Every worker stops accepting and drains; fires with the sums of
+        C{(finished, cut)} once every worker has exited.
+        """
+        self.draining = True
+        live = self._live()
+        answers = []
+        for worker in live:
+            d = worker.call(Drain, grace=grace, spread=spread)
+            d.addCallback(lambda a: (a["finished"], a["cut"]))
+            d.addErrback(lambda f, w=worker: (self._failed(f, w, "drain"), (0, 0))[1])
+            answers.append(d)
+
+        def summed(results: list) -> defer.Deferred:
+            total = (sum(r[0] for r in results), sum(r[1] for r in results))
+            return defer.DeferredList([w.ended for w in live]).addCallback(lambda _: total)
+
+        return defer.gatherResults(answers).addCallback(summed)
+
+    def force(self) -> None:
+        for worker in self._live():
+            worker.call(Force).addErrback(lambda f: None)
 
     # Parent to workers ------------------------------------------------------------
 
