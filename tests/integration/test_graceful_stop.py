@@ -107,3 +107,23 @@ def test_second_sigterm_stops_at_once(tmp_path, echo, proxies):
     assert time.monotonic() - sent < 3
     streams.join(10)
     assert sum(streams.outcomes().get(k, 0) for k in ("reset", "eof-early")) == 20
+
+
+def test_workers_drain_over_amp_and_parent_exits_0(tmp_path, echo, proxies):
+    """
+    With C{--workers 2} the parent tells its workers to drain (AMP
+    C{Drain}): 100 streams spread over both finish, no worker is
+    restarted meanwhile, and the parent exits 0 once both are done.
+    """
+    proxy = lh.spawn(tmp_path, echo.port, "--workers", "2", "--grace", "20").wait_ready()
+    proxies.append(proxy)
+    lh.until(lambda: all(w and w["listening"] for w in proxy.status()["workers"]), 30, "workers listening")
+    streams = lh.Streams(proxy.listen, 100, duration=3.0)
+    lh.until(lambda: sum(w["active"] for w in proxy.status()["workers"]) == 100, 20, "100 relayed")
+    proxy.signal(signal.SIGTERM)
+    lh.until(lambda: proxy.status()["state"] == "stopping", 10, "state stopping")
+    assert proxy.wait(30) == 0, proxy.output()
+    streams.join(30)
+    assert streams.outcomes() == {"ok": 100}, proxy.output()
+    assert "100 connections finished, 0 were cut" in proxy.output()
+    assert "starting another" not in proxy.output()
