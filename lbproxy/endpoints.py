@@ -243,6 +243,22 @@ class _Listener(Service):
     def _reuse_port(self) -> bool:
         return False
 
+    def adopt(self, sock: socket.socket) -> None:
+        """
+        Listen on C{sock}, a listening socket handed over by the process
+        this one takes over from (L{lbproxy.control.takeover}), instead of
+        binding.
+        """
+        if self._bound is not None:
+            self._bound.close()
+        self._bound = sock
+
+    def listening_fd(self) -> int | None:
+        """
+        The listening socket's descriptor while it accepts (to hand over).
+        """
+        raise NotImplementedError
+
     def _listening(self) -> socket.socket:
         """
         The bound socket, now listening with L{backlog}; ours to hand over.
@@ -335,6 +351,9 @@ class ListenerService(_Listener):
         port, self.port = self.port, None
         return defer.maybeDeferred(port.stopListening) if port is not None else None
 
+    def listening_fd(self) -> int | None:
+        return self.port.fileno() if self.port is not None and self.endpoint.tcp else None
+
     def address(self) -> tuple[str, int] | None:
         if self.port is None:
             return None
@@ -402,6 +421,10 @@ class FastRelayService(_Listener):
         """
         if self.engine is not None:
             self.engine.stop_listening()
+
+    def listening_fd(self) -> int | None:
+        engine = self.engine
+        return engine.listener.fileno() if engine is not None and engine.listening else None
 
     def address(self) -> tuple[str, int] | None:
         engine = self.engine

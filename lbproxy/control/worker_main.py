@@ -109,7 +109,7 @@ class WorkerChannel(amp.AMP):
         self.balancer.events.subscribe(self._event)
 
     @Listen.responder
-    def listen(self, host: str, port: int, backlog: int, engine: str, down: list) -> dict:
+    def listen(self, host: str, port: int, backlog: int, engine: str, down: list, fd: int | None = None) -> dict:
         from lbproxy.relay.fast_engine import listening_socket
 
         b = self.balancer
@@ -121,7 +121,10 @@ class WorkerChannel(amp.AMP):
             if state is not None:
                 state.healthy, state.reason, state.since = False, item["reason"], now
         b.pool.refresh(now)
-        sock = listening_socket(host, port, backlog, reuse_port=True)
+        if fd is not None:
+            sock = socket.socket(fileno=fd)
+        else:
+            sock = listening_socket(host, port, backlog, reuse_port=True)
         bound = sock.getsockname()[1]
         if engine == "fast":
             from lbproxy.relay.fast_engine import FastRelay

@@ -119,6 +119,8 @@ class Listen(amp.Command):
         (b"backlog", amp.Integer()),
         (b"engine", amp.Unicode()),
         (b"down", Chunked(amp.AmpList([(b"id", amp.Unicode()), (b"reason", amp.Unicode())]))),
+        # The listening socket the parent gave the worker, else it binds one.
+        (b"fd", amp.Integer(optional=True)),
     ]
     response = [(b"port", amp.Integer())]
     errors = _ERRORS
