@@ -13,6 +13,7 @@ says so.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
@@ -129,6 +130,8 @@ class ProxySpec:
     dns_refresh: float = flag("dns-refresh", lambda v, f: number(float, 0.1)(v, f), default=30.0)
     grace: float = flag("grace", number(float, 0), default=30.0)
     grace_spread: float = flag("grace-spread", number(float, 0), default=5.0)
+    control_socket: str | None = flag("control-socket", lambda v, f: os.path.abspath(v))
+    takeover: bool = flag("takeover", lambda v, f: bool(v), default=False)
 
 
 class Options(usage.Options):
@@ -192,6 +195,9 @@ class Options(usage.Options):
         ["dns-refresh", None, "30", "Seconds between two lookups of a backend host name."],
         ["grace", None, "30", "On SIGTERM: seconds open connections may go on before they are closed."],
         ["grace-spread", None, "5", "Seconds over which connections left after --grace are closed."],
+        ["control-socket", None, None,
+         "UNIX socket where a new lbproxy started with --takeover takes this one's listening "
+         "sockets over (default STATE_DIR/control.sock with --state-dir)."],
         ["admin-token-file", None, None,
          "File holding the admin API token: changes then need 'Authorization: Bearer <token>', "
          "and so do reads unless --admin-open-reads.  Required when --admin is not loopback-only."],
@@ -208,6 +214,8 @@ class Options(usage.Options):
     optFlags = [
         ["no-access-log", None, "Do not log one line per finished connection."],
         ["admin-open-reads", None, "With --admin-token-file: let reads of the admin API through without the token."],
+        ["takeover", None, "Take the listening sockets over from the lbproxy on --control-socket, "
+         "then let it drain (a restart or upgrade that refuses no connection)."],
         ["demo", None, "Moved: the demo is 'twistd -n lbproxy-demo' (or 'python3 dev.py run')."],
     ]
 

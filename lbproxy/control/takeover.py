@@ -224,6 +224,39 @@ class ControlServer(Service):
         self.lifecycle.begin()
 
 
+class DrainOld(Service):
+    """
+    Once this process accepts on every socket handed over (C{ready()}),
+    tell the old one to drain.
+    """
+
+    interval = 0.05
+
+    def __init__(self, handover: Handover, ready: Callable[[], bool], reactor: Any) -> None:
+        self.handover = handover
+        self.ready = ready
+        self.reactor = reactor
+        self._loop: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet.task import LoopingCall
+
+        self._loop = LoopingCall(self._check)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=True)
+
+    def _check(self) -> None:
+        if self.ready():
+            self._loop.stop()
+            self.handover.drain_old()
+
+    def stopService(self) -> Any:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return super().stopService()
+
+
 def _clear_stale(path: str) -> None:
     """
     Remove a control socket left by a process that is gone.
