@@ -155,6 +155,12 @@ class Streams(threading.Thread):
         for st in self.streams:
             st.sock.close()
 
+    def finish(self) -> None:
+        """
+        Half-close every stream at the next send (instead of at C{duration}).
+        """
+        self.duration = 0
+
     def outcomes(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for st in self.streams:
