@@ -285,9 +285,9 @@ def _wire_takeover(spec: Any, handover: Any, top: Any, proxy: Any, admin_listene
 
         ControlServer(path, lifecycle, sockets, release=getattr(store, "release", lambda: None),
                       stop_accepting=(admin_listener.stop_accepting,), reactor=reactor).setServiceParent(top)
-    if handover is not None:
+    if handover is not None or spec.pid_file:
         ready = (lambda: proxy.ready.called) if workers else (lambda: proxy.listening_fd() is not None)
-        DrainOld(handover, ready, reactor).setServiceParent(top)
+        DrainOld(handover, ready, reactor, spec.pid_file).setServiceParent(top)
 
 
 def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:

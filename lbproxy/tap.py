@@ -132,6 +132,7 @@ class ProxySpec:
     grace_spread: float = flag("grace-spread", number(float, 0), default=5.0)
     control_socket: str | None = flag("control-socket", lambda v, f: os.path.abspath(v))
     takeover: bool = flag("takeover", lambda v, f: bool(v), default=False)
+    pid_file: str | None = flag("pid-file", lambda v, f: os.path.abspath(v))
 
 
 class Options(usage.Options):
@@ -198,6 +199,9 @@ class Options(usage.Options):
         ["control-socket", None, None,
          "UNIX socket where a new lbproxy started with --takeover takes this one's listening "
          "sockets over (default STATE_DIR/control.sock with --state-dir)."],
+        ["pid-file", None, None,
+         "Write this process's pid here once it accepts (after a takeover too, before the old "
+         "process exits: systemd's PIDFile= then follows it).  Not twistd's --pidfile."],
         ["admin-token-file", None, None,
          "File holding the admin API token: changes then need 'Authorization: Bearer <token>', "
          "and so do reads unless --admin-open-reads.  Required when --admin is not loopback-only."],

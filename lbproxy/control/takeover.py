@@ -226,16 +226,18 @@ class ControlServer(Service):
 
 class DrainOld(Service):
     """
-    Once this process accepts on every socket handed over (C{ready()}),
-    tell the old one to drain.
+    Once this process accepts on every listener (C{ready()}): write the
+    PID file, and tell the process it took over from (if any) to drain.
     """
 
     interval = 0.05
 
-    def __init__(self, handover: Handover, ready: Callable[[], bool], reactor: Any) -> None:
+    def __init__(self, handover: Handover | None, ready: Callable[[], bool], reactor: Any,
+                 pid_file: str | None = None) -> None:
         self.handover = handover
         self.ready = ready
         self.reactor = reactor
+        self.pid_file = pid_file
         self._loop: Any = None
 
     def startService(self) -> None:
@@ -249,12 +251,44 @@ class DrainOld(Service):
     def _check(self) -> None:
         if self.ready():
             self._loop.stop()
-            self.handover.drain_old()
+            # systemd (Type=forking, PIDFile=) follows a new main PID if
+            # the PID file names it before the old main process exits.
+            if self.pid_file:
+                write_pid_file(self.pid_file)
+            if self.handover is not None:
+                self.handover.drain_old()
 
     def stopService(self) -> Any:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self.pid_file:
+            remove_pid_file(self.pid_file)
         return super().stopService()
+
+
+def write_pid_file(path: str) -> None:
+    """
+    Write this process's pid to C{path} atomically (a reader sees the
+    old pid or the new one, never a partial file).
+    """
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(temp, path)
+
+
+def remove_pid_file(path: str) -> None:
+    """
+    Remove C{path} if it still names this process (not if a process that
+    took over rewrote it).
+    """
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _clear_stale(path: str) -> None:

@@ -8,6 +8,7 @@ open, five times in a row.
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 import pytest
@@ -48,10 +49,12 @@ def test_five_takeovers_refuse_no_connection_and_cut_no_stream(tmp_path, echo, p
     50 streams opened on the old process just before its takeover
     finishes there (every byte back, clean EOF) after the new one took
     over, while the new one serves;
-    each old process exits 0 once drained, and the last takes changes
-    (it owns the state directory's lock).
+    each old process exits 0 once drained, the PID file names the new
+    process by then, and the last takes changes (it owns the state
+    directory's lock).
     """
-    common = ["--state-dir", str(tmp_path / "state"), *flags]
+    pid_file = tmp_path / "lbproxy.pid"
+    common = ["--state-dir", str(tmp_path / "state"), "--pid-file", str(pid_file), *flags]
     current = lh.spawn(tmp_path, echo.port, *common).wait_ready()
     proxies.append(current)
     if "--workers" in flags:
@@ -68,6 +71,8 @@ def test_five_takeovers_refuse_no_connection_and_cut_no_stream(tmp_path, echo, p
             lh.until(lambda: "it drains now" in new.output(), 30, "the takeover")
             streams.finish()
             assert current.wait(40) == 0, current.output()
+            # Rewritten before the old process exited (systemd's PIDFile= follows it).
+            assert pid_file.read_text().strip() == str(new.proc.pid)
             drained = re.search(r"(\d+) connections finished, (\d+) were cut", current.output())
             assert drained and int(drained[2]) == 0, current.output()
             assert int(drained[1]) >= STREAMS, current.output()
@@ -93,3 +98,24 @@ def test_five_takeovers_refuse_no_connection_and_cut_no_stream(tmp_path, echo, p
         assert r.status == 200
     current.signal()
     assert current.wait(30) == 0
+    assert not pid_file.exists()
+
+
+def test_takeover_without_a_running_process_just_starts(tmp_path, echo, proxies):
+    """
+    --takeover with nothing on the control socket (a stale socket file
+    from a process that is gone included) starts afresh and relays.
+    """
+    state = tmp_path / "state"
+    state.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(state / "control.sock"))
+    stale.close()  # the path stays, nobody listens
+    proxy = lh.spawn(tmp_path, echo.port, "--state-dir", str(state), "--takeover").wait_ready()
+    proxies.append(proxy)
+    assert "no lbproxy on" in proxy.output()
+    with socket.create_connection(("127.0.0.1", proxy.listen), timeout=5) as s:
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
+    proxy.signal()
+    assert proxy.wait(30) == 0
