@@ -194,3 +194,39 @@ def test_second_signal_stops_at_once():
     life.signalled()
     assert reactor.stops == 1
     assert all(c.aborted_at == 1 for c in conns)
+
+
+def test_worker_pool_provides_idrainable(factories):
+    """
+    The worker pool is the IDrainable of --workers (it drains over AMP).
+    """
+    from lbproxy.control.workers import WorkerPool
+    from tests.integration.relay_harness import make_balancer
+
+    clock = task.Clock()
+    pool = WorkerPool({"workers": 2, "listen-tcp": ("127.0.0.1", 0, 16)}, make_balancer(clock, factories, [1]), clock)
+    verifyObject(IDrainable, pool)
+
+
+def test_signal_handlers_are_ours_while_running_and_restored_after():
+    """
+    Once running, SIGTERM and SIGINT go to the lifecycle (not to twistd's
+    handler that re-raises the signal); stopping the service puts back
+    the handlers it found.
+    """
+    import signal
+
+    class Running(FakeReactor):
+        def callWhenRunning(self, f, *a):
+            f(*a)
+
+    reactor = Running()
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    life = Lifecycle(make(reactor)[1], reactor)
+    life.startService()
+    try:
+        assert signal.getsignal(signal.SIGTERM) == life._signalled
+        assert signal.getsignal(signal.SIGINT) == life._signalled
+    finally:
+        life.stopService()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

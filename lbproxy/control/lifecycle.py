@@ -177,6 +177,7 @@ class Lifecycle(Service):
         self.since: float | None = None
         self.result: tuple[int, int] | None = None
         self.stopped: defer.Deferred = defer.Deferred()
+        self._previous: dict[int, Any] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -185,8 +186,16 @@ class Lifecycle(Service):
             self.reactor.callWhenRunning(self._install)
 
     def _install(self) -> None:
+        if not self.running:
+            return
         for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, self._signalled)
+            self._previous[number] = signal.signal(number, self._signalled)
+
+    def stopService(self) -> Any:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+        return super().stopService()
 
     def _signalled(self, number: int, frame: Any = None) -> None:
         self.reactor.callFromThread(self.signalled, signal.Signals(number).name)

@@ -64,6 +64,7 @@ from lbproxy.control.worker_protocol import (
     Start,
     merge_routes,
 )
+from lbproxy.control.lifecycle import IDrainable
 from lbproxy.interfaces import IConfigObserver
 
 log = Logger()
@@ -156,7 +157,7 @@ class Worker(ProcessProtocol):
         }
 
 
-@implementer(IConfigObserver)
+@implementer(IConfigObserver, IDrainable)
 class WorkerPool(Service):
     """
     Starts, feeds and restarts the worker processes; the relays of the

@@ -84,6 +84,7 @@ def test_streams_outliving_grace_are_closed_over_the_spread(tmp_path, echo, prox
     streams.join(30)
     assert streams.outcomes() == {"eof-early": 40}, proxy.output()
     ends = sorted(st.ended_at - sent for st in streams.streams)
+    print(f"{engine}: closes from {ends[0]:.2f}s to {ends[-1]:.2f}s after SIGTERM (grace 1, spread {spread})")
     assert ends[0] >= 0.9, ends
     assert ends[-1] - ends[0] >= 0.7 * spread, ends
     assert ends[-1] <= 1 + spread + 1.5, ends
