@@ -284,6 +284,7 @@ def _wire_takeover(spec: Any, handover: Any, top: Any, proxy: Any, admin_listene
             return [(name, fd) for name, fd in named if fd is not None]
 
         ControlServer(path, lifecycle, sockets, release=getattr(store, "release", lambda: None),
+                      reclaim=getattr(store, "claim", lambda: None),
                       stop_accepting=(admin_listener.stop_accepting,), reactor=reactor).setServiceParent(top)
     if handover is not None or spec.pid_file:
         ready = (lambda: proxy.ready.called) if workers else (lambda: proxy.listening_fd() is not None)

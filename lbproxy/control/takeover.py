@@ -141,6 +141,11 @@ class _Control(LineOnlyReceiver):
 
     def __init__(self, server: "ControlServer") -> None:
         self.server = server
+        self.taking_over = False
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.taking_over:
+            self.server.abandoned()
 
     def lineReceived(self, line: bytes) -> None:
         try:
@@ -148,8 +153,9 @@ class _Control(LineOnlyReceiver):
         except (ValueError, AttributeError):
             op = None
         if op == "takeover":
-            self.server.hand_over(self)
+            self.taking_over = self.server.hand_over(self)
         elif op == "drain":
+            self.taking_over = False
             self.server.drain()
         elif op == "status":
             self.sendLine(json.dumps({"pid": os.getpid(), **self.server.lifecycle.status()}).encode())
@@ -177,6 +183,7 @@ class ControlServer(Service):
     def __init__(
         self, path: str, lifecycle: Any, sockets: Callable[[], list[tuple[str, int]]],
         release: Callable[[], Any] = lambda: None, stop_accepting: tuple = (), reactor: Any = None,
+        reclaim: Callable[[], Any] = lambda: None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -184,6 +191,7 @@ class ControlServer(Service):
         self.lifecycle = lifecycle
         self.sockets = sockets
         self.release = release
+        self.reclaim = reclaim
         self.stop_accepting = stop_accepting
         self.reactor = reactor
         self.port: Any = None
@@ -202,10 +210,15 @@ class ControlServer(Service):
         port, self.port = self.port, None
         return defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
 
-    def hand_over(self, control: _Control) -> None:
+    def hand_over(self, control: _Control) -> bool:
+        """
+        Send the sockets (once).
+
+        @return: whether a handover started.
+        """
         if self.handed or self.lifecycle.state != "running":
             control.sendLine(b'{"error": "already handing over or stopping"}')
-            return
+            return False
         self.handed = True
         log.info("a new lbproxy takes over: handing over the listening sockets")
         named = self.sockets()
@@ -217,6 +230,24 @@ class ControlServer(Service):
 
         self._stop_listening().addCallback(send).addErrback(
             lambda f: log.failure("handover failed", f))
+        return True
+
+    def abandoned(self) -> None:
+        """
+        The new process went away before asking us to drain: take the lock
+        back and listen on the control socket again; we never stopped
+        accepting.
+        """
+        if not self.handed or not self.running:
+            return
+        log.warn("the new lbproxy went away before taking over: going on as before")
+        self.handed = False
+        try:
+            self.reclaim()
+            _clear_stale(self.path)
+            self.port = self.reactor.listenUNIX(self.path, Factory.forProtocol(lambda: _Control(self)), mode=0o600)
+        except Exception:
+            log.failure("could not take the state directory or the control socket back")
 
     def drain(self) -> None:
         for stop in self.stop_accepting:

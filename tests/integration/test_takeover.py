@@ -119,3 +119,41 @@ def test_takeover_without_a_running_process_just_starts(tmp_path, echo, proxies)
         assert s.recv(1) == b"x"
     proxy.signal()
     assert proxy.wait(30) == 0
+
+
+def test_a_new_process_that_goes_away_before_draining_changes_nothing(tmp_path, echo, proxies):
+    """
+    A takeover abandoned after the sockets were handed (the new process
+    died before asking for the drain): the old process never stopped
+    accepting, takes its state directory's lock back (changes work) and
+    listens on its control socket again (a later takeover works).
+    """
+    import json
+    import urllib.request
+
+    from lbproxy.control.takeover import request
+
+    state = tmp_path / "state"
+    proxy = lh.spawn(tmp_path, echo.port, "--state-dir", str(state)).wait_ready()
+    proxies.append(proxy)
+    handover = request(str(state / "control.sock"))
+    assert handover is not None and sorted(handover.sockets) == ["admin", "proxy"]
+    for socks in handover.sockets.values():
+        for s in socks:
+            s.close()
+    handover.conn.close()
+    lh.until(lambda: "went away before taking over" in proxy.output(), 10, "the old process noticed")
+    lh.until(lambda: (state / "control.sock").exists(), 10, "the control socket again")
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{proxy.admin}/api/v1/settings", method="PATCH",
+        data=json.dumps({"slow_start": 2}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200
+    new = lh.spawn(tmp_path, echo.port, "--state-dir", str(state), "--takeover",
+                   listen=proxy.listen, admin=proxy.admin)
+    proxies.append(new)
+    assert proxy.wait(30) == 0
+    new.wait_ready()
+    with socket.create_connection(("127.0.0.1", new.listen), timeout=5) as s:
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
