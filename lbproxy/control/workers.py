@@ -376,6 +376,11 @@ class WorkerPool(Service):
             total = (sum(r[0] for r in results), sum(r[1] for r in results))
             return defer.DeferredList([w.ended for w in live]).addCallback(lambda _: total)
 
+        # Our copies go too: once the workers close theirs, nothing listens
+        # and new clients are refused at once (they would wait, unaccepted,
+        # in a queue no one reads).  After a takeover the new process holds
+        # the sockets.
+        self._close_sockets()
         return defer.gatherResults(answers).addCallback(summed)
 
     def force(self) -> None:

@@ -128,3 +128,23 @@ def test_workers_drain_over_amp_and_parent_exits_0(tmp_path, echo, proxies):
     assert streams.outcomes() == {"ok": 100}, proxy.output()
     assert "100 connections finished, 0 were cut" in proxy.output()
     assert "starting another" not in proxy.output()
+
+
+def test_workers_stop_refuses_new_connections_at_once(tmp_path, echo, proxies):
+    """
+    With --workers 2, once stopping, a new client is refused at once (not
+    left in an accept queue no one reads): the parent lets go of its copies
+    of the workers' sockets when it tells them to drain.
+    """
+    proxy = lh.spawn(tmp_path, echo.port, "--workers", "2", "--grace", "20").wait_ready()
+    proxies.append(proxy)
+    lh.until(lambda: all(w and w["listening"] for w in proxy.status()["workers"]), 30, "workers listening")
+    streams = lh.Streams(proxy.listen, 10, duration=120)
+    lh.until(lambda: sum(w["active"] for w in proxy.status()["workers"]) == 10, 20, "10 relayed")
+    proxy.signal(signal.SIGTERM)
+    lh.until(lambda: proxy.status()["state"] == "stopping", 10, "state stopping")
+    lh.until(lambda: _refused(proxy.listen), 10, "new clients refused")
+    streams.finish()
+    assert proxy.wait(30) == 0, proxy.output()
+    streams.join(30)
+    assert streams.outcomes() == {"ok": 10}
