@@ -230,3 +230,31 @@ def test_signal_handlers_are_ours_while_running_and_restored_after():
     finally:
         life.stopService()
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_drain_over_a_balancer_closes_only_open_connections(factories):
+    """
+    LocalDrain.of_balancer reads the balancer's connections per backend:
+    one that ended during the spread is not closed again, the others are.
+    """
+    from tests.test_balancer import FakeConnection, make as make_balancer
+
+    b, clock = make_balancer(factories, n=2)
+    conns = []
+    for i in range(4):
+        assert b.admit()
+        c = b.route(("192.0.2.1", i))
+        conn = FakeConnection()
+        conn.candidate = c
+        b.connection_opened(c, conn, 0.001)
+        conns.append(conn)
+    stopped = []
+    drain = LocalDrain.of_balancer(clock, lambda: stopped.append(True), b)
+    drain.drain(1, 4)
+    assert stopped == [True]
+    clock.advance(1)
+    gone = [c for c in conns if c.closed is None][-1]
+    b.connections[gone.candidate.id].discard(gone)
+    clock.pump([0.5] * 7)  # past the spread, before any reset
+    assert gone.closed is None
+    assert sum(1 for c in conns if c.closed == ("close", "shutdown")) == 3

@@ -70,9 +70,10 @@ class LocalDrain:
     def __init__(
         self, clock: Any, stop_accepting: Callable[[], Any],
         connections: Callable[[], Iterable[Any]], active: Callable[[], int],
-        abort_after: float = ABORT_AFTER,
+        abort_after: float = ABORT_AFTER, is_open: Callable[[Any], bool] | None = None,
     ) -> None:
         self.clock = clock
+        self.is_open = is_open if is_open is not None else (lambda conn: conn in set(self.connections()))
         self.stop_accepting = stop_accepting
         self.connections = connections
         self.active = active
@@ -91,7 +92,10 @@ class LocalDrain:
         def connections() -> list[Any]:
             return [c for group in tuple(balancer.connections.values()) for c in tuple(group)]
 
-        return cls(clock, stop_accepting, connections, lambda: balancer.totals.active, **kw)
+        def is_open(conn: Any) -> bool:
+            return any(conn in group for group in balancer.connections.values())
+
+        return cls(clock, stop_accepting, connections, lambda: balancer.totals.active, is_open=is_open, **kw)
 
     def drain(self, grace: float, spread: float) -> defer.Deferred:
         if self._done is not None:
@@ -118,13 +122,13 @@ class LocalDrain:
         self._timers.append(self.clock.callLater(spread + self.abort_after, self.force))
 
     def _close(self, conn: Any) -> None:
-        if conn in set(self.connections()):
+        if self.is_open(conn):
             self.cut.add(conn)
             conn.close("shutdown")
             self._timers.append(self.clock.callLater(self.abort_after, self._abort, conn))
 
     def _abort(self, conn: Any) -> None:
-        if conn in set(self.connections()):
+        if self.is_open(conn):
             conn.abort("shutdown")
 
     def force(self) -> None:
