@@ -1,8 +1,7 @@
 """
 Real sockets for the stop and takeover tests, without the test's reactor:
-an echo backend that says which process relayed (it does not know; the
-proxy's pid is not visible to it, so it only echoes), streaming clients
-and a connect-rate generator, each on a thread with a deadline.
+an echo backend, streaming clients and a connect-rate generator, each on a
+thread with a deadline, and C{twistd lbproxy} children.
 """
 
 from __future__ import annotations
