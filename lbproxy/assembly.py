@@ -48,6 +48,7 @@ class Assembly:
     admin_listener: ListenerService
     membership: Any = None
     gate: Any = None
+    lifecycle: Any = None
 
 
 class LBProxyService(MultiService):
@@ -145,6 +146,8 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     from lbproxy.web import admin_service
 
     factories = strategy_factories()
+    # --takeover: the running process hands its sockets (and lock) over first.
+    handover = _request_takeover(spec)
     if spec.etcd_endpoints:
         from lbproxy.control.store.etcd import EtcdStore
 
@@ -197,6 +200,12 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     from lbproxy.health.checker import HealthChecker
 
     HealthChecker(balancer, reactor, controller=controller).setServiceParent(top)
+    # Graceful stop: SIGTERM drains the relay (lbproxy.control.lifecycle).
+    lifecycle = _lifecycle(spec, proxy, balancer, reactor)
+    lifecycle.setServiceParent(top)
+    admin.add_status_provider(lifecycle.status)
+    # Restart and upgrade (lbproxy.control.takeover): adopt, serve the control socket, drain the old.
+    _wire_takeover(spec, handover, top, proxy, admin_listener, store, lifecycle, reactor)
     cap = somaxconn()
     if cap is not None and spec.backlog > cap:
         log.warn(
@@ -206,7 +215,80 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     return Assembly(
         spec=spec, top=top, balancer=balancer, controller=controller, store=store, proxy=proxy,
         admin=admin, admin_listener=admin_listener, membership=membership, gate=gate,
+        lifecycle=lifecycle,
     )
+
+
+def _lifecycle(spec: Any, proxy: Any, balancer: Any, reactor: Any) -> Any:
+    """
+    The graceful stop of C{proxy}: the worker pool drains its workers,
+    an engine of this process drains over the balancer's connections.
+    """
+    from lbproxy.control.lifecycle import Lifecycle, LocalDrain
+
+    drainable = proxy if hasattr(proxy, "drain") else LocalDrain.of_balancer(reactor, proxy.stop_accepting, balancer)
+    return Lifecycle(drainable, reactor, spec.grace, spread=spec.grace_spread, events=balancer.events)
+
+
+def control_socket(spec: Any) -> str | None:
+    """
+    C{--control-socket}, else C{STATE_DIR/control.sock} with C{--state-dir}.
+    """
+    import os
+
+    if spec.control_socket:
+        return spec.control_socket
+    return os.path.join(spec.state_dir, "control.sock") if spec.state_dir else None
+
+
+def _request_takeover(spec: Any) -> Any:
+    from lbproxy.control.takeover import TakeoverError, request
+
+    path = control_socket(spec)
+    if not spec.takeover:
+        return None
+    if path is None:
+        raise SystemExit("lbproxy: --takeover needs --control-socket or --state-dir")
+    try:
+        handover = request(path)
+    except TakeoverError as e:
+        raise SystemExit(f"lbproxy: cannot take over: {e}") from None
+    if handover is None:
+        log.info("--takeover: no lbproxy on {path}; starting afresh", path=path)
+    else:
+        log.info("--takeover: pid {pid} handed over {names}", pid=handover.pid,
+                 names=", ".join(f"{k} x{len(v)}" for k, v in handover.sockets.items()))
+    return handover
+
+
+def _wire_takeover(spec: Any, handover: Any, top: Any, proxy: Any, admin_listener: Any,
+                   store: Any, lifecycle: Any, reactor: Any) -> None:
+    from lbproxy.control.takeover import ControlServer, DrainOld
+
+    workers = hasattr(proxy, "listening_fds")
+    if handover is not None:
+        if workers:
+            proxy.sockets = handover.take_all("worker")
+        else:
+            sock = handover.take("proxy")
+            if sock is not None:
+                proxy.adopt(sock)
+        sock = handover.take("admin")
+        if sock is not None:
+            admin_listener.adopt(sock)
+    path = control_socket(spec)
+    if path is not None:
+        def sockets() -> list[tuple[str, int]]:
+            named = proxy.listening_fds() if workers else [("proxy", proxy.listening_fd())]
+            named.append(("admin", admin_listener.listening_fd()))
+            return [(name, fd) for name, fd in named if fd is not None]
+
+        ControlServer(path, lifecycle, sockets, release=getattr(store, "release", lambda: None),
+                      reclaim=getattr(store, "claim", lambda: None),
+                      stop_accepting=(admin_listener.stop_accepting,), reactor=reactor).setServiceParent(top)
+    if handover is not None or spec.pid_file:
+        ready = (lambda: proxy.ready.called) if workers else (lambda: proxy.listening_fd() is not None)
+        DrainOld(handover, ready, reactor, spec.pid_file).setServiceParent(top)
 
 
 def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:

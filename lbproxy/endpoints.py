@@ -243,6 +243,22 @@ class _Listener(Service):
     def _reuse_port(self) -> bool:
         return False
 
+    def adopt(self, sock: socket.socket) -> None:
+        """
+        Listen on C{sock}, a listening socket handed over by the process
+        this one takes over from (L{lbproxy.control.takeover}), instead of
+        binding.
+        """
+        if self._bound is not None:
+            self._bound.close()
+        self._bound = sock
+
+    def listening_fd(self) -> int | None:
+        """
+        The listening socket's descriptor while it accepts (to hand over).
+        """
+        raise NotImplementedError
+
     def _listening(self) -> socket.socket:
         """
         The bound socket, now listening with L{backlog}; ours to hand over.
@@ -325,8 +341,18 @@ class ListenerService(_Listener):
 
     def stopService(self) -> Any:
         super().stopService()
+        return self.stop_accepting()
+
+    def stop_accepting(self) -> Any:
+        """
+        Stop accepting: the reactor closes its own copy of the socket (a
+        process that took the socket over keeps it, and its queue, alive).
+        """
         port, self.port = self.port, None
         return defer.maybeDeferred(port.stopListening) if port is not None else None
+
+    def listening_fd(self) -> int | None:
+        return self.port.fileno() if self.port is not None and self.endpoint.tcp else None
 
     def address(self) -> tuple[str, int] | None:
         if self.port is None:
@@ -386,9 +412,19 @@ class FastRelayService(_Listener):
         self._announce()
 
     def stopService(self) -> Any:
+        self.stop_accepting()
+        return super().stopService()
+
+    def stop_accepting(self) -> None:
+        """
+        Stop accepting; relayed connections go on (see L{ListenerService.stop_accepting}).
+        """
         if self.engine is not None:
             self.engine.stop_listening()
-        return super().stopService()
+
+    def listening_fd(self) -> int | None:
+        engine = self.engine
+        return engine.listener.fileno() if engine is not None and engine.listening else None
 
     def address(self) -> tuple[str, int] | None:
         engine = self.engine

@@ -13,6 +13,7 @@ says so.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
@@ -127,6 +128,11 @@ class ProxySpec:
     admin_write_rate: float = flag("admin-write-rate", number(float, 0), default=20.0)
     dns_servers: tuple[tuple[str, int], ...] | None = flag("dns-server", lambda v, f: tuple(_dns_servers(v)))
     dns_refresh: float = flag("dns-refresh", lambda v, f: number(float, 0.1)(v, f), default=30.0)
+    grace: float = flag("grace", number(float, 0), default=30.0)
+    grace_spread: float = flag("grace-spread", number(float, 0), default=5.0)
+    control_socket: str | None = flag("control-socket", lambda v, f: os.path.abspath(v))
+    takeover: bool = flag("takeover", lambda v, f: bool(v), default=False)
+    pid_file: str | None = flag("pid-file", lambda v, f: os.path.abspath(v))
 
 
 class Options(usage.Options):
@@ -191,6 +197,14 @@ class Options(usage.Options):
          "HOST:PORT[,HOST:PORT...] of DNS servers for backend host names (default: those of "
          "/etc/resolv.conf); the hosts file is read first either way."],
         ["dns-refresh", None, "30", "Seconds between two lookups of a backend host name."],
+        ["grace", None, "30", "On SIGTERM: seconds open connections may go on before they are closed."],
+        ["grace-spread", None, "5", "Seconds over which connections left after --grace are closed."],
+        ["control-socket", None, None,
+         "UNIX socket where a new lbproxy started with --takeover takes this one's listening "
+         "sockets over (default STATE_DIR/control.sock with --state-dir)."],
+        ["pid-file", None, None,
+         "Write this process's pid here once it accepts (after a takeover too, before the old "
+         "process exits: systemd's PIDFile= then follows it).  Not twistd's --pidfile."],
         ["admin-token-file", None, None,
          "File holding the admin API token: changes then need 'Authorization: Bearer <token>', "
          "and so do reads unless --admin-open-reads.  Required when --admin is not loopback-only."],
@@ -207,6 +221,8 @@ class Options(usage.Options):
     optFlags = [
         ["no-access-log", None, "Do not log one line per finished connection."],
         ["admin-open-reads", None, "With --admin-token-file: let reads of the admin API through without the token."],
+        ["takeover", None, "Take the listening sockets over from the lbproxy on --control-socket, "
+         "then let it drain (a restart or upgrade that refuses no connection)."],
         ["demo", None, "Moved: the demo is 'twistd -n lbproxy-demo' (or 'python3 dev.py run')."],
     ]
 

@@ -25,6 +25,8 @@ from lbproxy.control.worker_protocol import (
     BackendEvent,
     CloseBackend,
     ConfigRejected,
+    Drain,
+    Force,
     Health,
     Listen,
     NotReady,
@@ -55,6 +57,8 @@ class WorkerChannel(amp.AMP):
         self.report_interval = 0.5
         self.balancer: Any = None
         self.relay: Any = None
+        self.port: Any = None
+        self._drain: Any = None
         self._loop: Any = None
         self._soon: Any = None
         #: true while a parent's command runs: the events it causes are the
@@ -105,7 +109,7 @@ class WorkerChannel(amp.AMP):
         self.balancer.events.subscribe(self._event)
 
     @Listen.responder
-    def listen(self, host: str, port: int, backlog: int, engine: str, down: list) -> dict:
+    def listen(self, host: str, port: int, backlog: int, engine: str, down: list, fd: int | None = None) -> dict:
         from lbproxy.relay.fast_engine import listening_socket
 
         b = self.balancer
@@ -117,7 +121,10 @@ class WorkerChannel(amp.AMP):
             if state is not None:
                 state.healthy, state.reason, state.since = False, item["reason"], now
         b.pool.refresh(now)
-        sock = listening_socket(host, port, backlog, reuse_port=True)
+        if fd is not None:
+            sock = socket.socket(fileno=fd)
+        else:
+            sock = listening_socket(host, port, backlog, reuse_port=True)
         bound = sock.getsockname()[1]
         if engine == "fast":
             from lbproxy.relay.fast_engine import FastRelay
@@ -128,7 +135,7 @@ class WorkerChannel(amp.AMP):
             from lbproxy.relay.twisted_engine import ProxyFactory
 
             sock.setblocking(False)
-            self.reactor.adoptStreamPort(sock.fileno(), sock.family, ProxyFactory(b, self.reactor))
+            self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, ProxyFactory(b, self.reactor))
             sock.close()
         b.start()
         from twisted.internet.task import LoopingCall
@@ -160,6 +167,43 @@ class WorkerChannel(amp.AMP):
         finally:
             self._commanded = False
         return {"closed": closed}
+
+    @Drain.responder
+    def drain(self, grace: float, spread: float) -> Any:
+        from lbproxy.control.lifecycle import LocalDrain
+
+        if self.balancer is None:
+            raise NotReady("Drain before ApplyConfig")
+        if self._drain is None:
+            self._drain = LocalDrain.of_balancer(self.reactor, self._stop_accepting, self.balancer)
+        d = self._drain.drain(grace, spread)
+
+        def answer(result: tuple) -> dict:
+            finished, cut = result
+            log.info("worker {index}: drained ({finished} finished, {cut} cut)",
+                     index=self.index, finished=finished, cut=cut)
+            # The answer goes out first, then the worker exits.
+            self.reactor.callLater(0.05, self._exit)
+            return {"finished": finished, "cut": cut}
+
+        return d.addCallback(answer)
+
+    @Force.responder
+    def force(self) -> dict:
+        if self._drain is not None:
+            self._drain.force()
+        return {}
+
+    def _stop_accepting(self) -> None:
+        if self.relay is not None:
+            self.relay.stop_listening()
+        if self.port is not None:
+            port, self.port = self.port, None
+            port.stopListening()
+
+    def _exit(self) -> None:
+        if getattr(self.reactor, "running", False):
+            self.reactor.stop()
 
     @Poll.responder
     def poll(self) -> dict:
@@ -210,7 +254,12 @@ def main(fd: int) -> None:
     channel = WorkerChannel(reactor)
     reactor.adoptStreamConnection(fd, socket.AF_UNIX, Factory.forProtocol(lambda: channel))
     os.close(fd)  # the reactor holds its own duplicate
-    reactor.run()
+    # The parent stops its workers (Drain over AMP): a terminal's Ctrl-C
+    # reaches the whole process group and must not cut their connections.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reactor.run(installSignalHandlers=False)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ Parent to worker, each answered:
  - L{CloseBackend}: a forced close, answered with how many connections the
    worker closed.
  - L{Poll}: a fresh L{Report} now, as the answer.
+ - L{Drain}: a graceful stop, answered with how many connections finished
+   and how many were cut; L{Force} cuts the rest at once.
 
 Worker to parent, unanswered: L{Report} (counters, open connections per
 backend, the routing batch for the UI; every C{report_interval} and soon
@@ -117,6 +119,8 @@ class Listen(amp.Command):
         (b"backlog", amp.Integer()),
         (b"engine", amp.Unicode()),
         (b"down", Chunked(amp.AmpList([(b"id", amp.Unicode()), (b"reason", amp.Unicode())]))),
+        # The listening socket the parent gave the worker, else it binds one.
+        (b"fd", amp.Integer(optional=True)),
     ]
     response = [(b"port", amp.Integer())]
     errors = _ERRORS
@@ -131,6 +135,27 @@ class Health(amp.Command):
 class CloseBackend(amp.Command):
     arguments = [(b"backend", amp.Unicode()), (b"why", amp.Unicode())]
     response = [(b"closed", amp.Integer())]
+    errors = _ERRORS
+
+
+class Drain(amp.Command):
+    """
+    Stop accepting and drain (L{lbproxy.control.lifecycle.LocalDrain});
+    answered once no connection is left, then the worker exits.
+    """
+
+    arguments = [(b"grace", amp.Float()), (b"spread", amp.Float())]
+    response = [(b"finished", amp.Integer()), (b"cut", amp.Integer())]
+    errors = _ERRORS
+
+
+class Force(amp.Command):
+    """
+    While draining: reset every connection now.
+    """
+
+    arguments: list = []
+    response: list = []
     errors = _ERRORS
 
 

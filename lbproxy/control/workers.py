@@ -55,6 +55,8 @@ from lbproxy.control.worker_protocol import (
     ApplyConfig,
     BackendEvent,
     CloseBackend,
+    Drain,
+    Force,
     Health,
     Listen,
     Poll,
@@ -62,12 +64,15 @@ from lbproxy.control.worker_protocol import (
     Start,
     merge_routes,
 )
+from lbproxy.control.lifecycle import IDrainable
 from lbproxy.interfaces import IConfigObserver
 
 log = Logger()
 
 #: The worker's file descriptor for its end of the channel.
 CHANNEL_FD = 3
+#: The worker's file descriptor for its listening socket.
+LISTEN_FD = 4
 
 
 class _ParentChannel(amp.AMP):
@@ -152,7 +157,7 @@ class Worker(ProcessProtocol):
         }
 
 
-@implementer(IConfigObserver)
+@implementer(IConfigObserver, IDrainable)
 class WorkerPool(Service):
     """
     Starts, feeds and restarts the worker processes; the relays of the
@@ -182,10 +187,15 @@ class WorkerPool(Service):
         self.workers: list[Worker | None] = [None] * self.count
         self.port: int | None = None
         self.restarts = 0
-        self._reservation: socket.socket | None = None
+        #: the listening socket of each worker slot (handed over, or made at start)
+        self.sockets: list[socket.socket] = list(options.get("adopt") or ())
+        #: fires once every worker has answered its first Listen
+        self.ready: defer.Deferred = defer.Deferred()
         self._unfollow: Any = None
         #: per slot, how many workers in a row died young
         self._young_deaths: dict[int, int] = {}
+        #: set by a graceful stop: an exiting worker is not replaced.
+        self.draining = False
 
     def _live(self) -> list[Worker]:
         return [w for w in self.workers if w is not None and not w.gone]
@@ -193,25 +203,44 @@ class WorkerPool(Service):
     # Lifecycle ----------------------------------------------------------------
 
     def startService(self) -> None:
-        # Hold the port (bound with SO_REUSEPORT, not listening, so it takes
-        # no connections): port 0 becomes one concrete port for all workers,
-        # and a port in use fails here, at startup.
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.host, self.requested_port))
-        except OSError:
-            sock.close()
-            raise
-        self._reservation = sock
-        self.port = sock.getsockname()[1]
+        # One listening socket per worker slot (SO_REUSEPORT), made here and
+        # given to the worker as a file descriptor: port 0 becomes one
+        # concrete port for all, a port in use fails here, at startup, and
+        # the parent's copy keeps each socket (and its queue) alive across a
+        # worker's restart and hands it over on a takeover.
+        if not self.sockets:
+            from lbproxy.endpoints import listening_socket
+
+            first = listening_socket(self.host, self.requested_port, self.backlog, reuse_port=True)
+            self.sockets = [first]
+            try:
+                port = first.getsockname()[1]
+                for _ in range(self.count - 1):
+                    self.sockets.append(listening_socket(self.host, port, self.backlog, reuse_port=True))
+            except OSError:
+                self._close_sockets()
+                raise
+        elif len(self.sockets) != self.count:
+            got = len(self.sockets)
+            self._close_sockets()
+            raise OSError(f"the process taken over had {got} workers: take over with --workers {got}")
+        self.port = self.sockets[0].getsockname()[1]
         self.balancer.relay_elsewhere(self)
         self._unfollow = self.balancer.follow(self._follow)
         super().startService()
         for i in range(self.count):
             self._spawn(i)
+
+    def _close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+    def listening_fds(self) -> list[tuple[str, int]]:
+        """
+        The workers' listening sockets, to hand over (L{lbproxy.control.takeover}).
+        """
+        return [("worker", sock.fileno()) for sock in self.sockets]
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
@@ -225,12 +254,10 @@ class WorkerPool(Service):
                 worker.transport.signalProcess("TERM")
             except Exception:
                 pass
-        if self._reservation is not None:
-            self._reservation.close()
-            self._reservation = None
         done = defer.DeferredList(waits)
         killer = self.reactor.callLater(self.stop_timeout, self._kill_all)
         done.addBoth(lambda r: killer.cancel() if killer.active() else None)
+        done.addBoth(lambda _: self._close_sockets())
         return done
 
     def _kill_all(self) -> None:
@@ -257,7 +284,8 @@ class WorkerPool(Service):
             self.reactor.spawnProcess(
                 worker, sys.executable,
                 [sys.executable, "-m", "lbproxy.control.worker_main", str(CHANNEL_FD)],
-                env=env, childFDs={0: "w", 1: 1, 2: 2, CHANNEL_FD: theirs.fileno()},
+                env=env, childFDs={0: "w", 1: 1, 2: 2, CHANNEL_FD: theirs.fileno(),
+                                   LISTEN_FD: self.sockets[index].fileno()},
             )
             self.reactor.adoptStreamConnection(
                 ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: worker.channel)
@@ -284,9 +312,14 @@ class WorkerPool(Service):
         down = [{"id": bid, "reason": state.reason}
                 for bid, state in self.balancer.pool.health.items() if not state.healthy]
         d = worker.call(Listen, host=self.host, port=self.port, backlog=self.backlog,
-                        engine=self.engine, down=down)
-        d.addCallback(lambda _: setattr(worker, "listening", True))
+                        engine=self.engine, down=down, fd=LISTEN_FD)
+        d.addCallback(lambda _: self._listening(worker))
         d.addErrback(self._failed, worker, "listen", stop=True)
+
+    def _listening(self, worker: Worker) -> None:
+        worker.listening = True
+        if not self.ready.called and all(w is not None and w.listening for w in self.workers):
+            self.ready.callback(None)
 
     def _failed(self, failure: Any, worker: Worker, what: str, stop: bool = False) -> None:
         if worker.gone or failure.check(error.ConnectionLost, error.ConnectionDone):
@@ -310,7 +343,7 @@ class WorkerPool(Service):
         if self.workers[worker.index] is not worker:
             return
         self.workers[worker.index] = None
-        if not self.running:
+        if not self.running or self.draining:
             return
         # A worker that dies young (bad config, port trouble) is restarted
         # ever more slowly, not in a tight loop.
@@ -322,6 +355,37 @@ class WorkerPool(Service):
                  index=worker.index, pid=worker.pid, why=reason.getErrorMessage(), delay=delay)
         self.restarts += 1
         self.reactor.callLater(delay, self._spawn, worker.index)
+
+    # Graceful stop (lbproxy.control.lifecycle.IDrainable) ------------------------
+
+    def drain(self, grace: float, spread: float) -> defer.Deferred:
+        """
+        Every worker stops accepting and drains; fires with the sums of
+        C{(finished, cut)} once every worker has exited.
+        """
+        self.draining = True
+        live = self._live()
+        answers = []
+        for worker in live:
+            d = worker.call(Drain, grace=grace, spread=spread)
+            d.addCallback(lambda a: (a["finished"], a["cut"]))
+            d.addErrback(lambda f, w=worker: (self._failed(f, w, "drain"), (0, 0))[1])
+            answers.append(d)
+
+        def summed(results: list) -> defer.Deferred:
+            total = (sum(r[0] for r in results), sum(r[1] for r in results))
+            return defer.DeferredList([w.ended for w in live]).addCallback(lambda _: total)
+
+        # Our copies go too: once the workers close theirs, nothing listens
+        # and new clients are refused at once (they would wait, unaccepted,
+        # in a queue no one reads).  After a takeover the new process holds
+        # the sockets.
+        self._close_sockets()
+        return defer.gatherResults(answers).addCallback(summed)
+
+    def force(self) -> None:
+        for worker in self._live():
+            worker.call(Force).addErrback(lambda f: None)
 
     # Parent to workers ------------------------------------------------------------
 

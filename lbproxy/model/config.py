@@ -178,6 +178,9 @@ class Config:
     outlier: Outlier | None = Outlier()
     slow_start: float = 0.0
     drain_timeout: float | None = None
+    #: C{shutdown}: close a backend's connections when health marks it
+    #: down (HAProxy C{on-marked-down shutdown-sessions}); C{none}: keep them.
+    on_marked_down: str = "none"
 
     def backend(self, backend_id: str) -> Backend | None:
         for b in self.backends:
@@ -200,6 +203,7 @@ class Config:
             "outlier": self.outlier.to_json() if self.outlier else None,
             "slow_start": self.slow_start,
             "drain_timeout": self.drain_timeout,
+            "on_marked_down": self.on_marked_down,
         }
 
 
@@ -369,6 +373,8 @@ def parse_settings(value: Any, what: str = "settings") -> dict[str, Any]:
         out["drain_timeout"] = float(obj["drain_timeout"])
     elif "drain_timeout" in obj:
         out["drain_timeout"] = None
+    if "on_marked_down" in obj:
+        out["on_marked_down"] = obj["on_marked_down"]
     return out
 
 
@@ -511,7 +517,7 @@ def replace_config(config: Config, new: Config) -> Config:
     return replace(new, version=config.version + 1)
 
 
-SETTINGS_FIELDS = ("health_check", "outlier", "slow_start", "drain_timeout")
+SETTINGS_FIELDS = ("health_check", "outlier", "slow_start", "drain_timeout", "on_marked_down")
 
 
 def update_settings(config: Config, body: Any) -> Config:

@@ -166,6 +166,8 @@ SETTINGS_FIELDS: dict[str, Any] = {
                    "description": "Seconds over which a new or recovered backend ramps to full weight."},
     "drain_timeout": nullable({"type": "number", "exclusiveMinimum": 0, "maximum": DAY,
                                "description": "Seconds after which a draining backend's connections close."}),
+    "on_marked_down": {"enum": ["none", "shutdown"],
+                       "description": "shutdown: close a backend's connections when health marks it down."},
 }
 
 SETTINGS: dict[str, Any] = {

@@ -485,6 +485,10 @@ class Balancer(RelayedElsewhere):
         state = self.pool.health.get(backend_id)
         if state is not None and state.available(self._reactor.seconds()) != before:
             self._backend_event(backend_id, "up" if not before else "down", reason)
+            if before and self.config.on_marked_down == "shutdown":
+                n = self.close_connections(backend_id, "marked-down")
+                if n:
+                    log.info("backend {backend} marked down: closed {n} connections", backend=backend_id, n=n)
 
     def _backend_event(self, backend_id: str, state: str, reason: str, **extra: Any) -> None:
         log.info("backend {backend} is {state}: {reason}", backend=backend_id, state=state, reason=reason)

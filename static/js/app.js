@@ -103,7 +103,9 @@ class Dashboard {
         if (data.stats) this.onStats(data.stats);
         this.renderHeader();
         this.loadHistory();
+        call('GET', '/status').then((s) => this.onLifecycle(s), () => {});
         break;
+      case 'lifecycle': this.onLifecycle(data); break;
       case 'route': this.onRoute(data); break;
       case 'stats': this.onStats(data); break;
       case 'backend': this.onBackend(data); break;
@@ -111,6 +113,20 @@ class Dashboard {
       case 'demo': this.demo.render(data); break;
       case 'store': this.cluster.onStore(data); break;
       default: break;
+    }
+  }
+
+  // A graceful stop (SIGTERM or a takeover): say so while it lasts.
+  onLifecycle(data) {
+    const stopping = data.state === 'stopping';
+    $('lifecycle-banner').hidden = !stopping;
+    if (stopping) {
+      const since = data.since ?? data.stopping_since;
+      const at = since ? ` since ${clock(new Date(since * 1000))}` : '';
+      $('lifecycle-banner-detail').textContent = `${at}; grace period ${data.grace}s`;
+      this.log.add('feed', `lbproxy is stopping (grace ${data.grace}s)`);
+    } else if (data.state === 'stopped') {
+      this.log.add('feed', `lbproxy stopped: ${data.finished} connections finished, ${data.cut} cut`);
     }
   }
 

@@ -33,6 +33,7 @@ export class SettingsPanel {
     f.base_ejection.value = o.base_ejection ?? '';
     f.slow_start.value = config.slow_start ?? 0;
     f.drain_timeout.value = config.drain_timeout ?? '';
+    f.on_marked_down.value = config.on_marked_down || 'none';
     this.toggle();
   }
 
@@ -59,6 +60,7 @@ export class SettingsPanel {
       outlier: { ...(config.outlier || {}), consecutive_failures: value('consecutive_failures'), base_ejection: value('base_ejection') },
       slow_start: value('slow_start'),
       drain_timeout: f.drain_timeout.value.trim() === '' ? null : value('drain_timeout'),
+      on_marked_down: f.on_marked_down.value,
     };
     const button = this.form.querySelector('button[type=submit]');
     button.disabled = true;

@@ -141,6 +141,7 @@ class FileStore:
         self._lock = defer.DeferredLock()
         self._known = 0
         self._claim: int | None = None
+        self._released = False
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
@@ -256,7 +257,19 @@ class FileStore:
             failing with L{VersionConflict} or L{StoreError} (nothing
             changed on disk then).
         """
+        if self._claim is None and self._released:
+            return defer.fail(StoreError("this lbproxy handed over to a new process: make changes there"))
         return self._lock.run(self._save, config, expected_version)
+
+    def release(self) -> None:
+        """
+        Give up the state directory (a takeover: the new process claims
+        it); changes are refused from now on.
+        """
+        fd, self._claim = self._claim, None
+        self._released = True
+        if fd is not None:
+            os.close(fd)  # drops the record lock
 
     def _save(self, config: Config, expected_version: int) -> defer.Deferred:
         data = encode(config)
