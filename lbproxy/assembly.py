@@ -48,6 +48,8 @@ class Assembly:
     admin_listener: ListenerService
     membership: Any = None
     gate: Any = None
+    table: Any = None
+    listeners: Any = None
 
 
 class LBProxyService(MultiService):
@@ -100,9 +102,11 @@ class LBProxyService(MultiService):
                 listener.stopService()
 
 
-def _listeners(service: Any) -> list[_Listener]:
+def _listeners(service: Any) -> list[Any]:
+    from lbproxy.control.listeners import ListenersService
+
     found = []
-    if isinstance(service, _Listener):
+    if isinstance(service, (_Listener, ListenersService)):
         found.append(service)
     if IServiceCollection.providedBy(service):
         for child in service:
@@ -110,10 +114,56 @@ def _listeners(service: Any) -> list[_Listener]:
     return found
 
 
+class _HealthCheckers(Service):
+    """
+    One L{lbproxy.health.checker.HealthChecker} per service, following the
+    document: a new service's checks start, a removed one's stop.
+
+    @ivar checkers: service name -> its checker.
+    """
+
+    name = "health"
+
+    def __init__(self, table: Any, controller: Any, reactor: Any) -> None:
+        self.table = table
+        self.controller = controller
+        self.reactor = reactor
+        self.checkers: dict[str, Any] = {}
+        self._unobserve: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._unobserve = self.controller.observe(self)
+        self.applied(None, self.table.document)
+
+    def stopService(self) -> Any:
+        if self._unobserve is not None:
+            self._unobserve()
+        for checker in self.checkers.values():
+            checker.stopService()
+        self.checkers.clear()
+        return super().stopService()
+
+    def applied(self, old: Any, new: Any) -> None:
+        from lbproxy.health.checker import HealthChecker
+
+        for name, checker in tuple(self.checkers.items()):
+            if checker.balancer is not self.table.balancer(name):
+                checker.stopService()
+                del self.checkers[name]
+        for name, balancer in self.table.balancers.items():
+            checker = self.checkers.get(name)
+            if checker is None:
+                checker = self.checkers[name] = HealthChecker(balancer, self.reactor)
+                checker.startService()
+            else:
+                checker.reconcile()
+
+
 class _BalancerService(Service):
     """
-    Runs the balancer's housekeeping (idle timeouts, slow start) while the
-    application runs.
+    Runs the balancers' housekeeping (idle timeouts, slow start) while the
+    application runs (a L{lbproxy.policy.services.ServiceTable} or one balancer).
     """
 
     def __init__(self, balancer: Any) -> None:
@@ -144,25 +194,34 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     from lbproxy.policy.plugins import strategy_factories
     from lbproxy.web import admin_service
 
+    from lbproxy.control.listeners import ListenerManager
+    from lbproxy.model.service import iter_backends
+    from lbproxy.policy.services import ServiceTable
+
     factories = strategy_factories()
+    seed = spec.seed_document
     if spec.etcd_endpoints:
         from lbproxy.control.store.etcd import EtcdStore
 
-        store, config = EtcdStore(list(spec.etcd_endpoints), spec.store_prefix, reactor=reactor), spec.seed
+        store, document = EtcdStore(list(spec.etcd_endpoints), spec.store_prefix, reactor=reactor), seed
     else:
-        store, config = _open_store(spec, factories, reactor)
+        store, document = _open_store(spec, factories, reactor)
     servers = list(spec.dns_servers) if spec.dns_servers else None
     resolver = Resolver(reactor, DNSLookup(reactor, servers=servers), refresh=spec.dns_refresh)
-    balancer = Balancer(config, factories, spec.settings, reactor=reactor, resolver=resolver)
-    resolver.track(b.host for b in config.backends)
-    controller = ConfigController(balancer, store)
+    table = ServiceTable(document, factories, spec.settings, reactor=reactor, resolver=resolver)
+    balancer = table.main() or next(iter(table.balancers.values()))
+    resolver.track(b.host for b in iter_backends(document))
+    manager = None
+    if spec.workers <= 1:
+        manager = ListenerManager(table, spec.engine, spec.backlog, reactor=reactor, settings=spec.settings)
+    controller = ConfigController(table, store, manager, seed=seed)
     controller.observe(resolver)
     top = LBProxyService(spec.listen.description)
     resolver.setServiceParent(top)
     ControllerService(controller).setServiceParent(top)
-    _BalancerService(balancer).setServiceParent(top)
+    _BalancerService(table).setServiceParent(top)
 
-    proxy = _proxy_service(spec, balancer, reactor)
+    proxy = _proxy_service(spec, balancer, reactor, manager, controller)
     membership = gate = None
     if spec.etcd_endpoints:
         from lbproxy.control.cluster import LoadThenServe, Membership, admin_url
@@ -196,7 +255,7 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
 
     from lbproxy.health.checker import HealthChecker
 
-    HealthChecker(balancer, reactor, controller=controller).setServiceParent(top)
+    _HealthCheckers(table, controller, reactor).setServiceParent(top)
     cap = somaxconn()
     if cap is not None and spec.backlog > cap:
         log.warn(
@@ -206,6 +265,7 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     return Assembly(
         spec=spec, top=top, balancer=balancer, controller=controller, store=store, proxy=proxy,
         admin=admin, admin_listener=admin_listener, membership=membership, gate=gate,
+        table=table, listeners=manager,
     )
 
 
@@ -223,7 +283,8 @@ def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:
     except StoreError as e:
         raise SystemExit(f"lbproxy: cannot start: {e}") from None
     try:
-        build_strategy(config.strategy, factories)
+        for service in config.services:
+            build_strategy(service.strategy, factories)
     except ConfigError as e:
         raise SystemExit(
             f"lbproxy: cannot start: the stored config in {spec.state_dir} cannot be used: {e}"
@@ -252,11 +313,17 @@ class _PortHold(_Listener):
         return None
 
 
-def _proxy_service(spec: Any, balancer: Any, reactor: Any) -> Service:
+def _proxy_service(spec: Any, balancer: Any, reactor: Any, manager: Any, controller: Any) -> Service:
     """
-    The proxy listener, named C{proxy}: the worker pool, the fast engine or
-    a Twisted listening port (lbproxy/relay/).
+    The proxy listeners, named C{proxy}: the worker pool, or the listener
+    manager's listeners on every service's endpoints (lbproxy/relay/).
     """
+    if manager is not None:
+        from lbproxy.control.listeners import ListenersService
+
+        service = ListenersService(manager, lambda: controller.document)
+        service.setName("proxy")
+        return service
     if spec.workers > 1:
         from lbproxy.control.workers import WorkerPool
 

@@ -211,11 +211,11 @@ def as_document(value: Config | Document) -> Document:
 # Changes: pure functions from one document to the next -----------------------
 
 
-def add_service(document: Document, body: Any) -> tuple[Document, Config]:
+def add_service(document: Document, body: Any, what: str = "body") -> tuple[Document, Config]:
     """
     POST /api/v1/services: a new service; its backends get ids C{b1}, ...
     """
-    obj = validate(body, NEW_SERVICE, "body")
+    obj = validate(body, NEW_SERVICE, what)
     if document.service(obj["name"]) is not None:
         raise ConfigError(f"service {obj['name']!r} already exists")
     obj = dict(obj)
@@ -230,7 +230,7 @@ def add_service(document: Document, body: Any) -> tuple[Document, Config]:
             b["id"] = f"b{n}"
         backends.append(b)
     obj["backends"] = backends
-    service = _pool(obj, "body", document.version + 1)
+    service = _pool(obj, what, document.version + 1)
     check_unique(service.backends)
     new = check_document(document.with_service(service))
     return new, new.service(service.name)
