@@ -132,6 +132,12 @@ class ServiceTable:
         """
         self._force.add(name)
 
+    def unforce(self, name: str) -> None:
+        """
+        Forget a L{force_next_removal} that did not happen (the removal failed).
+        """
+        self._force.discard(name)
+
     def apply(self, document: Document, strategies: Mapping[str, IStrategy] | None = None) -> None:
         """
         Put C{document} in force: new services get a balancer, changed
