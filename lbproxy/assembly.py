@@ -279,7 +279,7 @@ def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:
     from lbproxy.policy.plugins import build_strategy
 
     try:
-        store, config = open_store(spec.state_dir, spec.seed, list(spec.seed_flags), reactor)
+        store, config = open_store(spec.state_dir, spec.seed_document, list(spec.seed_flags), reactor)
     except StoreError as e:
         raise SystemExit(f"lbproxy: cannot start: {e}") from None
     try:

@@ -32,7 +32,7 @@ from lbproxy.endpoints import (
 )
 from lbproxy.interfaces import IBalancer
 from lbproxy.model.config import ConfigError, ProxySettings
-from lbproxy.model.service import Document, sharing
+from lbproxy.model.service import Document, endpoint_of, listen_key, sharing
 
 log = Logger()
 
@@ -160,7 +160,7 @@ class ListenerManager:
                     listener.bind()
                 except ListenError as e:
                     status = 409 if e.reason == _IN_USE else 400
-                    raise ListenRefused(services[0].name, description, e.reason, status) from None
+                    raise ListenRefused(services[0].name, endpoint_of(description), e.reason, status) from None
                 pending.listeners[description] = listener
         except BaseException:
             pending.abort()
@@ -214,7 +214,7 @@ class ListenerManager:
     def _route(self, description: str, listener: Any, services: list) -> None:
         refusals = self._refusals.setdefault(description, Counter())
         bound = [(s, self.table.balancer(s.name)) for s in services]
-        route = ListenerRoute(description, bound, refusals)
+        route = ListenerRoute(endpoint_of(description), bound, refusals)
         self.routes[description] = route
         balancer = route.default() or Refusing(route, self.settings, self.table.resolver)
         target = listener.factory if self.engine == "twisted" else listener
@@ -225,8 +225,14 @@ class ListenerManager:
             engine.balancer = balancer
             engine.route = route
 
-    def _listener(self, description: str) -> Any:
+    def _listener(self, key: str) -> Any:
+        description = endpoint_of(key)
         endpoint = parse_endpoint(description, self.reactor)
+        if not endpoint.tcp and self.running:
+            raise ConfigError(
+                f"only tcp: and tcp6: endpoints can be added while lbproxy runs (bound before the "
+                f"change is stored), not {description}"
+            )
         backlog = endpoint.backlog or self.backlog
         what = f"proxy ({self.engine} engine)"
         placeholder = Refusing(ListenerRoute(description, ()), self.settings, self.table.resolver)
@@ -249,7 +255,7 @@ class ListenerManager:
         found = self.table.document.service(service)
         out = []
         for description in found.listen if found else ():
-            where = self.address(description)
+            where = self.address(listen_key(description, service))
             if where is not None:
                 out.append(where)
         return out

@@ -15,6 +15,7 @@ C{default}.  Nothing here does I/O.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping
 
@@ -165,14 +166,33 @@ def check_document(document: Document) -> Document:
     return document
 
 
+_ANY_PORT = re.compile(r"^tcp6?:(0|port=0)(:|$)")
+
+
+def listen_key(description: str, service: str) -> str:
+    """
+    The key of a listener: its description, except that C{tcp:0...} (any
+    free port) is one listener per service, never shared.
+    """
+    return f"{description} ({service})" if _ANY_PORT.match(description) else description
+
+
+def endpoint_of(key: str) -> str:
+    """
+    The description of a L{listen_key}.
+    """
+    return key.split(" (", 1)[0]
+
+
 def sharing(document: Document) -> dict[str, list[Config]]:
     """
-    Listen endpoint -> the services listening on it, in document order.
+    Listener key (L{listen_key}) -> the services listening on it, in
+    document order.
     """
     out: dict[str, list[Config]] = {}
     for s in document.services:
         for endpoint in s.listen:
-            out.setdefault(endpoint, []).append(s)
+            out.setdefault(listen_key(endpoint, s.name), []).append(s)
     return out
 
 
