@@ -173,7 +173,9 @@ class AdminApp:
         self.writes = TokenBucket(write_rate, write_burst, clock)
         self.views = ViewCache(self.balancer, clock)
         self._service_views: dict[str, ViewCache] = {}
-        self.registry = metrics_registry(self.balancer, self.feed, self.views.views)
+        self.registry = metrics_registry(
+            self.balancer, self.feed, self.views.views, getattr(controller, "table", None)
+        )
         self.node = node
         self.started = clock.seconds()
         self.static = static if static is not None else static_dir()
