@@ -217,3 +217,19 @@ def test_as_document_wraps_one_pool():
     c = Config(version=4)
     assert as_document(c) == Document(4, (c,))
     assert as_document(as_document(c)) == Document(4, (c,))
+
+
+def test_a_service_own_connection_settings_override_the_command_line(factories):
+    """A service's connect_timeout, retries, idle_timeout and max_connections are its balancer's settings; null keeps the command line's; a change applies them."""
+    from lbproxy.model.config import ProxySettings
+
+    base = ProxySettings(connect_timeout=3.0, retries=2, idle_timeout=300.0, max_connections=100)
+    doc = document(service("a", connect_timeout=0.25, max_connections=7), service("b"))
+    table = ServiceTable(doc, factories, base, reactor=MemoryReactorClock())
+    a, b = table.balancer("a").settings, table.balancer("b").settings
+    assert (a.connect_timeout, a.retries, a.idle_timeout, a.max_connections) == (0.25, 2, 300.0, 7)
+    assert b == base
+    changed, _ = update_service(doc, "b", {"idle_timeout": 5, "retries": 0}, whole=False)
+    table.apply(changed)
+    b = table.balancer("b").settings
+    assert (b.idle_timeout, b.retries, b.max_connections) == (5.0, 0, 100)

@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -201,15 +202,19 @@ class ListenerManager:
         self.running = True
 
     def stop(self) -> Any:
-        self.running = False
-        for description in tuple(self.listeners):
-            self._stop(description)
+        """
+        Stop every listener.
 
-    def _stop(self, description: str) -> None:
+        @return: a Deferred firing once all stopped listening.
+        """
+        self.running = False
+        return defer.gatherResults([self._stop(d) for d in tuple(self.listeners)], consumeErrors=True)
+
+    def _stop(self, description: str) -> defer.Deferred:
         listener = self.listeners.pop(description)
         self.routes.pop(description, None)
-        log.info("stopped listening on {description}", description=description)
-        listener.stopService()
+        log.info("stopped listening on {description}", description=endpoint_of(description))
+        return defer.maybeDeferred(listener.stopService)
 
     def _route(self, description: str, listener: Any, services: list) -> None:
         refusals = self._refusals.setdefault(description, Counter())
@@ -299,8 +304,8 @@ class ListenersService(Service):
         if self._pending is not None:
             self._pending.abort()
             self._pending = None
-        self.manager.stop()
-        return super().stopService()
+        super().stopService()
+        return self.manager.stop()
 
     def address(self) -> tuple[str, int] | None:
         """
