@@ -91,9 +91,12 @@ def port_of(assembly, service: str, index: int = 0) -> int:
     return assembly.listeners.addresses(service)[index][1]
 
 
-def start(*args: str):
+ENGINES = pytest.mark.parametrize("engine", ["twisted", "fast"])
+
+
+def start(*args: str, engine: str = "twisted"):
     options = Options()
-    options.parseOptions(["--admin", LOCAL, "--engine", "twisted", "--no-access-log", *args])
+    options.parseOptions(["--admin", LOCAL, "--engine", engine, "--no-access-log", *args])
     assembly = assemble(options.spec, reactor)
     assembly.top.bind()
     assembly.top.startService()
@@ -123,8 +126,9 @@ backends = [{{ host = "127.0.0.1", port = {redis_port} }}]
     return path
 
 
+@ENGINES
 @pytest_twisted.ensureDeferred
-async def test_two_services_from_a_config_file_each_reach_only_their_pool(tmp_path):
+async def test_two_services_from_a_config_file_each_reach_only_their_pool(tmp_path, engine):
     """
     A --config file of two services listens on two ports; each port's
     connections reach only its own service's backend; a third service
@@ -132,7 +136,8 @@ async def test_two_services_from_a_config_file_each_reach_only_their_pool(tmp_pa
     answer, and GET /services lists all three.
     """
     pg, redis, extra = backend(b"pg"), backend(b"redis"), backend(b"extra")
-    assembly, url = start("--config", str(two_services(tmp_path, pg.getHost().port, redis.getHost().port)))
+    assembly, url = start("--config", str(two_services(tmp_path, pg.getHost().port, redis.getHost().port)),
+                          engine=engine)
     try:
         assert sorted(assembly.table.balancers) == ["postgres", "redis"]
         for _ in range(3):
@@ -204,8 +209,9 @@ async def test_taken_port_is_409_and_an_address_not_here_is_400_with_nothing_sto
         await pg.stopListening()
 
 
+@ENGINES
 @pytest_twisted.ensureDeferred
-async def test_deleted_service_stops_listening_and_drains_or_force_closes(tmp_path):
+async def test_deleted_service_stops_listening_and_drains_or_force_closes(tmp_path, engine):
     """
     DELETE of a service stops its listener at once (a new connect is
     refused) while its open connection keeps relaying until it ends
@@ -213,7 +219,8 @@ async def test_deleted_service_stops_listening_and_drains_or_force_closes(tmp_pa
     open connection is closed at once.
     """
     pg, redis = backend(b"pg"), backend(b"redis")
-    assembly, url = start("--config", str(two_services(tmp_path, pg.getHost().port, redis.getHost().port)))
+    assembly, url = start("--config", str(two_services(tmp_path, pg.getHost().port, redis.getHost().port)),
+                          engine=engine)
     try:
         port = port_of(assembly, "redis")
         held = await connect(port)
@@ -246,12 +253,13 @@ async def test_deleted_service_stops_listening_and_drains_or_force_closes(tmp_pa
         await redis.stopListening()
 
 
+@ENGINES
 @pytest_twisted.ensureDeferred
-async def test_repeated_listen_serves_every_port():
+async def test_repeated_listen_serves_every_port(engine):
     """Two --listen flags: the default service listens on both (not only the last)."""
     pg = backend(b"pg")
     assembly, _ = start("--listen", LOCAL, "--listen", "tcp:0:interface=127.0.0.1:backlog=64",
-                        "--backend", f"127.0.0.1:{pg.getHost().port}")
+                        "--backend", f"127.0.0.1:{pg.getHost().port}", engine=engine)
     try:
         ports = [p for _, p in assembly.listeners.addresses("default")]
         assert len(ports) == 2 and ports[0] != ports[1]
