@@ -231,13 +231,10 @@ def as_document(value: Config | Document) -> Document:
 # Changes: pure functions from one document to the next -----------------------
 
 
-def add_service(document: Document, body: Any, what: str = "body") -> tuple[Document, Config]:
+def _with_ids(obj: Mapping[str, Any]) -> dict[str, Any]:
     """
-    POST /api/v1/services: a new service; its backends get ids C{b1}, ...
+    C{obj} with an id (C{b1}, C{b2}, ... not taken) for each backend that has none.
     """
-    obj = validate(body, NEW_SERVICE, what)
-    if document.service(obj["name"]) is not None:
-        raise ConfigError(f"service {obj['name']!r} already exists")
     obj = dict(obj)
     given = {b["id"] for b in obj.get("backends", ()) if "id" in b}
     backends, n = [], 0
@@ -250,7 +247,17 @@ def add_service(document: Document, body: Any, what: str = "body") -> tuple[Docu
             b["id"] = f"b{n}"
         backends.append(b)
     obj["backends"] = backends
-    service = _pool(obj, what, document.version + 1)
+    return obj
+
+
+def add_service(document: Document, body: Any, what: str = "body") -> tuple[Document, Config]:
+    """
+    POST /api/v1/services: a new service; its backends get ids C{b1}, ...
+    """
+    obj = validate(body, NEW_SERVICE, what)
+    if document.service(obj["name"]) is not None:
+        raise ConfigError(f"service {obj['name']!r} already exists")
+    service = _pool(_with_ids(obj), what, document.version + 1)
     check_unique(service.backends)
     new = check_document(document.with_service(service))
     return new, new.service(service.name)
@@ -264,10 +271,10 @@ def update_service(document: Document, name: str, body: Any, whole: bool) -> tup
     if old is None:
         raise KeyError(name)
     if whole:
-        obj = dict(validate(body, {**SERVICE, "required": []}, "body"))
+        obj = dict(validate(body, _REPLACEMENT, "body"))
         if obj.get("name", name) != name:
             raise ConfigError(f"body.name {obj['name']!r} must be the service's name {name!r}")
-        obj["name"] = name
+        obj = _with_ids({**obj, "name": name})
     else:
         validate(body, SERVICE_PATCH, "body")
         obj = service_json(old)
@@ -275,6 +282,10 @@ def update_service(document: Document, name: str, body: Any, whole: bool) -> tup
     service = parse_service(obj, "body", document.version + 1)
     new = check_document(document.with_service(service))
     return new, new.service(name)
+
+
+#: The body of PUT /api/v1/services/{name}: a whole service, its name optional.
+_REPLACEMENT = {**NEW_SERVICE, "required": ["listen"]}
 
 
 def remove_service(document: Document, name: str) -> Document:

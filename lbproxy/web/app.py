@@ -231,18 +231,24 @@ class AdminApp:
 
         @raise ApiError: 404 if there is no such service.
         """
-        if service is None:
-            return self.balancer
         table = getattr(self.controller, "table", None)
+        if service is None:
+            if table is None:
+                return self.balancer
+            found = table.main()
+            if found is None:
+                raise ApiError(404, "there is no service 'default' (nor only one): use /api/v1/services/NAME/...")
+            return found
         found = table.balancer(service) if table is not None else None
         if found is None:
             raise ApiError(404, f"there is no service {service!r}")
         return found
 
     def _views_of(self, service: str | None) -> ViewCache:
-        if service is None:
-            return self.views
         balancer = self._balancer_of(service)
+        if balancer is self.balancer:
+            return self.views
+        service = balancer.config.name
         cache = self._service_views.get(service)
         if cache is None or cache.balancer is not balancer:
             cache = self._service_views[service] = ViewCache(balancer, self.clock)
@@ -261,9 +267,13 @@ class AdminApp:
             balancer.check(new)
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
+        from lbproxy.control.listeners import ListenRefused
+
         kwargs = {} if service is None else {"service": service}
         try:
             return await self.controller.change(mutate, expected, **kwargs)
+        except ListenRefused as e:
+            raise ApiError(e.status, f"{e}; nothing changed") from None
         except KeyError:
             raise ApiError(404, f"there is no service {service or 'default'!r}") from None
         except VersionConflict as e:

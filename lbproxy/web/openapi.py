@@ -337,7 +337,8 @@ def _service_schemas(document: dict[str, Any]) -> dict[str, Any]:
     return {
         "NewService": new,
         "ServicePatch": patch,
-        "ServiceDocument": whole,
+        "ServiceDocument": {**new, "required": ["listen"],
+                            "description": "A whole service; its name, if given, must be the path's."},
         "Service": {
             "type": "object",
             "required": ["name", "listen", "backends", "strategy", "version"],
