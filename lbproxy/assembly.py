@@ -49,6 +49,8 @@ class Assembly:
     membership: Any = None
     gate: Any = None
     lifecycle: Any = None
+    table: Any = None
+    listeners: Any = None
 
 
 class LBProxyService(MultiService):
@@ -101,9 +103,11 @@ class LBProxyService(MultiService):
                 listener.stopService()
 
 
-def _listeners(service: Any) -> list[_Listener]:
+def _listeners(service: Any) -> list[Any]:
+    from lbproxy.control.listeners import ListenersService
+
     found = []
-    if isinstance(service, _Listener):
+    if isinstance(service, (_Listener, ListenersService)):
         found.append(service)
     if IServiceCollection.providedBy(service):
         for child in service:
@@ -111,10 +115,56 @@ def _listeners(service: Any) -> list[_Listener]:
     return found
 
 
+class _HealthCheckers(Service):
+    """
+    One L{lbproxy.health.checker.HealthChecker} per service, following the
+    document: a new service's checks start, a removed one's stop.
+
+    @ivar checkers: service name -> its checker.
+    """
+
+    name = "health"
+
+    def __init__(self, table: Any, controller: Any, reactor: Any) -> None:
+        self.table = table
+        self.controller = controller
+        self.reactor = reactor
+        self.checkers: dict[str, Any] = {}
+        self._unobserve: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._unobserve = self.controller.observe(self)
+        self.applied(None, self.table.document)
+
+    def stopService(self) -> Any:
+        if self._unobserve is not None:
+            self._unobserve()
+        for checker in self.checkers.values():
+            checker.stopService()
+        self.checkers.clear()
+        return super().stopService()
+
+    def applied(self, old: Any, new: Any) -> None:
+        from lbproxy.health.checker import HealthChecker
+
+        for name, checker in tuple(self.checkers.items()):
+            if checker.balancer is not self.table.balancer(name):
+                checker.stopService()
+                del self.checkers[name]
+        for name, balancer in self.table.balancers.items():
+            checker = self.checkers.get(name)
+            if checker is None:
+                checker = self.checkers[name] = HealthChecker(balancer, self.reactor)
+                checker.startService()
+            else:
+                checker.reconcile()
+
+
 class _BalancerService(Service):
     """
-    Runs the balancer's housekeeping (idle timeouts, slow start) while the
-    application runs.
+    Runs the balancers' housekeeping (idle timeouts, slow start) while the
+    application runs (a L{lbproxy.policy.services.ServiceTable} or one balancer).
     """
 
     def __init__(self, balancer: Any) -> None:
@@ -145,33 +195,42 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     from lbproxy.policy.plugins import strategy_factories
     from lbproxy.web import admin_service
 
+    from lbproxy.control.listeners import ListenerManager
+    from lbproxy.model.service import iter_backends
+    from lbproxy.policy.services import ServiceTable
+
     factories = strategy_factories()
     # --takeover: the running process hands its sockets (and lock) over first.
     handover = _request_takeover(spec)
+    seed = spec.seed_document
     if spec.etcd_endpoints:
         from lbproxy.control.store.etcd import EtcdStore
 
-        store, config = EtcdStore(list(spec.etcd_endpoints), spec.store_prefix, reactor=reactor), spec.seed
+        store, document = EtcdStore(list(spec.etcd_endpoints), spec.store_prefix, reactor=reactor), seed
     else:
-        store, config = _open_store(spec, factories, reactor)
+        store, document = _open_store(spec, factories, reactor)
     servers = list(spec.dns_servers) if spec.dns_servers else None
     resolver = Resolver(reactor, DNSLookup(reactor, servers=servers), refresh=spec.dns_refresh)
-    balancer = Balancer(config, factories, spec.settings, reactor=reactor, resolver=resolver)
-    resolver.track(b.host for b in config.backends)
-    controller = ConfigController(balancer, store)
+    table = ServiceTable(document, factories, spec.settings, reactor=reactor, resolver=resolver)
+    balancer = table.main() or next(iter(table.balancers.values()))
+    resolver.track(b.host for b in iter_backends(document))
+    manager = None
+    if spec.workers <= 1:
+        manager = ListenerManager(table, spec.engine, spec.backlog, reactor=reactor, settings=spec.settings)
+    controller = ConfigController(table, store, manager, seed=seed)
     controller.observe(resolver)
     top = LBProxyService(spec.listen.description)
     resolver.setServiceParent(top)
     ControllerService(controller).setServiceParent(top)
-    _BalancerService(balancer).setServiceParent(top)
+    _BalancerService(table).setServiceParent(top)
 
-    proxy = _proxy_service(spec, balancer, reactor)
+    proxy = _proxy_service(spec, balancer, reactor, manager, controller)
     membership = gate = None
     if spec.etcd_endpoints:
         from lbproxy.control.cluster import LoadThenServe, Membership, admin_url
 
         # The proxy listens only once the config came from etcd.
-        gate = LoadThenServe(controller, spec.seed, reactor=reactor)
+        gate = LoadThenServe(controller, seed, reactor=reactor)
         gate.setName("cluster")
         gate.setServiceParent(top)
         membership = Membership(store, spec.node, admin_url(spec.admin.description), reactor=reactor)
@@ -199,9 +258,9 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
 
     from lbproxy.health.checker import HealthChecker
 
-    HealthChecker(balancer, reactor, controller=controller).setServiceParent(top)
+    _HealthCheckers(table, controller, reactor).setServiceParent(top)
     # Graceful stop: SIGTERM drains the relay (lbproxy.control.lifecycle).
-    lifecycle = _lifecycle(spec, proxy, balancer, reactor)
+    lifecycle = _lifecycle(spec, proxy, table, reactor)
     lifecycle.setServiceParent(top)
     admin.add_status_provider(lifecycle.status)
     # Restart and upgrade (lbproxy.control.takeover): adopt, serve the control socket, drain the old.
@@ -216,18 +275,34 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
         spec=spec, top=top, balancer=balancer, controller=controller, store=store, proxy=proxy,
         admin=admin, admin_listener=admin_listener, membership=membership, gate=gate,
         lifecycle=lifecycle,
+        table=table, listeners=manager,
     )
 
 
-def _lifecycle(spec: Any, proxy: Any, balancer: Any, reactor: Any) -> Any:
+def _lifecycle(spec: Any, proxy: Any, table: Any, reactor: Any) -> Any:
     """
     The graceful stop of C{proxy}: the worker pool drains its workers,
-    an engine of this process drains over the balancer's connections.
+    the listeners of this process drain over every service's connections.
     """
     from lbproxy.control.lifecycle import Lifecycle, LocalDrain
 
-    drainable = proxy if hasattr(proxy, "drain") else LocalDrain.of_balancer(reactor, proxy.stop_accepting, balancer)
-    return Lifecycle(drainable, reactor, spec.grace, spread=spec.grace_spread, events=balancer.events)
+    if hasattr(proxy, "drain"):
+        drainable = proxy
+    else:
+        def balancers() -> tuple:
+            return table.all()
+
+        def connections() -> list[Any]:
+            return [c for b in balancers() for group in tuple(b.connections.values()) for c in tuple(group)]
+
+        def is_open(conn: Any) -> bool:
+            return any(conn in group for b in balancers() for group in b.connections.values())
+
+        drainable = LocalDrain(
+            reactor, proxy.stop_accepting, connections,
+            lambda: sum(b.totals.active for b in balancers()), is_open=is_open,
+        )
+    return Lifecycle(drainable, reactor, spec.grace, spread=spec.grace_spread, events=table.events)
 
 
 def control_socket(spec: Any) -> str | None:
@@ -265,10 +340,12 @@ def _wire_takeover(spec: Any, handover: Any, top: Any, proxy: Any, admin_listene
                    store: Any, lifecycle: Any, reactor: Any) -> None:
     from lbproxy.control.takeover import ControlServer, DrainOld
 
-    workers = hasattr(proxy, "listening_fds")
+    workers = hasattr(proxy, "listening_fds") and not hasattr(proxy, "adopt_all")
     if handover is not None:
         if workers:
             proxy.sockets = handover.take_all("worker")
+        elif hasattr(proxy, "adopt_all"):
+            proxy.adopt_all(handover)
         else:
             sock = handover.take("proxy")
             if sock is not None:
@@ -279,7 +356,7 @@ def _wire_takeover(spec: Any, handover: Any, top: Any, proxy: Any, admin_listene
     path = control_socket(spec)
     if path is not None:
         def sockets() -> list[tuple[str, int]]:
-            named = proxy.listening_fds() if workers else [("proxy", proxy.listening_fd())]
+            named = proxy.listening_fds() if hasattr(proxy, "listening_fds") else [("proxy", proxy.listening_fd())]
             named.append(("admin", admin_listener.listening_fd()))
             return [(name, fd) for name, fd in named if fd is not None]
 
@@ -287,7 +364,12 @@ def _wire_takeover(spec: Any, handover: Any, top: Any, proxy: Any, admin_listene
                       reclaim=getattr(store, "claim", lambda: None),
                       stop_accepting=(admin_listener.stop_accepting,), reactor=reactor).setServiceParent(top)
     if handover is not None or spec.pid_file:
-        ready = (lambda: proxy.ready.called) if workers else (lambda: proxy.listening_fd() is not None)
+        if workers:
+            ready = lambda: proxy.ready.called  # noqa: E731
+        elif hasattr(proxy, "adopt_all"):
+            ready = proxy.ready
+        else:
+            ready = lambda: proxy.listening_fd() is not None  # noqa: E731
         DrainOld(handover, ready, reactor, spec.pid_file).setServiceParent(top)
 
 
@@ -301,11 +383,12 @@ def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:
     from lbproxy.policy.plugins import build_strategy
 
     try:
-        store, config = open_store(spec.state_dir, spec.seed, list(spec.seed_flags), reactor)
+        store, config = open_store(spec.state_dir, spec.seed_document, list(spec.seed_flags), reactor)
     except StoreError as e:
         raise SystemExit(f"lbproxy: cannot start: {e}") from None
     try:
-        build_strategy(config.strategy, factories)
+        for service in config.services:
+            build_strategy(service.strategy, factories)
     except ConfigError as e:
         raise SystemExit(
             f"lbproxy: cannot start: the stored config in {spec.state_dir} cannot be used: {e}"
@@ -334,11 +417,17 @@ class _PortHold(_Listener):
         return None
 
 
-def _proxy_service(spec: Any, balancer: Any, reactor: Any) -> Service:
+def _proxy_service(spec: Any, balancer: Any, reactor: Any, manager: Any, controller: Any) -> Service:
     """
-    The proxy listener, named C{proxy}: the worker pool, the fast engine or
-    a Twisted listening port (lbproxy/relay/).
+    The proxy listeners, named C{proxy}: the worker pool, or the listener
+    manager's listeners on every service's endpoints (lbproxy/relay/).
     """
+    if manager is not None:
+        from lbproxy.control.listeners import ListenersService
+
+        service = ListenersService(manager, lambda: controller.document)
+        service.setName("proxy")
+        return service
     if spec.workers > 1:
         from lbproxy.control.workers import WorkerPool
 

@@ -14,7 +14,7 @@ says so.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 from twisted.application.service import MultiService
@@ -107,6 +107,8 @@ class ProxySpec:
     """
 
     listen: Endpoint
+    #: every C{--listen}, the first being L{listen}.
+    listens: tuple[Endpoint, ...] = ()
     admin: Endpoint
     backlog: int
     engine: str
@@ -114,6 +116,8 @@ class ProxySpec:
     settings: ProxySettings
     seed: Config
     seed_flags: tuple[str, ...] = ()
+    #: the services of C{--config FILE}, which replace L{seed}.
+    services: Any = None
     max_connections_given: bool = False
     state_dir: str | None = None
     etcd_endpoints: tuple[str, ...] | None = None
@@ -134,6 +138,18 @@ class ProxySpec:
     takeover: bool = flag("takeover", lambda v, f: bool(v), default=False)
     pid_file: str | None = flag("pid-file", lambda v, f: os.path.abspath(v))
 
+    @property
+    def seed_document(self) -> Any:
+        """
+        The document the command line seeds an empty store with: the
+        C{--config} file's services, else the flags' one service, C{default}.
+        """
+        from lbproxy.model.service import Document
+
+        if self.services is not None:
+            return self.services
+        return Document(self.seed.version, (self.seed,))
+
 
 class Options(usage.Options):
     synopsis = "[options]"
@@ -143,7 +159,9 @@ class Options(usage.Options):
         "listen on --admin."
     )
     optParameters = [
-        ["listen", "l", "tcp:8080", "Endpoint for clients (Twisted endpoint syntax)."],
+        ["config", "c", None,
+         "A TOML file of services ([services.NAME] tables: listen, backends, strategy, ...); "
+         "it seeds an empty store, as --backend/--strategy do for one service."],
         ["admin", "a", "tcp:8081:interface=127.0.0.1", "Endpoint for the admin API and UI."],
         ["backlog", None, None,
          "Accept queue of the proxy listener (default 4096, capped by net.core.somaxconn); "
@@ -233,6 +251,15 @@ class Options(usage.Options):
         super().__init__()
         self["backends"] = []
         self["admin-hosts"] = []
+        self["listens"] = []
+
+    def opt_listen(self, value: str) -> None:
+        """
+        Endpoint for clients (Twisted endpoint syntax), default tcp:8080; repeatable: the service listens on each.
+        """
+        self["listens"].append(value)
+
+    opt_l = opt_listen
 
     def opt_admin_host(self, value: str) -> None:
         """
@@ -346,7 +373,33 @@ def _seed(options: Options) -> Config:
     return Config(version=1, backends=backends, strategy=choice, **settings_from_options(options))
 
 
-def _engine(options: Options, listen: Endpoint, workers: int) -> str:
+def _services(options: Options) -> Any:
+    """
+    The services of C{--config FILE}, checked, or C{None} without one.
+    """
+    path = options["config"]
+    if path is None:
+        return None
+    given = [flag for flag, value in (
+        ("--listen", options["listens"]), ("--backend", options["backends"]),
+        ("--strategy", options["strategy"]), ("--strategy-options", options["strategy-options"]),
+    ) if value]
+    if given:
+        raise usage.UsageError(
+            f"{', '.join(given)} and --config {path} both define services: give them in the file"
+        )
+    from lbproxy.model.tomlfile import load_services, strategies_known
+    from lbproxy.policy.plugins import strategy_factories
+
+    try:
+        document = load_services(path)
+        strategies_known(document, strategy_factories(), path)
+    except ConfigError as e:
+        raise usage.UsageError(f"--config {e}") from None
+    return document
+
+
+def _engine(options: Options, listens: Any, workers: int) -> str:
     """
     Resolve C{--engine auto} and check C{--engine}/C{--workers} against the
     platform and the listen endpoint.
@@ -358,7 +411,11 @@ def _engine(options: Options, listen: Endpoint, workers: int) -> str:
     engine = options["engine"]
     if engine not in ("auto", "fast", "twisted"):
         raise usage.UsageError(f"--engine must be auto, fast or twisted, not {engine!r}")
-    if engine != "twisted" and (not listen.tcp or not available()):
+    if isinstance(listens, Endpoint):
+        listens = (listens,)
+    listen = listens[0]
+    tcp = all(e.tcp for e in listens)
+    if engine != "twisted" and (not tcp or not available()):
         if engine == "fast":
             raise usage.UsageError("--engine fast needs Linux and a plain tcp: --listen endpoint")
         engine = "twisted"
@@ -403,10 +460,17 @@ def build_spec(options: Options) -> ProxySpec:
 
     @raise usage.UsageError: naming the first bad flag.
     """
-    listen = _endpoint(options["listen"], "--listen")
+    services = _services(options)
+    if services is not None:
+        descriptions = [d for s in services.services for d in s.listen]
+    else:
+        # A composing plugin (the demo) may set a default "listen".
+        descriptions = options["listens"] or [options.get("listen") or "tcp:8080"]
+    listens = tuple(_endpoint(d, "--listen") for d in dict.fromkeys(descriptions))
+    listen = listens[0]
     admin = _endpoint(options["admin"], "--admin")
     workers = number(int, 1)(options["workers"], "--workers")
-    engine = _engine(options, listen, workers)
+    engine = _engine(options, listens, workers)
     backlog = listen.backlog or (
         number(int, 1, 1 << 20)(options["backlog"], "--backlog") if options["backlog"] is not None else default_backlog()
     )
@@ -421,8 +485,8 @@ def build_spec(options: Options) -> ProxySpec:
         access_log=not options["no-access-log"],
         tcp_keepalive=_keepalive(options["tcp-keepalive"]),
     )
-    seed = _seed(options)
-    seed_flags = tuple(
+    seed = replace(_seed(options), listen=tuple(e.description for e in listens))
+    seed_flags = ("--config",) if services is not None else tuple(
         name for name, value in (
             ("--backend", options["backends"]),
             ("--strategy", options["strategy"]),
@@ -437,7 +501,7 @@ def build_spec(options: Options) -> ProxySpec:
         if "flag" in f.metadata and options.get(f.metadata["flag"]) is not None
     }
     return ProxySpec(
-        listen=listen, admin=admin, backlog=backlog, engine=engine, workers=workers,
+        listen=listen, listens=listens, services=services, admin=admin, backlog=backlog, engine=engine, workers=workers,
         settings=settings, seed=seed, seed_flags=seed_flags, max_connections_given=given,
         state_dir=state_dir, admin_token=token, admin_hosts=tuple(options["admin-hosts"]),
         **cluster, **simple,

@@ -210,7 +210,7 @@ def test_make_service_wires_the_observers():
     top = built.top
     top.startService()
     try:
-        checker = top.getServiceNamed("health")
+        checker = top.getServiceNamed("health").checkers["default"]
         assert sorted(checker.loops) == ["b1"]
         built.controller.change(add(9002))
         configs = [e for e in built.balancer.events.since(0) if e.type == "config"]

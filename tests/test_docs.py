@@ -45,7 +45,7 @@ def text_of(built: Path, page: str) -> str:
 
 def test_docs_build_without_warnings(built):
     """C{sphinx-build -W} succeeds and writes every page of the toctree."""
-    for page in ("index", "install", "config", "operations", "cluster", "api", "plugins",
+    for page in ("index", "install", "config", "guide-services", "operations", "cluster", "api", "plugins",
                  "interfaces", "design", "capacity"):
         assert (built / f"{page}.html").exists(), page
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+
+from lbproxy.model.service import as_document
 from urllib.parse import urlsplit
 
 import pytest
@@ -26,6 +28,8 @@ from lbproxy.control.store.etcd import EtcdStore, b64, parse_prefix, parse_store
 SEED = Config(version=1, backends=(Backend(id="b1", host="127.0.0.1", port=9001),))
 V2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})
 V3, _ = add_backend(V2, {"host": "127.0.0.1", "port": 9003})
+# The store holds documents; a one-pool config is a document of one service.
+SEED, V2, V3 = (as_document(c) for c in (SEED, V2, V3))
 KEY = "/lbproxy/t/config"
 
 

@@ -258,7 +258,7 @@ def test_loops_follow_config_changes():
 
     def apply(new):  # lock -> store -> balancer -> observers, as the API does
         checker.controller.change(lambda _: (new, None))
-        assert balancer.config is new
+        assert balancer.config == new
 
     reactor.advance(0)
     reactor.advance(1.0)

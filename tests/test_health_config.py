@@ -208,7 +208,7 @@ def test_refused_api_change_changes_nothing_and_a_good_one_reaches_the_checker()
     controller.change(
         lambda c: (update_settings(c, {"health_check": {"interval": 4, "timeout": 1}}), None)
     ).addCallback(results.append)
-    assert results and store.config.health_check.interval == 4.0
+    assert results and store.config.main().health_check.interval == 4.0
     assert checker.loops["b1"].check.interval == 4.0
     checker.stopService()
 
@@ -228,9 +228,9 @@ def test_make_service_runs_the_checker_over_the_balancer():
     reactor = MemoryReactorClock()
     assembly = assemble(options.spec, reactor)
     top = assembly.top
-    checker = top.getServiceNamed("health")
-    assert isinstance(checker, HealthChecker) and checker.balancer is assembly.balancer
     top.startService()
+    checker = top.getServiceNamed("health").checkers["default"]
+    assert isinstance(checker, HealthChecker) and checker.balancer is assembly.balancer
     try:
         reactor.advance(0)
         reactor.advance(1.5)

@@ -200,7 +200,7 @@ def test_consecutive_connect_failures_eject_for_the_base_period():
     fail(b, "b1", 1)
     assert ids(b) == ["b2"]
     assert seen == [{
-        "id": "b1", "state": "down", "time": 0.0, "ejected_until": 10.0,
+        "service": "default", "id": "b1", "state": "down", "time": 0.0, "ejected_until": 10.0,
         "reason": "ejected after 3 consecutive failures: connect failed: Connection refused",
     }]
     clock.advance(9.9)

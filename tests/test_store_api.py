@@ -39,7 +39,7 @@ def admin(tmp_path, factories):
 
 
 def stored(admin):
-    return decode(admin.file.read_bytes())
+    return decode(admin.file.read_bytes()).main()
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_failed_write_is_507_and_changes_nothing(admin, call, err, method, path,
     assert 200 <= reply.code < 300, reply.json
     assert admin.balancer.config.version == 2
     assert stored(admin) == admin.balancer.config
-    assert decode((admin.file.parent / "config.json.prev").read_bytes()) == START
+    assert decode((admin.file.parent / "config.json.prev").read_bytes()).main() == START
 
 
 def test_status_names_the_store(admin):

@@ -57,7 +57,7 @@ def test_strategy_change_builds_new_strategy(setup):
     controller, balancer, store, clock = setup
     result_of(controller.change(lambda c: (cfg.set_strategy(c, StrategyChoice("random")), None)))
     assert balancer.strategy.name == "random"
-    assert store.read().strategy.name == "random"
+    assert store.read().main().strategy.name == "random"
 
 
 def test_invalid_strategy_refused_before_storing(setup):

@@ -72,7 +72,7 @@ def test_options_hold_only_flags_and_the_spec_is_frozen():
     import dataclasses
 
     o = parse("--backend", "127.0.0.1:9001", "--listen", "tcp:0:interface=127.0.0.1")
-    assert set(o) <= {name for name, *_ in o.optParameters} | {name for name, *_ in o.optFlags} | {"backends", "admin-hosts"}
+    assert set(o) <= {name for name, *_ in o.optParameters} | {name for name, *_ in o.optFlags} | {"backends", "admin-hosts", "listens"}
     assert all(v is None or isinstance(v, (str, int, list)) for v in o.values())
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.spec.backlog = 1
@@ -100,7 +100,7 @@ def test_backlog_default_flag_and_endpoint(args, backlog):
     says otherwise; an endpoint's own backlog= wins over both."""
     from lbproxy.endpoints import default_backlog
 
-    o = parse("--listen", "tcp:0:interface=127.0.0.1", *args)
+    o = parse(*(args if "--listen" in args else ["--listen", "tcp:0:interface=127.0.0.1", *args]))
     assert o.spec.backlog == (default_backlog() if backlog == "default" else backlog)
 
 

@@ -51,14 +51,14 @@ def admin(factories):
 
 
 def test_backend_metrics(admin):
-    """Per-backend counters carry backend and address labels and follow the traffic."""
+    """Per-backend counters carry service, backend and address labels and follow the traffic; listener counters carry the service."""
     serve(admin, "b1", 100, 2000)
     serve(admin, "b1", 5, 7)
     cand = next(c for c in admin.balancer.pool.candidates if c.id == "b2")
     admin.balancer.connect_failed(cand, "refused")
     m = samples(admin)
-    b1 = (("address", "127.0.0.1:9001"), ("backend", "b1"))
-    b2 = (("address", "127.0.0.1:9002"), ("backend", "b2"))
+    b1 = (("address", "127.0.0.1:9001"), ("backend", "b1"), ("service", "default"))
+    b2 = (("address", "127.0.0.1:9002"), ("backend", "b2"), ("service", "default"))
     assert m[("lbproxy_backend_connections_total", b1)] == 2
     assert m[("lbproxy_backend_bytes_up_total", b1)] == 105
     assert m[("lbproxy_backend_bytes_down_total", b1)] == 2007
@@ -66,10 +66,11 @@ def test_backend_metrics(admin):
     assert m[("lbproxy_backend_connect_failures_total", b2)] == 1
     assert m[("lbproxy_backend_connect_latency_seconds", b1)] == pytest.approx(0.002)
     assert m[("lbproxy_backend_up", b1)] == 1
-    assert m[("lbproxy_backend_state", b1 + (("state", "up"),))] == 1
-    assert m[("lbproxy_connections_accepted_total", ())] == 2
-    assert m[("lbproxy_bytes_down_total", ())] == 2007
-    assert m[("lbproxy_config_version", ())] == 1
+    assert m[("lbproxy_backend_state", b1[:2] + (("service", "default"), ("state", "up")))] == 1
+    default = (("service", "default"),)
+    assert m[("lbproxy_connections_accepted_total", default)] == 2
+    assert m[("lbproxy_bytes_down_total", default)] == 2007
+    assert m[("lbproxy_config_version", default)] == 1
     assert m[("lbproxy_feed_subscribers", ())] == 0
 
 
@@ -78,13 +79,13 @@ def test_backend_down_and_removed(admin):
     for _ in range(3):
         admin.balancer.health_result("b2", False, "refused")
     m = samples(admin)
-    b2 = (("address", "127.0.0.1:9002"), ("backend", "b2"))
+    b2 = (("address", "127.0.0.1:9002"), ("backend", "b2"), ("service", "default"))
     assert m[("lbproxy_backend_up", b2)] == 0
-    assert m[("lbproxy_backend_state", b2 + (("state", "down"),))] == 1
+    assert m[("lbproxy_backend_state", b2[:2] + (("service", "default"), ("state", "down")))] == 1
     assert admin.request("DELETE", "/api/v1/backends/b2").code == 200
     m = samples(admin)
     assert ("lbproxy_backend_up", b2) not in m
-    assert m[("lbproxy_config_version", ())] == 2
+    assert m[("lbproxy_config_version", (("service", "default"),))] == 2
 
 
 def test_rates_over_window(admin):

@@ -1,12 +1,15 @@
 """
-The path of a config change: validate, make durable, then apply.
+The path of a config change: validate, bind, make durable, then apply.
 
-A change is a pure function from the current L{Config} to the next.  Changes
-run one at a time (a L{DeferredLock} on the control path, never on the data
-path), each against the config in force when its turn comes, so two editors
-can never leave the pool in a state neither asked for.  The balancer swaps
-the new config in only after the store says it is durable: if the write
-fails, nothing changes in memory either.
+A change is a pure function from the current L{Document} to the next (a
+change of one service's pool is lifted to one of the document by
+L{lbproxy.model.service.change_service}).  Changes run one at a time (a
+L{DeferredLock} on the control path, never on the data path), each against
+the document in force when its turn comes, so two editors can never leave
+the services in a state neither asked for.  A change that adds a listen
+endpoint binds it before anything is stored; the services' balancers swap
+the new document in only after the store says it is durable: if the bind
+or the write fails, nothing changes in memory either.
 """
 
 from __future__ import annotations
@@ -17,34 +20,50 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from lbproxy.policy.balancer import Balancer
-from lbproxy.model.config import Config, StoreError, VersionConflict
 from lbproxy.interfaces import IConfigObserver, IConfigStore
+from lbproxy.model.config import Config, StoreError, VersionConflict
+from lbproxy.model.service import Document, as_document, change_service
+from lbproxy.policy.balancer import Balancer
+from lbproxy.policy.services import ServiceTable
 
 log = Logger()
 
-Mutation = Callable[[Config], "tuple[Config, Any]"]
+Mutation = Callable[[Any], "tuple[Any, Any]"]
 
 
 class ConfigController:
     """
-    @ivar balancer: the L{Balancer} that applies changes.
+    @ivar table: the L{ServiceTable} that applies changes.
     @ivar store: the L{IConfigStore} that makes them durable.
+    @ivar listeners: the L{lbproxy.control.listeners.ListenerManager} that
+        binds a change's new endpoints first, or C{None} (nothing listens
+        through the controller: tests, workers' parent without listeners).
     """
 
-    def __init__(self, balancer: Balancer, store: IConfigStore) -> None:
+    def __init__(
+        self, table: ServiceTable | Balancer, store: IConfigStore, listeners: Any = None, seed: Any = None,
+    ) -> None:
         """
         Watches C{store} from now until L{stop}.
+
+        @param table: the service table, or (one-pool callers) the one
+            balancer, which becomes a table of one service.
         """
-        self.balancer = balancer
+        if isinstance(table, Balancer):
+            table = ServiceTable.of(table)
+        self.table = table
         self.store = store
+        self.listeners = listeners
+        #: the command line's document: a stored service with no listen
+        #: endpoints (migrated from the first release) takes its namesake's.
+        self.seed = seed
         self._lock = defer.DeferredLock()
         self._observers: list[IConfigObserver] = []
         self._unwatch: Callable[[], None] | None = store.watch(self._changed_elsewhere)
 
     def observe(self, observer: IConfigObserver) -> Callable[[], None]:
         """
-        Tell C{observer} of every config applied from now on.
+        Tell C{observer} of every document applied from now on.
 
         @return: a callable that stops telling it.
         """
@@ -56,7 +75,7 @@ class ConfigController:
 
         return stop
 
-    def _applied(self, old: Config, new: Config) -> None:
+    def _applied(self, old: Document, new: Document) -> None:
         for observer in tuple(self._observers):
             try:
                 observer.applied(old, new)
@@ -64,42 +83,83 @@ class ConfigController:
                 log.failure("config observer {observer!r} failed on version {version}", observer=observer, version=new.version)
 
     @property
-    def config(self) -> Config:
-        return self.balancer.config
+    def document(self) -> Document:
+        return self.table.document
 
-    def change(self, mutate: Mutation, expected_version: int | None = None) -> defer.Deferred:
+    @property
+    def config(self) -> Config | None:
         """
-        Apply C{mutate} to the current config, durably.
+        The main service (C{default}, else the only one): what the
+        top-level routes of the one-pool era mean.
+        """
+        return self.table.document.main()
+
+    @property
+    def balancer(self) -> Balancer | None:
+        return self.table.main()
+
+    def change(self, mutate: Mutation, expected_version: int | None = None, service: str | None = None) -> defer.Deferred:
+        """
+        Apply C{mutate}, a change of one service's pool, durably.
 
         @param mutate: C{config -> (new_config, result)}; may raise
             L{lbproxy.model.config.ConfigError} or C{KeyError} to refuse.
         @param expected_version: if given, refuse with L{VersionConflict}
             unless this is still the current version (C{If-Match}).
+        @param service: the service's name; by default the main one.
         @return: a Deferred firing with C{(new_config, result)}.
+        @raise KeyError: (in the Deferred) if there is no such service.
+        """
+
+        def lifted(document: Document) -> tuple[Document, Any]:
+            name = service
+            if name is None:
+                main = document.main()
+                if main is None:
+                    raise KeyError("default")
+                name = main.name
+            new, result = change_service(name, mutate)(document)
+            return new, (new.service(name), result)
+
+        d = self.change_document(lifted, expected_version)
+        d.addCallback(lambda outcome: outcome[1])
+        return d
+
+    def change_document(self, mutate: Mutation, expected_version: int | None = None) -> defer.Deferred:
+        """
+        Apply C{mutate}, C{document -> (new_document, result)}, durably.
+
+        @return: a Deferred firing with C{(new_document, result)}.
         """
         return self._lock.run(self._change, mutate, expected_version)
 
     @defer.inlineCallbacks
     def _change(self, mutate: Mutation, expected_version: int | None) -> Any:
-        current = self.balancer.config
+        current = self.table.document
         if expected_version is not None and expected_version != current.version:
             raise VersionConflict(expected_version, current.version)
         new, result = mutate(current)
-        # A new strategy object only for a new choice: rebuilding it would
+        # New strategy objects only for new choices: rebuilding one would
         # restart its rotation (and caches) on every unrelated change.
-        strategy = self.balancer.check(new) if new.strategy != current.strategy else None
+        strategies = self.table.check(new)
+        pending = self.listeners.prepare(new) if self.listeners is not None else None
         try:
             yield self.store.save(new, current.version)
-        except VersionConflict:
-            raise
-        except StoreError:
-            raise
-        except Exception as e:
+        except BaseException as e:
+            if pending is not None:
+                pending.abort()
+            if isinstance(e, (VersionConflict, StoreError)):
+                raise
             log.failure("config store failed to save version {version}", version=new.version)
             raise StoreError(f"the config store could not save the change: {e}") from e
-        self.balancer.apply(new, strategy)
-        self._applied(current, new)
+        self._put_in_force(current, new, strategies, pending)
         return (new, result)
+
+    def _put_in_force(self, old: Document, new: Document, strategies: Any = None, pending: Any = None) -> None:
+        self.table.apply(new, strategies)
+        if pending is not None:
+            self.listeners.commit(pending, new)
+        self._applied(old, new)
 
     def stop(self) -> None:
         """
@@ -110,34 +170,41 @@ class ConfigController:
         if unwatch is not None:
             unwatch()
 
-    def install(self, config: Config) -> defer.Deferred:
+    def install(self, config: Config | Document) -> defer.Deferred:
         """
-        Put in force a config loaded from the store at startup (cluster
+        Put in force a document loaded from the store at startup (cluster
         mode), telling the observers.  Unlike a watched change it need not
         be newer: what the store holds wins over the command line's seed.
 
-        @return: a Deferred firing with C{config}, or failing (nothing
-            changed) if the balancer cannot use it.
+        @return: a Deferred firing with the document, or failing (nothing
+            changed) if the services cannot use it.
         """
-        return self._lock.run(self._install, config)
+        return self._lock.run(self._install, as_document(config))
 
-    def _install(self, config: Config) -> Config:
-        old = self.balancer.config
-        if config != old:
-            self.balancer.apply(config)
-            self._applied(old, config)
-        return config
+    def _install(self, document: Document) -> Document:
+        if self.seed is not None:
+            from lbproxy.control.store import listen_as_seeded
 
-    def _changed_elsewhere(self, config: Config) -> None:
-        self._lock.run(self._adopt, config)
+            document = listen_as_seeded(document, self.seed)
+        old = self.table.document
+        if document != old:
+            strategies = self.table.check(document)
+            pending = None
+            if self.listeners is not None and self.listeners.running:
+                pending = self.listeners.prepare(document)
+            self._put_in_force(old, document, strategies, pending)
+        return document
 
-    def _adopt(self, config: Config) -> None:
-        if config.version <= self.balancer.config.version:
+    def _changed_elsewhere(self, config: Config | Document) -> None:
+        self._lock.run(self._adopt, as_document(config))
+
+    def _adopt(self, document: Document) -> None:
+        if document.version <= self.table.document.version:
             return
         try:
-            self._install(config)
+            self._install(document)
         except Exception:
-            log.failure("cannot apply config version {version} from the store", version=config.version)
+            log.failure("cannot apply config version {version} from the store", version=document.version)
 
 
 class ControllerService(Service):

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from lbproxy.interfaces import IConfigObserver
 
 #: The event types a feed client resumes: what changes the pool's state.
-KEPT = frozenset({"config", "backend", "store", "node"})
+KEPT = frozenset({"config", "service", "backend", "store", "node"})
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,28 @@ class EventBus:
         return event
 
     def applied(self, old: Any, new: Any) -> None:
-        self.publish("config", {"version": new.version, "config": new.to_json()})
+        """
+        The document changed: a C{config} event for the main service (the
+        one the UI shows), a C{service} event for each other service added,
+        changed or removed; each names its service.
+        """
+        from lbproxy.model.service import as_document
+
+        old, new = as_document(old), as_document(new)
+        main = new.main()
+        if main is not None:
+            self.publish("config", {"service": main.name, "version": new.version, "config": main.to_json()})
+        for service in new.services:
+            if service is main:
+                continue
+            before = old.service(service.name)
+            if before is None or before.to_json() | {"version": 0} != service.to_json() | {"version": 0}:
+                state = "added" if before is None else "changed"
+                self.publish("service", {"service": service.name, "state": state,
+                                         "version": new.version, "config": service.to_json()})
+        for service in old.services:
+            if new.service(service.name) is None:
+                self.publish("service", {"service": service.name, "state": "removing", "version": new.version})
 
     def subscribe(self, subscriber: Callable[[Event], None]) -> Callable[[], None]:
         """

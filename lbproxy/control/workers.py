@@ -393,6 +393,10 @@ class WorkerPool(Service):
         """
         L{IConfigObserver}: send the config now in force to every worker.
         """
+        # Workers relay the main service (the one --listen defines).
+        new = new.main() if hasattr(new, "main") else new
+        if new is None:
+            return
         document = json.dumps(new.to_json())
         for worker in self._live():
             self._apply(worker, new.version, document)

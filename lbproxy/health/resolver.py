@@ -191,9 +191,10 @@ class Resolver(Service):
     def applied(self, old: Any, new: Any) -> None:
         """
         L{lbproxy.interfaces.IConfigObserver}: keep the names of the new
-        config's backends fresh.
+        config's backends fresh, of every service.
         """
-        self.track(b.host for b in new.backends)
+        for service in getattr(new, "services", (new,)):
+            self.track(b.host for b in service.backends)
 
     # Lifecycle -----------------------------------------------------------------
 

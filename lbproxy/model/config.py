@@ -181,6 +181,23 @@ class Config:
     #: C{shutdown}: close a backend's connections when health marks it
     #: down (HAProxy C{on-marked-down shutdown-sessions}); C{none}: keep them.
     on_marked_down: str = "none"
+    #: The service's id in the document (L{lbproxy.model.document.Document}).
+    name: str = "default"
+    #: Listen endpoint descriptions (Twisted endpoint strings); the
+    #: C{default} service of a migrated store takes the command line's.
+    listen: tuple[str, ...] = ()
+    #: TLS server names (C{db.example.com}, C{*.example.com}) telling apart
+    #: the services that share a listen endpoint.
+    sni: tuple[str, ...] = ()
+    sni_default: bool = False
+    sni_timeout: float = 5.0
+    #: Source networks (CIDR strings) whose connections start with a PROXY header.
+    accept_proxy: tuple[str, ...] = ()
+    # Connection settings; C{None}: the command line's (L{ProxySettings}).
+    connect_timeout: float | None = None
+    retries: int | None = None
+    idle_timeout: float | None = None
+    max_connections: int | None = None
 
     def backend(self, backend_id: str) -> Backend | None:
         for b in self.backends:
@@ -204,7 +221,30 @@ class Config:
             "slow_start": self.slow_start,
             "drain_timeout": self.drain_timeout,
             "on_marked_down": self.on_marked_down,
+            **self.service_json(),
         }
+
+    def service_json(self) -> dict[str, Any]:
+        """
+        The service's own fields (besides the pool's).
+        """
+        return {
+            "name": self.name,
+            "listen": list(self.listen),
+            "sni": list(self.sni),
+            "sni_default": self.sni_default,
+            "sni_timeout": self.sni_timeout,
+            "accept_proxy": list(self.accept_proxy),
+            **{k: getattr(self, k) for k in CONNECTION_FIELDS},
+        }
+
+    def connection_settings(self, base: "ProxySettings") -> "ProxySettings":
+        """
+        C{base} (the command line's) with this service's own connection
+        settings in force.
+        """
+        own = {k: getattr(self, k) for k in CONNECTION_FIELDS if getattr(self, k) is not None}
+        return replace(base, **own) if own else base
 
 
 @dataclass(frozen=True)
@@ -220,6 +260,10 @@ class ProxySettings:
     access_log: bool = True
     #: TCP keepalive of relayed sockets, C{(idle, interval, count)}; C{None}: off.
     tcp_keepalive: tuple[int, int, int] | None = (60, 10, 6)
+
+
+#: The per-service connection settings that override L{ProxySettings}.
+CONNECTION_FIELDS = ("connect_timeout", "retries", "idle_timeout", "max_connections")
 
 
 def _thaw(value: Any) -> Any:
@@ -375,6 +419,12 @@ def parse_settings(value: Any, what: str = "settings") -> dict[str, Any]:
         out["drain_timeout"] = None
     if "on_marked_down" in obj:
         out["on_marked_down"] = obj["on_marked_down"]
+    for name in CONNECTION_FIELDS:
+        if name in obj:
+            value = obj[name]
+            out[name] = None if value is None else (int if name in ("retries", "max_connections") else float)(value)
+    if "sni_timeout" in obj:
+        out["sni_timeout"] = float(obj["sni_timeout"])
     return out
 
 
@@ -387,16 +437,31 @@ def parse_config(value: Any, what: str = "config") -> Config:
         _backend(b, f"{what}.backends[{i}]") for i, b in enumerate(obj.get("backends", []))
     )
     check_unique(backends)
+    return _pool(obj, what, int(obj.get("version", 0)))
+
+
+def _pool(obj: Mapping[str, Any], what: str, version: int) -> Config:
+    """
+    A L{Config} from an object already valid against a schema that has the
+    pool's and service's fields.
+    """
+    from lbproxy.model.service import service_fields
+
+    backends = tuple(
+        _backend(b, f"{what}.backends[{i}]") for i, b in enumerate(obj.get("backends", []))
+    )
+    check_unique(backends)
     settings = {
         "outlier": Outlier().to_json(),
         "health_check": DEFAULT_HEALTH_CHECK.to_json(),
         **{k: obj[k] for k in SETTINGS_FIELDS if k in obj},
     }
     return Config(
-        version=int(obj.get("version", 0)),
+        version=version,
         backends=backends,
         strategy=parse_strategy(obj.get("strategy", {"name": "round-robin"}), f"{what}.strategy"),
         **parse_settings(settings, what),
+        **service_fields(obj, what),
     )
 
 
@@ -517,7 +582,10 @@ def replace_config(config: Config, new: Config) -> Config:
     return replace(new, version=config.version + 1)
 
 
-SETTINGS_FIELDS = ("health_check", "outlier", "slow_start", "drain_timeout", "on_marked_down")
+SETTINGS_FIELDS = (
+    "health_check", "outlier", "slow_start", "drain_timeout", "on_marked_down", "sni_timeout",
+    *CONNECTION_FIELDS,
+)
 
 
 def update_settings(config: Config, body: Any) -> Config:

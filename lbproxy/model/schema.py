@@ -74,6 +74,20 @@ FORMATS.checks("host", raises=ValueError)(lambda v: not isinstance(v, str) or bo
 FORMATS.checks("status-range", raises=ValueError)(lambda v: bool(status_range(v)))
 
 
+def _cidr(value: Any) -> bool:
+    import ipaddress
+
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"must be a network like '10.0.0.0/8' or an address, not {value!r}") from None
+    return True
+
+
+FORMATS.checks("cidr", raises=ValueError)(_cidr)
+
+
 HEALTH_CHECK: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -168,6 +182,18 @@ SETTINGS_FIELDS: dict[str, Any] = {
                                "description": "Seconds after which a draining backend's connections close."}),
     "on_marked_down": {"enum": ["none", "shutdown"],
                        "description": "shutdown: close a backend's connections when health marks it down."},
+    "sni_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600,
+                    "description": "Seconds a shared listener waits for a whole TLS ClientHello."},
+    "connect_timeout": nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 3600,
+                                 "description": "Seconds a backend connect may take; null: the command line's."}),
+    "retries": nullable({"type": "integer", "minimum": 0, "maximum": 100,
+                         "description": "Other backends tried after a failed connect; null: the command line's."}),
+    "idle_timeout": nullable({"type": "number", "minimum": 0, "maximum": 7 * DAY,
+                              "description": "Seconds without a byte either way before a connection closes "
+                                             "(0: never); null: the command line's."}),
+    "max_connections": nullable({"type": "integer", "minimum": 1, "maximum": 10_000_000,
+                                 "description": "Client connections the service takes at once; "
+                                                "null: the command line's."}),
 }
 
 SETTINGS: dict[str, Any] = {
@@ -176,14 +202,84 @@ SETTINGS: dict[str, Any] = {
     "properties": SETTINGS_FIELDS,
 }
 
+SERVICE_NAME: dict[str, Any] = {
+    "type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$",
+    "x-errors": {"pattern": "must be 1-63 lower-case letters, digits, '.', '_' or '-' "
+                            "starting with a letter or digit, not {value!r}"},
+}
+
+SERVER_NAME: dict[str, Any] = {
+    "type": "string", "maxLength": 253,
+    "pattern": "^(\\*\\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+    "x-errors": {"pattern": "must be a lower-case server name like 'db.example.com' or "
+                            "'*.example.com', not {value!r}"},
+}
+
+#: What makes a pool a service: its name, where it listens, how a shared
+#: listener tells it apart.
+SERVICE_FIELDS: dict[str, Any] = {
+    "name": SERVICE_NAME,
+    "listen": {"type": "array", "maxItems": 64, "uniqueItems": True,
+               "items": {"type": "string", "minLength": 1, "maxLength": 512},
+               "description": "Listen endpoints, as --listen takes them (tcp:5432:interface=127.0.0.1)."},
+    "sni": {"type": "array", "maxItems": 1000, "uniqueItems": True, "items": SERVER_NAME,
+            "description": "TLS server names that select this service on a shared listen endpoint."},
+    "sni_default": {"type": "boolean",
+                    "description": "The service of a shared endpoint for connections no name selects."},
+    "accept_proxy": {"type": "array", "maxItems": 1000, "uniqueItems": True,
+                     "items": {"type": "string", "minLength": 1, "maxLength": 64, "format": "cidr"},
+                     "description": "Source networks whose connections start with a PROXY protocol header."},
+}
+
+POOL_FIELDS: dict[str, Any] = {
+    "backends": {"type": "array", "items": BACKEND, "maxItems": 10000},
+    "strategy": STRATEGY,
+    **SETTINGS_FIELDS,
+}
+
+#: The one-pool document of the first release, and the body of PUT /api/v1/config.
 CONFIG: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
+    "properties": {"version": {"type": "integer", "minimum": 0}, **POOL_FIELDS, **SERVICE_FIELDS},
+}
+
+#: A service of the document.
+SERVICE: dict[str, Any] = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {**SERVICE_FIELDS, **POOL_FIELDS},
+}
+
+#: A service to add through the API: its backends get ids if they have none.
+NEW_SERVICE: dict[str, Any] = {
+    **SERVICE,
+    "required": ["name", "listen"],
+    "properties": {
+        **SERVICE["properties"],
+        "listen": {**SERVICE_FIELDS["listen"], "minItems": 1},
+        "backends": {"type": "array", "items": NEW_BACKEND, "maxItems": 10000},
+    },
+}
+
+#: The body of PATCH /api/v1/services/{name}: any field but the name.
+SERVICE_PATCH: dict[str, Any] = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {k: v for k, v in NEW_SERVICE["properties"].items() if k != "name"},
+    "x-errors": {"minProperties": "must change at least one field"},
+}
+
+#: The config document: named services.
+DOCUMENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["services"],
+    "additionalProperties": False,
     "properties": {
         "version": {"type": "integer", "minimum": 0},
-        "backends": {"type": "array", "items": BACKEND, "maxItems": 10000},
-        "strategy": STRATEGY,
-        **SETTINGS_FIELDS,
+        "services": {"type": "array", "items": SERVICE, "maxItems": 1000},
     },
 }
 

@@ -10,6 +10,7 @@ change is a plain attribute swap that no connection can see half-done.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from twisted.internet.task import LoopingCall
@@ -75,7 +76,9 @@ class Balancer(RelayedElsewhere):
         self._reactor = reactor
         self.resolver = resolver
         self.factories = factories
-        self.settings = settings
+        #: the command line's settings; the service's own override them.
+        self.base_settings = settings
+        self.settings = config.connection_settings(settings)
         self.events = events if events is not None else EventBus()
         self.routes = RouteRecorder()
         self.totals = Totals()
@@ -95,6 +98,8 @@ class Balancer(RelayedElsewhere):
         #: When the idle sweep last logged, and what it closed since (see L{sweep_idle}).
         self._idle_logged_at: float | None = None
         self._idle_unlogged = 0
+        #: called once no connection is left, after L{retire}.
+        self._retired: Callable[[], None] | None = None
 
     # Lifecycle -----------------------------------------------------------
 
@@ -273,6 +278,27 @@ class Balancer(RelayedElsewhere):
     def client_failed(self, record: AccessRecord) -> None:
         self._finish(record)
 
+    def retire(self, force: bool, done: Callable[[], None]) -> None:
+        """
+        The service is removed (its listeners are stopped): admit no one,
+        and call C{done} once its last connection ended.  A graceful
+        retirement lets connections end by themselves (or the drain
+        timeout); a forced one closes them now.
+        """
+        self._retired = done
+        self.settings = replace(self.settings, max_connections=0)
+        for bid in tuple(self.connections):
+            if force:
+                self.close_connections(bid, "service-removed")
+            else:
+                self._arm_drain_timer(bid, self.config.drain_timeout)
+        self._check_retired()
+
+    def _check_retired(self) -> None:
+        if self._retired is not None and self.totals.active <= 0:
+            done, self._retired = self._retired, None
+            done()
+
     def _finish(self, record: AccessRecord) -> None:
         totals = self.totals
         totals.active -= 1
@@ -286,6 +312,8 @@ class Balancer(RelayedElsewhere):
                 bytes_up=record.bytes_up, bytes_down=record.bytes_down,
                 duration=record.duration, outcome=record.outcome,
             )
+        if self._retired is not None:
+            self._check_retired()
 
     # Views ---------------------------------------------------------------
 
@@ -365,6 +393,7 @@ class Balancer(RelayedElsewhere):
         }
         self.config = config
         self.strategy = strategy
+        self.settings = config.connection_settings(self.base_settings)
         for bid in new_ids - old_ids:
             self.connections.setdefault(bid, set())
             self.removing.pop(bid, None)
@@ -435,7 +464,7 @@ class Balancer(RelayedElsewhere):
 
     def _drain_timeout(self, backend_id: str) -> None:
         self._drain_timers.pop(backend_id, None)
-        draining = backend_id in self.removing or (
+        draining = self._retired is not None or backend_id in self.removing or (
             (b := self.config.backend(backend_id)) is not None and b.state == "draining"
         )
         if draining:
@@ -492,6 +521,9 @@ class Balancer(RelayedElsewhere):
 
     def _backend_event(self, backend_id: str, state: str, reason: str, **extra: Any) -> None:
         log.info("backend {backend} is {state}: {reason}", backend=backend_id, state=state, reason=reason)
-        data = {"id": backend_id, "state": state, "reason": reason, "time": self._reactor.seconds()}
+        data = {
+            "service": self.config.name, "id": backend_id, "state": state, "reason": reason,
+            "time": self._reactor.seconds(),
+        }
         data.update(extra)
         self.events.publish("backend", data)

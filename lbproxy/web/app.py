@@ -37,6 +37,7 @@ from lbproxy.model.config import (
     update_settings,
 )
 from lbproxy.policy.plugins import uses_weights
+from lbproxy.web.services import services_routes
 from lbproxy.web.auth import SAFE_METHODS, AdminPolicy
 from lbproxy.web.errors import ApiError, dumps, read_json, send_json
 from lbproxy.web.preconditions import if_match
@@ -151,7 +152,10 @@ class AdminApp:
         controller.observe(self.balancer.events)
         self.writes = TokenBucket(write_rate, write_burst, clock)
         self.views = ViewCache(self.balancer, clock)
-        self.registry = metrics_registry(self.balancer, self.feed, self.views.views)
+        self._service_views: dict[str, ViewCache] = {}
+        self.registry = metrics_registry(
+            self.balancer, self.feed, self.views.views, getattr(controller, "table", None)
+        )
         self.node = node
         self.started = clock.seconds()
         self.static = static if static is not None else static_dir()
@@ -200,19 +204,59 @@ class AdminApp:
         body["version"] = version
         return send_json(request, body, code)
 
-    async def _change(self, request: Any, mutate: Callable[[Config], Any]) -> tuple[Config, Any]:
+    def _balancer_of(self, service: str | None) -> Any:
+        """
+        The balancer of a service by name; C{None}: the main one, which the
+        top-level routes mean.
+
+        @raise ApiError: 404 if there is no such service.
+        """
+        table = getattr(self.controller, "table", None)
+        if service is None:
+            if table is None:
+                return self.balancer
+            found = table.main()
+            if found is None:
+                raise ApiError(404, "there is no service 'default' (nor only one): use /api/v1/services/NAME/...")
+            return found
+        found = table.balancer(service) if table is not None else None
+        if found is None:
+            raise ApiError(404, f"there is no service {service!r}")
+        return found
+
+    def _views_of(self, service: str | None) -> ViewCache:
+        balancer = self._balancer_of(service)
+        if balancer is self.balancer:
+            return self.views
+        service = balancer.config.name
+        cache = self._service_views.get(service)
+        if cache is None or cache.balancer is not balancer:
+            cache = self._service_views[service] = ViewCache(balancer, self.clock)
+        return cache
+
+    async def _change(
+        self, request: Any, mutate: Callable[[Config], Any], service: str | None = None,
+    ) -> tuple[Config, Any]:
         condition = if_match(request)
+        balancer = self._balancer_of(service)
         try:
             # Bad input is refused as such even with a stale If-Match (RFC
             # 9110 13.2.1); the change itself reruns against the config in
             # force when its turn comes.
-            new, _ = mutate(self.balancer.config)
-            self.balancer.check(new)
+            new, _ = mutate(balancer.config)
+            balancer.check(new)
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
-        expected = condition.expected(self.balancer.config.version)
+        expected = condition.expected(balancer.config.version)
+        from lbproxy.control.listeners import ListenRefused
+
+        kwargs = {} if service is None else {"service": service}
         try:
-            return await self.controller.change(mutate, expected)
+            return await self.controller.change(mutate, expected, **kwargs)
+        except ListenRefused as e:
+            raise ApiError(e.status, f"{e}; nothing changed") from None
+        except KeyError:
+            raise ApiError(404, f"there is no service {service or 'default'!r}") from None
         except VersionConflict as e:
             code = 412 if expected is not None else 409
             raise ApiError(code, str(e), current_version=e.current) from None
@@ -221,43 +265,44 @@ class AdminApp:
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
 
-    def _backend_view(self, backend_id: str) -> dict[str, Any]:
-        view = self.views.view(backend_id)
+    def _backend_view(self, backend_id: str, service: str | None = None) -> dict[str, Any]:
+        view = self._views_of(service).view(backend_id)
         if view is None:
             raise ApiError(404, f"there is no backend {backend_id!r}")
         return view
 
-    def _removing(self, backend_id: str) -> bool:
-        b = self.balancer
+    def _removing(self, backend_id: str, service: str | None = None) -> bool:
+        b = self._balancer_of(service)
         return backend_id in b.removing and b.config.backend(backend_id) is None
 
-    # Backends ----------------------------------------------------------------
+    # Backends (here and per service, lbproxy.web.services) -------------------
 
     @app.route(API + "/backends", methods=["GET"])
     @_api
-    def list_backends(self, request: Any) -> bytes:
-        config = self.balancer.config
-        return self._with_version(request, config.version, {"backends": self.views.views()})
+    def list_backends(self, request: Any, service: str | None = None) -> bytes:
+        config = self._balancer_of(service).config
+        return self._with_version(request, config.version, {"backends": self._views_of(service).views()})
 
     @app.route(API + "/backends", methods=["POST"])
     @_api
-    async def create_backend(self, request: Any) -> bytes:
+    async def create_backend(self, request: Any, service: str | None = None) -> bytes:
         body = read_json(request)
-        new, backend = await self._change(request, lambda c: add_backend(c, body))
-        request.setHeader(b"Location", f"{API}/backends/{backend.id}".encode())
-        return self._with_version(request, new.version, self._backend_view(backend.id), 201)
+        new, backend = await self._change(request, lambda c: add_backend(c, body), service)
+        prefix = API if service is None else f"{API}/services/{service}"
+        request.setHeader(b"Location", f"{prefix}/backends/{backend.id}".encode())
+        return self._with_version(request, new.version, self._backend_view(backend.id, service), 201)
 
     @app.route(API + "/backends/<string:backend_id>", methods=["GET"])
     @_api
-    def get_backend(self, request: Any, backend_id: str) -> bytes:
-        view = self._backend_view(backend_id)
-        return self._with_version(request, self.balancer.config.version, view)
+    def get_backend(self, request: Any, backend_id: str, service: str | None = None) -> bytes:
+        view = self._backend_view(backend_id, service)
+        return self._with_version(request, self._balancer_of(service).config.version, view)
 
     @app.route(API + "/backends/<string:backend_id>", methods=["PATCH"])
     @_api
-    async def patch_backend(self, request: Any, backend_id: str) -> bytes:
+    async def patch_backend(self, request: Any, backend_id: str, service: str | None = None) -> bytes:
         body = read_json(request)
-        if self._removing(backend_id):
+        if self._removing(backend_id, service):
             raise ApiError(409, f"backend {backend_id!r} is being removed and cannot be changed; "
                            "DELETE it with ?force=true to close its remaining connections")
 
@@ -267,15 +312,15 @@ class AdminApp:
             except KeyError:
                 raise ApiError(404, f"there is no backend {backend_id!r}") from None
 
-        new, backend = await self._change(request, mutate)
-        return self._with_version(request, new.version, self._backend_view(backend.id))
+        new, backend = await self._change(request, mutate, service)
+        return self._with_version(request, new.version, self._backend_view(backend.id, service))
 
     @app.route(API + "/backends/<string:backend_id>", methods=["DELETE"])
     @_api
-    async def delete_backend(self, request: Any, backend_id: str) -> bytes:
+    async def delete_backend(self, request: Any, backend_id: str, service: str | None = None) -> bytes:
         force = _flag(request, b"force")
-        if self._removing(backend_id):
-            return self._close_removing(request, backend_id, force)
+        if self._removing(backend_id, service):
+            return self._close_removing(request, backend_id, force, service)
 
         def mutate(config: Config) -> Any:
             try:
@@ -283,8 +328,8 @@ class AdminApp:
             except KeyError:
                 raise ApiError(404, f"there is no backend {backend_id!r}") from None
 
-        new, _ = await self._change(request, mutate)
-        b = self.balancer
+        new, _ = await self._change(request, mutate, service)
+        b = self._balancer_of(service)
         # With --workers the connections are in other processes: both
         # numbers are their answers, not a local count.
         active = await b.count_connections(backend_id)
@@ -296,12 +341,12 @@ class AdminApp:
             "closed": closed,
         })
 
-    def _close_removing(self, request: Any, backend_id: str, force: bool) -> bytes:
+    def _close_removing(self, request: Any, backend_id: str, force: bool, service: str | None = None) -> bytes:
         """
         DELETE of a backend already out of the config and draining: nothing
         to store; with C{force}, close what it still has open.
         """
-        b = self.balancer
+        b = self._balancer_of(service)
         active = len(b.connections.get(backend_id, ()))
         closed = b.close_connections(backend_id, "removed by operator") if force else 0
         return self._with_version(request, b.config.version, {
@@ -325,18 +370,18 @@ class AdminApp:
 
     @app.route(API + "/strategy", methods=["GET"])
     @_api
-    def get_strategy(self, request: Any) -> bytes:
-        config = self.balancer.config
+    def get_strategy(self, request: Any, service: str | None = None) -> bytes:
+        config = self._balancer_of(service).config
         return self._with_version(request, config.version, config.strategy.to_json())
 
     @app.route(API + "/strategy", methods=["PUT"])
     @_api
-    async def put_strategy(self, request: Any) -> bytes:
+    async def put_strategy(self, request: Any, service: str | None = None) -> bytes:
         try:
             choice = parse_strategy(read_json(request), "body")
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
-        new, _ = await self._change(request, lambda c: (set_strategy(c, choice), None))
+        new, _ = await self._change(request, lambda c: (set_strategy(c, choice), None), service)
         return self._with_version(request, new.version, new.strategy.to_json())
 
     # Settings and the whole document ---------------------------------------------
@@ -347,15 +392,15 @@ class AdminApp:
 
     @app.route(API + "/settings", methods=["GET"])
     @_api
-    def get_settings(self, request: Any) -> bytes:
-        config = self.balancer.config
+    def get_settings(self, request: Any, service: str | None = None) -> bytes:
+        config = self._balancer_of(service).config
         return self._with_version(request, config.version, self._settings(config))
 
     @app.route(API + "/settings", methods=["PUT", "PATCH"])
     @_api
-    async def put_settings(self, request: Any) -> bytes:
+    async def put_settings(self, request: Any, service: str | None = None) -> bytes:
         body = read_json(request)
-        new, _ = await self._change(request, lambda c: (update_settings(c, body), None))
+        new, _ = await self._change(request, lambda c: (update_settings(c, body), None), service)
         return self._with_version(request, new.version, self._settings(new))
 
     @app.route(API + "/config", methods=["GET"])
@@ -374,6 +419,8 @@ class AdminApp:
             raise ApiError(400, str(e)) from None
         new, _ = await self._change(request, lambda c: (replace_config(c, imported), None))
         return self._with_version(request, new.version, new.to_json())
+
+    services_routes(app, API, _api)
 
     # Status ------------------------------------------------------------------------
 

@@ -25,31 +25,44 @@ _BACKEND = tuple((c.name, c.metric, c.help) for c in BACKEND_COUNTERS if c.metri
 
 class BalancerCollector(Collector):
     """
-    Collects a balancer's counters, per listener and per backend (labels
-    C{backend} (id) and C{address}).
+    Collects the counters of every service's balancer, per service (label
+    C{service}) and per backend (labels C{service}, C{backend} (id) and
+    C{address}).
     """
 
-    def __init__(self, balancer: Any, feed: Any = None, views: Any = None) -> None:
+    def __init__(self, balancer: Any, feed: Any = None, views: Any = None, table: Any = None) -> None:
         self.balancer = balancer
         self.feed = feed
         self.views = views if views is not None else balancer.backends_view
+        self.table = table
+
+    def _services(self) -> list[tuple[str, Any, Any]]:
+        """
+        C{(name, balancer, views)} of each service (the main one's views
+        are the admin app's cached ones).
+        """
+        if self.table is None:
+            return [(self.balancer.config.name, self.balancer, self.views)]
+        return [
+            (name, b, self.views if b is self.balancer else b.backends_view)
+            for name, b in self.table.balancers.items()
+        ]
 
     def collect(self) -> Iterator[Any]:
-        b = self.balancer
-        totals = b.totals
+        services = self._services()
         for attr, name, doc in _TOTALS:
-            c = CounterMetricFamily(name, doc)
-            c.add_metric([], getattr(totals, attr))
+            c = CounterMetricFamily(name, doc, labels=["service"])
+            for service, b, _ in services:
+                c.add_metric([service], getattr(b.totals, attr))
             yield c
-        g = GaugeMetricFamily("lbproxy_connections_active", "Client connections open now.")
-        g.add_metric([], totals.active)
-        yield g
-        g = GaugeMetricFamily("lbproxy_config_version", "Version of the config in force.")
-        g.add_metric([], b.config.version)
-        yield g
-        info = InfoMetricFamily("lbproxy", "Version and active strategy.")
-        info.add_metric([], {"version": lbproxy.__version__, "strategy": b.config.strategy.name})
-        yield info
+        g = GaugeMetricFamily("lbproxy_connections_active", "Client connections open now.", labels=["service"])
+        v = GaugeMetricFamily("lbproxy_config_version", "Version of the config in force.", labels=["service"])
+        info = InfoMetricFamily("lbproxy", "Version and active strategy.", labels=["service"])
+        for service, b, _ in services:
+            g.add_metric([service], b.totals.active)
+            v.add_metric([service], b.config.version)
+            info.add_metric([service], {"version": lbproxy.__version__, "strategy": b.config.strategy.name})
+        yield from (g, v, info)
         if self.feed is not None:
             g = GaugeMetricFamily("lbproxy_feed_subscribers", "Open event feed subscribers.")
             g.add_metric([], self.feed.subscriber_count)
@@ -57,11 +70,10 @@ class BalancerCollector(Collector):
             c = CounterMetricFamily("lbproxy_feed_cut_offs", "Feed subscribers cut off for not reading.")
             c.add_metric([], self.feed.cut_offs)
             yield c
-        yield from self._backends()
+        yield from self._backends(services)
 
-    def _backends(self) -> Iterator[Any]:
-        b = self.balancer
-        labels = ["backend", "address"]
+    def _backends(self, services: list[tuple[str, Any, Any]]) -> Iterator[Any]:
+        labels = ["service", "backend", "address"]
         counters = [(key, CounterMetricFamily(name, doc, labels=labels)) for key, name, doc in _BACKEND]
         active = GaugeMetricFamily("lbproxy_backend_active_connections", "Connections open to the backend now.", labels=labels)
         latency = GaugeMetricFamily(
@@ -73,23 +85,24 @@ class BalancerCollector(Collector):
         state = GaugeMetricFamily(
             "lbproxy_backend_state", "1 for the state the backend is in.", labels=labels + ["state"],
         )
-        candidates = {c.id for c in b.pool.candidates}
-        for view in self.views():
-            lv = [view["id"], view["address"]]
-            stats = view["stats"]
-            for key, family in counters:
-                family.add_metric(lv, stats.get(key, 0))
-            active.add_metric(lv, stats.get("active", 0))
-            if stats.get("connect_ewma") is not None:
-                latency.add_metric(lv, stats["connect_ewma"])
-            up.add_metric(lv, 1 if view["id"] in candidates else 0)
-            weight.add_metric(lv, view["effective_weight"])
-            state.add_metric(lv + [view["state"]], 1)
+        for service, b, views in services:
+            candidates = {c.id for c in b.pool.candidates}
+            for view in views():
+                lv = [service, view["id"], view["address"]]
+                stats = view["stats"]
+                for key, family in counters:
+                    family.add_metric(lv, stats.get(key, 0))
+                active.add_metric(lv, stats.get("active", 0))
+                if stats.get("connect_ewma") is not None:
+                    latency.add_metric(lv, stats["connect_ewma"])
+                up.add_metric(lv, 1 if view["id"] in candidates else 0)
+                weight.add_metric(lv, view["effective_weight"])
+                state.add_metric(lv + [view["state"]], 1)
         yield from (family for _, family in counters)
         yield from (active, latency, up, weight, state)
 
 
-def metrics_registry(balancer: Any, feed: Any = None, views: Any = None) -> CollectorRegistry:
+def metrics_registry(balancer: Any, feed: Any = None, views: Any = None, table: Any = None) -> CollectorRegistry:
     """
     A registry of this balancer's metrics and the process's own (CPU,
     memory, file descriptors), separate from the global default registry
@@ -98,6 +111,6 @@ def metrics_registry(balancer: Any, feed: Any = None, views: Any = None) -> Coll
     from prometheus_client import ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BalancerCollector(balancer, feed, views))
+    registry.register(BalancerCollector(balancer, feed, views, table))
     ProcessCollector(registry=registry)
     return registry

@@ -190,6 +190,7 @@ class EventFeed:
         """
         b = self.balancer
         return {
+            "service": b.config.name,
             "last_id": b.events.last_id,
             "config": b.config.to_json(),
             "backends": b.backends_view(),
@@ -321,10 +322,13 @@ class EventFeed:
             return
         batch["time"] = self.clock.seconds()
         batch["strategy"] = self.balancer.config.strategy.name
+        batch["service"] = self.balancer.config.name
         self.balancer.events.publish("route", batch)
 
     def publish_stats(self) -> None:
-        self.balancer.events.publish("stats", self.stats.snapshot())
+        stats = self.stats.snapshot()
+        stats["service"] = self.balancer.config.name
+        self.balancer.events.publish("stats", stats)
 
     def _beat(self) -> None:
         for sub in tuple(self._subscribers):

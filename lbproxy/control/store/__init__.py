@@ -15,14 +15,15 @@ from typing import Any, Sequence
 from twisted.logger import Logger
 
 from lbproxy.model.config import Config
+from lbproxy.model.service import Document, as_document
 from lbproxy.interfaces import IConfigStore
 
 log = Logger()
 
 
 def open_store(
-    state_dir: str | None, seed: Config, seed_flags: Sequence[str] = (), reactor: Any = None
-) -> tuple[IConfigStore, Config]:
+    state_dir: str | None, seed: Config | Document, seed_flags: Sequence[str] = (), reactor: Any = None
+) -> tuple[IConfigStore, Document]:
     """
     Open the config store and choose the initial config (blocking: call
     before the reactor runs).
@@ -38,6 +39,7 @@ def open_store(
         state directory, or if the store holds a config but neither its file
         nor the previous version is usable.
     """
+    seed = as_document(seed)
     if state_dir is None:
         from lbproxy.control.store.memory import MemoryStore
 
@@ -67,4 +69,19 @@ def open_store(
             flags=", ".join(seed_flags), path=store.path, version=stored.version,
         )
     log.info("config version {version} loaded from {path}", version=stored.version, path=store.path)
-    return store, stored
+    return store, listen_as_seeded(stored, seed)
+
+
+def listen_as_seeded(stored: Document, seed: Document) -> Document:
+    """
+    A service stored with no listen endpoints (the one pool of a store
+    written by the first release, migrated as C{default}) listens where
+    the command line's service of that name does (C{--listen}).
+    """
+    services = []
+    for s in stored.services:
+        seeded = seed.service(s.name)
+        if not s.listen and seeded is not None and seeded.listen:
+            s = replace(s, listen=seeded.listen)
+        services.append(s)
+    return Document(stored.version, tuple(services))

@@ -37,7 +37,8 @@ from lbproxy.control.store.etcd_client import (
     prefix_end,
     unb64,
 )
-from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict, parse_config
+from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict
+from lbproxy.model.service import as_document, parse_document
 from lbproxy.interfaces import IConfigStore
 
 log = Logger()
@@ -203,6 +204,7 @@ class EtcdStore:
 
     @defer.inlineCallbacks
     def save(self, config: Config, expected_version: int) -> Any:
+        config = as_document(config)
         if self.current is not None and self.current.version != expected_version:
             raise VersionConflict(expected_version, self.current.version)
         key = b64(self.config_key)
@@ -279,7 +281,7 @@ class EtcdStore:
         if mod <= self.mod_revision:
             return False
         try:
-            config = parse_config(json.loads(unb64(kv.get("value", ""))))
+            config = parse_document(json.loads(unb64(kv.get("value", ""))))
         except (ValueError, ConfigError) as e:
             # Remember the revision so the next write still compares on it
             # and replaces the broken document.

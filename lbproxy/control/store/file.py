@@ -35,7 +35,8 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict, parse_config
+from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict
+from lbproxy.model.service import as_document, parse_document
 from lbproxy.interfaces import IConfigStore
 
 log = Logger()
@@ -70,7 +71,7 @@ def encode(config: Config) -> bytes:
     """
     The file contents that store C{config}.
     """
-    body = config.to_json()
+    body = as_document(config).to_json()
     envelope = {"format": FORMAT, "checksum": checksum(body), "config": body}
     return json.dumps(envelope, indent=1, ensure_ascii=False).encode() + b"\n"
 
@@ -94,7 +95,7 @@ def decode(data: bytes) -> Config:
     if envelope.get("checksum") != checksum(body):
         raise CorruptFile("fails its checksum: it was damaged or edited by hand")
     try:
-        return parse_config(body)
+        return parse_document(body)
     except ConfigError as e:
         raise CorruptFile(f"holds an invalid config: {e}") from None
 

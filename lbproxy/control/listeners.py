@@ -1,0 +1,364 @@
+"""
+The listener manager: one listener per listen endpoint of the document.
+
+A change that adds an endpoint binds it first (L{ListenerManager.prepare}),
+before the document is made durable, so a taken port or an address not on
+this host refuses the change with nothing stored and nothing half-applied;
+L{ListenerManager.commit} then starts what was bound, gives every listener
+its new L{ListenerRoute} and stops the listeners of endpoints gone.
+
+The engines of this release take a balancer: a listener of one service is
+given that service's balancer, read per accepted connection, and the
+route is set beside it (C{route}) for the engines that read one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import Counter
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lbproxy.control.routes import ListenerRoute
+from lbproxy.endpoints import (
+    FastRelayService,
+    ListenError,
+    ListenerService,
+    parse_endpoint,
+)
+from lbproxy.interfaces import IBalancer
+from lbproxy.model.config import ConfigError, ProxySettings
+from lbproxy.model.service import Document, endpoint_of, listen_key, sharing
+
+log = Logger()
+
+
+class ListenRefused(ListenError):
+    """
+    A listen endpoint of a change cannot be bound; nothing was applied.
+
+    @ivar status: the HTTP status that says why: 409 for a taken port,
+        400 for an address that is not on this host (or any other reason).
+    """
+
+    def __init__(self, service: str, description: str, reason: str, status: int) -> None:
+        super().__init__(description, reason)
+        named = "" if service == "default" else f" (service {service!r})"
+        self.args = (f"cannot listen on {description}: {reason}{named}",)
+        self.service = service
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+_IN_USE = os.strerror(errno.EADDRINUSE)
+
+
+@implementer(IBalancer)
+class Refusing:
+    """
+    The balancer of a shared listener that has no C{sni_default} while its
+    engine cannot read a server name: it admits no one, counting why on the
+    route.
+    """
+
+    def __init__(self, listener_route: ListenerRoute, settings: ProxySettings, resolver: Any = None) -> None:
+        self.listener_route = listener_route
+        self.settings = settings
+        self.resolver = resolver
+
+    def admit(self) -> bool:
+        self.listener_route.refused("no-sni")
+        return False
+
+    def route(self, *_: Any) -> None:
+        return None
+
+    # Never called: nothing is admitted.
+    def retried(self) -> None: ...
+    def connection_opened(self, *_: Any) -> None: ...
+    def connect_failed(self, *_: Any) -> None: ...
+    def connection_reset(self, *_: Any) -> None: ...
+    def observe_response(self, *_: Any) -> None: ...
+    def connection_closed(self, *_: Any) -> None: ...
+    def client_failed(self, *_: Any) -> None: ...
+
+
+class Pending:
+    """
+    Listeners bound for a change, not yet listening.
+    """
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, Any] = {}
+
+    def abort(self) -> None:
+        for listener in self.listeners.values():
+            listener.stopService()
+        self.listeners.clear()
+
+
+class ListenerManager:
+    """
+    @ivar listeners: endpoint description -> its running listener.
+    @ivar routes: endpoint description -> its L{ListenerRoute} in force.
+    """
+
+    def __init__(
+        self, table: Any, engine: str = "twisted", backlog: int = 4096,
+        reuse_port: bool = False, reactor: Any = None, settings: ProxySettings = ProxySettings(),
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.table = table
+        self.engine = engine
+        self.backlog = backlog
+        self.reuse_port = reuse_port
+        self.reactor = reactor
+        self.settings = settings
+        self.running = False
+        self.listeners: dict[str, Any] = {}
+        self.routes: dict[str, ListenerRoute] = {}
+        #: listening sockets handed over by the process this one takes
+        #: over from, by listener key: adopted instead of bound.
+        self.handed: dict[str, Any] = {}
+        self._refusals: dict[str, Counter] = {}
+
+    def check(self, document: Document) -> None:
+        """
+        Refuse a document whose listen descriptions are malformed.
+
+        @raise ConfigError: naming the service and the endpoint.
+        """
+        for s in document.services:
+            for description in s.listen:
+                try:
+                    parse_endpoint(description, self.reactor)
+                except ValueError as e:
+                    raise ConfigError(f"service {s.name!r}: listen {description!r}: {e}") from None
+
+    def prepare(self, document: Document, pending: Pending | None = None) -> Pending:
+        """
+        Bind the endpoints of C{document} that do not listen yet (nor are
+        bound in C{pending}, which this adds to).
+
+        @raise ListenRefused: if one cannot be bound; none that this call
+            bound stays bound.
+        @raise ConfigError: for a malformed description.
+        """
+        self.check(document)
+        before = pending
+        pending = Pending()
+        try:
+            for description, services in sharing(document).items():
+                if description in self.listeners or (before and description in before.listeners):
+                    continue
+                listener = self._listener(description)
+                handed = self.handed.pop(description, None)
+                if handed is not None:
+                    listener.adopt(handed)
+                try:
+                    listener.bind()
+                except ListenError as e:
+                    status = 409 if e.reason == _IN_USE else 400
+                    raise ListenRefused(services[0].name, endpoint_of(description), e.reason, status) from None
+                pending.listeners[description] = listener
+        except BaseException:
+            pending.abort()
+            raise
+        if before is not None:
+            before.listeners.update(pending.listeners)
+            return before
+        return pending
+
+    def commit(self, pending: Pending, document: Document) -> None:
+        """
+        Put C{document}'s listeners in force (the table applied it): new
+        ones listen, every one gets its route, gone ones stop at once.
+        """
+        wanted = sharing(document)
+        for description, listener in pending.listeners.items():
+            if description in wanted:
+                self.listeners[description] = listener
+            else:
+                listener.stopService()
+        pending.listeners = {}
+        for description, services in wanted.items():
+            listener = self.listeners[description]
+            self._route(description, listener, services)
+            if not listener.running:
+                listener.startService()
+        for description in tuple(self.listeners):
+            if description not in wanted:
+                self._stop(description)
+
+    def start(self, document: Document) -> None:
+        """
+        Bind and listen on every endpoint of the document (at startup).
+
+        @raise ListenRefused: as L{prepare}.
+        """
+        self.commit(self.prepare(document), document)
+        self.running = True
+
+    def stop(self) -> Any:
+        """
+        Stop every listener.
+
+        @return: a Deferred firing once all stopped listening.
+        """
+        self.running = False
+        return defer.gatherResults([self._stop(d) for d in tuple(self.listeners)], consumeErrors=True)
+
+    def _stop(self, description: str) -> defer.Deferred:
+        listener = self.listeners.pop(description)
+        self.routes.pop(description, None)
+        log.info("stopped listening on {description}", description=endpoint_of(description))
+        return defer.maybeDeferred(listener.stopService)
+
+    def _route(self, description: str, listener: Any, services: list) -> None:
+        refusals = self._refusals.setdefault(description, Counter())
+        bound = [(s, self.table.balancer(s.name)) for s in services]
+        route = ListenerRoute(endpoint_of(description), bound, refusals)
+        self.routes[description] = route
+        balancer = route.default() or Refusing(route, self.settings, self.table.resolver)
+        target = listener.factory if self.engine == "twisted" else listener
+        target.balancer = balancer
+        target.route = route
+        engine = getattr(listener, "engine", None)
+        if engine is not None:
+            engine.balancer = balancer
+            engine.route = route
+
+    def _listener(self, key: str) -> Any:
+        description = endpoint_of(key)
+        endpoint = parse_endpoint(description, self.reactor)
+        if not endpoint.tcp and self.running:
+            raise ConfigError(
+                f"only tcp: and tcp6: endpoints can be added while lbproxy runs (bound before the "
+                f"change is stored), not {description}"
+            )
+        backlog = endpoint.backlog or self.backlog
+        what = f"proxy ({self.engine} engine)"
+        placeholder = Refusing(ListenerRoute(description, ()), self.settings, self.table.resolver)
+        if self.engine == "fast":
+            if not endpoint.tcp:
+                raise ConfigError(f"the fast engine listens on tcp: endpoints only, not {description}")
+            return FastRelayService(placeholder, endpoint, backlog, self.reuse_port, self.reactor, what)
+        from lbproxy.relay.twisted_engine import ProxyFactory
+
+        return ListenerService(endpoint, ProxyFactory(placeholder, self.reactor), backlog, what, self.reactor)
+
+    def address(self, description: str) -> tuple[str, int] | None:
+        listener = self.listeners.get(description)
+        return None if listener is None else listener.address()
+
+    def addresses(self, service: str) -> list[tuple[str, int]]:
+        """
+        Where a service's clients connect, one per listening TCP endpoint.
+        """
+        found = self.table.document.service(service)
+        out = []
+        for description in found.listen if found else ():
+            where = self.address(listen_key(description, service))
+            if where is not None:
+                out.append(where)
+        return out
+
+
+class ListenersService(Service):
+    """
+    Runs the L{ListenerManager} while the application runs: binds the
+    document's endpoints with every other listener of the tree (L{bind}),
+    listens on start, stops them all on stop.
+    """
+
+    def __init__(self, manager: ListenerManager, document: Any) -> None:
+        """
+        @param document: a callable returning the document in force.
+        """
+        self.manager = manager
+        self._document = document
+        self._pending: Pending | None = None
+
+    def bind(self) -> None:
+        """
+        Bind what the document in force listens on (idempotent).
+
+        @raise ListenRefused: naming the first that cannot be bound.
+        """
+        self._pending = self.manager.prepare(self._document(), self._pending)
+
+    def privilegedStartService(self) -> None:
+        self.bind()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        document = self._document()
+        pending, self._pending = self.manager.prepare(document, self._pending), None
+        self.manager.commit(pending, document)
+        self.manager.running = True
+        super().startService()
+
+    def stopService(self) -> Any:
+        if self._pending is not None:
+            self._pending.abort()
+            self._pending = None
+        super().stopService()
+        return self.manager.stop()
+
+    def stop_accepting(self) -> Any:
+        """
+        Stop accepting on every listener; relayed connections go on
+        (graceful stop, L{lbproxy.control.lifecycle}).
+        """
+        return defer.gatherResults(
+            [defer.maybeDeferred(listener.stop_accepting) for listener in tuple(self.manager.listeners.values())],
+            consumeErrors=True,
+        )
+
+    def listening_fds(self) -> list[tuple[str, int]]:
+        """
+        Every listening socket to hand over, named C{proxy:KEY}
+        (L{lbproxy.control.takeover}).
+        """
+        out = []
+        for key, listener in self.manager.listeners.items():
+            fd = listener.listening_fd()
+            if fd is not None:
+                out.append((f"proxy:{key}", fd))
+        return out
+
+    def adopt_all(self, handover: Any) -> None:
+        """
+        Take the listening sockets handed over as C{proxy:KEY}: the
+        listeners of those keys adopt them instead of binding.
+        """
+        for name in tuple(handover.sockets):
+            if name.startswith("proxy:"):
+                sock = handover.take(name)
+                if sock is not None:
+                    self.manager.handed[name[len("proxy:"):]] = sock
+
+    def ready(self) -> bool:
+        """
+        Whether every listener of the document accepts (a takeover then
+        tells the old process to drain).
+        """
+        return self.manager.running and all(
+            listener.listening_fd() is not None for listener in self.manager.listeners.values()
+        )
+
+    def address(self) -> tuple[str, int] | None:
+        """
+        Where the main service's clients connect (its first endpoint).
+        """
+        main = self.manager.table.document.main()
+        found = self.manager.addresses(main.name) if main is not None else []
+        return found[0] if found else None

@@ -1,0 +1,66 @@
+"""
+The services routes of the admin API through StubTreq (no listeners: the
+controller has no listener manager here, so nothing binds): the same
+bodies, ETags and errors per service as the top-level routes.
+"""
+
+from __future__ import annotations
+
+from tests.webtools import Admin
+
+
+def redis(**extra):
+    return {"name": "redis", "listen": ["tcp:6379"], "backends": [{"host": "127.0.0.1", "port": 6379}],
+            "strategy": {"name": "round-robin"}, **extra}
+
+
+def test_post_get_patch_put_delete_a_service(factories):
+    """A service is added (201, Location), read, patched, replaced and deleted; each answer's ETag is the document version."""
+    admin = Admin(factories)
+    r = admin.request("POST", "/api/v1/services", redis())
+    assert r.code == 201, r.json
+    assert r.header("Location") == "/api/v1/services/redis"
+    assert r.header("ETag") == '"2"' and r.json["version"] == 2
+    assert [b["id"] for b in r.json["backends"]] == ["b1"]
+    assert [s["name"] for s in admin.get("/api/v1/services").json["services"]] == ["default", "redis"]
+    r = admin.request("PATCH", "/api/v1/services/redis", {"idle_timeout": 10}, headers={"If-Match": '"2"'})
+    assert r.code == 200 and r.json["idle_timeout"] == 10
+    r = admin.request("PATCH", "/api/v1/services/redis", {"idle_timeout": 11}, headers={"If-Match": '"2"'})
+    assert r.code == 412
+    r = admin.request("PUT", "/api/v1/services/redis", redis(retries=0))
+    assert r.code == 200 and r.json["retries"] == 0 and r.json["idle_timeout"] is None
+    assert admin.request("POST", "/api/v1/services", redis()).code == 400
+    r = admin.request("DELETE", "/api/v1/services/redis")
+    assert r.code == 200 and r.json["state"] == "removed"
+    assert admin.get("/api/v1/services/redis").code == 404
+
+
+def test_per_service_routes_mirror_the_top_level(factories):
+    """/services/NAME/backends, /backends/ID, /strategy, /settings change only that service; unknown names are 404."""
+    admin = Admin(factories)
+    assert admin.request("POST", "/api/v1/services", redis()).code == 201
+    r = admin.request("POST", "/api/v1/services/redis/backends", {"host": "127.0.0.1", "port": 6380})
+    assert r.code == 201 and r.json["id"] == "b2"
+    assert r.header("Location") == "/api/v1/services/redis/backends/b2"
+    assert admin.request("PATCH", "/api/v1/services/redis/backends/b2", {"weight": 4}).json["weight"] == 4
+    assert admin.request("PUT", "/api/v1/services/redis/strategy", {"name": "random"}).json["name"] == "random"
+    assert admin.request("PATCH", "/api/v1/services/redis/settings", {"slow_start": 3}).json["slow_start"] == 3
+    assert admin.request("DELETE", "/api/v1/services/redis/backends/b1").code == 200
+    assert [b["id"] for b in admin.get("/api/v1/services/redis/backends").json["backends"]] == ["b2"]
+    # The default service (the top-level routes) is untouched.
+    assert [b["id"] for b in admin.get("/api/v1/backends").json["backends"]] == ["b1", "b2"]
+    assert admin.get("/api/v1/strategy").json["name"] == "round-robin"
+    assert admin.get("/api/v1/services/nope/strategy").code == 404
+    assert admin.request("PUT", "/api/v1/services/nope/strategy", {"name": "random"}).code == 404
+    r = admin.request("PUT", "/api/v1/services/redis/strategy", {"name": "no-such"})
+    assert r.code == 400 and "no-such" in r.json["error"]
+
+
+def test_deleting_the_default_service_makes_top_level_routes_404(factories):
+    """With no default (nor only one) service, the top-level routes answer 404, naming the per-service routes."""
+    admin = Admin(factories)
+    assert admin.request("POST", "/api/v1/services", redis()).code == 201
+    assert admin.request("POST", "/api/v1/services", {**redis(), "name": "pg", "listen": ["tcp:5432"]}).code == 201
+    assert admin.request("DELETE", "/api/v1/services/default").code == 200
+    r = admin.get("/api/v1/backends")
+    assert r.code == 404 and "/api/v1/services/NAME" in r.json["error"]
