@@ -90,14 +90,15 @@ class ConfigController:
         if expected_version is not None and expected_version != current.version:
             raise VersionConflict(expected_version, current.version)
         new, result = mutate(current)
+        if note is not None and callable(note.summary):
+            note = note._replace(summary=note.summary(result))
         # A new strategy object only for a new choice: rebuilding it would
         # restart its rotation (and caches) on every unrelated change.
         strategy = self.balancer.check(new) if new.strategy != current.strategy else None
         try:
             if IConfigHistory.providedBy(self.store):
-                yield self.store.save(new, current.version, note)
-            else:
-                yield self.store.save(new, current.version)
+                self.store.describe(new.version, note)
+            yield self.store.save(new, current.version)
         except VersionConflict:
             raise
         except StoreError:

@@ -45,7 +45,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.control.store.history import DEFAULT_KEEP, Change, Entry, IConfigHistory, Ring, make_entry
+from lbproxy.control.store.history import DEFAULT_KEEP, Change, Entry, IConfigHistory, Notes, Ring, make_entry
 from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict, parse_config
 from lbproxy.interfaces import IConfigStore
 
@@ -117,7 +117,7 @@ def _describe(e: OSError) -> str:
 
 
 @implementer(IConfigStore, IConfigHistory)
-class FileStore:
+class FileStore(Notes):
     """
     @ivar directory: the state directory.
     @ivar path: the config document, C{directory/config.json}.
@@ -154,6 +154,7 @@ class FileStore:
         self._history_temp = self.history_path + ".tmp"
         self.keep = keep
         self._ring: Ring | None = None
+        Notes.__init__(self)
         self._os = os_module
         self._run = run if run is not None else self._in_thread
         self._lock = defer.DeferredLock()
@@ -265,7 +266,7 @@ class FileStore:
 
     # Writing --------------------------------------------------------------
 
-    def save(self, config: Config, expected_version: int, change: Change | None = None) -> defer.Deferred:
+    def save(self, config: Config, expected_version: int) -> defer.Deferred:
         """
         Make C{config} durable if the stored version is C{expected_version}
         (C{0} for an empty store).  Saves run one at a time, in call order.
@@ -274,7 +275,7 @@ class FileStore:
             failing with L{VersionConflict} or L{StoreError} (nothing
             changed on disk then).
         """
-        return self._lock.run(self._save, config, expected_version, change)
+        return self._lock.run(self._save, config, expected_version, self.pop_note(config.version))
 
     def _save(self, config: Config, expected_version: int, change: Change | None = None) -> defer.Deferred:
         data = encode(config)

@@ -73,12 +73,22 @@ class Entry(NamedTuple):
 
 class IConfigHistory(Interface):
     """
-    A config store that keeps the last L{keep} versions.  Its C{save}
-    takes a third argument, the L{Change}, and stores the entry with the
-    document, durably and together.
+    A config store that keeps the last L{keep} versions, each entry stored
+    by C{save} with the document, durably and together.
+
+    C{IConfigStore.save(config, expected_version)} keeps its signature (so
+    every store and test double stays one); the controller says who made
+    the version it is about to save with L{describe} first, inside its
+    lock, so the two cannot interleave with another change.
     """
 
     keep = Attribute("How many versions are kept (the oldest go first).")
+
+    def describe(version, change):
+        """
+        The next C{save} of C{version} was made by C{change} (a L{Change}
+        or C{None}: unknown); forgotten after that save.
+        """
 
     def history():
         """
@@ -230,6 +240,23 @@ class Ring:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class Notes:
+    """
+    The L{Change} given to L{IConfigHistory.describe} until the save of
+    that version takes it.
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple[int, Change | None] | None = None
+
+    def describe(self, version: int, change: Change | None) -> None:
+        self._pending = (version, change)
+
+    def pop_note(self, version: int) -> Change | None:
+        pending, self._pending = self._pending, None
+        return pending[1] if pending is not None and pending[0] == version else None
 
 
 def make_entry(document: Any, version: int, time: float, change: Change | None, previous: Any) -> Entry:

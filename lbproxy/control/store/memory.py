@@ -11,18 +11,19 @@ from typing import Any, Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from lbproxy.control.store.history import DEFAULT_KEEP, Change, IConfigHistory, Ring, make_entry
+from lbproxy.control.store.history import DEFAULT_KEEP, IConfigHistory, Notes, Ring, make_entry
 from lbproxy.model.config import Config, VersionConflict
 from lbproxy.interfaces import IConfigStore
 
 
 @implementer(IConfigStore, IConfigHistory)
-class MemoryStore:
+class MemoryStore(Notes):
     def __init__(self, config: Config | None = None, keep: int = DEFAULT_KEEP, clock: Any = None) -> None:
         """
         @param keep: versions of history kept (in memory, like the config).
         @param clock: has C{seconds()} for the history's times.
         """
+        Notes.__init__(self)
         self.config = config
         self.keep = keep
         self._ring = Ring(keep)
@@ -32,11 +33,12 @@ class MemoryStore:
     def load(self) -> defer.Deferred:
         return defer.succeed(self.config)
 
-    def save(self, config: Config, expected_version: int, change: Change | None = None) -> defer.Deferred:
+    def save(self, config: Config, expected_version: int) -> defer.Deferred:
         current = self.config.version if self.config is not None else 0
         if current != expected_version:
             return defer.fail(VersionConflict(expected_version, current))
         previous = self.config.to_json() if self.config is not None else None
+        change = self.pop_note(config.version)
         self._ring.add(make_entry(config.to_json(), config.version, self._seconds(), change, previous))
         self.config = config
         return defer.succeed(config)
