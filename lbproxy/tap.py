@@ -53,6 +53,15 @@ def _keepalive(value: str) -> Any:
         raise usage.UsageError(str(e)) from None
 
 
+def _access(value: str, check: str) -> str:
+    from lbproxy import accesslog
+
+    try:
+        return getattr(accesslog, check)(value)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
 def number(cast: Any = float, low: float = 0, high: float | None = None) -> Callable[[Any, str], Any]:
     """
     A C{parse} for L{flag}: a number of type C{cast}, at least C{low} (and
@@ -127,6 +136,9 @@ class ProxySpec:
     admin_write_rate: float = flag("admin-write-rate", number(float, 0), default=20.0)
     dns_servers: tuple[tuple[str, int], ...] | None = flag("dns-server", lambda v, f: tuple(_dns_servers(v)))
     dns_refresh: float = flag("dns-refresh", lambda v, f: number(float, 0.1)(v, f), default=30.0)
+    access_log: str = flag("access-log", lambda v, f: _access(v, "parse_destination"), default="-")
+    access_log_format: str = flag("access-log-format", lambda v, f: _access(v, "parse_format"), default="json")
+    history: int = flag("history", number(int, 1, 100000), default=100)
 
 
 class Options(usage.Options):
@@ -197,12 +209,18 @@ class Options(usage.Options):
         ["admin-read-timeout", None, "10",
          "Seconds a client has to send one whole admin request (headers and body); a slower "
          "one gets 408 and is disconnected."],
+        ["access-log", None, "-",
+         "Where the access log (one line per finished connection) goes: a file (reopened on "
+         "SIGUSR1, for logrotate), '-' for stdout, 'syslog' for /dev/log (syslog:PATH for "
+         "another socket), or 'off'."],
+        ["access-log-format", None, "json", "The access log's lines: json or text."],
+        ["history", None, "100", "Config versions the store keeps in its history (for rollback)."],
         ["admin-write-rate", None, "20",
          "Changes per second the admin API accepts, with bursts of twice as many; past that it "
          "answers 429 with Retry-After (0: no limit)."],
     ]
     optFlags = [
-        ["no-access-log", None, "Do not log one line per finished connection."],
+        ["no-access-log", None, "The same as --access-log off."],
         ["admin-open-reads", None, "With --admin-token-file: let reads of the admin API through without the token."],
         ["demo", None, "Moved: the demo is 'twistd -n lbproxy-demo' (or 'python3 dev.py run')."],
     ]
@@ -392,6 +410,8 @@ def build_spec(options: Options) -> ProxySpec:
         number(int, 1, 1 << 20)(options["backlog"], "--backlog") if options["backlog"] is not None else default_backlog()
     )
     token = _admin_token(options, admin)
+    if options["no-access-log"]:
+        options["access-log"] = "off"
     given = options["max-connections"] is not None
     settings = ProxySettings(
         connect_timeout=number(float, 0.001)(options["connect-timeout"], "--connect-timeout"),
@@ -399,7 +419,7 @@ def build_spec(options: Options) -> ProxySpec:
         idle_timeout=number(float, 0)(options["idle-timeout"], "--idle-timeout"),
         max_connections=number(int, 1)(options["max-connections"], "--max-connections")
         if given else DEFAULT_MAX_CONNECTIONS,
-        access_log=not options["no-access-log"],
+        access_log=options["access-log"] != "off",
         tcp_keepalive=_keepalive(options["tcp-keepalive"]),
     )
     seed = _seed(options)

@@ -244,12 +244,19 @@ class Balancer(RelayedElsewhere):
     def client_failed(self, record: AccessRecord) -> None:
         self._finish(record)
 
+    #: The list of L{lbproxy.accesslog.AccessLog}, when one writes the
+    #: access log: C{_finish} only appends C{(time, record)} to it.
+    access_log: list | None = None
+
     def _finish(self, record: AccessRecord) -> None:
         totals = self.totals
         totals.active -= 1
         totals.bytes_up += record.bytes_up
         totals.bytes_down += record.bytes_down
-        if self.settings.access_log:
+        pending = self.access_log
+        if pending is not None:
+            pending.append((self._reactor.seconds(), record))
+        elif self.settings.access_log:
             access_log.info(
                 "{client} -> {backend} up={bytes_up} down={bytes_down} "
                 "duration={duration:.3f}s outcome={outcome}",
