@@ -304,7 +304,7 @@ class AccessLog(Service):
     def _write_loop(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=0.5 if self._stop.is_set() else None)
+                item = self._queue.get(block=not self._stop.is_set())
             except queue.Empty:
                 return
             try:
