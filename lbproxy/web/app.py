@@ -443,9 +443,15 @@ class AdminApp:
     @_api
     async def get_history_entry(self, request: Any, version: str) -> bytes:
         entry, previous = await self._entry(version)
-        body = entry.to_json()
-        body["previous"] = previous.version if previous is not None else None
-        body["diff"] = diff(previous.document if previous is not None else None, entry.document)
+        body = entry.meta()
+        body["document"] = entry.document
+        if previous is not None:
+            body["previous"], body["diff"] = previous.version, diff(previous.document, entry.document)
+        elif entry.changes is not None:
+            # The version before is no longer kept: the diff made when this one was stored.
+            body["previous"], body["diff"] = entry.version - 1, entry.changes
+        else:
+            body["previous"], body["diff"] = None, diff(None, entry.document)
         return send_json(request, body)
 
     @app.route(API + "/history/<string:version>/rollback", methods=["POST"])

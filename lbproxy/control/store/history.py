@@ -42,6 +42,9 @@ class Entry(NamedTuple):
     by: str
     summary: str
     document: Any
+    #: the L{diff} against the document before, made when it was stored
+    #: (so the oldest kept entry still has one); C{None} for the first.
+    changes: list | None = None
 
     def meta(self) -> dict[str, Any]:
         """
@@ -50,7 +53,7 @@ class Entry(NamedTuple):
         return {"version": self.version, "time": self.time, "by": self.by, "summary": self.summary}
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.meta(), document=self.document)
+        return dict(self.meta(), document=self.document, changes=self.changes)
 
     @classmethod
     def from_json(cls, value: Any) -> "Entry":
@@ -68,7 +71,10 @@ class Entry(NamedTuple):
             raise ValueError("a history entry's version and time must be numbers")
         if not isinstance(by, str) or not isinstance(summary, str):
             raise ValueError("a history entry's by and summary must be strings")
-        return cls(version, float(time), by, summary, document)
+        changes = value.get("changes")
+        if changes is not None and not isinstance(changes, list):
+            raise ValueError("a history entry's changes must be a list")
+        return cls(version, float(time), by, summary, document, changes)
 
 
 class IConfigHistory(Interface):
@@ -267,6 +273,7 @@ def make_entry(document: Any, version: int, time: float, change: Change | None, 
     """
     by = change.by if change is not None and change.by else "unknown"
     summary = change.summary if change is not None and change.summary else ""
+    changes = None if previous is None else diff(previous, document)
     if not summary:
-        summary = "first version" if previous is None else summarize(diff(previous, document))
-    return Entry(version, time, by, summary, document)
+        summary = "first version" if changes is None else summarize(changes)
+    return Entry(version, time, by, summary, document, changes)
