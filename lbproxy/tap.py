@@ -128,6 +128,8 @@ class ProxySpec:
     store_prefix: str = "/lbproxy/default"
     node: str | None = None
     admin_token: str | None = None
+    #: who the config history says made a change with the token (the token file's second line).
+    admin_token_label: str | None = None
     admin_open_reads: bool = flag("admin-open-reads", lambda v, f: bool(v), default=False)
     #: names the admin answers for besides its address and localhost (--admin-host).
     admin_hosts: tuple[str, ...] = ()
@@ -295,6 +297,32 @@ def _state_dir(path: str | None) -> str | None:
     return os.path.abspath(path)
 
 
+def _token_label(path: str | None) -> str | None:
+    """
+    The optional second line of the token file: a label the config history
+    names as the author of changes made with the token (C{alice},
+    C{deploy-bot}).
+    """
+    import re
+
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            lines = f.read(4097).decode("ascii", "replace").strip().splitlines()
+    except OSError:
+        return None
+    label = lines[1].strip() if len(lines) > 1 else ""
+    if not label:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", label):
+        raise usage.UsageError(
+            "--admin-token-file: its second line, the token's label, must be 1-64 letters, "
+            f"digits or _.@- (not {label[:70]!r})"
+        )
+    return label
+
+
 def _admin_token(options: Options, admin: Endpoint) -> str | None:
     from lbproxy.web.auth import loopback_only, read_token_file
 
@@ -441,6 +469,7 @@ def build_spec(options: Options) -> ProxySpec:
         listen=listen, admin=admin, backlog=backlog, engine=engine, workers=workers,
         settings=settings, seed=seed, seed_flags=seed_flags, max_connections_given=given,
         state_dir=state_dir, admin_token=token, admin_hosts=tuple(options["admin-hosts"]),
+        admin_token_label=_token_label(options["admin-token-file"]),
         **cluster, **simple,
     )
 

@@ -190,3 +190,43 @@ def test_token_label_names_the_author(factories):
     admin = Admin(factories, policy=policy)
     admin.request("PATCH", "/api/v1/backends/b1", {"weight": 2}, headers={"X-LBProxy-Client": "ui"})
     assert admin.get("/api/v1/history").json[0]["by"] == "alice/ui"
+
+
+def test_token_file_second_line_is_the_label(tmp_path):
+    """--admin-token-file's optional second line becomes the spec's token
+    label; a label with spaces is refused with a clear message."""
+    from twisted.python import usage
+
+    from lbproxy.tap import Options
+
+    path = tmp_path / "token"
+    path.write_text("0123456789abcdef0123\nalice\n")
+    options = Options()
+    options.parseOptions(["--backend", "127.0.0.1:9001", "--admin-token-file", str(path)])
+    assert options.spec.admin_token == "0123456789abcdef0123"
+    assert options.spec.admin_token_label == "alice"
+    path.write_text("0123456789abcdef0123\nnot a label\n")
+    with pytest.raises(usage.UsageError, match="second line"):
+        Options().parseOptions(["--backend", "127.0.0.1:9001", "--admin-token-file", str(path)])
+
+
+def test_access_log_and_history_flags():
+    """--access-log, --access-log-format and --history reach the spec;
+    --no-access-log is --access-log off."""
+    from twisted.python import usage
+
+    from lbproxy.tap import Options
+
+    o = Options()
+    o.parseOptions(["--backend", "127.0.0.1:9001"])
+    assert (o.spec.access_log, o.spec.access_log_format, o.spec.history) == ("-", "json", 100)
+    assert o.spec.settings.access_log
+    o = Options()
+    o.parseOptions(["--backend", "127.0.0.1:9001", "--access-log", "syslog", "--access-log-format",
+                    "text", "--history", "7"])
+    assert (o.spec.access_log, o.spec.access_log_format, o.spec.history) == ("syslog", "text", 7)
+    o = Options()
+    o.parseOptions(["--backend", "127.0.0.1:9001", "--no-access-log"])
+    assert o.spec.access_log == "off" and not o.spec.settings.access_log
+    with pytest.raises(usage.UsageError, match="json, text"):
+        Options().parseOptions(["--backend", "127.0.0.1:9001", "--access-log-format", "xml"])
