@@ -67,10 +67,15 @@ def parse_format(value: str) -> str:
 class _Quoted(dict):
     """
     JSON string literals of backend ids and outcomes, made once each (there
-    are few distinct ones), so a line is one C{%} format.
+    are few distinct ones), so a line is one C{%} format.  Bounded: it
+    starts again past L{LIMIT} (backend ids that come and go).
     """
 
+    LIMIT = 4096
+
     def __missing__(self, key: Any) -> str:
+        if len(self) >= self.LIMIT:
+            self.clear()
         value = self[key] = "null" if key is None else json.dumps(key, ensure_ascii=False)
         return value
 
@@ -81,13 +86,14 @@ def formatter(kind: str) -> Callable[[list], str]:
     """
     quoted = _Quoted()
     if kind == "json":
-        line = ('{"time":%.3f,"client":%s,"backend":%s,"bytes_up":%d,"bytes_down":%d,'
+        # The client is "host:port" of an IP address: nothing in it needs escaping.
+        line = ('{"time":%.3f,"client":"%s","backend":%s,"bytes_up":%d,"bytes_down":%d,'
                 '"duration":%.3f,"outcome":%s}\n')
 
         def format_json(batch: list) -> str:
             q = quoted
             return "".join([
-                line % (t, q[r.client], q[r.backend], r.bytes_up, r.bytes_down, r.duration, q[r.outcome])
+                line % (t, r.client, q[r.backend], r.bytes_up, r.bytes_down, r.duration, q[r.outcome])
                 for t, r in batch
             ])
 

@@ -159,7 +159,7 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     resolver.track(b.host for b in config.backends)
     access = _access_log(spec, reactor)
     if access is not None:
-        balancer.access_log = access.pending
+        balancer.access_records = access.pending
     controller = ConfigController(balancer, store)
     controller.observe(resolver)
     top = LBProxyService(spec.listen.description)

@@ -72,7 +72,7 @@ def test_balancer_only_appends(factories):
     clock = Clock()
     clock.advance(5)
     b = Balancer(Config(version=1, backends=(Backend("b1", "127.0.0.1", 9001),)), factories, reactor=clock)
-    pending = b.access_log = []
+    pending = b.access_records = []
     b.admit()
     b.client_failed(NONE)
     assert pending == [(5.0, NONE)]

@@ -249,7 +249,7 @@ class Balancer(RelayedElsewhere):
 
     #: The list of L{lbproxy.accesslog.AccessLog}, when one writes the
     #: access log: C{_finish} only appends C{(time, record)} to it.
-    access_log: list | None = None
+    access_records: list | None = None
 
     def _finish(self, record: AccessRecord) -> None:
         totals = self.totals
@@ -258,7 +258,7 @@ class Balancer(RelayedElsewhere):
         totals.bytes_down += record.bytes_down
         if record.backend is not None:
             self.histograms.duration.observe(record.backend, record.duration)
-        pending = self.access_log
+        pending = self.access_records
         if pending is not None:
             pending.append((self._reactor.seconds(), record))
         elif self.settings.access_log:
