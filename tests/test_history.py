@@ -84,9 +84,17 @@ def test_ring_keeps_the_last_n():
 
 
 def test_stores_provide_history():
-    """The memory and file stores provide both interfaces."""
+    """The memory and etcd stores provide both interfaces (the file store's
+    test below checks it)."""
+    from twisted.internet.task import Clock
+
+    from lbproxy.control.store.etcd import EtcdStore
+
     verifyObject(IConfigHistory, MemoryStore(SEED))
     verifyObject(IConfigStore, MemoryStore(SEED))
+    etcd = EtcdStore(["http://127.0.0.1:1"], "/lbproxy/t", client=object(), reactor=Clock())
+    verifyObject(IConfigHistory, etcd)
+    verifyObject(IConfigStore, etcd)
 
 
 def test_file_store_history_is_bounded_durable_and_reloaded(tmp_path):

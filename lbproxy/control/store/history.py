@@ -255,13 +255,13 @@ class Notes:
     """
 
     def __init__(self) -> None:
-        self._pending: tuple[int, Change | None] | None = None
+        self._described: tuple[int, Change | None] | None = None
 
     def describe(self, version: int, change: Change | None) -> None:
-        self._pending = (version, change)
+        self._described = (version, change)
 
     def pop_note(self, version: int) -> Change | None:
-        pending, self._pending = self._pending, None
+        pending, self._described = self._described, None
         return pending[1] if pending is not None and pending[0] == version else None
 
 
