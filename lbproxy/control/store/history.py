@@ -28,8 +28,10 @@ class Change(NamedTuple):
 
     #: the token's label, C{ui}, C{cli}, C{file}, a node name, ...
     by: str
-    #: one line, e.g. C{added backend b4 127.0.0.1:9004}; C{""}: compute it.
-    summary: str = ""
+    #: one line, e.g. C{added backend b4 127.0.0.1:9004}; C{""}: compute it
+    #: from the diff.  Given to the controller, it may also be a function of
+    #: the mutation's result (a new backend's id), called once it is known.
+    summary: Any = ""
 
 
 class Entry(NamedTuple):
