@@ -190,7 +190,7 @@ def test_unknown_versions_and_computed_summaries(admin):
 
 def test_token_label_names_the_author(factories):
     """A policy with a label (from the token file's second line) names the
-    author, with the client after it."""
+    author, with the client after it; in cluster mode the node follows."""
     from lbproxy.web.auth import AdminPolicy
 
     policy = AdminPolicy()
@@ -198,6 +198,9 @@ def test_token_label_names_the_author(factories):
     admin = Admin(factories, policy=policy)
     admin.request("PATCH", "/api/v1/backends/b1", {"weight": 2}, headers={"X-LBProxy-Client": "ui"})
     assert admin.get("/api/v1/history").json[0]["by"] == "alice/ui"
+    clustered = Admin(factories, node="node2")
+    clustered.request("PATCH", "/api/v1/backends/b1", {"weight": 2}, headers={"X-LBProxy-Client": "cli"})
+    assert clustered.get("/api/v1/history").json[0]["by"] == "cli@node2"
 
 
 def test_token_file_second_line_is_the_label(tmp_path):

@@ -226,13 +226,15 @@ class AdminApp:
     def _who(self, request: Any) -> str:
         """
         Who makes a change, for the history: the token's label and the
-        client's C{X-LBProxy-Client} (C{ui}, C{cli}), e.g. C{alice/ui}.
+        client's C{X-LBProxy-Client} (C{ui}, C{cli}), e.g. C{alice/ui}, and
+        in cluster mode the node that took it (C{alice/ui@node2}).
         """
         label = getattr(self.policy, "label", None)
         client = (request.getHeader(b"x-lbproxy-client") or b"").decode("latin-1").strip().lower()
         if not _CLIENT_NAME.fullmatch(client):
             client = ""
-        return "/".join(p for p in (label, client) if p) or "api"
+        who = "/".join(p for p in (label, client) if p) or "api"
+        return f"{who}@{self.node}" if self.node else who
 
     async def _change(self, request: Any, mutate: Callable[[Config], Any],
                       summary: Any = "") -> tuple[Config, Any]:

@@ -309,7 +309,8 @@ def _schemas() -> dict[str, Any]:
                 "version": {"type": "integer"},
                 "time": {"type": "number", "description": "When it was stored (Unix seconds)."},
                 "by": {"type": "string", "description": "The token's label and X-LBProxy-Client "
-                       "(ui, cli), e.g. alice/ui; api when neither is known."},
+                       "(ui, cli), e.g. alice/ui; api when neither is known; in cluster mode "
+                       "@node after it."},
                 "summary": {"type": "string", "description": "One line saying what changed."},
             },
         },
