@@ -308,6 +308,7 @@ class AccessLog(Service):
             return False
 
     def _write_loop(self) -> None:
+        failing = False
         while True:
             try:
                 item = self._queue.get(block=not self._stop.is_set())
@@ -319,8 +320,12 @@ class AccessLog(Service):
                     self.sink.reopen()
                 if item is not _REOPEN:
                     self.sink.write(item)
+                failing = False
             except Exception as e:
-                self.reactor.callFromThread(log.error, "access log write failed: {error}", error=e)
+                # Once per run of failures (a full disk fails every batch).
+                if not failing:
+                    self.reactor.callFromThread(log.error, "access log write failed: {error}", error=e)
+                failing = True
             finally:
                 self._queue.task_done()
 
