@@ -156,3 +156,35 @@ def test_syslog_sink_sends_one_datagram_a_line(tmp_path):
 def test_off_is_no_sink():
     """--access-log off opens nothing."""
     assert open_sink("off") is None
+
+
+def test_failing_sink_is_reported_once_per_run():
+    """A sink that fails every write (a full disk) is reported once, not
+    once per batch, and the proxy side keeps going."""
+
+    class Failing(ListSink):
+        def write(self, text):
+            self.writes.append(text)
+            if len(self.writes) == 3:
+                self.wrote.set()
+            raise OSError(28, "No space left on device")
+
+    class Hops:
+        def __init__(self):
+            self.calls = []
+
+        def callFromThread(self, f, *args, **kw):
+            self.calls.append((f, args, kw))
+
+    clock, hops, sink = Clock(), Hops(), Failing()
+    log = AccessLog(sink, "json", clock=clock, signals=False, reactor=hops)
+    log.startService()
+    try:
+        for i in range(3):
+            log.pending.append((float(i), REC))
+            log.flush()
+        assert sink.wrote.wait(5)
+        assert log.drain(5)
+    finally:
+        log.stopService()
+    assert len(sink.writes) == 3 and len(hops.calls) == 1
