@@ -313,15 +313,20 @@ backend be
     return conf
 
 
-def lbproxy_argv(port: int, admin: int, backend: int, engine: str, workers: int) -> list[str]:
+def lbproxy_argv(port: int, admin: int, backend: int, engine: str, workers: int,
+                 access_log: bool = False) -> list[str]:
+    """
+    @param access_log: keep the default access log (JSON lines to stdout,
+        which the bench sends to the proxy's log file), else C{--no-access-log}.
+    """
     twistd = Path(sys.executable).parent / "twistd"
     return [
         str(twistd), "-n", "--pidfile=", "lbproxy",
         "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
         "--admin", f"tcp:{admin}:interface=127.0.0.1",
         "--backend", f"127.0.0.1:{backend}",
-        "--no-access-log", "--engine", engine, "--workers", str(workers),
-        "--max-connections", "20000", "--idle-timeout", "600",
+        *([] if access_log else ["--no-access-log"]), "--engine", engine, "--workers", str(workers),
+        "--max-connections", "9500", "--idle-timeout", "600",  # 2 fds each: fits 20,000
     ]
 
 
@@ -341,6 +346,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--subscribers", type=int, default=20)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "_static" / "bench.png"))
+    parser.add_argument("--only-access-log", action="store_true",
+                        help="only the access-log scenario: one connection per request, fast engine, "
+                             "default access log vs --no-access-log")
     parser.add_argument("--replot", metavar="JSON",
                         help="only redraw the plot (and print the table) from a results file")
     args = parser.parse_args(argv)
@@ -376,7 +384,9 @@ def main(argv: list[str]) -> int:
                 p = Proxy(name, kind, workers, argv, port)
             else:
                 admin = free_port()
-                p = Proxy(name, kind, workers, lbproxy_argv(port, admin, backend_port, kw["engine"], workers),
+                p = Proxy(name, kind, workers,
+                          lbproxy_argv(port, admin, backend_port, kw["engine"], workers,
+                                       kw.get("access_log", False)),
                           port, admin)
             try:
                 p.start(tmp)
@@ -386,18 +396,21 @@ def main(argv: list[str]) -> int:
             proxies.append(p)
             return p
 
+        quick = args.only_access_log
         base = {
-            "haproxy": add("haproxy", "haproxy", 1),
+            "haproxy": None if quick else add("haproxy", "haproxy", 1),
             "lbproxy-fast": add("lbproxy-fast", "lbproxy", 1, engine="fast"),
-            "lbproxy-twisted": add("lbproxy-twisted", "lbproxy", 1, engine="twisted"),
+            "lbproxy-twisted": None if quick else add("lbproxy-twisted", "lbproxy", 1, engine="twisted"),
         }
+        # The access log's cost: the default log against --no-access-log.
+        logged = add("lbproxy-fast+log", "lbproxy", 1, engine="fast", access_log=True)
         scaling = {}
-        for n in range(2, args.workers + 1):
+        for n in range(2, 1 if quick else args.workers + 1):
             scaling[f"haproxy-{n}t"] = add(f"haproxy-{n}t", "haproxy", n)
             scaling[f"lbproxy-fast-{n}w"] = add(f"lbproxy-fast-{n}w", "lbproxy", n, engine="fast")
         # The feed's cost: the same lbproxy process, measured right after
         # its plain run with the subscribers attached for that run only.
-        sse = base["lbproxy-fast"]
+        sse = None if quick else base["lbproxy-fast"]
         subscribed: list[int] = []
 
         scenarios = {
@@ -406,17 +419,20 @@ def main(argv: list[str]) -> int:
             "bulk": ("/bulk", False),
         }
         plan = []
-        for scenario in scenarios:
+        for scenario in ("close",) if quick else scenarios:
             plan += [(scenario, name, p) for name, p in base.items() if p is not None]
             if sse is not None and scenario != "bulk":
                 plan.append((scenario, "lbproxy-fast+sse", sse))
+            if logged is not None and scenario == "close":
+                plan.append((scenario, "lbproxy-fast+log", logged))
         plan += [("keepalive", name, p) for name, p in scaling.items() if p is not None]
-        plan.append(("keepalive", "direct-nginx", Proxy("direct-nginx", "nginx", 2, [], backend_port)))
+        if not quick:
+            plan.append(("keepalive", "direct-nginx", Proxy("direct-nginx", "nginx", 2, [], backend_port)))
 
         # Idle connections first, on fresh processes: memory freed after
         # earlier load would otherwise be reused and hide the real cost.
         idle_results = {}
-        for name in ("haproxy", "lbproxy-fast", "lbproxy-twisted"):
+        for name in () if quick else ("haproxy", "lbproxy-fast", "lbproxy-twisted"):
             if base.get(name) is not None and idle > 0:
                 idle_results[name] = idle_rss(base[name], idle)
                 print(f"idle {name:18} {idle_results[name]['kib_per_10k_conns'] / 1024:.1f} MiB per 10k "
@@ -456,13 +472,16 @@ def main(argv: list[str]) -> int:
             "raw": raw,
             "notes": notes,
         }
+        if quick and args.out == parser.get_default("out"):
+            args.out = str(ROOT / "bench" / "results" / "access-log.json")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print_table(summary, idle_results, notes)
         print(f"\nwrote {args.out}")
         try:
-            plot(summary, args.plot)
-            print(f"wrote {args.plot}")
+            if not quick:  # the plot is of the full run
+                plot(summary, args.plot)
+                print(f"wrote {args.plot}")
         except ImportError:
             print("matplotlib missing: no plot (pip install '.[bench]')")
     finally:
@@ -534,6 +553,12 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
             print(f"With 20 event-feed subscribers, {label}: {b['rps']:,.0f} req/s vs {a.get('rps') or 0:,.0f} "
                   f"without ({_ratio(b['rps'], a.get('rps'))}); per proxy CPU-second "
                   f"{_ratio(b.get('req_per_cpu_s'), a.get('req_per_cpu_s'))} (same process)")
+    if "lbproxy-fast+log" in cl:
+        a, b = cl.get("lbproxy-fast", {}), cl["lbproxy-fast+log"]
+        print(f"Access log (default: JSON lines, batched), one conn per request, fast engine: "
+              f"{b['rps']:,.0f} req/s vs {a.get('rps') or 0:,.0f} with --no-access-log "
+              f"({_ratio(b['rps'], a.get('rps'))}); per proxy CPU-second "
+              f"{_ratio(b.get('req_per_cpu_s'), a.get('req_per_cpu_s'))}")
     if "direct-nginx" in ka:
         print(f"Direct to nginx (the limit here): {ka['direct-nginx']['rps']:,.0f} req/s keep-alive")
     for note in notes:

@@ -17,6 +17,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from lbproxy.control.store.history import Change, IConfigHistory
 from lbproxy.policy.balancer import Balancer
 from lbproxy.model.config import Config, StoreError, VersionConflict
 from lbproxy.interfaces import IConfigObserver, IConfigStore
@@ -67,7 +68,8 @@ class ConfigController:
     def config(self) -> Config:
         return self.balancer.config
 
-    def change(self, mutate: Mutation, expected_version: int | None = None) -> defer.Deferred:
+    def change(self, mutate: Mutation, expected_version: int | None = None,
+               note: Change | None = None) -> defer.Deferred:
         """
         Apply C{mutate} to the current config, durably.
 
@@ -75,20 +77,27 @@ class ConfigController:
             L{lbproxy.model.config.ConfigError} or C{KeyError} to refuse.
         @param expected_version: if given, refuse with L{VersionConflict}
             unless this is still the current version (C{If-Match}).
+        @param note: who made the change and what it did, for the store's
+            history (L{IConfigHistory}); without it the store computes a
+            summary from the diff.
         @return: a Deferred firing with C{(new_config, result)}.
         """
-        return self._lock.run(self._change, mutate, expected_version)
+        return self._lock.run(self._change, mutate, expected_version, note)
 
     @defer.inlineCallbacks
-    def _change(self, mutate: Mutation, expected_version: int | None) -> Any:
+    def _change(self, mutate: Mutation, expected_version: int | None, note: Change | None = None) -> Any:
         current = self.balancer.config
         if expected_version is not None and expected_version != current.version:
             raise VersionConflict(expected_version, current.version)
         new, result = mutate(current)
+        if note is not None and callable(note.summary):
+            note = note._replace(summary=note.summary(result))
         # A new strategy object only for a new choice: rebuilding it would
         # restart its rotation (and caches) on every unrelated change.
         strategy = self.balancer.check(new) if new.strategy != current.strategy else None
         try:
+            if IConfigHistory.providedBy(self.store):
+                self.store.describe(new.version, note)
             yield self.store.save(new, current.version)
         except VersionConflict:
             raise

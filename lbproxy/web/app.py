@@ -12,6 +12,7 @@ order, or refused with nothing changed.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable, Mapping
 
 from klein import Klein
@@ -36,6 +37,7 @@ from lbproxy.model.config import (
     update_backend,
     update_settings,
 )
+from lbproxy.control.store.history import Change, IConfigHistory, diff
 from lbproxy.policy.plugins import uses_weights
 from lbproxy.web.auth import SAFE_METHODS, AdminPolicy
 from lbproxy.web.errors import ApiError, dumps, read_json, send_json
@@ -46,6 +48,7 @@ from lbproxy.web.static import UIFiles, static_dir
 log = Logger()
 
 API = "/api/v1"
+_CLIENT_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 
 
 def _api(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -200,7 +203,25 @@ class AdminApp:
         body["version"] = version
         return send_json(request, body, code)
 
-    async def _change(self, request: Any, mutate: Callable[[Config], Any]) -> tuple[Config, Any]:
+    def _who(self, request: Any) -> str:
+        """
+        Who makes a change, for the history: the token's label and the
+        client's C{X-LBProxy-Client} (C{ui}, C{cli}), e.g. C{alice/ui}, and
+        in cluster mode the node that took it (C{alice/ui@node2}).
+        """
+        label = getattr(self.policy, "label", None)
+        client = (request.getHeader(b"x-lbproxy-client") or b"").decode("latin-1").strip().lower()
+        if not _CLIENT_NAME.fullmatch(client):
+            client = ""
+        who = "/".join(p for p in (label, client) if p) or "api"
+        return f"{who}@{self.node}" if self.node else who
+
+    async def _change(self, request: Any, mutate: Callable[[Config], Any],
+                      summary: Any = "") -> tuple[Config, Any]:
+        """
+        @param summary: the one line the history shows, or a function of
+            the mutation's result giving it; C{""}: computed from the diff.
+        """
         condition = if_match(request)
         try:
             # Bad input is refused as such even with a stale If-Match (RFC
@@ -212,7 +233,7 @@ class AdminApp:
             raise ApiError(400, str(e)) from None
         expected = condition.expected(self.balancer.config.version)
         try:
-            return await self.controller.change(mutate, expected)
+            return await self.controller.change(mutate, expected, Change(self._who(request), summary))
         except VersionConflict as e:
             code = 412 if expected is not None else 409
             raise ApiError(code, str(e), current_version=e.current) from None
@@ -243,7 +264,8 @@ class AdminApp:
     @_api
     async def create_backend(self, request: Any) -> bytes:
         body = read_json(request)
-        new, backend = await self._change(request, lambda c: add_backend(c, body))
+        new, backend = await self._change(request, lambda c: add_backend(c, body),
+                                          lambda b: f"added backend {b.id} {b.address}")
         request.setHeader(b"Location", f"{API}/backends/{backend.id}".encode())
         return self._with_version(request, new.version, self._backend_view(backend.id), 201)
 
@@ -283,7 +305,7 @@ class AdminApp:
             except KeyError:
                 raise ApiError(404, f"there is no backend {backend_id!r}") from None
 
-        new, _ = await self._change(request, mutate)
+        new, _ = await self._change(request, mutate, f"removed backend {backend_id}")
         b = self.balancer
         # With --workers the connections are in other processes: both
         # numbers are their answers, not a local count.
@@ -336,7 +358,9 @@ class AdminApp:
             choice = parse_strategy(read_json(request), "body")
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
-        new, _ = await self._change(request, lambda c: (set_strategy(c, choice), None))
+        before = self.balancer.config.strategy.name
+        new, _ = await self._change(request, lambda c: (set_strategy(c, choice), None),
+                                    f"strategy {before} -> {choice.name}" if before != choice.name else "")
         return self._with_version(request, new.version, new.strategy.to_json())
 
     # Settings and the whole document ---------------------------------------------
@@ -373,6 +397,57 @@ class AdminApp:
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
         new, _ = await self._change(request, lambda c: (replace_config(c, imported), None))
+        return self._with_version(request, new.version, new.to_json())
+
+    # History -----------------------------------------------------------------------
+
+    def _history(self) -> Any:
+        store = self.controller.store
+        if not IConfigHistory.providedBy(store):
+            raise ApiError(404, "this config store keeps no history")
+        return store
+
+    @app.route(API + "/history", methods=["GET"])
+    @_api
+    async def get_history(self, request: Any) -> bytes:
+        entries = await self._history().history()
+        return send_json(request, [e.meta() for e in entries])
+
+    async def _entry(self, version: str) -> Any:
+        if not version.isdigit():
+            raise ApiError(404, f"there is no version {version!r}")
+        entry, previous = await self._history().entry(int(version))
+        if entry is None:
+            raise ApiError(404, f"version {version} is not in the history (it keeps the "
+                           f"last {self._history().keep})")
+        return entry, previous
+
+    @app.route(API + "/history/<string:version>", methods=["GET"])
+    @_api
+    async def get_history_entry(self, request: Any, version: str) -> bytes:
+        entry, previous = await self._entry(version)
+        body = entry.meta()
+        body["document"] = entry.document
+        if previous is not None:
+            body["previous"], body["diff"] = previous.version, diff(previous.document, entry.document)
+        elif entry.changes is not None:
+            # The version before is no longer kept: the diff made when this one was stored.
+            body["previous"], body["diff"] = entry.version - 1, entry.changes
+        else:
+            body["previous"], body["diff"] = None, diff(None, entry.document)
+        return send_json(request, body)
+
+    @app.route(API + "/history/<string:version>/rollback", methods=["POST"])
+    @_api
+    async def rollback(self, request: Any, version: str) -> bytes:
+        entry, _ = await self._entry(version)
+        try:
+            old = parse_config(entry.document, f"version {entry.version}")
+            self.balancer.check(old)
+        except ConfigError as e:
+            raise ApiError(409, f"version {entry.version} cannot be put back in force: {e}") from None
+        new, _ = await self._change(request, lambda c: (replace_config(c, old), None),
+                                    f"rolled back to version {entry.version}")
         return self._with_version(request, new.version, new.to_json())
 
     # Status ------------------------------------------------------------------------
