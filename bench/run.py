@@ -152,6 +152,9 @@ WRK_XFER = re.compile(r"Transfer/sec:\s+([\d.]+)([KMG]?B)")
 WRK_PCT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 WRK_ERR = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+WRK_COUNT = re.compile(r"(\d+) requests in ")
+STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:(\d+)\s+)?(\w+)\s*$", re.M)
+STRACE = shutil.which("strace")
 
 
 def wrk(port: int, path: str, seconds: float, connections: int, close: bool) -> dict:
@@ -187,6 +190,54 @@ def measure(proxy: Proxy, path: str, seconds: float, connections: int, close: bo
     result["req_per_cpu_s"] = result["rps"] * seconds / cpu if cpu > 0 else None
     result["mib_per_cpu_s"] = result["mib_s"] * seconds / cpu if cpu > 0 else None
     return result
+
+
+def syscalls_per_connection(proxy: Proxy, seconds: float, connections: int) -> dict | None:
+    """
+    System calls the proxy's processes make per request with one
+    connection per request (wrk, C{Connection: close}): C{strace -c -f}
+    attached for one wrk run, total calls over the requests wrk completed.
+    Deterministic where CPU figures are noisy (the count barely depends
+    on load: only how many events one C{epoll_wait} returns does).
+    """
+    if STRACE is None:
+        return None
+    pids = proxy.pids()
+    out = Path(tempfile.mkstemp(prefix="strace-", suffix=".txt")[1])
+    argv = [STRACE, "-c", "-f", "-o", str(out)]
+    for pid in pids:
+        argv += ["-p", str(pid)]
+    tracer = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        # strace says "Process N attached" for each thread it traces.
+        deadline = time.monotonic() + 10
+        attached = 0
+        while attached < len(pids) and time.monotonic() < deadline:
+            line = tracer.stderr.readline()
+            if not line:
+                break
+            attached += "attached" in line
+        time.sleep(0.2)
+        argv_ = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "-H", "Connection: close",
+                 f"http://127.0.0.1:{proxy.port}/"]
+        text = subprocess.run(argv_, capture_output=True, text=True, timeout=seconds + 30).stdout
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        try:
+            tracer.wait(10)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait()
+    m = WRK_COUNT.search(text)
+    report = out.read_text()
+    out.unlink()
+    if not m or not int(m.group(1)):
+        return None
+    requests = int(m.group(1))
+    calls = {name: int(n) for n, _, name in STRACE_ROW.findall(report) if name != "total"}
+    total = sum(calls.values())
+    per = {name: round(n / requests, 2) for name, n in sorted(calls.items(), key=lambda kv: -kv[1])}
+    return {"requests": requests, "calls": total, "per_connection": total / requests, "by_call": per}
 
 
 def idle_rss(proxy: Proxy, count: int) -> dict:
@@ -321,8 +372,19 @@ def lbproxy_argv(port: int, admin: int, backend: int, engine: str, workers: int)
         "--admin", f"tcp:{admin}:interface=127.0.0.1",
         "--backend", f"127.0.0.1:{backend}",
         "--no-access-log", "--engine", engine, "--workers", str(workers),
-        "--max-connections", "20000", "--idle-timeout", "600",
+        "--max-connections", str(max_connections()), "--idle-timeout", "600",
     ]
+
+
+def max_connections() -> int:
+    """
+    20,000, or what the hard open-files limit allows (lbproxy refuses a
+    --max-connections it cannot hold: two fds per connection).
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 20000
+    return max(100, min(20000, (hard - 200) // 2))
 
 
 def median(values: list[float | None]) -> float | None:
