@@ -18,7 +18,9 @@ requests per proxy CPU-second (utime+stime from /proc, summed over the
 proxy's processes), RSS per idle client connection (N sockets held open
 from this process; RSS delta from /proc, scaled to 10,000), 1..N workers
 (HAProxy nbthread = lbproxy --workers) and lbproxy with 20 event-feed
-subscribers on the admin API.  Writes bench/results/latest.json and
+subscribers on the admin API, and system calls per one-shot connection
+(strace -c -f attached for one wrk Connection: close run; deterministic
+where CPU figures are noisy).  Writes bench/results/latest.json and
 docs/_static/bench.png.
 
 Not part of the test suite.  On a small machine wrk, nginx and the proxy
@@ -507,7 +509,20 @@ def main(argv: list[str]) -> int:
                 if res["non2xx"]:
                     notes.append(f"round {r + 1} {scenario} {name}: {res['non2xx']} non-2xx responses")
 
+        # System calls per one-shot connection, counted last (strace slows
+        # the traced process while attached): the deterministic evidence.
+        syscalls = {}
+        for name in ("haproxy", "lbproxy-fast", "lbproxy-twisted"):
+            if base.get(name) is not None:
+                counted = syscalls_per_connection(base[name], min(args.duration, 3), args.connections)
+                if counted is None:
+                    notes.append(f"system calls per connection not counted for {name} (strace missing or failed)")
+                    continue
+                syscalls[name] = counted
+                print(f"syscalls {name:18} {counted['per_connection']:.2f} per connection "
+                      f"{counted['by_call']}", flush=True)
         summary = summarise(raw, idle_results)
+        summary["syscalls"] = syscalls
         result = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -558,6 +573,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
     print("\nMedians of the interleaved rounds; ratio = lbproxy / HAProxy (same run).\n")
     ka, cl, bulk = summary.get("keepalive", {}), summary.get("close", {}), summary.get("bulk", {})
+    sc = summary.get("syscalls", {})
     h = "haproxy"
     rows = [
         ("keep-alive req/s", lambda n: ka.get(n, {}).get("rps"), "{:,.0f}"),
@@ -568,6 +584,7 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
         ("keep-alive req per CPU-s", lambda n: ka.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
         ("conn/request req per CPU-s", lambda n: cl.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
         ("1 MiB bulk MiB per CPU-s", lambda n: bulk.get(n, {}).get("mib_per_cpu_s"), "{:,.0f}"),
+        ("system calls per connection", lambda n: sc.get(n, {}).get("per_connection"), "{:.1f}"),
         ("idle RSS MiB per 10k conns", lambda n: (idle.get(n, {}).get("kib_per_10k_conns") or 0) / 1024 or None, "{:.1f}"),
     ]
     names = ["haproxy", "lbproxy-fast", "lbproxy-twisted"]

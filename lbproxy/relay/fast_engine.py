@@ -76,6 +76,7 @@ if _HAVE_SPLICE:
 #: SO_LINGER on, zero seconds: close() sends RST.
 _RESET = __import__("struct").pack("ii", 1, 0)
 _NONBLOCK_STREAM = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
+_HAVE_SOCK_NONBLOCK = hasattr(socket, "SOCK_NONBLOCK")
 
 
 def available() -> bool:
@@ -259,7 +260,7 @@ class Relay:
             else:
                 self._connect_failed(_error_text(e.errno))
             return
-        if not _NONBLOCK_STREAM & getattr(socket, "SOCK_NONBLOCK", 0):
+        if not _HAVE_SOCK_NONBLOCK:
             sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(address)
@@ -838,7 +839,8 @@ class FastRelay:
                     self.pause_accepting(e)
                 return
             sock = make(family, stream, 0, fd)
-            session = ConnectionSession(balancer, clock, (addr[0], addr[1]))
+            # An IPv4 address is already (host, port): [:2] returns it as is.
+            session = ConnectionSession(balancer, clock, addr[:2])
             candidate = session.accepted()
             if candidate is None:
                 sock.close()
