@@ -90,16 +90,24 @@ def process_tree(pid: int) -> list[int]:
     return sorted(set(out))
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """
+    @return: user and system CPU seconds of C{pids}, from /proc.
+    """
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_split(pids))
 
 
 def rss_bytes(pids: list[int]) -> int:
@@ -185,10 +193,15 @@ def wrk(port: int, path: str, seconds: float, connections: int, close: bool) -> 
 
 def measure(proxy: Proxy, path: str, seconds: float, connections: int, close: bool) -> dict:
     pids = proxy.pids() if proxy.proc else []
-    before = cpu_seconds(pids)
+    user0, sys0 = cpu_split(pids)
     result = wrk(proxy.port, path, seconds, connections, close)
-    cpu = cpu_seconds(pids) - before
+    user1, sys1 = cpu_split(pids)
+    cpu = user1 - user0 + sys1 - sys0
     result["cpu_s"] = cpu
+    requests = result["rps"] * seconds
+    # Python's share (user) against the kernel's (system), per request.
+    result["user_us_per_req"] = (user1 - user0) * 1e6 / requests if requests and cpu > 0 else None
+    result["sys_us_per_req"] = (sys1 - sys0) * 1e6 / requests if requests and cpu > 0 else None
     result["req_per_cpu_s"] = result["rps"] * seconds / cpu if cpu > 0 else None
     result["mib_per_cpu_s"] = result["mib_s"] * seconds / cpu if cpu > 0 else None
     return result
@@ -474,7 +487,8 @@ def main(argv: list[str]) -> int:
             plan += [(scenario, name, p) for name, p in base.items() if p is not None]
             if sse is not None and scenario != "bulk":
                 plan.append((scenario, "lbproxy-fast+sse", sse))
-        plan += [("keepalive", name, p) for name, p in scaling.items() if p is not None]
+        plan += [(scenario, name, p) for scenario in ("keepalive", "close")
+                 for name, p in scaling.items() if p is not None]
         plan.append(("keepalive", "direct-nginx", Proxy("direct-nginx", "nginx", 2, [], backend_port)))
 
         # Idle connections first, on fresh processes: memory freed after
@@ -561,7 +575,8 @@ def summarise(raw: dict, idle: dict) -> dict:
         for name, runs in by_name.items():
             out[scenario][name] = {
                 key: median([run[key] for run in runs])
-                for key in ("rps", "mib_s", "p50_ms", "p99_ms", "req_per_cpu_s", "mib_per_cpu_s", "cpu_s")
+                for key in ("rps", "mib_s", "p50_ms", "p99_ms", "req_per_cpu_s", "mib_per_cpu_s", "cpu_s",
+                            "user_us_per_req", "sys_us_per_req")
             }
     return out
 
@@ -585,6 +600,10 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
         ("conn/request req per CPU-s", lambda n: cl.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
         ("1 MiB bulk MiB per CPU-s", lambda n: bulk.get(n, {}).get("mib_per_cpu_s"), "{:,.0f}"),
         ("system calls per connection", lambda n: sc.get(n, {}).get("per_connection"), "{:.1f}"),
+        ("conn/request user CPU us", lambda n: cl.get(n, {}).get("user_us_per_req"), "{:.1f}"),
+        ("conn/request system CPU us", lambda n: cl.get(n, {}).get("sys_us_per_req"), "{:.1f}"),
+        ("keep-alive user CPU us/req", lambda n: ka.get(n, {}).get("user_us_per_req"), "{:.2f}"),
+        ("keep-alive system CPU us/req", lambda n: ka.get(n, {}).get("sys_us_per_req"), "{:.2f}"),
         ("idle RSS MiB per 10k conns", lambda n: (idle.get(n, {}).get("kib_per_10k_conns") or 0) / 1024 or None, "{:.1f}"),
     ]
     names = ["haproxy", "lbproxy-fast", "lbproxy-twisted"]
@@ -597,15 +616,16 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
               + f" | {_ratio(cells[1], cells[0]):>12} | {_ratio(cells[2], cells[0]):>15} |")
     scale = sorted(n for n in ka if n.startswith(("haproxy-", "lbproxy-fast-")) and n[-1] in "tw")
     if scale:
-        print("\nWorkers (keep-alive req/s; HAProxy nbthread = lbproxy --workers):")
-        print(f"  1: haproxy {ka.get(h, {}).get('rps', 0):,.0f}  lbproxy-fast {ka.get('lbproxy-fast', {}).get('rps', 0):,.0f}"
-              f"  ratio {_ratio(ka.get('lbproxy-fast', {}).get('rps'), ka.get(h, {}).get('rps'))}")
-        n = 2
-        while f"haproxy-{n}t" in ka or f"lbproxy-fast-{n}w" in ka:
-            a = ka.get(f"haproxy-{n}t", {}).get("rps")
-            b = ka.get(f"lbproxy-fast-{n}w", {}).get("rps")
-            print(f"  {n}: haproxy {a or 0:,.0f}  lbproxy-fast {b or 0:,.0f}  ratio {_ratio(b, a)}")
-            n += 1
+        print("\nWorkers (HAProxy nbthread = lbproxy --workers; req/s, and req per CPU-s in brackets):")
+        for label, table in (("keep-alive", ka), ("one conn per request", cl)):
+            n = 1
+            while n == 1 or f"haproxy-{n}t" in table or f"lbproxy-fast-{n}w" in table:
+                a = table.get(h if n == 1 else f"haproxy-{n}t", {})
+                b = table.get("lbproxy-fast" if n == 1 else f"lbproxy-fast-{n}w", {})
+                print(f"  {label:20} {n}: haproxy {a.get('rps') or 0:,.0f} ({a.get('req_per_cpu_s') or 0:,.0f})"
+                      f"  lbproxy-fast {b.get('rps') or 0:,.0f} ({b.get('req_per_cpu_s') or 0:,.0f})"
+                      f"  ratio {_ratio(b.get('rps'), a.get('rps'))} ({_ratio(b.get('req_per_cpu_s'), a.get('req_per_cpu_s'))})")
+                n += 1
     for label, table in (("keep-alive", ka), ("one conn per request", cl)):
         if "lbproxy-fast+sse" in table:
             a = table.get("lbproxy-fast", {})
