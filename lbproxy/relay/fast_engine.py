@@ -17,7 +17,9 @@ protocol header, reset attribution, access record outcomes); a L{Relay}
 reports to it and does what it answers.  Backpressure: while one direction has unsent bytes its source
 is not read (at most one buffer per direction).  Half-close: after a
 side's EOF and once its bytes are flushed the other side gets
-C{shutdown(SHUT_WR)}.  A direction whose reads fill the buffer switches
+C{shutdown(SHUT_WR)}, after the next batch of events: if that side sent
+its own EOF meanwhile (one connection per request), two C{close} calls
+end the relay instead.  A direction whose reads fill the buffer switches
 to C{splice(2)} through a pipe, so bulk bytes never enter Python.
 """
 
@@ -29,13 +31,13 @@ import ipaddress
 import os
 import select
 import socket
-from collections import deque
 
 # The C socket type that socket.socket wraps: relayed sockets are made of
 # it directly, which skips the Python-level __init__ and close() frames of
 # socket.socket (four calls per socket, two sockets per connection) that
 # nothing here uses (no makefile(), no enums).
 from _socket import socket as _RawSocket
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IReadDescriptor
