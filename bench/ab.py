@@ -91,7 +91,8 @@ def main(argv: list[str]) -> int:
             for i, root in enumerate(names):
                 rs = results[(i, mode)]
                 med = B.median([x["req_per_cpu_s"] for x in rs]) or 0.0
-                print(f"{mode:9} {str(root):40} req/CPU-s {med:9.0f} ({med / ref:.2f}x) "
+                rps = B.median([x["rps"] for x in rs]) or 0.0
+                print(f"{mode:9} {str(root):40} req/s {rps:8.0f} req/CPU-s {med:9.0f} ({med / ref:.2f}x) "
                       f"runs {[round(x['req_per_cpu_s'] or 0) for x in rs]} errors {sum(x['errors'] for x in rs)}")
     finally:
         for proxy in proxies:

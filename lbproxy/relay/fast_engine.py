@@ -17,9 +17,7 @@ protocol header, reset attribution, access record outcomes); a L{Relay}
 reports to it and does what it answers.  Backpressure: while one direction has unsent bytes its source
 is not read (at most one buffer per direction).  Half-close: after a
 side's EOF and once its bytes are flushed the other side gets
-C{shutdown(SHUT_WR)}, after the next batch of events: if that side sent
-its own EOF meanwhile (one connection per request), two C{close} calls
-end the relay instead.  A direction whose reads fill the buffer switches
+C{shutdown(SHUT_WR)}.  A direction whose reads fill the buffer switches
 to C{splice(2)} through a pipe, so bulk bytes never enter Python.
 """
 
@@ -402,10 +400,6 @@ class Relay:
         Move what the source has to the destination now; keep only what the
         destination did not take, and stop reading until it has.
         """
-        if flow.eof:
-            # Its FIN, still readable while the EOF waits to be passed on
-            # (L{pass_eof} stops reading it, if the relay lives that long).
-            return
         if flow.pipe is not None:
             self._splice(flow, from_client)
             return
@@ -537,40 +531,14 @@ class Relay:
         the destination once the pending bytes are out.
         """
         flow.eof = True
-        if flow.pending is None and not flow.inpipe:
-            other = self.down if from_client else self.up
-            if other.eof and other.pending is None and not other.inpipe:
-                # Both sides sent their FIN and every byte is delivered:
-                # close() sends each its FIN, no shutdown() needed.
-                self._finish()
-                return
-            # Pass the EOF on after the next batch of events: the peer
-            # (one connection per request) has usually closed by then,
-            # and the relay ends without shutdown() or a mask change.
-            if self.engine.defer_eof(self, from_client):
-                return
-            # If passing it on ends the relay, the sockets are closed and
-            # changing their epoll interest would be a wasted call.
-            if self._shut(flow, not from_client):
-                return
-        self._stop_reading(from_client)
-
-    def _stop_reading(self, from_client: bool) -> None:
+        # Pass the EOF on first: if that ends the relay, the sockets are
+        # closed and changing their epoll interest would be a wasted call.
+        if flow.pending is None and not flow.inpipe and self._shut(flow, not from_client):
+            return
         if from_client:
             self._set_client(self.cmask & ~_READ)
         else:
             self._set_backend(self.bmask & ~_READ)
-
-    def pass_eof(self, from_client: bool) -> None:
-        """
-        The deferred half of L{_eof}: half-close the destination unless the
-        relay ended meanwhile.
-        """
-        flow = self.up if from_client else self.down
-        if self.finished or flow.shut:
-            return
-        if not self._shut(flow, not from_client):
-            self._stop_reading(from_client)
 
     def _shut(self, flow: _Flow, to_client: bool) -> bool:
         """
@@ -666,8 +634,6 @@ class FastRelay:
         self.view = memoryview(self.buffer)
         self.now = reactor.seconds
         self._closing: list[socket.socket] | None = None
-        #: EOFs to pass on after the next batch: (relay, from_client).
-        self._eofs: list[tuple[Relay, bool]] = []
         self._sweep_interval = sweep_interval
         self._sweeper: Any = None
         self._resolver: Any = None
@@ -710,13 +676,11 @@ class FastRelay:
         poll = self.epoll.poll
         closing: list[socket.socket] = []
         self._closing = closing
-        eofs = self._eofs
         try:
             for _ in range(self.max_polls):
                 events = poll(0)
                 if not events:
                     break
-                due = len(eofs)
                 for fd, ev in events:
                     handler = handlers.get(fd)
                     if handler is not None:
@@ -727,43 +691,14 @@ class FastRelay:
                             owner = getattr(handler, "__self__", None)
                             if isinstance(owner, Relay):
                                 owner.abort("internal-error")
-                if due:
-                    self._pass_eofs(due)
                 if closing:
                     for sock in closing:
                         sock.close()
                     closing.clear()
         finally:
-            self._pass_eofs(len(eofs))
             self._closing = None
             for sock in closing:
                 sock.close()
-
-    def defer_eof(self, relay: Relay, from_client: bool) -> bool:
-        """
-        Queue a relay's EOF to be passed on after the next batch of events
-        (only while dispatching one; L{doRead} passes every queued EOF on
-        before it returns).
-
-        @return: whether it was queued.
-        """
-        if self._closing is None:
-            return False
-        self._eofs.append((relay, from_client))
-        return True
-
-    def _pass_eofs(self, count: int) -> None:
-        eofs = self._eofs
-        if not count:
-            return
-        batch = eofs[:count]
-        del eofs[:count]
-        for relay, from_client in batch:
-            try:
-                relay.pass_eof(from_client)
-            except Exception:
-                log.failure("relay EOF failed")
-                relay.abort("internal-error")
 
     # Lifecycle -------------------------------------------------------------
 

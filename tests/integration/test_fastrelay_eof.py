@@ -1,13 +1,7 @@
 """
-The fast engine's deferred EOF, driven by hand: real loopback sockets, a
+The fast engine's half-close, driven by hand: real loopback sockets, a
 memory reactor, and L{FastRelay.doRead} called by the test, so which events
-fall into which batch is decided here and not by timing.
-
-A backend's FIN is passed on to the client after the next batch of
-events, not at once: a client that closes meanwhile (one connection per
-request) ends the relay with two close() calls and no shutdown() or
-epoll mask change; a client that does not still gets its FIN before
-C{doRead} returns.
+fall into which call is decided here and not by timing.
 """
 
 from __future__ import annotations
@@ -30,15 +24,13 @@ pytestmark = [
 
 class CountingEpoll:
     """
-    The engine's epoll, counting interest changes; C{between} runs before
-    the poll that starts the second batch of a C{doRead}.
+    The engine's epoll, counting interest changes and polls.
     """
 
     def __init__(self, real):
         self.real = real
         self.changes = 0
         self.polls = 0
-        self.between = None
 
     def fileno(self):
         return self.real.fileno()
@@ -57,9 +49,6 @@ class CountingEpoll:
 
     def poll(self, timeout=-1):
         self.polls += 1
-        if self.polls == 2 and self.between is not None:
-            hook, self.between = self.between, None
-            hook()
         return self.real.poll(timeout)
 
     def close(self):
@@ -108,41 +97,18 @@ def rig(factories):
     engine.stop()
 
 
-def test_client_close_before_next_batch_needs_no_shutdown(rig):
-    """The backend answers and sends its FIN; the client closes before the
-    next batch: the relay ends with neither side shut down (no
-    shutdown() call) and no epoll interest change, and the client got the
-    whole answer."""
-    engine, epoll, relay, client, server = rig
-    server.sendall(b"answer")
-    server.shutdown(socket.SHUT_WR)
-    got = []
-
-    def client_reads_and_closes():
-        got.append(client.recv(100))
-        client.close()
-
-    epoll.between = client_reads_and_closes
-    engine.doRead()
-    assert got == [b"answer"]
-    assert relay.finished
-    assert not relay.up.shut and not relay.down.shut
-    assert epoll.changes == 0
-    assert relay.bytes_down == len(b"answer")
-    assert server.recv(100) == b""
-
-
 def test_backend_fin_reaches_a_waiting_client_within_one_doread(rig):
     """The backend answers and sends its FIN while the client waits for it
     (it never closes first): one C{doRead} passes the FIN on, the relay
-    lives on half-closed, and the client's later bytes still reach the
-    backend."""
+    lives on half-closed with the backend no longer read (one interest
+    change), and the client's later bytes still reach the backend."""
     engine, epoll, relay, client, server = rig
     server.sendall(b"answer")
     server.shutdown(socket.SHUT_WR)
     engine.doRead()
     assert h.read_all(client) == b"answer"
     assert relay.down.shut and not relay.finished
+    assert epoll.changes == 1
     client.sendall(b"more")
     client.shutdown(socket.SHUT_WR)
     deadline = time.monotonic() + 10
