@@ -30,6 +30,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--modes", default="close,keepalive")
+    parser.add_argument("--haproxy", action="store_true",
+                        help="also run HAProxy (nbthread 1) in every round, as the last row")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="also count system calls per one-shot connection (strace -c -f)")
     parser.add_argument("--extra", action="append", default=[],
                         help="TREE_INDEX:ARG,ARG extra lbproxy arguments for one tree")
     args = parser.parse_args(argv)
@@ -56,10 +60,26 @@ def main(argv: list[str]) -> int:
             proxy = B.Proxy(f"tree{i}", "lbproxy", 1, argv_, port, admin, root)
             proxy.proc = proc
             proxies.append(proxy)
+        names = [str(t) for t in trees]
+        if args.haproxy:
+            port = B.free_port()
+            argv_ = [B.HAPROXY, "-db", "-f", str(B.haproxy_config(tmp, "haproxy", port, nport, 1))]
+            proc = subprocess.Popen(argv_, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            B.wait_port(port, proc, "haproxy")
+            proxy = B.Proxy("haproxy", "haproxy", 1, argv_, port)
+            proxy.proc = proc
+            proxies.append(proxy)
+            names.append("haproxy")
+        if args.syscalls:
+            for name, proxy in zip(names, proxies):
+                counted = B.syscalls_per_connection(proxy, args.duration, 50)
+                if counted:
+                    print(f"syscalls  {name:40} {counted['per_connection']:.2f} per connection "
+                          f"{counted['by_call']}", flush=True)
         modes = args.modes.split(",")
-        results = {(i, m): [] for i in range(len(trees)) for m in modes}
+        results = {(i, m): [] for i in range(len(proxies)) for m in modes}
         for r in range(args.rounds):
-            order = list(range(len(trees)))
+            order = list(range(len(proxies)))
             if r % 2:
                 order.reverse()
             for mode in modes:
@@ -68,10 +88,11 @@ def main(argv: list[str]) -> int:
                         B.measure(proxies[i], "/", args.duration, 50, mode == "close"))
         for mode in modes:
             ref = B.median([x["req_per_cpu_s"] for x in results[(0, mode)]]) or 1.0
-            for i, root in enumerate(trees):
+            for i, root in enumerate(names):
                 rs = results[(i, mode)]
                 med = B.median([x["req_per_cpu_s"] for x in rs]) or 0.0
-                print(f"{mode:9} {str(root):40} req/CPU-s {med:9.0f} ({med / ref:.2f}x) "
+                rps = B.median([x["rps"] for x in rs]) or 0.0
+                print(f"{mode:9} {str(root):40} req/s {rps:8.0f} req/CPU-s {med:9.0f} ({med / ref:.2f}x) "
                       f"runs {[round(x['req_per_cpu_s'] or 0) for x in rs]} errors {sum(x['errors'] for x in rs)}")
     finally:
         for proxy in proxies:

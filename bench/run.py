@@ -18,7 +18,9 @@ requests per proxy CPU-second (utime+stime from /proc, summed over the
 proxy's processes), RSS per idle client connection (N sockets held open
 from this process; RSS delta from /proc, scaled to 10,000), 1..N workers
 (HAProxy nbthread = lbproxy --workers) and lbproxy with 20 event-feed
-subscribers on the admin API.  Writes bench/results/latest.json and
+subscribers on the admin API, and system calls per one-shot connection
+(strace -c -f attached for one wrk Connection: close run; deterministic
+where CPU figures are noisy).  Writes bench/results/latest.json and
 docs/_static/bench.png.
 
 Not part of the test suite.  On a small machine wrk, nginx and the proxy
@@ -88,16 +90,24 @@ def process_tree(pid: int) -> list[int]:
     return sorted(set(out))
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """
+    @return: user and system CPU seconds of C{pids}, from /proc.
+    """
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_split(pids))
 
 
 def rss_bytes(pids: list[int]) -> int:
@@ -152,6 +162,9 @@ WRK_XFER = re.compile(r"Transfer/sec:\s+([\d.]+)([KMG]?B)")
 WRK_PCT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 WRK_ERR = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+WRK_COUNT = re.compile(r"(\d+) requests in ")
+STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:(\d+)\s+)?(\w+)\s*$", re.M)
+STRACE = shutil.which("strace")
 
 
 def wrk(port: int, path: str, seconds: float, connections: int, close: bool) -> dict:
@@ -180,13 +193,66 @@ def wrk(port: int, path: str, seconds: float, connections: int, close: bool) -> 
 
 def measure(proxy: Proxy, path: str, seconds: float, connections: int, close: bool) -> dict:
     pids = proxy.pids() if proxy.proc else []
-    before = cpu_seconds(pids)
+    user0, sys0 = cpu_split(pids)
     result = wrk(proxy.port, path, seconds, connections, close)
-    cpu = cpu_seconds(pids) - before
+    user1, sys1 = cpu_split(pids)
+    cpu = user1 - user0 + sys1 - sys0
     result["cpu_s"] = cpu
+    requests = result["rps"] * seconds
+    # Python's share (user) against the kernel's (system), per request.
+    result["user_us_per_req"] = (user1 - user0) * 1e6 / requests if requests and cpu > 0 else None
+    result["sys_us_per_req"] = (sys1 - sys0) * 1e6 / requests if requests and cpu > 0 else None
     result["req_per_cpu_s"] = result["rps"] * seconds / cpu if cpu > 0 else None
     result["mib_per_cpu_s"] = result["mib_s"] * seconds / cpu if cpu > 0 else None
     return result
+
+
+def syscalls_per_connection(proxy: Proxy, seconds: float, connections: int) -> dict | None:
+    """
+    System calls the proxy's processes make per request with one
+    connection per request (wrk, C{Connection: close}): C{strace -c -f}
+    attached for one wrk run, total calls over the requests wrk completed.
+    Deterministic where CPU figures are noisy (the count barely depends
+    on load: only how many events one C{epoll_wait} returns does).
+    """
+    if STRACE is None:
+        return None
+    pids = proxy.pids()
+    out = Path(tempfile.mkstemp(prefix="strace-", suffix=".txt")[1])
+    argv = [STRACE, "-c", "-f", "-o", str(out)]
+    for pid in pids:
+        argv += ["-p", str(pid)]
+    tracer = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        # strace says "Process N attached" for each thread it traces.
+        deadline = time.monotonic() + 10
+        attached = 0
+        while attached < len(pids) and time.monotonic() < deadline:
+            line = tracer.stderr.readline()
+            if not line:
+                break
+            attached += "attached" in line
+        time.sleep(0.2)
+        argv_ = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "-H", "Connection: close",
+                 f"http://127.0.0.1:{proxy.port}/"]
+        text = subprocess.run(argv_, capture_output=True, text=True, timeout=seconds + 30).stdout
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        try:
+            tracer.wait(10)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait()
+    m = WRK_COUNT.search(text)
+    report = out.read_text()
+    out.unlink()
+    if not m or not int(m.group(1)):
+        return None
+    requests = int(m.group(1))
+    calls = {name: int(n) for n, _, name in STRACE_ROW.findall(report) if name != "total"}
+    total = sum(calls.values())
+    per = {name: round(n / requests, 2) for name, n in sorted(calls.items(), key=lambda kv: -kv[1])}
+    return {"requests": requests, "calls": total, "per_connection": total / requests, "by_call": per}
 
 
 def idle_rss(proxy: Proxy, count: int) -> dict:
@@ -313,16 +379,32 @@ backend be
     return conf
 
 
-def lbproxy_argv(port: int, admin: int, backend: int, engine: str, workers: int) -> list[str]:
+def lbproxy_argv(port: int, admin: int, backend: int, engine: str, workers: int,
+                 access_log: bool = False) -> list[str]:
+    """
+    @param access_log: keep the default access log (JSON lines to stdout,
+        which the bench sends to the proxy's log file), else C{--no-access-log}.
+    """
     twistd = Path(sys.executable).parent / "twistd"
     return [
         str(twistd), "-n", "--pidfile=", "lbproxy",
         "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
         "--admin", f"tcp:{admin}:interface=127.0.0.1",
         "--backend", f"127.0.0.1:{backend}",
-        "--no-access-log", "--engine", engine, "--workers", str(workers),
-        "--max-connections", "20000", "--idle-timeout", "600",
+        *([] if access_log else ["--no-access-log"]), "--engine", engine, "--workers", str(workers),
+        "--max-connections", str(max_connections()), "--idle-timeout", "600",
     ]
+
+
+def max_connections() -> int:
+    """
+    20,000, or what the hard open-files limit allows (lbproxy refuses a
+    --max-connections it cannot hold: two fds per connection).
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 20000
+    return max(100, min(20000, (hard - 200) // 2))
 
 
 def median(values: list[float | None]) -> float | None:
@@ -341,6 +423,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--subscribers", type=int, default=20)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "_static" / "bench.png"))
+    parser.add_argument("--only-access-log", action="store_true",
+                        help="only the access-log scenario: one connection per request, fast engine, "
+                             "default access log vs --no-access-log")
     parser.add_argument("--replot", metavar="JSON",
                         help="only redraw the plot (and print the table) from a results file")
     args = parser.parse_args(argv)
@@ -376,7 +461,9 @@ def main(argv: list[str]) -> int:
                 p = Proxy(name, kind, workers, argv, port)
             else:
                 admin = free_port()
-                p = Proxy(name, kind, workers, lbproxy_argv(port, admin, backend_port, kw["engine"], workers),
+                p = Proxy(name, kind, workers,
+                          lbproxy_argv(port, admin, backend_port, kw["engine"], workers,
+                                       kw.get("access_log", False)),
                           port, admin)
             try:
                 p.start(tmp)
@@ -386,18 +473,21 @@ def main(argv: list[str]) -> int:
             proxies.append(p)
             return p
 
+        quick = args.only_access_log
         base = {
-            "haproxy": add("haproxy", "haproxy", 1),
+            "haproxy": None if quick else add("haproxy", "haproxy", 1),
             "lbproxy-fast": add("lbproxy-fast", "lbproxy", 1, engine="fast"),
-            "lbproxy-twisted": add("lbproxy-twisted", "lbproxy", 1, engine="twisted"),
+            "lbproxy-twisted": None if quick else add("lbproxy-twisted", "lbproxy", 1, engine="twisted"),
         }
+        # The access log's cost: the default log against --no-access-log.
+        logged = add("lbproxy-fast+log", "lbproxy", 1, engine="fast", access_log=True)
         scaling = {}
-        for n in range(2, args.workers + 1):
+        for n in range(2, 1 if quick else args.workers + 1):
             scaling[f"haproxy-{n}t"] = add(f"haproxy-{n}t", "haproxy", n)
             scaling[f"lbproxy-fast-{n}w"] = add(f"lbproxy-fast-{n}w", "lbproxy", n, engine="fast")
         # The feed's cost: the same lbproxy process, measured right after
         # its plain run with the subscribers attached for that run only.
-        sse = base["lbproxy-fast"]
+        sse = None if quick else base["lbproxy-fast"]
         subscribed: list[int] = []
 
         scenarios = {
@@ -406,17 +496,21 @@ def main(argv: list[str]) -> int:
             "bulk": ("/bulk", False),
         }
         plan = []
-        for scenario in scenarios:
+        for scenario in ("close",) if quick else scenarios:
             plan += [(scenario, name, p) for name, p in base.items() if p is not None]
             if sse is not None and scenario != "bulk":
                 plan.append((scenario, "lbproxy-fast+sse", sse))
-        plan += [("keepalive", name, p) for name, p in scaling.items() if p is not None]
-        plan.append(("keepalive", "direct-nginx", Proxy("direct-nginx", "nginx", 2, [], backend_port)))
+            if logged is not None and scenario == "close":
+                plan.append((scenario, "lbproxy-fast+log", logged))
+        plan += [(scenario, name, p) for scenario in ("keepalive", "close")
+                 for name, p in scaling.items() if p is not None]
+        if not quick:
+            plan.append(("keepalive", "direct-nginx", Proxy("direct-nginx", "nginx", 2, [], backend_port)))
 
         # Idle connections first, on fresh processes: memory freed after
         # earlier load would otherwise be reused and hide the real cost.
         idle_results = {}
-        for name in ("haproxy", "lbproxy-fast", "lbproxy-twisted"):
+        for name in () if quick else ("haproxy", "lbproxy-fast", "lbproxy-twisted"):
             if base.get(name) is not None and idle > 0:
                 idle_results[name] = idle_rss(base[name], idle)
                 print(f"idle {name:18} {idle_results[name]['kib_per_10k_conns'] / 1024:.1f} MiB per 10k "
@@ -445,7 +539,20 @@ def main(argv: list[str]) -> int:
                 if res["non2xx"]:
                     notes.append(f"round {r + 1} {scenario} {name}: {res['non2xx']} non-2xx responses")
 
+        # System calls per one-shot connection, counted last (strace slows
+        # the traced process while attached): the deterministic evidence.
+        syscalls = {}
+        for name in ("haproxy", "lbproxy-fast", "lbproxy-twisted"):
+            if base.get(name) is not None:
+                counted = syscalls_per_connection(base[name], min(args.duration, 3), args.connections)
+                if counted is None:
+                    notes.append(f"system calls per connection not counted for {name} (strace missing or failed)")
+                    continue
+                syscalls[name] = counted
+                print(f"syscalls {name:18} {counted['per_connection']:.2f} per connection "
+                      f"{counted['by_call']}", flush=True)
         summary = summarise(raw, idle_results)
+        summary["syscalls"] = syscalls
         result = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -456,13 +563,16 @@ def main(argv: list[str]) -> int:
             "raw": raw,
             "notes": notes,
         }
+        if quick and args.out == parser.get_default("out"):
+            args.out = str(ROOT / "bench" / "results" / "access-log.json")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print_table(summary, idle_results, notes)
         print(f"\nwrote {args.out}")
         try:
-            plot(summary, args.plot)
-            print(f"wrote {args.plot}")
+            if not quick:  # the plot is of the full run
+                plot(summary, args.plot)
+                print(f"wrote {args.plot}")
         except ImportError:
             print("matplotlib missing: no plot (pip install '.[bench]')")
     finally:
@@ -484,7 +594,8 @@ def summarise(raw: dict, idle: dict) -> dict:
         for name, runs in by_name.items():
             out[scenario][name] = {
                 key: median([run[key] for run in runs])
-                for key in ("rps", "mib_s", "p50_ms", "p99_ms", "req_per_cpu_s", "mib_per_cpu_s", "cpu_s")
+                for key in ("rps", "mib_s", "p50_ms", "p99_ms", "req_per_cpu_s", "mib_per_cpu_s", "cpu_s",
+                            "user_us_per_req", "sys_us_per_req")
             }
     return out
 
@@ -496,6 +607,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
     print("\nMedians of the interleaved rounds; ratio = lbproxy / HAProxy (same run).\n")
     ka, cl, bulk = summary.get("keepalive", {}), summary.get("close", {}), summary.get("bulk", {})
+    sc = summary.get("syscalls", {})
     h = "haproxy"
     rows = [
         ("keep-alive req/s", lambda n: ka.get(n, {}).get("rps"), "{:,.0f}"),
@@ -506,6 +618,11 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
         ("keep-alive req per CPU-s", lambda n: ka.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
         ("conn/request req per CPU-s", lambda n: cl.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
         ("1 MiB bulk MiB per CPU-s", lambda n: bulk.get(n, {}).get("mib_per_cpu_s"), "{:,.0f}"),
+        ("system calls per connection", lambda n: sc.get(n, {}).get("per_connection"), "{:.1f}"),
+        ("conn/request user CPU us", lambda n: cl.get(n, {}).get("user_us_per_req"), "{:.1f}"),
+        ("conn/request system CPU us", lambda n: cl.get(n, {}).get("sys_us_per_req"), "{:.1f}"),
+        ("keep-alive user CPU us/req", lambda n: ka.get(n, {}).get("user_us_per_req"), "{:.2f}"),
+        ("keep-alive system CPU us/req", lambda n: ka.get(n, {}).get("sys_us_per_req"), "{:.2f}"),
         ("idle RSS MiB per 10k conns", lambda n: (idle.get(n, {}).get("kib_per_10k_conns") or 0) / 1024 or None, "{:.1f}"),
     ]
     names = ["haproxy", "lbproxy-fast", "lbproxy-twisted"]
@@ -518,15 +635,16 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
               + f" | {_ratio(cells[1], cells[0]):>12} | {_ratio(cells[2], cells[0]):>15} |")
     scale = sorted(n for n in ka if n.startswith(("haproxy-", "lbproxy-fast-")) and n[-1] in "tw")
     if scale:
-        print("\nWorkers (keep-alive req/s; HAProxy nbthread = lbproxy --workers):")
-        print(f"  1: haproxy {ka.get(h, {}).get('rps', 0):,.0f}  lbproxy-fast {ka.get('lbproxy-fast', {}).get('rps', 0):,.0f}"
-              f"  ratio {_ratio(ka.get('lbproxy-fast', {}).get('rps'), ka.get(h, {}).get('rps'))}")
-        n = 2
-        while f"haproxy-{n}t" in ka or f"lbproxy-fast-{n}w" in ka:
-            a = ka.get(f"haproxy-{n}t", {}).get("rps")
-            b = ka.get(f"lbproxy-fast-{n}w", {}).get("rps")
-            print(f"  {n}: haproxy {a or 0:,.0f}  lbproxy-fast {b or 0:,.0f}  ratio {_ratio(b, a)}")
-            n += 1
+        print("\nWorkers (HAProxy nbthread = lbproxy --workers; req/s, and req per CPU-s in brackets):")
+        for label, table in (("keep-alive", ka), ("one conn per request", cl)):
+            n = 1
+            while n == 1 or f"haproxy-{n}t" in table or f"lbproxy-fast-{n}w" in table:
+                a = table.get(h if n == 1 else f"haproxy-{n}t", {})
+                b = table.get("lbproxy-fast" if n == 1 else f"lbproxy-fast-{n}w", {})
+                print(f"  {label:20} {n}: haproxy {a.get('rps') or 0:,.0f} ({a.get('req_per_cpu_s') or 0:,.0f})"
+                      f"  lbproxy-fast {b.get('rps') or 0:,.0f} ({b.get('req_per_cpu_s') or 0:,.0f})"
+                      f"  ratio {_ratio(b.get('rps'), a.get('rps'))} ({_ratio(b.get('req_per_cpu_s'), a.get('req_per_cpu_s'))})")
+                n += 1
     for label, table in (("keep-alive", ka), ("one conn per request", cl)):
         if "lbproxy-fast+sse" in table:
             a = table.get("lbproxy-fast", {})
@@ -534,6 +652,12 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
             print(f"With 20 event-feed subscribers, {label}: {b['rps']:,.0f} req/s vs {a.get('rps') or 0:,.0f} "
                   f"without ({_ratio(b['rps'], a.get('rps'))}); per proxy CPU-second "
                   f"{_ratio(b.get('req_per_cpu_s'), a.get('req_per_cpu_s'))} (same process)")
+    if "lbproxy-fast+log" in cl:
+        a, b = cl.get("lbproxy-fast", {}), cl["lbproxy-fast+log"]
+        print(f"Access log (default: JSON lines, batched), one conn per request, fast engine: "
+              f"{b['rps']:,.0f} req/s vs {a.get('rps') or 0:,.0f} with --no-access-log "
+              f"({_ratio(b['rps'], a.get('rps'))}); per proxy CPU-second "
+              f"{_ratio(b.get('req_per_cpu_s'), a.get('req_per_cpu_s'))}")
     if "direct-nginx" in ka:
         print(f"Direct to nginx (the limit here): {ka['direct-nginx']['rps']:,.0f} req/s keep-alive")
     for note in notes:

@@ -206,7 +206,9 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     if spec.etcd_endpoints:
         from lbproxy.control.store.etcd import EtcdStore
 
-        store, document = EtcdStore(list(spec.etcd_endpoints), spec.store_prefix, reactor=reactor), seed
+        store = EtcdStore(list(spec.etcd_endpoints), spec.store_prefix, reactor=reactor,
+                          keep=getattr(spec, "history", 100))
+        document = seed
     else:
         store, document = _open_store(spec, factories, reactor)
     servers = list(spec.dns_servers) if spec.dns_servers else None
@@ -218,9 +220,14 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     if spec.workers <= 1:
         manager = ListenerManager(table, spec.engine, spec.backlog, reactor=reactor, settings=spec.settings)
     controller = ConfigController(table, store, manager, seed=seed)
+    access = _access_log(spec, reactor)
+    if access is not None:
+        table.log_access_to(access.pending)
     controller.observe(resolver)
     top = LBProxyService(spec.listen.description)
     resolver.setServiceParent(top)
+    if access is not None:
+        access.setServiceParent(top)
     ControllerService(controller).setServiceParent(top)
     _BalancerService(table).setServiceParent(top)
 
@@ -373,6 +380,25 @@ def _wire_takeover(spec: Any, handover: Any, top: Any, proxy: Any, admin_listene
         DrainOld(handover, ready, reactor, spec.pid_file).setServiceParent(top)
 
 
+def _access_log(spec: Any, reactor: Any) -> Any:
+    """
+    The access log service (L{lbproxy.accesslog}), or C{None} for C{off}
+    and for C{--workers} (each worker logs its own connections).
+    """
+    from lbproxy.accesslog import AccessLog, open_sink
+
+    destination = getattr(spec, "access_log", "off")
+    if not spec.settings.access_log or destination == "off" or spec.workers > 1:
+        return None
+    try:
+        sink = open_sink(destination)
+    except OSError as e:
+        raise SystemExit(f"lbproxy: cannot start: --access-log {destination}: {e}") from None
+    service = AccessLog(sink, spec.access_log_format, clock=reactor)
+    service.setName("access-log")
+    return service
+
+
 def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:
     """
     Open the store and pick the initial config; a store that cannot be used
@@ -383,7 +409,8 @@ def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:
     from lbproxy.policy.plugins import build_strategy
 
     try:
-        store, config = open_store(spec.state_dir, spec.seed_document, list(spec.seed_flags), reactor)
+        store, config = open_store(spec.state_dir, spec.seed_document, list(spec.seed_flags), reactor,
+                                   keep=getattr(spec, "history", 100))
     except StoreError as e:
         raise SystemExit(f"lbproxy: cannot start: {e}") from None
     try:

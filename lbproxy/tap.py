@@ -54,6 +54,15 @@ def _keepalive(value: str) -> Any:
         raise usage.UsageError(str(e)) from None
 
 
+def _access(value: str, check: str) -> str:
+    from lbproxy import accesslog
+
+    try:
+        return getattr(accesslog, check)(value)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
 def number(cast: Any = float, low: float = 0, high: float | None = None) -> Callable[[Any, str], Any]:
     """
     A C{parse} for L{flag}: a number of type C{cast}, at least C{low} (and
@@ -124,6 +133,8 @@ class ProxySpec:
     store_prefix: str = "/lbproxy/default"
     node: str | None = None
     admin_token: str | None = None
+    #: who the config history says made a change with the token (the token file's second line).
+    admin_token_label: str | None = None
     admin_open_reads: bool = flag("admin-open-reads", lambda v, f: bool(v), default=False)
     #: names the admin answers for besides its address and localhost (--admin-host).
     admin_hosts: tuple[str, ...] = ()
@@ -137,6 +148,9 @@ class ProxySpec:
     control_socket: str | None = flag("control-socket", lambda v, f: os.path.abspath(v))
     takeover: bool = flag("takeover", lambda v, f: bool(v), default=False)
     pid_file: str | None = flag("pid-file", lambda v, f: os.path.abspath(v))
+    access_log: str = flag("access-log", lambda v, f: _access(v, "parse_destination"), default="-")
+    access_log_format: str = flag("access-log-format", lambda v, f: _access(v, "parse_format"), default="json")
+    history: int = flag("history", number(int, 1, 100000), default=100)
 
     @property
     def seed_document(self) -> Any:
@@ -232,12 +246,18 @@ class Options(usage.Options):
         ["admin-read-timeout", None, "10",
          "Seconds a client has to send one whole admin request (headers and body); a slower "
          "one gets 408 and is disconnected."],
+        ["access-log", None, "-",
+         "Where the access log (one line per finished connection) goes: a file (reopened on "
+         "SIGUSR1, for logrotate), '-' for stdout, 'syslog' for /dev/log (syslog:PATH for "
+         "another socket), or 'off'."],
+        ["access-log-format", None, "json", "The access log's lines: json or text."],
+        ["history", None, "100", "Config versions the store keeps in its history (for rollback)."],
         ["admin-write-rate", None, "20",
          "Changes per second the admin API accepts, with bursts of twice as many; past that it "
          "answers 429 with Retry-After (0: no limit)."],
     ]
     optFlags = [
-        ["no-access-log", None, "Do not log one line per finished connection."],
+        ["no-access-log", None, "The same as --access-log off."],
         ["admin-open-reads", None, "With --admin-token-file: let reads of the admin API through without the token."],
         ["takeover", None, "Take the listening sockets over from the lbproxy on --control-socket, "
          "then let it drain (a restart or upgrade that refuses no connection)."],
@@ -321,6 +341,32 @@ def _state_dir(path: str | None) -> str | None:
     except OSError as e:
         raise usage.UsageError(f"--state-dir {path!r} cannot be used: {e.strerror or e}") from None
     return os.path.abspath(path)
+
+
+def _token_label(path: str | None) -> str | None:
+    """
+    The optional second line of the token file: a label the config history
+    names as the author of changes made with the token (C{alice},
+    C{deploy-bot}).
+    """
+    import re
+
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            lines = f.read(4097).decode("ascii", "replace").strip().splitlines()
+    except OSError:
+        return None
+    label = lines[1].strip() if len(lines) > 1 else ""
+    if not label:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", label):
+        raise usage.UsageError(
+            "--admin-token-file: its second line, the token's label, must be 1-64 letters, "
+            f"digits or _.@- (not {label[:70]!r})"
+        )
+    return label
 
 
 def _admin_token(options: Options, admin: Endpoint) -> str | None:
@@ -475,6 +521,8 @@ def build_spec(options: Options) -> ProxySpec:
         number(int, 1, 1 << 20)(options["backlog"], "--backlog") if options["backlog"] is not None else default_backlog()
     )
     token = _admin_token(options, admin)
+    if options["no-access-log"]:
+        options["access-log"] = "off"
     given = options["max-connections"] is not None
     settings = ProxySettings(
         connect_timeout=number(float, 0.001)(options["connect-timeout"], "--connect-timeout"),
@@ -482,7 +530,7 @@ def build_spec(options: Options) -> ProxySpec:
         idle_timeout=number(float, 0)(options["idle-timeout"], "--idle-timeout"),
         max_connections=number(int, 1)(options["max-connections"], "--max-connections")
         if given else DEFAULT_MAX_CONNECTIONS,
-        access_log=not options["no-access-log"],
+        access_log=options["access-log"] != "off",
         tcp_keepalive=_keepalive(options["tcp-keepalive"]),
     )
     seed = replace(_seed(options), listen=tuple(e.description for e in listens))
@@ -504,6 +552,7 @@ def build_spec(options: Options) -> ProxySpec:
         listen=listen, listens=listens, services=services, admin=admin, backlog=backlog, engine=engine, workers=workers,
         settings=settings, seed=seed, seed_flags=seed_flags, max_connections_given=given,
         state_dir=state_dir, admin_token=token, admin_hosts=tuple(options["admin-hosts"]),
+        admin_token_label=_token_label(options["admin-token-file"]),
         **cluster, **simple,
     )
 

@@ -402,3 +402,34 @@ def test_store_spec_parsing():
     for bad in ["lbproxy", "/", "/a b", "/a\n"]:
         with pytest.raises(ValueError):
             parse_prefix(bad)
+
+
+def test_save_writes_history_in_the_same_txn_and_trims_it():
+    """
+    The txn that puts the config also puts PREFIX/history/VERSION (who and
+    what, the document, its diff) and deletes the keys of versions older
+    than the last C{keep}; the history is read back newest first.
+    """
+    from lbproxy.control.store.history import Change
+
+    store, client, clock, _, _, _ = loaded(V2, mod=5, keep=2)
+    clock.advance(50)
+    store.describe(3, Change("alice/ui", "added backend b3"))
+    d = store.save(V3, 2)
+    txn = client.next("/v3/kv/txn")
+    puts = [op["request_put"] for op in txn.body["success"] if "request_put" in op]
+    assert [base64.b64decode(p["key"]).decode() for p in puts] == [KEY, "/lbproxy/t/history/000000000003"]
+    entry = json.loads(base64.b64decode(puts[1]["value"]))
+    assert (entry["version"], entry["time"], entry["by"], entry["summary"]) == (3, 50.0, "alice/ui", "added backend b3")
+    assert entry["document"] == V3.to_json() and entry["changes"][0]["path"] == "/backends/b3"
+    (delete,) = [op["request_delete_range"] for op in txn.body["success"] if "request_delete_range" in op]
+    assert base64.b64decode(delete["key"]).decode() == "/lbproxy/t/history/000000000000"
+    assert base64.b64decode(delete["range_end"]).decode() == "/lbproxy/t/history/000000000002"
+    txn.respond({**header(9), "succeeded": True})
+    assert d.result == V3
+    h = store.history()
+    read = client.next("/v3/kv/range")
+    assert read.body["sort_order"] == "DESCEND" and read.body["limit"] == "2"
+    read.respond({**header(9), "kvs": [{"key": puts[1]["key"], "value": puts[1]["value"]},
+                                       {"key": b64("/lbproxy/t/history/2"), "value": b64("not json")}]})
+    assert [(e.version, e.by) for e in h.result] == [(3, "alice/ui")]

@@ -154,7 +154,8 @@ def test_durable_write_order(tmp_path, spy):
     """
     The new file is written, fsync'd and closed before it replaces
     config.json, and the directory is fsync'd after the replace; the current
-    file is kept as config.json.prev before that.
+    file is kept as config.json.prev before that; history.json follows with
+    the same sequence.
     """
     store = store_in(tmp_path, spy)
     result_of(store.save(make_config(1), 0))
@@ -170,6 +171,15 @@ def test_durable_write_order(tmp_path, spy):
         ("fsync", "config.json.tmp"),
         ("close", "config.json.tmp"),
         ("replace", f"{d}/config.json.tmp", f"{d}/config.json"),
+        ("open", d, os.O_RDONLY),
+        ("fsync", tmp_path.name),
+        ("close", tmp_path.name),
+        # then the history, the same way, once the config is durable
+        ("open", f"{d}/history.json.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+        ("write", "history.json.tmp"),
+        ("fsync", "history.json.tmp"),
+        ("close", "history.json.tmp"),
+        ("replace", f"{d}/history.json.tmp", f"{d}/history.json"),
         ("open", d, os.O_RDONLY),
         ("fsync", tmp_path.name),
         ("close", tmp_path.name),

@@ -133,3 +133,37 @@ def test_stats_endpoint(admin):
     assert r.code == 200
     assert set(r.json) == {"time", "window", "totals", "backends"}
     assert set(r.json["backends"]) == {"b1", "b2"}
+
+
+def test_latency_histograms(admin):
+    """Connect time and connection duration are per-backend histograms with
+    the backend and address labels: cumulative buckets, count and sum; a
+    backend removed from the config loses its series."""
+    serve(admin, "b1", 1, 1)
+    serve(admin, "b1", 1, 1)
+    m = samples(admin)
+    b1 = (("address", "127.0.0.1:9001"), ("backend", "b1"))
+    assert m[("lbproxy_backend_connect_seconds_count", b1)] == 2
+    assert m[("lbproxy_backend_connect_seconds_sum", b1)] == pytest.approx(0.004)
+    assert m[("lbproxy_backend_connect_seconds_bucket", tuple(sorted(b1 + (("le", "0.001"),))))] == 0
+    assert m[("lbproxy_backend_connect_seconds_bucket", tuple(sorted(b1 + (("le", "0.0025"),))))] == 2
+    assert m[("lbproxy_backend_connect_seconds_bucket", tuple(sorted(b1 + (("le", "+Inf"),))))] == 2
+    assert m[("lbproxy_backend_connection_duration_seconds_bucket", tuple(sorted(b1 + (("le", "0.01"),))))] == 0
+    assert m[("lbproxy_backend_connection_duration_seconds_bucket", tuple(sorted(b1 + (("le", "0.1"),))))] == 2
+    b2 = (("address", "127.0.0.1:9002"), ("backend", "b2"))
+    assert ("lbproxy_backend_connect_seconds_count", b2) not in m
+    assert admin.request("DELETE", "/api/v1/backends/b1").code == 200
+    m = samples(admin)
+    assert not any(name.startswith("lbproxy_backend_connect_seconds") for name, _ in m)
+    assert "b1" not in admin.balancer.histograms.connect.series
+
+
+def test_histogram_buckets_are_le_bounds():
+    """A value equal to a bound counts in that bound's bucket ("le"); one
+    above the last bound only in +Inf."""
+    from lbproxy.policy.histogram import Histogram
+
+    h = Histogram((0.1, 1.0))
+    for v in (0.1, 0.5, 7.0):
+        h.observe("k", v)
+    assert h.buckets("k") == ([("0.1", 1), ("1.0", 2), ("+Inf", 3)], pytest.approx(7.6))

@@ -547,6 +547,7 @@ class BenchDirective(_RstDirective):
             ("keep-alive requests per proxy CPU-second", "keepalive", "req_per_cpu_s", "{:,.0f}"),
             ("new connections per proxy CPU-second", "close", "req_per_cpu_s", "{:,.0f}"),
             ("bulk MiB per proxy CPU-second", "bulk", "req_per_cpu_s", "{:,.0f}"),
+            ("system calls per new connection (strace)", "syscalls", "per_connection", "{:.1f}"),
         ]
         lines = [".. list-table::", "   :header-rows: 1", "",
                  "   * - Median of the rounds", *[f"     - {n}" for _, n in names],

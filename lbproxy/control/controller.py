@@ -20,6 +20,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from lbproxy.control.store.history import Change, IConfigHistory
 from lbproxy.interfaces import IConfigObserver, IConfigStore
 from lbproxy.model.config import Config, StoreError, VersionConflict
 from lbproxy.model.service import Document, as_document, change_service
@@ -98,7 +99,8 @@ class ConfigController:
     def balancer(self) -> Balancer | None:
         return self.table.main()
 
-    def change(self, mutate: Mutation, expected_version: int | None = None, service: str | None = None) -> defer.Deferred:
+    def change(self, mutate: Mutation, expected_version: int | None = None, note: Change | None = None,
+               service: str | None = None) -> defer.Deferred:
         """
         Apply C{mutate}, a change of one service's pool, durably.
 
@@ -107,6 +109,9 @@ class ConfigController:
         @param expected_version: if given, refuse with L{VersionConflict}
             unless this is still the current version (C{If-Match}).
         @param service: the service's name; by default the main one.
+        @param note: who made the change and what it did, for the store's
+            history (L{IConfigHistory}); without it the store computes a
+            summary from the diff.
         @return: a Deferred firing with C{(new_config, result)}.
         @raise KeyError: (in the Deferred) if there is no such service.
         """
@@ -121,29 +126,37 @@ class ConfigController:
             new, result = change_service(name, mutate)(document)
             return new, (new.service(name), result)
 
-        d = self.change_document(lifted, expected_version)
+        if note is not None and callable(note.summary):
+            summary = note.summary
+            note = note._replace(summary=lambda outcome: summary(outcome[1]))
+        d = self.change_document(lifted, expected_version, note)
         d.addCallback(lambda outcome: outcome[1])
         return d
 
-    def change_document(self, mutate: Mutation, expected_version: int | None = None) -> defer.Deferred:
+    def change_document(self, mutate: Mutation, expected_version: int | None = None,
+                        note: Change | None = None) -> defer.Deferred:
         """
         Apply C{mutate}, C{document -> (new_document, result)}, durably.
 
         @return: a Deferred firing with C{(new_document, result)}.
         """
-        return self._lock.run(self._change, mutate, expected_version)
+        return self._lock.run(self._change, mutate, expected_version, note)
 
     @defer.inlineCallbacks
-    def _change(self, mutate: Mutation, expected_version: int | None) -> Any:
+    def _change(self, mutate: Mutation, expected_version: int | None, note: Change | None = None) -> Any:
         current = self.table.document
         if expected_version is not None and expected_version != current.version:
             raise VersionConflict(expected_version, current.version)
         new, result = mutate(current)
+        if note is not None and callable(note.summary):
+            note = note._replace(summary=note.summary(result))
         # New strategy objects only for new choices: rebuilding one would
         # restart its rotation (and caches) on every unrelated change.
         strategies = self.table.check(new)
         pending = self.listeners.prepare(new) if self.listeners is not None else None
         try:
+            if IConfigHistory.providedBy(self.store):
+                self.store.describe(new.version, note)
             yield self.store.save(new, current.version)
         except BaseException as e:
             if pending is not None:

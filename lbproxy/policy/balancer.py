@@ -20,6 +20,7 @@ from zope.interface import implementer
 from lbproxy.model.config import Backend, Config, ProxySettings
 from lbproxy.control.events import EventBus, RouteRecorder
 from lbproxy.interfaces import IBalancer, IRelayedConnection, IStrategy, IStrategyFactory
+from lbproxy.policy.histogram import Histograms
 from lbproxy.policy.plugins import build_strategy
 from lbproxy.policy.pool import AccessRecord, Candidate, Pool
 from lbproxy.policy.relayed import RelayedElsewhere
@@ -82,6 +83,7 @@ class Balancer(RelayedElsewhere):
         self.events = events if events is not None else EventBus()
         self.routes = RouteRecorder()
         self.totals = Totals()
+        self.histograms = Histograms()
         self.strategy: IStrategy = build_strategy(config.strategy, factories)
         self._fallback = RoundRobin()
         self.config = config
@@ -219,6 +221,7 @@ class Balancer(RelayedElsewhere):
         stats.active += 1
         stats.total += 1
         stats.observe_connect(latency)
+        self.histograms.connect.observe(candidate.id, latency)
         connection.idle_mark = 0
         connection.idle_since = self._reactor.seconds()
         group = self.connections.get(candidate.id)
@@ -278,6 +281,10 @@ class Balancer(RelayedElsewhere):
     def client_failed(self, record: AccessRecord) -> None:
         self._finish(record)
 
+    #: The list of L{lbproxy.accesslog.AccessLog}, when one writes the
+    #: access log: C{_finish} only appends C{(time, record)} to it.
+    access_records: list | None = None
+
     def retire(self, force: bool, done: Callable[[], None]) -> None:
         """
         The service is removed (its listeners are stopped): admit no one,
@@ -304,7 +311,12 @@ class Balancer(RelayedElsewhere):
         totals.active -= 1
         totals.bytes_up += record.bytes_up
         totals.bytes_down += record.bytes_down
-        if self.settings.access_log:
+        if record.backend is not None:
+            self.histograms.duration.observe(record.backend, record.duration)
+        pending = self.access_records
+        if pending is not None:
+            pending.append((self._reactor.seconds(), record))
+        elif self.settings.access_log:
             access_log.info(
                 "{client} -> {backend} up={bytes_up} down={bytes_down} "
                 "duration={duration:.3f}s outcome={outcome}",

@@ -74,8 +74,24 @@ class ServiceTable:
         return cls(balancer.config, balancer.factories, balancer.base_settings,
                    reactor=balancer._reactor, first=balancer)
 
+    #: where every service's balancer appends its access records
+    #: (L{lbproxy.accesslog.AccessLog.pending}), if the access log is on.
+    access_records: list | None = None
+
+    def log_access_to(self, records: list) -> None:
+        """
+        Have every balancer, now and to come, append its access records to
+        C{records}.
+        """
+        self.access_records = records
+        for b in self.all():
+            b.access_records = records
+
     def _balancer(self, service: Config) -> Balancer:
-        return Balancer(service, self.factories, self.settings, self.events, self._reactor, self.resolver)
+        b = Balancer(service, self.factories, self.settings, self.events, self._reactor, self.resolver)
+        if self.access_records is not None:
+            b.access_records = self.access_records
+        return b
 
     def balancer(self, name: str) -> Balancer | None:
         return self.balancers.get(name)

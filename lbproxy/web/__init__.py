@@ -104,6 +104,7 @@ def admin_service(spec: Any, controller: Any, balancer: Any, reactor: Any = None
         # (lbproxy.control.cluster.admin_url).
         hosts.append(socket.gethostname().lower())
     policy = AdminPolicy(spec.admin_token, spec.admin_open_reads, hosts=hosts)
+    policy.label = getattr(spec, "admin_token_label", None)  # the history's author
     app = AdminApp(controller, balancer, policy=policy, clock=reactor, node=spec.node,
                    write_rate=spec.admin_write_rate)
 

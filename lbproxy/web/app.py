@@ -12,6 +12,7 @@ order, or refused with nothing changed.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable, Mapping
 
 from klein import Klein
@@ -36,6 +37,7 @@ from lbproxy.model.config import (
     update_backend,
     update_settings,
 )
+from lbproxy.control.store.history import Change, IConfigHistory, diff
 from lbproxy.policy.plugins import uses_weights
 from lbproxy.web.services import services_routes
 from lbproxy.web.auth import SAFE_METHODS, AdminPolicy
@@ -47,6 +49,7 @@ from lbproxy.web.static import UIFiles, static_dir
 log = Logger()
 
 API = "/api/v1"
+_CLIENT_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 
 
 def _api(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -234,9 +237,27 @@ class AdminApp:
             cache = self._service_views[service] = ViewCache(balancer, self.clock)
         return cache
 
+    def _who(self, request: Any) -> str:
+        """
+        Who makes a change, for the history: the token's label and the
+        client's C{X-LBProxy-Client} (C{ui}, C{cli}), e.g. C{alice/ui}, and
+        in cluster mode the node that took it (C{alice/ui@node2}).
+        """
+        label = getattr(self.policy, "label", None)
+        client = (request.getHeader(b"x-lbproxy-client") or b"").decode("latin-1").strip().lower()
+        if not _CLIENT_NAME.fullmatch(client):
+            client = ""
+        who = "/".join(p for p in (label, client) if p) or "api"
+        return f"{who}@{self.node}" if self.node else who
+
     async def _change(
         self, request: Any, mutate: Callable[[Config], Any], service: str | None = None,
+        summary: Any = "",
     ) -> tuple[Config, Any]:
+        """
+        @param summary: the one line the history shows, or a function of
+            the mutation's result giving it; C{""}: computed from the diff.
+        """
         condition = if_match(request)
         balancer = self._balancer_of(service)
         try:
@@ -252,7 +273,7 @@ class AdminApp:
 
         kwargs = {} if service is None else {"service": service}
         try:
-            return await self.controller.change(mutate, expected, **kwargs)
+            return await self.controller.change(mutate, expected, Change(self._who(request), summary), **kwargs)
         except ListenRefused as e:
             raise ApiError(e.status, f"{e}; nothing changed") from None
         except KeyError:
@@ -287,7 +308,8 @@ class AdminApp:
     @_api
     async def create_backend(self, request: Any, service: str | None = None) -> bytes:
         body = read_json(request)
-        new, backend = await self._change(request, lambda c: add_backend(c, body), service)
+        new, backend = await self._change(request, lambda c: add_backend(c, body), service,
+                                          summary=lambda b: f"added backend {b.id} {b.address}")
         prefix = API if service is None else f"{API}/services/{service}"
         request.setHeader(b"Location", f"{prefix}/backends/{backend.id}".encode())
         return self._with_version(request, new.version, self._backend_view(backend.id, service), 201)
@@ -328,7 +350,7 @@ class AdminApp:
             except KeyError:
                 raise ApiError(404, f"there is no backend {backend_id!r}") from None
 
-        new, _ = await self._change(request, mutate, service)
+        new, _ = await self._change(request, mutate, service, summary=f"removed backend {backend_id}")
         b = self._balancer_of(service)
         # With --workers the connections are in other processes: both
         # numbers are their answers, not a local count.
@@ -381,7 +403,9 @@ class AdminApp:
             choice = parse_strategy(read_json(request), "body")
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
-        new, _ = await self._change(request, lambda c: (set_strategy(c, choice), None), service)
+        before = self._balancer_of(service).config.strategy.name
+        new, _ = await self._change(request, lambda c: (set_strategy(c, choice), None), service,
+                                    summary=f"strategy {before} -> {choice.name}" if before != choice.name else "")
         return self._with_version(request, new.version, new.strategy.to_json())
 
     # Settings and the whole document ---------------------------------------------
@@ -421,6 +445,62 @@ class AdminApp:
         return self._with_version(request, new.version, new.to_json())
 
     services_routes(app, API, _api)
+
+    # History -----------------------------------------------------------------------
+
+    def _history(self) -> Any:
+        store = self.controller.store
+        if not IConfigHistory.providedBy(store):
+            raise ApiError(404, "this config store keeps no history")
+        return store
+
+    @app.route(API + "/history", methods=["GET"])
+    @_api
+    async def get_history(self, request: Any) -> bytes:
+        entries = await self._history().history()
+        return send_json(request, [e.meta() for e in entries])
+
+    async def _entry(self, version: str) -> Any:
+        if not version.isdigit():
+            raise ApiError(404, f"there is no version {version!r}")
+        entry, previous = await self._history().entry(int(version))
+        if entry is None:
+            raise ApiError(404, f"version {version} is not in the history (it keeps the "
+                           f"last {self._history().keep})")
+        return entry, previous
+
+    @app.route(API + "/history/<string:version>", methods=["GET"])
+    @_api
+    async def get_history_entry(self, request: Any, version: str) -> bytes:
+        entry, previous = await self._entry(version)
+        body = entry.meta()
+        body["document"] = entry.document
+        if previous is not None:
+            body["previous"], body["diff"] = previous.version, diff(previous.document, entry.document)
+        elif entry.changes is not None:
+            # The version before is no longer kept: the diff made when this one was stored.
+            body["previous"], body["diff"] = entry.version - 1, entry.changes
+        else:
+            body["previous"], body["diff"] = None, diff(None, entry.document)
+        return send_json(request, body)
+
+    @app.route(API + "/history/<string:version>/rollback", methods=["POST"])
+    @_api
+    async def rollback(self, request: Any, version: str) -> bytes:
+        entry, _ = await self._entry(version)
+        from lbproxy.model.service import Document, parse_document
+        from lbproxy.web.services import change_document
+
+        try:
+            old = parse_document(entry.document, f"version {entry.version}")
+            self.controller.table.check(old)
+        except ConfigError as e:
+            raise ApiError(409, f"version {entry.version} cannot be put back in force: {e}") from None
+        new, _ = await change_document(
+            self, request, lambda d: (Document(d.version + 1, old.services), None),
+            note=Change(self._who(request), f"rolled back to version {entry.version}"),
+        )
+        return self._with_version(request, new.version, new.to_json())
 
     # Status ------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 import lbproxy
@@ -21,6 +21,11 @@ from lbproxy.policy.stats import BACKEND_COUNTERS, TOTALS
 _TOTALS = tuple((c.name, c.metric, c.help) for c in TOTALS if c.metric)
 #: Per-backend counters: (stats key, metric name, help).
 _BACKEND = tuple((c.name, c.metric, c.help) for c in BACKEND_COUNTERS if c.metric)
+#: Per-backend histograms: (L{lbproxy.policy.histogram.Histograms} attribute, metric name, help).
+HISTOGRAMS = (
+    ("connect", "lbproxy_backend_connect_seconds", "Time to connect to the backend."),
+    ("duration", "lbproxy_backend_connection_duration_seconds", "How long relayed connections lasted."),
+)
 
 
 class BalancerCollector(Collector):
@@ -85,10 +90,13 @@ class BalancerCollector(Collector):
         state = GaugeMetricFamily(
             "lbproxy_backend_state", "1 for the state the backend is in.", labels=labels + ["state"],
         )
+        per_service: list[tuple[Any, dict[Any, list[str]]]] = []
         for service, b, views in services:
             candidates = {c.id for c in b.pool.candidates}
+            lvs: dict[Any, list[str]] = {}
+            per_service.append((b, lvs))
             for view in views():
-                lv = [service, view["id"], view["address"]]
+                lv = lvs[view["id"]] = [service, view["id"], view["address"]]
                 stats = view["stats"]
                 for key, family in counters:
                     family.add_metric(lv, stats.get(key, 0))
@@ -100,6 +108,27 @@ class BalancerCollector(Collector):
                 state.add_metric(lv + [view["state"]], 1)
         yield from (family for _, family in counters)
         yield from (active, latency, up, weight, state)
+        yield from self._histograms(labels, per_service)
+
+    def _histograms(self, labels: list[str], per_service: list[tuple[Any, dict[Any, list[str]]]]) -> Iterator[Any]:
+        """
+        The latency histograms, one series per service and backend; each
+        service's C{lvs} maps a series key (the backend id) to its label
+        values, and series of backends no longer shown are forgotten here,
+        so they stay bounded by the pools.
+        """
+        for attr, name, doc in HISTOGRAMS:
+            family = HistogramMetricFamily(name, doc, labels=labels)
+            for b, lvs in per_service:
+                histograms = getattr(b, "histograms", None)
+                if histograms is None:
+                    continue
+                histogram = getattr(histograms, attr)
+                histogram.keep_only(lvs)
+                for key in histogram:
+                    buckets, total = histogram.buckets(key)
+                    family.add_metric(lvs[key], buckets, total)
+            yield family
 
 
 def metrics_registry(balancer: Any, feed: Any = None, views: Any = None, table: Any = None) -> CollectorRegistry:

@@ -77,6 +77,12 @@ _BACKEND_ID = {
     "required": True,
     "schema": {"type": "string"},
 }
+_VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer"},
+}
 _READ_ERRORS = (401,)
 _CHANGE_ERRORS = (400, 401, 403, 409, 412, 413, 415, 429, 507)
 
@@ -298,6 +304,43 @@ def _schemas() -> dict[str, Any]:
                 }},
             },
         },
+        "HistoryList": {
+            "type": "array",
+            "description": "The kept versions (--history, default 100), newest first.",
+            "items": _ref("HistoryMeta"),
+        },
+        "HistoryMeta": {
+            "type": "object",
+            "required": ["version", "time", "by", "summary"],
+            "properties": {
+                "version": {"type": "integer"},
+                "time": {"type": "number", "description": "When it was stored (Unix seconds)."},
+                "by": {"type": "string", "description": "The token's label and X-LBProxy-Client "
+                       "(ui, cli), e.g. alice/ui; api when neither is known; in cluster mode "
+                       "@node after it."},
+                "summary": {"type": "string", "description": "One line saying what changed."},
+            },
+        },
+        "HistoryEntry": {
+            "type": "object",
+            "required": ["version", "time", "by", "summary", "document", "previous", "diff"],
+            "properties": {
+                "version": {"type": "integer"},
+                "time": {"type": "number"},
+                "by": {"type": "string"},
+                "summary": {"type": "string"},
+                "document": {"type": "object", "description": "The config document of that version."},
+                "previous": {"type": "integer", "nullable": True,
+                             "description": "The version the diff is against (null: none kept)."},
+                "diff": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["path", "old", "new"],
+                    "description": "One changed member (JSON Pointer path; list members with an "
+                                   "id by id); old or new is null when it was added or removed.",
+                    "properties": {"path": {"type": "string"}, "old": {}, "new": {}},
+                }},
+            },
+        },
         "Status": {
             "type": "object",
             "required": ["lbproxy", "uptime", "config_version"],
@@ -472,6 +515,19 @@ def openapi_document() -> dict[str, Any]:
                            "ConfigDocument", _ok("Config", "The config now in force.")),
         },
         **_service_paths(api),
+        f"{api}/history": {
+            "get": _read("The config history: who changed what, newest first.",
+                         _ok("HistoryList", "The kept versions.", etag=False), 404),
+        },
+        f"{api}/history/{{version}}": {
+            "get": _read("One version's document and its diff against the version before.",
+                         _ok("HistoryEntry", "The version.", etag=False), 404, params=(_VERSION,)),
+        },
+        f"{api}/history/{{version}}/rollback": {
+            "post": _change("Put an old version's document back in force as a new version "
+                            "(history is never rewritten).", None,
+                            _ok("Config", "The config now in force."), 404, params=(_VERSION,)),
+        },
         f"{api}/status": {
             "get": _read("Version, uptime, node and store status.", _ok("Status", "The status.", etag=False)),
         },

@@ -36,7 +36,7 @@ def service_view(app: Any, name: str) -> dict[str, Any]:
     return view
 
 
-async def change_document(app: Any, request: Any, mutate: Callable[[Any], Any]) -> tuple[Any, Any]:
+async def change_document(app: Any, request: Any, mutate: Callable[[Any], Any], note: Any = None) -> tuple[Any, Any]:
     """
     Run a change of the document through the controller, mapping its
     refusals to API errors (the same as a change of one pool, plus a
@@ -56,7 +56,7 @@ async def change_document(app: Any, request: Any, mutate: Callable[[Any], Any]) 
         raise ApiError(400, str(e)) from None
     expected = condition.expected(controller.document.version)
     try:
-        return await controller.change_document(mutate, expected)
+        return await controller.change_document(mutate, expected, note)
     except ListenRefused as e:
         raise ApiError(e.status, f"{e}; nothing changed") from None
     except VersionConflict as e:

@@ -58,7 +58,8 @@ export function askToken(reason) {
 // carries the server's own message.
 export async function call(method, path, body) {
   for (let attempt = 0; attempt < 3; attempt++) {
-    const headers = authHeaders({ Accept: 'application/json' });
+    // X-LBProxy-Client: the config history says the change came from the UI.
+    const headers = authHeaders({ Accept: 'application/json', 'X-LBProxy-Client': 'ui' });
     const init = { method, headers, cache: 'no-store' };
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';

@@ -10,6 +10,7 @@ import { StrategyPanel } from './strategy.js';
 import { EventLog } from './log.js';
 import { DemoPanel } from './demo.js';
 import { SettingsPanel } from './settings.js';
+import { HistoryPanel } from './history.js';
 import { ClusterPanel } from './cluster.js';
 import { ago, bytes, clock, count, h, rate, showResult, colourOf } from './util.js';
 
@@ -34,6 +35,7 @@ class Dashboard {
     this.strategy = new StrategyPanel(this);
     this.demo = new DemoPanel(this);
     this.settings = new SettingsPanel(this);
+    this.history = new HistoryPanel(this);
     this.cluster = new ClusterPanel(this);
     this.feed = new Feed({
       onEvent: (type, data) => this.onEvent(type, data),
@@ -226,6 +228,7 @@ class Dashboard {
     this.strategy.showActive();
     this.refresh();
     this.cluster.refresh();
+    this.history.load();
   }
 
   // The server's last minutes of rates, so the chart does not start empty.

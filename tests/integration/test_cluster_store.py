@@ -5,6 +5,7 @@ and the watch as etcd itself answers them.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 
 import pytest
@@ -157,3 +158,37 @@ async def test_unreachable_etcd_refuses_saves(stores):
     status = store.status()
     assert status["available"] is False and status["kind"] == "etcd"
     assert "127.0.0.1" in status["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_in_the_same_txn_and_bounded(etcd1, stores):
+    """
+    Each save puts PREFIX/history/VERSION with the config in one txn; with
+    keep=3, five versions leave exactly the last three keys in etcd, and a
+    second node reads the same history (who and what) newest first.
+    """
+    from lbproxy.control.store.history import Change
+
+    a = stores(etcd1.endpoints, keep=3)
+    assert await a.load() is None
+    config = SEED
+    a.describe(1, Change("file", ""))
+    await a.save(config, 0)
+    for port in range(9002, 9006):
+        new, _ = add_backend(config, {"host": "127.0.0.1", "port": port})
+        a.describe(new.version, Change("alice/cli", f"added {port}"))
+        await a.save(new, config.version)
+        config = new
+    raw = await a.etcd.range(a.key("history/"), prefix=True)
+    keys = sorted(base64.b64decode(kv["key"]).decode() for kv in raw.get("kvs", []))
+    assert keys == [a.history_key(v) for v in (3, 4, 5)]
+    b = stores(etcd1.endpoints, keep=3)
+    await b.load()
+    entries = await b.history()
+    assert [(e.version, e.by, e.summary) for e in entries] == [
+        (5, "alice/cli", "added 9005"), (4, "alice/cli", "added 9004"), (3, "alice/cli", "added 9003")]
+    assert entries[0].document == config.to_json()
+    entry, previous = await b.entry(4)
+    assert (entry.version, previous.version) == (4, 3)
+    assert entry.changes == [{"path": "/backends/b4", "old": None,
+                              "new": config.to_json()["backends"][3]}]

@@ -22,7 +22,8 @@ log = Logger()
 
 
 def open_store(
-    state_dir: str | None, seed: Config | Document, seed_flags: Sequence[str] = (), reactor: Any = None
+    state_dir: str | None, seed: Config | Document, seed_flags: Sequence[str] = (), reactor: Any = None,
+    keep: int = 100,
 ) -> tuple[IConfigStore, Document]:
     """
     Open the config store and choose the initial config (blocking: call
@@ -34,6 +35,7 @@ def open_store(
     @param seed_flags: the config flags the operator gave (for example
         C{["--backend", "--strategy"]}), named in the warning when a stored
         config overrides them.
+    @param keep: versions of history the store keeps (C{--history}).
     @return: C{(store, config)}.
     @raise lbproxy.model.config.StoreError: if another process owns the
         state directory, or if the store holds a config but neither its file
@@ -47,11 +49,11 @@ def open_store(
             "no --state-dir: the config lives in memory only, and changes made "
             "through the API will not survive a restart"
         )
-        return MemoryStore(seed), seed
+        return MemoryStore(seed, keep=keep, clock=reactor), seed
 
     from lbproxy.control.store.file import FileStore
 
-    store = FileStore(state_dir, reactor=reactor)
+    store = FileStore(state_dir, reactor=reactor, keep=keep)
     store.claim()
     stored = store.read()
     if stored is None:

@@ -15,6 +15,12 @@ is missed.  While etcd cannot be reached, L{EtcdStore.save} fails with
 L{StoreError} (the node keeps proxying with the config it has) and the
 store keeps retrying with backoff; on return it re-reads and delivers what
 changed meanwhile.
+
+History (L{lbproxy.control.store.history}) stays within etcd and bounded:
+each version's entry is a key C{PREFIX/history/VERSION} (zero-padded, so
+keys sort by version), put in the same transaction as the config, and the
+same transaction deletes the entries that fall out of the last C{keep}.
+A config without its entry (or an entry without its config) cannot exist.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from lbproxy.control.store.etcd_client import (
     prefix_end,
     unb64,
 )
+from lbproxy.control.store.history import DEFAULT_KEEP, Entry, IConfigHistory, Notes, make_entry
 from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict
 from lbproxy.model.service import as_document, parse_document
 from lbproxy.interfaces import IConfigStore
@@ -50,8 +57,11 @@ def _int(value: Any) -> int:
     return int(value) if value is not None else 0
 
 
-@implementer(IConfigStore)
-class EtcdStore:
+_VERSION_DIGITS = 12
+
+
+@implementer(IConfigStore, IConfigHistory)
+class EtcdStore(Notes):
     """
     @ivar etcd: the L{EtcdClient} (cluster membership uses it too).
     @ivar endpoints: base URLs of the etcd members, tried in turn.
@@ -74,11 +84,13 @@ class EtcdStore:
         reactor: Any = None,
         timeout: float = 2.0,
         max_backoff: float = 1.0,
+        keep: int = DEFAULT_KEEP,
     ) -> None:
         """
         @param client: the treq-like HTTP client the L{EtcdClient} posts with.
         @param max_backoff: the longest wait between two re-reads while etcd
             is unreachable (waits double from 0.1 s).
+        @param keep: versions of history kept under C{PREFIX/history/}.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -87,6 +99,8 @@ class EtcdStore:
         self.endpoints = self.etcd.endpoints
         self.prefix = "/" + prefix.strip("/")
         self.config_key = self.key("config")
+        self.keep = keep
+        Notes.__init__(self)
         self.timeout = timeout
         self.max_backoff = max_backoff
         self.current: Config | None = None
@@ -202,6 +216,12 @@ class EtcdStore:
             self._open_watch()
         return self.current
 
+    def history_key(self, version: int) -> str:
+        """
+        The key of C{version}'s history entry.
+        """
+        return self.key(f"history/{version:0{_VERSION_DIGITS}d}")
+
     @defer.inlineCallbacks
     def save(self, config: Config, expected_version: int) -> Any:
         config = as_document(config)
@@ -213,13 +233,26 @@ class EtcdStore:
         else:
             compare = {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
         value = json.dumps(config.to_json(), sort_keys=True, separators=(",", ":"))
+        change = self.pop_note(config.version)
+        previous = self.current.to_json() if self.current is not None else None
+        entry = make_entry(config.to_json(), config.version, self._reactor.seconds(), change, previous)
+        success = [
+            {"request_put": {"key": key, "value": b64(value)}},
+            {"request_put": {"key": b64(self.history_key(config.version)),
+                             "value": b64(json.dumps(entry.to_json(), separators=(",", ":")))}},
+        ]
+        oldest = config.version - self.keep + 1
+        if oldest > 0:
+            success.append({"request_delete_range": {
+                "key": b64(self.history_key(0)), "range_end": b64(self.history_key(oldest)),
+            }})
         self._saving = config
         try:
             data = yield self.etcd.request(
                 "/v3/kv/txn",
                 {
                     "compare": [compare],
-                    "success": [{"request_put": {"key": key, "value": b64(value)}}],
+                    "success": success,
                     "failure": [{"request_range": {"key": key}}],
                 },
             )
@@ -235,6 +268,39 @@ class EtcdStore:
         if changed:
             self._notify()
         raise VersionConflict(expected_version, self.current.version if self.current else 0)
+
+    @defer.inlineCallbacks
+    def history(self) -> Any:
+        """
+        @return: a Deferred firing with the kept L{Entry}s, newest first,
+            as etcd holds them (written by every node).
+        """
+        start = self.key("history/")
+        data = yield self.etcd.request("/v3/kv/range", {
+            "key": b64(start), "range_end": b64(prefix_end(start)),
+            "sort_order": "DESCEND", "sort_target": "KEY", "limit": str(self.keep),
+        })
+        entries = []
+        for kv in data.get("kvs") or []:
+            try:
+                entries.append(Entry.from_json(json.loads(unb64(kv.get("value", "")))))
+            except ValueError as e:
+                log.warn("ignoring a damaged history entry {key}: {error}",
+                         key=unb64(kv.get("key", "")).decode("utf-8", "replace"), error=e)
+        return entries
+
+    @defer.inlineCallbacks
+    def entry(self, version: int) -> Any:
+        """
+        @return: a Deferred firing with C{(entry, previous)} of C{version}.
+        """
+        found = None
+        for e in (yield self.history()):
+            if found is not None:
+                return found, e
+            if e.version == version:
+                found = e
+        return found, None
 
     def watch(self, callback: Callable[[Config], None]) -> Callable[[], None]:
         """

@@ -20,6 +20,16 @@ from the parent; cluster mode keeps it in etcd), so there is nothing to
 watch: L{FileStore.watch} never calls back.
 
 Startup may read synchronously (L{FileStore.read}), before the reactor runs.
+
+History (L{lbproxy.control.store.history}) is a second file,
+C{history.json}: the last C{keep} entries in an envelope with its own
+checksum, rewritten with the same durable sequence right after
+C{config.json}.  It is a separate file so that the document stays small and
+readable and a damaged history can never stop the proxy from starting:
+C{config.json} is the truth, the history only describes it.  A crash
+between the two writes loses the newest entry, never a config; a history
+write that fails is logged and the change stands (it is already durable).
+The entries are also kept in memory, so reading history costs no I/O.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from lbproxy.control.store.history import DEFAULT_KEEP, Change, Entry, IConfigHistory, Notes, Ring, make_entry
 from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict
 from lbproxy.model.service import as_document, parse_document
 from lbproxy.interfaces import IConfigStore
@@ -45,6 +56,7 @@ FORMAT = 1
 CONFIG_NAME = "config.json"
 PREVIOUS_NAME = "config.json.prev"
 LOCK_NAME = "config.lock"
+HISTORY_NAME = "history.json"
 
 Runner = Callable[..., defer.Deferred]
 
@@ -105,8 +117,8 @@ def _describe(e: OSError) -> str:
     return f"{e.strerror or e} [{name}]" if name else str(e.strerror or e)
 
 
-@implementer(IConfigStore)
-class FileStore:
+@implementer(IConfigStore, IConfigHistory)
+class FileStore(Notes):
     """
     @ivar directory: the state directory.
     @ivar path: the config document, C{directory/config.json}.
@@ -119,6 +131,7 @@ class FileStore:
         reactor: Any = None,
         run: Runner | None = None,
         os_module: Any = os,
+        keep: int = DEFAULT_KEEP,
     ) -> None:
         """
         @param run: C{run(f, *args)} returning a Deferred of C{f(*args)};
@@ -127,6 +140,7 @@ class FileStore:
         @param os_module: the C{os} functions used to write (C{open},
             C{write}, C{fsync}, C{close}, C{replace}, C{link}, C{unlink}),
             so tests can watch their order and inject faults.
+        @param keep: versions of history kept in C{history.json}.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -137,6 +151,11 @@ class FileStore:
         self._temp = self.path + ".tmp"
         self._previous_temp = self.previous + ".tmp"
         self._lock_path = os.path.join(self.directory, LOCK_NAME)
+        self.history_path = os.path.join(self.directory, HISTORY_NAME)
+        self._history_temp = self.history_path + ".tmp"
+        self.keep = keep
+        self._ring: Ring | None = None
+        Notes.__init__(self)
         self._os = os_module
         self._run = run if run is not None else self._in_thread
         self._lock = defer.DeferredLock()
@@ -260,7 +279,7 @@ class FileStore:
         """
         if self._claim is None and self._released:
             return defer.fail(StoreError("this lbproxy handed over to a new process: make changes there"))
-        return self._lock.run(self._save, config, expected_version)
+        return self._lock.run(self._save, config, expected_version, self.pop_note(config.version))
 
     def release(self) -> None:
         """
@@ -272,20 +291,25 @@ class FileStore:
         if fd is not None:
             os.close(fd)  # drops the record lock
 
-    def _save(self, config: Config, expected_version: int) -> defer.Deferred:
+    def _save(self, config: Config, expected_version: int, change: Change | None = None) -> defer.Deferred:
         data = encode(config)
-        d = self._run(self._write, data, config.version, expected_version)
+        d = self._run(self._write, data, config.version, expected_version,
+                      (config.to_json(), self._reactor.seconds(), change))
 
-        def saved(_: None) -> Config:
+        def saved(entry: Entry | None) -> Config:
             self._known = max(self._known, config.version)
+            if entry is not None and self._ring is not None:
+                self._ring.add(entry)
             return config
 
         return d.addCallback(saved)
 
-    def _write(self, data: bytes, version: int, expected_version: int) -> None:
+    def _write(self, data: bytes, version: int, expected_version: int,
+               note: tuple[Any, float, Change | None] | None = None) -> Entry | None:
         """
         The blocking part of L{save}: check the version on disk, keep the
-        current file as the previous one, write the new one.
+        current file as the previous one, write the new one, then the
+        history with the new entry.
         """
         try:
             current, problem = self._current()
@@ -300,6 +324,65 @@ class FileStore:
             self._durable_write(self.path, self._temp, data)
         except OSError as e:
             raise self._failed(version, getattr(e, "filename", None) or self.path, e) from None
+        if note is None:
+            return None
+        document, when, change = note
+        previous = current.to_json() if current is not None else None
+        entry = make_entry(document, version, when, change, previous)
+        ring = self._history_ring()
+        entries = ring.with_entry(entry)
+        body = [e.to_json() for e in entries]
+        blob = json.dumps({"format": FORMAT, "checksum": checksum(body), "entries": body},
+                          ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        try:
+            self._durable_write(self.history_path, self._history_temp, blob)
+        except OSError as e:
+            log.error("config version {version} is saved, but its history entry is not: "
+                      "{path}: {error}", version=version, path=self.history_path, error=_describe(e))
+        return entry
+
+    # History ---------------------------------------------------------------
+
+    def _history_ring(self) -> Ring:
+        """
+        The history in memory, read from C{history.json} the first time
+        (blocking).  A missing or damaged file is an empty history (logged):
+        history never stops the store from working.
+        """
+        if self._ring is None:
+            self._ring = Ring(self.keep, self._read_history())
+        return self._ring
+
+    def _read_history(self) -> list[Entry]:
+        try:
+            with open(self.history_path, "rb") as f:
+                envelope = json.loads(f.read())
+            if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
+                raise ValueError(f"not a history file of format {FORMAT}")
+            body = envelope.get("entries")
+            if envelope.get("checksum") != checksum(body) or not isinstance(body, list):
+                raise ValueError("fails its checksum")
+            return [Entry.from_json(e) for e in body]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            log.error("config history {path} is unusable ({error}); starting an empty history",
+                      path=self.history_path, error=e)
+            return []
+
+    def history(self) -> defer.Deferred:
+        """
+        @return: a Deferred firing with the kept L{Entry}s, newest first.
+        """
+        if self._ring is not None:
+            return defer.succeed(self._ring.newest_first())
+        return self._lock.run(self._run, self._history_ring).addCallback(lambda ring: ring.newest_first())
+
+    def entry(self, version: int) -> defer.Deferred:
+        """
+        @return: a Deferred firing with C{(entry, previous)} of C{version}.
+        """
+        return self.history().addCallback(lambda _: self._ring.find(version))
 
     def _failed(self, version: int, path: str, e: OSError) -> StoreError:
         return StoreError(

@@ -5,19 +5,29 @@ C{--state-dir} (changes are then lost on restart, and the log says so).
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Any, Callable
 
 from twisted.internet import defer
 from zope.interface import implementer
 
+from lbproxy.control.store.history import DEFAULT_KEEP, IConfigHistory, Notes, Ring, make_entry
 from lbproxy.model.config import Config, VersionConflict
 from lbproxy.interfaces import IConfigStore
 
 
-@implementer(IConfigStore)
-class MemoryStore:
-    def __init__(self, config: Config | None = None) -> None:
+@implementer(IConfigStore, IConfigHistory)
+class MemoryStore(Notes):
+    def __init__(self, config: Config | None = None, keep: int = DEFAULT_KEEP, clock: Any = None) -> None:
+        """
+        @param keep: versions of history kept (in memory, like the config).
+        @param clock: has C{seconds()} for the history's times.
+        """
+        Notes.__init__(self)
         self.config = config
+        self.keep = keep
+        self._ring = Ring(keep)
+        self._seconds = clock.seconds if clock is not None else time.time
         self._watchers: list[Callable[[Config], None]] = []
 
     def load(self) -> defer.Deferred:
@@ -27,8 +37,17 @@ class MemoryStore:
         current = self.config.version if self.config is not None else 0
         if current != expected_version:
             return defer.fail(VersionConflict(expected_version, current))
+        previous = self.config.to_json() if self.config is not None else None
+        change = self.pop_note(config.version)
+        self._ring.add(make_entry(config.to_json(), config.version, self._seconds(), change, previous))
         self.config = config
         return defer.succeed(config)
+
+    def history(self) -> defer.Deferred:
+        return defer.succeed(self._ring.newest_first())
+
+    def entry(self, version: int) -> defer.Deferred:
+        return defer.succeed(self._ring.find(version))
 
     def watch(self, callback: Callable[[Config], None]) -> Callable[[], None]:
         self._watchers.append(callback)

@@ -1,0 +1,342 @@
+"""
+The access log: one line per finished client connection, at almost no
+cost to the connection path.
+
+The balancer's C{_finish} appends C{(time, record)} to L{AccessLog.pending}
+(a plain list: one append per connection, nothing else).  A timer on the
+reactor swaps the list for an empty one every C{interval} seconds, formats
+the batch into one string and hands it to a writer thread through a
+bounded queue; the thread does the one C{write} (or one datagram a line
+for syslog).  The reactor never waits for the disk: when the queue is full
+(a disk or pipe that blocks) the batch is dropped and counted in
+L{AccessLog.dropped}, and a log line says so.
+
+Destinations (C{--access-log}): a file path (appended to; C{SIGUSR1}
+reopens it, for logrotate's rename-then-signal), C{-} for stdout,
+C{syslog} for the local syslog socket C{/dev/log} (a UNIX datagram socket,
+facility local0), C{off}.  Formats (C{--access-log-format}): C{json}
+(one object a line) or C{text}.
+
+The operational log (twisted.logger) is separate and unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import threading
+import time as _time
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
+
+FORMATS = ("json", "text")
+#: Batches waiting for the writer before new ones are dropped.
+QUEUE_BATCHES = 64
+SYSLOG_PATH = "/dev/log"
+#: local0.info
+_SYSLOG_PRI = 16 * 8 + 6
+_REOPEN = object()
+
+
+def parse_destination(value: str) -> str:
+    """
+    Check C{--access-log}: C{-}, C{off}, C{syslog}, C{syslog:PATH} or a
+    file path.
+
+    @raise ValueError: for an empty value.
+    """
+    if not value or not value.strip():
+        raise ValueError("--access-log needs a file path, '-', 'syslog' or 'off'")
+    return value
+
+
+def parse_format(value: str) -> str:
+    if value not in FORMATS:
+        raise ValueError(f"--access-log-format must be one of {', '.join(FORMATS)}, not {value!r}")
+    return value
+
+
+class _Quoted(dict):
+    """
+    JSON string literals of backend ids and outcomes, made once each (there
+    are few distinct ones), so a line is one C{%} format.  Bounded: it
+    starts again past L{LIMIT} (backend ids that come and go).
+    """
+
+    LIMIT = 4096
+
+    def __missing__(self, key: Any) -> str:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        value = self[key] = "null" if key is None else json.dumps(key, ensure_ascii=False)
+        return value
+
+
+def formatter(kind: str) -> Callable[[list], str]:
+    """
+    @return: C{format(batch) -> str}, every line ending in a newline.
+    """
+    quoted = _Quoted()
+    if kind == "json":
+        # The client is "host:port" of an IP address: nothing in it needs escaping.
+        line = ('{"time":%.3f,"client":"%s","backend":%s,"bytes_up":%d,"bytes_down":%d,'
+                '"duration":%.3f,"outcome":%s}\n')
+
+        def format_json(batch: list) -> str:
+            q = quoted
+            return "".join([
+                line % (t, r.client, q[r.backend], r.bytes_up, r.bytes_down, r.duration, q[r.outcome])
+                for t, r in batch
+            ])
+
+        return format_json
+
+    def format_text(batch: list) -> str:
+        out = []
+        for t, r in batch:
+            stamp = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+            out.append(f"{stamp} {r.client} -> {r.backend or '-'} up={r.bytes_up} down={r.bytes_down} "
+                       f"duration={r.duration:.3f}s outcome={r.outcome}\n")
+        return "".join(out)
+
+    return format_text
+
+
+class FileSink:
+    """
+    Appends to a file (C{-}: standard output), reopened on request.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.open()
+
+    def open(self) -> None:
+        if self.path == "-":
+            self._fd = 1
+            return
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def reopen(self) -> None:
+        if self.path == "-":
+            return
+        old = self._fd
+        self.open()
+        if old is not None:
+            os.close(old)
+
+    def write(self, text: str) -> None:
+        view = memoryview(text.encode("utf-8", "replace"))
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def close(self) -> None:
+        if self._fd is not None and self._fd != 1:
+            os.close(self._fd)
+        self._fd = None
+
+
+class SyslogSink:
+    """
+    One datagram a line to the local syslog socket (RFC 3164 as the local
+    daemon reads it), so a line is never split or merged.
+    """
+
+    def __init__(self, path: str = SYSLOG_PATH, tag: str = "lbproxy") -> None:
+        self.path = path
+        self.tag = f"{tag}[{os.getpid()}]: "
+        self._sock: socket.socket | None = None
+        self.open()
+
+    def open(self) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.connect(self.path)
+
+    def reopen(self) -> None:
+        self.close()
+        self.open()
+
+    def write(self, text: str) -> None:
+        head = f"<{_SYSLOG_PRI}>{_time.strftime('%b %d %H:%M:%S')} {self.tag}"
+        for line in text.splitlines():
+            try:
+                self._sock.send((head + line).encode("utf-8", "replace"))
+            except OSError:
+                # The daemon restarted: connect again once, then give up the line.
+                self.reopen()
+                self._sock.send((head + line).encode("utf-8", "replace"))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+
+
+def open_sink(destination: str) -> Any:
+    """
+    @return: the sink for C{--access-log} (blocking: opens the file or
+        connects the socket), or C{None} for C{off}.
+    @raise OSError: if it cannot be opened.
+    """
+    if destination == "off":
+        return None
+    if destination == "syslog":
+        return SyslogSink()
+    if destination.startswith("syslog:"):
+        return SyslogSink(destination[len("syslog:"):])
+    return FileSink(destination)
+
+
+class AccessLog(Service):
+    """
+    Batches access records from L{pending} to a sink on a writer thread.
+
+    @ivar pending: the list the balancer appends C{(time, record)} to.
+    @ivar dropped: records dropped because the writer fell behind.
+    @ivar written: records handed to the writer.
+    """
+
+    def __init__(self, sink: Any, kind: str = "json", clock: Any = None, interval: float = 0.2,
+                 max_batches: int = QUEUE_BATCHES, signals: bool = True, reactor: Any = None) -> None:
+        """
+        @param clock: runs the batch timer.
+        @param reactor: has C{callFromThread} (the writer's errors and
+            C{SIGUSR1} come back through it); by default C{clock}.
+        @param signals: install the C{SIGUSR1} handler that reopens the sink.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.reactor = reactor if reactor is not None else clock
+        self.sink = sink
+        self.format = formatter(kind)
+        self.clock = clock
+        self.interval = interval
+        self.pending: list = []
+        self.dropped = 0
+        self.written = 0
+        self._signals = signals
+        self._queue: queue.Queue = queue.Queue(max_batches)
+        self._loop: LoopingCall | None = None
+        self._thread: threading.Thread | None = None
+        self._previous_handler: Any = None
+        self._warned = False
+        # Events, not queue items, so that a full queue can never lose them.
+        self._reopen = threading.Event()
+        self._stop = threading.Event()
+
+    def startService(self) -> None:
+        super().startService()
+        self._thread = threading.Thread(target=self._write_loop, name="lbproxy-access-log", daemon=True)
+        self._thread.start()
+        self._loop = LoopingCall(self.flush)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+        if self._signals:
+            self._previous_handler = signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self.flush()
+        if self._signals and self._previous_handler is not None:
+            signal.signal(signal.SIGUSR1, self._previous_handler)
+        self._stop.set()
+        self._put(_REOPEN)
+        if self._thread is not None:
+            # Shutdown only: a bounded wait for the last batches.
+            self._thread.join(2.0)
+        self.sink.close()
+        return None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # A signal handler must not do I/O itself: hand over to the reactor.
+        self.reactor.callFromThread(self.reopen)
+
+    def reopen(self) -> None:
+        """
+        Reopen the sink (after logrotate renamed the file): the writer does
+        it between two batches, so no line goes to the old file after the
+        reopen.
+        """
+        self.flush()
+        self._reopen.set()
+        self._put(_REOPEN)
+
+    def flush(self) -> None:
+        """
+        Hand the pending records to the writer as one batch (on the
+        reactor; never waits).
+        """
+        pending = self.pending
+        if not pending:
+            return
+        # The balancer holds this very list: empty it, never replace it.
+        batch = pending[:]
+        pending.clear()
+        self._batch_taken(batch)
+
+    def _batch_taken(self, batch: list) -> None:
+        try:
+            text = self.format(batch)
+        except Exception:
+            log.failure("cannot format {n} access records", n=len(batch))
+            return
+        if self._put(text):
+            self.written += len(batch)
+        else:
+            self.dropped += len(batch)
+            if not self._warned:
+                self._warned = True
+                log.warn("access log writer is behind (a slow disk or pipe): dropping "
+                         "records rather than slowing the proxy; see the dropped count")
+
+    def _put(self, item: Any) -> bool:
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            return False
+
+    def _write_loop(self) -> None:
+        failing = False
+        while True:
+            try:
+                item = self._queue.get(block=not self._stop.is_set())
+            except queue.Empty:
+                return
+            try:
+                if self._reopen.is_set():
+                    self._reopen.clear()
+                    self.sink.reopen()
+                if item is not _REOPEN:
+                    self.sink.write(item)
+                failing = False
+            except Exception as e:
+                # Once per run of failures (a full disk fails every batch).
+                if not failing:
+                    self.reactor.callFromThread(log.error, "access log write failed: {error}", error=e)
+                failing = True
+            finally:
+                self._queue.task_done()
+
+    def drain(self, timeout: float = 5.0) -> bool:
+        """
+        Flush and wait until the writer has written everything (tests,
+        shutdown; blocking).
+
+        @return: whether it finished within C{timeout}.
+        """
+        self.flush()
+        done = threading.Event()
+        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+        return done.wait(timeout)

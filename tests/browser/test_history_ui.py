@@ -1,0 +1,49 @@
+"""
+The config history panel: the UI's own changes are listed as made by the
+UI, a version shows its diff, and its roll-back button puts the old
+document back in force as a new version.
+"""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+
+def test_history_lists_diffs_and_rolls_back(page, lbproxy, backends):
+    """
+    After a strategy change made in the UI and a backend added through the
+    API, the panel lists both newest first (the UI's with "ui"); clicking
+    the strategy change shows its one-line diff; rolling back to it removes
+    the later backend, as a new version, listed at the top.
+    """
+    one = backends("web1")
+    proxy = lbproxy("--backend", f"127.0.0.1:{one.port}")
+    page.goto(proxy.url)
+    expect(page.locator("#feed-status")).to_have_text("Live")
+    page.get_by_label("Load-balancing strategy").select_option("least-connections")
+    page.locator("#strategy-form button[type=submit]").click()
+    expect(page.locator("#kpi-strategy")).to_have_text("least-connections")
+    proxy.api("POST", "/backends", {"id": "late", "host": "127.0.0.1", "port": 9})
+
+    page.locator("#history-details > summary").click()
+    items = page.locator("#history-list li")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_contain_text("added backend late 127.0.0.1:9")
+    expect(items.nth(0)).to_contain_text("api")
+    expect(items.nth(1)).to_contain_text("strategy round-robin -> least-connections")
+    expect(items.nth(1).locator(".history-by")).to_have_text("ui")
+
+    items.nth(1).locator("button").click()
+    rows = page.locator("#history-diff tr")
+    expect(rows).to_have_count(1)
+    expect(rows.nth(0)).to_contain_text("/strategy/name")
+    expect(rows.nth(0)).to_contain_text("least-connections")
+    page.locator("#history-rollback").click()
+    expect(page.locator("#history-result")).to_contain_text("v2 is back in force as v4")
+    expect(items).to_have_count(3)
+    expect(items.nth(0)).to_contain_text("rolled back to version 2")
+    expect(page.locator('article.card[data-id="late"]')).to_have_count(0)
+    assert [b["id"] for b in proxy.api("GET", "/config")["backends"]] == ["b1"]

@@ -1,0 +1,190 @@
+"""
+Unit tests of L{lbproxy.accesslog}: the line formats, the batch on the
+reactor, the writer thread that never makes the reactor wait, the file
+sink's reopen and the syslog sink on a test-bound datagram socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+
+import pytest
+from twisted.internet.task import Clock
+
+from lbproxy.accesslog import AccessLog, FileSink, SyslogSink, formatter, open_sink, parse_format
+from lbproxy.model.config import Backend, Config
+from lbproxy.policy.balancer import Balancer
+from lbproxy.policy.pool import AccessRecord
+
+REC = AccessRecord("127.0.0.1:5000", "b\"1", 10, 20, 0.5, "ok")
+NONE = AccessRecord("127.0.0.1:5001", None, 0, 0, 0.001, "no-backend")
+
+
+class ListSink:
+    """Collects what the writer thread writes; C{gate} holds it back."""
+
+    def __init__(self):
+        self.writes = []
+        self.reopened = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.wrote = threading.Event()
+
+    def write(self, text):
+        self.gate.wait(10)
+        self.writes.append(text)
+        self.wrote.set()
+
+    def reopen(self):
+        self.reopened += 1
+
+    def close(self):
+        pass
+
+
+def test_json_lines_parse_and_escape():
+    """Each record is one JSON object a line; strings are escaped (a quote
+    in a backend id) and a missing backend is null."""
+    lines = formatter("json")([(1000.25, REC), (1001.0, NONE)]).splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"time": 1000.25, "client": "127.0.0.1:5000", "backend": 'b"1', "bytes_up": 10,
+         "bytes_down": 20, "duration": 0.5, "outcome": "ok"},
+        {"time": 1001.0, "client": "127.0.0.1:5001", "backend": None, "bytes_up": 0,
+         "bytes_down": 0, "duration": 0.001, "outcome": "no-backend"},
+    ]
+
+
+def test_text_lines():
+    """The text format is one line with a UTC timestamp and key=value fields."""
+    (line,) = formatter("text")([(0.5, NONE)]).splitlines()
+    assert line == ("1970-01-01T00:00:00.500Z 127.0.0.1:5001 -> - up=0 down=0 "
+                    "duration=0.001s outcome=no-backend")
+    with pytest.raises(ValueError):
+        parse_format("xml")
+
+
+def test_balancer_only_appends(factories):
+    """With an access log attached, a finished connection is one (time,
+    record) appended to its list; nothing goes to twisted.logger."""
+    clock = Clock()
+    clock.advance(5)
+    b = Balancer(Config(version=1, backends=(Backend("b1", "127.0.0.1", 9001),)), factories, reactor=clock)
+    pending = b.access_records = []
+    b.admit()
+    b.client_failed(NONE)
+    assert pending == [(5.0, NONE)]
+
+
+def test_batches_on_the_timer_and_written_by_the_thread():
+    """Records wait in the list until the timer; then one batch is one
+    write, on the writer thread."""
+    clock = Clock()
+    sink = ListSink()
+    log = AccessLog(sink, "json", clock=clock, interval=0.2, signals=False)
+    log.startService()
+    try:
+        log.pending.extend([(1.0, REC), (2.0, NONE)])
+        assert sink.writes == []
+        clock.advance(0.2)
+        assert sink.wrote.wait(5)
+        assert len(sink.writes) == 1 and sink.writes[0].count("\n") == 2
+        assert log.pending == [] and log.written == 2
+    finally:
+        log.stopService()
+
+
+def test_a_blocked_writer_never_blocks_the_reactor():
+    """While the sink is stuck, batches queue up to the bound and further
+    ones are dropped and counted; flush returns at once every time."""
+    clock = Clock()
+    sink = ListSink()
+    sink.gate.clear()
+    log = AccessLog(sink, "json", clock=clock, max_batches=2, signals=False)
+    log.startService()
+    try:
+        for i in range(6):
+            log.pending.append((float(i), REC))
+            log.flush()
+        # one is held by the stuck writer, two wait in the queue
+        assert log.dropped >= 3 and log.written + log.dropped == 6
+        sink.gate.set()
+        assert log.drain(5)
+        assert len(sink.writes) == log.written
+    finally:
+        sink.gate.set()
+        log.stopService()
+
+
+def test_file_sink_reopens_after_rename(tmp_path):
+    """After a rename (logrotate), reopen makes new lines go to a new file
+    at the original path; the renamed file keeps the old ones."""
+    path = tmp_path / "access.log"
+    sink = FileSink(str(path))
+    sink.write("one\n")
+    os.rename(path, tmp_path / "access.log.1")
+    sink.write("two\n")
+    sink.reopen()
+    sink.write("three\n")
+    sink.close()
+    assert (tmp_path / "access.log.1").read_text() == "one\ntwo\n"
+    assert path.read_text() == "three\n"
+
+
+def test_syslog_sink_sends_one_datagram_a_line(tmp_path):
+    """syslog:PATH sends each line as its own datagram with the local0.info
+    priority and the lbproxy tag, to a socket the test bound."""
+    path = str(tmp_path / "log")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(5)
+    try:
+        sink = open_sink(f"syslog:{path}")
+        assert isinstance(sink, SyslogSink)
+        sink.write(formatter("json")([(1.0, REC), (2.0, NONE)]))
+        first, second = server.recv(4096).decode(), server.recv(4096).decode()
+        sink.close()
+    finally:
+        server.close()
+    assert first.startswith("<134>") and f"lbproxy[{os.getpid()}]: " in first
+    assert json.loads(first.split("]: ", 1)[1])["backend"] == 'b"1'
+    assert json.loads(second.split("]: ", 1)[1])["outcome"] == "no-backend"
+
+
+def test_off_is_no_sink():
+    """--access-log off opens nothing."""
+    assert open_sink("off") is None
+
+
+def test_failing_sink_is_reported_once_per_run():
+    """A sink that fails every write (a full disk) is reported once, not
+    once per batch, and the proxy side keeps going."""
+
+    class Failing(ListSink):
+        def write(self, text):
+            self.writes.append(text)
+            if len(self.writes) == 3:
+                self.wrote.set()
+            raise OSError(28, "No space left on device")
+
+    class Hops:
+        def __init__(self):
+            self.calls = []
+
+        def callFromThread(self, f, *args, **kw):
+            self.calls.append((f, args, kw))
+
+    clock, hops, sink = Clock(), Hops(), Failing()
+    log = AccessLog(sink, "json", clock=clock, signals=False, reactor=hops)
+    log.startService()
+    try:
+        for i in range(3):
+            log.pending.append((float(i), REC))
+            log.flush()
+        assert sink.wrote.wait(5)
+        assert log.drain(5)
+    finally:
+        log.stopService()
+    assert len(sink.writes) == 3 and len(hops.calls) == 1
