@@ -233,3 +233,17 @@ def test_a_service_own_connection_settings_override_the_command_line(factories):
     table.apply(changed)
     b = table.balancer("b").settings
     assert (b.idle_timeout, b.retries, b.max_connections) == (5.0, 0, 100)
+
+
+@pytest.mark.parametrize("args", [
+    ["--workers", "2", "--listen", "tcp:0", "--listen", "tcp:1"],
+])
+def test_workers_with_several_endpoints_are_refused_not_ignored(args):
+    """The worker pool relays one service on one endpoint: more is a usage error, never silently dropped."""
+    from twisted.python import usage
+
+    from lbproxy.tap import Options
+
+    with pytest.raises(usage.UsageError) as e:
+        Options().parseOptions(args)
+    assert "--workers 1" in str(e.value)
