@@ -346,8 +346,9 @@ class IConfigObserver(Interface):
         versions were applied; an observer that raises is logged and does
         not stop the others.
 
-        @param old: the L{lbproxy.model.config.Config} before.
-        @param new: the L{lbproxy.model.config.Config} now in force.
+        @param old: the L{lbproxy.model.service.Document} before.
+        @param new: the L{lbproxy.model.service.Document} now in force
+            (its services are L{lbproxy.model.config.Config} values).
         """
 
 
@@ -358,8 +359,9 @@ class IConfigStore(Interface):
 
     def load():
         """
-        @return: a Deferred firing with the stored L{lbproxy.model.config.Config},
-            or C{None} if the store is empty.
+        @return: a Deferred firing with the stored L{lbproxy.model.service.Document}
+            (a store written by the first release, of one pool, loads as
+            its one service C{default}), or C{None} if the store is empty.
         """
 
     def save(config, expected_version):

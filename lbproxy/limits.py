@@ -69,7 +69,7 @@ def fit_descriptors(spec: Any, resource: Any = None) -> Any:
     """
     limit = raise_soft_limit(resource)
     settings = spec.settings
-    backends = len(spec.seed.backends)
+    backends = sum(len(s.backends) for s in spec.seed_document.services)
     want = needed(settings.max_connections, backends)
     if want <= limit:
         return spec

@@ -42,7 +42,7 @@ def test_metrics_follow_the_list(factories):
     for c in TOTALS:
         if c.metric:
             assert f"# HELP {c.metric}_total {c.help}" in text
-            assert f"{c.metric}_total 0.0" in text
+            assert f'{c.metric}_total{{service="default"}} 0.0' in text
     for c in BACKEND_COUNTERS:
         if c.metric:
-            assert f'{c.metric}_total{{address="127.0.0.1:9",backend="b1"}} 0.0' in text
+            assert f'{c.metric}_total{{address="127.0.0.1:9",backend="b1",service="default"}} 0.0' in text

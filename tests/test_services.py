@@ -233,3 +233,51 @@ def test_a_service_own_connection_settings_override_the_command_line(factories):
     table.apply(changed)
     b = table.balancer("b").settings
     assert (b.idle_timeout, b.retries, b.max_connections) == (5.0, 0, 100)
+
+
+@pytest.mark.parametrize("args", [
+    ["--workers", "2", "--listen", "tcp:0", "--listen", "tcp:1"],
+])
+def test_workers_with_several_endpoints_are_refused_not_ignored(args):
+    """The worker pool relays one service on one endpoint: more is a usage error, never silently dropped."""
+    from twisted.python import usage
+
+    from lbproxy.tap import Options
+
+    with pytest.raises(usage.UsageError) as e:
+        Options().parseOptions(args)
+    assert "--workers 1" in str(e.value)
+
+
+def test_shared_listener_without_a_default_refuses_and_counts(factories):
+    """
+    Until the engines read a server name, a listener shared by services with
+    no sni_default gets a balancer that admits no one and counts no-sni on
+    the route; with a default, that service's balancer is used.
+    """
+    from lbproxy.control.listeners import Refusing
+
+    reactor = MemoryReactorClock()
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    endpoint = f"tcp:{free.getsockname()[1]}:interface=127.0.0.1"
+    free.close()
+    doc = document(service("a", [endpoint], sni=["a.x"]), service("b", [endpoint], sni=["b.x"]))
+    table = ServiceTable(doc, factories, reactor=reactor)
+    manager = ListenerManager(table, "twisted", reactor=reactor)
+    manager.start(doc)
+    try:
+        (listener,) = manager.listeners.values()
+        refusing = listener.factory.balancer
+        assert isinstance(refusing, Refusing)
+        verifyObject(IBalancer, refusing)
+        assert not refusing.admit()
+        assert manager.routes[endpoint].refusals == {"no-sni": 1}
+        with_default, _ = update_service(doc, "b", {"sni_default": True}, whole=False)
+        table.apply(with_default)
+        manager.commit(manager.prepare(with_default), with_default)
+        assert listener.factory.balancer is table.balancer("b")
+        assert listener.factory.route.for_server_name("a.x") is table.balancer("a")
+        assert manager.routes[endpoint].refusals == {"no-sni": 1}  # counts survive the swap
+    finally:
+        manager.stop()

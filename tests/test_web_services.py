@@ -64,3 +64,23 @@ def test_deleting_the_default_service_makes_top_level_routes_404(factories):
     assert admin.request("DELETE", "/api/v1/services/default").code == 200
     r = admin.get("/api/v1/backends")
     assert r.code == 404 and "/api/v1/services/NAME" in r.json["error"]
+
+
+def test_metrics_and_events_name_the_service(factories):
+    """Every service's counters are exported with its service label; config and service events name their service."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    admin = Admin(factories)
+    assert admin.request("POST", "/api/v1/services", redis()).code == 201
+    assert admin.request("PATCH", "/api/v1/services/redis/backends/b1", {"weight": 3}).code == 200
+    text = admin.get("/metrics").body.decode()
+    labels = {(s.name, tuple(sorted(s.labels.items())))
+              for f in text_string_to_metric_families(text) for s in f.samples}
+    assert ("lbproxy_connections_active", (("service", "redis"),)) in labels
+    assert ("lbproxy_connections_active", (("service", "default"),)) in labels
+    assert ("lbproxy_backend_weight", (("address", "127.0.0.1:6379"), ("backend", "b1"), ("service", "redis"))) in labels
+    events = [e for e in admin.balancer.events.since(0) if e.type in ("config", "service")]
+    assert all("service" in e.data for e in events)
+    assert [(e.type, e.data["service"], e.data.get("state")) for e in events][-2:] == [
+        ("config", "default", None), ("service", "redis", "changed"),
+    ]

@@ -92,7 +92,7 @@ async def test_node_waits_for_etcd_then_serves(tmp_path):
 
         await etcd.start()
         config = await gate.ready
-        assert [b.port for b in config.main().backends] == [echo.getHost().port]
+        assert [b.port for b in config.backends] == [echo.getHost().port]
         proxy_port = proxy.address()[1]
         assert await through(proxy_port) == b"hello\n"
         await until(lambda: assembly.membership.lease is not None)

@@ -12,12 +12,15 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from lbproxy.model.service import as_document
 from lbproxy.model.config import Backend, Config, StoreError, VersionConflict, add_backend
 from lbproxy.control.store.etcd import EtcdStore
 from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
+# The store holds documents: a one-pool config is a document of one service.
+D = as_document
 SEED = Config(version=1, backends=(Backend(id="b1", host="127.0.0.1", port=9001),))
 
 
@@ -52,16 +55,16 @@ async def test_create_then_cas_then_conflict(etcd1, stores):
     b = stores(etcd1.endpoints)
     assert await a.load() is None
     await a.save(SEED, 0)
-    assert (await b.load()) == SEED
+    assert (await b.load()) == D(SEED)
     v2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})
     other = replace(v2, backends=v2.backends[:1] + (Backend(id="b2", host="127.0.0.1", port=9003),))
     await a.save(v2, 1)
     with pytest.raises(VersionConflict) as e:
         await b.save(other, 1)
     assert e.value.current == 2
-    assert b.current == v2
+    assert b.current == D(v2)
     check = stores(etcd1.endpoints)
-    assert await check.load() == v2
+    assert await check.load() == D(v2)
 
 
 @pytest_twisted.ensureDeferred
@@ -101,15 +104,15 @@ async def test_watch_delivers_other_writers_changes_not_own(etcd1, stores):
     await b.load()
     await a.save(SEED, 0)
     await until(lambda: seen_b)
-    assert seen_b == [SEED]
+    assert seen_b == [D(SEED)]
     v2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})
     await b.save(v2, 1)
     await until(lambda: seen_a)
-    assert seen_a == [v2]
+    assert seen_a == [D(v2)]
     # b's own watch has delivered its write (the acknowledgement), and
     # did not call back for it.
     await until(lambda: b.revision >= b.mod_revision)
-    assert seen_b == [SEED]
+    assert seen_b == [D(SEED)]
 
 
 @pytest_twisted.ensureDeferred
@@ -135,11 +138,11 @@ async def test_compacted_watch_rereads_without_missing_a_change(etcd1, stores):
     await writer.save(v2, 1)
     head = writer.mod_revision
     await writer.request("/v3/kv/compaction", {"revision": str(head), "physical": True})
-    await until(lambda: seen[-1] == v2)
+    await until(lambda: seen[-1] == D(v2))
     v3, _ = add_backend(v2, {"host": "127.0.0.1", "port": 9003})
     await writer.save(v3, 2)
-    await until(lambda: seen[-1] == v3)
-    assert seen == [SEED, v2, v3]
+    await until(lambda: seen[-1] == D(v3))
+    assert seen == [D(SEED), D(v2), D(v3)]
 
 
 @pytest_twisted.ensureDeferred

@@ -323,3 +323,18 @@ def test_a_bad_config_file_is_one_line_naming_file_service_and_field(tmp_path):
     with pytest.raises(usage.UsageError) as e:
         Options().parseOptions(["--config", str(path)])
     assert "each of them needs sni names" in str(e.value)
+
+
+def test_twistd_with_a_bad_config_file_exits_with_one_line(tmp_path):
+    """twistd lbproxy --config BAD exits 1: one line naming the file, the service and the field, then the hint; nothing started."""
+    from tests.test_tap import _twistd
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[services.pg]\nlisten = ["tcp:5432"]\nstrategy = { name = "round-robin", colour = 1 }\n')
+    out = _twistd("lbproxy", "--config", str(path))
+    assert out.returncode == 1
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"lbproxy: --config {path}: service 'pg'.strategy"), lines
+    assert "colour" in lines[0]
+    assert lines[1] == "see: twistd lbproxy --help"
