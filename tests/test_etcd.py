@@ -421,7 +421,7 @@ def test_save_writes_history_in_the_same_txn_and_trims_it():
     assert [base64.b64decode(p["key"]).decode() for p in puts] == [KEY, "/lbproxy/t/history/000000000003"]
     entry = json.loads(base64.b64decode(puts[1]["value"]))
     assert (entry["version"], entry["time"], entry["by"], entry["summary"]) == (3, 50.0, "alice/ui", "added backend b3")
-    assert entry["document"] == V3.to_json() and entry["changes"][0]["path"] == "/backends/b3"
+    assert entry["document"] == V3.to_json() and entry["changes"][0]["path"] == "/services/default/backends/b3"
     (delete,) = [op["request_delete_range"] for op in txn.body["success"] if "request_delete_range" in op]
     assert base64.b64decode(delete["key"]).decode() == "/lbproxy/t/history/000000000000"
     assert base64.b64decode(delete["range_end"]).decode() == "/lbproxy/t/history/000000000002"

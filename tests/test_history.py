@@ -17,6 +17,7 @@ from lbproxy.control.store.history import Change, Entry, IConfigHistory, Ring, d
 from lbproxy.control.store.memory import MemoryStore
 from lbproxy.interfaces import IConfigStore
 from lbproxy.model.config import Backend, Config, add_backend
+from lbproxy.model.service import as_document
 from tests.webtools import Admin
 
 SEED = Config(version=1, backends=(Backend("b1", "127.0.0.1", 9001),))
@@ -46,6 +47,19 @@ def test_diff_matches_list_members_by_id():
         {"path": "/strategy/name", "old": "round-robin", "new": "least-connections"},
         {"path": "/backends/b1", "old": {"id": "b1", "port": 1}, "new": None},
         {"path": "/backends/b2/port", "old": 2, "new": 3},
+    ]
+
+
+def test_diff_matches_services_by_name():
+    """In the document of services, removing the first service is one change
+    at /services/NAME, and a change inside another is at its name, not at
+    an index that moved."""
+    old = {"version": 1, "services": [{"name": "a", "listen": ["tcp:1"]},
+                                      {"name": "b", "strategy": {"name": "round-robin"}}]}
+    new = {"version": 2, "services": [{"name": "b", "strategy": {"name": "least-connections"}}]}
+    assert diff(old, new) == [
+        {"path": "/services/a", "old": {"name": "a", "listen": ["tcp:1"]}, "new": None},
+        {"path": "/services/b/strategy/name", "old": "round-robin", "new": "least-connections"},
     ]
 
 
@@ -126,7 +140,7 @@ def test_damaged_history_never_stops_the_store(tmp_path):
     path = tmp_path / "history.json"
     path.write_text(path.read_text().replace("first version", "edited by hand"))
     again = FileStore(str(tmp_path), run=sync)
-    assert again.read() == SEED
+    assert again.read() == as_document(SEED)
     assert result_of(again.history()) == []
     v2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})
     result_of(again.save(v2, 1))
@@ -157,8 +171,9 @@ def test_history_routes_list_show_and_roll_back(admin):
     assert set(listed[0]) == {"version", "time", "by", "summary"} and isinstance(listed[0]["time"], float)
     shown = admin.get("/api/v1/history/3").json
     assert shown["previous"] == 2
-    assert shown["diff"] == [{"path": "/strategy/name", "old": "round-robin", "new": "least-connections"}]
-    assert shown["document"]["strategy"]["name"] == "least-connections"
+    assert shown["diff"] == [{"path": "/services/default/strategy/name", "old": "round-robin",
+                              "new": "least-connections"}]
+    assert shown["document"]["services"][0]["strategy"]["name"] == "least-connections"
     r = admin.request("POST", "/api/v1/history/2/rollback", {})
     assert r.code == 200 and r.json["version"] == 4
     assert admin.balancer.config.strategy.name == "round-robin"
@@ -170,7 +185,8 @@ def test_history_routes_list_show_and_roll_back(admin):
         (2, "ui", "added backend b4 127.0.0.1:9004"),
     ]
     d = admin.get("/api/v1/history/4").json
-    assert d["diff"] == [{"path": "/strategy/name", "old": "least-connections", "new": "round-robin"}]
+    assert d["diff"] == [{"path": "/services/default/strategy/name", "old": "least-connections",
+                          "new": "round-robin"}]
 
 
 def test_unknown_versions_and_computed_summaries(admin):
@@ -185,7 +201,7 @@ def test_unknown_versions_and_computed_summaries(admin):
                       headers={"X-LBProxy-Client": "<script>"})
     assert r.code == 200
     (entry,) = admin.get("/api/v1/history").json
-    assert entry["by"] == "api" and entry["summary"] == "/backends/b1/weight 1 -> 5"
+    assert entry["by"] == "api" and entry["summary"] == "/services/default/backends/b1/weight 1 -> 5"
 
 
 def test_token_label_names_the_author(factories):

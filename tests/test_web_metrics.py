@@ -137,12 +137,12 @@ def test_stats_endpoint(admin):
 
 def test_latency_histograms(admin):
     """Connect time and connection duration are per-backend histograms with
-    the backend and address labels: cumulative buckets, count and sum; a
-    backend removed from the config loses its series."""
+    the service, backend and address labels: cumulative buckets, count and
+    sum; a backend removed from the config loses its series."""
     serve(admin, "b1", 1, 1)
     serve(admin, "b1", 1, 1)
     m = samples(admin)
-    b1 = (("address", "127.0.0.1:9001"), ("backend", "b1"))
+    b1 = (("address", "127.0.0.1:9001"), ("backend", "b1"), ("service", "default"))
     assert m[("lbproxy_backend_connect_seconds_count", b1)] == 2
     assert m[("lbproxy_backend_connect_seconds_sum", b1)] == pytest.approx(0.004)
     assert m[("lbproxy_backend_connect_seconds_bucket", tuple(sorted(b1 + (("le", "0.001"),))))] == 0
@@ -150,7 +150,7 @@ def test_latency_histograms(admin):
     assert m[("lbproxy_backend_connect_seconds_bucket", tuple(sorted(b1 + (("le", "+Inf"),))))] == 2
     assert m[("lbproxy_backend_connection_duration_seconds_bucket", tuple(sorted(b1 + (("le", "0.01"),))))] == 0
     assert m[("lbproxy_backend_connection_duration_seconds_bucket", tuple(sorted(b1 + (("le", "0.1"),))))] == 2
-    b2 = (("address", "127.0.0.1:9002"), ("backend", "b2"))
+    b2 = (("address", "127.0.0.1:9002"), ("backend", "b2"), ("service", "default"))
     assert ("lbproxy_backend_connect_seconds_count", b2) not in m
     assert admin.request("DELETE", "/api/v1/backends/b1").code == 200
     m = samples(admin)

@@ -114,9 +114,10 @@ def diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
     """
     The structural difference of two JSON values: a list of C{{"path",
     "old", "new"}}, paths like C{/backends/2/weight} (JSON Pointer).  Lists
-    of objects with an C{id} are matched by id (C{/backends/b4}), so
-    removing the first backend is one change, not one per backend; other
-    lists by index.  An added or removed member has C{old} or C{new} absent
+    of objects with an C{id} are matched by id (C{/backends/b4}), and lists
+    of objects with a C{name} by name (C{/services/web/strategy}), so
+    removing the first backend or service is one change, not one per
+    member; other lists by index.  An added or removed member has C{old} or C{new} absent
     (C{None} in the list).
     """
     out: list[dict[str, Any]] = []
@@ -124,14 +125,11 @@ def diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
     return out
 
 
-def _key(item: Any) -> Any:
-    return item.get("id") if isinstance(item, dict) else None
-
-
 def _by_id(items: list) -> dict[str, Any] | None:
-    ids = [_key(i) for i in items]
-    if items and all(isinstance(i, str) for i in ids) and len(set(ids)) == len(ids):
-        return dict(zip(ids, items))
+    for field in ("id", "name"):
+        ids = [i.get(field) if isinstance(i, dict) else None for i in items]
+        if items and all(isinstance(i, str) for i in ids) and len(set(ids)) == len(ids):
+            return dict(zip(ids, items))
     return None
 
 

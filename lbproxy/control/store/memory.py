@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from lbproxy.control.store.history import DEFAULT_KEEP, IConfigHistory, Notes, Ring, make_entry
 from lbproxy.model.config import Config, VersionConflict
+from lbproxy.model.service import as_document
 from lbproxy.interfaces import IConfigStore
 
 
@@ -37,9 +38,10 @@ class MemoryStore(Notes):
         current = self.config.version if self.config is not None else 0
         if current != expected_version:
             return defer.fail(VersionConflict(expected_version, current))
-        previous = self.config.to_json() if self.config is not None else None
+        # Both as documents: a store seeded with one pool diffs against its one service.
+        previous = as_document(self.config).to_json() if self.config is not None else None
         change = self.pop_note(config.version)
-        self._ring.add(make_entry(config.to_json(), config.version, self._seconds(), change, previous))
+        self._ring.add(make_entry(as_document(config).to_json(), config.version, self._seconds(), change, previous))
         self.config = config
         return defer.succeed(config)
 
