@@ -387,15 +387,18 @@ class FastRelayService(_Listener):
     while the application runs (the fast engine's counterpart of
     L{ListenerService}).
 
+    @ivar route: what the engine relays for: an
+        L{lbproxy.interfaces.IListenerRoute} or one balancer (swapped
+        whole, on the running engine too, by the listener manager).
     @ivar engine: the running C{FastRelay}, once started.
     """
 
     def __init__(
-        self, balancer: Any, endpoint: Endpoint, backlog: int, reuse_port: bool = False,
+        self, route: Any, endpoint: Endpoint, backlog: int, reuse_port: bool = False,
         reactor: Any = None, what: str = "proxy (fast engine)",
     ) -> None:
         super().__init__(endpoint, backlog, what)
-        self.balancer = balancer
+        self.route = route
         self.reuse_port = reuse_port
         self.reactor = reactor
         self.engine: Any = None
@@ -406,7 +409,7 @@ class FastRelayService(_Listener):
     def startService(self) -> None:
         from lbproxy.relay.fast_engine import FastRelay
 
-        self.engine = FastRelay(self.balancer, self._listening(), self.reactor)
+        self.engine = FastRelay(self.route, self._listening(), self.reactor)
         self.engine.start()
         super().startService()
         self._announce()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface.verify import verifyObject
 
 from lbproxy.control.listeners import ListenerManager, ListenRefused
@@ -26,6 +27,7 @@ from lbproxy.model.service import (
     update_service,
 )
 from lbproxy.policy.services import ServiceTable
+from tests.fuzz.samples import client_hello
 
 
 def service(name, listen=("tcp:0",), port=9001, **extra):
@@ -201,8 +203,8 @@ def test_manager_commit_gives_each_listener_its_route(factories):
     manager.start(doc)
     try:
         factories_of = {key.split(" (")[1][:-1]: l.factory for key, l in manager.listeners.items()}
-        assert factories_of["a"].balancer is table.balancer("a")
-        assert factories_of["b"].balancer is table.balancer("b")
+        assert factories_of["a"].route.default() is table.balancer("a")
+        assert factories_of["b"].route.default() is table.balancer("b")
         verifyObject(IBalancer, table.balancer("a"))
         smaller = remove_service(doc, "b")
         table.apply(smaller)
@@ -249,14 +251,59 @@ def test_workers_with_several_endpoints_are_refused_not_ignored(args):
     assert "--workers 1" in str(e.value)
 
 
-def test_shared_listener_without_a_default_refuses_and_counts(factories):
+def test_shared_listener_routes_by_server_name_and_counts(factories):
     """
-    Until the engines read a server name, a listener shared by services with
-    no sni_default gets a balancer that admits no one and counts no-sni on
-    the route; with a default, that service's balancer is used.
+    A listener shared by services reads the ClientHello through the
+    manager's route: each server name reaches its own service's backend;
+    without sni_default, a name no service has is refused and counted on
+    the route; with one, it goes to that service, and the counts survive
+    the swap.
     """
-    from lbproxy.control.listeners import Refusing
+    reactor = MemoryReactorClock()
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    endpoint = f"tcp:{free.getsockname()[1]}:interface=127.0.0.1"
+    free.close()
+    doc = document(service("a", [endpoint], port=9001, sni=["a.x"]),
+                   service("b", [endpoint], port=9002, sni=["b.x"]))
+    table = ServiceTable(doc, factories, reactor=reactor)
+    manager = ListenerManager(table, "twisted", reactor=reactor)
+    manager.start(doc)
 
+    def connect(name):
+        protocol = listener.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(client_hello(name))
+        return transport
+
+    try:
+        (listener,) = manager.listeners.values()
+        assert listener.factory.route is manager.routes[endpoint]
+        verifyObject(IListenerRoute, listener.factory.route)
+        connect("b.x")
+        connect("a.x")
+        assert [c[:2] for c in reactor.tcpClients] == [("127.0.0.1", 9002), ("127.0.0.1", 9001)]
+        assert connect("c.x").disconnecting and len(reactor.tcpClients) == 2
+        assert manager.routes[endpoint].refusals == {"no-match": 1}
+        with_default, _ = update_service(doc, "b", {"sni_default": True}, whole=False)
+        table.apply(with_default)
+        manager.commit(manager.prepare(with_default), with_default)
+        connect("c.x")
+        assert reactor.tcpClients[-1][:2] == ("127.0.0.1", 9002)
+        assert manager.routes[endpoint].refusals == {"no-match": 1}  # counts survive the swap
+    finally:
+        manager.stop()
+
+
+def test_fast_engine_started_by_the_manager_relays_for_its_route(factories):
+    """
+    The fast engine of a new shared listener is made with the manager's
+    route (not a balancer wrapped as one service): it routes by SNI from
+    its first client, so it defers accept until the client speaks.
+    """
+    if not hasattr(socket, "TCP_DEFER_ACCEPT"):
+        pytest.skip("the fast engine needs Linux")
     reactor = MemoryReactorClock()
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
@@ -264,20 +311,40 @@ def test_shared_listener_without_a_default_refuses_and_counts(factories):
     free.close()
     doc = document(service("a", [endpoint], sni=["a.x"]), service("b", [endpoint], sni=["b.x"]))
     table = ServiceTable(doc, factories, reactor=reactor)
-    manager = ListenerManager(table, "twisted", reactor=reactor)
+    manager = ListenerManager(table, "fast", reactor=reactor)
     manager.start(doc)
     try:
         (listener,) = manager.listeners.values()
-        refusing = listener.factory.balancer
-        assert isinstance(refusing, Refusing)
-        verifyObject(IBalancer, refusing)
-        assert not refusing.admit()
-        assert manager.routes[endpoint].refusals == {"no-sni": 1}
-        with_default, _ = update_service(doc, "b", {"sni_default": True}, whole=False)
-        table.apply(with_default)
-        manager.commit(manager.prepare(with_default), with_default)
-        assert listener.factory.balancer is table.balancer("b")
-        assert listener.factory.route.for_server_name("a.x") is table.balancer("a")
-        assert manager.routes[endpoint].refusals == {"no-sni": 1}  # counts survive the swap
+        assert listener.engine.route is manager.routes[endpoint] and listener.engine.route.routes_by_sni
+        assert listener.engine.listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+    finally:
+        manager.stop()
+
+
+def test_accept_proxy_and_settings_reach_the_route(factories):
+    """
+    A service's accept_proxy reaches its listener's route, and a PROXY v2
+    header from a trusted source gives the session the original client;
+    the route carries the process's settings (the socket options of its
+    connections) even while it has no default service.
+    """
+    from lbproxy.model.config import ProxySettings
+    from lbproxy.relay.proxyprotocol import header_v2
+
+    reactor = MemoryReactorClock()
+    doc = document(service("a", ["tcp:0:interface=127.0.0.1"], accept_proxy=["127.0.0.0/8"]))
+    table = ServiceTable(doc, factories, reactor=reactor)
+    settings = ProxySettings(tcp_keepalive=(30, 5, 3))
+    manager = ListenerManager(table, "twisted", reactor=reactor, settings=settings)
+    manager.start(doc)
+    try:
+        (listener,) = manager.listeners.values()
+        route = listener.factory.route
+        assert [str(n) for n in route.accept_proxy] == ["127.0.0.0/8"] and route.settings is settings
+        protocol = listener.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000))
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(header_v2(("198.51.100.7", 5555), ("127.0.0.1", 80)))
+        assert [c[:2] for c in reactor.tcpClients] == [("127.0.0.1", 9001)]
+        assert protocol.session.client == ("198.51.100.7", 5555)
     finally:
         manager.stop()

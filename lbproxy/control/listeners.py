@@ -7,9 +7,10 @@ this host refuses the change with nothing stored and nothing half-applied;
 L{ListenerManager.commit} then starts what was bound, gives every listener
 its new L{ListenerRoute} and stops the listeners of endpoints gone.
 
-The engines of this release take a balancer: a listener of one service is
-given that service's balancer, read per accepted connection, and the
-route is set beside it (C{route}) for the engines that read one.
+Both engines read their listener's route per accepted connection: a
+listener of one service admits to that service, one shared by several
+reads the client's server name (and a trusted source's PROXY header)
+first and picks the service by it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from lbproxy.control.routes import ListenerRoute
 from lbproxy.endpoints import (
@@ -31,7 +31,6 @@ from lbproxy.endpoints import (
     ListenerService,
     parse_endpoint,
 )
-from lbproxy.interfaces import IBalancer
 from lbproxy.model.config import ConfigError, ProxySettings
 from lbproxy.model.service import Document, endpoint_of, listen_key, sharing
 
@@ -58,36 +57,6 @@ class ListenRefused(ListenError):
 
 
 _IN_USE = os.strerror(errno.EADDRINUSE)
-
-
-@implementer(IBalancer)
-class Refusing:
-    """
-    The balancer of a shared listener that has no C{sni_default} while its
-    engine cannot read a server name: it admits no one, counting why on the
-    route.
-    """
-
-    def __init__(self, listener_route: ListenerRoute, settings: ProxySettings, resolver: Any = None) -> None:
-        self.listener_route = listener_route
-        self.settings = settings
-        self.resolver = resolver
-
-    def admit(self) -> bool:
-        self.listener_route.refused("no-sni")
-        return False
-
-    def route(self, *_: Any) -> None:
-        return None
-
-    # Never called: nothing is admitted.
-    def retried(self) -> None: ...
-    def connection_opened(self, *_: Any) -> None: ...
-    def connect_failed(self, *_: Any) -> None: ...
-    def connection_reset(self, *_: Any) -> None: ...
-    def observe_response(self, *_: Any) -> None: ...
-    def connection_closed(self, *_: Any) -> None: ...
-    def client_failed(self, *_: Any) -> None: ...
 
 
 class Pending:
@@ -225,15 +194,12 @@ class ListenerManager:
     def _route(self, description: str, listener: Any, services: list) -> None:
         refusals = self._refusals.setdefault(description, Counter())
         bound = [(s, self.table.balancer(s.name)) for s in services]
-        route = ListenerRoute(endpoint_of(description), bound, refusals)
+        route = ListenerRoute(endpoint_of(description), bound, refusals, self.settings)
         self.routes[description] = route
-        balancer = route.default() or Refusing(route, self.settings, self.table.resolver)
         target = listener.factory if self.engine == "twisted" else listener
-        target.balancer = balancer
         target.route = route
         engine = getattr(listener, "engine", None)
         if engine is not None:
-            engine.balancer = balancer
             engine.route = route
 
     def _listener(self, key: str) -> Any:
@@ -246,7 +212,8 @@ class ListenerManager:
             )
         backlog = endpoint.backlog or self.backlog
         what = f"proxy ({self.engine} engine)"
-        placeholder = Refusing(ListenerRoute(description, ()), self.settings, self.table.resolver)
+        # Refuses every client (no service) until commit gives the real route.
+        placeholder = ListenerRoute(description, (), settings=self.settings)
         if self.engine == "fast":
             if not endpoint.tcp:
                 raise ConfigError(f"the fast engine listens on tcp: endpoints only, not {description}")

@@ -22,13 +22,18 @@ class ListenerRoute:
     @ivar services: the names of the services bound here, in document order.
     @ivar refusals: reason -> count, shared by the successive routes of
         one endpoint so the counts survive a swap.
+    @ivar settings: the process's L{lbproxy.model.config.ProxySettings}
+        (the socket options of the listener's connections, with or without
+        a default service), or C{None}: the default service's.
     """
 
-    def __init__(self, endpoint: str, bound: Sequence[tuple[Any, Any]], refusals: Counter | None = None) -> None:
+    def __init__(self, endpoint: str, bound: Sequence[tuple[Any, Any]], refusals: Counter | None = None,
+                 settings: Any = None) -> None:
         """
         @param bound: C{(service config, balancer)} pairs, in document order.
         """
         self.endpoint = endpoint
+        self.settings = settings
         self.services = tuple(config.name for config, _ in bound)
         self.refusals = refusals if refusals is not None else Counter()
         self.routes_by_sni = len(bound) > 1

@@ -46,7 +46,7 @@ from lbproxy.endpoints import listening_socket  # noqa: F401  (moved there; impo
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
 from lbproxy.relay.route import as_route
-from lbproxy.relay.session import ConnectionSession, ReadFirst, socket_options
+from lbproxy.relay.session import ConnectionSession, ReadFirst, route_options
 from lbproxy.relay.sockopts import apply
 
 log = Logger()
@@ -698,7 +698,7 @@ class FastRelay:
         self.splices = 0
         #: setsockopt triples of every backend socket (TCP keepalive),
         #: set once a connection outlives its connect deadline.
-        self.options = socket_options(route.default())
+        self.options = route_options(route)
         listener.setblocking(False)
         if listener.family in (socket.AF_INET, socket.AF_INET6):
             # Accepted sockets inherit these (Linux copies the listener's

@@ -80,6 +80,19 @@ def socket_options(balancer: IBalancer | None) -> tuple[tuple[int, int, int], ..
     return keepalive_options(balancer.settings.tcp_keepalive)
 
 
+def route_options(route: Any) -> tuple[tuple[int, int, int], ...]:
+    """
+    @return: the L{socket_options} of a listener's connections: from the
+        route's own C{settings} when it has them (a listener of the
+        L{lbproxy.control.listeners.ListenerManager}, whose services may
+        have no default), else from its default service.
+    """
+    settings = getattr(route, "settings", None)
+    if settings is None:
+        return socket_options(route.default())
+    return keepalive_options(settings.tcp_keepalive)
+
+
 @implementer(IConnectionSession)
 class ConnectionSession:
     """

@@ -29,7 +29,7 @@ from zope.interface import implementer
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
 from lbproxy.relay.route import as_route
-from lbproxy.relay.session import ConnectionSession, ReadFirst, socket_options
+from lbproxy.relay.session import ConnectionSession, ReadFirst, route_options
 from lbproxy.relay.sockopts import apply
 
 
@@ -344,7 +344,7 @@ class ProxyFactory(ServerFactory):
         self.route = as_route(route)
         self.reactor = reactor
         self._endpoints: dict = {}
-        self._options = socket_options(self.route.default())
+        self._options = route_options(self.route)
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol | None:
         session = ConnectionSession(
