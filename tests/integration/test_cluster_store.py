@@ -190,8 +190,8 @@ async def test_history_in_the_same_txn_and_bounded(etcd1, stores):
     entries = await b.history()
     assert [(e.version, e.by, e.summary) for e in entries] == [
         (5, "alice/cli", "added 9005"), (4, "alice/cli", "added 9004"), (3, "alice/cli", "added 9003")]
-    assert entries[0].document == config.to_json()
+    assert entries[0].document == as_document(config).to_json()
     entry, previous = await b.entry(4)
     assert (entry.version, previous.version) == (4, 3)
-    assert entry.changes == [{"path": "/backends/b4", "old": None,
+    assert entry.changes == [{"path": "/services/default/backends/b4", "old": None,
                               "new": config.to_json()["backends"][3]}]

@@ -70,7 +70,8 @@ async def counters(child) -> dict[str, float]:
     text = (await response.content()).decode()
     return {
         name: float(value)
-        for name, value in re.findall(r"^(lbproxy_(?:retries|connect_failures)_total) (\S+)$", text, re.M)
+        for name, value in re.findall(
+            r'^(lbproxy_(?:retries|connect_failures)_total)\{service="default"\} (\S+)$', text, re.M)
     }
 
 

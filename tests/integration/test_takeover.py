@@ -137,7 +137,8 @@ def test_a_new_process_that_goes_away_before_draining_changes_nothing(tmp_path, 
     proxy = lh.spawn(tmp_path, echo.port, "--state-dir", str(state)).wait_ready()
     proxies.append(proxy)
     handover = request(str(state / "control.sock"))
-    assert handover is not None and sorted(handover.sockets) == ["admin", "proxy"]
+    assert handover is not None and sorted(handover.sockets) == [
+        "admin", f"proxy:tcp:{proxy.listen}:interface=127.0.0.1"]
     for socks in handover.sockets.values():
         for s in socks:
             s.close()
