@@ -84,3 +84,19 @@ def test_metrics_and_events_name_the_service(factories):
     assert [(e.type, e.data["service"], e.data.get("state")) for e in events][-2:] == [
         ("config", "default", None), ("service", "redis", "changed"),
     ]
+
+
+def test_service_changes_are_in_the_history_with_who_made_them(factories):
+    """Adding, changing and removing a service through its routes are
+    history entries naming the service and the client (X-LBProxy-Client);
+    a change without its own words gets a summary from the diff."""
+    admin = Admin(factories)
+    ui = {"X-LBProxy-Client": "ui"}
+    assert admin.request("POST", "/api/v1/services", redis(), headers=ui).code == 201
+    assert admin.request("PATCH", "/api/v1/services/redis", {"retries": 0}, headers=ui).code == 200
+    assert admin.request("DELETE", "/api/v1/services/redis", headers=ui).code == 200
+    assert [(e["by"], e["summary"]) for e in admin.get("/api/v1/history").json] == [
+        ("ui", "removed service redis"),
+        ("ui", "added /services/redis/retries 0"),
+        ("ui", "added service redis"),
+    ]

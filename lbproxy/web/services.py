@@ -36,6 +36,16 @@ def service_view(app: Any, name: str) -> dict[str, Any]:
     return view
 
 
+def note(app: Any, request: Any, summary: str, *names: Any) -> Any:
+    """
+    The history's note of a change: who made it (the token's label and
+    the client) and C{summary} naming the service.
+    """
+    from lbproxy.control.store.history import Change
+
+    return Change(app._who(request), summary.format(*names))
+
+
 async def change_document(app: Any, request: Any, mutate: Callable[[Any], Any], note: Any = None) -> tuple[Any, Any]:
     """
     Run a change of the document through the controller, mapping its
@@ -86,7 +96,8 @@ def services_routes(app: Any, API: str, guard: Callable[..., Any]) -> None:
     @guard
     async def create_service(self: Any, request: Any) -> bytes:
         body = read_json(request)
-        new, service = await change_document(self, request, lambda d: add_service(d, body))
+        new, service = await change_document(self, request, lambda d: add_service(d, body),
+                                             note(self, request, "added service {}", body.get("name")))
         request.setHeader(b"Location", f"{base}/{service.name}".encode())
         return self._with_version(request, new.version, service_view(self, service.name), 201)
 
@@ -105,7 +116,8 @@ def services_routes(app: Any, API: str, guard: Callable[..., Any]) -> None:
                 except KeyError:
                     raise ApiError(404, f"there is no service {name!r}") from None
 
-            new, _ = await change_document(self, request, mutate)
+            # No summary: the history computes one from the diff.
+            new, _ = await change_document(self, request, mutate, note(self, request, ""))
             return self._with_version(request, new.version, service_view(self, name))
 
         return update
@@ -138,7 +150,7 @@ def services_routes(app: Any, API: str, guard: Callable[..., Any]) -> None:
         if force:
             table.force_next_removal(name)
         try:
-            new, _ = await change_document(self, request, mutate)
+            new, _ = await change_document(self, request, mutate, note(self, request, "removed service {}", name))
         finally:
             table.unforce(name)
         return self._with_version(request, new.version, {
