@@ -212,6 +212,8 @@ class WorkerPool(Service):
         self.engine = options.get("engine", "fast")
         self.backlog = options.get("backlog", 4096)
         self._main_listen: str | None = None
+        #: the last document applied (L{applied}), if newer than the table's
+        self._applied: Any = None
         if options.get("listen-tcp"):
             host, port, self.backlog = options["listen-tcp"]
             self._main_listen = f"tcp:{port}:interface={host}"
@@ -250,7 +252,10 @@ class WorkerPool(Service):
         The document the workers are given: the table's, with the main
         service also on C{listen-tcp} if that was given.
         """
-        return self._effective(self.table.document)
+        latest = self.table.document
+        if self._applied is not None and self._applied.version > latest.version:
+            latest = self._applied
+        return self._effective(latest)
 
     def _effective(self, document: Any) -> Any:
         from dataclasses import replace
@@ -502,6 +507,7 @@ class WorkerPool(Service):
         for name in tuple(self._unfollow):
             if self.table.balancer(name) is None:
                 self._unfollow.pop(name)()
+        self._applied = as_document(new)
         document = self._effective(new)
         text = json.dumps(document.to_json())
         for worker in self._live():
