@@ -502,8 +502,7 @@ class WorkerPool(Service):
         (after the sockets of the listeners it adds); the services it adds
         are relayed by the workers from now on.
         """
-        if self.running:
-            self._relay_new()
+        self._relay_new()
         for name in tuple(self._unfollow):
             if self.table.balancer(name) is None:
                 self._unfollow.pop(name)()
