@@ -194,6 +194,30 @@ def test_a_removed_service_retires_in_the_parent_once_the_workers_have_nothing_o
     assert "beta" not in table.retiring
 
 
+def test_a_service_removed_with_force_closes_the_workers_connections(factories):
+    """DELETE ?force=true of a service (the table's forced removal) closes
+    every worker's connections of that service, not another's."""
+    pool, table, children, pumps = pool_of(factories)
+    conns = []
+    for child in children:
+        b = child.table.balancer("beta")
+        assert b.admit()
+        cand = b.route(("10.0.0.1", 5))
+        conn = FakeConnection()
+        b.connection_opened(cand, conn, 0.01)
+        conns.append(conn)
+        child.report()
+    _, other = open_conn(children[0].table.balancer("alpha"), "alpha0")
+    flush(pumps)
+    old = table.document
+    new = Document(2, (old.service("alpha"),))
+    table.force_next_removal("beta")
+    table.apply(new)
+    pool.applied(old, new)
+    flush(pumps)
+    assert [c.closed for c in conns] == [("abort", "service-removed")] * 2 and other.closed is None
+
+
 def test_worker_sockets_bind_every_slot_on_one_port_and_close_what_a_change_drops():
     """For a tcp:0 listener the parent makes one socket per slot on one
     concrete port; a document without it closes them all."""

@@ -542,12 +542,19 @@ class WorkerPool(Service):
     def _follow(self, service: str, kind: str, args: tuple) -> None:
         # Forced closes are asked through close() (whose answer counts
         # them), and each worker runs its own drain timers: only the
-        # parent's health results need repeating.
+        # parent's health results need repeating, and the closes of a
+        # service removed with force (its balancer here retires with force
+        # before the workers are sent the document without it).
         if kind == "health":
             backend, ok, reason = args
             for worker in self._live():
                 worker.call(Health, service=service, backend=backend, ok=ok, reason=reason).addErrback(
                     self._failed, worker, f"take a health result for {service}/{backend}")
+        elif kind == "close" and args[1] == "service-removed":
+            backend, why = args
+            for worker in self._live():
+                worker.call(CloseBackend, service=service, backend=backend, why=why).addErrback(
+                    self._failed, worker, f"close {service}/{backend}")
 
     def refresh(self) -> defer.Deferred:
         """
