@@ -88,9 +88,9 @@ def backends():
         b.stop()
 
 
-@pytest.fixture
-def proxy(tmp_path, backends):
-    alpha, beta, admin = lh.free_port(), lh.free_port(), lh.free_port()
+def write_config(tmp_path, backends) -> tuple[object, int, int]:
+    """Two services, alpha and beta, on free ports: the file and the ports."""
+    alpha, beta = lh.free_port(), lh.free_port()
     config = tmp_path / "services.toml"
     config.write_text(f"""
 [services.alpha]
@@ -104,25 +104,43 @@ backends = [
   {{ host = "127.0.0.1", port = {backends[b"b2"].port}, id = "b2" }},
 ]
 """)
-    log = tmp_path / "lbproxy.log"
+    return config, alpha, beta
+
+
+def spawn(tmp_path, config, alpha: int, beta: int, admin: int, *flags: str) -> lh.Proxy:
+    """C{twistd -n lbproxy --config FILE --workers 2}, its workers listening."""
+    log = tmp_path / f"lbproxy-{time.monotonic_ns()}.log"
     argv = [sys.executable, "-c", lh.TWISTD, "-n", "--pidfile=", "lbproxy", "--config", str(config),
-            "--admin", f"tcp:{admin}:interface=127.0.0.1", "--workers", "2", "--no-access-log"]
+            "--admin", f"tcp:{admin}:interface=127.0.0.1", "--workers", "2", "--no-access-log", *flags]
     env = dict(os.environ, PYTHONPATH=str(lh.REPO), PYTHONUNBUFFERED="1")
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(lh.REPO))
     p = lh.Proxy(alpha, admin, proc, log, {"beta": beta})
+    p.wait_ready()
+    lh.until(lambda: all(w and w["listening"] for w in p.status()["workers"]), 30, "workers listening")
+    return p
+
+
+def stop(p: lh.Proxy) -> None:
+    if p.proc.poll() is None:
+        p.proc.terminate()
+        try:
+            p.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            p.proc.wait(5)
+
+
+@pytest.fixture
+def proxy(tmp_path, backends):
+    config, alpha, beta = write_config(tmp_path, backends)
+    p = None
     try:
-        p.wait_ready()
-        lh.until(lambda: all(w and w["listening"] for w in p.status()["workers"]), 30, "workers listening")
+        p = spawn(tmp_path, config, alpha, beta, lh.free_port())
         yield p
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if p is not None:
+            stop(p)
 
 
 def per_worker(p: lh.Proxy, service: str, counter: str = "accepted") -> list[int]:
@@ -208,3 +226,30 @@ def test_removing_a_backend_of_the_second_service_waits_for_its_connection_in_a_
     finally:
         held.close()
     lh.until(lambda: call(proxy.admin, "GET", "/services/beta/backends/b1")[0] == 404, 10, "the removal finished")
+
+
+def test_a_takeover_hands_every_services_worker_sockets_over(tmp_path, backends):
+    """
+    A takeover with --workers 2 and two services: the new process's
+    workers listen on the sockets of both services handed over (the same
+    ports, never closed), each service still reaches only its pool through
+    both new workers, and the old process exits 0.
+    """
+    config, alpha, beta = write_config(tmp_path, backends)
+    control = ["--control-socket", str(tmp_path / "control.sock")]
+    old = spawn(tmp_path, config, alpha, beta, lh.free_port(), *control)
+    new = None
+    try:
+        assert first_line(alpha) == b"a1"
+        new = spawn(tmp_path, config, alpha, beta, old.admin, *control, "--takeover")
+        assert old.wait(40) == 0, old.output()
+        assert "handed over" in new.output() and "worker:" in new.output(), new.output()
+        assert {first_line(alpha) for _ in range(30)} == {b"a1"}
+        assert {first_line(beta) for _ in range(30)} <= {b"b1", b"b2"}
+        lh.until(lambda: sum(per_worker(new, "alpha")) == 30 and sum(per_worker(new, "beta")) == 30,
+                 10, "the new workers' reports")
+        assert min(per_worker(new, "alpha")) > 0 and min(per_worker(new, "beta")) > 0
+    finally:
+        stop(old)
+        if new is not None:
+            stop(new)
