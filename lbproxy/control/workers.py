@@ -49,9 +49,8 @@ from typing import Any
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, error
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols import amp
 from zope.interface import implementer
 
 from lbproxy.control.worker_protocol import (
@@ -59,19 +58,18 @@ from lbproxy.control.worker_protocol import (
     TOTAL_COUNTERS,
     Adopt,
     ApplyConfig,
-    BackendEvent,
     CloseBackend,
     Drain,
     Force,
     Health,
     Listen,
     Poll,
-    Report,
     Start,
     merge_routes,
     parse_report,
 )
 from lbproxy.control.lifecycle import IDrainable
+from lbproxy.control.worker_process import Worker  # noqa: F401 (re-exported: tests, callers)
 from lbproxy.control.worker_sockets import WorkerSockets
 from lbproxy.interfaces import IConfigObserver
 from lbproxy.model.service import as_document, listen_key
@@ -81,95 +79,6 @@ log = Logger()
 
 #: The worker's file descriptor for its end of the channel.
 CHANNEL_FD = 3
-
-
-class _ParentChannel(amp.AMP):
-    """
-    The parent's end of one worker's channel: takes its reports.
-    """
-
-    def __init__(self, worker: "Worker") -> None:
-        super().__init__()
-        self.worker = worker
-
-    @Report.responder
-    def report(self, **fields: Any) -> dict:
-        # An error here must not end the channel (AMP closes it on an
-        # unhandled error in an unanswered command): log it, keep going.
-        try:
-            self.worker.pool.reported(self.worker, fields)
-        except Exception:
-            log.failure("worker {index}: report not taken", index=self.worker.index)
-        return {}
-
-    @BackendEvent.responder
-    def backend_event(self, service: str, backend: str, state: str, reason: str, time: float,
-                      ejected_until: float | None) -> dict:
-        data: dict[str, Any] = {"service": service, "id": backend, "state": state, "reason": reason,
-                                "time": time, "worker": self.worker.index}
-        if ejected_until is not None:
-            data["ejected_until"] = ejected_until
-        self.worker.pool.table.events.publish("backend", data)
-        return {}
-
-
-class Worker(ProcessProtocol):
-    """
-    One worker process, as the parent sees it.
-
-    @ivar applied: the config version the worker last acknowledged.
-    @ivar apply_error: why the last L{ApplyConfig} failed, or C{None}.
-    @ivar report: the worker's last report (totals by name, summed over
-        its services), or C{None}.
-    @ivar services: its last report's totals per service.
-    @ivar keys: the listeners whose sockets it was given.
-    @ivar ended: fires once the process has exited.
-    """
-
-    def __init__(self, pool: "WorkerPool", index: int) -> None:
-        self.pool = pool
-        self.index = index
-        self.channel = _ParentChannel(self)
-        self.pid: int | None = None
-        self.started = 0.0
-        self.listening = False
-        self.applied: int | None = None
-        self.apply_error: str | None = None
-        self.report: dict[str, Any] | None = None
-        self.services: dict[str, dict[str, int]] = {}
-        self.keys: set[str] = set()
-        self.reported_at: float | None = None
-        self.gone = False
-        self.ended: defer.Deferred = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-
-    def call(self, command: type, **kwargs: Any) -> defer.Deferred:
-        """
-        Send a command; a worker that is gone answers with a failure.
-        """
-        if self.gone or self.channel.transport is None:
-            return defer.fail(ConnectionError(f"worker {self.index} is gone"))
-        return self.channel.callRemote(command, **kwargs)
-
-    def processEnded(self, reason: Any) -> None:
-        self.gone = True
-        self.pool.ended(self, reason)
-        if self.channel.transport is not None:
-            self.channel.transport.loseConnection()
-        self.ended.callback(None)
-
-    def view(self) -> dict[str, Any]:
-        totals = self.report or {}
-        return {
-            "index": self.index, "pid": self.pid, "listening": self.listening,
-            "applied_version": self.applied, "apply_error": self.apply_error,
-            "active": totals.get("active", 0), "accepted": totals.get("accepted", 0),
-            "services": {name: {"active": t.get("active", 0), "accepted": t.get("accepted", 0)}
-                         for name, t in self.services.items()},
-            "reported": self.reported_at,
-        }
 
 
 @implementer(IConfigObserver, IDrainable)
