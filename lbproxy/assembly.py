@@ -231,7 +231,10 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     ControllerService(controller).setServiceParent(top)
     _BalancerService(table).setServiceParent(top)
 
-    proxy = _proxy_service(spec, balancer, reactor, manager, controller)
+    proxy = _proxy_service(spec, table, reactor, manager, controller)
+    if spec.workers > 1:
+        # The worker pool binds every listener's sockets before a change is stored.
+        controller.listeners = proxy
     membership = gate = None
     if spec.etcd_endpoints:
         from lbproxy.control.cluster import LoadThenServe, Membership, admin_url
@@ -350,7 +353,7 @@ def _wire_takeover(spec: Any, handover: Any, top: Any, proxy: Any, admin_listene
     workers = hasattr(proxy, "listening_fds") and not hasattr(proxy, "adopt_all")
     if handover is not None:
         if workers:
-            proxy.sockets = handover.take_all("worker")
+            proxy.adopt_workers(handover)
         elif hasattr(proxy, "adopt_all"):
             proxy.adopt_all(handover)
         else:
@@ -444,7 +447,7 @@ class _PortHold(_Listener):
         return None
 
 
-def _proxy_service(spec: Any, balancer: Any, reactor: Any, manager: Any, controller: Any) -> Service:
+def _proxy_service(spec: Any, table: Any, reactor: Any, manager: Any, controller: Any) -> Service:
     """
     The proxy listeners, named C{proxy}: the worker pool, or the listener
     manager's listeners on every service's endpoints (lbproxy/relay/).
@@ -455,15 +458,12 @@ def _proxy_service(spec: Any, balancer: Any, reactor: Any, manager: Any, control
         service = ListenersService(manager, lambda: controller.document)
         service.setName("proxy")
         return service
+    balancer = table.main() or next(iter(table.balancers.values()))
     if spec.workers > 1:
         from lbproxy.control.workers import WorkerPool
 
-        listen = spec.listen
-        service = WorkerPool(
-            {"workers": spec.workers, "engine": spec.engine,
-             "listen-tcp": (listen.host, listen.port, spec.backlog)},
-            balancer, reactor,
-        )
+        service = WorkerPool({"workers": spec.workers, "engine": spec.engine, "backlog": spec.backlog},
+                             table, reactor)
     elif spec.engine == "fast":
         service = FastRelayService(balancer, spec.listen, spec.backlog, reactor=reactor)
     else:

@@ -467,8 +467,8 @@ def _engine(options: Options, listens: Any, workers: int) -> str:
         engine = "twisted"
     elif engine == "auto":
         engine = "fast"
-    if workers > 1 and (not listen.tcp or not hasattr(socket, "SO_REUSEPORT")):
-        raise usage.UsageError("--workers above 1 needs SO_REUSEPORT and a plain tcp: --listen endpoint")
+    if workers > 1 and (not tcp or not hasattr(socket, "SO_REUSEPORT")):
+        raise usage.UsageError("--workers above 1 needs SO_REUSEPORT and plain tcp: listen endpoints")
     return engine
 
 

@@ -36,8 +36,7 @@ def pool_with(factories, n_workers=2, worker_factories=None):
     """
     balancer = parent_balancer(factories)
     pool = WorkerPool({"workers": n_workers, "listen-tcp": ("127.0.0.1", 0, 8)}, balancer, Clock())
-    balancer.relay_elsewhere(pool)
-    balancer.follow(pool._follow)
+    pool._relay_new()
     children, pumps = [], []
     for i in range(n_workers):
         worker = Worker(pool, i)

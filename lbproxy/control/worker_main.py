@@ -1,12 +1,15 @@
 """
-One worker process of C{--workers}: a balancer and a relay engine on a
-C{SO_REUSEPORT} listener of its own, driven by the parent over AMP
+One worker process of C{--workers}: a L{ServiceTable} (one balancer per
+service of the document) and a L{ListenerManager} listening on every
+listener of the document, driven by the parent over AMP
 (L{lbproxy.control.worker_protocol}).
 
 Run as C{python -m lbproxy.control.worker_main FD}: C{FD} is this end of
 a Unix socketpair the parent made.  Nothing else comes on the command line;
-the worker learns who it is, its config and the health of the backends
-through commands, in this order: L{Start}, L{ApplyConfig}, L{Listen}.
+the worker learns who it is, its listening sockets, its document and the
+health of the backends through commands, in this order: L{Start},
+L{Adopt} (one per listener), L{ApplyConfig}, L{Listen}; later an
+L{Adopt} comes before the L{ApplyConfig} that first listens there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from twisted.protocols import amp
 from twisted.logger import Logger
 
 from lbproxy.control.worker_protocol import (
+    Adopt,
     ApplyConfig,
     BackendEvent,
     CloseBackend,
@@ -44,8 +48,11 @@ class WorkerChannel(amp.AMP):
     The worker's end of the channel: answers the parent's commands and
     sends it reports.
 
-    @ivar balancer: the worker's L{lbproxy.policy.balancer.Balancer}, made
+    @ivar table: the worker's L{lbproxy.policy.services.ServiceTable}, made
         by the first L{ApplyConfig}.
+    @ivar manager: its L{lbproxy.control.listeners.ListenerManager}, made
+        by L{Listen}.
+    @ivar handed: listening sockets adopted before the manager exists, by key.
     """
 
     def __init__(self, reactor: Any, factories: Any = None) -> None:
@@ -55,15 +62,27 @@ class WorkerChannel(amp.AMP):
         self.index: int | None = None
         self.settings: Any = None
         self.report_interval = 0.5
-        self.balancer: Any = None
-        self.relay: Any = None
-        self.port: Any = None
+        self.table: Any = None
+        self.manager: Any = None
+        self.handed: dict[str, socket.socket] = {}
         self._drain: Any = None
         self._loop: Any = None
         self._soon: Any = None
         #: true while a parent's command runs: the events it causes are the
         #: parent's own, not news to send back.
         self._commanded = False
+
+    @property
+    def balancer(self) -> Any:
+        """
+        The main service's balancer (C{None} before the first config).
+        """
+        return self.table.main() if self.table is not None else None
+
+    def _service(self, name: str) -> Any:
+        if self.table is None:
+            return None
+        return self.table.balancer(name) or self.table.retiring.get(name)
 
     @Start.responder
     def start(self, index: int, report_interval: float, **settings: Any) -> dict:
@@ -75,95 +94,118 @@ class WorkerChannel(amp.AMP):
         self.settings = ProxySettings(**settings, tcp_keepalive=tuple(keepalive) if keepalive else None)
         return {"pid": os.getpid()}
 
+    @Adopt.responder
+    def adopt(self, key: str, fd: int) -> dict:
+        sock = socket.socket(fileno=fd)
+        handed = self.manager.handed if self.manager is not None else self.handed
+        old = handed.pop(key, None)
+        if old is not None:
+            old.close()
+        handed[key] = sock
+        return {}
+
     @ApplyConfig.responder
     def apply_config(self, version: int, document: str) -> dict:
-        from lbproxy.model.config import ConfigError, parse_config
+        from lbproxy.endpoints import ListenError
+        from lbproxy.model.config import ConfigError
+        from lbproxy.model.service import parse_document
 
         if self.settings is None:
             raise NotReady("ApplyConfig before Start")
         try:
-            config = parse_config(json.loads(document), "config")
-            if config.version != version:
-                raise ConfigError(f"the document is version {config.version}, not {version}")
-            if self.balancer is None:
-                self._build(config)
-            elif config.version > self.balancer.config.version:
+            new = parse_document(json.loads(document), "config")
+            if new.version != version:
+                raise ConfigError(f"the document is version {new.version}, not {version}")
+            if self.table is None:
+                self._build(new)
+            elif new.version > self.table.document.version:
+                strategies = self.table.check(new)
+                manager = self.manager
+                pending = manager.prepare(new) if manager is not None and manager.running else None
                 self._commanded = True
                 try:
-                    self.balancer.apply(config)
+                    self.table.apply(new, strategies)
+                    if pending is not None:
+                        manager.commit(pending, new)
                 finally:
                     self._commanded = False
-        except (ValueError, ConfigError) as e:
+        except (ValueError, ConfigError, ListenError) as e:
             log.error("worker {index}: cannot apply config version {version}: {e}",
                       index=self.index, version=version, e=e)
             raise ConfigRejected(str(e)) from None
-        return {"applied": self.balancer.config.version}
+        return {"applied": self.table.document.version}
 
-    def _build(self, config: Any) -> None:
-        from lbproxy.policy.balancer import Balancer
+    def _build(self, document: Any) -> None:
         from lbproxy.policy.plugins import strategy_factories
+        from lbproxy.policy.services import ServiceTable
 
         if self.factories is None:
             self.factories = strategy_factories()
-        self.balancer = Balancer(config, self.factories, self.settings, reactor=self.reactor)
-        self.balancer.events.subscribe(self._event)
+        table = ServiceTable(document, self.factories, self.settings, reactor=self.reactor)
+        table.check(document)
+        self.table = table
+        table.events.subscribe(self._event)
 
     @Listen.responder
-    def listen(self, host: str, port: int, backlog: int, engine: str, down: list, fd: int | None = None) -> dict:
-        from lbproxy.relay.fast_engine import listening_socket
+    def listen(self, backlog: int, engine: str, down: list) -> dict:
+        from lbproxy.control.listeners import ListenerManager
+        from lbproxy.endpoints import ListenError
 
-        b = self.balancer
-        if b is None:
+        table = self.table
+        if table is None:
             raise NotReady("Listen before ApplyConfig")
         now = self.reactor.seconds()
         for item in down:
-            state = b.pool.health.get(item["id"])
+            b = table.balancer(item["service"])
+            state = b.pool.health.get(item["id"]) if b is not None else None
             if state is not None:
                 state.healthy, state.reason, state.since = False, item["reason"], now
-        b.pool.refresh(now)
-        if fd is not None:
-            sock = socket.socket(fileno=fd)
-        else:
-            sock = listening_socket(host, port, backlog, reuse_port=True)
-        bound = sock.getsockname()[1]
-        if engine == "fast":
-            from lbproxy.relay.fast_engine import FastRelay
-
-            self.relay = FastRelay(b, sock, self.reactor)
-            self.relay.start()
-        else:
-            from lbproxy.relay.twisted_engine import ProxyFactory
-
-            sock.setblocking(False)
-            self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, ProxyFactory(b, self.reactor))
-            sock.close()
-        b.start()
+        for b in table.balancers.values():
+            b.pool.refresh(now)
+        # A listener the parent passed no socket for is bound here, with
+        # SO_REUSEPORT beside the other workers'.
+        manager = ListenerManager(table, engine, backlog, reuse_port=True, reactor=self.reactor,
+                                  settings=self.settings)
+        manager.handed.update(self.handed)
+        self.handed = {}
+        try:
+            manager.start(table.document)
+        except ListenError as e:
+            manager.stop()
+            raise ConfigRejected(str(e)) from None
+        self.manager = manager
+        table.start()
         from twisted.internet.task import LoopingCall
 
         self._loop = LoopingCall(self.report)
         self._loop.clock = self.reactor
         self._loop.start(self.report_interval, now=False)
-        log.info("worker {index} relaying on port {port}", index=self.index, port=bound)
-        return {"port": bound}
+        log.info("worker {index} relaying on {where}", index=self.index,
+                 where=", ".join(f"{h}:{p}" for h, p in filter(None, map(manager.address, manager.listeners))))
+        return {"listening": list(manager.listeners)}
 
     @Health.responder
-    def health(self, backend: str, ok: bool, reason: str) -> dict:
-        if self.balancer is None:
+    def health(self, service: str, backend: str, ok: bool, reason: str) -> dict:
+        if self.table is None:
             raise NotReady("Health before ApplyConfig")
+        b = self._service(service)
+        if b is None:
+            return {}
         self._commanded = True
         try:
-            self.balancer.health_result(backend, ok, reason)
+            b.health_result(backend, ok, reason)
         finally:
             self._commanded = False
         return {}
 
     @CloseBackend.responder
-    def close_backend(self, backend: str, why: str) -> dict:
-        if self.balancer is None:
+    def close_backend(self, service: str, backend: str, why: str) -> dict:
+        b = self._service(service)
+        if b is None:
             return {"closed": 0}
         self._commanded = True
         try:
-            closed = self.balancer.close_connections(backend, why)
+            closed = b.close_connections(backend, why)
         finally:
             self._commanded = False
         return {"closed": closed}
@@ -172,10 +214,18 @@ class WorkerChannel(amp.AMP):
     def drain(self, grace: float, spread: float) -> Any:
         from lbproxy.control.lifecycle import LocalDrain
 
-        if self.balancer is None:
+        table = self.table
+        if table is None:
             raise NotReady("Drain before ApplyConfig")
         if self._drain is None:
-            self._drain = LocalDrain.of_balancer(self.reactor, self._stop_accepting, self.balancer)
+            def connections() -> list[Any]:
+                return [c for b in table.all() for group in tuple(b.connections.values()) for c in tuple(group)]
+
+            def is_open(conn: Any) -> bool:
+                return any(conn in group for b in table.all() for group in b.connections.values())
+
+            self._drain = LocalDrain(self.reactor, self._stop_accepting, connections,
+                                     lambda: sum(b.totals.active for b in table.all()), is_open=is_open)
         d = self._drain.drain(grace, spread)
 
         def answer(result: tuple) -> dict:
@@ -195,11 +245,9 @@ class WorkerChannel(amp.AMP):
         return {}
 
     def _stop_accepting(self) -> None:
-        if self.relay is not None:
-            self.relay.stop_listening()
-        if self.port is not None:
-            port, self.port = self.port, None
-            port.stopListening()
+        if self.manager is not None:
+            for listener in tuple(self.manager.listeners.values()):
+                listener.stop_accepting()
 
     def _exit(self) -> None:
         if getattr(self.reactor, "running", False):
@@ -207,29 +255,29 @@ class WorkerChannel(amp.AMP):
 
     @Poll.responder
     def poll(self) -> dict:
-        if self.balancer is None:
+        if self.table is None:
             raise NotReady("Poll before ApplyConfig")
-        return report_of(self.balancer)
+        return report_of(self.table)
 
     def report(self) -> None:
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
         self._soon = None
-        if self.balancer is not None and self.transport is not None:
-            self.callRemote(Report, **report_of(self.balancer))
+        if self.table is not None and self.transport is not None:
+            self.callRemote(Report, **report_of(self.table))
 
     def _event(self, event: Any) -> None:
-        if event.type != "backend":
+        if event.type not in ("backend", "service"):
             return
-        # A drain or removal may have finished: tell the parent soon, not
-        # at the next tick.
+        # A drain, a removal or a service's retirement may have finished:
+        # tell the parent soon, not at the next tick.
         if self._soon is None and self._loop is not None:
             self._soon = self.reactor.callLater(0, self.report)
         data = event.data
-        if not self._commanded and data["state"] in ("up", "down"):
+        if event.type == "backend" and not self._commanded and data["state"] in ("up", "down"):
             self.callRemote(
-                BackendEvent, backend=data["id"], state=data["state"], reason=data["reason"],
-                time=data["time"], ejected_until=data.get("ejected_until"),
+                BackendEvent, service=data.get("service", ""), backend=data["id"], state=data["state"],
+                reason=data["reason"], time=data["time"], ejected_until=data.get("ejected_until"),
             )
 
     def connectionLost(self, reason: Any) -> None:

@@ -5,20 +5,26 @@ processes (L{lbproxy.control.workers}, L{lbproxy.control.worker_main}).
 Parent to worker, each answered:
 
  - L{Start}: who the worker is and how it relays (index, proxy settings).
- - L{ApplyConfig}: the initial config and every change, answered with the
-   version the worker now has in force (or L{ConfigRejected}).
- - L{Listen}: bind the shared port and start relaying; carries the
-   backends the parent's checks hold down at that moment.
- - L{Health}: one active check result (checks run once, in the parent).
- - L{CloseBackend}: a forced close, answered with how many connections the
-   worker closed.
+ - L{Adopt}: one listening socket of the worker's slot, by listener key
+   (L{lbproxy.model.service.listen_key}), passed as a file descriptor over
+   the Unix socket (L{amp.Descriptor}, C{SCM_RIGHTS}); sent before the
+   L{ApplyConfig} whose document first listens there.
+ - L{ApplyConfig}: the whole document (every service) at start and at
+   every change, answered with the version the worker now has in force
+   (or L{ConfigRejected}).
+ - L{Listen}: start relaying on every listener of the document; carries
+   the backends the parent's checks hold down at that moment.
+ - L{Health}: one active check result of one service (checks run once,
+   in the parent).
+ - L{CloseBackend}: a forced close in one service, answered with how many
+   connections the worker closed.
  - L{Poll}: a fresh L{Report} now, as the answer.
  - L{Drain}: a graceful stop, answered with how many connections finished
    and how many were cut; L{Force} cuts the rest at once.
 
-Worker to parent, unanswered: L{Report} (counters, open connections per
-backend, the routing batch for the UI; every C{report_interval} and soon
-after a backend event) and L{BackendEvent} (passive ejections the worker
+Worker to parent, unanswered: L{Report} (per service: counters, open
+connections per backend, the routing batch for the UI; every
+C{report_interval} and soon after a backend event) and L{BackendEvent} (passive ejections the worker
 raised on its own traffic).  Nothing is sent per connection.
 
 An AMP value holds at most 64 KiB; L{Chunked} spreads a larger one (the
@@ -27,6 +33,7 @@ config document, the counters of a large pool) over several.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.protocols import amp
@@ -112,28 +119,38 @@ class ApplyConfig(amp.Command):
     errors = _ERRORS
 
 
+class Adopt(amp.Command):
+    """
+    A listening socket of this worker's slot for the listener C{key}; the
+    worker listens on it (instead of binding) once a document names it.
+    """
+
+    arguments = [(b"key", amp.Unicode()), (b"fd", amp.Descriptor())]
+    response: list = []
+    errors = _ERRORS
+
+
 class Listen(amp.Command):
     arguments = [
-        (b"host", amp.Unicode()),
-        (b"port", amp.Integer()),
         (b"backlog", amp.Integer()),
         (b"engine", amp.Unicode()),
-        (b"down", Chunked(amp.AmpList([(b"id", amp.Unicode()), (b"reason", amp.Unicode())]))),
-        # The listening socket the parent gave the worker, else it binds one.
-        (b"fd", amp.Integer(optional=True)),
+        (b"down", Chunked(amp.AmpList(
+            [(b"service", amp.Unicode()), (b"id", amp.Unicode()), (b"reason", amp.Unicode())]
+        ))),
     ]
-    response = [(b"port", amp.Integer())]
+    response = [(b"listening", amp.ListOf(amp.Unicode()))]
     errors = _ERRORS
 
 
 class Health(amp.Command):
-    arguments = [(b"backend", amp.Unicode()), (b"ok", amp.Boolean()), (b"reason", amp.Unicode())]
+    arguments = [(b"service", amp.Unicode()), (b"backend", amp.Unicode()), (b"ok", amp.Boolean()),
+                 (b"reason", amp.Unicode())]
     response: list = []
     errors = _ERRORS
 
 
 class CloseBackend(amp.Command):
-    arguments = [(b"backend", amp.Unicode()), (b"why", amp.Unicode())]
+    arguments = [(b"service", amp.Unicode()), (b"backend", amp.Unicode()), (b"why", amp.Unicode())]
     response = [(b"closed", amp.Integer())]
     errors = _ERRORS
 
@@ -164,17 +181,11 @@ BACKEND_COUNTERS = ("active", "total", "failures", "bytes_up", "bytes_down")
 #: Listener counters a worker reports: all of L{Totals}.
 TOTAL_COUNTERS = Totals.__slots__
 
+#: A report: the document version in force and, per service, its
+#: counters (JSON: sent twice a second, not per connection).
 REPORT = [
     (b"version", amp.Integer()),
-    *[(name.encode(), amp.Integer()) for name in TOTAL_COUNTERS],
-    (b"backends", Chunked(amp.AmpList(
-        [(b"id", amp.Unicode())] + [(name.encode(), amp.Integer()) for name in BACKEND_COUNTERS]
-    ))),
-    (b"route_total", amp.Integer()),
-    (b"route_counts", Chunked(amp.AmpList([(b"id", amp.Unicode()), (b"n", amp.Integer())]))),
-    (b"route_sample", Chunked(amp.AmpList(
-        [(b"time", amp.Float()), (b"client", amp.Unicode()), (b"backend", amp.Unicode())]
-    ))),
+    (b"services", Chunked(amp.Unicode())),
 ]
 
 
@@ -191,6 +202,7 @@ class Poll(amp.Command):
 
 class BackendEvent(amp.Command):
     arguments = [
+        (b"service", amp.Unicode()),
         (b"backend", amp.Unicode()),
         (b"state", amp.Unicode()),
         (b"reason", amp.Unicode()),
@@ -200,28 +212,45 @@ class BackendEvent(amp.Command):
     requiresAnswer = False
 
 
-def report_of(balancer: Any) -> dict[str, Any]:
+def service_report(balancer: Any) -> dict[str, Any]:
     """
-    What a worker's balancer reports: its counters (bytes include the
+    What one service's balancer reports: its counters (bytes include the
     connections in flight) and its routing batch since the last report.
     """
-    report: dict[str, Any] = {"version": balancer.config.version}
-    report.update(balancer.totals.to_json())
+    totals = balancer.totals.to_json()
     for group in balancer.connections.values():
         for conn in group:
-            report["bytes_up"] += conn.bytes_up
-            report["bytes_down"] += conn.bytes_down
+            totals["bytes_up"] += conn.bytes_up
+            totals["bytes_down"] += conn.bytes_down
     backends = []
     for bid, stats in balancer.pool.stats.items():
         up, down = balancer.bytes_of(bid)
         backends.append({"id": bid, "active": stats.active, "total": stats.total,
                          "failures": stats.failures, "bytes_up": up, "bytes_down": down})
-    report["backends"] = backends
     batch = balancer.routes.drain() or {"total": 0, "counts": {}, "sample": ()}
-    report["route_total"] = batch["total"]
-    report["route_counts"] = [{"id": bid, "n": n} for bid, n in batch["counts"].items()]
-    report["route_sample"] = list(batch["sample"])
-    return report
+    return {
+        "totals": totals, "backends": backends, "route_total": batch["total"],
+        "route_counts": [{"id": bid, "n": n} for bid, n in batch["counts"].items()],
+        "route_sample": list(batch["sample"]),
+    }
+
+
+def report_of(table: Any) -> dict[str, Any]:
+    """
+    What a worker reports: every service of its L{ServiceTable} (those
+    retiring too, under their name, unless a namesake is current).
+    """
+    services: dict[str, Any] = {}
+    for name, balancer in (*table.retiring.items(), *table.balancers.items()):
+        services[name] = service_report(balancer)
+    return {"version": table.document.version, "services": json.dumps(services)}
+
+
+def parse_report(fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """
+    The version and the per-service reports of a L{Report}'s fields.
+    """
+    return fields["version"], json.loads(fields["services"])
 
 
 def merge_routes(recorder: Any, report: dict[str, Any]) -> None:

@@ -3,10 +3,13 @@ C{--workers N}: N relay processes sharing the listen port, one admin for all.
 
 Python relays on one core per process, so more cores need more processes.
 Each worker (L{lbproxy.control.worker_main}) is a reactor process with its
-own L{Balancer} and relay engine on a listening socket of its own, bound
+own L{ServiceTable} (every service of the document) and relay engine on
+every listener of the document, each on a socket of the worker's own slot
 with C{SO_REUSEPORT}: the kernel spreads new connections over the workers.
-This process (the parent) keeps everything else: the config store and
-controller, the admin API and UI, active health checks.  It relays nothing.
+The parent makes and holds those sockets (L{lbproxy.control.worker_sockets})
+and passes them over the channel.  This process (the parent) keeps
+everything else: the config store and controller, the admin API and UI,
+active health checks.  It relays nothing.
 
 Parent and worker talk AMP (L{lbproxy.control.worker_protocol}) over a
 Unix socketpair: the child's end becomes the worker's file descriptor 3
@@ -17,13 +20,15 @@ AMP runs on it unchanged, and either side sees the other die as the
 connection closing.
 
 The parent follows the controller (L{IConfigObserver}): every applied
-config goes to every worker as L{ApplyConfig}, and each worker's answer is
-the version it applied (L{WorkerPool.status}).  Active check results go
-as L{Health}.  Workers push L{Report}s of their counters twice a second,
-and soon after any backend event; the parent's balancer adds them up
-(L{lbproxy.policy.relayed}), so the API shows the sums, a removed backend
-stays C{removing} until every worker has drained it, and a forced close
-(L{CloseBackend}) answers with the real number closed.  Not aggregated:
+document goes to every worker as L{ApplyConfig} (after an L{Adopt} for
+each listener it adds), and each worker's answer is the version it
+applied (L{WorkerPool.status}).  Active check results go as L{Health},
+with their service.  Workers push L{Report}s of their counters per service
+twice a second, and soon after any backend event; the parent's balancer
+of each service adds them up (L{lbproxy.policy.relayed}), so the API shows
+the sums, a removed backend stays C{removing} until every worker has
+drained it, and a forced close (L{CloseBackend}) answers with the real
+number closed.  Not aggregated:
 connect and response time averages and passive-health state (each worker
 ejects on its own traffic, and its ejections are republished with a
 C{worker} field).
@@ -44,127 +49,49 @@ from typing import Any
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, error
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols import amp
 from zope.interface import implementer
 
 from lbproxy.control.worker_protocol import (
     BACKEND_COUNTERS,
     TOTAL_COUNTERS,
+    Adopt,
     ApplyConfig,
-    BackendEvent,
     CloseBackend,
     Drain,
     Force,
     Health,
     Listen,
     Poll,
-    Report,
     Start,
     merge_routes,
+    parse_report,
 )
 from lbproxy.control.lifecycle import IDrainable
+from lbproxy.control.worker_process import Worker  # noqa: F401 (re-exported: tests, callers)
+from lbproxy.control.worker_sockets import WorkerSockets
 from lbproxy.interfaces import IConfigObserver
+from lbproxy.model.service import as_document, listen_key
+from lbproxy.policy.relayed import drop_table_reports, relay_table, take_table_report
 
 log = Logger()
 
 #: The worker's file descriptor for its end of the channel.
 CHANNEL_FD = 3
-#: The worker's file descriptor for its listening socket.
-LISTEN_FD = 4
-
-
-class _ParentChannel(amp.AMP):
-    """
-    The parent's end of one worker's channel: takes its reports.
-    """
-
-    def __init__(self, worker: "Worker") -> None:
-        super().__init__()
-        self.worker = worker
-
-    @Report.responder
-    def report(self, **fields: Any) -> dict:
-        # An error here must not end the channel (AMP closes it on an
-        # unhandled error in an unanswered command): log it, keep going.
-        try:
-            self.worker.pool.reported(self.worker, fields)
-        except Exception:
-            log.failure("worker {index}: report not taken", index=self.worker.index)
-        return {}
-
-    @BackendEvent.responder
-    def backend_event(self, backend: str, state: str, reason: str, time: float,
-                      ejected_until: float | None) -> dict:
-        data: dict[str, Any] = {"id": backend, "state": state, "reason": reason, "time": time,
-                                "worker": self.worker.index}
-        if ejected_until is not None:
-            data["ejected_until"] = ejected_until
-        self.worker.pool.balancer.events.publish("backend", data)
-        return {}
-
-
-class Worker(ProcessProtocol):
-    """
-    One worker process, as the parent sees it.
-
-    @ivar applied: the config version the worker last acknowledged.
-    @ivar apply_error: why the last L{ApplyConfig} failed, or C{None}.
-    @ivar report: the worker's last report (totals by name), or C{None}.
-    @ivar ended: fires once the process has exited.
-    """
-
-    def __init__(self, pool: "WorkerPool", index: int) -> None:
-        self.pool = pool
-        self.index = index
-        self.channel = _ParentChannel(self)
-        self.pid: int | None = None
-        self.started = 0.0
-        self.listening = False
-        self.applied: int | None = None
-        self.apply_error: str | None = None
-        self.report: dict[str, Any] | None = None
-        self.reported_at: float | None = None
-        self.gone = False
-        self.ended: defer.Deferred = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-
-    def call(self, command: type, **kwargs: Any) -> defer.Deferred:
-        """
-        Send a command; a worker that is gone answers with a failure.
-        """
-        if self.gone or self.channel.transport is None:
-            return defer.fail(ConnectionError(f"worker {self.index} is gone"))
-        return self.channel.callRemote(command, **kwargs)
-
-    def processEnded(self, reason: Any) -> None:
-        self.gone = True
-        self.pool.ended(self, reason)
-        if self.channel.transport is not None:
-            self.channel.transport.loseConnection()
-        self.ended.callback(None)
-
-    def view(self) -> dict[str, Any]:
-        totals = self.report or {}
-        return {
-            "index": self.index, "pid": self.pid, "listening": self.listening,
-            "applied_version": self.applied, "apply_error": self.apply_error,
-            "active": totals.get("active", 0), "accepted": totals.get("accepted", 0),
-            "reported": self.reported_at,
-        }
 
 
 @implementer(IConfigObserver, IDrainable)
 class WorkerPool(Service):
     """
-    Starts, feeds and restarts the worker processes; the relays of the
-    parent's balancer (L{Balancer.relay_elsewhere}).
+    Starts, feeds and restarts the worker processes; the relays of every
+    balancer of the parent's service table (L{Balancer.relay_elsewhere}),
+    and the controller's listener manager (L{prepare}, L{commit}: binding
+    before a change is stored).
 
     @ivar workers: the live L{Worker} of each worker slot.
-    @ivar port: the listen port (known once started, also for port 0).
+    @ivar port: the main service's first listen port (known once started,
+        also for port 0).
     @ivar restarts: how many workers were started again after exiting.
     """
 
@@ -176,77 +103,166 @@ class WorkerPool(Service):
     stop_timeout = 10.0
 
     def __init__(self, options: Any, balancer: Any, reactor: Any = None) -> None:
+        """
+        @param options: C{workers}, C{engine}, C{backlog}, and optionally
+            C{listen-tcp}, C{(host, port, backlog)}: a listener for the main
+            service besides those of the document (callers of the era of
+            one listener).
+        @param balancer: the parent's L{ServiceTable}, or one balancer
+            (a table of one service is made around it).
+        """
+        from lbproxy.policy.services import ServiceTable
+
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.balancer = balancer
+        self.table = balancer if isinstance(balancer, ServiceTable) else ServiceTable.of(balancer)
         self.count = options["workers"]
         self.engine = options.get("engine", "fast")
-        self.host, self.requested_port, self.backlog = options["listen-tcp"]
-        self.settings = balancer.settings
+        self.backlog = options.get("backlog", 4096)
+        self._main_listen: str | None = None
+        #: the last document applied (L{applied}), if newer than the table's
+        self._applied: Any = None
+        if options.get("listen-tcp"):
+            host, port, self.backlog = options["listen-tcp"]
+            self._main_listen = f"tcp:{port}:interface={host}"
+        self.settings = self.table.settings
         self.workers: list[Worker | None] = [None] * self.count
-        self.port: int | None = None
         self.restarts = 0
-        #: the listening socket of each worker slot (handed over, or made at start)
-        self.sockets: list[socket.socket] = list(options.get("adopt") or ())
+        self.listeners = WorkerSockets(self.count, self.backlog, reactor)
         #: fires once every worker has answered its first Listen
         self.ready: defer.Deferred = defer.Deferred()
-        self._unfollow: Any = None
+        self._unfollow: dict[str, Any] = {}
         #: per slot, how many workers in a row died young
         self._young_deaths: dict[int, int] = {}
         #: set by a graceful stop: an exiting worker is not replaced.
         self.draining = False
 
+    @property
+    def balancer(self) -> Any:
+        """
+        The main service's balancer (or the first).
+        """
+        return self.table.main() or next(iter(self.table.balancers.values()))
+
+    @property
+    def sockets(self) -> dict[str, list[socket.socket]]:
+        return self.listeners.sockets
+
+    @property
+    def port(self) -> int | None:
+        main = self.document.main()
+        found = self.listeners.addresses(self.document, main.name) if main is not None else []
+        return found[0][1] if found else None
+
+    @property
+    def document(self) -> Any:
+        """
+        The document the workers are given: the table's, with the main
+        service also on C{listen-tcp} if that was given.
+        """
+        latest = self.table.document
+        if self._applied is not None and self._applied.version > latest.version:
+            latest = self._applied
+        return self._effective(latest)
+
+    def _effective(self, document: Any) -> Any:
+        from dataclasses import replace
+
+        from lbproxy.model.service import Document
+
+        document = as_document(document)
+        main = document.main()
+        if self._main_listen is None or main is None or self._main_listen in main.listen:
+            return document
+        stamped = replace(main, listen=(*main.listen, self._main_listen))
+        return Document(document.version, tuple(stamped if s is main else s for s in document.services))
+
     def _live(self) -> list[Worker]:
         return [w for w in self.workers if w is not None and not w.gone]
+
+    # The controller's listener manager -------------------------------------------
+
+    def check(self, document: Any) -> None:
+        self.listeners.check(self._effective(document))
+
+    def prepare(self, document: Any, pending: Any = None) -> Any:
+        """
+        Bind every slot's socket of the listeners a change adds, before it
+        is stored (L{lbproxy.control.controller.ConfigController}).
+
+        @raise lbproxy.control.listeners.ListenRefused: nothing bound stays.
+        """
+        return self.listeners.prepare(self._effective(document), pending)
+
+    def commit(self, pending: Any, document: Any) -> None:
+        """
+        Keep the sockets of the change; those of listeners gone close (the
+        workers close theirs on applying it, L{applied}).
+        """
+        self.listeners.commit(pending, self._effective(document))
+
+    def addresses(self, service: str) -> list[tuple[str, int]]:
+        return self.listeners.addresses(self.document, service)
 
     # Lifecycle ----------------------------------------------------------------
 
     def startService(self) -> None:
-        # One listening socket per worker slot (SO_REUSEPORT), made here and
-        # given to the worker as a file descriptor: port 0 becomes one
-        # concrete port for all, a port in use fails here, at startup, and
-        # the parent's copy keeps each socket (and its queue) alive across a
-        # worker's restart and hands it over on a takeover.
-        if not self.sockets:
-            from lbproxy.endpoints import listening_socket
-
-            first = listening_socket(self.host, self.requested_port, self.backlog, reuse_port=True)
-            self.sockets = [first]
-            try:
-                port = first.getsockname()[1]
-                for _ in range(self.count - 1):
-                    self.sockets.append(listening_socket(self.host, port, self.backlog, reuse_port=True))
-            except OSError:
-                self._close_sockets()
-                raise
-        elif len(self.sockets) != self.count:
-            got = len(self.sockets)
-            self._close_sockets()
-            raise OSError(f"the process taken over had {got} workers: take over with --workers {got}")
-        self.port = self.sockets[0].getsockname()[1]
-        self.balancer.relay_elsewhere(self)
-        self._unfollow = self.balancer.follow(self._follow)
+        # Every listener's sockets, one per worker slot (SO_REUSEPORT), made
+        # here and given to the workers: port 0 becomes one concrete port
+        # for all, a port in use fails here, at startup, and the parent's
+        # copy keeps each socket (and its queue) alive across a worker's
+        # restart and hands it over on a takeover.
+        document = self.document
+        try:
+            pending = self.listeners.prepare(document)
+        except Exception as e:
+            self.listeners.close()
+            raise OSError(str(e)) from None
+        self.listeners.commit(pending, document)
+        for socks in self.listeners.handed.values():
+            for sock in socks:
+                sock.close()
+        self.listeners.handed = {}
+        self._relay_new()
         super().startService()
         for i in range(self.count):
             self._spawn(i)
 
+    def _relay_new(self) -> None:
+        """
+        Relay and follow every balancer of the table not yet relayed (at
+        the start, and for the services a change adds).
+        """
+        for name in relay_table(self.table, self, self._live()):
+            balancer = self.table.balancer(name)
+            self._unfollow[name] = balancer.follow(lambda kind, args, n=name: self._follow(n, kind, args))
+
+    def adopt_workers(self, handover: Any) -> None:
+        """
+        Take the workers' sockets a takeover handed over (used at start
+        instead of binding).
+        """
+        main = self.document.main()
+        key = None
+        if main is not None and main.listen:
+            key = listen_key(main.listen[0], main.name)
+        self.listeners.adopt(handover, key)
+
     def _close_sockets(self) -> None:
-        for sock in self.sockets:
-            sock.close()
-        self.sockets = []
+        self.listeners.close()
 
     def listening_fds(self) -> list[tuple[str, int]]:
         """
         The workers' listening sockets, to hand over (L{lbproxy.control.takeover}).
         """
-        return [("worker", sock.fileno()) for sock in self.sockets]
+        return self.listeners.listening_fds()
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
-        if self._unfollow is not None:
-            self._unfollow()
-            self._unfollow = None
+        for unfollow in self._unfollow.values():
+            unfollow()
+        self._unfollow = {}
         waits = []
         for worker in self._live():
             waits.append(worker.ended)
@@ -275,7 +291,8 @@ class WorkerPool(Service):
         worker.started = self.reactor.seconds()
         self.workers[index] = worker
         # A relay from now on: a removal waits for its first report.
-        self.balancer.take_report(worker, 0, {}, {})
+        for balancer in self.table.all():
+            balancer.take_report(worker, 0, {}, {})
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             env = dict(os.environ)
@@ -284,8 +301,7 @@ class WorkerPool(Service):
             self.reactor.spawnProcess(
                 worker, sys.executable,
                 [sys.executable, "-m", "lbproxy.control.worker_main", str(CHANNEL_FD)],
-                env=env, childFDs={0: "w", 1: 1, 2: 2, CHANNEL_FD: theirs.fileno(),
-                                   LISTEN_FD: self.sockets[index].fileno()},
+                env=env, childFDs={0: "w", 1: 1, 2: 2, CHANNEL_FD: theirs.fileno()},
             )
             self.reactor.adoptStreamConnection(
                 ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: worker.channel)
@@ -298,8 +314,8 @@ class WorkerPool(Service):
 
     def _introduce(self, worker: Worker) -> None:
         """
-        Start the worker with the config and the down backends of now.
-        The commands go at once: AMP keeps their order.
+        Start the worker with its sockets, the document and the down
+        backends of now.  The commands go at once: AMP keeps their order.
         """
         s = self.settings
         worker.call(Start, index=worker.index, report_interval=self.report_interval,
@@ -307,12 +323,12 @@ class WorkerPool(Service):
                     idle_timeout=s.idle_timeout, max_connections=s.max_connections,
                     access_log=s.access_log, tcp_keepalive=list(s.tcp_keepalive or ()),
                     ).addErrback(self._failed, worker, "start")
-        config = self.balancer.config
-        self._apply(worker, config.version, json.dumps(config.to_json()))
-        down = [{"id": bid, "reason": state.reason}
-                for bid, state in self.balancer.pool.health.items() if not state.healthy]
-        d = worker.call(Listen, host=self.host, port=self.port, backlog=self.backlog,
-                        engine=self.engine, down=down, fd=LISTEN_FD)
+        document = self.document
+        self._apply(worker, document.version, json.dumps(document.to_json()))
+        down = [{"service": name, "id": bid, "reason": state.reason}
+                for name, b in self.table.balancers.items()
+                for bid, state in b.pool.health.items() if not state.healthy]
+        d = worker.call(Listen, backlog=self.backlog, engine=self.engine, down=down)
         d.addCallback(lambda _: self._listening(worker))
         d.addErrback(self._failed, worker, "listen", stop=True)
 
@@ -339,7 +355,7 @@ class WorkerPool(Service):
         A worker exited: its connections are gone, its finished counters
         stay; start another.
         """
-        self.balancer.drop_reports(worker)
+        drop_table_reports(self.table, worker)
         if self.workers[worker.index] is not worker:
             return
         self.workers[worker.index] = None
@@ -391,17 +407,23 @@ class WorkerPool(Service):
 
     def applied(self, old: Any, new: Any) -> None:
         """
-        L{IConfigObserver}: send the config now in force to every worker.
+        L{IConfigObserver}: send the document now in force to every worker
+        (after the sockets of the listeners it adds); the services it adds
+        are relayed by the workers from now on.
         """
-        # Workers relay the main service (the one --listen defines).
-        new = new.main() if hasattr(new, "main") else new
-        if new is None:
-            return
-        document = json.dumps(new.to_json())
+        self._relay_new()
+        for name in tuple(self._unfollow):
+            if self.table.balancer(name) is None:
+                self._unfollow.pop(name)()
+        self._applied = as_document(new)
+        document = self._effective(new)
+        text = json.dumps(document.to_json())
         for worker in self._live():
-            self._apply(worker, new.version, document)
+            self._apply(worker, document.version, text)
 
     def _apply(self, worker: Worker, version: int, document: str) -> None:
+        self._adopt(worker)
+
         def done(answer: dict) -> None:
             worker.applied = answer["applied"]
             worker.apply_error = None
@@ -415,19 +437,37 @@ class WorkerPool(Service):
 
         worker.call(ApplyConfig, version=version, document=document).addCallbacks(done, failed)
 
-    def _follow(self, kind: str, args: tuple) -> None:
+    def _adopt(self, worker: Worker) -> None:
+        """
+        Pass the worker its slot's socket of every listener it lacks.
+        """
+        for key, socks in self.listeners.sockets.items():
+            if key not in worker.keys and worker.index < len(socks):
+                worker.keys.add(key)
+                worker.call(Adopt, key=key, fd=socks[worker.index].fileno()).addErrback(
+                    self._failed, worker, f"take its socket for {key}")
+        worker.keys &= set(self.listeners.sockets)
+
+    def _follow(self, service: str, kind: str, args: tuple) -> None:
         # Forced closes are asked through close() (whose answer counts
         # them), and each worker runs its own drain timers: only the
-        # parent's health results need repeating.
+        # parent's health results need repeating, and the closes of a
+        # service removed with force (its balancer here retires with force
+        # before the workers are sent the document without it).
         if kind == "health":
             backend, ok, reason = args
             for worker in self._live():
-                worker.call(Health, backend=backend, ok=ok, reason=reason).addErrback(
-                    self._failed, worker, f"take a health result for {backend}")
+                worker.call(Health, service=service, backend=backend, ok=ok, reason=reason).addErrback(
+                    self._failed, worker, f"take a health result for {service}/{backend}")
+        elif kind == "close" and args[1] == "service-removed":
+            backend, why = args
+            for worker in self._live():
+                worker.call(CloseBackend, service=service, backend=backend, why=why).addErrback(
+                    self._failed, worker, f"close {service}/{backend}")
 
     def refresh(self) -> defer.Deferred:
         """
-        Ask every worker for a fresh report (for the balancer).
+        Ask every worker for a fresh report (for the balancers).
 
         @return: a Deferred that fires once all have answered or failed.
         """
@@ -439,16 +479,19 @@ class WorkerPool(Service):
             polls.append(d)
         return defer.gatherResults(polls).addCallback(lambda _: None)
 
-    def close(self, backend_id: str, why: str) -> defer.Deferred:
+    def close(self, backend_id: str, why: str, service: str | None = None) -> defer.Deferred:
         """
-        Close every worker's connections to a backend.
+        Close every worker's connections to a backend of a service (the
+        main one if not named).
 
         @return: a Deferred firing with how many they closed (a worker that
             is gone closed none).
         """
+        if service is None:
+            service = self.balancer.config.name
         closes = []
         for worker in self._live():
-            d = worker.call(CloseBackend, backend=backend_id, why=why)
+            d = worker.call(CloseBackend, service=service, backend=backend_id, why=why)
             d.addCallback(lambda answer: answer["closed"])
             d.addErrback(lambda f, w=worker: self._failed(f, w, f"close {backend_id}") or 0)
             closes.append(d)
@@ -458,27 +501,39 @@ class WorkerPool(Service):
 
     def reported(self, worker: Worker, fields: dict[str, Any]) -> None:
         """
-        Take one worker's report: counters into the balancer, routing
-        decisions into its recorder (for the UI's feed).
+        Take one worker's report: each service's counters into its
+        balancer, its routing decisions into its recorder (for the UI's feed).
         """
         if worker.gone:
             return
-        totals = {name: fields[name] for name in TOTAL_COUNTERS}
-        backends = {b["id"]: {name: b[name] for name in BACKEND_COUNTERS} for b in fields["backends"]}
-        worker.report = totals
+        version, services = parse_report(fields)
+        parts: dict[str, tuple[dict[str, int], dict[str, dict[str, int]]]] = {}
+        summed = dict.fromkeys(TOTAL_COUNTERS, 0)
+        worker.services = {}
+        for name, part in services.items():
+            totals = {n: part["totals"][n] for n in TOTAL_COUNTERS}
+            backends = {b["id"]: {n: b[n] for n in BACKEND_COUNTERS} for b in part["backends"]}
+            parts[name] = (totals, backends)
+            worker.services[name] = totals
+            for n, v in totals.items():
+                summed[n] += v
+        worker.report = summed
         worker.reported_at = self.reactor.seconds()
-        self.balancer.take_report(worker, fields["version"], totals, backends)
-        if fields["route_total"]:
-            merge_routes(self.balancer.routes, fields)
+        take_table_report(self.table, worker, version, parts)
+        for name, part in services.items():
+            balancer = self.table.balancer(name)
+            if balancer is not None and part["route_total"]:
+                merge_routes(balancer.routes, part)
 
     def status(self) -> dict[str, Any]:
         """
         For C{GET /api/v1/status}: each worker's pid, applied config
-        version and last reported counts.
+        version and last reported counts (also per service).
         """
         return {
             "workers": [w.view() if w is not None else None for w in self.workers],
             "worker_restarts": self.restarts,
             "listen_port": self.port,
+            "worker_listeners": {key: where[1] for key in self.listeners.sockets
+                                 if (where := self.listeners.address(key)) is not None},
         }
-

@@ -8,6 +8,11 @@ counters are the sums of what the relays reported, kept by adding each
 report's changes (no one overwrites them).  A backend removed or drained
 there is finished only once every relay has applied that config and
 reports no connection to it.
+
+With several services (L{lbproxy.policy.services.ServiceTable}) each
+balancer of the table is relayed elsewhere on its own: L{relay_table}
+attaches the balancers (those a change adds too) and L{take_table_report}
+gives each its part of a relay's report, by service name.
 """
 
 from __future__ import annotations
@@ -74,6 +79,14 @@ class RelayedElsewhere:
                 _add_counts(stats, old_backends.get(bid, {}), new)
         self._settle()
 
+    def relay_forgot(self, source: Any, version: int) -> None:
+        """
+        A relay reports nothing for this service under C{version} (it
+        retired it, or does not have it yet): nothing is open there.
+        """
+        _, old_totals, _ = self._reports.get(source, (0, {}, {}))
+        self.take_report(source, version, dict(old_totals, active=0), {})
+
     def drop_reports(self, source: Any) -> None:
         """
         A relay is gone (a worker exited): its connections are gone with
@@ -97,8 +110,11 @@ class RelayedElsewhere:
 
     def _settle(self) -> None:
         """
-        Finish the removals and drains every relay has caught up with.
+        Finish the removals and drains every relay has caught up with, and
+        the retirement of a removed service once no relay has a connection.
         """
+        if getattr(self, "_retired", None) is not None:
+            self._check_retired()
         for bid, version in tuple(self._settling.items()):
             if self.connections.get(bid) or self._open_elsewhere(bid):
                 continue
@@ -132,6 +148,73 @@ class RelayedElsewhere:
         if self._relays is None:
             return defer.succeed(here)
         return self._relays.close(backend_id, why).addCallback(lambda there: here + there)
+
+
+class ServiceRelays:
+    """
+    What one service's balancer asks of the relays (L{relay_elsewhere}):
+    the relays' L{refresh}, and their C{close} for that service.
+    """
+
+    def __init__(self, relays: Any, service: str) -> None:
+        self.relays = relays
+        self.service = service
+
+    def refresh(self) -> defer.Deferred:
+        return self.relays.refresh()
+
+    def close(self, backend_id: str, why: str) -> defer.Deferred:
+        return self.relays.close(backend_id, why, self.service)
+
+
+def relay_table(table: Any, relays: Any, sources: Any = ()) -> list[str]:
+    """
+    Have every balancer of C{table} that is not yet relayed elsewhere be
+    relayed by C{relays} (which close by service: C{close(backend_id, why,
+    service)}); each waits for a first report of every one of C{sources}.
+
+    @return: the names of the balancers attached now.
+    """
+    attached = []
+    for name, balancer in table.balancers.items():
+        if balancer._relays is None:
+            balancer.relay_elsewhere(ServiceRelays(relays, name))
+            for source in sources:
+                balancer.take_report(source, 0, {}, {})
+            attached.append(name)
+    return attached
+
+
+def take_table_report(table: Any, source: Any, version: int, services: Mapping[str, Any]) -> None:
+    """
+    Give each relayed balancer of C{table} its part of one relay's report:
+    C{services} maps a service name to C{(totals, backends)}; a service
+    the relay did not report has nothing open there.
+    """
+    for name, balancer in table.balancers.items():
+        if balancer._relays is None:
+            continue
+        got = services.get(name)
+        if got is None:
+            balancer.relay_forgot(source, version)
+        else:
+            balancer.take_report(source, version, got[0], got[1])
+    for balancer in tuple(table.retiring.values()):
+        if balancer._relays is not None:
+            # A name both current and retiring is reported as the current one.
+            got = services.get(balancer.config.name) if balancer.config.name not in table.balancers else None
+            if got is None:
+                balancer.relay_forgot(source, version)
+            else:
+                balancer.take_report(source, version, got[0], got[1])
+
+
+def drop_table_reports(table: Any, source: Any) -> None:
+    """
+    A relay is gone: L{RelayedElsewhere.drop_reports} in every balancer.
+    """
+    for balancer in table.all():
+        balancer.drop_reports(source)
 
 
 def _add_counts(counters: Any, old: Mapping[str, int], new: Mapping[str, int]) -> None:
