@@ -68,6 +68,9 @@ class Refusing:
     route.
     """
 
+    #: No traffic rules (L{lbproxy.policy.limits}): nothing is admitted anyway.
+    traffic = None
+
     def __init__(self, listener_route: ListenerRoute, settings: ProxySettings, resolver: Any = None) -> None:
         self.listener_route = listener_route
         self.settings = settings
