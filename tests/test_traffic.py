@@ -259,3 +259,34 @@ def test_balancer_still_provides_ibalancer(factories):
     b, _ = balancer(factories, max_queue=1)
     assert verifyObject(IBalancer, b)
     assert isinstance(Wait(), Wait)
+
+
+# The API and /metrics ------------------------------------------------------
+
+
+def test_api_patches_rules_and_shows_counters(factories):
+    """PATCH /api/v1/services/NAME takes the traffic fields (validated, versioned, in force at once);
+    GET shows them with the counters; /metrics has refusals by reason and the queue."""
+    from tests.webtools import Admin
+
+    admin = Admin(factories)
+    body = {"name": "redis", "listen": ["tcp:6379"], "backends": [{"host": "127.0.0.1", "port": 6379}]}
+    assert admin.request("POST", "/api/v1/services", body).code == 201
+    r = admin.request("PATCH", "/api/v1/services/redis", {
+        "deny": ["192.0.2.0/24"], "max_queue": 4, "queue_timeout": 3,
+        "client_limits": {"max_connections": 2, "rate": 20, "burst": 40, "prefix_v4": 24, "prefix_v6": 64},
+    })
+    assert r.code == 200, r.json
+    assert r.header("ETag") == '"3"'
+    assert r.json["deny"] == ["192.0.2.0/24"] and r.json["client_limits"]["prefix_v6"] == 64
+    assert r.json["traffic"]["queue"] == {"length": 0, "wait_now": 0.0, "longest_wait": 0.0, "served": 0}
+    b = admin.controller.table.balancer("redis")
+    s = ConnectionSession(SingleServiceRoute(b), admin.clock, ("192.0.2.5", 1))
+    assert s.accepted() is None
+    assert admin.get("/api/v1/services/redis").json["traffic"]["refused"]["denied"] == 1
+    bad = admin.request("PATCH", "/api/v1/services/redis", {"allow": ["300.0.0.0/8"]})
+    assert bad.code == 400 and "allow" in bad.json["error"]
+    assert admin.get("/api/v1/services/redis").json["allow"] == []
+    text = admin.get("/metrics").body.decode()
+    assert 'lbproxy_traffic_refused_total{reason="denied",service="redis"} 1.0' in text
+    assert 'lbproxy_queue_length{service="redis"} 0.0' in text
