@@ -290,3 +290,13 @@ def test_api_patches_rules_and_shows_counters(factories):
     text = admin.get("/metrics").body.decode()
     assert 'lbproxy_traffic_refused_total{reason="denied",service="redis"} 1.0' in text
     assert 'lbproxy_queue_length{service="redis"} 0.0' in text
+
+
+def test_verdict_cache_is_bounded_and_per_rules():
+    """The per-address verdicts of a rules snapshot stay under SEEN_MAX, and a new snapshot starts empty."""
+    rules = Rules(Config(deny=("10.0.0.0/8",)))
+    for i in range(Rules.SEEN_MAX * 3):
+        rules.classify(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+    assert 0 < len(rules.seen) <= Rules.SEEN_MAX
+    assert rules.classify("10.0.0.1") == "denied" and rules.classify("11.0.0.1") is True
+    assert Rules(Config(deny=("10.0.0.0/8",))).seen == {}

@@ -89,7 +89,14 @@ class Rules:
     One config's traffic rules, compiled; immutable.
     """
 
-    __slots__ = ("allow", "deny", "limits", "max_queue", "queue_timeout", "shift4", "shift6", "burst")
+    __slots__ = (
+        "allow", "deny", "limits", "max_queue", "queue_timeout", "shift4", "shift6", "burst", "seen",
+    )
+
+    #: Client addresses whose verdict L{seen} keeps at most (then it starts
+    #: again): a returning client costs one dict lookup, not a parse and
+    #: a match.
+    SEEN_MAX = 16384
 
     def __init__(self, config: Any) -> None:
         self.allow = Networks(config.allow) if config.allow else None
@@ -100,11 +107,36 @@ class Rules:
         self.limits = limits
         self.max_queue = config.max_queue
         self.queue_timeout = config.queue_timeout
+        #: host -> L{classify}'s verdict for it, under these rules.
+        self.seen: dict[str, Any] = {}
         if limits is not None:
             self.shift4 = 32 - limits.prefix_v4
             self.shift6 = 128 - limits.prefix_v6
             rate = limits.rate
             self.burst = float(limits.burst or max(1, int(rate or 1))) if rate else 0.0
+
+    def classify(self, host: str) -> Any:
+        """
+        @return: C{True} (admitted, no per-client limit), the key of the
+            client in the L{ClientTable}, or the refusal reason (a C{str}).
+        """
+        address = parse_address(host)
+        if address is None:
+            verdict: Any = True if self.allow is None else NOT_ALLOWED
+        elif self.deny is not None and address in self.deny:
+            verdict = DENIED
+        elif self.allow is not None and address not in self.allow:
+            verdict = NOT_ALLOWED
+        elif self.limits is None:
+            verdict = True
+        else:
+            bits, value = address
+            verdict = value >> self.shift4 if bits == 32 else -1 - (value >> self.shift6)
+        seen = self.seen
+        if len(seen) >= self.SEEN_MAX:
+            seen.clear()
+        seen[host] = verdict
+        return verdict
 
     @staticmethod
     def needed(config: Any) -> bool:
@@ -120,13 +152,22 @@ class Entry:
     One client (or prefix) in the L{ClientTable}.
     """
 
-    __slots__ = ("key", "active", "tokens", "stamp")
+    __slots__ = ("key", "table", "active", "tokens", "stamp")
 
-    def __init__(self, key: int, tokens: float, stamp: float) -> None:
+    def __init__(self, key: int, table: "ClientTable", tokens: float, stamp: float) -> None:
         self.key = key
+        self.table = table
         self.active = 0
         self.tokens = tokens
         self.stamp = stamp
+
+    def release(self) -> None:
+        """
+        One of this client's connections ended.
+        """
+        self.active -= 1
+        if self.active <= 0:
+            self.table._rest(self)
 
 
 class ClientTable:
@@ -163,7 +204,7 @@ class ClientTable:
                 old, _ = self.idle.popitem(last=False)
                 del entries[old]
                 self.evicted += 1
-            entry = entries[key] = Entry(key, rules.burst, now)
+            entry = entries[key] = Entry(key, self, rules.burst, now)
         else:
             self.idle.pop(key, None)
         if limits.max_connections is not None and entry.active >= limits.max_connections:
@@ -185,8 +226,7 @@ class ClientTable:
         return entry
 
     def release(self, entry: Entry) -> None:
-        entry.active -= 1
-        self._rest(entry)
+        entry.release()
 
     def _rest(self, entry: Entry) -> None:
         if entry.active <= 0 and self.entries.get(entry.key) is entry:
@@ -366,33 +406,21 @@ class Traffic:
         Check a new client against the access lists and its limits.
 
         @return: C{None} (admitted, nothing to release), an L{Entry} of the
-            client table (admitted; release it at the end through
-            L{release}), or the refusal reason (a C{str}).
+            client table (admitted; L{Entry.release} it at the end), or the
+            refusal reason (a C{str}).
         """
         rules = self.rules
-        address = parse_address(host)
-        if address is None:
-            return None if rules.allow is None else NOT_ALLOWED
-        deny = rules.deny
-        if deny is not None and address in deny:
-            return self.refuse(DENIED, host)
-        allow = rules.allow
-        if allow is not None and address not in allow:
-            return self.refuse(NOT_ALLOWED, host)
-        if rules.limits is None:
+        verdict = rules.seen.get(host)
+        if verdict is None:
+            verdict = rules.classify(host)
+        if verdict is True:
             return None
-        bits, value = address
-        key = value >> rules.shift4 if bits == 32 else -1 - (value >> rules.shift6)
-        table = self.clients
-        found = table.acquire(key, rules, self.clock.seconds())
+        if verdict.__class__ is str:
+            return self.refuse(verdict, host)
+        found = self.clients.acquire(verdict, rules, self.clock.seconds())
         if found.__class__ is str:
             return self.refuse(found, host)
-        return (table, found)
-
-    @staticmethod
-    def release(held: Any) -> None:
-        table, entry = held
-        table.release(entry)
+        return found
 
     def refuse(self, reason: str, host: str) -> str:
         self.refusals.refused(reason, host, self.clock.seconds())

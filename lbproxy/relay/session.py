@@ -34,7 +34,7 @@ from typing import Any
 from zope.interface import implementer
 
 from lbproxy.interfaces import IBalancer, IConnectionSession
-from lbproxy.policy.limits import QUEUE, QUEUE_FULL, Traffic
+from lbproxy.policy.limits import QUEUE, QUEUE_FULL
 from lbproxy.policy.pool import AccessRecord, Candidate
 from lbproxy.relay import proxyprotocol, sni
 from lbproxy.relay.proxyprotocol import header
@@ -298,7 +298,7 @@ class ConnectionSession:
             return None
         self.finished = True
         if self.held is not None:
-            Traffic.release(self.held)
+            self.held.release()
             self.held = None
         backend = self.backend
         if backend is None and self.attempt is not None:
@@ -346,7 +346,7 @@ class ConnectionSession:
             self.outcome = "rejected"
             self.finished = True
             if self.held is not None:
-                Traffic.release(self.held)
+                self.held.release()
                 self.held = None
             return None
         candidate = self.attempt = balancer.route(self.client, ())
