@@ -300,3 +300,59 @@ def test_verdict_cache_is_bounded_and_per_rules():
     assert 0 < len(rules.seen) <= Rules.SEEN_MAX
     assert rules.classify("10.0.0.1") == "denied" and rules.classify("11.0.0.1") is True
     assert Rules(Config(deny=("10.0.0.0/8",))).seen == {}
+
+
+class ProxyRoute:
+    """A listener route whose clients from 127.0.0.0/8 start with a PROXY header."""
+
+    routes_by_sni = False
+    sni_timeout = 5.0
+    endpoint = "tcp:0"
+
+    def __init__(self, balancer):
+        import ipaddress
+
+        self.accept_proxy = (ipaddress.ip_network("127.0.0.0/8"),)
+        self._balancer = balancer
+        self.refusals = []
+
+    def default(self):
+        return self._balancer
+
+    def for_server_name(self, name):
+        return None
+
+    def refused(self, reason):
+        self.refusals.append(reason)
+
+
+def test_rules_see_the_address_a_proxy_header_gives(factories):
+    """Behind a trusted PROXY-protocol source, the deny list judges the address of the header, not the peer's."""
+    b, clock = balancer(factories, deny=("192.0.2.9/32",))
+    route = ProxyRoute(b)
+    s = ConnectionSession(route, clock, ("127.0.0.1", 5000))
+    s.accepted()
+    assert s.client_bytes(b"PROXY TCP4 192.0.2.9 10.0.0.1 1234 80\r\n") is None
+    assert s.outcome == "denied" and b.traffic_state.view()["refused"]["denied"] == 1
+    s = ConnectionSession(route, clock, ("127.0.0.1", 5001))
+    s.accepted()
+    assert s.client_bytes(b"PROXY TCP4 192.0.2.10 10.0.0.1 1234 80\r\n").id == "b0"
+
+
+def test_service_table_shares_the_process_limit(factories):
+    """--max-connections (the table's settings) counts the connections of every service together."""
+    from lbproxy.model.config import ProxySettings
+    from lbproxy.policy.services import ServiceTable
+
+    doc = parse_document({"services": [
+        {"name": n, "listen": [f"tcp:{p}"], "backends": [{"id": "b1", "host": "127.0.0.1", "port": p}]}
+        for n, p in (("a", 7001), ("b", 7002))
+    ]})
+    clock = Clock()
+    table = ServiceTable(doc, factories, ProxySettings(max_connections=1), reactor=clock)
+    a, bb = table.balancer("a"), table.balancer("b")
+    s1, c1 = session(a, clock)
+    assert c1 is not None and session(bb, clock)[1] is None
+    assert bb.totals.rejected == 1
+    s1.ended(0, 0)
+    assert session(bb, clock)[1] is not None

@@ -166,3 +166,20 @@ async def test_a_full_queue_refuses_at_once(engine, factories, cleanup):
     assert len(refused) == 6 and max(refused) < 0.5
     assert sum(1 for got, _ in results if got == b"b1\n") == 4
     assert balancer.traffic_state.view()["refused"]["queue-full"] == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_fast_engine_notices_a_waiting_client_that_resets(factories, cleanup):
+    """A client that resets while it waits in the queue is ended at once
+    (the fast engine watches its socket for errors only), freeing its place."""
+    if "fast" not in h.ENGINES:
+        pytest.fail("the fast engine needs Linux")
+    balancer, port = proxy("fast", factories, cleanup, backend_max=1, max_queue=1, queue_timeout=30)
+    served = await deferToThread(socket.create_connection, ("127.0.0.1", port), 5)
+    waiting = await deferToThread(socket.create_connection, ("127.0.0.1", port), 5)
+    await h.until(lambda: len(balancer.traffic_state.queue) == 1 and balancer.totals.active == 2)
+    waiting.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    waiting.close()
+    await h.until(lambda: balancer.totals.active == 1)
+    served.close()
+    await h.until(lambda: balancer.totals.active == 0)
