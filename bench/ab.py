@@ -36,7 +36,11 @@ def main(argv: list[str]) -> int:
                         help="also count system calls per one-shot connection (strace -c -f)")
     parser.add_argument("--extra", action="append", default=[],
                         help="TREE_INDEX:ARG,ARG extra lbproxy arguments for one tree")
+    parser.add_argument("--patch", action="append", default=[],
+                        help="TREE_INDEX:FILE a JSON body to PATCH the default service with once "
+                             "that tree is up (e.g. traffic rules)")
     args = parser.parse_args(argv)
+    patches = dict((int(i), Path(f).read_bytes()) for i, _, f in (p.partition(":") for p in args.patch))
     trees = [Path(t).resolve() for t in args.trees]
     extra: dict[int, list[str]] = {}
     for item in args.extra:
@@ -57,6 +61,14 @@ def main(argv: list[str]) -> int:
             proc = subprocess.Popen(argv_, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
                                     stdout=log, stderr=subprocess.STDOUT)
             B.wait_port(port, proc, str(root))
+            if i in patches:
+                import urllib.request
+
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{admin}/api/v1/services/default", data=patches[i], method="PATCH",
+                    headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    print(f"tree{i}: PATCH /api/v1/services/default {answer.status}", flush=True)
             proxy = B.Proxy(f"tree{i}", "lbproxy", 1, argv_, port, admin, root)
             proxy.proc = proc
             proxies.append(proxy)

@@ -207,7 +207,11 @@ class IConnectionSession(Interface):
             when the listener's L{IListenerRoute} needs the client's first
             bytes, a L{lbproxy.relay.session.ReadFirst}: read up to its
             C{limit} bytes and hand them to L{client_bytes}, and call
-            L{read_timed_out} at its C{deadline}.
+            L{read_timed_out} at its C{deadline}; or, when every backend
+            is at its max_connections and the service has a queue, a
+            L{lbproxy.relay.session.Wait}: keep the client unread and set
+            its C{notify}, which the session calls once with the backend
+            to connect to or C{None} (close the client).
         """
 
     def client_bytes(data):
@@ -246,7 +250,8 @@ class IConnectionSession(Interface):
         """
         The backend connect failed (refused, timed out, unresolvable).
 
-        @return: the next backend to try (tried ones are excluded), or
+        @return: the next backend to try (tried ones are excluded), a
+            L{lbproxy.relay.session.Wait} (as from L{accepted}), or
             C{None}: close the client (C{connect-failed}).
         """
 

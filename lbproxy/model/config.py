@@ -157,6 +157,26 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class ClientLimits:
+    """
+    Limits per client address, or per network of C{prefix_v4}/C{prefix_v6}
+    bits (L{lbproxy.policy.limits.ClientTable}); C{None}: no such limit.
+    """
+
+    max_connections: int | None = None
+    rate: float | None = None
+    burst: int | None = None
+    prefix_v4: int = 32
+    prefix_v6: int = 128
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_connections": self.max_connections, "rate": self.rate, "burst": self.burst,
+            "prefix_v4": self.prefix_v4, "prefix_v6": self.prefix_v6,
+        }
+
+
+@dataclass(frozen=True)
 class StrategyChoice:
     name: str = "round-robin"
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -198,6 +218,14 @@ class Config:
     retries: int | None = None
     idle_timeout: float | None = None
     max_connections: int | None = None
+    # Traffic control (L{lbproxy.policy.limits}).
+    #: Client networks (CIDR strings) served if not empty; C{deny} is refused first.
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    client_limits: ClientLimits | None = None
+    #: Clients that wait when every backend is at its max_connections.
+    max_queue: int = 0
+    queue_timeout: float = 10.0
 
     def backend(self, backend_id: str) -> Backend | None:
         for b in self.backends:
@@ -236,6 +264,11 @@ class Config:
             "sni_timeout": self.sni_timeout,
             "accept_proxy": list(self.accept_proxy),
             **{k: getattr(self, k) for k in CONNECTION_FIELDS},
+            "allow": list(self.allow),
+            "deny": list(self.deny),
+            "client_limits": self.client_limits.to_json() if self.client_limits else None,
+            "max_queue": self.max_queue,
+            "queue_timeout": self.queue_timeout,
         }
 
     def connection_settings(self, base: "ProxySettings") -> "ProxySettings":

@@ -231,6 +231,44 @@ SERVICE_FIELDS: dict[str, Any] = {
                      "description": "Source networks whose connections start with a PROXY protocol header."},
 }
 
+_CIDRS: dict[str, Any] = {
+    "type": "array", "maxItems": 10000, "uniqueItems": True,
+    "items": {"type": "string", "minLength": 1, "maxLength": 64, "format": "cidr"},
+}
+
+#: Traffic control of a service (L{lbproxy.policy.limits}): who may connect,
+#: how often and how many at once per client, and the queue at maxconn.
+CLIENT_LIMITS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Limits per client address, or per prefix of prefix_v4/prefix_v6 bits.",
+    "properties": {
+        "max_connections": nullable({"type": "integer", "minimum": 1, "maximum": 10_000_000,
+                                     "description": "Connections open at once per client; null: no limit."}),
+        "rate": nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000,
+                          "description": "New connections per second per client (token bucket); null: no limit."}),
+        "burst": nullable({"type": "integer", "minimum": 1, "maximum": 10_000_000,
+                           "description": "Bucket size: connections a client may open at once; "
+                                          "null: the rate's, at least 1."}),
+        "prefix_v4": {"type": "integer", "minimum": 1, "maximum": 32,
+                      "description": "IPv4 clients are counted per /prefix_v4 (32: per address)."},
+        "prefix_v6": {"type": "integer", "minimum": 1, "maximum": 128,
+                      "description": "IPv6 clients are counted per /prefix_v6 (128: per address)."},
+    },
+}
+
+TRAFFIC_FIELDS: dict[str, Any] = {
+    "allow": {**_CIDRS, "description": "If not empty, only clients in these networks are served."},
+    "deny": {**_CIDRS, "description": "Clients in these networks are refused (before allow)."},
+    "client_limits": nullable(CLIENT_LIMITS),
+    "max_queue": {"type": "integer", "minimum": 0, "maximum": 1_000_000,
+                  "description": "Clients that wait when every backend is at its max_connections "
+                                 "(0: refuse them at once)."},
+    "queue_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600,
+                      "description": "Seconds a client may wait in the queue before it is closed."},
+}
+SERVICE_FIELDS.update(TRAFFIC_FIELDS)
+
 POOL_FIELDS: dict[str, Any] = {
     "backends": {"type": "array", "items": BACKEND, "maxItems": 10000},
     "strategy": STRATEGY,

@@ -115,6 +115,22 @@ def service_fields(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
         out["accept_proxy"] = tuple(
             str(ipaddress.ip_network(cidr, strict=False)) for cidr in obj["accept_proxy"]
         )
+    for key in ("allow", "deny"):
+        if key in obj:
+            out[key] = tuple(str(ipaddress.ip_network(cidr, strict=False)) for cidr in obj[key])
+    if obj.get("client_limits") is not None:
+        from lbproxy.model.config import ClientLimits
+
+        c = obj["client_limits"]
+        d = ClientLimits()
+        out["client_limits"] = ClientLimits(
+            c.get("max_connections"), None if c.get("rate") is None else float(c["rate"]),
+            c.get("burst"), int(c.get("prefix_v4", d.prefix_v4)), int(c.get("prefix_v6", d.prefix_v6)),
+        )
+    if "max_queue" in obj:
+        out["max_queue"] = int(obj["max_queue"])
+    if "queue_timeout" in obj:
+        out["queue_timeout"] = float(obj["queue_timeout"])
     if out.get("sni_default") and not obj.get("sni"):
         raise ConfigError(f"{what}.sni_default needs the service's sni names")
     return out

@@ -21,6 +21,7 @@ from lbproxy.model.config import Backend, Config, ProxySettings
 from lbproxy.control.events import EventBus, RouteRecorder
 from lbproxy.interfaces import IBalancer, IRelayedConnection, IStrategy, IStrategyFactory
 from lbproxy.policy.histogram import Histograms
+from lbproxy.policy.limits import QUEUE, QUEUE_FULL, QUEUE_TIMEOUT, Rules, Traffic
 from lbproxy.policy.plugins import build_strategy
 from lbproxy.policy.pool import AccessRecord, Candidate, Pool
 from lbproxy.policy.relayed import RelayedElsewhere
@@ -102,6 +103,17 @@ class Balancer(RelayedElsewhere):
         self._idle_unlogged = 0
         #: called once no connection is left, after L{retire}.
         self._retired: Callable[[], None] | None = None
+        #: Traffic control (L{lbproxy.policy.limits}): always kept for its
+        #: counters; C{traffic} is it only while the config has rules, so a
+        #: service without any pays one C{is None} per connection.
+        self.traffic_state = Traffic(config, reactor, self._queue_expired)
+        self.traffic: Traffic | None = self.traffic_state if Rules.needed(config) else None
+        #: backend id -> connects under way to it, counted against its
+        #: max_connections (only for backends that have one).
+        self.reserved: dict[str, int] = {}
+        #: the L{lbproxy.policy.limits.ProcessLimit} shared by every
+        #: service of the process (the command line's --max-connections).
+        self.process: Any = None
 
     # Lifecycle -----------------------------------------------------------
 
@@ -128,6 +140,7 @@ class Balancer(RelayedElsewhere):
         self.sweep_idle(now)
         if self.pool.ramping():
             self.pool.refresh(now)
+        self.traffic_state.refusals.flush(now)
 
     def sweep_idle(self, now: float) -> None:
         """
@@ -184,6 +197,12 @@ class Balancer(RelayedElsewhere):
         if totals.active >= self.settings.max_connections:
             totals.rejected += 1
             return False
+        process = self.process
+        if process is not None:
+            if process.active >= process.limit:
+                totals.rejected += 1
+                return False
+            process.active += 1
         totals.active += 1
         totals.accepted += 1
         return True
@@ -192,6 +211,7 @@ class Balancer(RelayedElsewhere):
         candidates = self.pool.candidates
         if exclude:
             candidates = tuple(c for c in candidates if c.id not in exclude)
+        full = False
         while candidates:
             try:
                 choice = self.strategy.choose(candidates, client)
@@ -205,11 +225,18 @@ class Balancer(RelayedElsewhere):
                 )
                 choice = self._fallback.choose(candidates, client)
             limit = choice.backend.max_connections
-            if limit is not None and choice.stats.active >= limit:
-                candidates = tuple(c for c in candidates if c is not choice)
-                continue
+            if limit is not None:
+                reserved = self.reserved
+                busy = reserved.get(choice.id, 0)
+                if choice.stats.active + busy >= limit:
+                    full = True
+                    candidates = tuple(c for c in candidates if c is not choice)
+                    continue
+                reserved[choice.id] = busy + 1
             self.routes.record(self._reactor.seconds(), client[0], choice.id)
             return choice
+        if full and self.traffic is not None and self.traffic.rules.max_queue:
+            return QUEUE
         self.totals.no_backend += 1
         return None
 
@@ -217,6 +244,8 @@ class Balancer(RelayedElsewhere):
         self.totals.retries += 1
 
     def connection_opened(self, candidate: Candidate, connection: IRelayedConnection, latency: float) -> None:
+        if self.reserved:
+            self._unreserve(candidate.id)
         stats = candidate.stats
         stats.active += 1
         stats.total += 1
@@ -233,6 +262,62 @@ class Balancer(RelayedElsewhere):
         candidate.stats.failures += 1
         self.totals.connect_failures += 1
         self._traffic_failed(candidate.id, f"connect failed: {reason}")
+        if self.reserved and self._unreserve(candidate.id):
+            self._serve_queue()
+
+    def connect_abandoned(self, candidate: Candidate) -> None:
+        """
+        The client left while its connect to C{candidate} was under way:
+        the connect no longer counts against the backend's max_connections.
+        """
+        if self.reserved and self._unreserve(candidate.id):
+            self._serve_queue()
+
+    def _unreserve(self, backend_id: str) -> bool:
+        reserved = self.reserved
+        n = reserved.get(backend_id)
+        if not n:
+            return False
+        if n == 1:
+            del reserved[backend_id]
+        else:
+            reserved[backend_id] = n - 1
+        return True
+
+    # The queue at maxconn (L{lbproxy.policy.limits.WaitQueue}) -------------
+
+    def enqueue(self, session: Any) -> bool:
+        """
+        Every eligible backend is at its max_connections: C{session} waits
+        for one, unless the queue is full (counted, C{queue-full}).
+        """
+        traffic = self.traffic
+        queue = traffic.queue
+        if len(queue) >= traffic.rules.max_queue:
+            traffic.refuse(QUEUE_FULL, session.client[0])
+            return False
+        queue.push(session, traffic.rules.queue_timeout)
+        return True
+
+    def _serve_queue(self) -> None:
+        """
+        Hand the waiting sessions, oldest first, the backends that have
+        room now; stop at the first that must still wait.
+        """
+        queue = self.traffic_state.queue
+        while queue.waiting:
+            session = queue.pop()
+            if session is None:
+                return
+            candidate = self.route(session.client, session.tried)
+            if candidate is QUEUE:
+                queue.push_front(session, queue.last_since)
+                return
+            session.resume(candidate)
+
+    def _queue_expired(self, session: Any) -> None:
+        self.traffic_state.refuse(QUEUE_TIMEOUT, session.client[0])
+        session.queue_timed_out()
 
     def connection_reset(self, candidate: Candidate, reason: str) -> None:
         """
@@ -269,6 +354,8 @@ class Balancer(RelayedElsewhere):
         if group is not None:
             group.discard(connection)
         self._finish(record)
+        if self.traffic_state.queue.waiting:
+            self._serve_queue()
         bid = candidate.id
         if group is not None and not group:
             if bid in self.removing:
@@ -294,6 +381,9 @@ class Balancer(RelayedElsewhere):
         """
         self._retired = done
         self.settings = replace(self.settings, max_connections=0)
+        for session in self.traffic_state.queue.clear():
+            if not session.finished:
+                session.resume(None)
         for bid in tuple(self.connections):
             if force:
                 self.close_connections(bid, "service-removed")
@@ -309,6 +399,9 @@ class Balancer(RelayedElsewhere):
     def _finish(self, record: AccessRecord) -> None:
         totals = self.totals
         totals.active -= 1
+        process = self.process
+        if process is not None:
+            process.active -= 1
         totals.bytes_up += record.bytes_up
         totals.bytes_down += record.bytes_down
         if record.backend is not None:
@@ -412,6 +505,7 @@ class Balancer(RelayedElsewhere):
             if self._relays is not None:
                 self._settling.pop(bid, None)
         self.pool.update(config, now)
+        self._apply_traffic(config)
         for bid, before in was_available.items():
             self._health_changed(bid, before, self.pool.health[bid].reason)
         for bid in old_ids - new_ids:
@@ -439,6 +533,20 @@ class Balancer(RelayedElsewhere):
         if self._relays is not None:
             self._settle()
         log.info("config version {version} in force", version=config.version)
+
+    def _apply_traffic(self, config: Config) -> None:
+        """
+        Swap in the new traffic rules; clients waiting get the room a
+        change made (a raised max_connections, a new backend), or are
+        closed if the queue is gone.
+        """
+        state = self.traffic_state
+        state.apply(config)
+        self.traffic = state
+        if state.queue.waiting:
+            self._serve_queue()
+        if not Rules.needed(config):
+            self.traffic = None
 
     def follow(self, follower: Callable[[str, tuple], None]) -> Callable[[], None]:
         """

@@ -20,6 +20,7 @@ from lbproxy.interfaces import IStrategy, IStrategyFactory
 from lbproxy.model.config import Config, ProxySettings
 from lbproxy.model.service import Document, as_document
 from lbproxy.policy.balancer import Balancer
+from lbproxy.policy.limits import ProcessLimit
 
 log = Logger()
 
@@ -59,10 +60,13 @@ class ServiceTable:
         self.retiring: dict[str, Balancer] = {}
         self._running = False
         self._force: set[str] = set()
+        #: --max-connections over every service (L{lbproxy.policy.limits.ProcessLimit}).
+        self.process = ProcessLimit(settings.max_connections)
         main = document.main()
         for service in document.services:
             if first is not None and service is main:
                 self.balancers[service.name] = first
+                first.process = self.process
             else:
                 self.balancers[service.name] = self._balancer(service)
 
@@ -89,6 +93,7 @@ class ServiceTable:
 
     def _balancer(self, service: Config) -> Balancer:
         b = Balancer(service, self.factories, self.settings, self.events, self._reactor, self.resolver)
+        b.process = self.process
         if self.access_records is not None:
             b.access_records = self.access_records
         return b

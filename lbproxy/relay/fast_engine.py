@@ -46,7 +46,7 @@ from lbproxy.endpoints import listening_socket  # noqa: F401  (moved there; impo
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
 from lbproxy.relay.route import as_route
-from lbproxy.relay.session import ConnectionSession, ReadFirst, route_options
+from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options
 from lbproxy.relay.sockopts import apply
 
 log = Logger()
@@ -273,7 +273,38 @@ class Relay:
         self.engine.handlers.pop(self.cfd, None)
         self.engine.epoll.unregister(self.cfd)
         self.cmask = 0
-        self.connect(answer)
+        if answer.__class__ is Wait:
+            self.wait(answer)
+        else:
+            self.connect(answer)
+
+    # Waiting in the service's queue (every backend at its max_connections) ---
+
+    def wait(self, answer: Wait) -> None:
+        """
+        Keep the client unread until the session says which backend (or to
+        close it).  Its socket is in the epoll set with no interest, so a
+        reset is still seen (and L{FastRelay.stop} finds the relay).
+        """
+        engine = self.engine
+        engine.handlers[self.cfd] = self._on_wait
+        engine.epoll.register(self.cfd, 0)
+        answer.notify = self._waited
+
+    def _on_wait(self, ev: int) -> None:
+        self.session.client_reset()
+        self._finish()
+
+    def _waited(self, candidate: Candidate | None) -> None:
+        if self.finished:
+            return
+        engine = self.engine
+        engine.handlers.pop(self.cfd, None)
+        engine.epoll.unregister(self.cfd)
+        if candidate is None:
+            self._finish()
+        else:
+            self.connect(candidate)
 
     # Connecting -------------------------------------------------------------
 
@@ -377,6 +408,8 @@ class Relay:
         candidate = self.session.connect_failed(reason)
         if candidate is None:
             self._finish()
+        elif candidate.__class__ is Wait:
+            self.wait(candidate)
         else:
             self.connect(candidate)
 
@@ -844,6 +877,8 @@ class FastRelay:
             sock.setblocking(False)
             if candidate.__class__ is ReadFirst:
                 Relay(self, sock, session).read_first(candidate)
+            elif candidate.__class__ is Wait:
+                Relay(self, sock, session).wait(candidate)
             else:
                 Relay(self, sock, session).connect(candidate)
 

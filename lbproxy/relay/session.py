@@ -34,6 +34,7 @@ from typing import Any
 from zope.interface import implementer
 
 from lbproxy.interfaces import IBalancer, IConnectionSession
+from lbproxy.policy.limits import QUEUE, QUEUE_FULL
 from lbproxy.policy.pool import AccessRecord, Candidate
 from lbproxy.relay import proxyprotocol, sni
 from lbproxy.relay.proxyprotocol import header
@@ -55,6 +56,20 @@ class ReadFirst:
     def __init__(self, limit: int, deadline: float) -> None:
         self.limit = limit
         self.deadline = deadline
+
+
+class Wait:
+    """
+    The answer "every backend is full: keep the client, read none of its
+    bytes, and wait".  The engine sets C{notify}, a callable the session
+    calls once with what to do then: a L{Candidate} (connect to it) or
+    C{None} (close the client: the queue timeout, or no backend left).
+    """
+
+    __slots__ = ("notify",)
+
+    def __init__(self) -> None:
+        self.notify: Any = None
 
 
 def _trusted(host: str, networks: tuple) -> bool:
@@ -113,7 +128,7 @@ class ConnectionSession:
     __slots__ = (
         "route", "balancer", "clock", "client", "local", "connection", "started", "since",
         "tried", "attempt", "backend", "waiting", "outcome", "backend_outcome", "finished",
-        "phase", "first", "deadline",
+        "phase", "first", "deadline", "held", "wait",
     )
 
     def __init__(self, route: Any, clock: Any, client: tuple[str, int]) -> None:
@@ -132,6 +147,9 @@ class ConnectionSession:
         self.backend_outcome: str | None = None
         self.finished = False
         self.first = b""
+        #: the client's entry in its service's client table, if counted.
+        self.held: Any = None
+        self.wait: Wait | None = None
 
     @property
     def connect_timeout(self) -> float:
@@ -241,6 +259,30 @@ class ConnectionSession:
         self.since = self.clock.seconds()
         return self._route()
 
+    def resume(self, candidate: Candidate | None) -> None:
+        """
+        The balancer's queue hands this waiting session a backend (or
+        C{None}: none is left); the engine hears it through L{Wait.notify}.
+        """
+        wait, self.wait = self.wait, None
+        if candidate is None:
+            self._give_up("connect-failed" if self.tried else "no-backend")
+        else:
+            self.attempt = candidate
+            self.tried += (candidate.id,)
+            self.since = self.clock.seconds()
+        if wait is not None and wait.notify is not None:
+            wait.notify(candidate)
+
+    def queue_timed_out(self) -> None:
+        """
+        The wait passed the service's queue_timeout: close the client.
+        """
+        wait, self.wait = self.wait, None
+        self._give_up("queue-timeout")
+        if wait is not None and wait.notify is not None:
+            wait.notify(None)
+
     def first_response(self) -> None:
         if self.waiting:
             self.waiting = False
@@ -268,7 +310,12 @@ class ConnectionSession:
             self._refuse(self.outcome or "client-closed")
             return None
         self.finished = True
+        if self.held is not None:
+            self.held.release()
+            self.held = None
         backend = self.backend
+        if backend is None and self.attempt is not None:
+            self.balancer.connect_abandoned(self.attempt)
         if backend is not None:
             bytes_up += len(self.first)
         client = self.client
@@ -296,17 +343,41 @@ class ConnectionSession:
         self.balancer = balancer
         if balancer is None:
             return self._refuse("no-service")
+        traffic = balancer.traffic
+        if traffic is not None:
+            # Access lists and per-client limits, on the real client
+            # address (after a PROXY header), before a backend is chosen.
+            held = traffic.admit(self.client[0])
+            if held is not None:
+                if held.__class__ is str:
+                    self.outcome = held
+                    self.finished = True
+                    return None
+                self.held = held
         if not balancer.admit():
             # Never admitted, so there is nothing to report at the end.
             self.outcome = "rejected"
             self.finished = True
+            if self.held is not None:
+                self.held.release()
+                self.held = None
             return None
         candidate = self.attempt = balancer.route(self.client, ())
         if candidate is None:
             self._give_up("no-backend")
             return None
+        if candidate is QUEUE:
+            self.attempt = None
+            return self._queue()
         self.tried = (candidate.id,)
         return candidate
+
+    def _queue(self) -> Wait | None:
+        if not self.balancer.enqueue(self):
+            self._give_up(QUEUE_FULL)
+            return None
+        wait = self.wait = Wait()
+        return wait
 
     def _read_first(self, route: Any) -> ReadFirst | Candidate | None:
         if route.accept_proxy and _trusted(self.client[0], route.accept_proxy):
@@ -331,6 +402,8 @@ class ConnectionSession:
         if candidate is None:
             self._give_up("connect-failed" if self.tried else "no-backend")
             return None
+        if candidate is QUEUE:
+            return self._queue()
         self.tried += (candidate.id,)
         self.attempt = candidate
         return candidate

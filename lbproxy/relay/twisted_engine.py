@@ -29,7 +29,7 @@ from zope.interface import implementer
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
 from lbproxy.relay.route import as_route
-from lbproxy.relay.session import ConnectionSession, ReadFirst, route_options
+from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options
 from lbproxy.relay.sockopts import apply
 
 
@@ -196,7 +196,28 @@ class FrontendProtocol(_Side):
             return
         self.transport.pauseProducing()
         _set_options(self.transport, self._options)
-        self._connect(answer)
+        if answer.__class__ is Wait:
+            self._wait(answer)
+        else:
+            self._connect(answer)
+
+    # Waiting in the service's queue (every backend at its max_connections) ---
+
+    def _wait(self, answer: Wait) -> None:
+        """
+        Keep the client paused (none of its bytes is read) until the
+        session says which backend, or to close it.
+        """
+        self.transport.pauseProducing()
+        answer.notify = self._waited
+
+    def _waited(self, candidate: Candidate | None) -> None:
+        if self._lost:
+            return
+        if candidate is None:
+            self.transport.loseConnection()
+        else:
+            self._connect(candidate)
 
     # The first bytes, for a route that needs them -----------------------------
 
@@ -225,6 +246,8 @@ class FrontendProtocol(_Side):
             self._timer = None
         if answer is None:
             self.transport.loseConnection()
+        elif answer.__class__ is Wait:
+            self._wait(answer)
         else:
             self.transport.pauseProducing()
             self._connect(answer)
@@ -261,6 +284,8 @@ class FrontendProtocol(_Side):
         candidate = self.session.connect_failed(_reason(failure))
         if candidate is None:
             self.transport.loseConnection()
+        elif candidate.__class__ is Wait:
+            self._wait(candidate)
         else:
             self._connect(candidate)
 

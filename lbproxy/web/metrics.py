@@ -68,6 +68,7 @@ class BalancerCollector(Collector):
             v.add_metric([service], b.config.version)
             info.add_metric([service], {"version": lbproxy.__version__, "strategy": b.config.strategy.name})
         yield from (g, v, info)
+        yield from self._traffic(services)
         if self.feed is not None:
             g = GaugeMetricFamily("lbproxy_feed_subscribers", "Open event feed subscribers.")
             g.add_metric([], self.feed.subscriber_count)
@@ -76,6 +77,41 @@ class BalancerCollector(Collector):
             c.add_metric([], self.feed.cut_offs)
             yield c
         yield from self._backends(services)
+
+    def _traffic(self, services: list[tuple[str, Any, Any]]) -> Iterator[Any]:
+        """
+        Traffic control (L{lbproxy.policy.limits}): refusals by reason, the
+        queue at maxconn and the size of the client table, per service.
+        """
+        from lbproxy.policy.limits import REASONS
+
+        refused = CounterMetricFamily(
+            "lbproxy_traffic_refused", "Connections refused by traffic control, by reason.",
+            labels=["service", "reason"],
+        )
+        length = GaugeMetricFamily("lbproxy_queue_length", "Clients waiting for a backend now.", labels=["service"])
+        wait = GaugeMetricFamily(
+            "lbproxy_queue_wait_seconds", "How long the oldest waiting client has waited.", labels=["service"],
+        )
+        longest = GaugeMetricFamily(
+            "lbproxy_queue_longest_wait_seconds", "The longest wait of a client in the queue.", labels=["service"],
+        )
+        entries = GaugeMetricFamily(
+            "lbproxy_client_table_entries", "Clients (or prefixes) the per-client limits track.", labels=["service"],
+        )
+        for service, b, _ in services:
+            state = getattr(b, "traffic_state", None)
+            if state is None:
+                continue
+            counts = state.refusals.counts
+            for reason in REASONS:
+                refused.add_metric([service, reason], counts.get(reason, 0))
+            queue = state.queue
+            length.add_metric([service], len(queue))
+            wait.add_metric([service], queue.wait_now())
+            longest.add_metric([service], queue.longest_wait())
+            entries.add_metric([service], len(state.clients))
+        yield from (refused, length, wait, longest, entries)
 
     def _backends(self, services: list[tuple[str, Any, Any]]) -> Iterator[Any]:
         labels = ["service", "backend", "address"]

@@ -33,6 +33,8 @@ def service_view(app: Any, name: str) -> dict[str, Any]:
     listeners = getattr(controller, "listeners", None)
     view["listening"] = [f"{h}:{p}" for h, p in listeners.addresses(name)] if listeners else []
     view["active_connections"] = balancer.totals.active if balancer else 0
+    # Traffic control's counters (refused by reason, the queue, the client table).
+    view["traffic"] = balancer.traffic_state.view() if balancer is not None else None
     return view
 
 
