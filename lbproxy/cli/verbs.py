@@ -248,6 +248,11 @@ TRAFFIC = ("stats", "route")
 
 
 def events(client: AdminClient, args: Any, out: Any) -> int:
+    import signal
+
+    # Ctrl-C ends the feed with exit 0 even when started where SIGINT was
+    # ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     wanted = set(args.type or ())
     for event_id, kind, data in client.events():
         if wanted and kind not in wanted:
