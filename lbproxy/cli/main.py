@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
              "lbproxyctl apply -f services.toml --dry-run")
     p.add_argument("-f", "--file", required=True, metavar="FILE", help="a TOML file of [services.NAME] tables")
     p.add_argument("--dry-run", action="store_true", help="print the diff and change nothing")
+    _conditional(p)
     p = verb("diff", verbs.diff, "what apply -f FILE would change (no output: nothing)",
              "lbproxyctl diff -f services.toml")
     p.add_argument("-f", "--file", required=True, metavar="FILE", help="a TOML file of [services.NAME] tables")

@@ -197,8 +197,7 @@ def diff(client: AdminClient, args: Any, out: Any) -> int:
     steps, version = _plan(client, args.file)
     changes = [c for s in steps for c in s.changes]
     if args.json:
-        if changes:
-            as_json({"version": version, "changes": [c.to_json() for c in changes]}, out)
+        as_json({"version": version, "changes": [c.to_json() for c in changes]}, out)
         return 0
     for c in changes:
         out.write(c.line() + "\n")
@@ -207,6 +206,10 @@ def diff(client: AdminClient, args: Any, out: Any) -> int:
 
 def apply(client: AdminClient, args: Any, out: Any) -> int:
     steps, version = _plan(client, args.file)
+    if args.if_match is not None:
+        # Reviewed at that version (diff --json says which): the server
+        # refuses the first change if anything changed since.
+        version = args.if_match
     report: dict[str, Any] = {"dry_run": args.dry_run, "from_version": version,
                               "created": [], "replaced": [], "unchanged": []}
     done = {"create": "created", "replace": "replaced", "unchanged": "unchanged"}

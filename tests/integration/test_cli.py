@@ -168,17 +168,12 @@ def test_apply_is_refused_on_a_stale_version_and_for_a_bad_file(fresh, tmp_path)
     assert r.returncode == 1 and "port must be at most 65535" in r.stderr, r.stderr
     assert [s["name"] for s in get(fresh, "/services")["services"]] == ["default"]
 
-    # A dry run reads version V; a change lands; an apply pinned to V is stale.
-    from lbproxy.cli.client import AdminClient
-    from lbproxy.cli.declarative import plan, read_file
-
-    client = AdminClient(f"http://127.0.0.1:{fresh.admin}", TOKEN)
-    answer = client.get("/services")
-    steps = plan(read_file(str(path)), {s["name"]: s for s in answer.body["services"]})
+    # Reviewed at version V (diff --json says which); a change lands; apply at V is stale.
+    reviewed = json.loads(ok(fresh, "diff", "-f", str(path), "--json"))["version"]
     ok(fresh, "strategy", "default", "random")
-    r = ctl(fresh, "add", "default", "127.0.0.1:9", "--if-match", str(answer.version))
-    assert r.returncode == 1 and "stale" in r.stderr and "412" in r.stderr, r.stderr
-    assert steps[0].action == "create"
+    r = ctl(fresh, "apply", "-f", str(path), "--if-match", str(reviewed))
+    assert r.returncode == 1 and "refused (412)" in r.stderr and "stale" in r.stderr, r.stderr
+    assert [s["name"] for s in get(fresh, "/services")["services"]] == ["default"]
 
 
 def test_backend_verbs_and_refusals(proxy):
@@ -258,8 +253,13 @@ def test_usage_and_unreachable_exit_codes(proxy):
     assert r.returncode == 2 and "HOST:PORT" in r.stderr
     r = ctl(None, "--admin", f"http://127.0.0.1:{free_port()}", "status")
     assert r.returncode == 3 and "cannot reach the admin API" in r.stderr
-    r = ctl(None, "status")
-    assert r.returncode in (0, 3)  # the default 127.0.0.1:8081 may or may not have an lbproxy
+    env = dict(env_for(proxy), LBPROXY_ADMIN=f"http://127.0.0.1:{free_port()}")
+    r = subprocess.run([sys.executable, "-m", "lbproxy.cli", "status"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 3 and "cannot reach" in r.stderr, "$LBPROXY_ADMIN is not used"
+    r = subprocess.run([sys.executable, "-m", "lbproxy.cli", "--admin", f"127.0.0.1:{proxy.admin}", "status"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, "--admin does not win over $LBPROXY_ADMIN"
 
 
 def test_events_follow_the_feed_and_ctrl_c_exits_0(proxy):
