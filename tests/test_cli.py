@@ -73,6 +73,22 @@ def test_common_options_before_and_after_the_verb():
     assert args.admin == "http://a:1" and args.timeout == 10.0
 
 
+@pytest.mark.parametrize("admin", ["ftp://host/", "http://", "http://h:port"])
+def test_a_bad_admin_url_is_usage(admin):
+    """--admin that is not an http(s) URL with a host is a usage error (2), not unreachable (3)."""
+    code, _, err = run("--admin", admin, "status")
+    assert code == 2 and "admin API" in err
+
+
+def test_docs_show_every_verb():
+    """docs/cli.rst has an example of every verb and the four exit codes."""
+    text = (REPO / "docs" / "cli.rst").read_text()
+    for verb in verbs():
+        assert f"lbproxyctl {verb}" in text, verb
+    for code in ("0     done", "1     refused", "2     usage", "3     unreachable"):
+        assert code in text
+
+
 def test_parse_sse_events_comments_and_multiline_data():
     """The event stream format: id/event/data fields, comments skipped, a blank line ends an event."""
     stream = [b"retry: 2000\n", b"\n", b": ping\n", b"id: 7\n", b"event: config\n", b'data: {"a":1}\n', b"\n",

@@ -211,7 +211,8 @@ def apply(client: AdminClient, args: Any, out: Any) -> int:
         # refuses the first change if anything changed since.
         version = args.if_match
     report: dict[str, Any] = {"dry_run": args.dry_run, "from_version": version,
-                              "created": [], "replaced": [], "unchanged": []}
+                              "created": [], "replaced": [], "unchanged": [],
+                              "changes": [c.to_json() for step in steps for c in step.changes]}
     done = {"create": "created", "replace": "replaced", "unchanged": "unchanged"}
     for step in steps:
         if not args.json:

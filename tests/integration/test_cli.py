@@ -295,3 +295,23 @@ def test_events_follow_the_feed_and_ctrl_c_exits_0(proxy):
         assert code == 0, (code, proc.stderr.read())
         if extra:
             assert all(json.loads(line)["event"] for line in lines)
+
+
+def test_the_wheel_installs_the_lbproxyctl_script(proxy, tmp_path):
+    """
+    The built wheel declares the console script; installed, the
+    C{lbproxyctl} command itself talks to the lbproxy (exit 0).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+                   check=True, timeout=300, env=env, cwd=str(tmp_path), capture_output=True)
+    (wheel,) = tmp_path.glob("lbproxy-*.whl")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, timeout=300, env=env, capture_output=True)
+    script = target / "bin" / "lbproxyctl"
+    assert script.exists()
+    r = subprocess.run([str(script), "--json", "services"], capture_output=True, text=True, timeout=60,
+                       env=dict(env_for(proxy), PYTHONPATH=str(target)), cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["services"][0]["name"] == "default"
