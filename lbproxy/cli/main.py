@@ -48,9 +48,19 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
                    help="file whose first line is the admin token (default $LBPROXY_TOKEN)")
     g.add_argument("--json", action="store_true", default=default(False),
                    help="print JSON (for scripts) instead of tables")
-    g.add_argument("--timeout", type=float, metavar="SECONDS", default=default(10.0),
+    g.add_argument("--timeout", type=_seconds, metavar="SECONDS", default=default(10.0),
                    help="seconds to wait for an answer (default 10)")
     return p
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e6:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value!r}")
+    return seconds
 
 
 def _conditional(p: argparse.ArgumentParser) -> None:
@@ -193,6 +203,10 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     except KeyboardInterrupt:
         return OK
     except BrokenPipeError:
+        # The reader (| head) went away: not an error; keep the exit-time
+        # flush from complaining about the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return OK
 
 
