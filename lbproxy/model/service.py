@@ -115,6 +115,12 @@ def service_fields(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
         out["accept_proxy"] = tuple(
             str(ipaddress.ip_network(cidr, strict=False)) for cidr in obj["accept_proxy"]
         )
+    if "tls" in obj:
+        from lbproxy.model.config import parse_service_tls
+
+        out["tls"] = parse_service_tls(obj["tls"])
+        if out["tls"] is not None and obj.get("accept_proxy"):
+            raise ConfigError(f"{what}: a service with tls cannot also accept_proxy (not supported yet)")
     if out.get("sni_default") and not obj.get("sni"):
         raise ConfigError(f"{what}.sni_default needs the service's sni names")
     return out
@@ -138,6 +144,11 @@ def check_document(document: Document) -> Document:
         if len(services) < 2:
             continue
         names = ", ".join(repr(s.name) for s in services)
+        if any(s.tls is not None for s in services):
+            raise ConfigError(
+                f"services {names} share the listen endpoint {endpoint}: a service with tls "
+                f"needs a listen endpoint of its own"
+            )
         for s in services:
             if not s.sni:
                 raise ConfigError(
