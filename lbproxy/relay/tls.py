@@ -188,17 +188,19 @@ def _context(config: ServiceTLS, cert_path: str, key_path: str, ca: Any, session
         raise TLSConfigError(f"ciphers {config.ciphers!r}: OpenSSL knows none of them") from None
     chain = _chain(_read(cert_path, "certificate"), cert_path)
     key_data = _read(key_path, "key", secret=True)
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_data)
-    except crypto.Error:
+        key = load_pem_private_key(key_data, None)
+    except (ValueError, TypeError):
         raise TLSConfigError(f"key {key_path!r} is not a PEM private key (or it is encrypted)") from None
     finally:
         del key_data
-    ctx.use_certificate(chain[0])
-    for extra in chain[1:]:
-        ctx.add_extra_chain_cert(extra)
-    ctx.use_privatekey(key)
     try:
+        ctx.use_certificate(chain[0].to_cryptography())
+        for extra in chain[1:]:
+            ctx.add_extra_chain_cert(extra.to_cryptography())
+        ctx.use_privatekey(key)
         ctx.check_privatekey()
     except SSL.Error:
         raise TLSConfigError(f"key {key_path!r} does not match certificate {cert_path!r}") from None
@@ -214,15 +216,14 @@ def _context(config: ServiceTLS, cert_path: str, key_path: str, ca: Any, session
         ctx.set_alpn_select_callback(choose)
     if ca is not None:
         ctx.load_verify_locations(config.client_ca)
-        ctx.set_client_ca_list(ca)
+        ctx.load_client_ca(config.client_ca.encode())
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda conn, cert, errno, depth, ok: bool(ok))
     ctx.set_session_id(session_id)
     return ctx, chain[0]
 
 
 def _client_ca(path: str) -> Any:
-    certs = _chain(_read(path, "client_ca"), path)
-    return [cert.get_subject() for cert in certs]
+    return _chain(_read(path, "client_ca"), path)
 
 
 def build(config: ServiceTLS, name: str = "") -> Certificates:

@@ -33,6 +33,14 @@ def service_view(app: Any, name: str) -> dict[str, Any]:
     listeners = getattr(controller, "listeners", None)
     view["listening"] = [f"{h}:{p}" for h, p in listeners.addresses(name)] if listeners else []
     view["active_connections"] = balancer.totals.active if balancer else 0
+    if config.tls is not None and listeners is not None:
+        # What is served now: subject, names, issuer, fingerprint, expiry (never a key).
+        import time
+
+        now = time.time()  # certificate expiry is wall-clock time
+        view["tls_certificates"] = [
+            {**info, "expires_in": info["not_after"] - now} for info in listeners.tls.info(name)
+        ]
     return view
 
 
