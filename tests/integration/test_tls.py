@@ -58,9 +58,12 @@ def shake(port, name, ca, client=None, send=b""):
     return threads.deferToThread(handshake, port, name, ca, client, send)
 
 
+@pytest.mark.parametrize("engine", ["twisted", "fast"])
 @pytest_twisted.ensureDeferred
-async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki):
+async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki, engine):
     """
+    (On both engines: a fast-engine lbproxy serves a TLS listener with
+    the Twisted engine.)
     A TLS listener with two certificates: each server name gets its own
     (exact, then wildcard, then the first as default), seen by Python's
     ssl and by openssl s_client -servername; the relay works through TLS;
@@ -68,9 +71,11 @@ async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki):
     and expiry and no key.
     """
     named = backend(b"web")
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
     try:
         port, out = await add(url, "web", named.getHost().port, tls(pki["a"], pki["b"]))
+        listener = next(v for k, v in assembly.listeners.listeners.items() if k.endswith("(web)"))
+        assert "twisted engine, TLS" in listener.what
         ca = pki["ca"].path
         assert await shake(port, "a.test", ca) == ("a.test", b"web")
         assert await shake(port, "b.test", ca) == ("b.test", b"web")
@@ -101,6 +106,12 @@ async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki):
         assert shown[0]["expires_in"] > 19 * 86400
         text = json.dumps(view)
         assert "PRIVATE KEY" not in text and "BEGIN" not in text
+        import treq
+
+        metrics = (await (await treq.get(url.rsplit("/api", 1)[0] + "/metrics", persistent=False)).text())
+        found = [line for line in metrics.splitlines() if line.startswith("lbproxy_tls_certificate_expiry_seconds{")]
+        assert len(found) == 2 and 'service="web"' in found[0] and 'name="b.test"' in found[1], found
+        assert 19 * 86400 < float(found[0].rsplit(" ", 1)[1]) < 21 * 86400
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await named.stopListening()
