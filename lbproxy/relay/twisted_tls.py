@@ -110,6 +110,10 @@ class TLSFrontendProtocol(FrontendProtocol):
         raw = getattr(self.transport, "transport", None)
         if raw is not None:
             _set_options(raw, self._options)
+            # A handshake is several small writes: Nagle would hold them.
+            nodelay = getattr(raw, "setTcpNoDelay", None)
+            if nodelay is not None:
+                nodelay(True)
         self._timer = self.reactor.callLater(self._timeout, self._handshake_timed_out)
         self._early = []
         self.dataReceived = self._early.append  # type: ignore[method-assign]
