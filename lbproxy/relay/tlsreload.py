@@ -72,7 +72,10 @@ class TLSStore:
         @raise TLSConfigError: naming the service and the file.
         """
         for s in document.services:
-            if s.tls is not None:
+            # Certificates in force whose config is unchanged are the
+            # poll's business: a file broken on disk must not refuse an
+            # unrelated change.
+            if s.tls is not None and not self._in_force(s.name, s.tls):
                 self.certificates(s.tls, s.name)
             for b in s.backends:
                 if b.tls is not None and (b.tls, b.host) not in self.clients:
@@ -80,6 +83,11 @@ class TLSStore:
                         client_creator(b.tls, b.host)
                     except TLSConfigError as e:
                         raise TLSConfigError(f"service {s.name!r}: backend {b.id!r}: tls: {e}") from None
+
+    def _in_force(self, name: str, config: ServiceTLS) -> bool:
+        return any(
+            self.services.get(key) == name and server.config == config for key, server in self.servers.items()
+        )
 
     def server(self, key: str, service: Any) -> ServerTLS:
         """
@@ -103,8 +111,11 @@ class TLSStore:
                 self.servers.pop(key, None)
                 self.services.pop(key, None)
                 continue
-            certificates, files = self.certificates(service.tls, service.name)
             server = self.servers.get(key)
+            if server is not None and server.config == service.tls:
+                self.services[key] = service.name
+                continue
+            certificates, files = self.certificates(service.tls, service.name)
             if server is not None and server.certificates is not certificates:
                 server.replace(service.tls, certificates, files)
                 log.info("tls: service {service} serves new certificates on {key}", service=service.name, key=key)

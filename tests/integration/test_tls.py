@@ -139,7 +139,18 @@ async def test_mtls_admits_a_client_certificate_of_the_ca_and_refuses_one_withou
     try:
         port, _ = await add(url, "db", named.getHost().port, tls(pki["a"], client_ca=pki["ca"].path))
         ca = pki["ca"].path
+        balancer = assembly.table.balancer("db")
+        seen = []
+        route = balancer.route
+
+        def recording(client, exclude):
+            seen.append(client)
+            return route(client, exclude)
+
+        balancer.route = recording
         assert await shake(port, "a.test", ca, pki["client"]) == ("a.test", b"db")
+        # What a strategy is given: the client address, with the handshake's facts.
+        assert seen[0].subject == "CN=alice" and seen[0].server_name == "a.test" and seen[0][0] == "127.0.0.1"
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
             await shake(port, "a.test", ca, None, send=b"hello\n")
         await until(lambda: log_path.exists() and b"tls_subject" in log_path.read_bytes())
@@ -228,7 +239,8 @@ async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connec
     """
     A PATCH of tls with new paths is served to the next handshake while a
     connection opened before still relays; files rewritten on disk are
-    served after the store's poll; a key that does not match its
+    served after the store's poll (files broken on disk keep the ones in
+    force and refuse no unrelated change); a key that does not match its
     certificate, or one readable by others, is a 400 and nothing changes.
     """
     named = backend(b"web")
@@ -265,6 +277,16 @@ async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connec
         await assembly.listeners.tls.poll()
         assert (await shake(port, "a.test", ca))[0] == "a-ondisk.test"
         assert await threads.deferToThread(held.echo, b"and now\n") == b"and now\n"
+
+        # Broken on disk: the poll keeps what is in force, and an unrelated
+        # change of the service is still accepted.
+        with open(new[0], "w") as f:
+            f.write("not a certificate\n")
+        await assembly.listeners.tls.poll()
+        assert (await shake(port, "a.test", ca))[0] == "a-ondisk.test"
+        code, body = await call("PATCH", url + "/services/web", {"retries": 1})
+        assert code == 200, body
+        assert (await shake(port, "a.test", ca))[0] == "a-ondisk.test"
         held.sock.close()
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
