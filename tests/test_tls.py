@@ -107,3 +107,23 @@ def test_service_and_backend_tls_round_trip_and_document_rules():
         add_service(Document(), {**body, "accept_proxy": ["10.0.0.0/8"]})
     with pytest.raises(ConfigError):
         add_service(Document(), {**body, "tls": {"certificates": [], "min_version": "1.0"}})
+
+
+def test_engine_classes_provide_their_interfaces(ca):
+    """The TLS frontend is an engine connection and a handshake listener; the unverified creator a client creator."""
+    from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+
+    from lbproxy.interfaces import IEngineConnection
+    from lbproxy.model.config import BackendTLS
+    from lbproxy.relay.session import ConnectionSession
+    from lbproxy.relay.route import SingleServiceRoute
+    from lbproxy.relay.tls import client_creator
+    from lbproxy.relay.twisted_tls import TLSFrontendProtocol
+    from twisted.internet.task import Clock
+
+    session = ConnectionSession(SingleServiceRoute(None), Clock(), ("127.0.0.1", 1))
+    frontend = TLSFrontendProtocol(session, Clock(), {}, (), {}, 5.0)
+    verifyObject(IEngineConnection, frontend)
+    verifyObject(IHandshakeListener, frontend)
+    verifyObject(IOpenSSLClientConnectionCreator, client_creator(BackendTLS(verify=False), "b.test"))
+    verifyObject(IOpenSSLClientConnectionCreator, client_creator(BackendTLS(ca=ca.path), "b.test"))

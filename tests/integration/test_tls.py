@@ -291,3 +291,38 @@ async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connec
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await named.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_finishes_the_handshake_is_closed_at_sni_timeout(pki):
+    """
+    A client that connects and sends nothing is closed once the
+    service's sni_timeout passes (counted as tls-timeout), and no
+    backend is connected for it.
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}")
+    try:
+        body = {"name": "slow", "listen": [LOCAL], "sni_timeout": 0.3,
+                "backends": [{"host": "127.0.0.1", "port": named.getHost().port}], "tls": tls(pki["a"])}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+
+        def silent():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                started = reactor.seconds()
+                try:
+                    assert s.recv(100) == b""
+                except ConnectionResetError:
+                    pass  # aborted: closed with a reset
+                return reactor.seconds() - started
+
+        waited = await threads.deferToThread(silent)
+        assert 0.2 < waited < 5
+        route = assembly.listeners.routes[next(k for k in assembly.listeners.routes if k.endswith("(slow)"))]
+        await until(lambda: route.refusals["tls-timeout"] == 1)
+        assert assembly.table.balancer("slow").totals.active == 0
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
