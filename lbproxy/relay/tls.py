@@ -27,6 +27,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
@@ -187,15 +188,11 @@ def _context(config: ServiceTLS, cert_path: str, key_path: str, ca: Any, session
     except SSL.Error:
         raise TLSConfigError(f"ciphers {config.ciphers!r}: OpenSSL knows none of them") from None
     chain = _chain(_read(cert_path, "certificate"), cert_path)
-    key_data = _read(key_path, "key", secret=True)
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
+    key_pem = _read(key_path, "key", secret=True)
     try:
-        key = load_pem_private_key(key_data, None)
+        key = load_pem_private_key(key_pem, None)
     except (ValueError, TypeError):
         raise TLSConfigError(f"key {key_path!r} is not a PEM private key (or it is encrypted)") from None
-    finally:
-        del key_data
     try:
         ctx.use_certificate(chain[0].to_cryptography())
         for extra in chain[1:]:
