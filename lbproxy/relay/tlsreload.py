@@ -48,6 +48,7 @@ class TLSStore:
         self.services: dict[str, str] = {}
         self.clients: dict[tuple[BackendTLS, str], Any] = {}
         self._built: dict[tuple, Certificates] = {}
+        self._checked: dict[tuple, Any] = {}
         self._loop: Any = None
         self._reading: set[str] = set()
 
@@ -80,7 +81,8 @@ class TLSStore:
             for b in s.backends:
                 if b.tls is not None and (b.tls, b.host) not in self.clients:
                     try:
-                        client_creator(b.tls, b.host)
+                        # Kept for commit, which must not fail after the change is stored.
+                        self._checked[(b.tls, b.host)] = client_creator(b.tls, b.host)
                     except TLSConfigError as e:
                         raise TLSConfigError(f"service {s.name!r}: backend {b.id!r}: tls: {e}") from None
 
@@ -129,8 +131,9 @@ class TLSStore:
             for s in services:
                 for b in s.backends:
                     if b.tls is not None:
-                        found = self.clients.get((b.tls, b.host))
+                        found = self.clients.get((b.tls, b.host)) or self._checked.get((b.tls, b.host))
                         clients[(b.tls, b.host)] = found or client_creator(b.tls, b.host)
+        self._checked.clear()
         self.clients.clear()
         self.clients.update(clients)
 
