@@ -167,11 +167,11 @@ STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:(\d+)\s+)?(\w+)
 STRACE = shutil.which("strace")
 
 
-def wrk(port: int, path: str, seconds: float, connections: int, close: bool) -> dict:
+def wrk(port: int, path: str, seconds: float, connections: int, close: bool, scheme: str = "http") -> dict:
     argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if close:
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://127.0.0.1:{port}{path}")
+    argv.append(f"{scheme}://127.0.0.1:{port}{path}")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
     m = WRK_RPS.search(out)
     if not m:
@@ -191,10 +191,11 @@ def wrk(port: int, path: str, seconds: float, connections: int, close: bool) -> 
     }
 
 
-def measure(proxy: Proxy, path: str, seconds: float, connections: int, close: bool) -> dict:
+def measure(proxy: Proxy, path: str, seconds: float, connections: int, close: bool,
+            scheme: str = "http") -> dict:
     pids = proxy.pids() if proxy.proc else []
     user0, sys0 = cpu_split(pids)
-    result = wrk(proxy.port, path, seconds, connections, close)
+    result = wrk(proxy.port, path, seconds, connections, close, scheme)
     user1, sys1 = cpu_split(pids)
     cpu = user1 - user0 + sys1 - sys0
     result["cpu_s"] = cpu
@@ -426,9 +427,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only-access-log", action="store_true",
                         help="only the access-log scenario: one connection per request, fast engine, "
                              "default access log vs --no-access-log")
+    parser.add_argument("--only", choices=["tls"],
+                        help="only one scenario: tls = TLS terminated by HAProxy and lbproxy with the "
+                             "same certificate (full handshakes per CPU-second, 1 MiB bulk); bench/tls_bench.py")
     parser.add_argument("--replot", metavar="JSON",
                         help="only redraw the plot (and print the table) from a results file")
     args = parser.parse_args(argv)
+    if args.only == "tls":
+        sys.path.insert(0, str(ROOT / "bench"))
+        from tls_bench import run_tls
+
+        return run_tls(args)
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
         print_table(saved["summary"], saved["idle"], saved.get("notes", []))

@@ -89,11 +89,16 @@ def formatter(kind: str) -> Callable[[list], str]:
         # The client is "host:port" of an IP address: nothing in it needs escaping.
         line = ('{"time":%.3f,"client":"%s","backend":%s,"bytes_up":%d,"bytes_down":%d,'
                 '"duration":%.3f,"outcome":%s}\n')
+        # A TLS client's verified certificate subject, when it gave one.
+        tls_line = line[:-2] + ',"tls_subject":%s}\n'
 
         def format_json(batch: list) -> str:
             q = quoted
             return "".join([
                 line % (t, r.client, q[r.backend], r.bytes_up, r.bytes_down, r.duration, q[r.outcome])
+                if r.subject is None else
+                tls_line % (t, r.client, q[r.backend], r.bytes_up, r.bytes_down, r.duration, q[r.outcome],
+                            q[r.subject])
                 for t, r in batch
             ])
 
@@ -104,7 +109,8 @@ def formatter(kind: str) -> Callable[[list], str]:
         for t, r in batch:
             stamp = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
             out.append(f"{stamp} {r.client} -> {r.backend or '-'} up={r.bytes_up} down={r.bytes_down} "
-                       f"duration={r.duration:.3f}s outcome={r.outcome}\n")
+                       f"duration={r.duration:.3f}s outcome={r.outcome}"
+                       + (f" tls_subject={quoted[r.subject]}" if r.subject is not None else "") + "\n")
         return "".join(out)
 
     return format_text

@@ -98,6 +98,10 @@ class ListenerManager:
         #: over from, by listener key: adopted instead of bound.
         self.handed: dict[str, Any] = {}
         self._refusals: dict[str, Counter] = {}
+        from lbproxy.relay.tlsreload import TLSStore
+
+        #: The certificates of TLS listeners and the backends' TLS (lbproxy/relay/tls.py).
+        self.tls = TLSStore(self.reactor)
 
     def check(self, document: Document) -> None:
         """
@@ -111,6 +115,23 @@ class ListenerManager:
                     parse_endpoint(description, self.reactor)
                 except ValueError as e:
                     raise ConfigError(f"service {s.name!r}: listen {description!r}: {e}") from None
+        from lbproxy.relay.tlsreload import needs_tls
+
+        for key, services in sharing(document).items():
+            listener = self.listeners.get(key)
+            if listener is not None and needs_tls(services) and getattr(listener, "proxy_factory", None) is None:
+                raise ConfigError(
+                    f"service {services[0].name!r}: {endpoint_of(key)} listens on the fast engine, which "
+                    f"cannot speak TLS; give the service a new listen endpoint (served by the Twisted "
+                    f"engine) or restart lbproxy"
+                )
+            if listener is not None and (services[0].tls is not None) != (key in self.tls.servers):
+                raise ConfigError(
+                    f"service {services[0].name!r}: {endpoint_of(key)} is listening already; turning tls "
+                    f"on or off there needs a new listen endpoint (or a restart); its certificates can "
+                    f"change at any time"
+                )
+        self.tls.check(document)
 
     def prepare(self, document: Document, pending: Pending | None = None) -> Pending:
         """
@@ -128,7 +149,7 @@ class ListenerManager:
             for description, services in sharing(document).items():
                 if description in self.listeners or (before and description in before.listeners):
                     continue
-                listener = self._listener(description)
+                listener = self._listener(description, services)
                 handed = self.handed.pop(description, None)
                 if handed is not None:
                     listener.adopt(handed)
@@ -158,6 +179,7 @@ class ListenerManager:
             else:
                 listener.stopService()
         pending.listeners = {}
+        self.tls.commit(wanted)
         for description, services in wanted.items():
             listener = self.listeners[description]
             self._route(description, listener, services)
@@ -196,13 +218,21 @@ class ListenerManager:
         bound = [(s, self.table.balancer(s.name)) for s in services]
         route = ListenerRoute(endpoint_of(description), bound, refusals, self.settings)
         self.routes[description] = route
-        target = listener.factory if self.engine == "twisted" else listener
+        target = getattr(listener, "proxy_factory", None) or listener
         target.route = route
         engine = getattr(listener, "engine", None)
         if engine is not None:
             engine.route = route
 
-    def _listener(self, key: str) -> Any:
+    def _listener(self, key: str, services: list = ()) -> Any:  # type: ignore[assignment]
+        """
+        A listener for C{key}, on the manager's engine, except that one
+        that needs TLS (a service terminating it, or a backend reached
+        over it) is served by the Twisted engine: the fast engine relays
+        raw sockets.
+        """
+        from lbproxy.relay.tlsreload import needs_tls
+
         description = endpoint_of(key)
         endpoint = parse_endpoint(description, self.reactor)
         if not endpoint.tcp and self.running:
@@ -211,16 +241,31 @@ class ListenerManager:
                 f"change is stored), not {description}"
             )
         backlog = endpoint.backlog or self.backlog
-        what = f"proxy ({self.engine} engine)"
+        tls = needs_tls(list(services))
+        engine = "twisted" if tls else self.engine
+        what = f"proxy ({engine} engine{', TLS' if services and services[0].tls else ''})"
         # Refuses every client (no service) until commit gives the real route.
         placeholder = ListenerRoute(description, (), settings=self.settings)
-        if self.engine == "fast":
+        if services and services[0].tls is not None:
+            from lbproxy.relay.twisted_tls import TLSProxyFactory, tls_listener_factory
+
+            proxy = TLSProxyFactory(placeholder, self.reactor)
+            proxy.tls_clients = self.tls.clients
+            wrapped = tls_listener_factory(self.tls.server(key, services[0]), proxy)
+            listener = ListenerService(endpoint, wrapped, backlog, what, self.reactor)
+            listener.proxy_factory = proxy
+            return listener
+        if engine == "fast":
             if not endpoint.tcp:
                 raise ConfigError(f"the fast engine listens on tcp: endpoints only, not {description}")
             return FastRelayService(placeholder, endpoint, backlog, self.reuse_port, self.reactor, what)
         from lbproxy.relay.twisted_engine import ProxyFactory
 
-        return ListenerService(endpoint, ProxyFactory(placeholder, self.reactor), backlog, what, self.reactor)
+        proxy = ProxyFactory(placeholder, self.reactor)
+        proxy.tls_clients = self.tls.clients
+        listener = ListenerService(endpoint, proxy, backlog, what, self.reactor)
+        listener.proxy_factory = proxy
+        return listener
 
     def address(self, description: str) -> tuple[str, int] | None:
         listener = self.listeners.get(description)
@@ -271,12 +316,14 @@ class ListenersService(Service):
         pending, self._pending = self.manager.prepare(document, self._pending), None
         self.manager.commit(pending, document)
         self.manager.running = True
+        self.manager.tls.start()
         super().startService()
 
     def stopService(self) -> Any:
         if self._pending is not None:
             self._pending.abort()
             self._pending = None
+        self.manager.tls.stop()
         super().stopService()
         return self.manager.stop()
 

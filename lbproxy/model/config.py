@@ -121,6 +121,73 @@ class Outlier:
 
 
 @dataclass(frozen=True)
+class BackendTLS:
+    """
+    lbproxy speaks TLS to a backend: verified against C{ca} (or the
+    system's trust store) and C{server_name} (or the backend's host),
+    unless C{verify} is false.
+    """
+
+    verify: bool = True
+    ca: str | None = None
+    server_name: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"verify": self.verify}
+        if self.ca is not None:
+            out["ca"] = self.ca
+        if self.server_name is not None:
+            out["server_name"] = self.server_name
+        return out
+
+
+@dataclass(frozen=True)
+class ServiceTLS:
+    """
+    A service terminates TLS on its listeners: certificate chains with
+    their keys (PEM paths, C{(cert, key)} pairs) picked by SNI, the first
+    the default.  Only paths are here: the files are read by
+    L{lbproxy.relay.tls}.
+    """
+
+    certificates: tuple[tuple[str, str], ...] = ()
+    min_version: str = "1.2"
+    ciphers: str | None = None
+    alpn: tuple[str, ...] = ()
+    client_ca: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "certificates": [{"cert": c, "key": k} for c, k in self.certificates],
+            "min_version": self.min_version,
+            "alpn": list(self.alpn),
+        }
+        if self.ciphers is not None:
+            out["ciphers"] = self.ciphers
+        if self.client_ca is not None:
+            out["client_ca"] = self.client_ca
+        return out
+
+
+def parse_backend_tls(obj: Mapping[str, Any] | None) -> BackendTLS | None:
+    if obj is None:
+        return None
+    return BackendTLS(bool(obj.get("verify", True)), obj.get("ca"), obj.get("server_name"))
+
+
+def parse_service_tls(obj: Mapping[str, Any] | None) -> ServiceTLS | None:
+    if obj is None:
+        return None
+    return ServiceTLS(
+        certificates=tuple((c["cert"], c["key"]) for c in obj["certificates"]),
+        min_version=obj.get("min_version", "1.2"),
+        ciphers=obj.get("ciphers"),
+        alpn=tuple(obj.get("alpn", ())),
+        client_ca=obj.get("client_ca"),
+    )
+
+
+@dataclass(frozen=True)
 class Backend:
     """
     One backend as configured.  Its health is runtime state and lives in
@@ -135,6 +202,7 @@ class Backend:
     proxy_protocol: str | None = None
     max_connections: int | None = None
     health_check: HealthCheck | None = None
+    tls: BackendTLS | None = None
 
     @property
     def address(self) -> str:
@@ -153,6 +221,7 @@ class Backend:
             "health_check": (
                 self.health_check.to_json() if self.health_check else None
             ),
+            **({"tls": self.tls.to_json()} if self.tls is not None else {}),
         }
 
 
@@ -226,6 +295,8 @@ class Config:
     #: Clients that wait when every backend is at its max_connections.
     max_queue: int = 0
     queue_timeout: float = 10.0
+    #: TLS terminated on every listener of the service (C{None}: plain TCP).
+    tls: ServiceTLS | None = None
 
     def backend(self, backend_id: str) -> Backend | None:
         for b in self.backends:
@@ -269,6 +340,7 @@ class Config:
             "client_limits": self.client_limits.to_json() if self.client_limits else None,
             "max_queue": self.max_queue,
             "queue_timeout": self.queue_timeout,
+            **({"tls": self.tls.to_json()} if self.tls is not None else {}),
         }
 
     def connection_settings(self, base: "ProxySettings") -> "ProxySettings":
@@ -411,6 +483,7 @@ def _backend(obj: Mapping[str, Any], what: str, backend_id: str | None = None) -
         proxy_protocol=obj.get("proxy_protocol"),
         max_connections=None if mc is None else int(mc),
         health_check=_health_check(obj.get("health_check"), f"{what}.health_check"),
+        tls=parse_backend_tls(obj.get("tls")),
     )
 
 

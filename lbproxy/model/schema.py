@@ -126,6 +126,48 @@ OUTLIER: dict[str, Any] = {
     },
 }
 
+#: Paths of PEM files lbproxy reads (certificates, keys, CA bundles).
+PEM_PATH: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 4096}
+
+#: TLS on a backend: lbproxy speaks TLS to it (L{lbproxy.relay.tls}).
+BACKEND_TLS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Connect to the backend over TLS, verifying it against a CA bundle and a "
+                   "server name unless verify is false.",
+    "properties": {
+        "verify": {"type": "boolean", "description": "Verify the backend's certificate (default true)."},
+        "ca": {**PEM_PATH, "description": "PEM CA bundle the backend's chain must lead to "
+                                          "(default: the system's trust store)."},
+        "server_name": {"type": "string", "minLength": 1, "maxLength": 253,
+                        "description": "Name sent as SNI and verified (default: the backend's host)."},
+    },
+}
+
+#: TLS on a service: every listener of the service terminates TLS.
+SERVICE_TLS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["certificates"],
+    "description": "Terminate TLS on every listener of the service.",
+    "properties": {
+        "certificates": {
+            "type": "array", "minItems": 1, "maxItems": 100,
+            "description": "Certificate chains chosen by SNI (exact, then wildcard, then the first).",
+            "items": {"type": "object", "additionalProperties": False, "required": ["cert", "key"],
+                      "properties": {"cert": PEM_PATH, "key": PEM_PATH}},
+        },
+        "min_version": {"enum": ["1.2", "1.3"], "description": "Oldest TLS version offered (default 1.2)."},
+        "ciphers": {"type": "string", "minLength": 1, "maxLength": 2048,
+                    "description": "OpenSSL cipher list for TLS 1.2 (default: ECDHE with AES-GCM or ChaCha20)."},
+        "alpn": {"type": "array", "maxItems": 16, "uniqueItems": True,
+                 "items": {"type": "string", "minLength": 1, "maxLength": 255},
+                 "description": "ALPN protocols offered, in order of preference."},
+        "client_ca": {**PEM_PATH, "description": "PEM CA bundle client certificates must lead to "
+                                                 "(mTLS: a client without one is refused)."},
+    },
+}
+
 BACKEND_FIELDS: dict[str, Any] = {
     "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
            "x-errors": {"pattern": "must be 1-64 letters, digits, '.', '_' or '-', not {value!r}"}},
@@ -138,6 +180,7 @@ BACKEND_FIELDS: dict[str, Any] = {
     "proxy_protocol": {"enum": list(PROXY_PROTOCOLS)},
     "max_connections": nullable({"type": "integer", "minimum": 1, "maximum": 10_000_000}),
     "health_check": nullable(HEALTH_CHECK),
+    "tls": nullable(BACKEND_TLS),
 }
 
 #: A backend of a config document.
@@ -151,7 +194,7 @@ BACKEND: dict[str, Any] = {
 #: A backend to add through the API; it gets an id if it has none.
 NEW_BACKEND: dict[str, Any] = {**BACKEND, "required": ["host", "port"]}
 
-PATCH_FIELDS = ("weight", "state", "proxy_protocol", "max_connections", "health_check")
+PATCH_FIELDS = ("weight", "state", "proxy_protocol", "max_connections", "health_check", "tls")
 
 BACKEND_PATCH: dict[str, Any] = {
     "type": "object",
@@ -229,6 +272,7 @@ SERVICE_FIELDS: dict[str, Any] = {
     "accept_proxy": {"type": "array", "maxItems": 1000, "uniqueItems": True,
                      "items": {"type": "string", "minLength": 1, "maxLength": 64, "format": "cidr"},
                      "description": "Source networks whose connections start with a PROXY protocol header."},
+    "tls": nullable(SERVICE_TLS),
 }
 
 _CIDRS: dict[str, Any] = {

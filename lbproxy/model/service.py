@@ -131,6 +131,12 @@ def service_fields(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
         out["max_queue"] = int(obj["max_queue"])
     if "queue_timeout" in obj:
         out["queue_timeout"] = float(obj["queue_timeout"])
+    if "tls" in obj:
+        from lbproxy.model.config import parse_service_tls
+
+        out["tls"] = parse_service_tls(obj["tls"])
+        if out["tls"] is not None and obj.get("accept_proxy"):
+            raise ConfigError(f"{what}: a service with tls cannot also accept_proxy (not supported yet)")
     if out.get("sni_default") and not obj.get("sni"):
         raise ConfigError(f"{what}.sni_default needs the service's sni names")
     return out
@@ -154,6 +160,11 @@ def check_document(document: Document) -> Document:
         if len(services) < 2:
             continue
         names = ", ".join(repr(s.name) for s in services)
+        if any(s.tls is not None for s in services):
+            raise ConfigError(
+                f"services {names} share the listen endpoint {endpoint}: a service with tls "
+                f"needs a listen endpoint of its own"
+            )
         for s in services:
             if not s.sni:
                 raise ConfigError(

@@ -93,6 +93,8 @@ class AccessRecord(NamedTuple):
     bytes_down: int
     duration: float
     outcome: str
+    #: A TLS client's verified certificate subject (mTLS), else C{None}.
+    subject: str | None = None
 
 
 class HealthState:

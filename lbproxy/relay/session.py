@@ -326,6 +326,7 @@ class ConnectionSession:
             bytes_down=bytes_down,
             duration=self.clock.seconds() - self.started,
             outcome=self.outcome or self.backend_outcome or "ok",
+            subject=getattr(client, "subject", None),
         )
         if backend is None:
             self.balancer.client_failed(record)

@@ -98,7 +98,7 @@ class _Side(Protocol):
             # produces for the peer; unregistering also lets the peer's
             # half-close happen (Twisted #6461).
             peer.transport.unregisterProducer()
-            peer.transport.loseWriteConnection()
+            peer.half_close()
         if self._write_done:
             self.transport.loseConnection()
 
@@ -106,6 +106,10 @@ class _Side(Protocol):
         self._write_done = True
         if self._read_done:
             self.transport.loseConnection()
+
+    def half_close(self) -> None:
+        """No more bytes for this side's peer (a TLS side closes instead)."""
+        self.transport.loseWriteConnection()
 
     def _close_peer(self) -> None:
         peer = self.peer
@@ -177,9 +181,10 @@ class FrontendProtocol(_Side):
 
     def __init__(
         self, session: ConnectionSession, candidate: Candidate | ReadFirst, reactor: Any,
-        endpoints: dict, options: tuple = (),
+        endpoints: dict, options: tuple = (), tls_clients: dict | None = None,
     ) -> None:
         self.session = session
+        self._tls_clients = tls_clients
         self.reactor = reactor
         self._candidate: Candidate | None = candidate
         self._endpoints = endpoints
@@ -253,6 +258,9 @@ class FrontendProtocol(_Side):
             self._connect(answer)
 
     def _connect(self, candidate: Candidate) -> None:
+        tls = candidate.backend.tls
+        if tls is not None:
+            return self._connect_tls(candidate, tls)
         key = (candidate.host, candidate.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
@@ -261,6 +269,25 @@ class FrontendProtocol(_Side):
                 getattr(self.session.balancer, "resolver", None),
             )
         d = self._pending = endpoint.connect(_BackendFactory(BackendProtocol(self)))
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def _connect_tls(self, candidate: Candidate, tls: Any) -> None:
+        """
+        Connect to a backend over TLS; it counts as connected once its
+        certificate is verified (a failed verification is a failed connect).
+        """
+        from lbproxy.relay.twisted_tls import tls_endpoint, TLSBackendProtocol
+
+        key = (candidate.host, candidate.port, tls)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            plain = _endpoint(
+                self.reactor, candidate.host, candidate.port, self.session.connect_timeout,
+                getattr(self.session.balancer, "resolver", None),
+            )
+            endpoint = self._endpoints[key] = tls_endpoint(plain, tls, candidate.host, self._tls_clients)
+        d = self._pending = endpoint.connect(_BackendFactory(TLSBackendProtocol(self)))
+        d.addCallback(lambda backend: backend.handshake)
         d.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, backend: BackendProtocol) -> None:
@@ -370,6 +397,9 @@ class ProxyFactory(ServerFactory):
         self.reactor = reactor
         self._endpoints: dict = {}
         self._options = route_options(self.route)
+        #: C{(BackendTLS, host)} -> connection creator, for backends over TLS
+        #: (the listener manager's L{lbproxy.relay.tlsreload.TLSStore.clients}).
+        self.tls_clients: dict = {}
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol | None:
         session = ConnectionSession(
@@ -378,4 +408,4 @@ class ProxyFactory(ServerFactory):
         answer = session.accepted()
         if answer is None:
             return None
-        return FrontendProtocol(session, answer, self.reactor, self._endpoints, self._options)
+        return FrontendProtocol(session, answer, self.reactor, self._endpoints, self._options, self.tls_clients)

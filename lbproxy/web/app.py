@@ -159,6 +159,9 @@ class AdminApp:
         self.registry = metrics_registry(
             self.balancer, self.feed, self.views.views, getattr(controller, "table", None)
         )
+        from lbproxy.web.metrics import TLSCollector
+
+        self.registry.register(TLSCollector(lambda: getattr(controller, "listeners", None)))
         self.node = node
         self.started = clock.seconds()
         self.static = static if static is not None else static_dir()

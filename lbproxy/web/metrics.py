@@ -167,6 +167,35 @@ class BalancerCollector(Collector):
             yield family
 
 
+class TLSCollector(Collector):
+    """
+    When each certificate a TLS listener serves expires, in seconds from
+    now (negative: expired), labelled by service and the certificate's
+    first name: alert on it well before it reaches 0.
+    """
+
+    def __init__(self, listeners: Any) -> None:
+        """
+        @param listeners: a callable returning the
+            L{lbproxy.control.listeners.ListenerManager}, or C{None}.
+        """
+        self._listeners = listeners
+
+    def collect(self) -> Iterator[Any]:
+        import time
+
+        manager = self._listeners()
+        g = GaugeMetricFamily(
+            "lbproxy_tls_certificate_expiry_seconds",
+            "Seconds until a served TLS certificate expires.", labels=["service", "name"],
+        )
+        if manager is not None:
+            now = time.time()
+            for service, name, not_after in manager.tls.expiries():
+                g.add_metric([service, name], not_after - now)
+        yield g
+
+
 def metrics_registry(balancer: Any, feed: Any = None, views: Any = None, table: Any = None) -> CollectorRegistry:
     """
     A registry of this balancer's metrics and the process's own (CPU,

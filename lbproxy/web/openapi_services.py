@@ -38,7 +38,15 @@ def _service_schemas(document: dict[str, Any]) -> dict[str, Any]:
             "required": ["name", "listen", "backends", "strategy", "version"],
             "description": "A service as configured, where it listens now and its open connections.",
             "properties": {**whole["properties"], "listening": {"type": "array", "items": {"type": "string"}},
-                           "active_connections": {"type": "integer"}, "version": {"type": "integer"}},
+                           "active_connections": {"type": "integer"}, "version": {"type": "integer"},
+                           "tls_certificates": {
+                               "type": "array",
+                               "description": "With tls: each certificate served now (never a key).",
+                               "items": {"type": "object", "properties": {
+                                   "subject": {"type": "string"}, "issuer": {"type": "string"},
+                                   "names": {"type": "array", "items": {"type": "string"}},
+                                   "fingerprint_sha256": {"type": "string"},
+                                   "not_after": {"type": "number"}, "expires_in": {"type": "number"}}}}},
         },
         "ServiceList": {
             "type": "object",

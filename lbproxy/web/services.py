@@ -35,6 +35,14 @@ def service_view(app: Any, name: str) -> dict[str, Any]:
     view["active_connections"] = balancer.totals.active if balancer else 0
     # Traffic control's counters (refused by reason, the queue, the client table).
     view["traffic"] = balancer.traffic_state.view() if balancer is not None else None
+    if config.tls is not None and listeners is not None:
+        # What is served now: subject, names, issuer, fingerprint, expiry (never a key).
+        import time
+
+        now = time.time()  # certificate expiry is wall-clock time
+        view["tls_certificates"] = [
+            {**info, "expires_in": info["not_after"] - now} for info in listeners.tls.info(name)
+        ]
     return view
 
 
@@ -64,6 +72,9 @@ async def change_document(app: Any, request: Any, mutate: Callable[[Any], Any], 
         controller.table.check(new)
         if controller.listeners is not None:
             controller.listeners.check(new)
+        elif any(s.tls is not None for s in new.services):
+            # Worker processes relay plain sockets: they cannot terminate TLS.
+            raise ConfigError("a service with tls is served by the main process only: run lbproxy with --workers 1")
     except ConfigError as e:
         raise ApiError(400, str(e)) from None
     expected = condition.expected(controller.document.version)

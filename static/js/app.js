@@ -12,6 +12,7 @@ import { DemoPanel } from './demo.js';
 import { SettingsPanel } from './settings.js';
 import { HistoryPanel } from './history.js';
 import { ClusterPanel } from './cluster.js';
+import { showCertificateExpiry } from './tls.js';
 import { ago, bytes, clock, count, h, rate, showResult, colourOf } from './util.js';
 
 const $ = (id) => document.getElementById(id);
@@ -49,6 +50,7 @@ class Dashboard {
     this.feed.start();
     this.strategy.load().catch((e) => this.log.add('error', `cannot load strategies: ${e.message}`));
     this.demo.load();
+    showCertificateExpiry(document.querySelector('.topbar')).catch(() => {});
     setInterval(() => this.everySecond(), 1000);
     const frame = () => {
       if (!this.staleSince) this.flow.draw();

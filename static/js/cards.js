@@ -106,6 +106,15 @@ export class BackendCards {
     c.state.textContent = state;
     c.state.dataset.state = state;
     c.address.textContent = view.address || `${view.host}:${view.port}`;
+    // TLS to the backend: say so, and warn when its certificate is not verified.
+    if (view.tls) {
+      const verified = view.tls.verify !== false;
+      c.address.append(h('small', {
+        class: verified ? 'tls-note' : 'tls-note tls-unverified',
+        text: verified ? ' · TLS' : ' · TLS, not verified',
+        title: verified ? `verified as ${view.tls.server_name || view.host}` : 'verify: false: anyone on the path can pose as this backend',
+      }));
+    }
     const change = this.dash.lastChange.get(view.id);
     const health = view.health || {};
     let reason = health.reason || '';

@@ -1,0 +1,190 @@
+"""
+The Twisted engine's TLS: a listener that terminates it and backends
+reached over it, driven by the same L{ConnectionSession} as plain ones.
+
+A TLS listener is the engine's L{ProxyFactory} inside Twisted's
+C{TLSMemoryBIOFactory}.  Its client is admitted and routed once the
+handshake is done, so the strategies and the access log see what the
+handshake said (the verified client certificate's subject, the server
+name, the ALPN protocol: a L{TLSClient}) and a client that fails the
+handshake never costs a backend connection.  A handshake must finish
+within the service's C{sni_timeout}.
+
+Twisted's TLS transports do not half-close: when the other side ends its
+stream, a TLS side is closed (after what it has to write), with a
+close_notify.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from lbproxy.relay.session import ConnectionSession, ReadFirst
+from lbproxy.relay.tls import client_creator, subject_of
+from lbproxy.relay.twisted_engine import BackendProtocol, FrontendProtocol, ProxyFactory, _set_options
+
+
+class TLSClient(tuple):
+    """
+    A TLS client's C{(host, port)}, as strategies get it, with what its
+    handshake said.
+
+    @ivar subject: the verified client certificate's subject (RFC 4514),
+        or C{None} without one.
+    @ivar server_name: the SNI name it asked for, or C{None}.
+    @ivar alpn: the ALPN protocol agreed, or C{None}.
+    """
+
+    def __new__(cls, address: tuple, subject: str | None, server_name: str | None, alpn: str | None) -> "TLSClient":
+        self = tuple.__new__(cls, address)
+        self.subject = subject
+        self.server_name = server_name
+        self.alpn = alpn
+        return self
+
+
+def tls_endpoint(plain: Any, tls: Any, host: str, clients: dict | None) -> Any:
+    """
+    C{plain} (a backend's client endpoint) speaking TLS as C{tls} says.
+    """
+    creator = (clients or {}).get((tls, host))
+    if creator is None:
+        creator = client_creator(tls, host)
+    return wrapClientTLS(creator, plain)
+
+
+@implementer(IHandshakeListener)
+class TLSBackendProtocol(BackendProtocol):
+    """
+    A backend over TLS: L{handshake} fires with it once verified, or
+    fails with why the handshake did not finish.
+    """
+
+    def __init__(self, frontend: FrontendProtocol) -> None:
+        super().__init__(frontend)
+        self.handshake: defer.Deferred = defer.Deferred(lambda _: self.transport.abortConnection())
+
+    def connectionMade(self) -> None:
+        raw = getattr(self.transport, "transport", None)
+        if raw is not None:
+            _set_options(raw, self.frontend._options)
+
+    def handshakeCompleted(self) -> None:
+        if not self.handshake.called:
+            self.handshake.callback(self)
+
+    def half_close(self) -> None:
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self.handshake.called:
+            self._lost = True
+            self.handshake.errback(reason)
+            return
+        super().connectionLost(reason)
+
+
+@implementer(IHandshakeListener)
+class TLSFrontendProtocol(FrontendProtocol):
+    """
+    A client of a TLS listener: its session hears C{accepted} once the
+    handshake is done; bytes decrypted before the backend is connected
+    are kept for it.
+    """
+
+    _shaken = False
+    _early: Any = None
+
+    def __init__(self, session: ConnectionSession, reactor: Any, endpoints: dict, options: tuple,
+                 tls_clients: dict, timeout: float) -> None:
+        super().__init__(session, None, reactor, endpoints, options, tls_clients)  # type: ignore[arg-type]
+        self._timeout = timeout
+
+    def connectionMade(self) -> None:
+        raw = getattr(self.transport, "transport", None)
+        if raw is not None:
+            _set_options(raw, self._options)
+            # A handshake is several small writes: Nagle would hold them.
+            nodelay = getattr(raw, "setTcpNoDelay", None)
+            if nodelay is not None:
+                nodelay(True)
+        self._timer = self.reactor.callLater(self._timeout, self._handshake_timed_out)
+        self._early = []
+        self.dataReceived = self._early.append  # type: ignore[method-assign]
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        self.session.closing("tls-timeout")
+        self.transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        self._shaken = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport = self.transport
+        session = self.session
+        name = transport.getHandle().get_servername()
+        alpn = getattr(transport, "negotiatedProtocol", None)
+        session.client = TLSClient(
+            session.client, subject_of(transport.getPeerCertificate()),
+            name.decode("ascii", "replace") if name else None,
+            alpn.decode("ascii", "replace") if alpn else None,
+        )
+        answer = session.accepted()
+        if answer is None or answer.__class__ is ReadFirst:
+            transport.loseConnection()
+            return
+        transport.pauseProducing()
+        self._connect(answer)
+
+    def _connected(self, backend: Any) -> None:
+        early, self._early = self._early, None
+        self.__dict__.pop("dataReceived", None)
+        super()._connected(backend)
+        if early:
+            data = b"".join(early)
+            self.bytes_up += len(data)
+            backend.transport.write(data)
+
+    def half_close(self) -> None:
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self._shaken:
+            self.session.closing("tls-handshake-failed")
+        self.__dict__.pop("dataReceived", None)
+        super().connectionLost(reason)
+
+
+class TLSProxyFactory(ProxyFactory):
+    """
+    The L{ProxyFactory} inside a TLS listener: every client gets a
+    L{TLSFrontendProtocol}; admission waits for the handshake.
+
+    @ivar tls_clients: the listener manager's backend connection creators.
+    """
+
+    def buildProtocol(self, addr: Any) -> TLSFrontendProtocol:
+        route = self.route
+        session = ConnectionSession(
+            route, self.reactor, (getattr(addr, "host", str(addr)), getattr(addr, "port", 0))
+        )
+        timeout = getattr(route, "sni_timeout", 0.0) or 5.0
+        return TLSFrontendProtocol(session, self.reactor, self._endpoints, self._options, self.tls_clients, timeout)
+
+
+def tls_listener_factory(server_tls: Any, proxy: TLSProxyFactory) -> Any:
+    """
+    The factory a TLS listener listens with: C{proxy} inside TLS, with the
+    certificates of C{server_tls} (an L{lbproxy.relay.tls.ServerTLS}).
+    """
+    factory = TLSMemoryBIOFactory(server_tls, False, proxy)
+    factory.noisy = False
+    return factory

@@ -1,0 +1,328 @@
+"""
+TLS over real loopback sockets: a listener terminating TLS with two
+certificates picked by SNI, client certificates (mTLS), backends reached
+over verified TLS, certificates replaced through the API and on disk
+while a connection opened before keeps working, and bad certificates
+refused with nothing changed.  Certificates are made by the test
+(tests/tlscerts.py); clients are Python's C{ssl} (in a thread) and
+C{openssl s_client}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, ssl as tssl, threads
+
+from tests.integration.test_services import LOCAL, backend, call, start, until
+from tests.tlscerts import CA, handshake
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pki(tmp_path):
+    ca = CA(tmp_path)
+    return {
+        "dir": tmp_path,
+        "ca": ca,
+        "a": ca.issue("a", "a.test", ["a.test"]),
+        "b": ca.issue("b", "b.test", ["b.test", "*.b.test"]),
+        "client": ca.issue("client", "alice", client=True),
+    }
+
+
+def tls(*pairs, **extra):
+    return {"certificates": [{"cert": c, "key": k} for c, k in pairs], **extra}
+
+
+async def add(url, name, port, tls_body, backends_tls=None):
+    body = {"name": name, "listen": [LOCAL], "backends": [{"host": "127.0.0.1", "port": port}]}
+    if tls_body is not None:
+        body["tls"] = tls_body
+    if backends_tls is not None:
+        body["backends"][0]["tls"] = backends_tls
+    code, out = await call("POST", url + "/services", body)
+    assert code == 201, out
+    return int(out["listening"][0].rsplit(":", 1)[1]), out
+
+
+def shake(port, name, ca, client=None, send=b""):
+    return threads.deferToThread(handshake, port, name, ca, client, send)
+
+
+@pytest.mark.parametrize("engine", ["twisted", "fast"])
+@pytest_twisted.ensureDeferred
+async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki, engine):
+    """
+    (On both engines: a fast-engine lbproxy serves a TLS listener with
+    the Twisted engine.)
+    A TLS listener with two certificates: each server name gets its own
+    (exact, then wildcard, then the first as default), seen by Python's
+    ssl and by openssl s_client -servername; the relay works through TLS;
+    the API shows each certificate's subject, names, issuer, fingerprint
+    and expiry and no key.
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    try:
+        port, out = await add(url, "web", named.getHost().port, tls(pki["a"], pki["b"]))
+        listener = next(v for k, v in assembly.listeners.listeners.items() if k.endswith("(web)"))
+        assert "twisted engine, TLS" in listener.what
+        ca = pki["ca"].path
+        assert await shake(port, "a.test", ca) == ("a.test", b"web")
+        assert await shake(port, "b.test", ca) == ("b.test", b"web")
+        assert await shake(port, "x.b.test", ca) == ("b.test", b"web")
+        assert await shake(port, "other.test", ca) == ("a.test", b"web")
+        assert await shake(port, None, ca) == ("a.test", b"web")
+
+        def s_client(name):
+            return subprocess.run(
+                ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name,
+                 "-CAfile", ca, "-verify_return_error"],
+                input=b"", capture_output=True, timeout=10,
+            )
+
+        for name, cn in (("a.test", "a.test"), ("b.test", "b.test")):
+            done = await threads.deferToThread(s_client, name)
+            text = done.stdout.decode(errors="replace")
+            assert f"subject=CN = {cn}" in text or f"subject=CN={cn}" in text, text[:800]
+            assert "Verify return code: 0 (ok)" in text
+
+        code, view = await call("GET", url + "/services/web")
+        assert code == 200
+        shown = view["tls_certificates"]
+        assert [c["subject"] for c in shown] == ["CN=a.test", "CN=b.test"]
+        assert shown[1]["names"] == ["b.test", "*.b.test"]
+        assert shown[0]["issuer"] == "CN=lbproxy test CA"
+        assert len(shown[0]["fingerprint_sha256"].split(":")) == 32
+        assert shown[0]["expires_in"] > 19 * 86400
+        text = json.dumps(view)
+        assert "PRIVATE KEY" not in text and "BEGIN" not in text
+        import treq
+
+        metrics = (await (await treq.get(url.rsplit("/api", 1)[0] + "/metrics", persistent=False)).text())
+        found = [line for line in metrics.splitlines() if line.startswith("lbproxy_tls_certificate_expiry_seconds{")]
+        assert len(found) == 2 and 'service="web"' in found[0] and 'name="b.test"' in found[1], found
+        assert 19 * 86400 < float(found[0].rsplit(" ", 1)[1]) < 21 * 86400
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mtls_admits_a_client_certificate_of_the_ca_and_refuses_one_without(pki, tmp_path):
+    """
+    With client_ca, a client presenting a certificate of that CA is
+    relayed, with its subject in the access log record; a client without
+    one fails the handshake and no backend is connected for it.
+    """
+    named = backend(b"db")
+    log_path = tmp_path / "access.log"
+    options = ["--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}"]
+    from lbproxy.tap import Options
+    from lbproxy.assembly import assemble
+
+    opts = Options()
+    opts.parseOptions(["--admin", LOCAL, "--access-log", str(log_path), *options])
+    assembly = assemble(opts.spec, reactor)
+    assembly.top.bind()
+    assembly.top.startService()
+    url = "http://127.0.0.1:%d/api/v1" % assembly.admin_listener.address()[1]
+    try:
+        port, _ = await add(url, "db", named.getHost().port, tls(pki["a"], client_ca=pki["ca"].path))
+        ca = pki["ca"].path
+        balancer = assembly.table.balancer("db")
+        seen = []
+        route = balancer.route
+
+        def recording(client, exclude):
+            seen.append(client)
+            return route(client, exclude)
+
+        balancer.route = recording
+        assert await shake(port, "a.test", ca, pki["client"]) == ("a.test", b"db")
+        # What a strategy is given: the client address, with the handshake's facts.
+        assert seen[0].subject == "CN=alice" and seen[0].server_name == "a.test" and seen[0][0] == "127.0.0.1"
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            await shake(port, "a.test", ca, None, send=b"hello\n")
+        await until(lambda: log_path.exists() and b"tls_subject" in log_path.read_bytes())
+        lines = [json.loads(x) for x in log_path.read_text().splitlines() if "tls_subject" in x]
+        assert lines[0]["tls_subject"] == "CN=alice"
+        route = assembly.listeners.routes[next(k for k in assembly.listeners.routes if k.endswith("(db)"))]
+        await until(lambda: route.refusals["tls-handshake-failed"] == 1)
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
+
+
+def tls_backend(pki, name):
+    cert, key = pki["ca"].issue("backend", name, [name])
+    with open(cert) as c, open(key) as k:
+        pem = c.read() + k.read()
+    options = tssl.PrivateCertificate.loadPEM(pem).options()
+    from twisted.internet import protocol
+
+    class Named(protocol.Protocol):
+        def connectionMade(self):
+            self.transport.write(b"secure\n")
+
+        def dataReceived(self, data):
+            self.transport.write(data)
+
+    return reactor.listenSSL(0, protocol.ServerFactory.forProtocol(Named), options, interface="127.0.0.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_over_tls_is_verified_by_ca_and_server_name(pki, tmp_path):
+    """
+    A backend reached over TLS: with the right CA and server name the
+    client gets the backend's bytes; a wrong name or another CA fail the
+    connect (the client is closed with nothing); verify false connects.
+    """
+    secure = tls_backend(pki, "backend.test")
+    bport = secure.getHost().port
+    (tmp_path / "other").mkdir()
+    other = CA(tmp_path / "other", "other CA")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}")
+    try:
+        from tests.integration.test_services import first_line
+
+        cases = [
+            ("good", {"ca": pki["ca"].path, "server_name": "backend.test"}, b"secure"),
+            ("wrongname", {"ca": pki["ca"].path, "server_name": "other.test"}, None),
+            ("wrongca", {"ca": other.path, "server_name": "backend.test"}, None),
+            ("unverified", {"verify": False}, b"secure"),
+        ]
+        for name, backend_tls, expected in cases:
+            port, _ = await add(url, name, bport, None, backend_tls)
+            assert await first_line(port) == expected, name
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await secure.stopListening()
+
+
+class Held:
+    """A TLS connection opened in a thread, kept open across a change."""
+
+    def __init__(self, port, ca):
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.check_hostname = False
+        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                                    server_hostname="a.test")
+        self.cn = dict(x[0] for x in self.sock.getpeercert()["subject"])["commonName"]
+        self.read_line()
+
+    def read_line(self):
+        line = b""
+        while b"\n" not in line:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            line += chunk
+        return line
+
+    def echo(self, data):
+        self.sock.sendall(data)
+        return self.read_line()
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connection_keeps_working(pki):
+    """
+    A PATCH of tls with new paths is served to the next handshake while a
+    connection opened before still relays; files rewritten on disk are
+    served after the store's poll (files broken on disk keep the ones in
+    force and refuse no unrelated change); a key that does not match its
+    certificate, or one readable by others, is a 400 and nothing changes.
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}")
+    ca = pki["ca"].path
+    try:
+        port, _ = await add(url, "web", named.getHost().port, tls(pki["a"]))
+        held = await threads.deferToThread(Held, port, ca)
+        assert held.cn == "a.test"
+
+        new = pki["ca"].issue("a2", "a-renewed.test", ["a.test"])
+        code, body = await call("PATCH", url + "/services/web", {"tls": tls(new)})
+        assert code == 200, body
+        assert (await shake(port, "a.test", ca))[0] == "a-renewed.test"
+        assert await threads.deferToThread(held.echo, b"still here\n") == b"still here\n"
+
+        code, before = await call("GET", url + "/services/web")
+        version = assembly.table.document.version
+        mismatched = (pki["a"][0], pki["b"][1])
+        code, body = await call("PATCH", url + "/services/web", {"tls": tls(mismatched)})
+        assert code == 400, body
+        assert "does not match" in body["error"], body
+        os.chmod(pki["b"][1], 0o644)
+        code, body = await call("PATCH", url + "/services/web", {"tls": tls(pki["b"])})
+        assert code == 400 and "readable by other users" in body["error"], body
+        code, after = await call("GET", url + "/services/web")
+        assert after["tls"] == before["tls"] and assembly.table.document.version == version
+        assert (await shake(port, "a.test", ca))[0] == "a-renewed.test"
+
+        # The files change on disk: the next poll reads them (in a thread).
+        again = pki["ca"].issue("a3", "a-ondisk.test", ["a.test"])
+        shutil.copy(again[0], new[0])
+        shutil.copy(again[1], new[1])
+        await assembly.listeners.tls.poll()
+        assert (await shake(port, "a.test", ca))[0] == "a-ondisk.test"
+        assert await threads.deferToThread(held.echo, b"and now\n") == b"and now\n"
+
+        # Broken on disk: the poll keeps what is in force, and an unrelated
+        # change of the service is still accepted.
+        with open(new[0], "w") as f:
+            f.write("not a certificate\n")
+        await assembly.listeners.tls.poll()
+        assert (await shake(port, "a.test", ca))[0] == "a-ondisk.test"
+        code, body = await call("PATCH", url + "/services/web", {"retries": 1})
+        assert code == 200, body
+        assert (await shake(port, "a.test", ca))[0] == "a-ondisk.test"
+        held.sock.close()
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_finishes_the_handshake_is_closed_at_sni_timeout(pki):
+    """
+    A client that connects and sends nothing is closed once the
+    service's sni_timeout passes (counted as tls-timeout), and no
+    backend is connected for it.
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}")
+    try:
+        body = {"name": "slow", "listen": [LOCAL], "sni_timeout": 0.3,
+                "backends": [{"host": "127.0.0.1", "port": named.getHost().port}], "tls": tls(pki["a"])}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+
+        def silent():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                started = reactor.seconds()
+                try:
+                    assert s.recv(100) == b""
+                except ConnectionResetError:
+                    pass  # aborted: closed with a reset
+                return reactor.seconds() - started
+
+        waited = await threads.deferToThread(silent)
+        assert 0.2 < waited < 5
+        route = assembly.listeners.routes[next(k for k in assembly.listeners.routes if k.endswith("(slow)"))]
+        await until(lambda: route.refusals["tls-timeout"] == 1)
+        assert assembly.table.balancer("slow").totals.active == 0
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
