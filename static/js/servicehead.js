@@ -85,16 +85,24 @@ export class Remover {
     });
   }
 
+  // Ask first, saying what deleting stops; the open connections are read
+  // afresh, since that is what graceful or force is about.
   ask(service) {
-    this.target = service.name;
-    $('delete-name').textContent = service.name;
-    const open = service.active_connections || 0;
-    $('delete-why').textContent = `Its listeners (${service.listen.join(', ')}) stop at once. `
-      + `It has ${count(open)} open connection${open === 1 ? '' : 's'} now.`;
+    const name = service.name;
+    this.target = name;
+    $('delete-name').textContent = name;
+    this.why(service);
     this.form.elements.how.value = 'graceful';
     this.out.textContent = '';
     delete this.out.dataset.kind;
     this.dialog.showModal();
+    get(`/services/${encodeURIComponent(name)}`).then((s) => { if (this.target === name) this.why(s); }, () => {});
+  }
+
+  why(service) {
+    const open = service.active_connections || 0;
+    $('delete-why').textContent = `Its listeners (${service.listen.join(', ') || 'none'}) stop at once. `
+      + `It has ${count(open)} open connection${open === 1 ? '' : 's'} now.`;
   }
 
   async remove() {
