@@ -487,6 +487,11 @@ function describeChange(old, config) {
     const opts = Object.entries(config.strategy.options || {}).map(([k, v]) => `${k}=${v}`).join(', ');
     lines.push(`strategy ${old.strategy.name} → ${config.strategy.name}${opts ? ` (${opts})` : ''}`);
   }
+  for (const key of ['listen', 'sni', 'accept_proxy']) {
+    if (old[key] && config[key] && JSON.stringify(old[key]) !== JSON.stringify(config[key])) {
+      lines.push(`${key.replace('_', ' ')}: ${config[key].join(', ') || 'none'}`);
+    }
+  }
   for (const key of ['health_check', 'outlier', 'slow_start', 'drain_timeout']) {
     if (JSON.stringify(old[key]) !== JSON.stringify(config[key])) lines.push(`${key.replace('_', ' ')} settings changed`);
   }
