@@ -100,7 +100,7 @@ export class Overview {
     const bound = s.listen.length !== s.listening.length
       ? h('p', { class: 'bound-all', text: s.listening.length ? `bound: ${s.listening.join(', ')}` : 'not bound' }) : null;
     const sni = s.sni.length
-      ? h('p', { class: 'sni' }, h('span', { class: 'k', text: 'SNI' }), ' ', s.sni.join(', '), s.sni_default ? h('span', { class: 'pill small', text: 'default' }) : null)
+      ? h('p', { class: 'sni' }, h('span', { class: 'k', text: 'SNI' }), ' ', s.sni.join(', '), s.sni_default ? [' ', h('span', { class: 'pill small', text: 'default' })] : null)
       : null;
     const proxy = s.accept_proxy.length
       ? h('p', { class: 'sni' }, h('span', { class: 'k', text: 'PROXY from' }), ' ', s.accept_proxy.join(', ')) : null;

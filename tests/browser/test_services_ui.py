@@ -158,6 +158,22 @@ def test_a_service_created_with_the_form_takes_connections(page, two_services, b
     created = proxy.api("GET", "/services/gamma")
     assert created["backends"][0]["weight"] == 2 and created["listen"] == [f"tcp:{port}:interface=127.0.0.1"]
 
+    # The optional fields: SNI names, sni_default, accept_proxy.
+    form.get_by_label("Name", exact=True).fill("delta")
+    form.get_by_label("Listen endpoints").fill(f"tcp:{free_port()}:interface=127.0.0.1")
+    form.get_by_text("Shared endpoints: SNI and PROXY protocol").click()
+    form.get_by_label("SNI names").fill("db.example.com, *.db.example.com")
+    form.get_by_label("SNI default of its endpoints").check()
+    form.get_by_label("Accept PROXY from").fill("10.0.0.0/8")
+    form.get_by_role("button", name="Create service").click()
+    expect(page.locator("#create-result")).to_contain_text("created delta")
+    delta = service(page, "delta")
+    expect(delta.locator(".sni").first).to_have_text("SNI db.example.com, *.db.example.com default")
+    expect(delta.locator(".sni").nth(1)).to_have_text("PROXY from 10.0.0.0/8")
+    got = proxy.api("GET", "/services/delta")
+    assert (got["sni"], got["sni_default"], got["accept_proxy"]) == (["db.example.com", "*.db.example.com"], True, ["10.0.0.0/8"])
+    expect(page.locator("#services article.svc")).to_have_count(4)
+
 
 def test_a_taken_port_shows_the_servers_409_and_adds_nothing(page, two_services):
     """
@@ -293,3 +309,33 @@ def test_a_services_view_shows_only_its_backends_and_routing(page, two_services)
     expect(cards).to_have_count(2)
     request(ports["alpha"])
     expect(page.locator("#recent li .client").first).to_have_text("127.0.0.1")
+
+    # Deleting the service in view goes back to the overview.
+    head.get_by_role("button", name="Delete service…").click()
+    page.locator("#delete-dialog").get_by_role("button", name="Delete service").click()
+    expect(page.locator("#overview")).to_be_visible()
+    expect(page.locator("#services article.svc")).to_have_count(1)
+    assert page.evaluate("location.hash") == "#/"
+    assert [s["name"] for s in proxy.api("GET", "/services")["services"]] == ["beta"]
+
+
+def test_one_service_opens_at_once_and_the_overview_greys_when_not_live(page, lbproxy, backends):
+    """
+    With one service (the flags' C{default}) the page opens it at once, as
+    before services; "All services" shows the overview of that one, and
+    when lbproxy goes away the overview is greyed out as not live.
+    """
+    b = backends("web1")
+    proxy = lbproxy("--backend", f"127.0.0.1:{b.port}")
+    page.goto(proxy.url)
+    expect(page.locator("#feed-status")).to_have_text("Live")
+    expect(page.locator("#crumb-name")).to_have_text("default")
+    expect(page.locator('#cards article.card[data-id="b1"]')).to_be_visible()
+    page.get_by_role("link", name="All services").click()
+    expect(page.locator("#overview")).to_be_visible()
+    expect(page.locator("#services article.svc")).to_have_count(1)
+    expect(service(page, "default").locator(".listen .bound")).to_have_text(f"127.0.0.1:{proxy.listen}")
+    assert "grayscale" not in page.locator("#services").evaluate("el => getComputedStyle(el).filter")
+    proxy.stop()
+    expect(page.locator("#stale-banner")).to_be_visible()
+    expect(page.locator("#services")).to_have_css("filter", "grayscale(1)")
