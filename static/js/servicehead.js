@@ -80,7 +80,8 @@ export class Remover {
     this.target = null;
     this.form.addEventListener('submit', (e) => {
       e.preventDefault();
-      if (e.submitter && e.submitter.value === 'cancel') { this.dialog.close(); return; }
+      // Enter submits with the first button, Cancel: deleting takes a click on Delete.
+      if (!e.submitter || e.submitter.value !== 'delete') { this.dialog.close(); return; }
       this.remove();
     });
   }

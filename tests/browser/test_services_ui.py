@@ -302,6 +302,17 @@ def test_a_services_view_shows_only_its_backends_and_routing(page, two_services)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", extra), timeout=5).close()
 
+    # The pool routes of the view go to its service: a backend added here is beta's.
+    form = page.locator("#add-form")
+    spare = free_port()
+    form.get_by_label("Port").fill(str(spare))
+    form.get_by_role("button", name="Add backend").click()
+    expect(page.locator("#add-result")).to_contain_text(f"Added b2 (127.0.0.1:{spare})")
+    expect(cards).to_have_count(2)
+    assert [b["port"] for b in proxy.api("GET", "/services/beta/backends")["backends"]] == [
+        proxy.backend_ports["beta"][0], spare]
+    assert len(proxy.api("GET", "/services/alpha/backends")["backends"]) == 2
+
     page.get_by_role("link", name="All services").click()
     expect(page.locator("#overview")).to_be_visible()
     service(page, "alpha").get_by_role("link", name="Open").click()
