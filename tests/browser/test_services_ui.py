@@ -191,7 +191,9 @@ def test_a_taken_port_shows_the_servers_409_and_adds_nothing(page, two_services)
         form = page.locator("#create-form")
         form.get_by_label("Name", exact=True).fill("delta")
         form.get_by_label("Listen endpoints").fill(f"tcp:{port}:interface=127.0.0.1")
-        form.get_by_role("button", name="Create service").click()
+        with page.expect_response(lambda r: r.url.endswith("/api/v1/services") and r.request.method == "POST") as answer:
+            form.get_by_role("button", name="Create service").click()
+        assert answer.value.status == 409
         result = page.locator("#create-result")
         expect(result).to_have_attribute("data-kind", "error")
         expect(result).to_contain_text(f"cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use")
@@ -200,7 +202,9 @@ def test_a_taken_port_shows_the_servers_409_and_adds_nothing(page, two_services)
     assert proxy.api("GET", "/services") == before
     # An address that is not on this host: the server's 400, shown the same way.
     form.get_by_label("Listen endpoints").fill(f"tcp:{free_port()}:interface=192.0.2.1")
-    form.get_by_role("button", name="Create service").click()
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/services") and r.request.method == "POST") as answer:
+        form.get_by_role("button", name="Create service").click()
+    assert answer.value.status == 400
     expect(result).to_contain_text("Cannot assign requested address")
     assert proxy.api("GET", "/services") == before
 
