@@ -18,9 +18,11 @@ import { ClusterPanel } from './cluster.js';
 import { Overview } from './services.js';
 import { ServiceHead, Remover } from './servicehead.js';
 import { ServicePoller } from './poll.js';
+import { backendLine, describeChange } from './changes.js';
+import { showRecent } from './recent.js';
 import { ago, bytes, clock, count, h, numeric, rate, showResult, colourOf } from './util.js';
 
-export { numeric };
+export { numeric, backendLine };
 
 const $ = (id) => document.getElementById(id);
 const RATE_WINDOW = 2;   // seconds of routing decisions behind a conn/s figure
@@ -269,28 +271,7 @@ class Dashboard {
     this.recent(batch);
   }
 
-  recent(batch) {
-    const list = $('recent');
-    if (batch.polled) {
-      // Counted from the backends' counters: how many, not which client.
-      const at = clock(new Date(batch.time * 1000));
-      list.replaceChildren(...Object.entries(batch.counts).map(([id, n]) => h('li', { class: 'polled' },
-        h('time', { text: at }),
-        h('span', { class: 'client', text: `${count(n)} new` }),
-        h('span', { class: 'arrow', 'aria-hidden': 'true', text: '→' }),
-        h('span', { class: 'to', style: `--c:${colourOf(id)}`, text: id, dataset: { backend: id } }),
-        h('span', { class: 'via', text: batch.strategy || '' }))));
-      return;
-    }
-    const items = (batch.sample || []).slice(-6).reverse().map((s) => h('li', {},
-      h('time', { text: clock(new Date(s.time * 1000)) }),
-      h('span', { class: 'client', text: s.client }),
-      h('span', { class: 'arrow', 'aria-hidden': 'true', text: '→' }),
-      h('span', { class: 'to', style: `--c:${colourOf(s.backend)}`, text: s.backend, dataset: { backend: s.backend } }),
-      h('span', { class: 'via', text: batch.strategy || '' })));
-    const dropped = batch.dropped ? h('li', { class: 'dropped', text: `+${count(batch.dropped)} more in this batch` }) : null;
-    list.replaceChildren(...items, ...(dropped ? [dropped] : []));
-  }
+  recent(batch) { showRecent($('recent'), batch); }
 
   rates() {
     const cutoff = Date.now() - RATE_WINDOW * 1000;
@@ -460,43 +441,6 @@ class Dashboard {
       }
     });
   }
-}
-
-// One line of the event log for a backend event, without saying the state
-// twice when the reason only repeats it ("removed: removed").
-export function backendLine(id, state, reason) {
-  let rest = String(reason || '').trim();
-  if (rest === state) rest = '';
-  else if (rest.startsWith(`${state}:`)) rest = rest.slice(state.length + 1).trim();
-  return rest ? `${id} is ${state}: ${rest}` : `${id} is ${state}`;
-}
-
-function describeChange(old, config) {
-  if (!old) return [`config version ${config.version} loaded`];
-  const lines = [];
-  const before = new Map(old.backends.map((b) => [b.id, b]));
-  const after = new Map(config.backends.map((b) => [b.id, b]));
-  for (const [id, b] of after) {
-    const o = before.get(id);
-    if (!o) { lines.push(`backend ${id} added: ${b.host}:${b.port}, weight ${b.weight}`); continue; }
-    if (o.weight !== b.weight) lines.push(`${id} weight ${o.weight} → ${b.weight}`);
-    if (o.state !== b.state) lines.push(`${id} set to ${b.state}`);
-  }
-  for (const id of before.keys()) if (!after.has(id)) lines.push(`backend ${id} removed from the pool`);
-  if (old.strategy.name !== config.strategy.name || JSON.stringify(old.strategy.options) !== JSON.stringify(config.strategy.options)) {
-    const opts = Object.entries(config.strategy.options || {}).map(([k, v]) => `${k}=${v}`).join(', ');
-    lines.push(`strategy ${old.strategy.name} → ${config.strategy.name}${opts ? ` (${opts})` : ''}`);
-  }
-  for (const key of ['listen', 'sni', 'accept_proxy']) {
-    if (old[key] && config[key] && JSON.stringify(old[key]) !== JSON.stringify(config[key])) {
-      lines.push(`${key.replace('_', ' ')}: ${config[key].join(', ') || 'none'}`);
-    }
-  }
-  for (const key of ['health_check', 'outlier', 'slow_start', 'drain_timeout']) {
-    if (JSON.stringify(old[key]) !== JSON.stringify(config[key])) lines.push(`${key.replace('_', ' ')} settings changed`);
-  }
-  if (!lines.length) lines.push('config saved');
-  return lines.map((l) => `v${config.version}: ${l}`);
 }
 
 const app = new Dashboard();
