@@ -1,5 +1,8 @@
 // The admin API: JSON in and out, the bearer token (kept for this tab only,
 // in sessionStorage), and a prompt for it when the server answers 401.
+// The pool routes (/backends, /strategy, /settings) go to the service in
+// view (setService): /api/v1/services/NAME/..., so the panels that call
+// them need not know which service the page shows.
 
 const TOKEN_KEY = 'lbproxy.token';
 export const API = '/api/v1';
@@ -24,6 +27,18 @@ export function setToken(value) {
 }
 
 let memoryToken = '';
+let service = null;
+
+// The service the pool routes mean from now on (null: the top level's).
+export function setService(name) { service = name || null; }
+
+const POOL = /^\/(backends|strategy|settings)(\/|\?|$)/;
+
+// A path of the API as it is sent: pool routes under the service in view.
+export function servicePath(path) {
+  return service && POOL.test(path) ? `/services/${encodeURIComponent(service)}${path}` : path;
+}
+
 let asking = null;
 
 function currentToken() { return token() || memoryToken; }
@@ -67,7 +82,7 @@ export async function call(method, path, body) {
     }
     let response;
     try {
-      response = await fetch(API + path, init);
+      response = await fetch(API + servicePath(path), init);
     } catch (e) {
       throw new ApiError(0, `cannot reach lbproxy (${e.message})`);
     }

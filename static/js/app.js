@@ -1,7 +1,10 @@
-// lbproxy's dashboard: pool management through the admin API, live state
-// from the event feed (no polling).
+// lbproxy's dashboard: the overview of every service (services.js) and one
+// service's view: pool management through the admin API, live state from
+// the event feed.  The URL hash says which: #/ the overview,
+// #/services/NAME a service; no hash opens the only service if there is
+// one, else the overview.
 
-import { call, get, askToken, token } from './api.js';
+import { call, get, askToken, token, setService } from './api.js';
 import { Feed } from './feed.js';
 import { FlowView } from './flow.js';
 import { RateChart } from './chart.js';
@@ -13,7 +16,14 @@ import { SettingsPanel } from './settings.js';
 import { HistoryPanel } from './history.js';
 import { ClusterPanel } from './cluster.js';
 import { showCertificateExpiry } from './tls.js';
-import { ago, bytes, clock, count, h, rate, showResult, colourOf } from './util.js';
+import { Overview } from './services.js';
+import { ServiceHead, Remover } from './servicehead.js';
+import { ServicePoller } from './poll.js';
+import { backendLine, describeChange } from './changes.js';
+import { showRecent } from './recent.js';
+import { ago, bytes, clock, count, h, numeric, rate, showResult, colourOf } from './util.js';
+
+export { numeric, backendLine };
 
 const $ = (id) => document.getElementById(id);
 const RATE_WINDOW = 2;   // seconds of routing decisions behind a conn/s figure
@@ -28,6 +38,9 @@ class Dashboard {
     this.bucket = {};              // counts of the current second
     this.clients = new Map();      // client address -> last seen (ms)
     this.strategyName = '';
+    this.service = null;           // the service in view (null: the overview)
+    this.feedService = null;       // the service the feed's snapshot, routes and stats are of
+    this.routesFromFeed = false;   // whether the feed brings this service's routes
 
     this.flow = new FlowView($('flow'), $('flow-scale'));
     this.chart = new RateChart($('chart'), $('legend'), $('chart-span'));
@@ -38,6 +51,10 @@ class Dashboard {
     this.settings = new SettingsPanel(this);
     this.history = new HistoryPanel(this);
     this.cluster = new ClusterPanel(this);
+    this.overview = new Overview(this);
+    this.head = new ServiceHead(this);
+    this.remover = new Remover(this);
+    this.poller = new ServicePoller((list) => this.setViews(list), (b) => this.onRoute(b), (s) => this.onStats(s));
     this.feed = new Feed({
       onEvent: (type, data) => this.onEvent(type, data),
       onStatus: (state, text) => this.onStatus(state, text),
@@ -48,7 +65,10 @@ class Dashboard {
 
   async start() {
     this.feed.start();
-    this.strategy.load().catch((e) => this.log.add('error', `cannot load strategies: ${e.message}`));
+    this.strategy.load().then(() => this.overview.fillStrategies([...this.strategy.plugins.keys()]))
+      .catch((e) => this.log.add('error', `cannot load strategies: ${e.message}`));
+    window.addEventListener('hashchange', () => this.route());
+    this.route(true);
     this.demo.load();
     showCertificateExpiry(document.querySelector('.topbar')).catch(() => {});
     setInterval(() => this.everySecond(), 1000);
@@ -95,10 +115,105 @@ class Dashboard {
 
   // The feed --------------------------------------------------------------
 
+  // Which view the hash asks for; at landing, no hash opens the only
+  // service if there is just one (so a one-service lbproxy looks as before).
+  async route(landing = false) {
+    const hash = location.hash;
+    const m = /^#\/services\/([^/]+)$/.exec(hash);
+    if (m) return this.view(decodeURIComponent(m[1]));
+    if (hash === '' || hash === '#' || hash === '#/') {
+      if (landing && hash === '') {
+        const list = await this.overview.load();
+        if (list && list.length === 1) return this.view(list[0].name);
+      }
+      return this.view(null);
+    }
+    return undefined;   // an in-page anchor (the skip link): the view stays
+  }
+
+  // Show service `name`, or the overview (null).
+  view(name) {
+    document.body.dataset.view = name === null ? 'overview' : 'service';
+    $('overview').hidden = name !== null;
+    $('service-head').hidden = name === null;
+    $('service-view').hidden = name === null;
+    $('crumb-service').hidden = name === null;
+    $('crumb-name').textContent = name || '';
+    document.title = name === null ? 'lbproxy: services' : `lbproxy: ${name}`;
+    this.overview.show(name === null);
+    if (name === this.service) return;
+    this.service = name;
+    setService(name);
+    this.config = null;
+    this.stats = null;
+    this.views = new Map();
+    this.lastChange = new Map();
+    this.window = [];
+    this.bucket = {};
+    this.clients = new Map();
+    this.poller.reset();
+    this.routesFromFeed = name !== null && name === this.feedService;
+    this.chart.seed([]);
+    this.chart.markers = [];
+    $('recent').replaceChildren();
+    for (const id of ['kpi-rate', 'kpi-active', 'kpi-accepted', 'kpi-bytes', 'kpi-strategy', 'kpi-version']) $(id).textContent = '–';
+    this.settings.shownVersion = null;
+    this.cards.render();
+    this.flowBackends();
+    if (name !== null) this.load();
+  }
+
+  // Read the service in view from the API (a change of view, a reconnect,
+  // a service the feed's snapshot is not of).
+  async load() {
+    const name = this.service;
+    this.head.load(name);
+    try {
+      const [config, body] = await Promise.all([get(`/services/${encodeURIComponent(name)}`), get('/backends')]);
+      if (name !== this.service) return;
+      this.config = config;
+      this.setViews(body.backends);
+      this.renderHeader();
+      if (this.strategy.plugins.has(config.strategy.name)) {
+        this.strategy.select.value = config.strategy.name;
+        this.strategy.renderOptions();
+      }
+      this.strategy.showActive();
+      if (name === this.feedService) this.loadHistory();
+    } catch (e) {
+      if (name === this.service) this.log.add('error', `cannot read service ${name}: ${e.message}`);
+    }
+  }
+
+  // An event of another service than the one in view (events without a
+  // service name are of the one in view, as before services).
+  foreign(data) {
+    return this.service === null || (data && data.service !== undefined && data.service !== this.service);
+  }
+
+  deleted(name, text) {
+    this.log.add('config', text);
+    if (this.service === name) location.hash = '#/';
+    showResult($('create-result'), true, text);
+    this.overview.load();
+  }
+
   onEvent(type, data) {
+    if (type === 'snapshot' || type === 'reset') this.feedService = data.service ?? this.service;
+    if (type === 'service' || type === 'config' || type === 'snapshot' || type === 'reset') this.overview.changed();
+    if (type === 'backend') this.overview.soon();
+    if (type === 'service') { this.onService(data); return; }
+    if ((type === 'snapshot' || type === 'reset') && this.foreign(data)) {
+      if (this.service !== null) this.load();
+      call('GET', '/status').then((s) => this.onLifecycle(s), () => {});
+      return;
+    }
+    if (['route', 'stats', 'backend', 'config'].includes(type) && this.foreign(data)) return;
     switch (type) {
       case 'snapshot':
       case 'reset':
+        this.routesFromFeed = true;
+        this.head.load(this.service);
         this.log.add('feed', type === 'reset'
           ? 'feed resumed after a long gap: state reloaded'
           : `connected: config v${data.config.version}, ${data.backends.length} backends, strategy ${data.config.strategy.name}`);
@@ -120,6 +235,18 @@ class Dashboard {
     }
   }
 
+  // A service other than the feed's main one changed: its config comes
+  // with the event; one removed sends the view back to the overview.
+  onService(data) {
+    if (data.service !== this.service) return;
+    if (data.config) {
+      this.onConfig({ config: data.config });
+    } else if (data.state === 'removing' || data.state === 'removed') {
+      this.log.add('config', `service ${data.service} ${data.state === 'removing' ? 'deleted; its connections finish' : 'removed'}`);
+      location.hash = '#/';
+    }
+  }
+
   // A graceful stop (SIGTERM or a takeover): say so while it lasts.
   onLifecycle(data) {
     const stopping = data.state === 'stopping';
@@ -135,26 +262,18 @@ class Dashboard {
   }
 
   onRoute(batch) {
+    if (!batch.polled) this.routesFromFeed = true;
+    else if (this.routesFromFeed) return;
     const now = Date.now();
     this.window.push({ t: now, counts: batch.counts });
     for (const [id, n] of Object.entries(batch.counts)) this.bucket[id] = (this.bucket[id] || 0) + n;
     for (const s of batch.sample || []) this.clients.set(s.client, now);
     if (batch.strategy) this.flow.strategy = batch.strategy;
-    this.flow.routes(batch.counts);
+    this.flow.routes(batch.counts, batch.polled ? 1 : undefined);
     this.recent(batch);
   }
 
-  recent(batch) {
-    const list = $('recent');
-    const items = (batch.sample || []).slice(-6).reverse().map((s) => h('li', {},
-      h('time', { text: clock(new Date(s.time * 1000)) }),
-      h('span', { class: 'client', text: s.client }),
-      h('span', { class: 'arrow', 'aria-hidden': 'true', text: '→' }),
-      h('span', { class: 'to', style: `--c:${colourOf(s.backend)}`, text: s.backend, dataset: { backend: s.backend } }),
-      h('span', { class: 'via', text: batch.strategy || '' })));
-    const dropped = batch.dropped ? h('li', { class: 'dropped', text: `+${count(batch.dropped)} more in this batch` }) : null;
-    list.replaceChildren(...items, ...(dropped ? [dropped] : []));
-  }
+  recent(batch) { showRecent($('recent'), batch); }
 
   rates() {
     const cutoff = Date.now() - RATE_WINDOW * 1000;
@@ -170,6 +289,8 @@ class Dashboard {
 
   everySecond() {
     if (this.staleSince) { this.showStale(); return; }
+    if (this.service === null) return;
+    if (!this.routesFromFeed && this.config) this.poller.tick(this.config.strategy.name);
     const t = Date.now() / 1000;
     const values = {};
     for (const id of this.views.keys()) values[id] = this.bucket[id] || 0;
@@ -186,6 +307,7 @@ class Dashboard {
   }
 
   onStats(stats) {
+    if (stats.polled && this.routesFromFeed) return;
     this.stats = stats;
     const t = stats.totals || {};
     $('kpi-active').textContent = count(t.active ?? 0);
@@ -229,6 +351,7 @@ class Dashboard {
     this.renderHeader();
     this.strategy.showActive();
     this.refresh();
+    this.head.load(this.service);
     this.cluster.refresh();
     this.history.load();
   }
@@ -246,7 +369,8 @@ class Dashboard {
   // events afresh), so read the state once instead of trusting the resume.
   async resync() {
     try {
-      const config = await get('/config');
+      if (this.service === null) return;
+      const config = await get(`/services/${encodeURIComponent(this.service)}`);
       if (this.config && config.version !== this.config.version) this.onConfig({ config });
       else { this.config = config; this.renderHeader(); }
       this.refresh();
@@ -319,47 +443,6 @@ class Dashboard {
       }
     });
   }
-}
-
-// One line of the event log for a backend event, without saying the state
-// twice when the reason only repeats it ("removed: removed").
-export function backendLine(id, state, reason) {
-  let rest = String(reason || '').trim();
-  if (rest === state) rest = '';
-  else if (rest.startsWith(`${state}:`)) rest = rest.slice(state.length + 1).trim();
-  return rest ? `${id} is ${state}: ${rest}` : `${id} is ${state}`;
-}
-
-// A form value as a number when it is one, else as typed, so the server
-// judges it and its message is the one shown.
-export function numeric(value) {
-  const text = String(value ?? '').trim();
-  if (text === '') return text;
-  const n = Number(text);
-  return Number.isFinite(n) ? n : text;
-}
-
-function describeChange(old, config) {
-  if (!old) return [`config version ${config.version} loaded`];
-  const lines = [];
-  const before = new Map(old.backends.map((b) => [b.id, b]));
-  const after = new Map(config.backends.map((b) => [b.id, b]));
-  for (const [id, b] of after) {
-    const o = before.get(id);
-    if (!o) { lines.push(`backend ${id} added: ${b.host}:${b.port}, weight ${b.weight}`); continue; }
-    if (o.weight !== b.weight) lines.push(`${id} weight ${o.weight} → ${b.weight}`);
-    if (o.state !== b.state) lines.push(`${id} set to ${b.state}`);
-  }
-  for (const id of before.keys()) if (!after.has(id)) lines.push(`backend ${id} removed from the pool`);
-  if (old.strategy.name !== config.strategy.name || JSON.stringify(old.strategy.options) !== JSON.stringify(config.strategy.options)) {
-    const opts = Object.entries(config.strategy.options || {}).map(([k, v]) => `${k}=${v}`).join(', ');
-    lines.push(`strategy ${old.strategy.name} → ${config.strategy.name}${opts ? ` (${opts})` : ''}`);
-  }
-  for (const key of ['health_check', 'outlier', 'slow_start', 'drain_timeout']) {
-    if (JSON.stringify(old[key]) !== JSON.stringify(config[key])) lines.push(`${key.replace('_', ' ')} settings changed`);
-  }
-  if (!lines.length) lines.push('config saved');
-  return lines.map((l) => `v${config.version}: ${l}`);
 }
 
 const app = new Dashboard();

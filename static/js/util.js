@@ -106,3 +106,12 @@ export function fitCanvas(canvas) {
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   return { ctx, width, height };
 }
+
+// A form value as a number when it is one, else as typed, so the server
+// judges it and its message is the one shown.
+export function numeric(value) {
+  const text = String(value ?? '').trim();
+  if (text === '') return text;
+  const n = Number(text);
+  return Number.isFinite(n) ? n : text;
+}
