@@ -517,12 +517,6 @@ def build_spec(options: Options) -> ProxySpec:
     admin = _endpoint(options["admin"], "--admin")
     workers = number(int, 1)(options["workers"], "--workers")
     engine = _engine(options, listens, workers)
-    if workers > 1 and (len(listens) > 1 or (services is not None and len(services.services) > 1)):
-        # Refused rather than ignored: the worker pool relays one service on one port.
-        raise usage.UsageError(
-            "--workers above 1 relays one service on one --listen endpoint in this release; "
-            "several services or endpoints need --workers 1"
-        )
     backlog = listen.backlog or (
         number(int, 1, 1 << 20)(options["backlog"], "--backlog") if options["backlog"] is not None else default_backlog()
     )

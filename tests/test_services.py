@@ -237,18 +237,15 @@ def test_a_service_own_connection_settings_override_the_command_line(factories):
     assert (b.idle_timeout, b.retries, b.max_connections) == (5.0, 0, 100)
 
 
-@pytest.mark.parametrize("args", [
-    ["--workers", "2", "--listen", "tcp:0", "--listen", "tcp:1"],
-])
-def test_workers_with_several_endpoints_are_refused_not_ignored(args):
-    """The worker pool relays one service on one endpoint: more is a usage error, never silently dropped."""
-    from twisted.python import usage
-
+def test_workers_carry_several_endpoints():
+    """--workers 2 with several --listen endpoints is accepted: every worker
+    carries every service and endpoint (none is silently dropped: the spec
+    keeps both)."""
     from lbproxy.tap import Options
 
-    with pytest.raises(usage.UsageError) as e:
-        Options().parseOptions(args)
-    assert "--workers 1" in str(e.value)
+    o = Options()
+    o.parseOptions(["--workers", "2", "--listen", "tcp:0", "--listen", "tcp:1", "--backend", "127.0.0.1:9"])
+    assert [e.description for e in o.spec.listens] == ["tcp:0", "tcp:1"]
 
 
 def test_shared_listener_routes_by_server_name_and_counts(factories):
