@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Fields of a service view that are runtime state, not config.
-RUNTIME = ("listening", "active_connections", "version")
+RUNTIME = ("listening", "active_connections", "version", "traffic", "tls_certificates")
 
 
 class FileError(Exception):

@@ -109,8 +109,9 @@ def services_routes(app: Any, API: str, guard: Callable[..., Any]) -> None:
     @guard
     async def create_service(self: Any, request: Any) -> bytes:
         body = read_json(request)
+        name = body.get("name") if isinstance(body, dict) else None
         new, service = await change_document(self, request, lambda d: add_service(d, body),
-                                             note(self, request, "added service {}", body.get("name")))
+                                             note(self, request, "added service {}", name))
         request.setHeader(b"Location", f"{base}/{service.name}".encode())
         return self._with_version(request, new.version, service_view(self, service.name), 201)
 

@@ -35,7 +35,9 @@ def test_certificate_expiry_chip_and_unverified_backend_note(page, lbproxy, back
         proxy.api("PATCH", "/backends/b1", {"tls": {"verify": False}})
     except Exception as e:
         raise AssertionError(e.read().decode()) from None
-    page.goto(proxy.url)
+    # Three services: the page lands on the overview; the backend's note is
+    # on the default service's own view.
+    page.goto(proxy.url + "#/services/default")
     expect(page.locator("#feed-status")).to_have_text("Live")
     expect(page.locator(".tls-chip.tls-warn")).to_contain_text("TLS soon soon.test: expires in 4 d")
     expect(page.locator(".tls-chip.tls-ok")).to_contain_text("TLS later later.test: expires in 19 d")
