@@ -3,9 +3,11 @@ The live event feed (C{GET /api/v1/events}, server-sent events).
 
 Cheap by construction: each event is encoded once and the same bytes go to
 every subscriber; routing decisions reach the feed only as one batched
-C{route} event every C{batch_interval} (drained from the balancer's
-L{lbproxy.control.events.RouteRecorder}), and that work, the C{stats} events and
-the heartbeats run only while someone is subscribed.
+C{route} event per service every C{batch_interval} (drained from each
+balancer's L{lbproxy.control.events.RouteRecorder}, every service of the
+table as it is at that tick), C{stats} once a second per service, each
+event naming its C{service}; that work and the heartbeats run only while
+someone is subscribed, and cost per service, never per connection.
 
 A subscriber that stops reading fills its socket buffer; the HTTP channel
 then pauses the subscriber (it is the request's push producer), which from
