@@ -102,6 +102,8 @@ class StatsSampler:
         #: (time, accepted per second, {backend id: connections per second})
         self._history: deque[tuple[float, float, dict[str, float]]] = deque(maxlen=int(keep / interval) + 1)
         self._loop: LoopingCall | None = None
+        #: called with no arguments after each sample (L{ServiceStats}).
+        self.followers: list[Any] = []
 
     def start(self) -> None:
         """
@@ -133,6 +135,8 @@ class StatsSampler:
         if self._samples:
             self._remember(self._samples[-1], new)
         self._samples.append(new)
+        for follower in self.followers:
+            follower()
 
     def _remember(self, old: _Sample, new: _Sample) -> None:
         seconds = new.time - old.time
@@ -188,3 +192,53 @@ class StatsSampler:
             if backend_id in s.backends:
                 return s
         return self._samples[-1]
+
+
+class ServiceStats:
+    """
+    One L{StatsSampler} per service of a L{lbproxy.policy.services.ServiceTable}:
+    the main service's is the one given (the top-level C{/api/v1/stats}),
+    the others' are made as services appear and forgotten as they go.
+
+    It has no timer of its own: the main sampler calls L{sample} after each
+    of its samples (C{followers}), so every service is sampled in the same
+    tick, and a service added at runtime is sampled from the next one.
+    """
+
+    def __init__(self, table: Any, main: StatsSampler) -> None:
+        self.table = table
+        self.main = main
+        self._samplers: dict[str, StatsSampler] = {}
+        main.followers.append(self.sample)
+
+    def sample(self) -> None:
+        """
+        Follow the table (new services get a sampler, removed ones lose
+        theirs) and sample every service but the main one.
+        """
+        balancers = self.table.balancers
+        for name in [n for n in self._samplers if balancers.get(n) is not self._samplers[n].balancer]:
+            del self._samplers[name]
+        for name, balancer in balancers.items():
+            if balancer is self.main.balancer:
+                continue
+            sampler = self._samplers.get(name)
+            if sampler is None:
+                sampler = self._samplers[name] = StatsSampler(
+                    balancer, self.main.clock, self.main.window, self.main.interval, self.main.keep)
+            sampler.sample()
+
+    def of(self, name: str) -> StatsSampler | None:
+        """
+        The sampler of service C{name}, or C{None} if there is no such service.
+        """
+        balancer = self.table.balancers.get(name)
+        if balancer is None:
+            return None
+        if balancer is self.main.balancer:
+            return self.main
+        sampler = self._samplers.get(name)
+        if sampler is None or sampler.balancer is not balancer:
+            sampler = self._samplers[name] = StatsSampler(
+                balancer, self.main.clock, self.main.window, self.main.interval, self.main.keep)
+        return sampler

@@ -150,7 +150,14 @@ class AdminApp:
         self.policy = policy if policy is not None else AdminPolicy()
         self.clock = clock
         self.stats = stats if stats is not None else StatsSampler(self.balancer, clock)
-        self.feed = feed if feed is not None else EventFeed(self.balancer, self.stats, clock)
+        from lbproxy.policy.stats import ServiceStats
+
+        table = getattr(controller, "table", None)
+        #: every service's sampler (C{/api/v1/services/{name}/stats}), sampled with L{stats}.
+        self.service_stats = (ServiceStats(table, self.stats)
+                              if table is not None and hasattr(self.stats, "followers") else None)
+        self.feed = feed if feed is not None else EventFeed(self.balancer, self.stats, clock,
+                                                            table=table, service_stats=self.service_stats)
         # The feed's config events: the bus is one of the controller's observers.
         controller.observe(self.balancer.events)
         self.writes = TokenBucket(write_rate, write_burst, clock)
@@ -554,6 +561,22 @@ class AdminApp:
     @_api
     def get_stats_history(self, request: Any) -> bytes:
         return send_json(request, self.stats.history())
+
+    def _stats_of(self, name: str) -> Any:
+        sampler = self.service_stats.of(name) if self.service_stats is not None else None
+        if sampler is None:
+            raise ApiError(404, f"there is no service {name!r}")
+        return sampler
+
+    @app.route(API + "/services/<string:name>/stats", methods=["GET"])
+    @_api
+    def get_service_stats(self, request: Any, name: str) -> bytes:
+        return send_json(request, self._stats_of(name).snapshot())
+
+    @app.route(API + "/services/<string:name>/stats/history", methods=["GET"])
+    @_api
+    def get_service_stats_history(self, request: Any, name: str) -> bytes:
+        return send_json(request, self._stats_of(name).history())
 
     @app.route(API + "/events", methods=["GET"])
     @_api

@@ -104,4 +104,14 @@ def _service_paths(api: str) -> dict[str, Any]:
                               _ok("ServiceRemoval", "The service is removed or draining."), 404,
                               params=(_SERVICE_NAME, force)),
         },
+        f"{api}/services/{{name}}/stats": {
+            "get": _read("One service's totals and per-backend rates over a sliding window.",
+                         _ok("Stats", "The service's stats.", etag=False), 404, params=(_SERVICE_NAME,)),
+        },
+        f"{api}/services/{{name}}/stats/history": {
+            "get": _read("One service's connections per second, per backend and in total, one point a "
+                         "second for the last five minutes.",
+                         _ok("StatsHistory", "The service's rates, oldest first.", etag=False), 404,
+                         params=(_SERVICE_NAME,)),
+        },
     }

@@ -3,9 +3,11 @@ The live event feed (C{GET /api/v1/events}, server-sent events).
 
 Cheap by construction: each event is encoded once and the same bytes go to
 every subscriber; routing decisions reach the feed only as one batched
-C{route} event every C{batch_interval} (drained from the balancer's
-L{lbproxy.control.events.RouteRecorder}), and that work, the C{stats} events and
-the heartbeats run only while someone is subscribed.
+C{route} event per service every C{batch_interval} (drained from each
+balancer's L{lbproxy.control.events.RouteRecorder}, every service of the
+table as it is at that tick), C{stats} once a second per service, each
+event naming its C{service}; that work and the heartbeats run only while
+someone is subscribed, and cost per service, never per connection.
 
 A subscriber that stops reading fills its socket buffer; the HTTP channel
 then pauses the subscriber (it is the request's push producer), which from
@@ -113,11 +115,23 @@ class EventFeed:
         max_backlog: int = 1024 * 1024,
         max_subscribers: int = 100,
         max_per_client: int = 8,
+        table: Any = None,
+        service_stats: Any = None,
     ) -> None:
+        """
+        @param table: the L{lbproxy.policy.services.ServiceTable}: with it,
+            C{route} and C{stats} events go out for every service in it at
+            each tick (the table followed as services come and go), else
+            for C{balancer} only.
+        @param service_stats: the L{lbproxy.policy.stats.ServiceStats} the
+            other services' C{stats} come from (C{stats} is the main one's).
+        """
         if clock is None:
             from twisted.internet import reactor as clock
         self.balancer = balancer
         self.stats = stats
+        self.table = table
+        self.service_stats = service_stats
         self.clock = clock
         self.batch_interval = batch_interval
         self.stats_interval = stats_interval
@@ -269,7 +283,8 @@ class EventFeed:
     # While anyone listens ---------------------------------------------------
 
     def _start(self) -> None:
-        self.balancer.routes.drain()  # decisions from before anyone listened
+        for b in self._balancers():
+            b.routes.drain()  # decisions from before anyone listened
         self._unsubscribe = self.balancer.events.subscribe(self._deliver)
         for interval, work in (
             (self.batch_interval, self.publish_routes),
@@ -311,24 +326,44 @@ class EventFeed:
             log.failure("event feed subscriber {peer} failed; dropping it", peer=_peer(sub.request))
             self.remove(sub)
 
+    def _balancers(self) -> tuple[Any, ...]:
+        """
+        The balancers whose routes and stats the feed carries: every
+        service of the table as it is now, else the one balancer.
+        """
+        if self.table is None:
+            return (self.balancer,)
+        return tuple(self.table.balancers.values())
+
     def publish_routes(self) -> None:
         """
-        Publish the routing decisions since the last batch as one C{route}
-        event: counts per backend, a sample, how many were not sampled.
-        Like C{stats}, it is live only: the bus keeps neither in its history.
+        Publish each service's routing decisions since the last batch as
+        one C{route} event naming the service: counts per backend, a
+        sample, how many were not sampled.  Like C{stats}, it is live only:
+        the bus keeps neither in its history.
         """
-        batch = self.balancer.routes.drain()
-        if batch is None:
-            return
-        batch["time"] = self.clock.seconds()
-        batch["strategy"] = self.balancer.config.strategy.name
-        batch["service"] = self.balancer.config.name
-        self.balancer.events.publish("route", batch)
+        now = self.clock.seconds()
+        for b in self._balancers():
+            batch = b.routes.drain()
+            if batch is None:
+                continue
+            batch["time"] = now
+            batch["strategy"] = b.config.strategy.name
+            batch["service"] = b.config.name
+            self.balancer.events.publish("route", batch)
 
     def publish_stats(self) -> None:
-        stats = self.stats.snapshot()
-        stats["service"] = self.balancer.config.name
-        self.balancer.events.publish("stats", stats)
+        """
+        One C{stats} event per service, naming it.
+        """
+        for b in self._balancers():
+            sampler = self.stats if b is self.balancer else (
+                self.service_stats.of(b.config.name) if self.service_stats is not None else None)
+            if sampler is None:
+                continue
+            stats = sampler.snapshot()
+            stats["service"] = b.config.name
+            self.balancer.events.publish("stats", stats)
 
     def _beat(self) -> None:
         for sub in tuple(self._subscribers):

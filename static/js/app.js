@@ -19,6 +19,7 @@ import { showCertificateExpiry } from './tls.js';
 import { Overview } from './services.js';
 import { ServiceHead, Remover } from './servicehead.js';
 import { ServicePoller } from './poll.js';
+import { mountTraffic } from './traffic.js';
 import { backendLine, describeChange } from './changes.js';
 import { showRecent } from './recent.js';
 import { ago, bytes, clock, count, h, numeric, rate, showResult, colourOf } from './util.js';
@@ -41,6 +42,7 @@ class Dashboard {
     this.service = null;           // the service in view (null: the overview)
     this.feedService = null;       // the service the feed's snapshot, routes and stats are of
     this.routesFromFeed = false;   // whether the feed brings this service's routes
+    this.feedAll = false;          // whether the feed brings every service's routes and stats
 
     this.flow = new FlowView($('flow'), $('flow-scale'));
     this.chart = new RateChart($('chart'), $('legend'), $('chart-span'));
@@ -152,7 +154,7 @@ class Dashboard {
     this.bucket = {};
     this.clients = new Map();
     this.poller.reset();
-    this.routesFromFeed = name !== null && name === this.feedService;
+    this.routesFromFeed = name !== null && (name === this.feedService || this.feedAll);
     this.chart.seed([]);
     this.chart.markers = [];
     $('recent').replaceChildren();
@@ -160,7 +162,11 @@ class Dashboard {
     this.settings.shownVersion = null;
     this.cards.render();
     this.flowBackends();
-    if (name !== null) this.load();
+    if (name !== null) {
+      const panel = $('traffic-panel');
+      if (panel) mountTraffic(panel, name);
+      this.load();
+    }
   }
 
   // Read the service in view from the API (a change of view, a reconnect,
@@ -179,7 +185,7 @@ class Dashboard {
         this.strategy.renderOptions();
       }
       this.strategy.showActive();
-      if (name === this.feedService) this.loadHistory();
+      this.loadHistory();
     } catch (e) {
       if (name === this.service) this.log.add('error', `cannot read service ${name}: ${e.message}`);
     }
@@ -207,6 +213,10 @@ class Dashboard {
       if (this.service !== null) this.load();
       call('GET', '/status').then((s) => this.onLifecycle(s), () => {});
       return;
+    }
+    if ((type === 'route' || type === 'stats') && data && data.service !== undefined && data.service !== this.feedService) {
+      this.feedAll = true;   // an lbproxy whose feed carries every service: no polling needed
+      if (this.service !== null) this.routesFromFeed = true;
     }
     if (['route', 'stats', 'backend', 'config'].includes(type) && this.foreign(data)) return;
     switch (type) {
@@ -358,8 +368,17 @@ class Dashboard {
 
   // The server's last minutes of rates, so the chart does not start empty.
   async loadHistory() {
+    const name = this.service;
+    if (name === null) return;
     try {
-      const history = await get('/stats/history');
+      let history;
+      try {
+        history = await get(`/services/${encodeURIComponent(name)}/stats/history`);
+      } catch (e) {
+        if (name !== this.feedService) throw e;
+        history = await get('/stats/history');   // an lbproxy before per-service stats
+      }
+      if (name !== this.service) return;
       const offset = Date.now() / 1000 - history.time;
       this.chart.seed(history.points.map((p) => ({ t: p.time + offset, values: p.backends })));
     } catch (e) { /* an older lbproxy: the chart fills from the feed instead */ }

@@ -1,6 +1,6 @@
-// The live figures of a service the event feed does not carry.  The feed
-// sends route and stats events for one service only (the one its snapshot
-// names); for any other, the view reads the service's backends once a
+// The live figures of a service the event feed does not carry.  An older
+// lbproxy's feed sent route and stats events for one service only (the one
+// its snapshot names; today's sends them for every service); for any other, the view reads the service's backends once a
 // second and turns the change of each backend's counters into the same
 // shapes: a route batch of counts (no per-client sample) and a stats
 // snapshot.  It stops for good once the feed brings that service's routes.

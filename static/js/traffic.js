@@ -3,7 +3,8 @@
 // queued now, longest wait), edited with one PATCH /services/NAME.
 //
 // A module of its own that mounts on any element with data-traffic-panel
-// (index.html has one; a per-service view can call mountTraffic(el, name)).
+// (index.html has one; the dashboard remounts it with mountTraffic(el, name)
+// for each service it shows).
 
 import { call, get } from './api.js';
 import { h, showResult } from './util.js';
@@ -83,8 +84,15 @@ export class TrafficPanel {
     this.poll();
   }
 
+  // Stop polling for good (the view mounted a panel for another service).
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
   async poll() {
     clearTimeout(this.timer);
+    if (this.stopped) return;
     if (this.service) {
       try {
         this.show(await get(`/services/${encodeURIComponent(this.service)}`));
@@ -92,7 +100,7 @@ export class TrafficPanel {
         showResult(this.out, false, e.message);
       }
     }
-    this.timer = setTimeout(() => this.poll(), POLL_MS);
+    if (!this.stopped) this.timer = setTimeout(() => this.poll(), POLL_MS);
   }
 
   show(view) {
@@ -164,8 +172,12 @@ export class TrafficPanel {
   }
 }
 
+// Mount a panel for `service` on `root`, replacing (and stopping) the one
+// there: the dashboard remounts it with each service it shows.
 export function mountTraffic(root, service) {
+  if (root.trafficPanel) root.trafficPanel.stop();
   const panel = new TrafficPanel(root, service);
+  root.trafficPanel = panel;
   panel.start();
   return panel;
 }

@@ -269,8 +269,8 @@ def test_a_services_view_shows_only_its_backends_and_routing(page, two_services)
     expect(cards.first.locator(".addr")).to_have_text(f"127.0.0.1:{proxy.backend_ports['beta'][0]}")
     expect(page.locator("#kpi-strategy")).to_have_text("least-connections")
     expect(page.locator("#service-listen li")).to_have_count(2)
-    # beta is not the feed's service: its view counts from its backends' counters.
-    page.wait_for_function("window.lbproxy.poller.last !== null")
+    # beta is not the feed's snapshot service, but the feed carries its routes.
+    page.wait_for_function("window.lbproxy.feedAll && window.lbproxy.routesFromFeed")
 
     for _ in range(3):
         request(ports["alpha"])
@@ -283,7 +283,7 @@ def test_a_services_view_shows_only_its_backends_and_routing(page, two_services)
     page.reload()
     expect(page.locator("#crumb-name")).to_have_text("beta")
     expect(cards).to_have_count(1)
-    page.wait_for_function("window.lbproxy.poller.last !== null")
+    page.wait_for_function("window.lbproxy.feedAll && window.lbproxy.routesFromFeed")
 
     extra = free_port()
     head = page.locator("#service-head")
