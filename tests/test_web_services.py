@@ -99,4 +99,5 @@ def test_service_changes_are_in_the_history_with_who_made_them(factories):
         ("ui", "removed service redis"),
         ("ui", "added /services/redis/retries 0"),
         ("ui", "added service redis"),
+        ("start", "config at start"),
     ]
