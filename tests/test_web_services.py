@@ -101,3 +101,14 @@ def test_service_changes_are_in_the_history_with_who_made_them(factories):
         ("ui", "added service redis"),
         ("start", "config at start"),
     ]
+
+
+def test_per_service_strategy_change_names_the_service(factories):
+    """A strategy change through /services/NAME/strategy is summarized with
+    the service's name; the top-level route keeps the short summary."""
+    admin = Admin(factories)
+    assert admin.request("POST", "/api/v1/services", redis()).code == 201
+    assert admin.request("PUT", "/api/v1/services/redis/strategy", {"name": "random"}).code == 200
+    assert admin.request("PUT", "/api/v1/strategy", {"name": "random"}).code == 200
+    summaries = [e["summary"] for e in admin.get("/api/v1/history").json]
+    assert summaries[:2] == ["strategy round-robin -> random", "service redis: strategy round-robin -> random"]

@@ -407,8 +407,11 @@ class AdminApp:
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
         before = self._balancer_of(service).config.strategy.name
+        summary = f"strategy {before} -> {choice.name}" if before != choice.name else ""
+        if summary and service is not None:
+            summary = f"service {service}: {summary}"
         new, _ = await self._change(request, lambda c: (set_strategy(c, choice), None), service,
-                                    summary=f"strategy {before} -> {choice.name}" if before != choice.name else "")
+                                    summary=summary)
         return self._with_version(request, new.version, new.strategy.to_json())
 
     # Settings and the whole document ---------------------------------------------
