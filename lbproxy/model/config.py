@@ -337,7 +337,7 @@ class Config:
             "sni_timeout": self.sni_timeout,
             "accept_proxy": list(self.accept_proxy),
             **{k: getattr(self, k) for k in CONNECTION_FIELDS},
-            "tcp_keepalive": list(self.tcp_keepalive) if isinstance(self.tcp_keepalive, tuple) else self.tcp_keepalive,
+            "tcp_keepalive": _thaw(self.tcp_keepalive),
             "allow": list(self.allow),
             "deny": list(self.deny),
             "client_limits": self.client_limits.to_json() if self.client_limits else None,

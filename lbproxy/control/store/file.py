@@ -45,7 +45,9 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.control.store.history import DEFAULT_KEEP, Change, Entry, IConfigHistory, Notes, Ring, make_entry, start_entry
+from lbproxy.control.store.history import (
+    DEFAULT_KEEP, Change, Entry, IConfigHistory, Notes, Ring, make_entry, start_entry,
+)
 from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict
 from lbproxy.model.service import as_document, parse_document
 from lbproxy.interfaces import IConfigStore
