@@ -313,3 +313,19 @@ def test_membership_and_store_share_one_etcd_client():
     assert store.status()["available"] is True
     client.next("/v3/kv/put").respond({"header": {}})
     assert membership.lease == "7"
+
+
+def test_gate_records_the_seed_as_the_start(factories):
+    """Seeding an empty store with history describes that version as the
+    config at start (by start), not a version by unknown."""
+    from zope.interface import directlyProvides
+
+    from lbproxy.control.store.history import START, IConfigHistory
+
+    store = ScriptedStore([None], [SEED])
+    notes = []
+    store.describe = lambda version, change: notes.append((version, change))
+    directlyProvides(store, IConfigHistory)
+    gate, child, balancer, _ = gate_for(store, factories)
+    gate.startService()
+    assert notes == [(SEED.version, START)] and store.saved == [(SEED, 0)]

@@ -144,7 +144,9 @@ def test_damaged_history_never_stops_the_store(tmp_path):
     assert result_of(again.history()) == []
     v2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})
     result_of(again.save(v2, 1))
-    assert [e.version for e in result_of(FileStore(str(tmp_path), run=sync).history())] == [2]
+    # The loaded version 1 is recorded as the start, so it can be rolled back to.
+    assert [(e.version, e.by) for e in result_of(FileStore(str(tmp_path), run=sync).history())] == [
+        (2, "unknown"), (1, "start")]
 
 
 @pytest.fixture
@@ -167,6 +169,7 @@ def test_history_routes_list_show_and_roll_back(admin):
     assert [(e["version"], e["by"], e["summary"]) for e in listed] == [
         (3, "cli", "strategy round-robin -> least-connections"),
         (2, "ui", "added backend b4 127.0.0.1:9004"),
+        (1, "start", "config at start"),
     ]
     assert set(listed[0]) == {"version", "time", "by", "summary"} and isinstance(listed[0]["time"], float)
     shown = admin.get("/api/v1/history/3").json
@@ -183,6 +186,7 @@ def test_history_routes_list_show_and_roll_back(admin):
         (4, "api", "rolled back to version 2"),
         (3, "cli", "strategy round-robin -> least-connections"),
         (2, "ui", "added backend b4 127.0.0.1:9004"),
+        (1, "start", "config at start"),
     ]
     d = admin.get("/api/v1/history/4").json
     assert d["diff"] == [{"path": "/services/default/strategy/name", "old": "least-connections",
@@ -200,7 +204,7 @@ def test_unknown_versions_and_computed_summaries(admin):
     r = admin.request("PATCH", "/api/v1/backends/b1", {"weight": 5},
                       headers={"X-LBProxy-Client": "<script>"})
     assert r.code == 200
-    (entry,) = admin.get("/api/v1/history").json
+    entry, _start = admin.get("/api/v1/history").json
     assert entry["by"] == "api" and entry["summary"] == "/services/default/backends/b1/weight 1 -> 5"
 
 
@@ -257,3 +261,39 @@ def test_access_log_and_history_flags():
     assert o.spec.access_log == "off" and not o.spec.settings.access_log
     with pytest.raises(usage.UsageError, match="json, text"):
         Options().parseOptions(["--backend", "127.0.0.1:9001", "--access-log-format", "xml"])
+
+
+def test_empty_store_records_the_start_and_the_first_change(tmp_path):
+    """An empty file store started from the command line's document records
+    it as version 0 (by start) with the first change, which keeps its own
+    author and a summary computed against the start (not "first version"
+    by "unknown"); rolling back to version 0 through the API works."""
+    from lbproxy.control.store import open_store
+
+    store, start = open_store(str(tmp_path), SEED, reactor=None)
+    store._run = sync
+    assert start.version == 0
+    from lbproxy.model.service import Document
+
+    service, _ = add_backend(start.services[0], {"host": "127.0.0.1", "port": 9002})
+    new = Document(1, (service,))
+    store.describe(1, Change("alice/ui", ""))
+    result_of(store.save(new, 0))
+    again = FileStore(str(tmp_path), run=sync)
+    entries = result_of(again.history())
+    assert [(e.version, e.by, e.summary) for e in entries] == [
+        (1, "alice/ui", "added /services/default/backends/b2 b2 127.0.0.1:9002"),
+        (0, "start", "config at start"),
+    ]
+    assert entries[1].document == start.to_json()
+    store.release()
+
+
+def test_rollback_to_the_config_at_start(admin):
+    """The memory store records the document it was seeded with, so the
+    state before the first change can be put back."""
+    assert admin.request("POST", "/api/v1/backends", {"id": "b4", "host": "127.0.0.1", "port": 9004}).code == 201
+    r = admin.request("POST", "/api/v1/history/1/rollback", {})
+    assert r.code == 200 and r.json["version"] == 3
+    assert [b.id for b in admin.balancer.config.backends] == ["b1", "b2"]
+

@@ -155,3 +155,20 @@ def test_without_relays_counting_and_closing_are_local(factories):
     b.count_connections("b1").addCallback(got.append)
     b.close_everywhere("b1", "x").addCallback(got.append)
     assert got == [1, 1]
+
+
+def test_second_delete_with_force_counts_and_closes_in_the_workers(factories):
+    """With --workers, DELETE ?force=true of a backend already removing
+    answers the workers' count and closes their connections (not the
+    parent's zero)."""
+    from tests.webtools import Admin
+
+    admin = Admin(factories)
+    relays = Relays(closed=3)
+    admin.balancer.relay_elsewhere(relays)
+    admin.balancer.take_report("w0", 1, {}, {"b1": counters(3, 3)})
+    r = admin.request("DELETE", "/api/v1/backends/b1")
+    assert r.code == 200 and r.json["state"] == "removing" and r.json["connections"] == 3
+    r = admin.request("DELETE", "/api/v1/backends/b1?force=true")
+    assert r.code == 200 and (r.json["connections"], r.json["closed"]) == (3, 3)
+    assert relays.closes == [("b1", "removed by operator")]

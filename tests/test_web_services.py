@@ -99,4 +99,36 @@ def test_service_changes_are_in_the_history_with_who_made_them(factories):
         ("ui", "removed service redis"),
         ("ui", "added /services/redis/retries 0"),
         ("ui", "added service redis"),
+        ("start", "config at start"),
     ]
+
+
+def test_per_service_strategy_change_names_the_service(factories):
+    """A strategy change through /services/NAME/strategy is summarized with
+    the service's name; the top-level route keeps the short summary."""
+    admin = Admin(factories)
+    assert admin.request("POST", "/api/v1/services", redis()).code == 201
+    assert admin.request("PUT", "/api/v1/services/redis/strategy", {"name": "random"}).code == 200
+    assert admin.request("PUT", "/api/v1/strategy", {"name": "random"}).code == 200
+    summaries = [e["summary"] for e in admin.get("/api/v1/history").json]
+    assert summaries[:2] == ["strategy round-robin -> random", "service redis: strategy round-robin -> random"]
+
+
+def test_patch_service_tcp_keepalive(factories):
+    """PATCH /services/NAME sets the service's own tcp_keepalive (values or
+    "off"; null: the command line's), which its balancer's settings carry
+    for new connections; bad values are 400 and change nothing."""
+    admin = Admin(factories)
+    assert admin.request("POST", "/api/v1/services", redis()).code == 201
+    r = admin.request("PATCH", "/api/v1/services/redis", {"tcp_keepalive": [30, 5, 3]})
+    assert r.code == 200 and r.json["tcp_keepalive"] == [30, 5, 3]
+    balancer = admin.controller.table.balancer("redis")
+    assert balancer.settings.tcp_keepalive == (30, 5, 3)
+    assert admin.request("PATCH", "/api/v1/services/redis", {"tcp_keepalive": "off"}).code == 200
+    assert admin.controller.table.balancer("redis").settings.tcp_keepalive is None
+    for bad in ([30, 5, 128], [30, 5], "on", [0, 1, 1]):
+        r = admin.request("PATCH", "/api/v1/services/redis", {"tcp_keepalive": bad})
+        assert r.code == 400, bad
+    assert admin.controller.table.balancer("redis").config.tcp_keepalive == "off"
+    assert admin.request("PATCH", "/api/v1/services/redis", {"tcp_keepalive": None}).code == 200
+    assert admin.controller.table.balancer("redis").settings.tcp_keepalive == (60, 10, 6)

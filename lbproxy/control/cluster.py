@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from lbproxy.model.config import Config, StoreError, VersionConflict
 from lbproxy.control.store.etcd import EtcdStore, unb64
+from lbproxy.control.store.history import START, IConfigHistory
 
 log = Logger()
 
@@ -94,6 +95,8 @@ class LoadThenServe(MultiService):
         config = yield self.store.load()
         if config is None:
             try:
+                if IConfigHistory.providedBy(self.store):
+                    self.store.describe(self.seed.version, START)
                 yield self.store.save(self.seed, 0)
                 log.info(
                     "config store was empty: stored the command line's config (version {version})",

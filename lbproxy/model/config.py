@@ -287,6 +287,8 @@ class Config:
     retries: int | None = None
     idle_timeout: float | None = None
     max_connections: int | None = None
+    #: C{(idle, interval, count)}, C{"off"}, or C{None}: the command line's.
+    tcp_keepalive: tuple[int, int, int] | str | None = None
     # Traffic control (L{lbproxy.policy.limits}).
     #: Client networks (CIDR strings) served if not empty; C{deny} is refused first.
     allow: tuple[str, ...] = ()
@@ -335,6 +337,7 @@ class Config:
             "sni_timeout": self.sni_timeout,
             "accept_proxy": list(self.accept_proxy),
             **{k: getattr(self, k) for k in CONNECTION_FIELDS},
+            "tcp_keepalive": _thaw(self.tcp_keepalive),
             "allow": list(self.allow),
             "deny": list(self.deny),
             "client_limits": self.client_limits.to_json() if self.client_limits else None,
@@ -349,6 +352,8 @@ class Config:
         settings in force.
         """
         own = {k: getattr(self, k) for k in CONNECTION_FIELDS if getattr(self, k) is not None}
+        if self.tcp_keepalive is not None:
+            own["tcp_keepalive"] = None if self.tcp_keepalive == "off" else self.tcp_keepalive
         return replace(base, **own) if own else base
 
 
@@ -531,6 +536,13 @@ def parse_settings(value: Any, what: str = "settings") -> dict[str, Any]:
             out[name] = None if value is None else (int if name in ("retries", "max_connections") else float)(value)
     if "sni_timeout" in obj:
         out["sni_timeout"] = float(obj["sni_timeout"])
+    if "tcp_keepalive" in obj:
+        value = obj["tcp_keepalive"]
+        if isinstance(value, list):
+            if value[2] > 127:
+                raise ConfigError(f"{what}.tcp_keepalive: COUNT must be at most 127, not {value[2]}")
+            value = tuple(value)
+        out["tcp_keepalive"] = value
     return out
 
 
@@ -690,7 +702,7 @@ def replace_config(config: Config, new: Config) -> Config:
 
 SETTINGS_FIELDS = (
     "health_check", "outlier", "slow_start", "drain_timeout", "on_marked_down", "sni_timeout",
-    *CONNECTION_FIELDS,
+    *CONNECTION_FIELDS, "tcp_keepalive",
 )
 
 

@@ -237,6 +237,17 @@ SETTINGS_FIELDS: dict[str, Any] = {
     "max_connections": nullable({"type": "integer", "minimum": 1, "maximum": 10_000_000,
                                  "description": "Client connections the service takes at once; "
                                                 "null: the command line's."}),
+    "tcp_keepalive": {
+        "anyOf": [
+            {"type": "array", "minItems": 3, "maxItems": 3,
+             "items": {"type": "integer", "minimum": 1, "maximum": 32767}},
+            {"const": "off"},
+            {"type": "null"},
+        ],
+        "description": "TCP keepalive of the service's new connections, both sides: "
+                       "[IDLE, INTERVAL, COUNT] (seconds, seconds, probes) or \"off\"; "
+                       "null: the command line's --tcp-keepalive.",
+    },
 }
 
 SETTINGS: dict[str, Any] = {

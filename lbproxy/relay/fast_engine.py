@@ -46,7 +46,7 @@ from lbproxy.endpoints import listening_socket  # noqa: F401  (moved there; impo
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
 from lbproxy.relay.route import as_route
-from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options
+from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options, service_options
 from lbproxy.relay.sockopts import apply
 
 log = Logger()
@@ -385,7 +385,10 @@ class Relay:
             self._connect_failed("connect timed out")
         else:
             self.deadline = None
-            apply(sock, self.engine.options)
+            options, client = service_options(self.session.balancer, self.engine.options)
+            apply(sock, options)
+            if client is not None:
+                apply(self.client_sock, client)
 
     def _drop_backend(self) -> None:
         self._release_deadline()
@@ -415,7 +418,7 @@ class Relay:
 
     def _connected(self) -> None:
         engine = self.engine
-        if not engine.options:
+        if not engine.options and not self.session.balancer.settings.tcp_keepalive:
             self._release_deadline()
         csock, bsock = self.client_sock, self.backend_sock
         self.up = up = _Flow(csock, bsock)

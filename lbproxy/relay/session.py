@@ -38,7 +38,7 @@ from lbproxy.policy.limits import QUEUE, QUEUE_FULL
 from lbproxy.policy.pool import AccessRecord, Candidate
 from lbproxy.relay import proxyprotocol, sni
 from lbproxy.relay.proxyprotocol import header
-from lbproxy.relay.sockopts import keepalive_options
+from lbproxy.relay.sockopts import KEEPALIVE_OFF, keepalive_options
 
 #: Bytes read at most for a PROXY header, then again for a ClientHello.
 FIRST_READ_MAX = 16 * 1024
@@ -106,6 +106,25 @@ def route_options(route: Any) -> tuple[tuple[int, int, int], ...]:
     if settings is None:
         return socket_options(route.default())
     return keepalive_options(settings.tcp_keepalive)
+
+
+def service_options(balancer: Any, listener: tuple) -> tuple[tuple, tuple | None]:
+    """
+    The keepalive of a connection of C{balancer}'s service (its own
+    C{tcp_keepalive}, or the command line's), found once the service is
+    chosen: a listener may carry several services (by SNI), so it cannot
+    be set on the listening socket alone.
+
+    @param listener: the options the client socket already has (the
+        listener's, L{route_options}).
+    @return: C{(backend, client)}: the backend socket's options, and the
+        client socket's to set again (C{None}: it has them already, the
+        usual case, costing no syscall).
+    """
+    own = keepalive_options(balancer.settings.tcp_keepalive) if balancer is not None else listener
+    if own == listener:
+        return own, None
+    return own, own or KEEPALIVE_OFF
 
 
 @implementer(IConnectionSession)

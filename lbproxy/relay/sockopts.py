@@ -42,6 +42,11 @@ def keepalive_options(keepalive: tuple[int, int, int] | None) -> tuple[tuple[int
     return options
 
 
+#: What turns keepalive off on a socket that has it (an accepted socket
+#: inherits the listener's).
+KEEPALIVE_OFF = ((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0),)
+
+
 def apply(sock: Any, options: tuple[tuple[int, int, int], ...]) -> None:
     """
     Set C{options} on a socket; one that refuses them (a Unix socket has

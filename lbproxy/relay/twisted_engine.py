@@ -29,7 +29,7 @@ from zope.interface import implementer
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
 from lbproxy.relay.route import as_route
-from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options
+from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options, service_options
 from lbproxy.relay.sockopts import apply
 
 
@@ -294,7 +294,10 @@ class FrontendProtocol(_Side):
         self._pending = None
         self.peer = backend
         backend.peer = self
-        _set_options(backend.transport, self._options)
+        options, client = service_options(self.session.balancer, self._options)
+        _set_options(backend.transport, options)
+        if client is not None:
+            _set_options(self.transport, client)
         data = self.session.connected(self)
         if data:
             backend.transport.write(data)

@@ -352,7 +352,7 @@ class AdminApp:
     async def delete_backend(self, request: Any, backend_id: str, service: str | None = None) -> bytes:
         force = _flag(request, b"force")
         if self._removing(backend_id, service):
-            return self._close_removing(request, backend_id, force, service)
+            return await self._close_removing(request, backend_id, force, service)
 
         def mutate(config: Config) -> Any:
             try:
@@ -373,14 +373,16 @@ class AdminApp:
             "closed": closed,
         })
 
-    def _close_removing(self, request: Any, backend_id: str, force: bool, service: str | None = None) -> bytes:
+    async def _close_removing(self, request: Any, backend_id: str, force: bool,
+                              service: str | None = None) -> bytes:
         """
         DELETE of a backend already out of the config and draining: nothing
-        to store; with C{force}, close what it still has open.
+        to store; with C{force}, close what it still has open (with
+        --workers, in the workers: a local count would be 0).
         """
         b = self._balancer_of(service)
-        active = len(b.connections.get(backend_id, ()))
-        closed = b.close_connections(backend_id, "removed by operator") if force else 0
+        active = await b.count_connections(backend_id)
+        closed = (await b.close_everywhere(backend_id, "removed by operator")) if force else 0
         return self._with_version(request, b.config.version, {
             "id": backend_id,
             "state": "removing" if backend_id in b.removing else "removed",
@@ -414,8 +416,11 @@ class AdminApp:
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
         before = self._balancer_of(service).config.strategy.name
+        summary = f"strategy {before} -> {choice.name}" if before != choice.name else ""
+        if summary and service is not None:
+            summary = f"service {service}: {summary}"
         new, _ = await self._change(request, lambda c: (set_strategy(c, choice), None), service,
-                                    summary=f"strategy {before} -> {choice.name}" if before != choice.name else "")
+                                    summary=summary)
         return self._with_version(request, new.version, new.strategy.to_json())
 
     # Settings and the whole document ---------------------------------------------

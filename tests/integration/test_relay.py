@@ -422,6 +422,39 @@ def test_tcp_keepalive_on_both_sides(engine, factories, cleanup, setting, expect
 
 
 @pytest_twisted.inlineCallbacks
+def test_tcp_keepalive_per_service_changed_at_runtime(engine, factories, cleanup):
+    """A service's own tcp_keepalive, changed through the controller (what
+    PATCH /api/v1/services/NAME does) while the listener runs with the
+    command line's 60,10,6, applies to the service's new connections on
+    both sides: its own values, then "off" (SO_KEEPALIVE cleared on the
+    accepted socket, which the listener had given it)."""
+    from lbproxy.control.controller import ConfigController
+    from lbproxy.control.store.memory import MemoryStore
+    from lbproxy.model.config import update_settings
+
+    server = backend(cleanup, h.Hold, held=[])
+    balancer = h.make_balancer(reactor, factories, [server.getHost().port],
+                               settings=ProxySettings(connect_timeout=0.2))
+    controller = ConfigController(balancer, MemoryStore(balancer.config))
+    port = start(engine, balancer, cleanup)
+    for setting, expected in (([30, 5, 3], (1, 30, 5, 3)), ("off", None)):
+        yield controller.change(lambda c: (update_settings(c, {"tcp_keepalive": setting}), None))
+        s = yield deferToThread(h.client, port)
+        try:
+            yield until(lambda: balancer.connections["b1"])
+            (conn,) = balancer.connections["b1"]
+            client_side, backend_side = h.relayed_sockets(conn)
+            if expected is None:
+                yield until(lambda: client_side.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0)
+                assert backend_side.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+            else:
+                yield until(lambda: keepalive(backend_side) == expected and keepalive(client_side) == expected)
+        finally:
+            s.close()
+        yield until(lambda: not balancer.connections["b1"])
+
+
+@pytest_twisted.inlineCallbacks
 def test_tcp_keepalive_off(engine, factories, cleanup):
     """With --tcp-keepalive off neither side gets SO_KEEPALIVE."""
     server = backend(cleanup, h.Hold, held=[])

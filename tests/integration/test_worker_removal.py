@@ -125,7 +125,8 @@ async def test_removal_waits_for_the_workers_connections(tmp_path, children):  #
     DELETE answers the real number of connections and the backend stays
     C{removing} (its connections keep echoing) until they end, then it is
     gone.  A forced DELETE of a backend with such connections answers the
-    real count, closed by the workers, and the clients see them closed.
+    real count, closed by the workers, and the clients see them closed;
+    so does a forced DELETE of a backend already removing.
     """
     echo = h.serve(reactor, h.Echo)
     socks: list[socket.socket] = []
@@ -163,6 +164,22 @@ async def test_removal_waits_for_the_workers_connections(tmp_path, children):  #
         assert body["state"] in ("removing", "removed")
         assert await deferToThread(_closed_by_proxy, socks) == n
         await until(lambda: gone(child, added["id"]), "the forced removal completes")
+
+        # A second DELETE, forced, of a backend already removing: the
+        # workers' connections are counted and closed (not the parent's 0).
+        code, added = await child.call("POST", "/backends", {"host": "127.0.0.1", "port": echo.getHost().port})
+        assert code == 201, added
+        await acknowledged_and_reported(child, added["version"])
+        socks = await held_through_each_worker(child, port)
+        n = len(socks)
+        code, body = await child.call("DELETE", f"/backends/{added['id']}")
+        assert code == 200 and body["state"] == "removing", body
+        await acknowledged_and_reported(child, body["version"])
+        code, body = await child.call("DELETE", f"/backends/{added['id']}?force=true")
+        assert code == 200, body
+        assert (body["connections"], body["closed"]) == (n, n), body
+        assert await deferToThread(_closed_by_proxy, socks) == n
+        await until(lambda: gone(child, added["id"]), "the second, forced removal completes")
     finally:
         for s in socks:
             s.close()

@@ -62,7 +62,8 @@ def open_store(
             "first change stores it",
             path=store.path,
         )
-        return store, replace(seed, version=0)
+        store.start = replace(seed, version=0)
+        return store, store.start
     if seed_flags:
         log.warn(
             "{flags} ignored: the config store {path} holds config version "

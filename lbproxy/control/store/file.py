@@ -45,7 +45,9 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.control.store.history import DEFAULT_KEEP, Change, Entry, IConfigHistory, Notes, Ring, make_entry
+from lbproxy.control.store.history import (
+    DEFAULT_KEEP, Change, Entry, IConfigHistory, Notes, Ring, make_entry, start_entry,
+)
 from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict
 from lbproxy.model.service import as_document, parse_document
 from lbproxy.interfaces import IConfigStore
@@ -155,6 +157,9 @@ class FileStore(Notes):
         self._history_temp = self.history_path + ".tmp"
         self.keep = keep
         self._ring: Ring | None = None
+        #: the document an empty store starts from (the command line's,
+        #: version 0), recorded in history with the first save
+        self.start: Any = None
         Notes.__init__(self)
         self._os = os_module
         self._run = run if run is not None else self._in_thread
@@ -327,9 +332,12 @@ class FileStore(Notes):
         if note is None:
             return None
         document, when, change = note
-        previous = current.to_json() if current is not None else None
+        start = current if current is not None else self.start
+        previous = start.to_json() if start is not None else None
         entry = make_entry(document, version, when, change, previous)
         ring = self._history_ring()
+        if not len(ring) and start is not None:
+            ring.add(start_entry(previous, start.version, when))
         entries = ring.with_entry(entry)
         body = [e.to_json() for e in entries]
         blob = json.dumps({"format": FORMAT, "checksum": checksum(body), "entries": body},

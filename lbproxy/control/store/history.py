@@ -265,6 +265,19 @@ class Notes:
         return pending[1] if pending is not None and pending[0] == version else None
 
 
+#: Who and what the config a process started from is recorded as, so a
+#: rollback to the state before the first change is possible.
+START = Change("start", "config at start")
+
+
+def start_entry(document: Any, version: int, time: float) -> Entry:
+    """
+    The entry of the document the store started from (the seed or the
+    loaded config) when it had no history yet.
+    """
+    return Entry(version, time, START.by, START.summary, document, None)
+
+
 def make_entry(document: Any, version: int, time: float, change: Change | None, previous: Any) -> Entry:
     """
     The entry a store writes for a new version: the change's own words,

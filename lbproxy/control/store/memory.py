@@ -11,7 +11,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from lbproxy.control.store.history import DEFAULT_KEEP, IConfigHistory, Notes, Ring, make_entry
+from lbproxy.control.store.history import DEFAULT_KEEP, IConfigHistory, Notes, Ring, make_entry, start_entry
 from lbproxy.model.config import Config, VersionConflict
 from lbproxy.model.service import as_document
 from lbproxy.interfaces import IConfigStore
@@ -30,6 +30,8 @@ class MemoryStore(Notes):
         self._ring = Ring(keep)
         self._seconds = clock.seconds if clock is not None else time.time
         self._watchers: list[Callable[[Config], None]] = []
+        if config is not None:
+            self._ring.add(start_entry(as_document(config).to_json(), config.version, self._seconds()))
 
     def load(self) -> defer.Deferred:
         return defer.succeed(self.config)
