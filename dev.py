@@ -34,6 +34,9 @@ SYSTEM_PACKAGES = {
     "/usr/sbin/haproxy": "haproxy",
     "/usr/sbin/keepalived": "keepalived",
     "/usr/sbin/nginx": "nginx-light",
+    "/usr/bin/openssl": "openssl",
+    "/usr/sbin/ip": "iproute2",
+    "/usr/bin/strace": "strace",
     "/usr/bin/wrk": "wrk",
 }
 
