@@ -30,7 +30,9 @@ def test_history_lists_diffs_and_rolls_back(page, lbproxy, backends):
 
     page.locator("#history-details > summary").click()
     items = page.locator("#history-list li")
-    expect(items).to_have_count(2)
+    # The newest first; the oldest is the config lbproxy started with.
+    expect(items).to_have_count(3)
+    expect(items.nth(2)).to_contain_text("config at start")
     expect(items.nth(0)).to_contain_text("added backend late 127.0.0.1:9")
     expect(items.nth(0)).to_contain_text("api")
     expect(items.nth(1)).to_contain_text("strategy round-robin -> least-connections")
@@ -43,7 +45,7 @@ def test_history_lists_diffs_and_rolls_back(page, lbproxy, backends):
     expect(rows.nth(0)).to_contain_text("least-connections")
     page.locator("#history-rollback").click()
     expect(page.locator("#history-result")).to_contain_text("v2 is back in force as v4")
-    expect(items).to_have_count(3)
+    expect(items).to_have_count(4)
     expect(items.nth(0)).to_contain_text("rolled back to version 2")
     expect(page.locator('article.card[data-id="late"]')).to_have_count(0)
     assert [b["id"] for b in proxy.api("GET", "/config")["backends"]] == ["b1"]

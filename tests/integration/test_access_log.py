@@ -124,11 +124,12 @@ async def test_history_survives_restart_and_rolls_back(tmp_path, children):  # n
         code, listed = await again.call("GET", "/history")
         assert code == 200
         assert [(e["version"], e["summary"]) for e in listed] == [
-            (2, "strategy round-robin -> least-connections"), (1, "added backend b2 127.0.0.1:9002")]
+            (2, "strategy round-robin -> least-connections"), (1, "added backend b2 127.0.0.1:9002"),
+            (0, "config at start")]
         code, config = await again.call("POST", "/history/1/rollback", {})
         assert code == 200 and config["version"] == 3
         assert config["services"][0]["strategy"]["name"] == "round-robin"
         code, listed = await again.call("GET", "/history")
-        assert listed[0]["summary"] == "rolled back to version 1" and len(listed) == 3
+        assert listed[0]["summary"] == "rolled back to version 1" and len(listed) == 4
     finally:
         await again.stop()
