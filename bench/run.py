@@ -309,9 +309,11 @@ def subscribe(proxy: Proxy, n: int) -> int:
     @return: how many are connected and streaming.
     """
     url = f"http://127.0.0.1:{proxy.admin}/api/v1/events"
-    for _ in range(n):
+    for i in range(n):
+        # One source address each, as n users would be: the admin takes at
+        # most 8 feeds from one address.
         proxy.subscribers.append(subprocess.Popen(
-            ["curl", "-sN", "-o", "/dev/null", "-w", "%{http_code}", url],
+            ["curl", "-sN", "--interface", f"127.0.0.{2 + i}", "-o", "/dev/null", "-w", "%{http_code}", url],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         ))
     time.sleep(1.5)
