@@ -46,7 +46,7 @@ from lbproxy.endpoints import listening_socket  # noqa: F401  (moved there; impo
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
 from lbproxy.relay.route import as_route
-from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options, service_options
+from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options
 from lbproxy.relay.sockopts import apply
 
 log = Logger()
@@ -314,7 +314,7 @@ class Relay:
         """
         family = _family(candidate.host)
         if family is None:
-            self.engine.resolve(candidate.host, candidate.port, self.session.balancer).addCallbacks(
+            self.engine.resolve(candidate.host, candidate.port, self.session.resolver).addCallbacks(
                 self._resolved, self._unresolved
             )
             return
@@ -385,7 +385,7 @@ class Relay:
             self._connect_failed("connect timed out")
         else:
             self.deadline = None
-            options, client = service_options(self.session.balancer, self.engine.options)
+            options, client = self.session.socket_options(self.engine.options)
             apply(sock, options)
             if client is not None:
                 apply(self.client_sock, client)
@@ -418,7 +418,7 @@ class Relay:
 
     def _connected(self) -> None:
         engine = self.engine
-        if not engine.options and not self.session.balancer.settings.tcp_keepalive:
+        if not self.session.wants_keepalive(engine.options):
             self._release_deadline()
         csock, bsock = self.client_sock, self.backend_sock
         self.up = up = _Flow(csock, bsock)
@@ -930,18 +930,18 @@ class FastRelay:
             if relay is not None:
                 relay.deadline_passed(sock)
 
-    def resolve(self, host: str, port: int, balancer: Any = None) -> Any:
+    def resolve(self, host: str, port: int, resolver: Any = None) -> Any:
         """
-        The address of a backend host name, from the balancer's
+        The address of a backend host name, from a
         L{lbproxy.health.resolver.Resolver}: at once from its last good
         lookup; only a name never resolved waits, for one bounded lookup.
 
-        @param balancer: the connection's service (default: the route's).
+        @param resolver: the connection's service's (default: the route's
+            default service's, else the engine's own).
         @return: a Deferred firing with C{(family, sockaddr)}.
         """
-        if balancer is None:
-            balancer = self.route.default()
-        resolver = getattr(balancer, "resolver", None)
+        if resolver is None:
+            resolver = getattr(self.route.default(), "resolver", None)
         if resolver is None:
             if self._resolver is None:
                 from lbproxy.health.resolver import Resolver

@@ -179,6 +179,29 @@ class ConnectionSession:
                 return 0.0
         return balancer.settings.connect_timeout
 
+    @property
+    def resolver(self) -> Any:
+        """
+        The chosen service's resolver of backend host names (C{None}: the
+        engine's own).
+        """
+        return getattr(self.balancer, "resolver", None)
+
+    def socket_options(self, listener: tuple) -> tuple[tuple, tuple | None]:
+        """
+        The keepalive options of this connection's service: see
+        L{service_options}.
+        """
+        return service_options(self.balancer, listener)
+
+    def wants_keepalive(self, listener: tuple) -> bool:
+        """
+        Whether either socket gets keepalive options (from the listener or
+        the chosen service), so that the engine sets them once the
+        connection outlives its connect timeout.
+        """
+        return bool(listener) or bool(self.balancer is not None and self.balancer.settings.tcp_keepalive)
+
     # Events from the engine ---------------------------------------------------
 
     def accepted(self) -> Candidate | ReadFirst | None:

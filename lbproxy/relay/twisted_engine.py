@@ -29,7 +29,7 @@ from zope.interface import implementer
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
 from lbproxy.relay.route import as_route
-from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options, service_options
+from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options
 from lbproxy.relay.sockopts import apply
 
 
@@ -266,7 +266,7 @@ class FrontendProtocol(_Side):
         if endpoint is None:
             endpoint = self._endpoints[key] = _endpoint(
                 self.reactor, candidate.host, candidate.port, self.session.connect_timeout,
-                getattr(self.session.balancer, "resolver", None),
+                self.session.resolver,
             )
         d = self._pending = endpoint.connect(_BackendFactory(BackendProtocol(self)))
         d.addCallbacks(self._connected, self._connect_failed)
@@ -283,7 +283,7 @@ class FrontendProtocol(_Side):
         if endpoint is None:
             plain = _endpoint(
                 self.reactor, candidate.host, candidate.port, self.session.connect_timeout,
-                getattr(self.session.balancer, "resolver", None),
+                self.session.resolver,
             )
             endpoint = self._endpoints[key] = tls_endpoint(plain, tls, candidate.host, self._tls_clients)
         d = self._pending = endpoint.connect(_BackendFactory(TLSBackendProtocol(self)))
@@ -294,7 +294,7 @@ class FrontendProtocol(_Side):
         self._pending = None
         self.peer = backend
         backend.peer = self
-        options, client = service_options(self.session.balancer, self._options)
+        options, client = self.session.socket_options(self._options)
         _set_options(backend.transport, options)
         if client is not None:
             _set_options(self.transport, client)

@@ -168,7 +168,7 @@ class AdminApp:
         )
         from lbproxy.web.metrics import TLSCollector
 
-        self.registry.register(TLSCollector(lambda: getattr(controller, "listeners", None)))
+        self.registry.register(TLSCollector(lambda: getattr(controller, "listeners", None), self.clock))
         self.node = node
         self.started = clock.seconds()
         self.static = static if static is not None else static_dir()

@@ -174,23 +174,23 @@ class TLSCollector(Collector):
     first name: alert on it well before it reaches 0.
     """
 
-    def __init__(self, listeners: Any) -> None:
+    def __init__(self, listeners: Any, clock: Any) -> None:
         """
         @param listeners: a callable returning the
             L{lbproxy.control.listeners.ListenerManager}, or C{None}.
+        @param clock: what tells the time (C{seconds()}), the reactor.
         """
         self._listeners = listeners
+        self._clock = clock
 
     def collect(self) -> Iterator[Any]:
-        import time
-
         manager = self._listeners()
         g = GaugeMetricFamily(
             "lbproxy_tls_certificate_expiry_seconds",
             "Seconds until a served TLS certificate expires.", labels=["service", "name"],
         )
         if manager is not None:
-            now = time.time()
+            now = self._clock.seconds()
             for service, name, not_after in manager.tls.expiries():
                 g.add_metric([service, name], not_after - now)
         yield g

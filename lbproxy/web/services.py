@@ -37,9 +37,7 @@ def service_view(app: Any, name: str) -> dict[str, Any]:
     view["traffic"] = balancer.traffic_state.view() if balancer is not None else None
     if config.tls is not None and listeners is not None:
         # What is served now: subject, names, issuer, fingerprint, expiry (never a key).
-        import time
-
-        now = time.time()  # certificate expiry is wall-clock time
+        now = app.clock.seconds()
         view["tls_certificates"] = [
             {**info, "expires_in": info["not_after"] - now} for info in listeners.tls.info(name)
         ]
