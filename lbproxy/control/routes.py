@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from zope.interface import implementer
 
 from lbproxy.interfaces import IListenerRoute
+from lbproxy.relay.sni import match_server_name
 
 
 @implementer(IListenerRoute)
@@ -60,17 +61,7 @@ class ListenerRoute:
         return self._default
 
     def for_server_name(self, name: str) -> Any:
-        found = self._exact.get(name)
-        if found is not None:
-            return found
-        # The longest matching wildcard: strip one label at a time.
-        rest = name
-        while "." in rest:
-            rest = rest.split(".", 1)[1]
-            found = self._wildcards.get(rest)
-            if found is not None:
-                return found
-        return None
+        return match_server_name(name, self._exact, self._wildcards)
 
     def refused(self, reason: str) -> None:
         self.refusals[reason] += 1

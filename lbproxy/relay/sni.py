@@ -12,6 +12,8 @@ byte a client sends is untrusted.
 
 from __future__ import annotations
 
+from typing import Any
+
 #: Bytes of TLS records looked at, at most, for one ClientHello.
 MAX_HELLO = 16 * 1024
 
@@ -163,3 +165,24 @@ def _server_name(ext: memoryview) -> str | Answer:
             return name.decode("ascii")
         pos += size
     return NO_SNI
+
+
+def match_server_name(name: str, exact: dict, wildcards: dict) -> Any:
+    """
+    What a server name selects, as SNI routing and TLS certificate choice
+    both do it: the exact name first, then the longest matching wildcard.
+
+    @param exact: server name -> value.
+    @param wildcards: the part after C{*.} of each wildcard name -> value.
+    @return: the value, or C{None} if nothing matches.
+    """
+    found = exact.get(name)
+    if found is not None:
+        return found
+    rest = name
+    while "." in rest:
+        rest = rest.split(".", 1)[1]
+        found = wildcards.get(rest)
+        if found is not None:
+            return found
+    return None

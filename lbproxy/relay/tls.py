@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSS
 from zope.interface import implementer
 
 from lbproxy.model.config import BackendTLS, ConfigError, ServiceTLS
+from lbproxy.relay.sni import match_server_name
 
 #: Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 has its own, all modern).
 MODERN_CIPHERS = (
@@ -167,16 +168,7 @@ class Certificates:
     info: tuple
 
     def select(self, name: str) -> Any:
-        found = self.exact.get(name)
-        if found is not None:
-            return found
-        rest = name
-        while "." in rest:
-            rest = rest.split(".", 1)[1]
-            found = self.wildcards.get(rest)
-            if found is not None:
-                return found
-        return None
+        return match_server_name(name, self.exact, self.wildcards)
 
 
 def _context(config: ServiceTLS, cert_path: str, key_path: str, ca: Any, session_id: bytes) -> Any:
