@@ -7,14 +7,13 @@ that every byte read reaches the backend unchanged.
 
 from __future__ import annotations
 
-import ipaddress
 
 import pytest
 from twisted.internet.task import Clock
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy.interfaces import IListenerRoute
+from tests.routes import ServicesByName
 from lbproxy.model.config import Backend, Config, StrategyChoice
 from lbproxy.policy.balancer import Balancer
 from lbproxy.relay.proxyprotocol import header_v1, header_v2
@@ -27,28 +26,9 @@ UNTRUSTED = ("192.0.2.9", 5000)
 LOCAL = ("127.0.0.1", 8443)
 
 
-@implementer(IListenerRoute)
-class Route:
-    """Two services told apart by SNI; counts refusals."""
-
-    endpoint = "tcp:8443"
-
-    def __init__(self, services, default="a", sni=True, proxy=(), timeout=5.0):
-        self.services = services
-        self._default = default
-        self.routes_by_sni = sni
-        self.sni_timeout = timeout
-        self.accept_proxy = tuple(ipaddress.ip_network(n) for n in proxy)
-        self.refusals = []
-
-    def default(self):
-        return self.services.get(self._default)
-
-    def for_server_name(self, name):
-        return self.services.get(name.split(".")[0]) if name.endswith(".test") else None
-
-    def refused(self, reason):
-        self.refusals.append(reason)
+def Route(services, **kw):
+    """The test route (L{tests.routes.ServicesByName}) on C{tcp:8443}."""
+    return ServicesByName(services, endpoint="tcp:8443", **kw)
 
 
 class Conn:

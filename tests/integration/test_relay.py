@@ -22,24 +22,6 @@ from tests.integration.relay_harness import until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=sorted(h.ENGINES))
-def engine(request):
-    """Each relay engine in turn."""
-    return request.param
-
-
-@pytest.fixture
-def cleanup():
-    """Stop listeners and the balancer's ticker after the test."""
-    stops = []
-    yield stops.append
-    for stop in reversed(stops):
-        pytest_twisted.blockon(task.deferLater(reactor, 0, lambda: None))
-        result = stop()
-        if result is not None and hasattr(result, "addCallback"):
-            pytest_twisted.blockon(result)
-
-
 def start(engine, balancer, cleanup):
     port, stop = h.ENGINES[engine](balancer, reactor)
     cleanup(stop)

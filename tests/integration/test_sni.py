@@ -8,7 +8,6 @@ of lbproxy with send-proxy-v2, so the backend sees the original client.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import ssl
@@ -17,12 +16,12 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor, task
+from twisted.internet import protocol, reactor
 from twisted.internet.threads import deferToThread
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy.interfaces import IListenerRoute
+from tests.routes import ServicesByName
 from tests.integration import relay_harness as h
 from tests.integration.relay_harness import until
 
@@ -31,50 +30,13 @@ pytestmark = pytest.mark.integration
 HAPROXY = "/usr/sbin/haproxy"
 
 
-@implementer(IListenerRoute)
-class TwoServices:
-    """A hand-built route: services by the first label of a C{.test} name."""
-
-    endpoint = "tcp:0:interface=127.0.0.1"
-
-    def __init__(self, services, default="a", sni=True, proxy=(), timeout=5.0):
-        self.services = services
-        self._default = default
-        self.routes_by_sni = sni
-        self.sni_timeout = timeout
-        self.accept_proxy = tuple(ipaddress.ip_network(n) for n in proxy)
-        self.refusals = []
-
-    def default(self):
-        return self.services.get(self._default)
-
-    def for_server_name(self, name):
-        return self.services.get(name.split(".")[0]) if name.endswith(".test") else None
-
-    def refused(self, reason):
-        self.refusals.append(reason)
+#: A hand-built route: services by the first label of a C{.test} name.
+TwoServices = ServicesByName
 
 
 def start_engine(engine, route):
     """Run C{engine} on a route (the harness starters take any route)."""
     return h.ENGINES[engine](route, reactor)
-
-
-@pytest.fixture(params=sorted(h.ENGINES))
-def engine(request):
-    """Each relay engine in turn."""
-    return request.param
-
-
-@pytest.fixture
-def cleanup():
-    stops = []
-    yield stops.append
-    for stop in reversed(stops):
-        pytest_twisted.blockon(task.deferLater(reactor, 0, lambda: None))
-        result = stop()
-        if result is not None and hasattr(result, "addCallback"):
-            pytest_twisted.blockon(result)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 
 from lbproxy.model.config import ClientLimits
@@ -29,23 +29,6 @@ from tests.integration.traffic_clients import one
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=sorted(h.ENGINES))
-def engine(request):
-    """Each relay engine in turn."""
-    return request.param
-
-
-@pytest.fixture
-def cleanup():
-    stops = []
-    yield stops.append
-    for stop in reversed(stops):
-        pytest_twisted.blockon(task.deferLater(reactor, 0, lambda: None))
-        result = stop()
-        if result is not None and hasattr(result, "addCallback"):
-            pytest_twisted.blockon(result)
 
 
 def proxy(engine, factories, cleanup, proto=h.Named, **service):
