@@ -6,6 +6,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
+from tests.integration import lifecycle_harness as lh
 from tests.integration import relay_harness as h
 
 
@@ -25,3 +26,22 @@ def cleanup():
         result = stop()
         if result is not None and hasattr(result, "addCallback"):
             pytest_twisted.blockon(result)
+
+
+@pytest.fixture
+def echo():
+    """A real echo server, stopped after the test."""
+    server = lh.EchoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def proxies():
+    """The lbproxy children a test starts; any still running is killed after it."""
+    started: list[lh.Proxy] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(5)

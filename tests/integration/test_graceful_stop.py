@@ -19,23 +19,6 @@ pytestmark = pytest.mark.integration
 ENGINES = ["fast", "twisted"]
 
 
-@pytest.fixture
-def echo():
-    server = lh.EchoServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def proxies():
-    started: list[lh.Proxy] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(5)
-
-
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -23,23 +23,6 @@ STREAMS = 50
 TAKEOVERS = 5
 
 
-@pytest.fixture
-def echo():
-    server = lh.EchoServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def proxies():
-    started: list[lh.Proxy] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(5)
-
-
 @pytest.mark.parametrize("flags", [[], ["--workers", "2"], ["--engine", "twisted"]],
                          ids=["one-process", "workers-2", "twisted-engine"])
 def test_five_takeovers_refuse_no_connection_and_cut_no_stream(tmp_path, echo, proxies, flags):

@@ -49,13 +49,6 @@ def etcd(tmp_path):
         proc.wait(10)
 
 
-@pytest.fixture
-def echo():
-    server = lh.EchoServer()
-    yield server
-    server.stop()
-
-
 def _nodes(admin: int) -> list:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/api/v1/nodes", timeout=5) as r:
         return json.loads(r.read())["nodes"]
