@@ -26,8 +26,6 @@ from lbproxy.model.config import (
     SETTINGS_FIELDS,
     Config,
     ConfigError,
-    StoreError,
-    VersionConflict,
     add_backend,
     parse_config,
     parse_strategy,
@@ -279,22 +277,11 @@ class AdminApp:
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
         expected = condition.expected(balancer.config.version)
-        from lbproxy.control.listeners import ListenRefused
+        from lbproxy.web.services import answer_change
 
         kwargs = {} if service is None else {"service": service}
-        try:
-            return await self.controller.change(mutate, expected, Change(self._who(request), summary), **kwargs)
-        except ListenRefused as e:
-            raise ApiError(e.status, f"{e}; nothing changed") from None
-        except KeyError:
-            raise ApiError(404, f"there is no service {service or 'default'!r}") from None
-        except VersionConflict as e:
-            code = 412 if expected is not None else 409
-            raise ApiError(code, str(e), current_version=e.current) from None
-        except StoreError as e:
-            raise ApiError(507, f"the change was not saved, so nothing changed: {e}") from None
-        except ConfigError as e:
-            raise ApiError(400, str(e)) from None
+        pending = self.controller.change(mutate, expected, Change(self._who(request), summary), **kwargs)
+        return await answer_change(pending, expected, missing=service or "default")
 
     def _backend_view(self, backend_id: str, service: str | None = None) -> dict[str, Any]:
         view = self._views_of(service).view(backend_id)

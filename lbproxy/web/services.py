@@ -60,7 +60,6 @@ async def change_document(app: Any, request: Any, mutate: Callable[[Any], Any], 
     refusals to API errors (the same as a change of one pool, plus a
     listen endpoint that cannot be bound).
     """
-    from lbproxy.control.listeners import ListenRefused
     from lbproxy.web.preconditions import if_match
 
     condition = if_match(request)
@@ -76,10 +75,28 @@ async def change_document(app: Any, request: Any, mutate: Callable[[Any], Any], 
     except ConfigError as e:
         raise ApiError(400, str(e)) from None
     expected = condition.expected(controller.document.version)
+    return await answer_change(controller.change_document(mutate, expected, note), expected)
+
+
+async def answer_change(pending: Any, expected: int | None, missing: str | None = None) -> Any:
+    """
+    The outcome of a change under way (the controller's Deferred), with
+    its refusals as API errors: one mapping for a change of one pool and
+    of the document.
+
+    @param missing: the service the change names, if a C{KeyError} means
+        it does not exist (404).
+    """
+    from lbproxy.control.listeners import ListenRefused
+
     try:
-        return await controller.change_document(mutate, expected, note)
+        return await pending
     except ListenRefused as e:
         raise ApiError(e.status, f"{e}; nothing changed") from None
+    except KeyError:
+        if missing is None:
+            raise
+        raise ApiError(404, f"there is no service {missing!r}") from None
     except VersionConflict as e:
         code = 412 if expected is not None else 409
         raise ApiError(code, str(e), current_version=e.current) from None

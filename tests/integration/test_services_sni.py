@@ -21,7 +21,6 @@ from tests.integration.test_services import LOCAL, call, start
 from tests.integration.test_sni import (  # noqa: F401  (fixtures)
     ReadProxyLine,
     certificate,
-    cleanup,
     haproxy,
     s_client,
     tls_read,
