@@ -20,7 +20,8 @@ from twisted.application.service import IServiceCollection, MultiService, Servic
 from twisted.logger import Logger
 
 from lbproxy.endpoints import FastRelayService, ListenerService, ListenError, _Listener, somaxconn
-from lbproxy.model.config import Config, ConfigError
+from lbproxy.model.config import Config
+from lbproxy.model.errors import ConfigError
 
 log = Logger()
 
@@ -218,7 +219,7 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     resolver.track(b.host for b in iter_backends(document))
     manager = None
     if spec.workers > 1 and any(s.tls is not None for s in document.services):
-        from lbproxy.model.config import ConfigError
+        from lbproxy.model.errors import ConfigError
 
         raise ConfigError("a service with tls is served by the main process only: run it with --workers 1")
     if spec.workers <= 1:
@@ -412,7 +413,7 @@ def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:
     stops twistd with a one-line reason, not a traceback.
     """
     from lbproxy.control.store import open_store
-    from lbproxy.model.config import StoreError
+    from lbproxy.model.errors import StoreError
     from lbproxy.policy.plugins import build_strategy
 
     try:

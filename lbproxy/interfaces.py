@@ -374,8 +374,8 @@ class IConfigStore(Interface):
         Store C{config} if the stored version is still C{expected_version}.
 
         @return: a Deferred that fires once the write is durable, or fails
-            with L{lbproxy.model.config.VersionConflict} or
-            L{lbproxy.model.config.StoreError}.
+            with L{lbproxy.model.errors.VersionConflict} or
+            L{lbproxy.model.errors.StoreError}.
         """
 
     def watch(callback):

@@ -21,16 +21,9 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from lbproxy.endpoints import Endpoint, default_backlog, parse_endpoint
-from lbproxy.model.config import (
-    Config,
-    ConfigError,
-    ProxySettings,
-    StrategyChoice,
-    check_unique,
-    freeze,
-    parse_backend,
-    parse_backend_spec,
-)
+from lbproxy.model.config import Config, ProxySettings, StrategyChoice, freeze
+from lbproxy.model.errors import ConfigError
+from lbproxy.model.parse import check_unique, parse_backend, parse_backend_spec
 
 #: C{--max-connections} when not given (fewer if the descriptor limit is lower).
 DEFAULT_MAX_CONNECTIONS = 10000

@@ -10,18 +10,11 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.policy.balancer import Balancer
-from lbproxy.model.config import (
-    Backend,
-    Config,
-    ConfigError,
-    ProxySettings,
-    StrategyChoice,
-    add_backend,
-    set_strategy,
-    update_backend,
-)
 from lbproxy.interfaces import IBalancer, IRelayedConnection
+from lbproxy.model.changes import add_backend, set_strategy, update_backend
+from lbproxy.model.config import Backend, Config, ProxySettings, StrategyChoice
+from lbproxy.model.errors import ConfigError
+from lbproxy.policy.balancer import Balancer
 from lbproxy.policy.pool import AccessRecord
 
 

@@ -7,17 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from lbproxy.model.config import (
-    Config,
-    ConfigError,
-    StrategyChoice,
-    add_backend,
-    parse_backend_spec,
-    parse_config,
-    remove_backend,
-    set_strategy,
-    update_backend,
-)
+from lbproxy.model.changes import add_backend, remove_backend, set_strategy, update_backend
+from lbproxy.model.config import Config, StrategyChoice
+from lbproxy.model.errors import ConfigError
+from lbproxy.model.parse import parse_backend_spec, parse_config
 
 
 def base():
@@ -147,7 +140,7 @@ def test_default_config_is_empty_round_robin():
     """An empty document is an empty pool with round-robin and the default
     tcp check (a document that does not say gets it; Config() in code
     has none)."""
-    from lbproxy.model.config import DEFAULT_HEALTH_CHECK
+    from lbproxy.model.checks import DEFAULT_HEALTH_CHECK
 
     assert parse_config({}) == Config(health_check=DEFAULT_HEALTH_CHECK)
 

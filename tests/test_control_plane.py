@@ -18,7 +18,9 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.control.controller import ConfigController, ControllerService
 from lbproxy.interfaces import IConfigObserver, IConfigStore
-from lbproxy.model.config import Backend, Config, StoreError, StrategyChoice, add_backend
+from lbproxy.model.changes import add_backend
+from lbproxy.model.config import Backend, Config, StrategyChoice
+from lbproxy.model.errors import StoreError
 from lbproxy.policy.balancer import Balancer
 
 START = Config(version=1, backends=(Backend("b1", "127.0.0.1", 9001),))

@@ -138,7 +138,7 @@ def test_flags_and_quotes_survive_into_the_html(built):
 def test_config_example_is_valid():
     """The example config document in the docs parses and names a strategy
     that exists."""
-    from lbproxy.model.config import parse_config
+    from lbproxy.model.parse import parse_config
     from lbproxy.policy.plugins import build_strategy, strategy_factories
 
     config = parse_config(json.loads((DOCS / "examples" / "config.json").read_text()))

@@ -21,9 +21,11 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from lbproxy.model.config import Backend, Config, StoreError, VersionConflict, add_backend
-from lbproxy.interfaces import IConfigStore
 from lbproxy.control.store.etcd import EtcdStore, b64, parse_prefix, parse_store_spec, prefix_end
+from lbproxy.interfaces import IConfigStore
+from lbproxy.model.changes import add_backend
+from lbproxy.model.config import Backend, Config
+from lbproxy.model.errors import StoreError, VersionConflict
 
 SEED = Config(version=1, backends=(Backend(id="b1", host="127.0.0.1", port=9001),))
 V2, _ = add_backend(SEED, {"host": "127.0.0.1", "port": 9002})

@@ -16,11 +16,12 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from lbproxy.policy.balancer import Balancer
-from lbproxy.control.controller import ConfigController
 from lbproxy.control.cluster import LoadThenServe, Membership, NodesAPI, admin_url
-from lbproxy.model.config import Backend, Config, StoreError, VersionConflict
+from lbproxy.control.controller import ConfigController
 from lbproxy.control.store.etcd import EtcdStore
+from lbproxy.model.config import Backend, Config
+from lbproxy.model.errors import StoreError, VersionConflict
+from lbproxy.policy.balancer import Balancer
 from lbproxy.tap import Options
 from tests.test_etcd import FakeClient
 

@@ -22,11 +22,12 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.interfaces import IConfigObserver
 
-from lbproxy.policy.balancer import Balancer
-from lbproxy.model.config import Backend, Config, HealthCheck
 from lbproxy.control.controller import ConfigController
 from lbproxy.control.store.memory import MemoryStore
 from lbproxy.health.checker import HealthChecker
+from lbproxy.model.checks import HealthCheck
+from lbproxy.model.config import Backend, Config
+from lbproxy.policy.balancer import Balancer
 from lbproxy.policy.plugins import strategy_factories
 
 TCP = HealthCheck(type="tcp", interval=2.0, timeout=1.0, rise=1, fall=1)

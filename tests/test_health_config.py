@@ -11,22 +11,16 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from lbproxy.policy.balancer import Balancer
-from lbproxy.model.config import (
-    Backend,
-    Config,
-    DEFAULT_HEALTH_CHECK,
-    ConfigError,
-    HealthCheck,
-    Outlier,
-    parse_config,
-    update_backend,
-    update_settings,
-)
 from lbproxy.control.controller import ConfigController
-from lbproxy.health.checker import HealthChecker
-from lbproxy.policy.plugins import strategy_factories
 from lbproxy.control.store.memory import MemoryStore
+from lbproxy.health.checker import HealthChecker
+from lbproxy.model.changes import update_backend, update_settings
+from lbproxy.model.checks import DEFAULT_HEALTH_CHECK, HealthCheck, Outlier
+from lbproxy.model.config import Backend, Config
+from lbproxy.model.errors import ConfigError
+from lbproxy.model.parse import parse_config
+from lbproxy.policy.balancer import Balancer
+from lbproxy.policy.plugins import strategy_factories
 from lbproxy.tap import Options
 
 BAD = [

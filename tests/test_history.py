@@ -16,7 +16,8 @@ from lbproxy.control.store.file import FileStore
 from lbproxy.control.store.history import Change, Entry, IConfigHistory, Ring, diff, summarize
 from lbproxy.control.store.memory import MemoryStore
 from lbproxy.interfaces import IConfigStore
-from lbproxy.model.config import Backend, Config, add_backend
+from lbproxy.model.changes import add_backend
+from lbproxy.model.config import Backend, Config
 from lbproxy.model.service import as_document
 from tests.webtools import Admin
 

@@ -5,7 +5,9 @@ a backend's connections close when health marks it down, only then.
 
 from __future__ import annotations
 
-from lbproxy.model.config import HealthCheck, parse_config, update_settings
+from lbproxy.model.changes import update_settings
+from lbproxy.model.checks import HealthCheck
+from lbproxy.model.parse import parse_config
 from tests.test_balancer import FakeConnection, make
 
 
@@ -57,7 +59,8 @@ def test_setting_round_trips_and_is_checked():
     """
     import pytest
 
-    from lbproxy.model.config import Config, ConfigError
+    from lbproxy.model.config import Config
+    from lbproxy.model.errors import ConfigError
 
     config = update_settings(Config(version=1), {"on_marked_down": "shutdown"})
     assert config.on_marked_down == "shutdown"

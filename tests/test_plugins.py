@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
+from lbproxy.model.changes import set_strategy
+from lbproxy.model.config import Backend, Config, StrategyChoice, freeze
+from lbproxy.model.errors import ConfigError
 from lbproxy.policy.balancer import Balancer
-from lbproxy.model.config import Backend, Config, ConfigError, StrategyChoice, freeze, set_strategy
 from lbproxy.policy.plugins import build_strategy, strategy_factories
 
 EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "lbproxy_lowest_port.py"

@@ -15,8 +15,9 @@ from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
+from lbproxy.model.checks import HealthCheck, Outlier
+from lbproxy.model.config import Backend, Config, StrategyChoice
 from lbproxy.policy.balancer import Balancer
-from lbproxy.model.config import Backend, Config, HealthCheck, Outlier, StrategyChoice
 from lbproxy.policy.pool import AccessRecord, Pool
 
 

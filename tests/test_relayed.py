@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from twisted.internet import defer
 
-from lbproxy.model.config import update_backend
+from lbproxy.model.changes import update_backend
 from tests.test_balancer import FakeConnection, make
 
 

@@ -17,7 +17,8 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.health.checker import _default_endpoint, probe
 from lbproxy.health.resolver import LookupFailed, Resolver
-from lbproxy.model.config import Backend, Config, HealthCheck
+from lbproxy.model.checks import HealthCheck
+from lbproxy.model.config import Backend, Config
 
 HOME = (socket.AF_INET, "127.0.0.1")
 OTHER = (socket.AF_INET, "127.0.0.2")
@@ -354,7 +355,7 @@ def test_command_line_builds_and_wires_the_resolver():
     assert built.balancer.resolver is resolver and resolver.refresh == 7.0
     resolver.startService()
     assert resolver.lookups == 1
-    from lbproxy.model.config import add_backend
+    from lbproxy.model.changes import add_backend
 
     built.controller.change(lambda c: add_backend(c, {"host": "new.test", "port": 81}))
     assert resolver.lookups == 2

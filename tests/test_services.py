@@ -16,7 +16,9 @@ from zope.interface.verify import verifyObject
 from lbproxy.control.listeners import ListenerManager, ListenRefused
 from lbproxy.control.routes import ListenerRoute
 from lbproxy.interfaces import IBalancer, IListenerRoute
-from lbproxy.model.config import Config, ConfigError, add_backend
+from lbproxy.model.changes import add_backend
+from lbproxy.model.config import Config
+from lbproxy.model.errors import ConfigError
 from lbproxy.model.service import (
     Document,
     add_service,

@@ -15,7 +15,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy.interfaces import IConnectionSession, IEngineConnection, IRelayedConnection
-from lbproxy.model.config import Backend, Config, HealthCheck, ProxySettings, StrategyChoice
+from lbproxy.model.checks import HealthCheck
+from lbproxy.model.config import Backend, Config, ProxySettings, StrategyChoice
 from lbproxy.policy.balancer import Balancer
 from lbproxy.relay.proxyprotocol import header_v1, header_v2
 from lbproxy.relay.route import SingleServiceRoute

@@ -18,22 +18,16 @@ from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from lbproxy.model import config as cfg
-from lbproxy.policy.balancer import Balancer
-from lbproxy.model.service import as_document
-from lbproxy.model.config import (
-    Backend,
-    Config,
-    HealthCheck,
-    StoreError,
-    StrategyChoice,
-    VersionConflict,
-    freeze,
-)
 from lbproxy.control.controller import ConfigController
-from lbproxy.interfaces import IConfigStore
 from lbproxy.control.store import file as filestore
 from lbproxy.control.store.file import FileStore, checksum, decode, encode
+from lbproxy.interfaces import IConfigStore
+from lbproxy.model import changes
+from lbproxy.model.checks import HealthCheck
+from lbproxy.model.config import Backend, Config, StrategyChoice, freeze
+from lbproxy.model.errors import StoreError, VersionConflict
+from lbproxy.model.service import as_document
+from lbproxy.policy.balancer import Balancer
 
 
 class SpyOS:
@@ -388,12 +382,12 @@ def test_failed_write_applies_nothing(tmp_path, spy, factories):
     body = {"host": "127.0.0.1", "port": 8002}
     spy.fail["write"] = OSError(errno.ENOSPC, "No space left on device")
     with pytest.raises(StoreError, match="No space left on device"):
-        result_of(controller.change(lambda c: cfg.add_backend(c, body)))
+        result_of(controller.change(lambda c: changes.add_backend(c, body)))
     assert balancer.config == make_config(0)
     assert [c.id for c in balancer.pool.candidates] == ["b1"]
     assert store_in(tmp_path).read() is None
     del spy.fail["write"]
-    new, backend = result_of(controller.change(lambda c: cfg.add_backend(c, body)))
+    new, backend = result_of(controller.change(lambda c: changes.add_backend(c, body)))
     assert balancer.config is new and new.version == 1
     assert store_in(tmp_path).read() == as_document(new)
     controller.stop()

@@ -380,7 +380,8 @@ def test_backend_help_names_every_option_the_parser_takes():
     named in --help of --backend, and the help names no option it refuses."""
     import re
 
-    from lbproxy.model.config import ConfigError, parse_backend_spec
+    from lbproxy.model.errors import ConfigError
+    from lbproxy.model.parse import parse_backend_spec
     from lbproxy.model.schema import BACKEND_FIELDS
     from lbproxy.tap import Options
 

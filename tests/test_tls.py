@@ -12,9 +12,10 @@ import pytest
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface.verify import verifyObject
 
-from lbproxy.model.config import ConfigError, ServiceTLS
+from lbproxy.model.errors import ConfigError
 from lbproxy.model.service import Document, add_service, parse_document
-from lbproxy.relay.tls import ServerTLS, TLSConfigError, build, signature, files_of
+from lbproxy.model.tls import ServiceTLS
+from lbproxy.relay.tls import ServerTLS, TLSConfigError, build, files_of, signature
 from tests.tlscerts import CA
 
 
@@ -114,9 +115,9 @@ def test_engine_classes_provide_their_interfaces(ca):
     from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 
     from lbproxy.interfaces import IEngineConnection
-    from lbproxy.model.config import BackendTLS
-    from lbproxy.relay.session import ConnectionSession
+    from lbproxy.model.tls import BackendTLS
     from lbproxy.relay.route import SingleServiceRoute
+    from lbproxy.relay.session import ConnectionSession
     from lbproxy.relay.tls import client_creator
     from lbproxy.relay.twisted_tls import TLSFrontendProtocol
     from twisted.internet.task import Clock

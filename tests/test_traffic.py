@@ -15,7 +15,8 @@ from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from lbproxy.interfaces import IBalancer
-from lbproxy.model.config import Backend, ClientLimits, Config, ConfigError, StrategyChoice
+from lbproxy.model.config import Backend, ClientLimits, Config, StrategyChoice
+from lbproxy.model.errors import ConfigError
 from lbproxy.model.service import parse_document, update_service
 from lbproxy.policy.balancer import Balancer
 from lbproxy.policy.limits import (

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer
 
-from lbproxy.model.config import StoreError
 from lbproxy.control.store.memory import MemoryStore
+from lbproxy.model.errors import StoreError
 from tests.webtools import Admin, settle
 
 
@@ -354,7 +354,7 @@ def test_store_failure(admin):
 
 def test_store_conflict_without_if_match(admin):
     """A conflict in the store (another writer) without If-Match is 409."""
-    from lbproxy.model.config import VersionConflict
+    from lbproxy.model.errors import VersionConflict
 
     admin.store.save = lambda config, expected: defer.fail(VersionConflict(expected, expected + 1))
     r = admin.request("PATCH", "/api/v1/backends/b1", {"weight": 3})

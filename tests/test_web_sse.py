@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
 from twisted.web.server import Site
 
-from lbproxy.model.config import add_backend
+from lbproxy.model.changes import add_backend
 from tests.webtools import Admin
 
 

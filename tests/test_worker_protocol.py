@@ -19,7 +19,8 @@ from lbproxy.control.worker_main import WorkerChannel
 from lbproxy.control.worker_protocol import ApplyConfig, Start
 from lbproxy.control.workers import Worker, WorkerPool
 from lbproxy.interfaces import IConfigObserver
-from lbproxy.model.config import Backend, Config, ProxySettings, add_backend
+from lbproxy.model.changes import add_backend
+from lbproxy.model.config import Backend, Config, ProxySettings
 from lbproxy.policy.balancer import Balancer
 from tests.test_balancer import FakeConnection
 

@@ -20,7 +20,8 @@ from lbproxy.control.worker_main import WorkerChannel
 from lbproxy.control.worker_protocol import Start
 from lbproxy.control.worker_sockets import WorkerSockets
 from lbproxy.control.workers import Worker, WorkerPool
-from lbproxy.model.config import Backend, Config, ProxySettings, remove_backend
+from lbproxy.model.changes import remove_backend
+from lbproxy.model.config import Backend, Config, ProxySettings
 from lbproxy.model.service import Document
 from lbproxy.policy.services import ServiceTable
 from tests.test_balancer import FakeConnection, record

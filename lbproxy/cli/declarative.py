@@ -137,7 +137,7 @@ def normalized(body: dict[str, Any]) -> dict[str, Any]:
 
     @raise FileError: if the body is not a valid service.
     """
-    from lbproxy.model.schema import ConfigError
+    from lbproxy.model.errors import ConfigError
     from lbproxy.model.service import Document, add_service, service_json
 
     try:

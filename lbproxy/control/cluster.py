@@ -27,9 +27,10 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from lbproxy.model.config import Config, StoreError, VersionConflict
 from lbproxy.control.store.etcd import EtcdStore, unb64
 from lbproxy.control.store.history import START, IConfigHistory
+from lbproxy.model.config import Config
+from lbproxy.model.errors import StoreError, VersionConflict
 
 log = Logger()
 

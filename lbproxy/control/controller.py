@@ -22,7 +22,8 @@ from twisted.logger import Logger
 
 from lbproxy.control.store.history import Change, IConfigHistory
 from lbproxy.interfaces import IConfigObserver, IConfigStore
-from lbproxy.model.config import Config, StoreError, VersionConflict
+from lbproxy.model.config import Config
+from lbproxy.model.errors import StoreError, VersionConflict
 from lbproxy.model.service import Document, as_document, change_service
 from lbproxy.policy.balancer import Balancer
 from lbproxy.policy.services import ServiceTable
@@ -105,7 +106,7 @@ class ConfigController:
         Apply C{mutate}, a change of one service's pool, durably.
 
         @param mutate: C{config -> (new_config, result)}; may raise
-            L{lbproxy.model.config.ConfigError} or C{KeyError} to refuse.
+            L{lbproxy.model.errors.ConfigError} or C{KeyError} to refuse.
         @param expected_version: if given, refuse with L{VersionConflict}
             unless this is still the current version (C{If-Match}).
         @param service: the service's name; by default the main one.

@@ -31,7 +31,8 @@ from lbproxy.endpoints import (
     ListenerService,
     parse_endpoint,
 )
-from lbproxy.model.config import ConfigError, ProxySettings
+from lbproxy.model.config import ProxySettings
+from lbproxy.model.errors import ConfigError
 from lbproxy.model.service import Document, endpoint_of, listen_key, sharing
 
 log = Logger()

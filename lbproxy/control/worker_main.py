@@ -107,7 +107,7 @@ class WorkerChannel(amp.AMP):
     @ApplyConfig.responder
     def apply_config(self, version: int, document: str) -> dict:
         from lbproxy.endpoints import ListenError
-        from lbproxy.model.config import ConfigError
+        from lbproxy.model.errors import ConfigError
         from lbproxy.model.service import parse_document
 
         if self.settings is None:

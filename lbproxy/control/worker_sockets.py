@@ -25,7 +25,7 @@ import os
 import socket
 from typing import Any
 
-from lbproxy.model.config import ConfigError
+from lbproxy.model.errors import ConfigError
 from lbproxy.model.service import Document, endpoint_of, listen_key, sharing
 
 _IN_USE = os.strerror(errno.EADDRINUSE)

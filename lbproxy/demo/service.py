@@ -16,9 +16,10 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from lbproxy.model.config import DEFAULT_HEALTH_CHECK, Backend, Config, HealthCheck, Outlier
 from lbproxy.demo.backend import DemoBackend
 from lbproxy.demo.users import UserPopulation
+from lbproxy.model.checks import DEFAULT_HEALTH_CHECK, HealthCheck, Outlier
+from lbproxy.model.config import Backend, Config
 
 log = Logger()
 

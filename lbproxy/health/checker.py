@@ -42,9 +42,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.interfaces import IConfigObserver
 from lbproxy.health.resolver import is_name
-from lbproxy.model.config import Backend, HealthCheck
+from lbproxy.interfaces import IConfigObserver
+from lbproxy.model.checks import HealthCheck
+from lbproxy.model.config import Backend
 
 log = Logger()
 
@@ -384,7 +385,7 @@ _CASTS = {
     "consecutive_failures": int, "base_ejection": float, "max_ejection": float,
     "max_ejection_percent": int, "slow_start": float, "drain_timeout": float,
 }
-#: What the messages of L{lbproxy.model.config.parse_settings} call each
+#: What the messages of L{lbproxy.model.parse.parse_settings} call each
 #: command-line value ("cli.health_check.interval"), and its flag.
 _FLAG_NAMES = {
     **{f"cli.health_check.{name}": flag for name, flag in CHECK_FLAGS.items()},
@@ -422,7 +423,7 @@ def settings_from_options(options: Any) -> dict[str, Any]:
     The pool-wide lifecycle settings of the command line, as L{Config}
     fields (C{health_check}, C{outlier}, C{slow_start}, C{drain_timeout}),
     validated by the same schema and parser as the API.  Without C{--check}
-    the pool gets L{lbproxy.model.config.DEFAULT_HEALTH_CHECK} (tcp; the
+    the pool gets L{lbproxy.model.checks.DEFAULT_HEALTH_CHECK} (tcp; the
     interval and rise/fall flags still apply to it); C{--check none} turns
     active checks off.
 
@@ -432,7 +433,9 @@ def settings_from_options(options: Any) -> dict[str, Any]:
     """
     from twisted.python import usage
 
-    from lbproxy.model.config import DEFAULT_HEALTH_CHECK, ConfigError, parse_settings
+    from lbproxy.model.checks import DEFAULT_HEALTH_CHECK
+    from lbproxy.model.errors import ConfigError
+    from lbproxy.model.parse import parse_settings
     from lbproxy.model.schema import CHECK_TYPES
 
     def given(flags: dict[str, str]) -> dict[str, Any]:

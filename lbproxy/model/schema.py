@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import best_match
 
 from lbproxy.model.address import canonical_host
+from lbproxy.model.errors import ConfigError
 
 BACKEND_STATES = ("up", "draining", "disabled")
 PROXY_PROTOCOLS = (None, "v1", "v2")
@@ -28,13 +29,6 @@ CHECK_TYPES = ("tcp", "http", "send-expect")
 
 #: Upper bound of every duration in seconds except the check interval.
 DAY = 86400
-
-
-class ConfigError(ValueError):
-    """
-    A config document, or a change to one, is invalid.  The message says
-    what is wrong, in words an operator can act on.
-    """
 
 
 def nullable(schema: dict[str, Any]) -> dict[str, Any]:

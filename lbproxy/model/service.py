@@ -19,19 +19,10 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping
 
-from lbproxy.model.config import (
-    Config,
-    _pool,
-    check_unique,
-)
-from lbproxy.model.schema import (
-    DOCUMENT,
-    NEW_SERVICE,
-    SERVICE,
-    SERVICE_PATCH,
-    ConfigError,
-    validate,
-)
+from lbproxy.model.config import Config
+from lbproxy.model.errors import ConfigError
+from lbproxy.model.parse import build_pool, check_unique
+from lbproxy.model.schema import DOCUMENT, NEW_SERVICE, SERVICE, SERVICE_PATCH, validate
 
 DEFAULT = "default"
 
@@ -132,7 +123,7 @@ def service_fields(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
     if "queue_timeout" in obj:
         out["queue_timeout"] = float(obj["queue_timeout"])
     if "tls" in obj:
-        from lbproxy.model.config import parse_service_tls
+        from lbproxy.model.parse import parse_service_tls
 
         out["tls"] = parse_service_tls(obj["tls"])
         if out["tls"] is not None and obj.get("accept_proxy"):
@@ -225,7 +216,7 @@ def sharing(document: Document) -> dict[str, list[Config]]:
 
 def parse_service(value: Any, what: str = "service", version: int = 0) -> Config:
     obj = validate(value, SERVICE, what)
-    return _pool(obj, f"{what}", version)
+    return build_pool(obj, f"{what}", version)
 
 
 def parse_document(value: Any, what: str = "config") -> Document:
@@ -240,7 +231,7 @@ def parse_document(value: Any, what: str = "config") -> Document:
             parse_service(s, f"{what}.services[{i}]", version) for i, s in enumerate(obj["services"])
         )
         return check_document(Document(version, services))
-    from lbproxy.model.config import parse_config
+    from lbproxy.model.parse import parse_config
 
     legacy = parse_config(value, what)
     return check_document(Document(legacy.version, (legacy,)))
@@ -284,7 +275,7 @@ def add_service(document: Document, body: Any, what: str = "body") -> tuple[Docu
     obj = validate(body, NEW_SERVICE, what)
     if document.service(obj["name"]) is not None:
         raise ConfigError(f"service {obj['name']!r} already exists")
-    service = _pool(_with_ids(obj), what, document.version + 1)
+    service = build_pool(_with_ids(obj), what, document.version + 1)
     check_unique(service.backends)
     new = check_document(document.with_service(service))
     return new, new.service(service.name)
@@ -323,7 +314,7 @@ def change_service(
     name: str, mutate: Callable[[Config], "tuple[Config, Any]"]
 ) -> Callable[[Document], "tuple[Document, Any]"]:
     """
-    Lift a change of one pool (L{lbproxy.model.config.add_backend}, ...)
+    Lift a change of one pool (L{lbproxy.model.changes.add_backend}, ...)
     to a change of the document: the pool's version bump becomes the
     document's.
 

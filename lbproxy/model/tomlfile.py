@@ -18,7 +18,7 @@ from __future__ import annotations
 import tomllib
 from typing import Any
 
-from lbproxy.model.schema import ConfigError
+from lbproxy.model.errors import ConfigError
 from lbproxy.model.service import Document, add_service
 
 

@@ -473,7 +473,7 @@ class Balancer(RelayedElsewhere):
         Validate what only the running balancer can: the strategy plugin and
         its options.  Call before making a config durable.
 
-        @raise lbproxy.model.config.ConfigError: if it cannot be applied.
+        @raise lbproxy.model.errors.ConfigError: if it cannot be applied.
         """
         return build_strategy(config.strategy, self.factories)
 

@@ -16,8 +16,9 @@ from twisted.plugin import getPlugins
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from lbproxy.model.config import ConfigError, StrategyChoice
 from lbproxy.interfaces import IStrategy, IStrategyFactory
+from lbproxy.model.config import StrategyChoice
+from lbproxy.model.errors import ConfigError
 
 log = Logger()
 

@@ -128,7 +128,7 @@ class ServiceTable:
         Build the strategies a document needs anew (new services, new
         choices), before it is made durable.
 
-        @raise lbproxy.model.config.ConfigError: if a plugin or its options
+        @raise lbproxy.model.errors.ConfigError: if a plugin or its options
             cannot be used.
         """
         out: dict[str, IStrategy] = {}

@@ -32,7 +32,8 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from lbproxy.model.config import BackendTLS, ConfigError, ServiceTLS
+from lbproxy.model.errors import ConfigError
+from lbproxy.model.tls import BackendTLS, ServiceTLS
 from lbproxy.relay.sni import match_server_name
 
 #: Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 has its own, all modern).

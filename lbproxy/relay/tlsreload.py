@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import task, threads
 from twisted.logger import Logger
 
-from lbproxy.model.config import BackendTLS, ServiceTLS
+from lbproxy.model.tls import BackendTLS, ServiceTLS
 from lbproxy.relay.tls import Certificates, ServerTLS, TLSConfigError, build, client_creator, files_of, signature
 
 log = Logger()

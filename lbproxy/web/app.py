@@ -22,26 +22,24 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import lbproxy
-from lbproxy.model.config import (
-    SETTINGS_FIELDS,
-    Config,
-    ConfigError,
+from lbproxy.control.store.history import Change, IConfigHistory, diff
+from lbproxy.model.changes import (
     add_backend,
-    parse_config,
-    parse_strategy,
     remove_backend,
     replace_config,
     set_strategy,
     update_backend,
     update_settings,
 )
-from lbproxy.control.store.history import Change, IConfigHistory, diff
+from lbproxy.model.config import SETTINGS_FIELDS, Config
+from lbproxy.model.errors import ConfigError
+from lbproxy.model.parse import parse_config, parse_strategy
 from lbproxy.policy.plugins import uses_weights
-from lbproxy.web.services import services_routes
 from lbproxy.web.auth import SAFE_METHODS, AdminPolicy
 from lbproxy.web.errors import ApiError, dumps, read_json, send_json
-from lbproxy.web.preconditions import if_match
 from lbproxy.web.limits import TokenBucket, ViewCache, retry_after
+from lbproxy.web.preconditions import if_match
+from lbproxy.web.services import services_routes
 from lbproxy.web.static import UIFiles, static_dir
 
 log = Logger()

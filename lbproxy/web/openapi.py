@@ -13,7 +13,8 @@ from typing import Any
 
 import lbproxy
 from lbproxy.model import schema
-from lbproxy.model.config import BACKEND_STATES, HealthCheck, Outlier
+from lbproxy.model.checks import HealthCheck, Outlier
+from lbproxy.model.schema import BACKEND_STATES
 
 _REF = "#/components/schemas/"
 

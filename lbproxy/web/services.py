@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from lbproxy.model.config import ConfigError, StoreError, VersionConflict
+from lbproxy.model.errors import ConfigError, StoreError, VersionConflict
 from lbproxy.model.service import add_service, remove_service, service_json, update_service
 from lbproxy.web.errors import ApiError, read_json
 

@@ -20,7 +20,8 @@ from twisted.internet.task import Clock
 
 from lbproxy.control.controller import ConfigController
 from lbproxy.control.store.memory import MemoryStore
-from lbproxy.model.config import Backend, Config, ProxySettings, add_backend
+from lbproxy.model.changes import add_backend
+from lbproxy.model.config import Backend, Config, ProxySettings
 from lbproxy.policy.balancer import Balancer
 from lbproxy.web import admin_site
 from lbproxy.web.app import AdminApp

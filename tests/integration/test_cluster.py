@@ -19,12 +19,14 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.web.server import Site
 
-from lbproxy.policy.balancer import Balancer
 from lbproxy.control.cluster import LoadThenServe, Membership, NodesAPI
-from lbproxy.model.config import Backend, Config, ProxySettings, StoreError, VersionConflict, add_backend
 from lbproxy.control.controller import ConfigController
-from lbproxy.relay.twisted_engine import ProxyFactory
 from lbproxy.control.store.etcd import EtcdStore
+from lbproxy.model.changes import add_backend
+from lbproxy.model.config import Backend, Config, ProxySettings
+from lbproxy.model.errors import StoreError, VersionConflict
+from lbproxy.policy.balancer import Balancer
+from lbproxy.relay.twisted_engine import ProxyFactory
 from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]

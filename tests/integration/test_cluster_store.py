@@ -12,9 +12,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from lbproxy.model.service import as_document
-from lbproxy.model.config import Backend, Config, StoreError, VersionConflict, add_backend
 from lbproxy.control.store.etcd import EtcdStore
+from lbproxy.model.changes import add_backend
+from lbproxy.model.config import Backend, Config
+from lbproxy.model.errors import StoreError, VersionConflict
+from lbproxy.model.service import as_document
 from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]

@@ -12,9 +12,10 @@ from twisted.internet import protocol, reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from lbproxy.policy.balancer import Balancer
-from lbproxy.model.config import Backend, Config, HealthCheck
 from lbproxy.health.checker import HealthChecker
+from lbproxy.model.checks import HealthCheck
+from lbproxy.model.config import Backend, Config
+from lbproxy.policy.balancer import Balancer
 from tests.integration import relay_harness as h
 
 pytestmark = pytest.mark.integration

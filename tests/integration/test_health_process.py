@@ -14,9 +14,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
 
-from lbproxy.policy.balancer import Balancer
-from lbproxy.model.config import Backend, Config, HealthCheck, Outlier, StrategyChoice
 from lbproxy.health.checker import HealthChecker
+from lbproxy.model.checks import HealthCheck, Outlier
+from lbproxy.model.config import Backend, Config, StrategyChoice
+from lbproxy.policy.balancer import Balancer
 from lbproxy.relay.twisted_engine import ProxyFactory
 from tests.integration import relay_harness as h
 

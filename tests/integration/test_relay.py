@@ -15,7 +15,8 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 
-from lbproxy.model.config import ProxySettings, remove_backend
+from lbproxy.model.changes import remove_backend
+from lbproxy.model.config import ProxySettings
 from tests.integration import relay_harness as h
 from tests.integration.relay_harness import until
 
@@ -412,7 +413,7 @@ def test_tcp_keepalive_per_service_changed_at_runtime(engine, factories, cleanup
     accepted socket, which the listener had given it)."""
     from lbproxy.control.controller import ConfigController
     from lbproxy.control.store.memory import MemoryStore
-    from lbproxy.model.config import update_settings
+    from lbproxy.model.changes import update_settings
 
     server = backend(cleanup, h.Hold, held=[])
     balancer = h.make_balancer(reactor, factories, [server.getHost().port],

@@ -22,7 +22,8 @@ from twisted.names import dns, error, server
 
 from lbproxy.health.checker import HealthChecker
 from lbproxy.health.resolver import DNSLookup, LookupFailed, Resolver
-from lbproxy.model.config import Backend, Config, HealthCheck, ProxySettings
+from lbproxy.model.checks import HealthCheck
+from lbproxy.model.config import Backend, Config, ProxySettings
 from lbproxy.policy.balancer import Balancer
 from tests.integration import relay_harness as h
 

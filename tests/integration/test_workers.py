@@ -18,7 +18,8 @@ from twisted.internet.threads import deferToThread
 from lbproxy.control.controller import ConfigController
 from lbproxy.control.store.memory import MemoryStore
 from lbproxy.control.workers import CHANNEL_FD, WorkerPool
-from lbproxy.model.config import Backend, Config, StrategyChoice, replace_config
+from lbproxy.model.changes import replace_config
+from lbproxy.model.config import Backend, Config, StrategyChoice
 from tests.integration import relay_harness as h
 
 pytestmark = [

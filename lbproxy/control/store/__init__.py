@@ -37,7 +37,7 @@ def open_store(
         config overrides them.
     @param keep: versions of history the store keeps (C{--history}).
     @return: C{(store, config)}.
-    @raise lbproxy.model.config.StoreError: if another process owns the
+    @raise lbproxy.model.errors.StoreError: if another process owns the
         state directory, or if the store holds a config but neither its file
         nor the previous version is usable.
     """

@@ -44,9 +44,10 @@ from lbproxy.control.store.etcd_client import (
     unb64,
 )
 from lbproxy.control.store.history import DEFAULT_KEEP, Entry, IConfigHistory, Notes, make_entry
-from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict
-from lbproxy.model.service import as_document, parse_document
 from lbproxy.interfaces import IConfigStore
+from lbproxy.model.config import Config
+from lbproxy.model.errors import ConfigError, StoreError, VersionConflict
+from lbproxy.model.service import as_document, parse_document
 
 log = Logger()
 

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from lbproxy.model.config import StoreError
+from lbproxy.model.errors import StoreError
 
 __all__ = ["EtcdClient", "WatchStream", "b64", "unb64", "prefix_end", "describe", "etcd_message"]
 

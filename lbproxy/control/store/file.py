@@ -46,11 +46,19 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lbproxy.control.store.history import (
-    DEFAULT_KEEP, Change, Entry, IConfigHistory, Notes, Ring, make_entry, start_entry,
+    DEFAULT_KEEP,
+    Change,
+    Entry,
+    IConfigHistory,
+    Notes,
+    Ring,
+    make_entry,
+    start_entry,
 )
-from lbproxy.model.config import Config, ConfigError, StoreError, VersionConflict
-from lbproxy.model.service import as_document, parse_document
 from lbproxy.interfaces import IConfigStore
+from lbproxy.model.config import Config
+from lbproxy.model.errors import ConfigError, StoreError, VersionConflict
+from lbproxy.model.service import as_document, parse_document
 
 log = Logger()
 

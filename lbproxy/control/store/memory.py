@@ -11,10 +11,18 @@ from typing import Any, Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from lbproxy.control.store.history import DEFAULT_KEEP, IConfigHistory, Notes, Ring, make_entry, start_entry
-from lbproxy.model.config import Config, VersionConflict
-from lbproxy.model.service import as_document
+from lbproxy.control.store.history import (
+    DEFAULT_KEEP,
+    IConfigHistory,
+    Notes,
+    Ring,
+    make_entry,
+    start_entry,
+)
 from lbproxy.interfaces import IConfigStore
+from lbproxy.model.config import Config
+from lbproxy.model.errors import VersionConflict
+from lbproxy.model.service import as_document
 
 
 @implementer(IConfigStore, IConfigHistory)
