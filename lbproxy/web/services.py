@@ -161,9 +161,9 @@ def services_routes(app: Any, API: str, guard: Callable[..., Any]) -> None:
     @app.route(base + "/<string:name>", methods=["DELETE"])
     @guard
     async def delete_service(self: Any, request: Any, name: str) -> bytes:
-        from lbproxy.web.app import _flag
+        from lbproxy.web.routing import query_flag
 
-        force = _flag(request, b"force")
+        force = query_flag(request, b"force")
         table = self.controller.table
         balancer = table.balancer(name)
         if balancer is None:
