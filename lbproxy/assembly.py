@@ -1,5 +1,5 @@
 """
-The service tree, assembled from a L{lbproxy.tap.ProxySpec}.
+The service tree, assembled from a L{lbproxy.spec.ProxySpec}.
 
 L{assemble} builds every part explicitly and returns them in an
 L{Assembly}: the top L{MultiService} for twistd, and the parts themselves

@@ -83,7 +83,7 @@ def test_spec_fields_read_from_flags():
     other code: adding an option is one optParameters line and one field."""
     from dataclasses import fields
 
-    from lbproxy.tap import ProxySpec
+    from lbproxy.spec import ProxySpec
 
     declared = {f.metadata["flag"] for f in fields(ProxySpec) if "flag" in f.metadata}
     assert "admin-open-reads" in declared

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.application.service import MultiService
 
 from lbproxy import tap
-from lbproxy.tap import ProxySpec
+from lbproxy.spec import ProxySpec
 
 #: The demo's proxy listens on loopback unless told otherwise: it is a demo.
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"

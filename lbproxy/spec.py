@@ -1,0 +1,151 @@
+"""
+The frozen L{ProxySpec}: what the command line asks for, checked.
+
+L{lbproxy.tap.Options} reads the flags, L{lbproxy.flags.build_spec} checks
+them into one of these, and L{lbproxy.assembly.assemble} builds the service
+tree from it alone; nothing in it is a built object.  A simple flag is one
+L{flag} field here (with its parser) and one C{optParameters} line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.python import usage
+
+from lbproxy.endpoints import Endpoint
+from lbproxy.model.config import Config, ProxySettings
+
+#: C{--max-connections} when not given (fewer if the descriptor limit is lower).
+DEFAULT_MAX_CONNECTIONS = 10000
+
+
+def flag(name: str, parse: Callable[[Any, str], Any] = lambda value, flag: value, default: Any = None) -> Any:
+    """
+    A L{ProxySpec} field read from C{--name}: C{parse(value, "--name")}
+    (not called when the flag is absent, which gives C{default}).  Adding an
+    option is its C{optParameters} line and one such field.
+    """
+    return field(default=default, metadata={"flag": name, "parse": parse})
+
+
+def keepalive_flag(value: str) -> Any:
+    from lbproxy.relay.sockopts import parse_keepalive
+
+    try:
+        return parse_keepalive(value)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def _access(value: str, check: str) -> str:
+    from lbproxy import accesslog
+
+    try:
+        return getattr(accesslog, check)(value)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def number(cast: Any = float, low: float = 0, high: float | None = None) -> Callable[[Any, str], Any]:
+    """
+    A C{parse} for L{flag}: a number of type C{cast}, at least C{low} (and
+    at most C{high}).
+    """
+
+    def parse(value: Any, flag: str) -> Any:
+        try:
+            n = cast(value)
+        except (TypeError, ValueError):
+            raise usage.UsageError(f"{flag} must be a number, not {value!r}") from None
+        if n < low:
+            raise usage.UsageError(f"{flag} must be at least {low}, not {value!r}")
+        if high is not None and n > high:
+            raise usage.UsageError(f"{flag} must be at most {high}, not {value!r}")
+        return n
+
+    return parse
+
+
+def _dns_servers(value: str) -> list[tuple[str, int]]:
+    servers = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        try:
+            n = int(port)
+            if not host or not 0 < n < 65536:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError(f"--dns-server {item.strip()!r} is not HOST:PORT") from None
+        servers.append((host.strip("[]"), n))
+    return servers
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxySpec:
+    """
+    What the command line asks for, checked: the service tree is built from
+    this alone (L{lbproxy.assembly.assemble}).
+
+    @ivar listen: the proxy's endpoint.
+    @ivar admin: the admin API and UI's endpoint.
+    @ivar backlog: the proxy listener's accept queue (its endpoint's
+        C{backlog=}, else C{--backlog}, else 4096 capped by somaxconn).
+    @ivar engine: C{fast} or C{twisted} (C{auto} resolved).
+    @ivar seed: the config built from the command line (version 1).
+    @ivar seed_flags: the config flags given, named when a stored config wins.
+    @ivar max_connections_given: whether C{--max-connections} was given
+        (else it may be lowered to fit the descriptor limit).
+    @ivar etcd_endpoints: cluster mode's etcd URLs, else C{None}.
+    """
+
+    listen: Endpoint
+    #: every C{--listen}, the first being L{listen}.
+    listens: tuple[Endpoint, ...] = ()
+    admin: Endpoint
+    backlog: int
+    engine: str
+    workers: int
+    settings: ProxySettings
+    seed: Config
+    seed_flags: tuple[str, ...] = ()
+    #: the services of C{--config FILE}, which replace L{seed}.
+    services: Any = None
+    max_connections_given: bool = False
+    state_dir: str | None = None
+    etcd_endpoints: tuple[str, ...] | None = None
+    store_prefix: str = "/lbproxy/default"
+    node: str | None = None
+    admin_token: str | None = None
+    #: who the config history says made a change with the token (the token file's second line).
+    admin_token_label: str | None = None
+    admin_open_reads: bool = flag("admin-open-reads", lambda v, f: bool(v), default=False)
+    #: names the admin answers for besides its address and localhost (--admin-host).
+    admin_hosts: tuple[str, ...] = ()
+    admin_max_connections: int = flag("admin-max-connections", number(int, 1), default=256)
+    admin_read_timeout: float = flag("admin-read-timeout", number(float, 0.1), default=10.0)
+    admin_write_rate: float = flag("admin-write-rate", number(float, 0), default=20.0)
+    dns_servers: tuple[tuple[str, int], ...] | None = flag("dns-server", lambda v, f: tuple(_dns_servers(v)))
+    dns_refresh: float = flag("dns-refresh", lambda v, f: number(float, 0.1)(v, f), default=30.0)
+    grace: float = flag("grace", number(float, 0), default=30.0)
+    grace_spread: float = flag("grace-spread", number(float, 0), default=5.0)
+    control_socket: str | None = flag("control-socket", lambda v, f: os.path.abspath(v))
+    takeover: bool = flag("takeover", lambda v, f: bool(v), default=False)
+    pid_file: str | None = flag("pid-file", lambda v, f: os.path.abspath(v))
+    access_log: str = flag("access-log", lambda v, f: _access(v, "parse_destination"), default="-")
+    access_log_format: str = flag("access-log-format", lambda v, f: _access(v, "parse_format"), default="json")
+    history: int = flag("history", number(int, 1, 100000), default=100)
+
+    @property
+    def seed_document(self) -> Any:
+        """
+        The document the command line seeds an empty store with: the
+        C{--config} file's services, else the flags' one service, C{default}.
+        """
+        from lbproxy.model.service import Document
+
+        if self.services is not None:
+            return self.services
+        return Document(self.seed.version, (self.seed,))
