@@ -135,7 +135,7 @@ def test_request_components_are_the_validation_schemas(component, name):
     body with, translated to OpenAPI 3.0 (only defaults and descriptions
     added), so documented bounds are enforced bounds."""
     from lbproxy.model import schema
-    from lbproxy.web.openapi import oas30
+    from lbproxy.web.oas30 import oas30
 
     served = openapi_document()["components"]["schemas"][component]
     expected = oas30(getattr(schema, name))
@@ -150,7 +150,7 @@ def test_oas30_translates_2020_12():
     """The translation makes null types and enums nullable, numeric
     exclusive bounds boolean, type lists anyOf, and drops our own formats
     and messages."""
-    from lbproxy.web.openapi import oas30
+    from lbproxy.web.oas30 import oas30
 
     assert oas30({"type": ["number", "null"], "exclusiveMinimum": 0}) == {
         "type": "number", "nullable": True, "minimum": 0, "exclusiveMinimum": True,

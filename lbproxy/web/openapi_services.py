@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from lbproxy.model import schema
-from lbproxy.web.openapi import _change, _errors, _ok, _read, _ref, oas30
+from lbproxy.web.oas30 import oas30
+from lbproxy.web.openapi_ops import _change, _errors, _ok, _read, _ref
 
 
 _SERVICE_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
