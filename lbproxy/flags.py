@@ -179,8 +179,6 @@ def _cluster(options: Any, admin: Endpoint) -> dict[str, Any]:
     """
     import re
 
-    from lbproxy.control.store.etcd import parse_prefix, parse_store_spec
-
     out: dict[str, Any] = {"etcd_endpoints": None, "store_prefix": options["store-prefix"]}
     if options["store"] is not None:
         if options["state-dir"] is not None:
@@ -199,6 +197,44 @@ def _cluster(options: Any, admin: Endpoint) -> dict[str, Any]:
         name = default_node_name(admin.description)
     out["node"] = name
     return out
+
+
+def parse_store_spec(spec: str) -> list[str]:
+    """
+    Parse C{--store etcd:http://HOST:PORT[,http://HOST2:PORT...]}.
+
+    @return: the endpoint base URLs.
+    @raise ValueError: with an operator-readable message.
+    """
+    from urllib.parse import urlsplit
+
+    scheme, sep, rest = spec.partition(":")
+    if not sep or scheme != "etcd":
+        raise ValueError(f"--store must look like etcd:http://HOST:PORT[,http://HOST:PORT...], not {spec!r}")
+    endpoints = []
+    for url in rest.split(","):
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port
+        except ValueError as e:
+            raise ValueError(f"--store: {url!r} is not a valid etcd URL: {e}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+            raise ValueError(f"--store: {url!r} is not an etcd URL like http://HOST:PORT")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"--store: {url!r} must be only scheme, host and port")
+        endpoints.append(f"{parts.scheme}://{parts.netloc}")
+    return endpoints
+
+
+def parse_prefix(prefix: str) -> str:
+    """
+    Check C{--store-prefix}: an absolute key path of printable characters.
+
+    @raise ValueError: if it is not one.
+    """
+    if not prefix.startswith("/") or prefix.strip("/") == "" or not prefix.isprintable() or " " in prefix:
+        raise ValueError(f"--store-prefix must be a key path like /lbproxy/mycluster, not {prefix!r}")
+    return "/" + prefix.strip("/")
 
 
 def build_spec(options: Any) -> ProxySpec:

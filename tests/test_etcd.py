@@ -21,7 +21,9 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from lbproxy.control.store.etcd import EtcdStore, b64, parse_prefix, parse_store_spec, prefix_end
+from lbproxy.control.store.etcd import EtcdStore
+from lbproxy.control.store.etcd_client import b64, prefix_end
+from lbproxy.flags import parse_prefix, parse_store_spec
 from lbproxy.interfaces import IConfigStore
 from lbproxy.model.changes import add_backend
 from lbproxy.model.config import Backend, Config

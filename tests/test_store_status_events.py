@@ -5,9 +5,9 @@ C{store} events, so the web UI shows them without polling.
 
 from __future__ import annotations
 
-from lbproxy.model.config import Backend, Config
-from lbproxy.control.store.etcd import b64
+from lbproxy.control.store.etcd_client import b64
 from lbproxy.control.store.memory import MemoryStore
+from lbproxy.model.config import Backend, Config
 from tests.test_etcd import SEED, V2, header, kv, loaded
 from tests.webtools import Admin
 

@@ -27,7 +27,8 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from lbproxy.control.store.etcd import EtcdStore, unb64
+from lbproxy.control.store.etcd import EtcdStore
+from lbproxy.control.store.etcd_client import unb64
 from lbproxy.control.store.history import START, IConfigHistory
 from lbproxy.model.config import Config
 from lbproxy.model.errors import StoreError, VersionConflict

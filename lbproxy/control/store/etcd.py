@@ -8,10 +8,9 @@ register under C{PREFIX/nodes/} (L{lbproxy.control.cluster}).
 
 Writes are compare-and-swap on the key's C{mod_revision}, so two nodes
 editing at once cannot lose an update: the loser gets L{VersionConflict}.
-A streaming watch on the prefix delivers changes made by other nodes; when
-it breaks (etcd restarts, the watched revision was compacted) the store
-re-reads the key and watches again from the revision it read, so no change
-is missed.  While etcd cannot be reached, L{EtcdStore.save} fails with
+A streaming watch on the prefix (L{lbproxy.control.store.etcd_watch})
+delivers changes made by other nodes, and re-reads and watches again when
+it breaks, so no change is missed.  While etcd cannot be reached, L{EtcdStore.save} fails with
 L{StoreError} (the node keeps proxying with the config it has) and the
 store keeps retrying with backoff; on return it re-reads and delivers what
 changed meanwhile.
@@ -28,41 +27,28 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Sequence
 
-from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.control.store.etcd_client import (
-    EtcdClient,
-    WatchStream,
-    b64,
-    describe as _describe,
-    etcd_message as _etcd_message,
-    prefix_end,
-    unb64,
-)
+from lbproxy.control.store.etcd_client import EtcdClient, WatchStream, b64, etcd_int, prefix_end, unb64
+from lbproxy.control.store.etcd_watch import ConfigWatch
 from lbproxy.control.store.history import DEFAULT_KEEP, Entry, IConfigHistory, Notes, make_entry
 from lbproxy.interfaces import IConfigStore
 from lbproxy.model.config import Config
-from lbproxy.model.errors import ConfigError, StoreError, VersionConflict
+from lbproxy.model.errors import ConfigError, VersionConflict
 from lbproxy.model.service import as_document, parse_document
 
 log = Logger()
 
-__all__ = ["EtcdStore", "WatchStream", "b64", "unb64", "prefix_end", "parse_store_spec", "parse_prefix"]
-
-
-def _int(value: Any) -> int:
-    return int(value) if value is not None else 0
+__all__ = ["EtcdStore"]
 
 
 _VERSION_DIGITS = 12
 
 
 @implementer(IConfigStore, IConfigHistory)
-class EtcdStore(Notes):
+class EtcdStore(ConfigWatch, Notes):
     """
     @ivar etcd: the L{EtcdClient} (cluster membership uses it too).
     @ivar endpoints: base URLs of the etcd members, tried in turn.
@@ -211,7 +197,7 @@ class EtcdStore(Notes):
         data = yield self.etcd.range(self.config_key)
         kvs = data.get("kvs") or []
         self._take(kvs[0] if kvs else None)
-        self.revision = _int(data.get("header", {}).get("revision"))
+        self.revision = etcd_int(data.get("header", {}).get("revision"))
         if not self._watching and not self._closed:
             self._watching = True
             self._open_watch()
@@ -261,7 +247,7 @@ class EtcdStore(Notes):
             self._saving = None
         if data.get("succeeded"):
             self.current = config
-            self.mod_revision = _int(data["header"]["revision"])
+            self.mod_revision = etcd_int(data["header"]["revision"])
             return config
         responses = data.get("responses") or [{}]
         kvs = responses[0].get("response_range", {}).get("kvs") or []
@@ -344,7 +330,7 @@ class EtcdStore(Notes):
             self.mod_revision = 0
             self.current = None
             return False
-        mod = _int(kv.get("mod_revision"))
+        mod = etcd_int(kv.get("mod_revision"))
         if mod <= self.mod_revision:
             return False
         try:
@@ -369,146 +355,3 @@ class EtcdStore(Notes):
                 callback(self.current)
             except Exception:
                 log.failure("config watcher failed")
-
-    # The watch -------------------------------------------------------------
-
-    def _open_watch(self) -> None:
-        if self._closed:
-            return
-        start = self.prefix + "/"
-        d = self._pending = self.etcd.watch(start, prefix_end(start), self.revision + 1)
-        d.addCallback(self._watch_connected)
-        d.addErrback(self._watch_failed)
-
-    def _watch_connected(self, response: Any) -> None:
-        self._pending = None
-        self._stream = WatchStream(self._watch_message, self._watch_ended)
-        response.deliverBody(self._stream)
-
-    def _watch_failed(self, reason: Failure) -> None:
-        self._pending = None
-        if self._closed:
-            return
-        self._down(reason.getErrorMessage() if reason.check(StoreError) else _describe(reason))
-        self._schedule_resync()
-
-    def _watch_message(self, message: dict[str, Any]) -> None:
-        if "error" in message:
-            self._restart_watch(f"watch error: {_etcd_message(message['error'])}")
-            return
-        result = message.get("result", {})
-        if result.get("canceled"):
-            compacted = _int(result.get("compact_revision"))
-            if compacted:
-                log.info(
-                    "watch from revision {rev} was compacted (oldest kept {compacted}): re-reading",
-                    rev=self.revision + 1, compacted=compacted,
-                )
-            self._restart_watch(f"watch canceled: {result.get('cancel_reason') or 'compacted'}")
-            return
-        if result.get("created"):
-            self._failures = 0
-            self._up(self.etcd.endpoint)
-        changed = nodes = False
-        for event in result.get("events") or []:
-            kv = event.get("kv", {})
-            self.revision = max(self.revision, _int(kv.get("mod_revision")))
-            key = unb64(kv.get("key", "")).decode("utf-8", "replace")
-            if key != self.config_key:
-                nodes = nodes or key.startswith(self.key("nodes/"))
-                continue
-            if event.get("type") == "DELETE":
-                self._take(None)
-            else:
-                changed = self._take(kv) or changed
-        if changed and self.current == self._saving:
-            # Our own write, echoed before etcd answered the txn.
-            changed = False
-        if changed:
-            log.info("config version {version} written elsewhere", version=self.current.version)
-            self._notify()
-        if nodes:
-            self._status_changed("nodes")
-
-    def _watch_ended(self, reason: Failure) -> None:
-        self._stream = None
-        if self._closed:
-            return
-        log.info("watch on {prefix} ended ({why}): re-reading", prefix=self.prefix, why=_describe(reason))
-        self._schedule_resync()
-
-    def _restart_watch(self, why: str) -> None:
-        if self._stream is not None:
-            self._stream.stop()
-            self._stream = None
-        log.info("{why}: re-reading and watching again", why=why)
-        self._schedule_resync()
-
-    def _schedule_resync(self) -> None:
-        if self._closed or (self._retry is not None and self._retry.active()):
-            return
-        delay = backoffPolicy(0.1, self.max_backoff, 2.0, jitter=lambda: 0.0)(self._failures)
-        self._failures += 1
-        self._retry = self._reactor.callLater(delay, self._resync)
-
-    def _resync(self) -> None:
-        """
-        Re-read the config (delivering it if it changed while we were not
-        watching), then watch again from the revision read.
-        """
-        if self._closed:
-            return
-        d = self.etcd.range(self.config_key)
-
-        def read(data: dict[str, Any]) -> None:
-            kvs = data.get("kvs") or []
-            if self._take(kvs[0] if kvs else None):
-                log.info("resynced: config version {version}", version=self.current.version)
-                self._notify()
-            self.revision = _int(data.get("header", {}).get("revision"))
-            self._open_watch()
-
-        def failed(reason: Failure) -> None:
-            reason.trap(StoreError)
-            self._schedule_resync()
-
-        d.addCallbacks(read, failed)
-        d.addErrback(lambda f: log.failure("resync failed", f))
-
-
-def parse_store_spec(spec: str) -> list[str]:
-    """
-    Parse C{--store etcd:http://HOST:PORT[,http://HOST2:PORT...]}.
-
-    @return: the endpoint base URLs.
-    @raise ValueError: with an operator-readable message.
-    """
-    from urllib.parse import urlsplit
-
-    scheme, sep, rest = spec.partition(":")
-    if not sep or scheme != "etcd":
-        raise ValueError(f"--store must look like etcd:http://HOST:PORT[,http://HOST:PORT...], not {spec!r}")
-    endpoints = []
-    for url in rest.split(","):
-        try:
-            parts = urlsplit(url.strip())
-            port = parts.port
-        except ValueError as e:
-            raise ValueError(f"--store: {url!r} is not a valid etcd URL: {e}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
-            raise ValueError(f"--store: {url!r} is not an etcd URL like http://HOST:PORT")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ValueError(f"--store: {url!r} must be only scheme, host and port")
-        endpoints.append(f"{parts.scheme}://{parts.netloc}")
-    return endpoints
-
-
-def parse_prefix(prefix: str) -> str:
-    """
-    Check C{--store-prefix}: an absolute key path of printable characters.
-
-    @raise ValueError: if it is not one.
-    """
-    if not prefix.startswith("/") or prefix.strip("/") == "" or not prefix.isprintable() or " " in prefix:
-        raise ValueError(f"--store-prefix must be a key path like /lbproxy/mycluster, not {prefix!r}")
-    return "/" + prefix.strip("/")

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from lbproxy.model.errors import StoreError
 
-__all__ = ["EtcdClient", "WatchStream", "b64", "unb64", "prefix_end", "describe", "etcd_message"]
+__all__ = ["EtcdClient", "WatchStream", "b64", "unb64", "etcd_int", "prefix_end", "describe", "etcd_message"]
 
 
 def b64(value: str | bytes) -> str:
@@ -31,6 +31,13 @@ def b64(value: str | bytes) -> str:
     if isinstance(value, str):
         value = value.encode("utf-8")
     return base64.b64encode(value).decode("ascii")
+
+
+def etcd_int(value: Any) -> int:
+    """
+    A 64-bit integer of an answer (a string, or absent when it is 0).
+    """
+    return int(value) if value is not None else 0
 
 
 def unb64(value: str) -> bytes:
