@@ -96,7 +96,7 @@ def _seed(options: Any) -> Config:
     """
     import json
 
-    from lbproxy.health.checker import settings_from_options
+    from lbproxy.health.flags import settings_from_options
     from lbproxy.policy.plugins import build_strategy, strategy_factories
 
     choice_options: dict[str, Any] = {}

@@ -15,7 +15,7 @@ from twisted.internet.error import DNSLookupError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface.verify import verifyObject
 
-from lbproxy.health.checker import _default_endpoint, probe
+from lbproxy.health.probes import default_endpoint, probe
 from lbproxy.health.resolver import LookupFailed, Resolver
 from lbproxy.model.checks import HealthCheck
 from lbproxy.model.config import Backend, Config
@@ -268,7 +268,7 @@ def test_check_probes_last_good_address_during_outage():
     resolver = known(reactor, HOME, error="no answer from DNS server")
     reactor.advance(12)
     backend = Backend(id="b1", host="b.test", port=7000)
-    d = probe(backend, HealthCheck(type="tcp"), reactor, None, _default_endpoint, resolver)
+    d = probe(backend, HealthCheck(type="tcp"), reactor, None, default_endpoint, resolver)
     host, port, factory, _, _ = reactor.tcpClients[-1]
     assert (host, port) == ("127.0.0.1", 7000)
     protocol = factory.buildProtocol(None)
@@ -278,16 +278,16 @@ def test_check_probes_last_good_address_during_outage():
 
 def test_check_of_a_never_resolved_name_fails_with_the_lookup_error():
     """A name that has never resolved fails its check, saying why."""
-    from lbproxy.health.checker import _describe
+    from lbproxy.health.probes import describe_failure
 
     reactor = MemoryReactorClock()
     lookup = FakeLookup()
     resolver = Resolver(reactor, lookup)
     d = probe(Backend(id="b1", host="b.test", port=7000), HealthCheck(type="tcp"),
-              reactor, None, _default_endpoint, resolver)
+              reactor, None, default_endpoint, resolver)
     lookup.fail("no such name")
     failure = result(d)
-    assert _describe(failure, HealthCheck(type="tcp")) == "host name lookup failed: b.test: no such name"
+    assert describe_failure(failure, HealthCheck(type="tcp")) == "host name lookup failed: b.test: no such name"
 
 
 def test_http_check_of_a_name_goes_to_the_address_with_the_host_header():
@@ -309,7 +309,7 @@ def test_http_check_of_a_name_goes_to_the_address_with_the_host_header():
             return defer.succeed(Response())
 
     backend = Backend(id="b1", host="b.test", port=7000)
-    d = probe(backend, HealthCheck(type="http", path="/health"), clock, Client(), _default_endpoint, resolver)
+    d = probe(backend, HealthCheck(type="http", path="/health"), clock, Client(), default_endpoint, resolver)
     assert asked == [("http://127.0.0.1:7000/health", {"Host": ["b.test:7000"]})]
     assert result(d).startswith("address from last good lookup")
 
