@@ -8,7 +8,9 @@ Nothing is hung on the top service for others to find.
 
 The order of the tree is the order of start: balancer housekeeping, the
 proxy listener (behind the cluster gate in cluster mode), the admin site,
-health checks.  Every listener binds before any starts (L{LBProxyService}).
+health checks.  Every listener binds before any starts
+(L{lbproxy.binding.LBProxyService}); graceful stop and takeover are wired
+by L{lbproxy.takeover_wiring}.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import IServiceCollection, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from lbproxy.endpoints import FastRelayService, ListenerService, ListenError, _Listener, somaxconn
+from lbproxy.binding import LBProxyService, PortHold
+from lbproxy.endpoints import FastRelayService, ListenerService, somaxconn
+from lbproxy.health.checker import HealthCheckers
 from lbproxy.model.config import Config
 from lbproxy.model.errors import ConfigError
+from lbproxy.takeover_wiring import graceful_stop, request_takeover, wire_takeover
 
 log = Logger()
 
@@ -52,114 +57,6 @@ class Assembly:
     lifecycle: Any = None
     table: Any = None
     listeners: Any = None
-
-
-class LBProxyService(MultiService):
-    """
-    The root of lbproxy's service tree.  Every listener below it is bound
-    before any child starts, so a port that is taken (or an address not on
-    this host) stops twistd with one line naming it, a non-zero exit and
-    no traceback, before anything logs that it listens.
-
-    @param listen: the proxy's endpoint description, named when the worker
-        pool (which binds its own sockets) cannot bind.
-    """
-
-    def __init__(self, listen: str = "?") -> None:
-        super().__init__()
-        self.listen = listen
-
-    def privilegedStartService(self) -> None:
-        self._reporting_bind_errors(super().privilegedStartService)
-
-    def startService(self) -> None:
-        def bind_all_then_start() -> None:
-            self.bind()
-            MultiService.startService(self)
-
-        self._reporting_bind_errors(bind_all_then_start)
-
-    def bind(self) -> None:
-        """
-        Bind every listener of the tree now, or none.
-
-        @raise SystemExit: naming the first that cannot bind.
-        """
-        self._reporting_bind_errors(lambda: [listener.bind() for listener in _listeners(self)])
-
-    def _reporting_bind_errors(self, start: Any) -> None:
-        try:
-            start()
-        except ListenError as e:
-            self._unbind()
-            raise SystemExit(f"lbproxy: {e}") from None
-        except OSError as e:
-            # The worker pool binds its own sockets.
-            self._unbind()
-            raise SystemExit(f"lbproxy: cannot listen on {self.listen}: {e.strerror or e}") from None
-
-    def _unbind(self) -> None:
-        for listener in _listeners(self):
-            if not listener.running:
-                listener.stopService()
-
-
-def _listeners(service: Any) -> list[Any]:
-    from lbproxy.control.listeners import ListenersService
-
-    found = []
-    if isinstance(service, (_Listener, ListenersService)):
-        found.append(service)
-    if IServiceCollection.providedBy(service):
-        for child in service:
-            found.extend(_listeners(child))
-    return found
-
-
-class _HealthCheckers(Service):
-    """
-    One L{lbproxy.health.checker.HealthChecker} per service, following the
-    document: a new service's checks start, a removed one's stop.
-
-    @ivar checkers: service name -> its checker.
-    """
-
-    name = "health"
-
-    def __init__(self, table: Any, controller: Any, reactor: Any) -> None:
-        self.table = table
-        self.controller = controller
-        self.reactor = reactor
-        self.checkers: dict[str, Any] = {}
-        self._unobserve: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._unobserve = self.controller.observe(self)
-        self.applied(None, self.table.document)
-
-    def stopService(self) -> Any:
-        if self._unobserve is not None:
-            self._unobserve()
-        for checker in self.checkers.values():
-            checker.stopService()
-        self.checkers.clear()
-        return super().stopService()
-
-    def applied(self, old: Any, new: Any) -> None:
-        from lbproxy.health.checker import HealthChecker
-
-        for name, checker in tuple(self.checkers.items()):
-            if checker.balancer is not self.table.balancer(name):
-                checker.stopService()
-                del self.checkers[name]
-        for name, balancer in self.table.balancers.items():
-            checker = self.checkers.get(name)
-            if checker is None:
-                checker = self.checkers[name] = HealthChecker(balancer, self.reactor)
-                checker.startService()
-            else:
-                checker.reconcile()
 
 
 class _BalancerService(Service):
@@ -202,7 +99,7 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
 
     factories = strategy_factories()
     # --takeover: the running process hands its sockets (and lock) over first.
-    handover = _request_takeover(spec)
+    handover = request_takeover(spec)
     seed = spec.seed_document
     if spec.etcd_endpoints:
         from lbproxy.control.store.etcd import EtcdStore
@@ -254,7 +151,7 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     else:
         parent = top
     if spec.workers > 1:
-        _PortHold(spec.listen, spec.backlog, "worker pool's port").setServiceParent(parent)
+        PortHold(spec.listen, spec.backlog, "worker pool's port").setServiceParent(parent)
     proxy.setServiceParent(parent)
 
     admin, services = admin_service(spec, controller, balancer, reactor)
@@ -271,15 +168,13 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
         controller.observe(proxy)
         admin.add_status_provider(proxy.status)
 
-    from lbproxy.health.checker import HealthChecker
-
-    _HealthCheckers(table, controller, reactor).setServiceParent(top)
+    HealthCheckers(table, controller, reactor).setServiceParent(top)
     # Graceful stop: SIGTERM drains the relay (lbproxy.control.lifecycle).
-    lifecycle = _lifecycle(spec, proxy, table, reactor)
+    lifecycle = graceful_stop(spec, proxy, table, reactor)
     lifecycle.setServiceParent(top)
     admin.add_status_provider(lifecycle.status)
     # Restart and upgrade (lbproxy.control.takeover): adopt, serve the control socket, drain the old.
-    _wire_takeover(spec, handover, top, proxy, admin_listener, store, lifecycle, reactor)
+    wire_takeover(spec, handover, top, proxy, admin_listener, store, lifecycle, reactor)
     cap = somaxconn()
     if cap is not None and spec.backlog > cap:
         log.warn(
@@ -292,100 +187,6 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
         lifecycle=lifecycle,
         table=table, listeners=manager,
     )
-
-
-def _lifecycle(spec: Any, proxy: Any, table: Any, reactor: Any) -> Any:
-    """
-    The graceful stop of C{proxy}: the worker pool drains its workers,
-    the listeners of this process drain over every service's connections.
-    """
-    from lbproxy.control.lifecycle import Lifecycle, LocalDrain
-
-    if hasattr(proxy, "drain"):
-        drainable = proxy
-    else:
-        def balancers() -> tuple:
-            return table.all()
-
-        def connections() -> list[Any]:
-            return [c for b in balancers() for group in tuple(b.connections.values()) for c in tuple(group)]
-
-        def is_open(conn: Any) -> bool:
-            return any(conn in group for b in balancers() for group in b.connections.values())
-
-        drainable = LocalDrain(
-            reactor, proxy.stop_accepting, connections,
-            lambda: sum(b.totals.active for b in balancers()), is_open=is_open,
-        )
-    return Lifecycle(drainable, reactor, spec.grace, spread=spec.grace_spread, events=table.events)
-
-
-def control_socket(spec: Any) -> str | None:
-    """
-    C{--control-socket}, else C{STATE_DIR/control.sock} with C{--state-dir}.
-    """
-    import os
-
-    if spec.control_socket:
-        return spec.control_socket
-    return os.path.join(spec.state_dir, "control.sock") if spec.state_dir else None
-
-
-def _request_takeover(spec: Any) -> Any:
-    from lbproxy.control.takeover import TakeoverError, request
-
-    path = control_socket(spec)
-    if not spec.takeover:
-        return None
-    if path is None:
-        raise SystemExit("lbproxy: --takeover needs --control-socket or --state-dir")
-    try:
-        handover = request(path)
-    except TakeoverError as e:
-        raise SystemExit(f"lbproxy: cannot take over: {e}") from None
-    if handover is None:
-        log.info("--takeover: no lbproxy on {path}; starting afresh", path=path)
-    else:
-        log.info("--takeover: pid {pid} handed over {names}", pid=handover.pid,
-                 names=", ".join(f"{k} x{len(v)}" for k, v in handover.sockets.items()))
-    return handover
-
-
-def _wire_takeover(spec: Any, handover: Any, top: Any, proxy: Any, admin_listener: Any,
-                   store: Any, lifecycle: Any, reactor: Any) -> None:
-    from lbproxy.control.takeover import ControlServer, DrainOld
-
-    workers = hasattr(proxy, "listening_fds") and not hasattr(proxy, "adopt_all")
-    if handover is not None:
-        if workers:
-            proxy.adopt_workers(handover)
-        elif hasattr(proxy, "adopt_all"):
-            proxy.adopt_all(handover)
-        else:
-            sock = handover.take("proxy")
-            if sock is not None:
-                proxy.adopt(sock)
-        sock = handover.take("admin")
-        if sock is not None:
-            admin_listener.adopt(sock)
-    path = control_socket(spec)
-    if path is not None:
-        def sockets() -> list[tuple[str, int]]:
-            named = proxy.listening_fds() if hasattr(proxy, "listening_fds") else [("proxy", proxy.listening_fd())]
-            named.append(("admin", admin_listener.listening_fd()))
-            return [(name, fd) for name, fd in named if fd is not None]
-
-        ControlServer(path, lifecycle, sockets, release=getattr(store, "release", lambda: None),
-                      reclaim=getattr(store, "claim", lambda: None),
-                      stop_accepting=(admin_listener.stop_accepting,), reactor=reactor).setServiceParent(top)
-    if handover is not None or spec.pid_file:
-        if workers:
-            ready = lambda: proxy.ready.called  # noqa: E731
-        elif hasattr(proxy, "adopt_all"):
-            ready = proxy.ready
-        else:
-            ready = lambda: proxy.listening_fd() is not None  # noqa: E731
-        DrainOld(handover, ready, reactor, spec.pid_file).setServiceParent(top)
 
 
 def _access_log(spec: Any, reactor: Any) -> Any:
@@ -429,27 +230,6 @@ def _open_store(spec: Any, factories: Any, reactor: Any) -> tuple[Any, Config]:
             f"lbproxy: cannot start: the stored config in {spec.state_dir} cannot be used: {e}"
         ) from None
     return store, config
-
-
-class _PortHold(_Listener):
-    """
-    Binds the worker pool's port with every other listener (with
-    C{SO_REUSEPORT}, as the pool's own sockets), so a taken port stops the
-    start before anything listens; lets go once started, just before the
-    pool binds.
-    """
-
-    def _reuse_port(self) -> bool:
-        return True
-
-    def startService(self) -> None:
-        Service.startService(self)
-        if self._bound is not None:
-            self._bound.close()
-            self._bound = None
-
-    def address(self) -> tuple[str, int] | None:
-        return None
 
 
 def _proxy_service(spec: Any, table: Any, reactor: Any, manager: Any, controller: Any) -> Service:

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 from zope.interface.verify import verifyObject
 
-from lbproxy.assembly import LBProxyService
+from lbproxy.binding import LBProxyService
 from lbproxy.endpoints import FastRelayService, ListenerService, ListenError, parse_endpoint
 
 

@@ -44,7 +44,7 @@ from lbproxy.model.config import Backend
 
 log = Logger()
 
-__all__ = ["HealthChecker"]
+__all__ = ["HealthChecker", "HealthCheckers"]
 
 
 class _Loop:
@@ -203,3 +203,47 @@ class HealthChecker(Service):
             backend, check = wanted[bid]
             loop = self.loops[bid] = _Loop(self, backend, check)
             loop.start(check.interval * k / len(new))
+
+
+class HealthCheckers(Service):
+    """
+    One L{lbproxy.health.checker.HealthChecker} per service, following the
+    document: a new service's checks start, a removed one's stop.
+
+    @ivar checkers: service name -> its checker.
+    """
+
+    name = "health"
+
+    def __init__(self, table: Any, controller: Any, reactor: Any) -> None:
+        self.table = table
+        self.controller = controller
+        self.reactor = reactor
+        self.checkers: dict[str, Any] = {}
+        self._unobserve: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._unobserve = self.controller.observe(self)
+        self.applied(None, self.table.document)
+
+    def stopService(self) -> Any:
+        if self._unobserve is not None:
+            self._unobserve()
+        for checker in self.checkers.values():
+            checker.stopService()
+        self.checkers.clear()
+        return super().stopService()
+
+    def applied(self, old: Any, new: Any) -> None:
+        for name, checker in tuple(self.checkers.items()):
+            if checker.balancer is not self.table.balancer(name):
+                checker.stopService()
+                del self.checkers[name]
+        for name, balancer in self.table.balancers.items():
+            checker = self.checkers.get(name)
+            if checker is None:
+                checker = self.checkers[name] = HealthChecker(balancer, self.reactor)
+                checker.startService()
+            else:
+                checker.reconcile()
