@@ -16,7 +16,8 @@ from lbproxy.model.address import address_key
 from lbproxy.model.config import Backend, Config, StrategyChoice
 from lbproxy.model.errors import ConfigError
 from lbproxy.model.parse import parse_backend, parse_settings, same_address_note
-from lbproxy.model.schema import BACKEND_PATCH, validate
+from lbproxy.model.schema import BACKEND_PATCH
+from lbproxy.model.validation import validate
 
 
 def next_backend_id(config: Config) -> str:

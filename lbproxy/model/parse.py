@@ -31,9 +31,8 @@ from lbproxy.model.schema import (
     SETTINGS,
     SETTINGS_FIELDS as _SETTINGS_SCHEMAS,
     STRATEGY,
-    status_range,
-    validate,
 )
+from lbproxy.model.validation import status_range, validate
 from lbproxy.model.tls import BackendTLS, ServiceTLS
 
 

@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator, Mapping
 from lbproxy.model.config import Config
 from lbproxy.model.errors import ConfigError
 from lbproxy.model.parse import build_pool, check_unique
-from lbproxy.model.schema import DOCUMENT, NEW_SERVICE, SERVICE, SERVICE_PATCH, validate
+from lbproxy.model.schema import DOCUMENT, NEW_SERVICE, SERVICE, SERVICE_PATCH
+from lbproxy.model.validation import validate
 
 DEFAULT = "default"
 
