@@ -31,7 +31,8 @@ def run(directory: str, backends: int, saves: int) -> dict:
     from twisted.internet import defer, reactor
 
     from lbproxy.model.config import Backend, Config
-    from lbproxy.control.store.file import FileStore, encode
+    from lbproxy.control.store.envelope import encode
+    from lbproxy.control.store.file import FileStore
 
     store = FileStore(directory, reactor=reactor)
     config = Config(

@@ -15,7 +15,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from lbproxy.model.config import Backend, Config
-from lbproxy.control.store.file import FileStore, decode
+from lbproxy.control.store.envelope import decode
+from lbproxy.control.store.file import FileStore
 from tests.test_store_file import SpyOS
 from tests.webtools import Admin
 

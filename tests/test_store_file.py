@@ -20,7 +20,8 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.control.controller import ConfigController
 from lbproxy.control.store import file as filestore
-from lbproxy.control.store.file import FileStore, checksum, decode, encode
+from lbproxy.control.store.envelope import checksum, decode, encode
+from lbproxy.control.store.file import FileStore
 from lbproxy.interfaces import IConfigStore
 from lbproxy.model import changes
 from lbproxy.model.checks import HealthCheck

@@ -20,7 +20,8 @@ import lbproxy.control.store as store_module
 from lbproxy.model.config import Backend, Config, StrategyChoice
 from lbproxy.control.store import open_store
 from lbproxy.model.service import as_document
-from lbproxy.control.store.file import FileStore, checksum
+from lbproxy.control.store.envelope import checksum
+from lbproxy.control.store.file import FileStore
 from lbproxy.control.store.memory import MemoryStore
 from lbproxy.assembly import assemble
 from lbproxy.tap import Options

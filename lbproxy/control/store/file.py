@@ -1,20 +1,21 @@
 """
 The embedded L{IConfigStore}: one fsync'd JSON document in C{--state-dir}.
 
-The document is C{config.json}, an envelope C{{"format": 1, "checksum":
-"sha256:...", "config": {...}}} whose checksum covers the canonical JSON of
-the config (version included), so a torn or edited file is recognised.  The
-previous good document is kept beside it as C{config.json.prev}.
+The document is C{config.json}, a checksummed envelope
+(L{lbproxy.control.store.envelope}), so a torn or edited file is
+recognised.  The previous good document is kept beside it as
+C{config.json.prev}.
 
 A write is durable before it is acknowledged: temporary file in the same
-directory, write, C{fsync}, C{os.replace}, C{fsync} of the directory.  Writes
+directory, write, C{fsync}, C{os.replace}, C{fsync} of the directory
+(L{lbproxy.control.store.durable}).  Writes
 run in the reactor's thread pool, one at a time (a L{DeferredLock}); the
 version check reads the file, so a file restored by hand is not overwritten
 from a stale version.
 
 One process owns a state directory: L{FileStore.claim} (called by
 L{lbproxy.control.store.open_store}) takes a lock on C{config.lock} for the
-life of the process, and a second lbproxy on the same directory refuses to
+life of the process (L{lbproxy.control.store.ownership}), and a second lbproxy on the same directory refuses to
 start.  Nothing else writes the directory (worker processes get the config
 from the parent; cluster mode keeps it in etcd), so there is nothing to
 watch: L{FileStore.watch} never calls back.
@@ -34,10 +35,6 @@ The entries are also kept in memory, so reading history costs no I/O.
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import hashlib
-import json
 import os
 from typing import Any, Callable
 
@@ -45,6 +42,8 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from lbproxy.control.store.durable import DurableFiles, describe
+from lbproxy.control.store.envelope import CorruptFile, decode, decode_history, encode, encode_history
 from lbproxy.control.store.history import (
     DEFAULT_KEEP,
     Change,
@@ -55,76 +54,19 @@ from lbproxy.control.store.history import (
     make_entry,
     start_entry,
 )
+from lbproxy.control.store.ownership import DirectoryLock
 from lbproxy.interfaces import IConfigStore
 from lbproxy.model.config import Config
-from lbproxy.model.errors import ConfigError, StoreError, VersionConflict
-from lbproxy.model.service import as_document, parse_document
+from lbproxy.model.errors import StoreError, VersionConflict
 
 log = Logger()
 
-FORMAT = 1
 CONFIG_NAME = "config.json"
 PREVIOUS_NAME = "config.json.prev"
 LOCK_NAME = "config.lock"
 HISTORY_NAME = "history.json"
 
 Runner = Callable[..., defer.Deferred]
-
-
-class CorruptFile(Exception):
-    """
-    A store file cannot be used; the message says why, in an operator's
-    words.
-    """
-
-
-def canonical(body: Any) -> bytes:
-    """
-    The bytes the checksum covers: sorted keys, no spaces, UTF-8.
-    """
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def checksum(body: Any) -> str:
-    return "sha256:" + hashlib.sha256(canonical(body)).hexdigest()
-
-
-def encode(config: Config) -> bytes:
-    """
-    The file contents that store C{config}.
-    """
-    body = as_document(config).to_json()
-    envelope = {"format": FORMAT, "checksum": checksum(body), "config": body}
-    return json.dumps(envelope, indent=1, ensure_ascii=False).encode() + b"\n"
-
-
-def decode(data: bytes) -> Config:
-    """
-    Parse and verify the contents of a store file.
-
-    @raise CorruptFile: if it is empty, truncated, not JSON, of an unknown
-        format, fails its checksum or holds an invalid config.
-    """
-    if not data.strip():
-        raise CorruptFile("is empty")
-    try:
-        envelope = json.loads(data)
-    except ValueError as e:
-        raise CorruptFile(f"is not valid JSON (truncated or damaged): {e}") from None
-    if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
-        raise CorruptFile(f"is not a lbproxy config store file of format {FORMAT}")
-    body = envelope.get("config")
-    if envelope.get("checksum") != checksum(body):
-        raise CorruptFile("fails its checksum: it was damaged or edited by hand")
-    try:
-        return parse_document(body)
-    except ConfigError as e:
-        raise CorruptFile(f"holds an invalid config: {e}") from None
-
-
-def _describe(e: OSError) -> str:
-    name = errno.errorcode.get(e.errno or 0, "")
-    return f"{e.strerror or e} [{name}]" if name else str(e.strerror or e)
 
 
 @implementer(IConfigStore, IConfigHistory)
@@ -173,7 +115,8 @@ class FileStore(Notes):
         self._run = run if run is not None else self._in_thread
         self._lock = defer.DeferredLock()
         self._known = 0
-        self._claim: int | None = None
+        self._owner = DirectoryLock(self.directory, self._lock_path)
+        self._files = DurableFiles(self.directory, os_module)
         self._released = False
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -182,33 +125,11 @@ class FileStore(Notes):
     def claim(self) -> None:
         """
         Make this process the owner of the state directory until it exits
-        (blocking: for startup).  The lock is a POSIX record lock on
-        C{config.lock}, which the kernel drops when the process ends, however
-        it ends; the file names the owner's pid.
+        (blocking: for startup; L{lbproxy.control.store.ownership}).
 
         @raise StoreError: if another process owns the directory.
         """
-        if self._claim is not None:
-            return
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise StoreError(f"cannot open {self._lock_path}: {_describe(e)}") from None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            if e.errno in (errno.EACCES, errno.EAGAIN):
-                raise StoreError(
-                    f"the state directory {self.directory} is in use by another lbproxy "
-                    f"process (pid {owner}, which holds {self._lock_path}); one process "
-                    f"owns a state directory"
-                ) from None
-            raise StoreError(f"cannot lock {self._lock_path}: {_describe(e)}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._claim = fd
+        self._owner.claim()
 
     # Reading --------------------------------------------------------------
 
@@ -239,7 +160,7 @@ class FileStore(Notes):
         except CorruptFile as e:
             problem = str(e)
         except OSError as e:
-            problem = f"cannot be read: {_describe(e)}"
+            problem = f"cannot be read: {describe(e)}"
         try:
             return self._read_file(self.previous), problem
         except FileNotFoundError:
@@ -247,7 +168,7 @@ class FileStore(Notes):
         except CorruptFile as e:
             why = str(e)
         except OSError as e:
-            why = f"cannot be read: {_describe(e)}"
+            why = f"cannot be read: {describe(e)}"
         raise StoreError(
             f"the config store {self.path} {problem}, and the previous version "
             f"{self.previous} {why}; refusing to guess a config (restore one of "
@@ -290,7 +211,7 @@ class FileStore(Notes):
             failing with L{VersionConflict} or L{StoreError} (nothing
             changed on disk then).
         """
-        if self._claim is None and self._released:
+        if self._owner.fd is None and self._released:
             return defer.fail(StoreError("this lbproxy handed over to a new process: make changes there"))
         return self._lock.run(self._save, config, expected_version, self.pop_note(config.version))
 
@@ -299,10 +220,8 @@ class FileStore(Notes):
         Give up the state directory (a takeover: the new process claims
         it); changes are refused from now on.
         """
-        fd, self._claim = self._claim, None
+        self._owner.release()
         self._released = True
-        if fd is not None:
-            os.close(fd)  # drops the record lock
 
     def _save(self, config: Config, expected_version: int, change: Change | None = None) -> defer.Deferred:
         data = encode(config)
@@ -333,8 +252,8 @@ class FileStore(Notes):
             raise VersionConflict(expected_version, stored)
         try:
             if current is not None and problem is None:
-                self._keep_previous()
-            self._durable_write(self.path, self._temp, data)
+                self._files.keep_previous(self.path, self._previous_temp, self.previous)
+            self._files.write(self.path, self._temp, data)
         except OSError as e:
             raise self._failed(version, getattr(e, "filename", None) or self.path, e) from None
         if note is None:
@@ -347,14 +266,11 @@ class FileStore(Notes):
         if not len(ring) and start is not None:
             ring.add(start_entry(previous, start.version, when))
         entries = ring.with_entry(entry)
-        body = [e.to_json() for e in entries]
-        blob = json.dumps({"format": FORMAT, "checksum": checksum(body), "entries": body},
-                          ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         try:
-            self._durable_write(self.history_path, self._history_temp, blob)
+            self._files.write(self.history_path, self._history_temp, encode_history(entries))
         except OSError as e:
             log.error("config version {version} is saved, but its history entry is not: "
-                      "{path}: {error}", version=version, path=self.history_path, error=_describe(e))
+                      "{path}: {error}", version=version, path=self.history_path, error=describe(e))
         return entry
 
     # History ---------------------------------------------------------------
@@ -372,13 +288,7 @@ class FileStore(Notes):
     def _read_history(self) -> list[Entry]:
         try:
             with open(self.history_path, "rb") as f:
-                envelope = json.loads(f.read())
-            if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
-                raise ValueError(f"not a history file of format {FORMAT}")
-            body = envelope.get("entries")
-            if envelope.get("checksum") != checksum(body) or not isinstance(body, list):
-                raise ValueError("fails its checksum")
-            return [Entry.from_json(e) for e in body]
+                return decode_history(f.read())
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as e:
@@ -402,53 +312,9 @@ class FileStore(Notes):
 
     def _failed(self, version: int, path: str, e: OSError) -> StoreError:
         return StoreError(
-            f"could not save config version {version} to {path}: {_describe(e)}; "
+            f"could not save config version {version} to {path}: {describe(e)}; "
             f"the change was not applied"
         )
-
-    def _keep_previous(self) -> None:
-        """
-        Make the current (good) C{config.json} the previous version: a hard
-        link renamed over C{config.json.prev}, so C{config.json} itself
-        never disappears.  Where hard links are not supported, a copy.
-        """
-        o = self._os
-        try:
-            o.unlink(self._previous_temp)
-        except FileNotFoundError:
-            pass
-        try:
-            o.link(self.path, self._previous_temp)
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                raise
-            with open(self.path, "rb") as f:
-                self._durable_write(self.previous, self._previous_temp, f.read())
-            return
-        o.replace(self._previous_temp, self.previous)
-
-    def _durable_write(self, path: str, temp: str, data: bytes) -> None:
-        o = self._os
-        fd = o.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[o.write(fd, view):]
-            o.fsync(fd)
-        except BaseException:
-            o.close(fd)
-            try:
-                o.unlink(temp)
-            except OSError:
-                pass
-            raise
-        o.close(fd)
-        o.replace(temp, path)
-        dfd = o.open(self.directory, os.O_RDONLY)
-        try:
-            o.fsync(dfd)
-        finally:
-            o.close(dfd)
 
     def status(self) -> dict[str, Any]:
         """
