@@ -405,7 +405,7 @@ def test_client_key_groups_ipv6_by_64():
     an IPv4-mapped IPv6 address counts as its IPv4 address."""
     from twisted.internet.address import IPv6Address, UNIXAddress
 
-    from lbproxy.web.sse import client_key
+    from lbproxy.web.sse_stream import client_key
 
     class R:
         def __init__(self, addr):

@@ -9,11 +9,9 @@ table as it is at that tick), C{stats} once a second per service, each
 event naming its C{service}; that work and the heartbeats run only while
 someone is subscribed, and cost per service, never per connection.
 
-A subscriber that stops reading fills its socket buffer; the HTTP channel
-then pauses the subscriber (it is the request's push producer), which from
-then on only counts the bytes it would have written.  Past C{max_backlog}
-it is cut off, so a stuck client costs bounded memory and never stalls the
-reactor; its browser reconnects with C{Last-Event-ID} and resumes from the
+A subscriber that stops reading is cut off past C{max_backlog}
+(L{lbproxy.web.sse_stream.Subscriber}), so a stuck client costs bounded
+memory and never stalls the reactor; its browser reconnects with C{Last-Event-ID} and resumes from the
 bounded history of control-plane events (routes and stats are live only,
 so traffic never pushes a config or health change out of it), or gets a
 C{reset} snapshot when that history is gone.
@@ -29,69 +27,17 @@ exists is it refused (503).
 
 from __future__ import annotations
 
-import ipaddress
-import json
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from lbproxy.control.events import Event
 from lbproxy.web.errors import ApiError
+from lbproxy.web.sse_stream import Subscriber, client_key, encode, last_event_id, peer, stream_headers
 
 log = Logger()
-
-
-def encode(event_id: int, type: str, data: Any) -> bytes:
-    """
-    One SSE message.  Compact JSON has no newlines, so C{data} is one line.
-    """
-    body = json.dumps(data, separators=(",", ":"), allow_nan=False, default=str)
-    return f"id: {event_id}\nevent: {type}\ndata: {body}\n\n".encode("utf-8")
-
-
-@implementer(IPushProducer)
-class Subscriber:
-    """
-    One open feed: the request it writes to and how far behind it is.
-
-    @ivar paused: whether the HTTP channel said the socket is full.
-    @ivar backlog: bytes written while paused (buffered in the transport).
-    @ivar types: event types it asked for, or C{None} for all.
-    @ivar client: the client address it counts against (L{client_key}).
-    """
-
-    def __init__(self, feed: "EventFeed", request: Any, types: frozenset[str] | None, max_backlog: int,
-                 client: str = "?") -> None:
-        self.feed = feed
-        self.request = request
-        self.types = types
-        self.client = client
-        self.max_backlog = max_backlog
-        self.paused = False
-        self.backlog = 0
-        self.done: defer.Deferred = defer.Deferred(lambda d: feed.remove(self))
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.backlog = 0
-
-    def stopProducing(self) -> None:
-        self.feed.remove(self)
-
-    def send(self, data: bytes) -> None:
-        if self.paused:
-            self.backlog += len(data)
-            if self.backlog > self.max_backlog:
-                self.feed.cut_off(self)
-                return
-        self.request.write(data)
 
 
 class EventFeed:
@@ -163,13 +109,13 @@ class EventFeed:
             feeds; 503 when C{max_subscribers} feeds are open and none may
             be evicted (their buffers are what bounds the feed's memory).
         """
-        last_id = _last_event_id(request)
+        last_id = last_event_id(request)
         types = None
         if b"types" in request.args:
             names = b",".join(request.args[b"types"]).decode("utf-8", "replace").split(",")
             types = frozenset(n.strip() for n in names if n.strip())
         if request.method == b"HEAD":
-            _stream_headers(request)
+            stream_headers(request)
             return defer.succeed(b"")
         client = client_key(request)
         same = sum(1 for s in self._subscribers if s.client == client)
@@ -179,7 +125,7 @@ class EventFeed:
         if len(self._subscribers) >= self.max_subscribers and not self._make_room(same):
             raise ApiError(503, f"the event feed already has {self.max_subscribers} subscribers; try again later",
                            headers={"Retry-After": "10"})
-        _stream_headers(request)
+        stream_headers(request)
         channel = getattr(request, "channel", None)
         if channel is not None and hasattr(channel, "setTimeout"):
             channel.setTimeout(None)
@@ -231,7 +177,7 @@ class EventFeed:
         without waiting for its buffer to drain.
         """
         self.cut_offs += 1
-        log.info("event feed subscriber {peer} cut off: it stopped reading", peer=_peer(sub.request))
+        log.info("event feed subscriber {peer} cut off: it stopped reading", peer=peer(sub.request))
         self._abort(sub)
 
     def _make_room(self, same: int) -> bool:
@@ -260,7 +206,7 @@ class EventFeed:
             victim = next(s for s in subs if s.client == crowd)
             why = f"{crowd} held {counts[crowd]} feeds"
         self.evictions += 1
-        log.info("event feed full: subscriber {peer} evicted for a new one ({why})", peer=_peer(victim.request), why=why)
+        log.info("event feed full: subscriber {peer} evicted for a new one ({why})", peer=peer(victim.request), why=why)
         self._abort(victim)
         return True
 
@@ -323,7 +269,7 @@ class EventFeed:
         try:
             sub.send(data)
         except Exception:
-            log.failure("event feed subscriber {peer} failed; dropping it", peer=_peer(sub.request))
+            log.failure("event feed subscriber {peer} failed; dropping it", peer=peer(sub.request))
             self.remove(sub)
 
     def _balancers(self) -> tuple[Any, ...]:
@@ -368,51 +314,3 @@ class EventFeed:
     def _beat(self) -> None:
         for sub in tuple(self._subscribers):
             self._send(sub, b": keep-alive\n\n")
-
-
-def _stream_headers(request: Any) -> None:
-    request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
-    request.setHeader(b"Cache-Control", b"no-cache, no-store")
-    request.setHeader(b"X-Accel-Buffering", b"no")
-
-
-def client_key(request: Any) -> str:
-    """
-    The address a feed counts against: the client's IP, or its /64 for
-    IPv6 (one host's share of addresses), C{"local"} for a UNIX socket.
-    Behind a reverse proxy every client is the proxy's address.
-    """
-    try:
-        host = request.getClientAddress().host
-    except AttributeError:
-        return "local"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return str(host)
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
-
-
-def _last_event_id(request: Any) -> int | None:
-    raw = request.getHeader(b"last-event-id")
-    if raw is None:
-        values = request.args.get(b"last_event_id")
-        raw = values[-1] if values else None
-    if raw is None or not raw.strip():
-        return None
-    raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(400, "Last-Event-ID must be the id of an event this feed sent")
-    return int(raw)
-
-
-def _peer(request: Any) -> str:
-    try:
-        addr = request.getClientAddress()
-        return f"{addr.host}:{addr.port}"
-    except Exception:
-        return "?"
