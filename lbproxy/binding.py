@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService, Service
 
-from lbproxy.endpoints import ListenError, _Listener
+from lbproxy.listener_services import ListenError, Listener
 
 
 class LBProxyService(MultiService):
@@ -70,7 +70,7 @@ def listeners_of(service: Any) -> list[Any]:
     from lbproxy.control.listeners import ListenersService
 
     found = []
-    if isinstance(service, (_Listener, ListenersService)):
+    if isinstance(service, (Listener, ListenersService)):
         found.append(service)
     if IServiceCollection.providedBy(service):
         for child in service:
@@ -78,7 +78,7 @@ def listeners_of(service: Any) -> list[Any]:
     return found
 
 
-class PortHold(_Listener):
+class PortHold(Listener):
     """
     Binds the worker pool's port with every other listener (with
     C{SO_REUSEPORT}, as the pool's own sockets), so a taken port stops the
