@@ -247,11 +247,11 @@ def test_fast_engine_asks_the_balancer_resolver():
 def test_twisted_engine_connects_to_the_resolved_address():
     """The Twisted engine's endpoint for a name connects to the resolver's
     address, during a DNS outage too."""
-    from lbproxy.relay.twisted_engine import _endpoint
+    from lbproxy.relay.backend_endpoint import backend_endpoint
 
     reactor = MemoryReactorClock()
     resolver = known(reactor, OTHER, error="no answer")
-    endpoint = _endpoint(reactor, "b.test", 8080, 3.0, resolver)
+    endpoint = backend_endpoint(reactor, "b.test", 8080, 3.0, resolver)
     from twisted.internet.interfaces import IStreamClientEndpoint
     from twisted.internet.protocol import Factory, Protocol
 

@@ -160,9 +160,9 @@ class _QuietFactory(Factory):
 
 
 def default_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
-    from lbproxy.relay.twisted_engine import _endpoint
+    from lbproxy.relay.backend_endpoint import backend_endpoint
 
-    return _endpoint(reactor, host, port, timeout)
+    return backend_endpoint(reactor, host, port, timeout)
 
 
 class QuietEndpoints:

@@ -14,63 +14,18 @@ session, which keeps them (at most 16 KiB and one read) for the backend.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from typing import Any
 
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-)
-from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from zope.interface import implementer
 
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
+from lbproxy.relay.backend_endpoint import backend_endpoint
 from lbproxy.relay.route import as_route
 from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, route_options
 from lbproxy.relay.sockopts import apply
-
-
-def _endpoint(reactor: Any, host: str, port: int, timeout: float, resolver: Any = None) -> Any:
-    """
-    A client endpoint for a backend; a host name connects to the address
-    C{resolver} (a L{lbproxy.health.resolver.Resolver}) has for it, so no
-    lookup happens on the connect path once the name is known.
-    """
-    try:
-        version = ipaddress.ip_address(host).version
-    except ValueError:
-        if resolver is None:
-            from lbproxy.health.resolver import Resolver
-
-            resolver = Resolver(reactor)
-        return _ResolvedEndpoint(reactor, resolver, host, port, timeout)
-    cls = TCP4ClientEndpoint if version == 4 else TCP6ClientEndpoint
-    return cls(reactor, host, port, timeout=timeout)
-
-
-@implementer(IStreamClientEndpoint)
-class _ResolvedEndpoint:
-    """
-    Connects to a host name's current address from the resolver.
-    """
-
-    def __init__(self, reactor: Any, resolver: Any, host: str, port: int, timeout: float) -> None:
-        self._reactor = reactor
-        self._resolver = resolver
-        self._host = host
-        self._port = port
-        self._timeout = timeout
-
-    def connect(self, factory: Any) -> Any:
-        def connect_to(found: tuple) -> Any:
-            family, sockaddr = found
-            cls = TCP4ClientEndpoint if family == socket.AF_INET else TCP6ClientEndpoint
-            return cls(self._reactor, sockaddr[0], self._port, timeout=self._timeout).connect(factory)
-
-        return self._resolver.resolve(self._host, self._port).addCallback(connect_to)
 
 
 def _reason(failure: Any) -> str:
@@ -264,7 +219,7 @@ class FrontendProtocol(_Side):
         key = (candidate.host, candidate.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._endpoints[key] = _endpoint(
+            endpoint = self._endpoints[key] = backend_endpoint(
                 self.reactor, candidate.host, candidate.port, self.session.connect_timeout,
                 self.session.resolver,
             )
@@ -281,7 +236,7 @@ class FrontendProtocol(_Side):
         key = (candidate.host, candidate.port, tls)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            plain = _endpoint(
+            plain = backend_endpoint(
                 self.reactor, candidate.host, candidate.port, self.session.connect_timeout,
                 self.session.resolver,
             )
