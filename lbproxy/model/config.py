@@ -100,7 +100,7 @@ class Config:
     #: C{shutdown}: close a backend's connections when health marks it
     #: down (HAProxy C{on-marked-down shutdown-sessions}); C{none}: keep them.
     on_marked_down: str = "none"
-    #: The service's id in the document (L{lbproxy.model.document.Document}).
+    #: The service's id in the document (L{lbproxy.model.service.Document}).
     name: str = "default"
     #: Listen endpoint descriptions (Twisted endpoint strings); the
     #: C{default} service of a migrated store takes the command line's.
