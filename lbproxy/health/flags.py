@@ -27,7 +27,8 @@ def decode_escapes(value: str, flag: str) -> str:
         raise ValueError(f"{flag} {value!r} has a malformed escape: {e}") from None
 
 
-#: Command-line flags of the pool-wide check, by L{HealthCheck} field.
+#: Command-line flags of the pool-wide check, by
+#: L{lbproxy.model.checks.HealthCheck} field.
 CHECK_FLAGS = {
     "interval": "--check-interval",
     "timeout": "--check-timeout",
@@ -86,8 +87,9 @@ def _cast(name: str, flag: str, value: str) -> Any:
 
 def settings_from_options(options: Any) -> dict[str, Any]:
     """
-    The pool-wide lifecycle settings of the command line, as L{Config}
-    fields (C{health_check}, C{outlier}, C{slow_start}, C{drain_timeout}),
+    The pool-wide lifecycle settings of the command line, as
+    L{lbproxy.model.config.Config} fields (C{health_check}, C{outlier},
+    C{slow_start}, C{drain_timeout}),
     validated by the same schema and parser as the API.  Without C{--check}
     the pool gets L{lbproxy.model.checks.DEFAULT_HEALTH_CHECK} (tcp; the
     interval and rise/fall flags still apply to it); C{--check none} turns

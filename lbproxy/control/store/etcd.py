@@ -10,10 +10,10 @@ Writes are compare-and-swap on the key's C{mod_revision}, so two nodes
 editing at once cannot lose an update: the loser gets L{VersionConflict}.
 A streaming watch on the prefix (L{lbproxy.control.store.etcd_watch})
 delivers changes made by other nodes, and re-reads and watches again when
-it breaks, so no change is missed.  While etcd cannot be reached, L{EtcdStore.save} fails with
-L{StoreError} (the node keeps proxying with the config it has) and the
-store keeps retrying with backoff; on return it re-reads and delivers what
-changed meanwhile.
+it breaks, so no change is missed.  While etcd cannot be reached,
+L{EtcdStore.save} fails with L{lbproxy.model.errors.StoreError} (the node
+keeps proxying with the config it has) and the store keeps retrying with
+backoff; on return it re-reads and delivers what changed meanwhile.
 
 History (L{lbproxy.control.store.history}) stays within etcd and bounded:
 each version's entry is a key C{PREFIX/history/VERSION} (zero-padded, so
