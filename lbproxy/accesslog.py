@@ -2,8 +2,9 @@
 The access log: one line per finished client connection, at almost no
 cost to the connection path.
 
-The balancer's C{_finish} appends C{(time, record)} to L{AccessLog.pending}
-(a plain list: one append per connection, nothing else).  A timer on the
+The balancer's C{_finish} appends C{(time, *record)} (L{FIELDS}: a tuple
+of primitives) to L{AccessLog.pending} (a plain list: one append per
+connection, nothing else).  A timer on the
 reactor swaps the list for an empty one every C{interval} seconds, formats
 the batch into one string and hands it to a writer thread through a
 bounded queue; the thread does the one C{write} (or one datagram a line
@@ -25,8 +26,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
 import signal
 import socket
+import stat
 import threading
 import time as _time
 from typing import Any, Callable
@@ -64,11 +67,19 @@ def parse_format(value: str) -> str:
     return value
 
 
+#: What the balancer appends per finished connection: C{(time, *record)},
+#: a plain tuple of primitives (L{lbproxy.policy.pool.AccessRecord}'s
+#: fields after the time).  The record itself is freed at once, and the
+#: cyclic GC untracks a tuple of primitives, so a batch waiting for the
+#: timer costs the collector nothing.
+FIELDS = ("time", "client", "backend", "bytes_up", "bytes_down", "duration", "outcome", "tls_subject")
+
+
 class _Quoted(dict):
     """
-    JSON string literals of backend ids and outcomes, made once each (there
-    are few distinct ones), so a line is one C{%} format.  Bounded: it
-    starts again past L{LIMIT} (backend ids that come and go).
+    JSON string literals of backend ids, outcomes and subjects, made once
+    each (there are few distinct ones).  Bounded: it starts again past
+    L{LIMIT} (backend ids that come and go).
     """
 
     LIMIT = 4096
@@ -80,37 +91,59 @@ class _Quoted(dict):
         return value
 
 
+class _Plain(dict):
+    """
+    Whether a value can stand between JSON quotes as it is (no quote,
+    backslash or control character): backend ids and outcomes always can
+    (the schema's id pattern), so the common line is one C{%} format with
+    no JSON encoding at all.
+    """
+
+    LIMIT = 4096
+
+    def __missing__(self, key: Any) -> bool:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        value = self[key] = isinstance(key, str) and json.dumps(key, ensure_ascii=False) == f'"{key}"'
+        return value
+
+
 def formatter(kind: str) -> Callable[[list], str]:
     """
-    @return: C{format(batch) -> str}, every line ending in a newline.
+    @return: C{format(batch) -> str} of a batch of L{FIELDS} tuples, every
+        line ending in a newline.
     """
     quoted = _Quoted()
     if kind == "json":
         # The client is "host:port" of an IP address: nothing in it needs escaping.
-        line = ('{"time":%.3f,"client":"%s","backend":%s,"bytes_up":%d,"bytes_down":%d,'
-                '"duration":%.3f,"outcome":%s}\n')
+        head = '{"time":%.3f,"client":"%s","backend":'
+        tail = ',"bytes_up":%d,"bytes_down":%d,"duration":%.3f,"outcome":'
+        # The common line: the whole tuple in one format (the subject, None, printed as "").
+        plain_line = (head + '"%s"' + tail + '"%s"%.0s}\n').__mod__
+        line = head + "%s" + tail + "%s}\n"
         # A TLS client's verified certificate subject, when it gave one.
         tls_line = line[:-2] + ',"tls_subject":%s}\n'
+        plain = _Plain()
+
+        def escaped(r: tuple) -> str:
+            q = quoted
+            if r[7] is None:
+                return line % (r[0], r[1], q[r[2]], r[3], r[4], r[5], q[r[6]])
+            return tls_line % (r[0], r[1], q[r[2]], r[3], r[4], r[5], q[r[6]], q[r[7]])
 
         def format_json(batch: list) -> str:
-            q = quoted
-            return "".join([
-                line % (t, r.client, q[r.backend], r.bytes_up, r.bytes_down, r.duration, q[r.outcome])
-                if r.subject is None else
-                tls_line % (t, r.client, q[r.backend], r.bytes_up, r.bytes_down, r.duration, q[r.outcome],
-                            q[r.subject])
-                for t, r in batch
-            ])
+            ok, fast = plain, plain_line
+            return "".join([fast(r) if r[7] is None and ok[r[2]] and ok[r[6]] else escaped(r) for r in batch])
 
         return format_json
 
     def format_text(batch: list) -> str:
         out = []
-        for t, r in batch:
+        for t, client, backend, up, down, duration, outcome, subject in batch:
             stamp = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-            out.append(f"{stamp} {r.client} -> {r.backend or '-'} up={r.bytes_up} down={r.bytes_down} "
-                       f"duration={r.duration:.3f}s outcome={r.outcome}"
-                       + (f" tls_subject={quoted[r.subject]}" if r.subject is not None else "") + "\n")
+            out.append(f"{stamp} {client} -> {backend or '-'} up={up} down={down} "
+                       f"duration={duration:.3f}s outcome={outcome}"
+                       + (f" tls_subject={quoted[subject]}" if subject is not None else "") + "\n")
         return "".join(out)
 
     return format_text
@@ -119,18 +152,29 @@ def formatter(kind: str) -> Callable[[list], str]:
 class FileSink:
     """
     Appends to a file (C{-}: standard output), reopened on request.
+
+    Each batch is one C{write} of whole lines with C{O_APPEND}, so worker
+    processes appending to the same file never mix their lines.  A pipe
+    or socket (C{-} under a supervisor) is only atomic up to C{PIPE_BUF}:
+    there a batch goes in pieces of whole lines no larger than that.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+        self._piece: int | None = None
         self.open()
 
     def open(self) -> None:
         if self.path == "-":
             self._fd = 1
-            return
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        else:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        except OSError:
+            regular = False
+        self._piece = None if regular else select.PIPE_BUF
 
     def reopen(self) -> None:
         if self.path == "-":
@@ -141,7 +185,22 @@ class FileSink:
             os.close(old)
 
     def write(self, text: str) -> None:
-        view = memoryview(text.encode("utf-8", "replace"))
+        data = text.encode("utf-8", "replace")
+        piece = self._piece
+        if piece is None or len(data) <= piece:
+            self._write(memoryview(data))
+            return
+        start, n = 0, len(data)
+        while start < n:
+            end = start + piece
+            if end < n:
+                cut = data.rfind(b"\n", start, end)
+                if cut >= start:  # else one line longer than PIPE_BUF: as it is
+                    end = cut + 1
+            self._write(memoryview(data)[start:end])
+            start = end
+
+    def _write(self, view: memoryview) -> None:
         while view:
             view = view[os.write(self._fd, view):]
 
@@ -206,15 +265,19 @@ class AccessLog(Service):
     """
     Batches access records from L{pending} to a sink on a writer thread.
 
-    @ivar pending: the list the balancer appends C{(time, record)} to.
+    @ivar pending: the list the balancer appends L{FIELDS} tuples to.
     @ivar dropped: records dropped because the writer fell behind.
     @ivar written: records handed to the writer.
     """
 
     def __init__(self, sink: Any, kind: str = "json", clock: Any = None, interval: float = 0.2,
-                 max_batches: int = QUEUE_BATCHES, signals: bool = True, reactor: Any = None) -> None:
+                 max_batches: int = QUEUE_BATCHES, signals: bool = True, reactor: Any = None,
+                 threaded: bool = True) -> None:
         """
         @param clock: runs the batch timer.
+        @param threaded: write on the writer thread; C{False}: on the
+            reactor, in the timer (for C{bench/accesslog_cost.py}, which
+            compares the two: a disk that blocks would block the reactor).
         @param reactor: has C{callFromThread} (the writer's errors and
             C{SIGUSR1} come back through it); by default C{clock}.
         @param signals: install the C{SIGUSR1} handler that reopens the sink.
@@ -230,6 +293,8 @@ class AccessLog(Service):
         self.dropped = 0
         self.written = 0
         self._signals = signals
+        self._threaded = threaded
+        self._failing = False
         self._queue: queue.Queue = queue.Queue(max_batches)
         self._loop: LoopingCall | None = None
         self._thread: threading.Thread | None = None
@@ -241,8 +306,9 @@ class AccessLog(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._thread = threading.Thread(target=self._write_loop, name="lbproxy-access-log", daemon=True)
-        self._thread.start()
+        if self._threaded:
+            self._thread = threading.Thread(target=self._write_loop, name="lbproxy-access-log", daemon=True)
+            self._thread.start()
         self._loop = LoopingCall(self.flush)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
@@ -257,7 +323,8 @@ class AccessLog(Service):
         if self._signals and self._previous_handler is not None:
             signal.signal(signal.SIGUSR1, self._previous_handler)
         self._stop.set()
-        self._put(_REOPEN)
+        if self._threaded:
+            self._put(_REOPEN)
         if self._thread is not None:
             # Shutdown only: a bounded wait for the last batches.
             self._thread.join(2.0)
@@ -275,6 +342,9 @@ class AccessLog(Service):
         reopen.
         """
         self.flush()
+        if not self._threaded:
+            self._wrote(self.sink.reopen)
+            return
         self._reopen.set()
         self._put(_REOPEN)
 
@@ -297,6 +367,10 @@ class AccessLog(Service):
         except Exception:
             log.failure("cannot format {n} access records", n=len(batch))
             return
+        if not self._threaded:
+            self.written += len(batch)
+            self._wrote(self.sink.write, text)
+            return
         if self._put(text):
             self.written += len(batch)
         else:
@@ -305,6 +379,15 @@ class AccessLog(Service):
                 self._warned = True
                 log.warn("access log writer is behind (a slow disk or pipe): dropping "
                          "records rather than slowing the proxy; see the dropped count")
+
+    def _wrote(self, call: Callable[..., None], *args: Any) -> None:
+        try:
+            call(*args)
+            self._failing = False
+        except Exception as e:
+            if not self._failing:
+                log.error("access log write failed: {error}", error=e)
+            self._failing = True
 
     def _put(self, item: Any) -> bool:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import threading
 
 import pytest
@@ -21,6 +22,12 @@ from lbproxy.policy.pool import AccessRecord
 
 REC = AccessRecord("127.0.0.1:5000", "b\"1", 10, 20, 0.5, "ok")
 NONE = AccessRecord("127.0.0.1:5001", None, 0, 0, 0.001, "no-backend")
+PLAIN = AccessRecord("127.0.0.1:5002", "b1", 7, 8, 0.25, "ok")
+
+
+def at(t, record):
+    """A pending entry as the balancer appends it: the time, then the record's fields."""
+    return (t, *record)
 
 
 class ListSink:
@@ -48,7 +55,7 @@ class ListSink:
 def test_json_lines_parse_and_escape():
     """Each record is one JSON object a line; strings are escaped (a quote
     in a backend id) and a missing backend is null."""
-    lines = formatter("json")([(1000.25, REC), (1001.0, NONE)]).splitlines()
+    lines = formatter("json")([at(1000.25, REC), at(1001.0, NONE)]).splitlines()
     assert [json.loads(line) for line in lines] == [
         {"time": 1000.25, "client": "127.0.0.1:5000", "backend": 'b"1', "bytes_up": 10,
          "bytes_down": 20, "duration": 0.5, "outcome": "ok"},
@@ -57,9 +64,80 @@ def test_json_lines_parse_and_escape():
     ]
 
 
+def test_plain_and_escaped_lines_agree():
+    """The common line (one format, nothing JSON-encoded) and the escaped
+    one give the same JSON; a TLS subject is escaped and added; a batch
+    mixes both kinds in order."""
+    subject = AccessRecord("127.0.0.1:5003", "b1", 1, 2, 0.125, "ok", 'CN="x"')
+    lines = formatter("json")([at(3.5, PLAIN), at(4.0, REC), at(4.5, subject), at(5.0, PLAIN)]).splitlines()
+    parsed = [json.loads(line) for line in lines]
+    assert parsed[0] == {"time": 3.5, "client": "127.0.0.1:5002", "backend": "b1", "bytes_up": 7,
+                         "bytes_down": 8, "duration": 0.25, "outcome": "ok"}
+    assert parsed[3] == {**parsed[0], "time": 5.0}
+    assert parsed[1]["backend"] == 'b"1' and parsed[2]["tls_subject"] == 'CN="x"'
+    assert lines[0] == ('{"time":3.500,"client":"127.0.0.1:5002","backend":"b1","bytes_up":7,'
+                        '"bytes_down":8,"duration":0.250,"outcome":"ok"}')
+
+
+def test_file_sink_writes_a_pipe_in_pieces_of_whole_lines(tmp_path):
+    """On a pipe (stdout under a supervisor, shared by worker processes) a
+    batch larger than PIPE_BUF goes in writes of whole lines, each at most
+    PIPE_BUF (atomic on a pipe), so two writers never mix their lines; on a
+    regular file a batch is one write (O_APPEND keeps it whole)."""
+    import select
+
+    r, w = os.pipe()
+    reads = []
+    reader = threading.Thread(target=lambda: reads.extend(iter(lambda: os.read(r, 1 << 20), b"")))
+    reader.start()
+    sink = FileSink("-")
+    sink._fd = w
+    sink.open = None  # keep the pipe
+    sink._piece = None if stat.S_ISREG(os.fstat(w).st_mode) else select.PIPE_BUF
+    pieces = []
+    write = sink._write
+    sink._write = lambda view: (pieces.append(bytes(view)), write(view))
+    lines = [f"{i:05d} " + "x" * 90 + "\n" for i in range(200)]
+    try:
+        sink.write("".join(lines))
+    finally:
+        os.close(w)
+        reader.join(10)
+        os.close(r)
+    assert b"".join(reads).decode() == "".join(lines)
+    assert len(pieces) > 1 and all(len(p) <= select.PIPE_BUF and p.endswith(b"\n") for p in pieces)
+
+    file_sink = FileSink(str(tmp_path / "access.log"))
+    try:
+        writes = []
+        file_write = file_sink._write
+        file_sink._write = lambda view: (writes.append(len(view)), file_write(view))
+        file_sink.write("".join(lines))
+        assert writes == [len("".join(lines))]
+    finally:
+        file_sink.close()
+
+
+def test_reactor_writer_writes_in_the_timer():
+    """threaded=False (the mode bench/accesslog_cost.py compares) writes
+    each batch on the timer itself, and reopens at once."""
+    clock = Clock()
+    sink = ListSink()
+    log = AccessLog(sink, "json", clock=clock, interval=0.1, signals=False, threaded=False)
+    log.startService()
+    try:
+        log.pending.extend([at(1.0, PLAIN), at(2.0, NONE)])
+        clock.advance(0.1)
+        assert len(sink.writes) == 1 and sink.writes[0].count("\n") == 2 and log.written == 2
+        log.reopen()
+        assert sink.reopened == 1
+    finally:
+        log.stopService()
+
+
 def test_text_lines():
     """The text format is one line with a UTC timestamp and key=value fields."""
-    (line,) = formatter("text")([(0.5, NONE)]).splitlines()
+    (line,) = formatter("text")([at(0.5, NONE)]).splitlines()
     assert line == ("1970-01-01T00:00:00.500Z 127.0.0.1:5001 -> - up=0 down=0 "
                     "duration=0.001s outcome=no-backend")
     with pytest.raises(ValueError):
@@ -67,15 +145,17 @@ def test_text_lines():
 
 
 def test_balancer_only_appends(factories):
-    """With an access log attached, a finished connection is one (time,
-    record) appended to its list; nothing goes to twisted.logger."""
+    """With an access log attached, a finished connection is one tuple of
+    primitives (the time, then the record's fields: lbproxy.accesslog.FIELDS)
+    appended to its list; nothing goes to twisted.logger."""
     clock = Clock()
     clock.advance(5)
     b = Balancer(Config(version=1, backends=(Backend("b1", "127.0.0.1", 9001),)), factories, reactor=clock)
     pending = b.access_records = []
     b.admit()
     b.client_failed(NONE)
-    assert pending == [(5.0, NONE)]
+    assert pending == [at(5.0, NONE)]
+    assert type(pending[0]) is tuple and not any(isinstance(v, tuple) for v in pending[0])
 
 
 def test_batches_on_the_timer_and_written_by_the_thread():
@@ -86,7 +166,7 @@ def test_batches_on_the_timer_and_written_by_the_thread():
     log = AccessLog(sink, "json", clock=clock, interval=0.2, signals=False)
     log.startService()
     try:
-        log.pending.extend([(1.0, REC), (2.0, NONE)])
+        log.pending.extend([at(1.0, REC), at(2.0, NONE)])
         assert sink.writes == []
         clock.advance(0.2)
         assert sink.wrote.wait(5)
@@ -106,7 +186,7 @@ def test_a_blocked_writer_never_blocks_the_reactor():
     log.startService()
     try:
         for i in range(6):
-            log.pending.append((float(i), REC))
+            log.pending.append(at(float(i), REC))
             log.flush()
         # one is held by the stuck writer, two wait in the queue
         assert log.dropped >= 3 and log.written + log.dropped == 6
@@ -143,7 +223,7 @@ def test_syslog_sink_sends_one_datagram_a_line(tmp_path):
     try:
         sink = open_sink(f"syslog:{path}")
         assert isinstance(sink, SyslogSink)
-        sink.write(formatter("json")([(1.0, REC), (2.0, NONE)]))
+        sink.write(formatter("json")([at(1.0, REC), at(2.0, NONE)]))
         first, second = server.recv(4096).decode(), server.recv(4096).decode()
         sink.close()
     finally:
@@ -181,7 +261,7 @@ def test_failing_sink_is_reported_once_per_run():
     log.startService()
     try:
         for i in range(3):
-            log.pending.append((float(i), REC))
+            log.pending.append(at(float(i), REC))
             log.flush()
         assert sink.wrote.wait(5)
         assert log.drain(5)
