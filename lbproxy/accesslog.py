@@ -344,6 +344,7 @@ class AccessLog(Service):
         self.flush()
         if not self._threaded:
             self._wrote(self.sink.reopen)
+            log.info("access log reopened ({pid})", pid=os.getpid())
             return
         self._reopen.set()
         self._put(_REOPEN)
@@ -407,6 +408,7 @@ class AccessLog(Service):
                 if self._reopen.is_set():
                     self._reopen.clear()
                     self.sink.reopen()
+                    self.reactor.callFromThread(log.info, "access log reopened ({pid})", pid=os.getpid())
                 if item is not _REOPEN:
                     self.sink.write(item)
                 failing = False
@@ -429,3 +431,36 @@ class AccessLog(Service):
         done = threading.Event()
         threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
         return done.wait(timeout)
+
+
+class ForwardReopen(Service):
+    """
+    With C{--workers N} the workers write the access log, each its own
+    batches to the same destination; the parent only passes on logrotate's
+    C{SIGUSR1}, so that every worker reopens the file.
+
+    @param workers: has C{signal_workers(signum)}
+        (L{lbproxy.control.workers.WorkerPool}).
+    """
+
+    def __init__(self, workers: Any, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.workers = workers
+        self.reactor = reactor
+        self._previous_handler: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous_handler = signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGUSR1, self._previous_handler)
+            self._previous_handler = None
+        return None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.workers.signal_workers, signal.SIGUSR1)
+

@@ -268,3 +268,75 @@ def test_failing_sink_is_reported_once_per_run():
     finally:
         log.stopService()
     assert len(sink.writes) == 3 and len(hops.calls) == 1
+
+
+class ShutdownClock(Clock):
+    """A Clock with the reactor's system event triggers (recorded) and a
+    callFromThread that calls at once (the writer thread's log lines)."""
+
+    def __init__(self):
+        super().__init__()
+        self.triggers = []
+
+    def addSystemEventTrigger(self, phase, event, f, *args):
+        self.triggers.append((phase, event, f))
+
+    def callFromThread(self, f, *args, **kw):
+        f(*args, **kw)
+
+
+def test_a_worker_writes_the_access_log_it_is_told(factories, tmp_path):
+    """OpenAccessLog (the parent sends it after Start) gives the worker its
+    own AccessLog on the same destination: every balancer of its document
+    appends to it, and the before-shutdown trigger writes the last batch
+    (a worker told to stop loses no line)."""
+    import dataclasses
+
+    from lbproxy.control.worker_main import WorkerChannel
+    from lbproxy.model.config import ProxySettings
+    from lbproxy.model.service import Document
+
+    clock = ShutdownClock()
+    child = WorkerChannel(clock, factories)
+    child.signals = False
+    path = tmp_path / "access.log"
+    child.start(index=0, report_interval=0.5, **dataclasses.asdict(ProxySettings()))
+    child.open_access_log(destination=str(path), format="json")
+    document = Document(1, (Config(version=1, name="web", backends=(Backend("b1", "127.0.0.1", 9001),)),))
+    child.apply_config(version=1, document=json.dumps(document.to_json()))
+    balancer = child.table.balancer("web")
+    assert balancer.access_records is child.access.pending
+    balancer.admit()
+    balancer.client_failed(PLAIN)
+    ((phase, event, stop),) = clock.triggers
+    assert (phase, event) == ("before", "shutdown")
+    stop()
+    (line,) = path.read_text().splitlines()
+    assert json.loads(line)["client"] == "127.0.0.1:5002"
+
+
+def test_the_parent_forwards_sigusr1_to_its_workers():
+    """With --workers the parent's SIGUSR1 handler (ForwardReopen) sends
+    SIGUSR1 on to each worker through the pool, via the reactor; stopping
+    the service puts the previous handler back."""
+    import signal
+
+    from lbproxy.accesslog import ForwardReopen
+
+    class Pool:
+        sent = []
+
+        def signal_workers(self, signum):
+            self.sent.append(signum)
+
+    before = signal.getsignal(signal.SIGUSR1)
+    forward = ForwardReopen(Pool(), ShutdownClock())
+    forward.startService()
+    try:
+        handler = signal.getsignal(signal.SIGUSR1)
+        assert handler != before
+        handler(signal.SIGUSR1, None)
+        assert Pool.sent == [signal.SIGUSR1]
+    finally:
+        forward.stopService()
+    assert signal.getsignal(signal.SIGUSR1) == before
