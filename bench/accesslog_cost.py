@@ -42,15 +42,19 @@ def child(mode: str, seconds: float, rate: int, path: str) -> dict:
     from twisted.internet import reactor
     from twisted.internet.task import LoopingCall
 
+    from lbproxy import accesslog
     from lbproxy.accesslog import AccessLog, FileSink
     from lbproxy.policy.pool import AccessRecord
+
+    # Before FIELDS the balancer appended (time, record): measures old trees too.
+    flat = hasattr(accesslog, "FIELDS")
 
     pending: list | None = None
     log = None
     if MODES[mode] is not None:
         threaded, interval = MODES[mode]
         log = AccessLog(FileSink(path), "json", clock=reactor, interval=interval, signals=False,
-                        threaded=threaded)
+                        **({} if threaded else {"threaded": False}))
         log.startService()
         pending = log.pending
     per_tick = rate // 1000
@@ -62,7 +66,7 @@ def child(mode: str, seconds: float, rate: int, path: str) -> dict:
         for _ in range(per_tick):
             record = AccessRecord(f"127.0.0.1:{next(ports) % 60000}", "b1", 78, 250, 0.00123, "ok")
             if pending is not None:
-                pending.append((reactor.seconds(), *record))
+                pending.append((reactor.seconds(), *record) if flat else (reactor.seconds(), record))
             count[0] += 1
 
     loop = LoopingCall(tick)
@@ -95,22 +99,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rate", type=int, default=16000, help="records a second")
+    parser.add_argument("--tree", default=str(ROOT), help="the lbproxy tree to measure (default: this one)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.seconds, args.rate, args.path)))
         return 0
-    runs: dict[str, list[float]] = {m: [] for m in MODES}
+    modes = ["off"] + [m for m in args.modes.split(",") if m in MODES and m != "off"]
+    runs: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
+            order = modes if r % 2 == 0 else modes[::-1]
             for mode in order:
                 path = os.path.join(tmp, f"{mode}-{r}.log")
                 out = subprocess.run([sys.executable, __file__, "--child", mode, "--path", path,
                                       "--seconds", str(args.seconds), "--rate", str(args.rate)],
                                      capture_output=True, text=True, check=True,
-                                     env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                     env=dict(os.environ, PYTHONPATH=args.tree))
                 res = json.loads(out.stdout)
                 if MODES[mode] is not None and res["lines"] != res["records"]:
                     raise SystemExit(f"{mode}: {res['lines']} lines for {res['records']} records")
@@ -119,7 +126,7 @@ def main(argv: list[str]) -> int:
     off = statistics.median(runs["off"])
     print(f"CPU per record, median of {args.rounds} rounds at {args.rate:,}/s "
           f"(the driving loop with the log off: {off:.2f} us):")
-    for mode in MODES:
+    for mode in modes:
         if mode != "off":
             cost = statistics.median(runs[mode]) - off
             print(f"  {mode:14} {cost:+.2f} us per connection "
