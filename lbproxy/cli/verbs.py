@@ -10,7 +10,7 @@ import json
 from typing import Any, Callable
 from urllib.parse import quote
 
-from lbproxy.cli.client import AdminClient, Refused
+from lbproxy.cli.client import AdminClient
 from lbproxy.cli.output import as_json, pairs, table, when
 
 
