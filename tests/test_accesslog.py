@@ -340,3 +340,25 @@ def test_the_parent_forwards_sigusr1_to_its_workers():
     finally:
         forward.stopService()
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_bench_pairs_each_rounds_log_on_and_off():
+    """bench/run.py's access-log figure is the median of per-round ratios
+    (log on / off of the same round), so a round where the machine was slow
+    for both counts as one ratio, not as two skewed medians."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_run", Path(__file__).parent.parent / "bench" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    close = {
+        "lbproxy-fast": [{"rps": 100.0, "req_per_cpu_s": 10.0}, {"rps": 50.0, "req_per_cpu_s": 8.0},
+                         {"rps": 200.0, "req_per_cpu_s": 20.0}],
+        "lbproxy-fast+log": [{"rps": 97.0, "req_per_cpu_s": 9.8}, {"rps": 49.0, "req_per_cpu_s": 7.6},
+                             {"rps": 190.0, "req_per_cpu_s": 19.6}],
+    }
+    got = bench.access_log_ratios(close)
+    assert got["rps_rounds"] == [0.97, 0.98, 0.95] and got["rps"] == pytest.approx(0.97)
+    assert got["per_cpu_rounds"] == [0.98, 0.95, 0.98] and got["per_cpu"] == pytest.approx(0.98)
+    assert bench.access_log_ratios({"lbproxy-fast": close["lbproxy-fast"]}) is None
