@@ -146,6 +146,7 @@ def test_patch_services_applies_named_services_as_one_version(factories):
     assert r.code == 200, r.json
     assert (r.json["created"], r.json["replaced"], r.json["version"]) == (["redis", "pg"], [], 2)
     assert r.header("ETag") == '"2"' and [s["name"] for s in r.json["services"]] == ["redis", "pg"]
+    assert [s["version"] for s in r.json["services"]] == [2, 2]
     r = admin.request("PATCH", "/api/v1/services", {"services": [redis(retries=0), pg]},
                       headers={**cli, "If-Match": '"2"'})
     assert r.code == 200 and (r.json["replaced"], r.json["unchanged"], r.json["version"]) == (["redis"], ["pg"], 3)

@@ -370,7 +370,7 @@ SERVICE_BATCH = {
     "type": "object",
     "required": ["services"],
     "additionalProperties": False,
-    "properties": {"services": {"type": "array", "minItems": 1, "maxItems": 1000, "items": NEW_SERVICE}},
+    "properties": {"services": {"type": "array", "minItems": 1, "maxItems": 100, "items": NEW_SERVICE}},
 }
 
 

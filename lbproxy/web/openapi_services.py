@@ -58,7 +58,7 @@ def _service_schemas(document: dict[str, Any]) -> dict[str, Any]:
             "type": "object", "required": ["services"], "additionalProperties": False,
             "description": "Whole services by name (lbproxyctl apply): each replaces its namesake or is "
                            "added; services not named are left alone.",
-            "properties": {"services": {"type": "array", "minItems": 1, "maxItems": 1000,
+            "properties": {"services": {"type": "array", "minItems": 1, "maxItems": 100,
                                         "items": _ref("NewService")}},
         },
         "ServiceBatchResult": {

@@ -138,6 +138,7 @@ def services_routes(app: Any, API: str, guard: Callable[..., Any]) -> None:
         from lbproxy.control.store.history import Change
         from lbproxy.web.preconditions import if_match
 
+        condition = if_match(request)  # a malformed header is refused before the body is read
         body = read_json(request)
         controller = self.controller
         try:
@@ -150,13 +151,13 @@ def services_routes(app: Any, API: str, guard: Callable[..., Any]) -> None:
                 Change(self._who(request), lambda result: result.summary()))
         else:
             new = controller.document
-            expected = if_match(request).expected(new.version)
+            expected = condition.expected(new.version)
             if expected is not None and expected != new.version:
                 raise ApiError(412, str(VersionConflict(expected, new.version)), current_version=new.version)
         return self._with_version(request, new.version, {
             "created": list(applied.created), "replaced": list(applied.replaced),
             "unchanged": list(applied.unchanged),
-            "services": [service_view(self, s["name"]) for s in body["services"]],
+            "services": [{**service_view(self, s["name"]), "version": new.version} for s in body["services"]],
         })
 
     @app.route(base + "/<string:name>", methods=["GET"])
