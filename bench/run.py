@@ -531,7 +531,9 @@ def main(argv: list[str]) -> int:
 
         raw: dict[str, dict[str, list[dict]]] = {}
         for r in range(args.rounds):
-            for scenario, name, proxy in plan:
+            # The access-log pair alone: A B, B A, ... so that a drift in
+            # the machine's load (shared cores) falls on both alike.
+            for scenario, name, proxy in plan if not quick or r % 2 == 0 else plan[::-1]:
                 path, close = scenarios[scenario]
                 if name.endswith("+sse"):
                     subscribed.append(subscribe(proxy, args.subscribers))
@@ -562,8 +564,16 @@ def main(argv: list[str]) -> int:
                 syscalls[name] = counted
                 print(f"syscalls {name:18} {counted['per_connection']:.2f} per connection "
                       f"{counted['by_call']}", flush=True)
+        if logged is not None and base.get("lbproxy-fast") is not None:
+            # The log's system calls per connection: one write per batch, so ~0.
+            counted = syscalls_per_connection(logged, min(args.duration, 3), args.connections)
+            if counted is not None:
+                syscalls["lbproxy-fast+log"] = counted
+                print(f"syscalls {'lbproxy-fast+log':18} {counted['per_connection']:.2f} per connection "
+                      f"{counted['by_call']}", flush=True)
         summary = summarise(raw, idle_results)
         summary["syscalls"] = syscalls
+        summary["access_log"] = access_log_ratios(raw.get("close", {}))
         result = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -608,6 +618,23 @@ def summarise(raw: dict, idle: dict) -> dict:
                 for key in ("rps", "mib_s", "p50_ms", "p99_ms", "req_per_cpu_s", "mib_per_cpu_s", "cpu_s",
                             "user_us_per_req", "sys_us_per_req")
             }
+    return out
+
+
+def access_log_ratios(close: dict) -> dict | None:
+    """
+    The access log's cost as ratios of the same round (log on / off, one
+    connection per request), per round and their median: a round's pair
+    ran back to back, so the machine's drift between rounds cancels out.
+    """
+    on, off = close.get("lbproxy-fast+log"), close.get("lbproxy-fast")
+    if not on or not off:
+        return None
+    out: dict = {}
+    for key, label in (("rps", "rps"), ("req_per_cpu_s", "per_cpu")):
+        rounds = [a[key] / b[key] for a, b in zip(on, off) if a.get(key) and b.get(key)]
+        out[f"{label}_rounds"] = [round(r, 3) for r in rounds]
+        out[label] = median(rounds)
     return out
 
 
@@ -668,7 +695,16 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
         print(f"Access log (default: JSON lines, batched), one conn per request, fast engine: "
               f"{b['rps']:,.0f} req/s vs {a.get('rps') or 0:,.0f} with --no-access-log "
               f"({_ratio(b['rps'], a.get('rps'))}); per proxy CPU-second "
-              f"{_ratio(b.get('req_per_cpu_s'), a.get('req_per_cpu_s'))}")
+              f"{_ratio(b.get('req_per_cpu_s'), a.get('req_per_cpu_s'))} (ratio of the medians)")
+        paired = summary.get("access_log")
+        if paired and paired.get("rps") and paired.get("per_cpu"):
+            print(f"Access log, median of the per-round ratios (each round's pair back to back): "
+                  f"throughput {paired['rps']:.2f}x, requests per CPU-second {paired['per_cpu']:.2f}x "
+                  f"(rounds: {', '.join(f'{x:.2f}' for x in paired['rps_rounds'])}; "
+                  f"{', '.join(f'{x:.2f}' for x in paired['per_cpu_rounds'])})")
+        if "lbproxy-fast+log" in sc and "lbproxy-fast" in sc:
+            print(f"Access log, system calls per connection: {sc['lbproxy-fast+log']['per_connection']:.2f} "
+                  f"vs {sc['lbproxy-fast']['per_connection']:.2f} with --no-access-log")
     if "direct-nginx" in ka:
         print(f"Direct to nginx (the limit here): {ka['direct-nginx']['rps']:,.0f} req/s keep-alive")
     for note in notes:

@@ -2,8 +2,9 @@
 The access log: one line per finished client connection, at almost no
 cost to the connection path.
 
-The balancer's C{_finish} appends C{(time, record)} to L{AccessLog.pending}
-(a plain list: one append per connection, nothing else).  A timer on the
+The balancer's C{_finish} appends C{(time, *record)} (L{FIELDS}: a tuple
+of primitives) to L{AccessLog.pending} (a plain list: one append per
+connection, nothing else).  A timer on the
 reactor swaps the list for an empty one every C{interval} seconds, formats
 the batch into one string and hands it to a writer thread through a
 bounded queue; the thread does the one C{write} (or one datagram a line
@@ -14,8 +15,8 @@ L{AccessLog.dropped}, and a log line says so.
 Destinations (C{--access-log}): a file path (appended to; C{SIGUSR1}
 reopens it, for logrotate's rename-then-signal), C{-} for stdout,
 C{syslog} for the local syslog socket C{/dev/log} (a UNIX datagram socket,
-facility local0), C{off}.  Formats (C{--access-log-format}): C{json}
-(one object a line) or C{text}.
+facility local0; L{lbproxy.accesslog_sinks}), C{off}.  Formats
+(C{--access-log-format}): C{json} (one object a line) or C{text}.
 
 The operational log (twisted.logger) is separate and unchanged.
 """
@@ -26,7 +27,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import threading
 import time as _time
 from typing import Any, Callable
@@ -35,14 +35,13 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from lbproxy.accesslog_sinks import SYSLOG_PATH, FileSink, SyslogSink, open_sink  # noqa: F401 (the module's API)
+
 log = Logger()
 
 FORMATS = ("json", "text")
 #: Batches waiting for the writer before new ones are dropped.
 QUEUE_BATCHES = 64
-SYSLOG_PATH = "/dev/log"
-#: local0.info
-_SYSLOG_PRI = 16 * 8 + 6
 _REOPEN = object()
 
 
@@ -64,11 +63,19 @@ def parse_format(value: str) -> str:
     return value
 
 
+#: What the balancer appends per finished connection: C{(time, *record)},
+#: a plain tuple of primitives (L{lbproxy.policy.pool.AccessRecord}'s
+#: fields after the time).  The record itself is freed at once, and the
+#: cyclic GC untracks a tuple of primitives, so a batch waiting for the
+#: timer costs the collector nothing.
+FIELDS = ("time", "client", "backend", "bytes_up", "bytes_down", "duration", "outcome", "tls_subject")
+
+
 class _Quoted(dict):
     """
-    JSON string literals of backend ids and outcomes, made once each (there
-    are few distinct ones), so a line is one C{%} format.  Bounded: it
-    starts again past L{LIMIT} (backend ids that come and go).
+    JSON string literals of backend ids, outcomes and subjects, made once
+    each (there are few distinct ones).  Bounded: it starts again past
+    L{LIMIT} (backend ids that come and go).
     """
 
     LIMIT = 4096
@@ -80,141 +87,81 @@ class _Quoted(dict):
         return value
 
 
+class _Plain(dict):
+    """
+    Whether a value can stand between JSON quotes as it is (no quote,
+    backslash or control character): backend ids and outcomes always can
+    (the schema's id pattern), so the common line is one C{%} format with
+    no JSON encoding at all.
+    """
+
+    LIMIT = 4096
+
+    def __missing__(self, key: Any) -> bool:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        value = self[key] = isinstance(key, str) and json.dumps(key, ensure_ascii=False) == f'"{key}"'
+        return value
+
+
 def formatter(kind: str) -> Callable[[list], str]:
     """
-    @return: C{format(batch) -> str}, every line ending in a newline.
+    @return: C{format(batch) -> str} of a batch of L{FIELDS} tuples, every
+        line ending in a newline.
     """
     quoted = _Quoted()
     if kind == "json":
         # The client is "host:port" of an IP address: nothing in it needs escaping.
-        line = ('{"time":%.3f,"client":"%s","backend":%s,"bytes_up":%d,"bytes_down":%d,'
-                '"duration":%.3f,"outcome":%s}\n')
+        head = '{"time":%.3f,"client":"%s","backend":'
+        tail = ',"bytes_up":%d,"bytes_down":%d,"duration":%.3f,"outcome":'
+        # The common line: the whole tuple in one format (the subject, None, printed as "").
+        plain_line = (head + '"%s"' + tail + '"%s"%.0s}\n').__mod__
+        line = head + "%s" + tail + "%s}\n"
         # A TLS client's verified certificate subject, when it gave one.
         tls_line = line[:-2] + ',"tls_subject":%s}\n'
+        plain = _Plain()
+
+        def escaped(r: tuple) -> str:
+            q = quoted
+            if r[7] is None:
+                return line % (r[0], r[1], q[r[2]], r[3], r[4], r[5], q[r[6]])
+            return tls_line % (r[0], r[1], q[r[2]], r[3], r[4], r[5], q[r[6]], q[r[7]])
 
         def format_json(batch: list) -> str:
-            q = quoted
-            return "".join([
-                line % (t, r.client, q[r.backend], r.bytes_up, r.bytes_down, r.duration, q[r.outcome])
-                if r.subject is None else
-                tls_line % (t, r.client, q[r.backend], r.bytes_up, r.bytes_down, r.duration, q[r.outcome],
-                            q[r.subject])
-                for t, r in batch
-            ])
+            ok, fast = plain, plain_line
+            return "".join([fast(r) if r[7] is None and ok[r[2]] and ok[r[6]] else escaped(r) for r in batch])
 
         return format_json
 
     def format_text(batch: list) -> str:
         out = []
-        for t, r in batch:
+        for t, client, backend, up, down, duration, outcome, subject in batch:
             stamp = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-            out.append(f"{stamp} {r.client} -> {r.backend or '-'} up={r.bytes_up} down={r.bytes_down} "
-                       f"duration={r.duration:.3f}s outcome={r.outcome}"
-                       + (f" tls_subject={quoted[r.subject]}" if r.subject is not None else "") + "\n")
+            out.append(f"{stamp} {client} -> {backend or '-'} up={up} down={down} "
+                       f"duration={duration:.3f}s outcome={outcome}"
+                       + (f" tls_subject={quoted[subject]}" if subject is not None else "") + "\n")
         return "".join(out)
 
     return format_text
-
-
-class FileSink:
-    """
-    Appends to a file (C{-}: standard output), reopened on request.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self.open()
-
-    def open(self) -> None:
-        if self.path == "-":
-            self._fd = 1
-            return
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-
-    def reopen(self) -> None:
-        if self.path == "-":
-            return
-        old = self._fd
-        self.open()
-        if old is not None:
-            os.close(old)
-
-    def write(self, text: str) -> None:
-        view = memoryview(text.encode("utf-8", "replace"))
-        while view:
-            view = view[os.write(self._fd, view):]
-
-    def close(self) -> None:
-        if self._fd is not None and self._fd != 1:
-            os.close(self._fd)
-        self._fd = None
-
-
-class SyslogSink:
-    """
-    One datagram a line to the local syslog socket (RFC 3164 as the local
-    daemon reads it), so a line is never split or merged.
-    """
-
-    def __init__(self, path: str = SYSLOG_PATH, tag: str = "lbproxy") -> None:
-        self.path = path
-        self.tag = f"{tag}[{os.getpid()}]: "
-        self._sock: socket.socket | None = None
-        self.open()
-
-    def open(self) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.connect(self.path)
-
-    def reopen(self) -> None:
-        self.close()
-        self.open()
-
-    def write(self, text: str) -> None:
-        head = f"<{_SYSLOG_PRI}>{_time.strftime('%b %d %H:%M:%S')} {self.tag}"
-        for line in text.splitlines():
-            try:
-                self._sock.send((head + line).encode("utf-8", "replace"))
-            except OSError:
-                # The daemon restarted: connect again once, then give up the line.
-                self.reopen()
-                self._sock.send((head + line).encode("utf-8", "replace"))
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = None
-
-
-def open_sink(destination: str) -> Any:
-    """
-    @return: the sink for C{--access-log} (blocking: opens the file or
-        connects the socket), or C{None} for C{off}.
-    @raise OSError: if it cannot be opened.
-    """
-    if destination == "off":
-        return None
-    if destination == "syslog":
-        return SyslogSink()
-    if destination.startswith("syslog:"):
-        return SyslogSink(destination[len("syslog:"):])
-    return FileSink(destination)
 
 
 class AccessLog(Service):
     """
     Batches access records from L{pending} to a sink on a writer thread.
 
-    @ivar pending: the list the balancer appends C{(time, record)} to.
+    @ivar pending: the list the balancer appends L{FIELDS} tuples to.
     @ivar dropped: records dropped because the writer fell behind.
     @ivar written: records handed to the writer.
     """
 
     def __init__(self, sink: Any, kind: str = "json", clock: Any = None, interval: float = 0.2,
-                 max_batches: int = QUEUE_BATCHES, signals: bool = True, reactor: Any = None) -> None:
+                 max_batches: int = QUEUE_BATCHES, signals: bool = True, reactor: Any = None,
+                 threaded: bool = True) -> None:
         """
         @param clock: runs the batch timer.
+        @param threaded: write on the writer thread; C{False}: on the
+            reactor, in the timer (for C{bench/accesslog_cost.py}, which
+            compares the two: a disk that blocks would block the reactor).
         @param reactor: has C{callFromThread} (the writer's errors and
             C{SIGUSR1} come back through it); by default C{clock}.
         @param signals: install the C{SIGUSR1} handler that reopens the sink.
@@ -230,6 +177,8 @@ class AccessLog(Service):
         self.dropped = 0
         self.written = 0
         self._signals = signals
+        self._threaded = threaded
+        self._failing = False
         self._queue: queue.Queue = queue.Queue(max_batches)
         self._loop: LoopingCall | None = None
         self._thread: threading.Thread | None = None
@@ -241,8 +190,9 @@ class AccessLog(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._thread = threading.Thread(target=self._write_loop, name="lbproxy-access-log", daemon=True)
-        self._thread.start()
+        if self._threaded:
+            self._thread = threading.Thread(target=self._write_loop, name="lbproxy-access-log", daemon=True)
+            self._thread.start()
         self._loop = LoopingCall(self.flush)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
@@ -257,7 +207,8 @@ class AccessLog(Service):
         if self._signals and self._previous_handler is not None:
             signal.signal(signal.SIGUSR1, self._previous_handler)
         self._stop.set()
-        self._put(_REOPEN)
+        if self._threaded:
+            self._put(_REOPEN)
         if self._thread is not None:
             # Shutdown only: a bounded wait for the last batches.
             self._thread.join(2.0)
@@ -275,6 +226,10 @@ class AccessLog(Service):
         reopen.
         """
         self.flush()
+        if not self._threaded:
+            self._wrote(self.sink.reopen)
+            log.info("access log reopened ({pid})", pid=os.getpid())
+            return
         self._reopen.set()
         self._put(_REOPEN)
 
@@ -297,6 +252,10 @@ class AccessLog(Service):
         except Exception:
             log.failure("cannot format {n} access records", n=len(batch))
             return
+        if not self._threaded:
+            self.written += len(batch)
+            self._wrote(self.sink.write, text)
+            return
         if self._put(text):
             self.written += len(batch)
         else:
@@ -305,6 +264,15 @@ class AccessLog(Service):
                 self._warned = True
                 log.warn("access log writer is behind (a slow disk or pipe): dropping "
                          "records rather than slowing the proxy; see the dropped count")
+
+    def _wrote(self, call: Callable[..., None], *args: Any) -> None:
+        try:
+            call(*args)
+            self._failing = False
+        except Exception as e:
+            if not self._failing:
+                log.error("access log write failed: {error}", error=e)
+            self._failing = True
 
     def _put(self, item: Any) -> bool:
         try:
@@ -324,6 +292,7 @@ class AccessLog(Service):
                 if self._reopen.is_set():
                     self._reopen.clear()
                     self.sink.reopen()
+                    self.reactor.callFromThread(log.info, "access log reopened ({pid})", pid=os.getpid())
                 if item is not _REOPEN:
                     self.sink.write(item)
                 failing = False
@@ -346,3 +315,36 @@ class AccessLog(Service):
         done = threading.Event()
         threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
         return done.wait(timeout)
+
+
+class ForwardReopen(Service):
+    """
+    With C{--workers N} the workers write the access log, each its own
+    batches to the same destination; the parent only passes on logrotate's
+    C{SIGUSR1}, so that every worker reopens the file.
+
+    @param workers: has C{signal_workers(signum)}
+        (L{lbproxy.control.workers.WorkerPool}).
+    """
+
+    def __init__(self, workers: Any, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.workers = workers
+        self.reactor = reactor
+        self._previous_handler: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous_handler = signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGUSR1, self._previous_handler)
+            self._previous_handler = None
+        return None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.workers.signal_workers, signal.SIGUSR1)
+

@@ -154,6 +154,10 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     if spec.workers > 1:
         PortHold(spec.listen, spec.backlog, "worker pool's port").setServiceParent(parent)
     proxy.setServiceParent(parent)
+    if getattr(proxy, "access_log", None) is not None:
+        from lbproxy.accesslog import ForwardReopen
+
+        ForwardReopen(proxy, reactor).setServiceParent(top)
 
     admin, services = admin_service(spec, controller, balancer, reactor)
     for service in services:
@@ -193,17 +197,21 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
 def _access_log(spec: Any, reactor: Any) -> Any:
     """
     The access log service (L{lbproxy.accesslog}), or C{None} for C{off}
-    and for C{--workers} (each worker logs its own connections).
+    and for C{--workers} (each worker writes it; L{lbproxy.accesslog.ForwardReopen}).
     """
     from lbproxy.accesslog import AccessLog, open_sink
 
     destination = getattr(spec, "access_log", "off")
-    if not spec.settings.access_log or destination == "off" or spec.workers > 1:
+    if not spec.settings.access_log or destination == "off":
         return None
     try:
         sink = open_sink(destination)
     except OSError as e:
         raise SystemExit(f"lbproxy: cannot start: --access-log {destination}: {e}") from None
+    if spec.workers > 1:
+        # The workers write it (OpenAccessLog); the parent forwards SIGUSR1.
+        sink.close()
+        return None
     service = AccessLog(sink, spec.access_log_format, clock=reactor)
     service.setName("access-log")
     return service
@@ -248,7 +256,10 @@ def _proxy_service(spec: Any, table: Any, reactor: Any, manager: Any, controller
     if spec.workers > 1:
         from lbproxy.control.workers import WorkerPool
 
-        service = WorkerPool({"workers": spec.workers, "engine": spec.engine, "backlog": spec.backlog},
+        log_to = getattr(spec, "access_log", "off")
+        service = WorkerPool({"workers": spec.workers, "engine": spec.engine, "backlog": spec.backlog,
+                              "access_log": (log_to, spec.access_log_format)
+                              if spec.settings.access_log and log_to != "off" else None},
                              table, reactor)
     elif spec.engine == "fast":
         service = FastRelayService(balancer, spec.listen, spec.backlog, reactor=reactor)

@@ -132,3 +132,79 @@ def test_patch_service_tcp_keepalive(factories):
     assert admin.controller.table.balancer("redis").config.tcp_keepalive == "off"
     assert admin.request("PATCH", "/api/v1/services/redis", {"tcp_keepalive": None}).code == 200
     assert admin.controller.table.balancer("redis").settings.tcp_keepalive == (60, 10, 6)
+
+
+def test_patch_services_applies_named_services_as_one_version(factories):
+    """PATCH /api/v1/services (lbproxyctl apply) creates and replaces the
+    named services in one version: one history entry, by the client, whose
+    summary names them; the services it does not name are left alone."""
+    admin = Admin(factories)
+    cli = {"X-LBProxy-Client": "cli"}
+    before = admin.get("/api/v1/services/default").json
+    pg = {**redis(), "name": "pg", "listen": ["tcp:5432"]}
+    r = admin.request("PATCH", "/api/v1/services", {"services": [redis(), pg]}, headers=cli)
+    assert r.code == 200, r.json
+    assert (r.json["created"], r.json["replaced"], r.json["version"]) == (["redis", "pg"], [], 2)
+    assert r.header("ETag") == '"2"' and [s["name"] for s in r.json["services"]] == ["redis", "pg"]
+    assert [s["version"] for s in r.json["services"]] == [2, 2]
+    r = admin.request("PATCH", "/api/v1/services", {"services": [redis(retries=0), pg]},
+                      headers={**cli, "If-Match": '"2"'})
+    assert r.code == 200 and (r.json["replaced"], r.json["unchanged"], r.json["version"]) == (["redis"], ["pg"], 3)
+    assert admin.get("/api/v1/services/redis").json["retries"] == 0
+    history = admin.get("/api/v1/history").json
+    assert [(e["version"], e["by"], e["summary"]) for e in history] == [
+        (3, "cli", "applied: replaced redis"),
+        (2, "cli", "applied: created redis, pg"),
+        (1, "start", "config at start"),
+    ]
+    after = admin.get("/api/v1/services/default").json
+    assert {k: v for k, v in after.items() if k != "version"} == {k: v for k, v in before.items() if k != "version"}
+
+
+def test_patch_services_refused_whole_changes_nothing(factories):
+    """One bad service of a batch (a bad port, a name twice, a rule across
+    services, a stale If-Match) refuses the whole batch: the other services
+    of it are not added, and no version or history entry is made.  A batch
+    that changes nothing makes no version either."""
+    admin = Admin(factories)
+    good = {**redis(), "name": "pg", "listen": ["tcp:5432"]}
+    bad_port = redis(backends=[{"host": "127.0.0.1", "port": 70000}])
+    shared = {**redis(), "listen": ["tcp:5432"]}
+    for body, code, words in [
+        ({"services": [good, bad_port]}, 400, "services[1].backends[0].port"),
+        ({"services": [good, good]}, 400, "named twice"),
+        ({"services": [good, shared]}, 400, "each of them needs sni names"),
+        ({"services": []}, 400, "services"),
+        ({"services": [good]}, 412, "stale"),
+    ]:
+        headers = {}
+        if code == 412:
+            assert admin.request("POST", "/api/v1/backends", {"host": "127.0.0.1", "port": 1}).code == 201
+            headers = {"If-Match": '"1"'}
+        version = admin.get("/api/v1/services").json["version"]
+        entries = len(admin.get("/api/v1/history").json)
+        r = admin.request("PATCH", "/api/v1/services", body, headers=headers)
+        assert r.code == code and words in r.json["error"], (body, r.code, r.json)
+        listed = admin.get("/api/v1/services").json
+        assert [s["name"] for s in listed["services"]] == ["default"] and listed["version"] == version
+        assert len(admin.get("/api/v1/history").json) == entries
+    version = admin.request("PATCH", "/api/v1/services", {"services": [good]}).json["version"]
+    r = admin.request("PATCH", "/api/v1/services", {"services": [good]})
+    assert r.code == 200 and (r.json["unchanged"], r.json["version"]) == (["pg"], version)
+    assert admin.get("/api/v1/history").json[0]["version"] == version
+
+
+def test_the_batch_body_is_documented_as_validated():
+    """The OpenAPI ServiceBatch component has the bounds PATCH /api/v1/services
+    enforces (SERVICE_BATCH), its items the NewService component."""
+    from lbproxy.model.service import SERVICE_BATCH
+    from lbproxy.web.openapi import openapi_document
+
+    doc = openapi_document()
+    served = doc["components"]["schemas"]["ServiceBatch"]
+    items = served["properties"]["services"]
+    assert served["required"] == SERVICE_BATCH["required"]
+    assert (items["minItems"], items["maxItems"]) == (1, SERVICE_BATCH["properties"]["services"]["maxItems"])
+    assert items["items"] == {"$ref": "#/components/schemas/NewService"}
+    assert doc["paths"]["/api/v1/services"]["patch"]["requestBody"]["content"]["application/json"]["schema"] \
+        == {"$ref": "#/components/schemas/ServiceBatch"}

@@ -7,7 +7,7 @@ The file is read and checked with the server's own model
 sent, and each service is normalized the way the server stores it: what
 C{diff} compares is exactly what C{GET /api/v1/services} will show after
 C{apply}.  A backend the file gives without an C{id} keeps the id of the
-server's backend at the same address (so a PUT changes it in place rather
+server's backend at the same address (so apply changes it in place rather
 than replacing it), or gets a new id no other backend of the service has.
 """
 
@@ -30,8 +30,9 @@ class Step:
     """
     What C{apply} does for one service of the file.
 
-    @ivar action: C{create} (POST), C{replace} (PUT) or C{unchanged}.
-    @ivar body: what is sent.
+    @ivar action: C{create}, C{replace} or C{unchanged}; the first two
+        go together as one C{PATCH /api/v1/services}.
+    @ivar body: what is sent (its service of the batch).
     @ivar changes: the per-field differences, as L{Change}s.
     """
 

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="the strategy to set (omit to show the current one)")
     p.add_argument("--options", metavar="JSON", help='the strategy\'s options, e.g. \'{"seed": 1}\'')
     _conditional(p)
-    p = verb("apply", verbs.apply, "make the services of a --config TOML file so (POST new, PUT changed)",
+    p = verb("apply", verbs.apply, "make the services of a --config TOML file so, as one version (PATCH /services)",
              "lbproxyctl apply -f services.toml --dry-run")
     p.add_argument("-f", "--file", required=True, metavar="FILE", help="a TOML file of [services.NAME] tables")
     p.add_argument("--dry-run", action="store_true", help="print the diff and change nothing")

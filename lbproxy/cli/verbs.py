@@ -10,7 +10,7 @@ import json
 from typing import Any, Callable
 from urllib.parse import quote
 
-from lbproxy.cli.client import AdminClient, Refused
+from lbproxy.cli.client import AdminClient
 from lbproxy.cli.output import as_json, pairs, table, when
 
 
@@ -208,7 +208,7 @@ def apply(client: AdminClient, args: Any, out: Any) -> int:
     steps, version = _plan(client, args.file)
     if args.if_match is not None:
         # Reviewed at that version (diff --json says which): the server
-        # refuses the first change if anything changed since.
+        # refuses the change if anything changed since.
         version = args.if_match
     report: dict[str, Any] = {"dry_run": args.dry_run, "from_version": version,
                               "created": [], "replaced": [], "unchanged": [],
@@ -218,23 +218,12 @@ def apply(client: AdminClient, args: Any, out: Any) -> int:
         if not args.json:
             for c in step.changes:
                 out.write(c.line() + "\n")
-        if step.action == "unchanged" or args.dry_run:
-            report[done[step.action]].append(step.name)
-            continue
-        try:
-            if step.action == "create":
-                answer = client.call("POST", "/services", step.body, version)
-            else:
-                answer = client.call("PUT", _svc(step.name), step.body, version)
-        except Refused as e:
-            if report["created"] or report["replaced"]:
-                applied = ", ".join(report["created"] + report["replaced"])
-                e.message += (f" (already applied: {applied}, at config version {version}; "
-                              f"'lbproxyctl rollback {report['from_version']}' undoes them if the "
-                              f"history keeps that version)")
-            raise
-        version = answer.version
         report[done[step.action]].append(step.name)
+    changed = [step.body for step in steps if step.action != "unchanged"]
+    if changed and not args.dry_run:
+        # One version for the whole file (PATCH /services): refused whole, nothing half-applied.
+        answer = client.call("PATCH", "/services", {"services": changed}, version)
+        version = answer.version
     report["version"] = version
     if args.json:
         as_json(report, out)

@@ -34,6 +34,7 @@ from lbproxy.control.worker_protocol import (
     Health,
     Listen,
     NotReady,
+    OpenAccessLog,
     Poll,
     Report,
     Start,
@@ -66,6 +67,10 @@ class WorkerChannel(amp.AMP):
         self.manager: Any = None
         self.handed: dict[str, socket.socket] = {}
         self._drain: Any = None
+        #: the L{lbproxy.accesslog.AccessLog} this worker writes, if any
+        self.access: Any = None
+        #: install the access log's signal handlers (not in unit tests)
+        self.signals = True
         self._loop: Any = None
         self._soon: Any = None
         #: true while a parent's command runs: the events it causes are the
@@ -93,6 +98,37 @@ class WorkerChannel(amp.AMP):
         keepalive = settings.pop("tcp_keepalive", None)
         self.settings = ProxySettings(**settings, tcp_keepalive=tuple(keepalive) if keepalive else None)
         return {"pid": os.getpid()}
+
+    @OpenAccessLog.responder
+    def open_access_log(self, destination: str, format: str) -> dict:
+        """
+        Write the access log as the parent would have: the same sink (a
+        file appended to in whole-line batches, the inherited stdout, or
+        syslog), reopened on the C{SIGUSR1} the parent forwards.  A worker
+        stopped with C{SIGTERM} writes its last batch before it exits.
+        """
+        import signal
+
+        from lbproxy.accesslog import AccessLog, open_sink, parse_format
+
+        if self.access is not None:
+            return {}
+        try:
+            kind = parse_format(format)
+            sink = open_sink(destination)  # at start: a local open or connect
+        except (OSError, ValueError) as e:
+            raise ConfigRejected(f"--access-log {destination}: {e}") from None
+        if sink is None:
+            return {}
+        access = AccessLog(sink, kind, clock=self.reactor, signals=self.signals)
+        access.startService()
+        self.access = access
+        if self.table is not None:
+            self.table.log_access_to(access.pending)
+        self.reactor.addSystemEventTrigger("before", "shutdown", access.stopService)
+        if self.signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.reactor.callFromThread(self._exit))
+        return {}
 
     @Adopt.responder
     def adopt(self, key: str, fd: int) -> dict:
@@ -144,6 +180,8 @@ class WorkerChannel(amp.AMP):
         table = ServiceTable(document, self.factories, self.settings, reactor=self.reactor)
         table.check(document)
         self.table = table
+        if self.access is not None:
+            table.log_access_to(self.access.pending)
         table.events.subscribe(self._event)
 
     @Listen.responder

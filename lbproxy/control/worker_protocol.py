@@ -113,6 +113,18 @@ class Start(amp.Command):
     response = [(b"pid", amp.Integer())]
 
 
+class OpenAccessLog(amp.Command):
+    """
+    Write the access log as the parent would (L{lbproxy.accesslog}): the
+    same destination and format, batched; sent after L{Start}.  The parent
+    sends a worker C{SIGUSR1} to reopen it.
+    """
+
+    arguments = [(b"destination", amp.Unicode()), (b"format", amp.Unicode())]
+    response: list = []
+    errors = _ERRORS
+
+
 class ApplyConfig(amp.Command):
     arguments = [(b"version", amp.Integer()), (b"document", Chunked(amp.Unicode()))]
     response = [(b"applied", amp.Integer())]

@@ -63,6 +63,7 @@ from lbproxy.control.worker_protocol import (
     Force,
     Health,
     Listen,
+    OpenAccessLog,
     Poll,
     Start,
     merge_routes,
@@ -127,6 +128,8 @@ class WorkerPool(Service):
             host, port, self.backlog = options["listen-tcp"]
             self._main_listen = f"tcp:{port}:interface={host}"
         self.settings = self.table.settings
+        #: C{(destination, format)} of the access log each worker writes, or C{None}.
+        self.access_log = options.get("access_log")
         self.workers: list[Worker | None] = [None] * self.count
         self.restarts = 0
         self.listeners = WorkerSockets(self.count, self.backlog, reactor)
@@ -276,6 +279,17 @@ class WorkerPool(Service):
         done.addBoth(lambda _: self._close_sockets())
         return done
 
+    def signal_workers(self, signum: int) -> None:
+        """
+        Send every live worker the signal C{signum} (C{SIGUSR1}: reopen
+        the access log, L{lbproxy.accesslog.ForwardReopen}).
+        """
+        for worker in self._live():
+            try:
+                worker.transport.signalProcess(signum)
+            except error.ProcessExitedAlready:
+                pass
+
     def _kill_all(self) -> None:
         for worker in self._live():
             log.warn("worker {index} ignored SIGTERM; killing it", index=worker.index)
@@ -323,6 +337,10 @@ class WorkerPool(Service):
                     idle_timeout=s.idle_timeout, max_connections=s.max_connections,
                     access_log=s.access_log, tcp_keepalive=list(s.tcp_keepalive or ()),
                     ).addErrback(self._failed, worker, "start")
+        if self.access_log is not None:
+            destination, kind = self.access_log
+            worker.call(OpenAccessLog, destination=destination, format=kind).addErrback(
+                self._failed, worker, "open the access log", stop=True)
         document = self.document
         self._apply(worker, document.version, json.dumps(document.to_json()))
         down = [{"service": name, "id": bid, "reason": state.reason}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from lbproxy.model.config import Config
 from lbproxy.model.errors import ConfigError
@@ -305,6 +305,65 @@ def update_service(document: Document, name: str, body: Any, whole: bool) -> tup
 
 #: The body of PUT /api/v1/services/{name}: a whole service, its name optional.
 _REPLACEMENT = {**NEW_SERVICE, "required": ["listen"]}
+
+
+class Applied(NamedTuple):
+    """
+    What L{apply_services} did, by service name, in the order given.
+    """
+
+    created: tuple[str, ...]
+    replaced: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+    def summary(self) -> str:
+        """The history's one line, naming the services."""
+        parts = [f"{what} {', '.join(names)}" for what, names in
+                 (("created", self.created), ("replaced", self.replaced)) if names]
+        return "applied: " + "; ".join(parts) if parts else "applied: nothing changed"
+
+
+def apply_services(document: Document, body: Any, what: str = "body") -> tuple[Document, Applied]:
+    """
+    PATCH /api/v1/services (C{lbproxyctl apply}): C{{"services": [...]}},
+    each a whole service that replaces its namesake or is added; services
+    not named are left alone.  One version for all, checked whole: any
+    refusal (a bad service, a rule across services) changes nothing.
+    """
+    obj = validate(body, SERVICE_BATCH, what)
+    version = document.version + 1
+    services = list(document.services)
+    index = {s.name: i for i, s in enumerate(services)}
+    created: list[str] = []
+    replaced: list[str] = []
+    unchanged: list[str] = []
+    for i, item in enumerate(obj["services"]):
+        where = f"{what}.services[{i}]"
+        name = item["name"]
+        if name in created or name in replaced or name in unchanged:
+            raise ConfigError(f"{where}: service {name!r} is named twice")
+        service = _pool(_with_ids(item), where, version)
+        check_unique(service.backends)
+        if name not in index:
+            services.append(service)
+            created.append(name)
+            continue
+        if service_json(services[index[name]]) == service_json(service):
+            unchanged.append(name)
+            continue
+        services[index[name]] = service
+        replaced.append(name)
+    new = check_document(Document(version, tuple(services)))
+    return new, Applied(tuple(created), tuple(replaced), tuple(unchanged))
+
+
+#: The body of PATCH /api/v1/services: whole services, by name.
+SERVICE_BATCH = {
+    "type": "object",
+    "required": ["services"],
+    "additionalProperties": False,
+    "properties": {"services": {"type": "array", "minItems": 1, "maxItems": 100, "items": NEW_SERVICE}},
+}
 
 
 def remove_service(document: Document, name: str) -> Document:

@@ -369,7 +369,7 @@ class Balancer(RelayedElsewhere):
         self._finish(record)
 
     #: The list of L{lbproxy.accesslog.AccessLog}, when one writes the
-    #: access log: C{_finish} only appends C{(time, record)} to it.
+    #: access log: C{_finish} only appends C{(time, *record)} to it.
     access_records: list | None = None
 
     def retire(self, force: bool, done: Callable[[], None]) -> None:
@@ -408,7 +408,8 @@ class Balancer(RelayedElsewhere):
             self.histograms.duration.observe(record.backend, record.duration)
         pending = self.access_records
         if pending is not None:
-            pending.append((self._reactor.seconds(), record))
+            # Primitives only (lbproxy.accesslog.FIELDS): the record is freed now.
+            pending.append((self._reactor.seconds(), *record))
         elif self.settings.access_log:
             access_log.info(
                 "{client} -> {backend} up={bytes_up} down={bytes_down} "

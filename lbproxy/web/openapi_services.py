@@ -55,6 +55,20 @@ def _service_schemas(document: dict[str, Any]) -> dict[str, Any]:
             "properties": {"version": {"type": "integer"},
                            "services": {"type": "array", "items": {"type": "object"}}},
         },
+        "ServiceBatch": {
+            "type": "object", "required": ["services"], "additionalProperties": False,
+            "description": "Whole services by name (lbproxyctl apply): each replaces its namesake or is "
+                           "added; services not named are left alone.",
+            "properties": {"services": {"type": "array", "minItems": 1, "maxItems": 100,
+                                        "items": _ref("NewService")}},
+        },
+        "ServiceBatchResult": {
+            "type": "object", "required": ["created", "replaced", "unchanged", "services", "version"],
+            "properties": {**{k: {"type": "array", "items": {"type": "string"}}
+                              for k in ("created", "replaced", "unchanged")},
+                           "services": {"type": "array", "items": _ref("Service")},
+                           "version": {"type": "integer"}},
+        },
         "ServiceRemoval": {
             "type": "object",
             "required": ["name", "state", "connections", "closed", "version"],
@@ -93,6 +107,10 @@ def _service_paths(api: str) -> dict[str, Any]:
             "post": _change("Add a service; its listen endpoints are bound before it is stored "
                             "(409: a port is taken; 400: an address is not on this host).", "NewService",
                             _ok("Service", "The new service; Location names it.", 201)),
+            "patch": _change("Replace or add the named services as one version, checked whole (one "
+                             "refused service changes nothing); one history entry. A batch that changes "
+                             "nothing makes no version.", "ServiceBatch",
+                             _ok("ServiceBatchResult", "What each named service became, and the version.")),
         },
         f"{api}/services/{{name}}": {
             "get": _read("One service.", _ok("Service", "The service."), 404, params=(_SERVICE_NAME,)),

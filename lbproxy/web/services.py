@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from lbproxy.model.errors import ConfigError, StoreError, VersionConflict
-from lbproxy.model.service import add_service, remove_service, service_json, update_service
+from lbproxy.model.service import add_service, apply_services, remove_service, service_json, update_service
 from lbproxy.web.errors import ApiError, read_json
 
 
@@ -129,6 +129,36 @@ def services_routes(app: Any, API: str, guard: Callable[..., Any]) -> None:
                                              note(self, request, "added service {}", name))
         request.setHeader(b"Location", f"{base}/{service.name}".encode())
         return self._with_version(request, new.version, service_view(self, service.name), 201)
+
+    @app.route(base, methods=["PATCH"])
+    @guard
+    async def apply_services_route(self: Any, request: Any) -> bytes:
+        # lbproxyctl apply: the named services replaced or added as one
+        # version, refused whole; a batch that changes nothing makes none.
+        from lbproxy.control.store.history import Change
+        from lbproxy.web.preconditions import if_match
+
+        condition = if_match(request)  # a malformed header is refused before the body is read
+        body = read_json(request)
+        controller = self.controller
+        try:
+            _, applied = apply_services(controller.document, body)
+        except ConfigError as e:
+            raise ApiError(400, str(e)) from None
+        if applied.created or applied.replaced:
+            new, applied = await change_document(
+                self, request, lambda d: apply_services(d, body),
+                Change(self._who(request), lambda result: result.summary()))
+        else:
+            new = controller.document
+            expected = condition.expected(new.version)
+            if expected is not None and expected != new.version:
+                raise ApiError(412, str(VersionConflict(expected, new.version)), current_version=new.version)
+        return self._with_version(request, new.version, {
+            "created": list(applied.created), "replaced": list(applied.replaced),
+            "unchanged": list(applied.unchanged),
+            "services": [{**service_view(self, s["name"]), "version": new.version} for s in body["services"]],
+        })
 
     @app.route(base + "/<string:name>", methods=["GET"])
     @guard

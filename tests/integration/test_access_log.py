@@ -133,3 +133,60 @@ async def test_history_survives_restart_and_rolls_back(tmp_path, children):  # n
         assert listed[0]["summary"] == "rolled back to version 1" and len(listed) == 4
     finally:
         await again.stop()
+
+
+def connect_from(port: int) -> str:
+    """One connection as L{connect_and_close}; returns the client's "host:port"."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        me = "%s:%d" % s.getsockname()[:2]
+        s.sendall(b"hello\n")
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while len(got) < 6:
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            got += chunk
+    return me
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_write_the_same_log_and_reopen_on_sigusr1(tmp_path, children):  # noqa: F811
+    """With --workers 2 and --access-log FILE, every connection is exactly
+    one JSON line in FILE (each worker appends whole batches; no old
+    per-connection twisted.logger lines), and after a rename a SIGUSR1 to
+    the parent (forwarded to each worker) makes both workers write to a
+    new file at the path while the renamed one keeps the old lines."""
+    backend = h.serve(reactor, h.Echo)
+    proxy = free_port()
+    path = tmp_path / "access.log"
+    child = await start(tmp_path / "state", "--listen", f"tcp:{proxy}:interface=127.0.0.1",
+                        "--backend", f"127.0.0.1:{backend.getHost().port}",
+                        "--access-log", str(path), "--workers", "2")
+    children.append(child)
+
+    async def batch(n: int) -> set:
+        return {await threads.deferToThread(connect_from, proxy) for _ in range(n)}
+
+    def records(p) -> list[dict]:
+        return [json.loads(line) for line in lines_of(p)]
+
+    try:
+        await h.until(lambda: child.output.count("relaying on") == 2, timeout=30)
+        first = await batch(30)
+        await h.until(lambda: len(lines_of(path)) >= 30)
+        logged = records(path)
+        assert sorted(r["client"] for r in logged) == sorted(first), logged
+        assert all(r["backend"] == "b1" and r["bytes_up"] == 6 and r["outcome"] == "ok" for r in logged)
+        assert " -> b1 up=6 " not in child.output, "a worker still writes the old per-connection lines"
+
+        os.rename(path, tmp_path / "access.log.1")
+        child.signal(signal.SIGUSR1)
+        await h.until(lambda: child.output.count("access log reopened") == 2, timeout=15)
+        second = await batch(30)
+        await h.until(lambda: len(lines_of(path)) >= 30)
+        assert sorted(r["client"] for r in records(path)) == sorted(second)
+        assert sorted(r["client"] for r in records(tmp_path / "access.log.1")) == sorted(first)
+    finally:
+        await child.stop()
+        await backend.stopListening()

@@ -95,6 +95,11 @@ def test_schemathesis_finds_no_server_errors(factories, tmp_path):
             "--max-examples", "25", "--seed", "1234", "--workers", "1",
             "--generation-database", "none", "--no-color",
         ]
+        # An invalid body over the 1 MiB limit is rightly refused with 413
+        # (before it is read): a rejection too, beside schemathesis's defaults.
+        (tmp_path / "schemathesis.toml").write_text(
+            '[checks.negative_data_rejection]\nexpected-statuses = '
+            '["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]\n')
         env = dict(os.environ, NO_COLOR="1")
         out, err, code = yield utils.getProcessOutputAndValue(sys.executable, args, env=env, path=str(tmp_path))
         text = out.decode(errors="replace") + err.decode(errors="replace")

@@ -125,7 +125,8 @@ def configs(proxy: Proxy) -> list:
 
 def test_apply_diff_rollback_round_trip(fresh, tmp_path):
     """
-    apply -f of two services on an empty lbproxy creates them (POST each);
+    apply -f of two services on an empty lbproxy creates them as one
+    version (one history entry, by cli, naming both);
     diff -f then prints nothing and exits 0; a changed file diffs per field
     and re-applies as one PUT with the other service unchanged; rollback to
     the version before the apply restores the services exactly.
@@ -139,7 +140,10 @@ def test_apply_diff_rollback_round_trip(fresh, tmp_path):
     assert configs(fresh) == before, "a dry run changed something"
 
     out = json.loads(ok(fresh, "apply", "-f", str(path), "--json"))
-    assert out["created"] == ["postgres", "redis"] and out["version"] == version + 2, out
+    assert out["created"] == ["postgres", "redis"] and out["version"] == version + 1, out
+    latest = get(fresh, "/history")[0]
+    assert (latest["version"], latest["by"], latest["summary"]) == (
+        version + 1, "cli", "applied: created postgres, redis"), latest
     names = [s["name"] for s in get(fresh, "/services")["services"]]
     assert names == ["default", "postgres", "redis"]
     r = ctl(fresh, "diff", "-f", str(path))
@@ -174,6 +178,31 @@ def test_apply_is_refused_on_a_stale_version_and_for_a_bad_file(fresh, tmp_path)
     r = ctl(fresh, "apply", "-f", str(path), "--if-match", str(reviewed))
     assert r.returncode == 1 and "refused (412)" in r.stderr and "stale" in r.stderr, r.stderr
     assert [s["name"] for s in get(fresh, "/services")["services"]] == ["default"]
+
+
+def test_apply_refused_for_one_service_changes_nothing(fresh, tmp_path):
+    """
+    A file of two services where the server refuses one (its port is
+    taken: 409) is refused whole: exit 1 with the server's message, the
+    other service is not added, no version and no history entry is made.
+    """
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        path = two_services(tmp_path / "services.toml")
+        text = path.read_text().replace(f'[services.redis]\nlisten = ["{LOCAL}"]',
+                                        f'[services.redis]\nlisten = ["tcp:{taken.getsockname()[1]}:interface=127.0.0.1"]')
+        path.write_text(text)
+        before = get(fresh, "/services")["version"], len(get(fresh, "/history"))
+        r = ctl(fresh, "apply", "-f", str(path))
+        assert r.returncode == 1 and "refused (409)" in r.stderr and "nothing changed" in r.stderr, r.stderr
+        assert [s["name"] for s in get(fresh, "/services")["services"]] == ["default"]
+        assert (get(fresh, "/services")["version"], len(get(fresh, "/history"))) == before
+    finally:
+        taken.close()
 
 
 def test_backend_verbs_and_refusals(proxy):
