@@ -342,7 +342,7 @@ def apply_services(document: Document, body: Any, what: str = "body") -> tuple[D
         name = item["name"]
         if name in created or name in replaced or name in unchanged:
             raise ConfigError(f"{where}: service {name!r} is named twice")
-        service = _pool(_with_ids(item), where, version)
+        service = build_pool(_with_ids(item), where, version)
         check_unique(service.backends)
         if name not in index:
             services.append(service)
