@@ -115,21 +115,17 @@ class ListenerManager:
                     parse_endpoint(description, self.reactor)
                 except ValueError as e:
                     raise ConfigError(f"service {s.name!r}: listen {description!r}: {e}") from None
-        from lbproxy.relay.tlsreload import needs_tls
-
         for key, services in sharing(document).items():
+            # The fast engine reads its TLS per accepted connection; a Twisted
+            # engine listener is wrapped in TLS (or not) when it is bound.
             listener = self.listeners.get(key)
-            if listener is not None and needs_tls(services) and getattr(listener, "proxy_factory", None) is None:
+            if listener is None or getattr(listener, "proxy_factory", None) is None:
+                continue
+            if (services[0].tls is not None) != (key in self.tls.servers):
                 raise ConfigError(
-                    f"service {services[0].name!r}: {endpoint_of(key)} listens on the fast engine, which "
-                    f"cannot speak TLS; give the service a new listen endpoint (served by the Twisted "
-                    f"engine) or restart lbproxy"
-                )
-            if listener is not None and (services[0].tls is not None) != (key in self.tls.servers):
-                raise ConfigError(
-                    f"service {services[0].name!r}: {endpoint_of(key)} is listening already; turning tls "
-                    f"on or off there needs a new listen endpoint (or a restart); its certificates can "
-                    f"change at any time"
+                    f"service {services[0].name!r}: {endpoint_of(key)} is listening already on the Twisted "
+                    f"engine; turning tls on or off there needs a new listen endpoint (or a restart, or the "
+                    f"fast engine); its certificates can change at any time"
                 )
         self.tls.check(document)
 
@@ -185,6 +181,8 @@ class ListenerManager:
             self._route(description, listener, services)
             if not listener.running:
                 listener.startService()
+                if getattr(listener, "engine", None) is not None:
+                    listener.engine.tls = listener.tls_hook
         for description in tuple(self.listeners):
             if description not in wanted:
                 self._stop(description)
@@ -223,16 +221,30 @@ class ListenerManager:
         engine = getattr(listener, "engine", None)
         if engine is not None:
             engine.route = route
+        if isinstance(listener, FastRelayService):
+            listener.tls_hook = self._fast_tls(description, services)
+            if engine is not None:
+                engine.tls = listener.tls_hook
+
+    def _fast_tls(self, key: str, services: list) -> Any:
+        """
+        What a fast engine listener does with TLS from now on: C{None}
+        (plain), or the L{FastTLS} hook terminating it with the
+        certificates in force and reaching TLS backends.
+        """
+        from lbproxy.relay.fast_tls import FastTLS
+        from lbproxy.relay.tlsreload import needs_tls
+
+        if not needs_tls(services):
+            return None
+        server = self.tls.servers.get(key) if services[0].tls is not None else None
+        return FastTLS(server, self.tls.fast_clients)
 
     def _listener(self, key: str, services: list = ()) -> Any:  # type: ignore[assignment]
         """
-        A listener for C{key}, on the manager's engine, except that one
-        that needs TLS (a service terminating it, or a backend reached
-        over it) is served by the Twisted engine: the fast engine relays
-        raw sockets.
+        A listener for C{key}, on the manager's engine (TLS too: the fast
+        engine's is L{lbproxy.relay.fast_tls}).
         """
-        from lbproxy.relay.tlsreload import needs_tls
-
         description = endpoint_of(key)
         endpoint = parse_endpoint(description, self.reactor)
         if not endpoint.tcp and self.running:
@@ -241,11 +253,18 @@ class ListenerManager:
                 f"change is stored), not {description}"
             )
         backlog = endpoint.backlog or self.backlog
-        tls = needs_tls(list(services))
-        engine = "twisted" if tls else self.engine
+        engine = self.engine
         what = f"proxy ({engine} engine{', TLS' if services and services[0].tls else ''})"
         # Refuses every client (no service) until commit gives the real route.
         placeholder = ListenerRoute(description, (), settings=self.settings)
+        if engine == "fast":
+            if endpoint.tcp:
+                return FastRelayService(placeholder, endpoint, backlog, self.reuse_port, self.reactor, what)
+            from lbproxy.relay.tlsreload import needs_tls
+
+            if not needs_tls(list(services)):
+                raise ConfigError(f"the fast engine listens on tcp: endpoints only, not {description}")
+            what = what.replace("fast", "twisted")
         if services and services[0].tls is not None:
             from lbproxy.relay.twisted_tls import TLSProxyFactory, tls_listener_factory
 
@@ -255,10 +274,6 @@ class ListenerManager:
             listener = ListenerService(endpoint, wrapped, backlog, what, self.reactor)
             listener.proxy_factory = proxy
             return listener
-        if engine == "fast":
-            if not endpoint.tcp:
-                raise ConfigError(f"the fast engine listens on tcp: endpoints only, not {description}")
-            return FastRelayService(placeholder, endpoint, backlog, self.reuse_port, self.reactor, what)
         from lbproxy.relay.twisted_engine import ProxyFactory
 
         proxy = ProxyFactory(placeholder, self.reactor)

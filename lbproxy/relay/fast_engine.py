@@ -704,6 +704,10 @@ class FastRelay:
 
     #: Batches of events handled per reactor wakeup.
     max_polls = 8
+    #: A listener with TLS (terminated here, or to its backends): called
+    #: with C{(engine, socket, client address)} per accepted socket instead
+    #: of the plain path (L{lbproxy.relay.fast_tls.FastTLS}).
+    tls: Any = None
 
     def __init__(
         self,
@@ -861,6 +865,7 @@ class FastRelay:
         make = _RawSocket
         stream = socket.SOCK_STREAM
         clock = self.reactor
+        tls = self.tls
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, addr = accept()
@@ -871,6 +876,9 @@ class FastRelay:
                     self.pause_accepting(e)
                 return
             sock = make(family, stream, 0, fd)
+            if tls is not None:
+                tls(self, sock, addr[:2])
+                continue
             # An IPv4 address is already (host, port): [:2] returns it as is.
             session = ConnectionSession(self.route, clock, addr[:2])
             candidate = session.accepted()

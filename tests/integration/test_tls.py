@@ -58,12 +58,10 @@ def shake(port, name, ca, client=None, send=b""):
     return threads.deferToThread(handshake, port, name, ca, client, send)
 
 
-@pytest.mark.parametrize("engine", ["twisted", "fast"])
 @pytest_twisted.ensureDeferred
 async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki, engine):
     """
-    (On both engines: a fast-engine lbproxy serves a TLS listener with
-    the Twisted engine.)
+    (On each engine, which serves the TLS listener itself.)
     A TLS listener with two certificates: each server name gets its own
     (exact, then wildcard, then the first as default), seen by Python's
     ssl and by openssl s_client -servername; the relay works through TLS;
@@ -75,7 +73,7 @@ async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki, en
     try:
         port, out = await add(url, "web", named.getHost().port, tls(pki["a"], pki["b"]))
         listener = next(v for k, v in assembly.listeners.listeners.items() if k.endswith("(web)"))
-        assert "twisted engine, TLS" in listener.what
+        assert f"{engine} engine, TLS" in listener.what
         ca = pki["ca"].path
         assert await shake(port, "a.test", ca) == ("a.test", b"web")
         assert await shake(port, "b.test", ca) == ("b.test", b"web")
@@ -118,7 +116,7 @@ async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki, en
 
 
 @pytest_twisted.ensureDeferred
-async def test_mtls_admits_a_client_certificate_of_the_ca_and_refuses_one_without(pki, tmp_path):
+async def test_mtls_admits_a_client_certificate_of_the_ca_and_refuses_one_without(pki, tmp_path, engine):
     """
     With client_ca, a client presenting a certificate of that CA is
     relayed, with its subject in the access log record; a client without
@@ -131,7 +129,7 @@ async def test_mtls_admits_a_client_certificate_of_the_ca_and_refuses_one_withou
     from lbproxy.assembly import assemble
 
     opts = Options()
-    opts.parseOptions(["--admin", LOCAL, "--access-log", str(log_path), *options])
+    opts.parseOptions(["--admin", LOCAL, "--engine", engine, "--access-log", str(log_path), *options])
     assembly = assemble(opts.spec, reactor)
     assembly.top.bind()
     assembly.top.startService()
@@ -181,7 +179,7 @@ def tls_backend(pki, name):
 
 
 @pytest_twisted.ensureDeferred
-async def test_backend_over_tls_is_verified_by_ca_and_server_name(pki, tmp_path):
+async def test_backend_over_tls_is_verified_by_ca_and_server_name(pki, tmp_path, engine):
     """
     A backend reached over TLS: with the right CA and server name the
     client gets the backend's bytes; a wrong name or another CA fail the
@@ -191,7 +189,7 @@ async def test_backend_over_tls_is_verified_by_ca_and_server_name(pki, tmp_path)
     bport = secure.getHost().port
     (tmp_path / "other").mkdir()
     other = CA(tmp_path / "other", "other CA")
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}", engine=engine)
     try:
         from tests.integration.test_services import first_line
 
@@ -235,7 +233,7 @@ class Held:
 
 
 @pytest_twisted.ensureDeferred
-async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connection_keeps_working(pki):
+async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connection_keeps_working(pki, engine):
     """
     A PATCH of tls with new paths is served to the next handshake while a
     connection opened before still relays; files rewritten on disk are
@@ -244,7 +242,7 @@ async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connec
     certificate, or one readable by others, is a 400 and nothing changes.
     """
     named = backend(b"web")
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
     ca = pki["ca"].path
     try:
         port, _ = await add(url, "web", named.getHost().port, tls(pki["a"]))
@@ -294,14 +292,14 @@ async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connec
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_that_never_finishes_the_handshake_is_closed_at_sni_timeout(pki):
+async def test_a_client_that_never_finishes_the_handshake_is_closed_at_sni_timeout(pki, engine):
     """
     A client that connects and sends nothing is closed once the
     service's sni_timeout passes (counted as tls-timeout), and no
     backend is connected for it.
     """
     named = backend(b"web")
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
     try:
         body = {"name": "slow", "listen": [LOCAL], "sni_timeout": 0.3,
                 "backends": [{"host": "127.0.0.1", "port": named.getHost().port}], "tls": tls(pki["a"])}

@@ -1,0 +1,398 @@
+"""
+The fast engine's TLS: listeners that terminate it and backends reached
+over it, with the standard library's C{ssl} on the engine's non-blocking
+sockets, driven by its epoll events.
+
+Why the standard library here (the Twisted engine keeps pyOpenSSL): its
+C{_ssl} socket object reads and writes the file descriptor in C, so a
+relayed chunk costs one call into OpenSSL, where a memory BIO costs a
+copy in and a copy out through Python for every record.  The engine's
+L{Relay} stays the one relay: a TLS side is a L{TLSSocket}, whose
+C{recv_into}/C{send} raise C{BlockingIOError} where OpenSSL wants to read
+or write, as a plain non-blocking socket would.  C{splice} is off for a
+relay with a TLS side (its bytes must go through OpenSSL).
+
+The C{_ssl} object is made with C{SSLContext._wrap_socket} on the raw
+socket: the public C{wrap_socket} builds a Python C{SSLSocket} around it
+(five more system calls and as many Python frames per connection, and
+three frames per read), which measured as a tenth of a full handshake's
+cost here.
+
+A client is admitted and routed once its handshake is done (as on the
+Twisted engine): strategies and the access log see the verified client
+certificate's subject, the server name and the ALPN protocol
+(L{lbproxy.relay.twisted_tls.TLSClient}); a client that fails its
+handshake never costs a backend connection.  A handshake must finish
+within the route's C{sni_timeout}.
+
+Half-close: when one side ends, a TLS side gets a close_notify and a
+TCP FIN; OpenSSL may discard what that side sends after it (the Twisted
+engine closes such a side altogether).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from _socket import socket as _RawSocket
+from typing import Any
+
+from cryptography import x509
+
+from lbproxy.relay.fast_engine import _BAD, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Relay
+
+_NONBLOCK_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait
+
+_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_ENDED = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
+#: The largest plaintext of one TLS record: a read leaves OpenSSL's
+#: buffer empty when it has room for one (no epoll event would say so).
+RECORD = 16384
+
+
+class _Socket(_RawSocket):
+    """
+    The engine's raw socket type, but one C{_ssl} can refer to (weakly).
+    """
+
+    __slots__ = ("__weakref__",)
+
+
+def _referable(sock: Any) -> _Socket:
+    """
+    C{sock} (non-blocking) as a L{_Socket}: the same descriptor, and a
+    zero timeout, without which C{_ssl} would wait in C{poll()} for what
+    it wants.
+    """
+    return _Socket(sock.family, _NONBLOCK_STREAM, 0, sock.detach())
+
+
+class TLSSocket:
+    """
+    A relayed socket speaking TLS: the few socket methods L{Relay} calls,
+    over the C{_ssl} object, with OpenSSL's wants as C{BlockingIOError}.
+    """
+
+    __slots__ = ("raw", "tls")
+
+    def __init__(self, raw: Any, tls: Any) -> None:
+        self.raw = raw
+        self.tls = tls
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def recv_into(self, buffer: Any) -> int:
+        """
+        Read records while the buffer has room for a whole one, so nothing
+        stays decrypted inside OpenSSL; C{0} at the peer's end of stream
+        (a close_notify, or a FIN without one).
+        """
+        read = self.tls.read
+        size = len(buffer)
+        try:
+            total = read(size, buffer)
+        except _WANT:
+            raise BlockingIOError from None
+        except _ENDED:
+            return 0
+        if not total:
+            return 0
+        view = None
+        while size - total >= RECORD:
+            if view is None:
+                view = memoryview(buffer)
+            try:
+                n = read(size - total, view[total:])
+            except (ssl.SSLError, OSError):
+                break
+            if not n:
+                break
+            total += n
+        return total
+
+    def send(self, data: Any) -> int:
+        try:
+            return self.tls.write(data)
+        except _WANT:
+            # OpenSSL wants the same bytes again: the relay keeps them all.
+            raise BlockingIOError from None
+
+    def shutdown(self, how: int) -> None:
+        try:
+            self.tls.shutdown()
+        except (ssl.SSLError, OSError):
+            # The close_notify is out; OpenSSL wants the peer's, later.
+            pass
+        self.raw.shutdown(how)
+
+    def setsockopt(self, *args: Any) -> None:
+        self.raw.setsockopt(*args)
+
+    def getsockopt(self, *args: Any) -> Any:
+        return self.raw.getsockopt(*args)
+
+    def getsockname(self) -> Any:
+        return self.raw.getsockname()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class TLSRelay(Relay):
+    """
+    A L{Relay} one side of which (or both) speaks TLS: no splice; a TLS
+    source's end is what its read says (not C{EPOLLRDHUP}: records may
+    still be in the kernel); a backend over TLS counts as connected once
+    its handshake is done and its certificate verified.
+    """
+
+    __slots__ = ("clients", "backend_tls", "handshake")
+
+    def __init__(self, engine: Any, sock: Any, session: ConnectionSession, clients: dict) -> None:
+        super().__init__(engine, sock, session)
+        self.clients = clients
+        self.backend_tls: Any = None
+        self.handshake: Any = None
+
+    def _start_splice(self, flow: Any) -> None:
+        pass
+
+
+    def _read(self, flow: Any, ev: int, from_client: bool) -> None:
+        if flow.src.__class__ is TLSSocket:
+            ev &= ~EPOLLRDHUP
+        Relay._read(self, flow, ev, from_client)
+
+    def connect(self, candidate: Any) -> None:
+        tls = candidate.backend.tls
+        self.backend_tls = None if tls is None else (tls, candidate.host)
+        Relay.connect(self, candidate)
+
+    def _on_connect(self, ev: int) -> None:
+        if self.backend_tls is None or ev & _BAD:
+            Relay._on_connect(self, ev)
+            return
+        tls, host = self.backend_tls
+        found = self.clients.get((tls, host))
+        if found is None:
+            from lbproxy.relay.tlsreload import fast_client
+
+            found = self.clients[(tls, host)] = fast_client(tls, host)
+        ctx, name = found
+        raw = self.backend_sock = _referable(self.backend_sock)
+        self.handshake = ctx._wrap_socket(raw, False, name, owner=None, session=None)
+        self.engine.handlers[self.bfd] = self._on_backend_handshake
+        self._on_backend_handshake(0)
+
+    def _on_backend_handshake(self, ev: int) -> None:
+        try:
+            self.handshake.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_backend(EPOLLIN)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_backend(EPOLLOUT)
+            return
+        except (ssl.SSLError, OSError) as e:
+            # Refused or unverified: a failed connect, tried elsewhere.
+            self.handshake = None
+            self._drop_backend()
+            self._connect_failed(f"tls: {getattr(e, 'reason', None) or e}")
+            return
+        wrapped = TLSSocket(self.backend_sock, self.handshake)
+        self.handshake = None
+        self.backend_sock = wrapped
+        deadline = self.deadline
+        if deadline is not None:
+            # The connect deadline names the backend socket it is for.
+            deadline[2] = wrapped
+        self._connected()
+
+
+class ServerHandshake:
+    """
+    A client of a TLS listener until its handshake is done: then its
+    session hears C{accepted} and a L{TLSRelay} takes it over.
+    """
+
+    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "__weakref__")
+
+    def __init__(self, engine: Any, raw: Any, client: tuple, certificates: Any, clients: dict) -> None:
+        self.engine = engine
+        self.raw = raw = _referable(raw)
+        self.fd = raw.fileno()
+        self.clients = clients
+        self.name: str | None = None
+        self.session = ConnectionSession(engine.route, engine.reactor, client)
+        # The certificates in force now: a reload changes the next handshakes only.
+        self.tls = certificates.fast._wrap_socket(raw, True, None, owner=self, session=None)
+        self.mask = 0
+        self.timer: Any = None
+
+    def start(self) -> None:
+        engine = self.engine
+        engine.handlers[self.fd] = self.step
+        timeout = getattr(engine.route, "sni_timeout", 0.0) or 5.0
+        self.timer = engine.reactor.callLater(timeout, self._timed_out)
+        self.step(0)
+
+    def step(self, ev: int) -> None:
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(EPOLLIN)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(EPOLLOUT)
+            return
+        except (ssl.SSLError, OSError):
+            self._fail("tls-handshake-failed")
+            return
+        self._done()
+
+    def _want(self, mask: int) -> None:
+        if mask != self.mask:
+            epoll = self.engine.epoll
+            if self.mask:
+                epoll.modify(self.fd, mask)
+            else:
+                epoll.register(self.fd, mask)
+            self.mask = mask
+
+    def _forget(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.engine.handlers.pop(self.fd, None)
+        if self.mask:
+            self.engine.epoll.unregister(self.fd)
+            self.mask = 0
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self._fail("tls-timeout")
+
+    def _fail(self, why: str) -> None:
+        self._forget()
+        self.session.closing(why)
+        self.engine.close(self.raw)
+        self.session.ended(0, 0)
+
+    def _done(self) -> None:
+        from lbproxy.relay.twisted_tls import TLSClient
+
+        self._forget()
+        tls = self.tls
+        session = self.session
+        der = tls.getpeercert(True)
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string() if der else None
+        session.client = TLSClient(session.client, subject, self.name, tls.selected_alpn_protocol())
+        answer = session.accepted()
+        if answer is None:
+            self.engine.close(self.raw)
+            return
+        relay = TLSRelay(self.engine, TLSSocket(self.raw, tls), session, self.clients)
+        if answer.__class__ is ReadFirst:
+            # Routing by the first bytes means nothing inside TLS.
+            relay.close("tls-no-route")
+        elif answer.__class__ is Wait:
+            relay.wait(answer)
+        else:
+            relay.connect(answer)
+
+
+class FastTLS:
+    """
+    The hook a fast engine's listener calls per accepted socket when TLS
+    is involved (L{lbproxy.relay.fast_engine.FastRelay.tls}): it
+    terminates TLS when C{server} (an L{lbproxy.relay.tls.ServerTLS}) is
+    set, and reaches backends over TLS with the store's client contexts.
+    """
+
+    def __init__(self, server: Any, clients: dict) -> None:
+        self.server = server
+        self.clients = clients
+
+    def __call__(self, engine: Any, sock: Any, client: tuple) -> None:
+        sock.setblocking(False)
+        server = self.server
+        if server is not None:
+            ServerHandshake(engine, sock, client, server.certificates, self.clients).start()
+            return
+        session = ConnectionSession(engine.route, engine.reactor, client)
+        answer = session.accepted()
+        if answer is None:
+            sock.close()
+            return
+        relay = TLSRelay(engine, sock, session, self.clients)
+        if answer.__class__ is ReadFirst:
+            relay.read_first(answer)
+        elif answer.__class__ is Wait:
+            relay.wait(answer)
+        else:
+            relay.connect(answer)
+
+
+# Contexts --------------------------------------------------------------------
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def server_context(config: Any, cert_path: str, key_path: str, ciphers: str) -> ssl.SSLContext:
+    """
+    One certificate's context for the fast engine (files already checked
+    by L{lbproxy.relay.tls.build}).
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _VERSIONS[config.min_version]
+    ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+                    | getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0))
+    ctx.set_ciphers(ciphers)
+    ctx.load_cert_chain(cert_path, key_path)
+    if config.alpn:
+        ctx.set_alpn_protocols(list(config.alpn))
+    if config.client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=config.client_ca)
+    return ctx
+
+
+def select_by_name(default: ssl.SSLContext, exact: dict, wildcards: dict, select: Any) -> None:
+    """
+    Make C{default} choose the context of the client's server name
+    (C{select}: L{lbproxy.relay.tls.Certificates.select} over the fast
+    contexts) and remember the name for the session.
+    """
+
+    def on_name(owner: Any, name: str | None, ctx: Any) -> None:
+        if name:
+            name = name.lower()
+            owner.name = name
+            chosen = select(name)
+            if chosen is not None and chosen is not default:
+                owner.tls.context = chosen
+
+    for ctx in {id(c): c for c in (default, *exact.values(), *wildcards.values())}.values():
+        ctx.sni_callback = on_name
+
+
+def client_context(config: Any, host: str) -> tuple[ssl.SSLContext, str | None]:
+    """
+    The context and server name of a backend over TLS on the fast engine:
+    verified against C{config.ca} (else the system's trust store) and the
+    server name (else C{host}), or not at all with C{verify: false}.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    name = config.server_name or host
+    if not config.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif config.ca:
+        ctx.load_verify_locations(cafile=config.ca)
+    else:
+        ctx.load_default_certs()
+    return ctx, name.encode("idna").decode("ascii") if name else None
