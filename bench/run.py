@@ -432,6 +432,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", choices=["tls"],
                         help="only one scenario: tls = TLS terminated by HAProxy and lbproxy with the "
                              "same certificate (full handshakes per CPU-second, 1 MiB bulk); bench/tls_bench.py")
+    parser.add_argument("--tls-engines", default="fast",
+                        help="with --only tls: lbproxy's relay engines to measure, comma-separated (fast,twisted)")
     parser.add_argument("--replot", metavar="JSON",
                         help="only redraw the plot (and print the table) from a results file")
     args = parser.parse_args(argv)
