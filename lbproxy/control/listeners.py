@@ -115,18 +115,8 @@ class ListenerManager:
                     parse_endpoint(description, self.reactor)
                 except ValueError as e:
                     raise ConfigError(f"service {s.name!r}: listen {description!r}: {e}") from None
-        for key, services in sharing(document).items():
-            # The fast engine reads its TLS per accepted connection; a Twisted
-            # engine listener is wrapped in TLS (or not) when it is bound.
-            listener = self.listeners.get(key)
-            if listener is None or getattr(listener, "proxy_factory", None) is None:
-                continue
-            if (services[0].tls is not None) != (key in self.tls.servers):
-                raise ConfigError(
-                    f"service {services[0].name!r}: {endpoint_of(key)} is listening already on the Twisted "
-                    f"engine; turning tls on or off there needs a new listen endpoint (or a restart, or the "
-                    f"fast engine); its certificates can change at any time"
-                )
+        # Both engines read a listener's TLS per accepted connection: tls
+        # can be turned on or off on an endpoint listening already.
         self.tls.check(document)
 
     def prepare(self, document: Document, pending: Pending | None = None) -> Pending:
@@ -225,6 +215,8 @@ class ListenerManager:
             listener.tls_hook = self._fast_tls(description, services)
             if engine is not None:
                 engine.tls = listener.tls_hook
+        elif hasattr(target, "serve"):
+            target.serve(self.tls.servers.get(description) if services[0].tls is not None else None)
 
     def _fast_tls(self, key: str, services: list) -> Any:
         """
@@ -265,19 +257,9 @@ class ListenerManager:
             if not needs_tls(list(services)):
                 raise ConfigError(f"the fast engine listens on tcp: endpoints only, not {description}")
             what = what.replace("fast", "twisted")
-        if services and services[0].tls is not None:
-            from lbproxy.relay.twisted_tls import TLSProxyFactory, tls_listener_factory
+        from lbproxy.relay.twisted_tls import SwitchingFactory
 
-            proxy = TLSProxyFactory(placeholder, self.reactor)
-            proxy.tls_clients = self.tls.clients
-            wrapped = tls_listener_factory(self.tls.server(key, services[0]), proxy)
-            listener = ListenerService(endpoint, wrapped, backlog, what, self.reactor)
-            listener.proxy_factory = proxy
-            return listener
-        from lbproxy.relay.twisted_engine import ProxyFactory
-
-        proxy = ProxyFactory(placeholder, self.reactor)
-        proxy.tls_clients = self.tls.clients
+        proxy = SwitchingFactory(placeholder, self.reactor, self.tls.clients)
         listener = ListenerService(endpoint, proxy, backlog, what, self.reactor)
         listener.proxy_factory = proxy
         return listener

@@ -324,3 +324,66 @@ async def test_a_client_that_never_finishes_the_handshake_is_closed_at_sni_timeo
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await named.stopListening()
+
+
+class Plain:
+    """A plain connection opened in a thread, kept open across a change."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.first = self.read_line()
+
+    def read_line(self):
+        line = b""
+        while b"\n" not in line:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            line += chunk
+        return line
+
+    def echo(self, data):
+        self.sock.sendall(data)
+        return self.read_line()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_turned_on_and_off_where_the_endpoint_listens(pki, engine):
+    """
+    On a service's endpoint that listens already, a PATCH turning tls on
+    makes the next connections TLS on the same port while a plain
+    connection opened before still relays; turning it off again makes the
+    next ones plain while the TLS connection opened meanwhile (and the
+    first plain one) still relay.
+    """
+    from tests.integration.test_services import first_line
+
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    ca = pki["ca"].path
+    try:
+        port, _ = await add(url, "web", named.getHost().port, None)
+        plain = await threads.deferToThread(Plain, port)
+        assert plain.first == b"web\n"
+
+        code, body = await call("PATCH", url + "/services/web", {"tls": tls(pki["a"])})
+        assert code == 200, body
+        assert body["listening"] == [f"127.0.0.1:{port}"]
+        assert await shake(port, "a.test", ca) == ("a.test", b"web")
+        held = await threads.deferToThread(Held, port, ca)
+        assert held.cn == "a.test"
+        assert await threads.deferToThread(plain.echo, b"plain still\n") == b"plain still\n"
+
+        code, body = await call("PATCH", url + "/services/web", {"tls": None})
+        assert code == 200, body
+        assert "tls" not in body or body["tls"] is None, body
+        assert await first_line(port) == b"web"
+        assert await threads.deferToThread(held.echo, b"tls still\n") == b"tls still\n"
+        assert await threads.deferToThread(plain.echo, b"and plain\n") == b"and plain\n"
+        code, view = await call("GET", url + "/services/web")
+        assert view["listening"] == [f"127.0.0.1:{port}"] and not view.get("tls_certificates")
+        held.sock.close()
+        plain.sock.close()
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
