@@ -172,7 +172,9 @@ class ListenerManager:
             if not listener.running:
                 listener.startService()
                 if getattr(listener, "engine", None) is not None:
-                    listener.engine.tls = listener.tls_hook
+                    from lbproxy.relay.fast_tls import install
+
+                    install(listener.engine, listener.tls_hook)
         for description in tuple(self.listeners):
             if description not in wanted:
                 self._stop(description)
@@ -214,7 +216,9 @@ class ListenerManager:
         if isinstance(listener, FastRelayService):
             listener.tls_hook = self._fast_tls(description, services)
             if engine is not None:
-                engine.tls = listener.tls_hook
+                from lbproxy.relay.fast_tls import install
+
+                install(engine, listener.tls_hook)
         elif hasattr(target, "serve"):
             target.serve(self.tls.servers.get(description) if services[0].tls is not None else None)
 

@@ -265,10 +265,12 @@ class ServerHandshake:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.engine.handlers.pop(self.fd, None)
+        engine = self.engine
+        engine.handlers.pop(self.fd, None)
         if self.mask:
-            self.engine.epoll.unregister(self.fd)
             self.mask = 0
+            if not engine.stopped:
+                engine.epoll.unregister(self.fd)
 
     def _timed_out(self) -> None:
         self.timer = None
@@ -333,6 +335,30 @@ class FastTLS:
             relay.wait(answer)
         else:
             relay.connect(answer)
+
+
+def install(engine: Any, hook: FastTLS | None) -> None:
+    """
+    Give a running fast engine its TLS hook (C{None}: plain from now on).
+    A listener terminating TLS also gets C{TCP_DEFER_ACCEPT}: the client
+    speaks first, so the accept comes with its ClientHello and the first
+    handshake step does not wait for another epoll round.
+    """
+    engine.tls = hook
+    listener = getattr(engine, "listener", None)
+    if listener is None or not engine.listening or not hasattr(socket, "TCP_DEFER_ACCEPT"):
+        return
+    route = engine.route
+    if hook is not None and hook.server is not None:
+        seconds = max(1, int(getattr(route, "sni_timeout", 5.0) or 5.0))
+    elif getattr(route, "routes_by_sni", False):
+        return
+    else:
+        seconds = 0
+    try:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, seconds)
+    except OSError:
+        pass
 
 
 # Contexts --------------------------------------------------------------------
