@@ -182,6 +182,7 @@ class TLSRelay(Relay):
             found = self.clients[(tls, host)] = fast_client(tls, host)
         ctx, name = found
         raw = self.backend_sock = _referable(self.backend_sock)
+        self._follow_deadline(raw)
         self.handshake = ctx._wrap_socket(raw, False, name, owner=None, session=None)
         self.engine.handlers[self.bfd] = self._on_backend_handshake
         self._on_backend_handshake(0)
@@ -204,11 +205,15 @@ class TLSRelay(Relay):
         wrapped = TLSSocket(self.backend_sock, self.handshake)
         self.handshake = None
         self.backend_sock = wrapped
+        self._follow_deadline(wrapped)
+        self._connected()
+
+    def _follow_deadline(self, sock: Any) -> None:
+        # The connect deadline names the backend socket it is for: a
+        # backend that never finishes its handshake fails at it too.
         deadline = self.deadline
         if deadline is not None:
-            # The connect deadline names the backend socket it is for.
-            deadline[2] = wrapped
-        self._connected()
+            deadline[2] = sock
 
 
 class ServerHandshake:

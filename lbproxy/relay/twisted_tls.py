@@ -71,12 +71,22 @@ class TLSBackendProtocol(BackendProtocol):
         super().__init__(frontend)
         self.handshake: defer.Deferred = defer.Deferred(lambda _: self.transport.abortConnection())
 
+    _timer: Any = None
+
     def connectionMade(self) -> None:
         raw = getattr(self.transport, "transport", None)
         if raw is not None:
             _set_options(raw, self.frontend._options)
+        # The connect timeout covers the handshake: a backend that takes
+        # the TCP connection but never answers TLS is a failed connect.
+        timeout = self.frontend.session.connect_timeout
+        if timeout:
+            self._timer = self.frontend.reactor.callLater(timeout, self.transport.abortConnection)
 
     def handshakeCompleted(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if not self.handshake.called:
             self.handshake.callback(self)
 
@@ -84,6 +94,9 @@ class TLSBackendProtocol(BackendProtocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if not self.handshake.called:
             self._lost = True
             self.handshake.errback(reason)

@@ -387,3 +387,37 @@ async def test_tls_turned_on_and_off_where_the_endpoint_listens(pki, engine):
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await named.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_that_never_finishes_the_tls_handshake_fails_at_connect_timeout(pki, engine):
+    """
+    A backend over TLS that accepts the TCP connection but never answers
+    the ClientHello is a failed connect once the service's connect_timeout
+    passes: the client is closed with nothing, and the failure is counted
+    against the backend.
+    """
+    from twisted.internet import protocol
+
+    from tests.integration.test_services import first_line
+
+    mute = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(protocol.Protocol), interface="127.0.0.1")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{mute.getHost().port}", engine=engine)
+    try:
+        body = {"name": "mute", "listen": [LOCAL], "connect_timeout": 0.3, "retries": 0,
+                "backends": [{"host": "127.0.0.1", "port": mute.getHost().port,
+                              "tls": {"ca": pki["ca"].path, "server_name": "backend.test"}}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        started = reactor.seconds()
+        # A deadline, so that a proxy that never gives up fails the test instead of hanging it.
+        assert await defer.ensureDeferred(first_line(port)).addTimeout(10, reactor) is None
+        assert reactor.seconds() - started < 5
+        balancer = assembly.table.balancer("mute")
+        await until(lambda: balancer.totals.active == 0)
+        code, view = await call("GET", url + "/services/mute")
+        assert code == 200
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await mute.stopListening()
