@@ -14,7 +14,8 @@ import ssl
 import pytest
 
 from lbproxy.model.config import BackendTLS, ServiceTLS
-from lbproxy.relay.fast_tls import RECORD, TLSSocket, _referable, client_context
+from lbproxy.relay.fast_tls import RECORD, TLSSocket, _referable
+from lbproxy.relay.ssl_contexts import client_context
 from lbproxy.relay.tls import build
 from tests.tlscerts import CA
 
@@ -156,3 +157,18 @@ def test_backend_context_verifies_the_name_unless_told_not_to(ca):
     ctx, name = client_context(BackendTLS(verify=False), "h")
     assert not ctx.check_hostname and ctx.verify_mode == ssl.CERT_NONE
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_tls_relay_is_an_engine_connection():
+    """A relay with a TLS side is still the engine's connection to its session."""
+    from zope.interface.verify import verifyObject
+
+    from lbproxy.interfaces import IEngineConnection
+    from lbproxy.relay.fast_tls import TLSRelay
+
+    a, b = socket.socketpair()
+    try:
+        assert verifyObject(IEngineConnection, TLSRelay(object(), a, object(), {}))
+    finally:
+        a.close()
+        b.close()

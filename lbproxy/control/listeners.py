@@ -10,7 +10,10 @@ its new L{ListenerRoute} and stops the listeners of endpoints gone.
 Both engines read their listener's route per accepted connection: a
 listener of one service admits to that service, one shared by several
 reads the client's server name (and a trusted source's PROXY header)
-first and picks the service by it.
+first and picks the service by it.  They read whether to terminate TLS
+per accepted connection too (the fast engine's L{FastTLS} hook, the
+Twisted engine's L{SwitchingFactory}), so C{tls} is turned on or off
+where an endpoint listens without binding it again.
 """
 
 from __future__ import annotations

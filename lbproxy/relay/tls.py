@@ -2,14 +2,16 @@
 TLS: the contexts of listeners that terminate it and of backends reached
 over it, the certificates they serve, and their replacement at runtime.
 
-pyOpenSSL through Twisted's C{TLSMemoryBIOProtocol}, not the standard
-library's C{ssl}: the Twisted engine's transports then stay Twisted
-transports (backpressure, producers, the one L{ConnectionSession} path),
-a context can be swapped for new handshakes while open connections keep
-the one they started with, and SNI selection is one
-C{set_tlsext_servername_callback} that moves the connection to the
-certificate's context.  Backends are verified by service_identity
-(C{optionsForClientTLS}).
+Each engine has its library.  The Twisted engine: pyOpenSSL through
+Twisted's C{TLSMemoryBIOProtocol}, so its transports stay Twisted
+transports (backpressure, producers, the one L{ConnectionSession} path);
+SNI selection is one C{set_tlsext_servername_callback} that moves the
+connection to the certificate's context; backends are verified by
+service_identity (C{optionsForClientTLS}).  The fast engine: the standard
+library's C{ssl} on its raw sockets (L{lbproxy.relay.fast_tls}), from
+contexts built here beside the pyOpenSSL ones (L{Certificates.fast}).
+Either way a set of contexts is swapped whole for new handshakes while
+open connections keep the one they started with.
 
 A listener's certificates live in a L{ServerTLS}, which makes the
 connection of each new handshake from the L{Certificates} in force.
@@ -263,7 +265,7 @@ def _fast(config: ServiceTLS, info: list) -> Any:
     """
     import ssl
 
-    from lbproxy.relay.fast_tls import select_by_name, server_context
+    from lbproxy.relay.ssl_contexts import select_by_name, server_context
 
     ciphers = config.ciphers or MODERN_CIPHERS
     contexts = []

@@ -32,7 +32,7 @@ def fast_client(config: BackendTLS, host: str) -> tuple:
     """
     import ssl
 
-    from lbproxy.relay.fast_tls import client_context
+    from lbproxy.relay.ssl_contexts import client_context
 
     if config.verify and config.ca:
         # The same checks (and messages) as the Twisted engine's creator.
@@ -113,17 +113,6 @@ class TLSStore:
         return any(
             self.services.get(key) == name and server.config == config for key, server in self.servers.items()
         )
-
-    def server(self, key: str, service: Any) -> ServerTLS:
-        """
-        The L{ServerTLS} of a listener about to be bound (built by L{check}).
-        """
-        certificates, files = self.certificates(service.tls, service.name)
-        found = self.servers.get(key)
-        if found is None:
-            found = self.servers[key] = ServerTLS(service.tls, certificates, files)
-            self.services[key] = service.name
-        return found
 
     def commit(self, wanted: dict[str, list]) -> None:
         """
