@@ -85,9 +85,13 @@ class TLSSocket:
 
     def recv_into(self, buffer: Any) -> int:
         """
-        Read records while the buffer has room for a whole one, so nothing
-        stays decrypted inside OpenSSL; C{0} at the peer's end of stream
-        (a close_notify, or a FIN without one).
+        Read whole records, so nothing stays decrypted inside OpenSSL
+        (OpenSSL reads one record per call, and C{buffer} has room for
+        several); C{0} at the peer's end of stream (a close_notify, or a
+        FIN without one).  Reading goes on while records come full (bulk)
+        and room is left for one more: after a short one the kernel rarely
+        has more, and if it does, its epoll event comes again, where
+        another read here would cost an exception to learn it is empty.
         """
         read = self.tls.read
         size = len(buffer)
@@ -97,19 +101,15 @@ class TLSSocket:
             raise BlockingIOError from None
         except _ENDED:
             return 0
-        if not total:
-            return 0
-        view = None
-        while size - total >= RECORD:
-            if view is None:
-                view = memoryview(buffer)
-            try:
-                n = read(size - total, view[total:])
-            except (ssl.SSLError, OSError):
-                break
-            if not n:
-                break
-            total += n
+        n = total
+        if n == RECORD:
+            view = memoryview(buffer)
+            while n == RECORD and size - total >= RECORD:
+                try:
+                    n = read(size - total, view[total:])
+                except (ssl.SSLError, OSError):
+                    break
+                total += n
         return total
 
     def send(self, data: Any) -> int:
