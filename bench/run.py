@@ -432,6 +432,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", choices=["tls"],
                         help="only one scenario: tls = TLS terminated by HAProxy and lbproxy with the "
                              "same certificate (full handshakes per CPU-second, 1 MiB bulk); bench/tls_bench.py")
+    parser.add_argument("--no-tls", action="store_true", help="skip the TLS rows of the full run")
     parser.add_argument("--tls-engines", default="fast",
                         help="with --only tls: lbproxy's relay engines to measure, comma-separated (fast,twisted)")
     parser.add_argument("--replot", metavar="JSON",
@@ -597,6 +598,12 @@ def main(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             nginx.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+    if not args.only_access_log and not args.no_tls:
+        # The TLS rows, with their own nginx and proxies (bench/tls_bench.py).
+        sys.path.insert(0, str(ROOT / "bench"))
+        from tls_bench import run_tls
+
+        return run_tls(args)
     return 0
 
 

@@ -159,7 +159,6 @@ class TLSRelay(Relay):
     def _start_splice(self, flow: Any) -> None:
         pass
 
-
     def _read(self, flow: Any, ev: int, from_client: bool) -> None:
         if flow.src.__class__ is TLSSocket:
             ev &= ~EPOLLRDHUP
