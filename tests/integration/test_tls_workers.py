@@ -8,8 +8,10 @@ change.  Clients are Python's C{ssl}.
 
 from __future__ import annotations
 
+import shutil
 import ssl
 import sys
+import time
 
 import pytest
 
@@ -34,7 +36,9 @@ def test_two_workers_serve_sni_certificates_mtls_and_a_reload(tmp_path):
     service with client_ca admits a client with a certificate of the CA
     and refuses one without; after a PATCH of the certificates, once both
     workers acknowledged the new version, every handshake (through both
-    workers) gets the new certificate.
+    workers) gets the new certificate, and so it does once new files are
+    written at the same paths (each worker watches them); a mismatched key
+    is refused.
     """
     ca = CA(tmp_path)
     a = ca.issue("a", "a.test", ["a.test"])
@@ -78,11 +82,25 @@ tls = {{ certificates = [{{ cert = "{a[0]}", key = "{a[1]}" }}], client_ca = "{c
         assert {handshake(web, "a.test", ca.path)[0] for _ in range(30)} == {"a-renewed.test"}
         lh.until(lambda: sum(per_worker(p, "web")) == sum(before) + 30, 10, "the workers' reports")
         assert all(now > then for now, then in zip(per_worker(p, "web"), before)), (before, per_worker(p, "web"))
+        # New files at the same paths: each worker reads them on its own
+        # poll; done once a batch through both workers all gets them.
+        ondisk = ca.issue("a3", "a-ondisk.test", ["a.test"])
+        shutil.copy(ondisk[0], renewed[0])
+        shutil.copy(ondisk[1], renewed[1])
+        deadline = time.monotonic() + 30
+        while True:
+            before = per_worker(p, "web")
+            names = {handshake(web, "a.test", ca.path)[0] for _ in range(20)}
+            lh.until(lambda: sum(per_worker(p, "web")) == sum(before) + 20, 10, "the workers' reports")
+            after = per_worker(p, "web")
+            if names == {"a-ondisk.test"} and all(n > b for n, b in zip(after, before)):
+                break
+            assert time.monotonic() < deadline, (names, before, after)
         # A mismatched key is refused by the parent, nothing sent to the workers.
         code, body = call(admin, "PATCH", "/services/web",
                           {"tls": {"certificates": [{"cert": a[0], "key": b[1]}]}})
         assert code == 400 and "does not match" in body["error"], body
-        assert handshake(web, "a.test", ca.path)[0] == "a-renewed.test"
+        assert handshake(web, "a.test", ca.path)[0] == "a-ondisk.test"
     finally:
         if p is not None:
             stop(p)
