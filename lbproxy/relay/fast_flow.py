@@ -1,0 +1,313 @@
+"""
+The byte relay of the fast engine: one L{_Flow} per direction and the
+L{FlowIO} half of a L{lbproxy.relay.fast_relay.Relay} that moves bytes.
+
+A read is sent on at once and only the unsent remainder is buffered.
+Backpressure: while one direction has unsent bytes its source is not read
+(at most one buffer per direction).  Half-close: after a side's EOF and
+once its bytes are flushed the other side gets C{shutdown(SHUT_WR)}.  A
+direction whose reads fill the buffer switches to C{splice(2)} through a
+pipe, so bulk bytes never enter Python.  A side with no file descriptor to
+splice from (an C{ssl.SSLSocket} handshaken elsewhere) never switches: see
+L{_Flow.can_splice}.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+from typing import Any
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLRDHUP = select.EPOLLRDHUP
+EPOLLERR = select.EPOLLERR
+EPOLLHUP = select.EPOLLHUP
+_READ = EPOLLIN | EPOLLRDHUP
+_BAD = EPOLLERR | EPOLLHUP
+#: Mask bit (never given to epoll) of a socket taken out of the epoll set:
+#: a hung-up socket reports EPOLLHUP whatever its mask, which would spin a
+#: level-triggered loop while the relay has nothing to do with it.
+_PARKED = 1 << 30
+
+#: Bytes read per C{recv_into}; a read that fills it switches the
+#: direction to splice.  256 KiB measured better than 64 KiB for bulk.
+BUFFER_SIZE = 256 * 1024
+#: Capacity asked for each splice pipe.
+PIPE_SIZE = 256 * 1024
+
+_HAVE_SPLICE = hasattr(os, "splice")
+if _HAVE_SPLICE:
+    _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+
+
+def _set_mask(epoll: Any, fd: int, old: int, new: int) -> int:
+    """
+    Change a socket's epoll interest, putting a parked socket back into
+    the set once it has something to wait for.
+
+    @return: the mask now in force.
+    """
+    if old & _PARKED:
+        new |= _PARKED
+        if new & (EPOLLIN | EPOLLOUT):
+            new &= ~_PARKED
+            epoll.register(fd, new)
+        return new
+    epoll.modify(fd, new)
+    return new
+
+
+class _Flow:
+    """
+    One direction of a relay: bytes read from C{src}, sent to C{dst}.
+
+    @ivar pending: bytes read but not yet sent (at most one buffer).
+    @ivar inpipe: bytes spliced into the pipe but not yet out of it.
+    @ivar eof: the source sent its FIN and everything was read.
+    @ivar shut: the destination got C{shutdown(SHUT_WR)}.
+    """
+
+    __slots__ = ("src", "dst", "pending", "inpipe", "pipe", "eof", "shut", "count")
+
+    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src = src
+        self.dst = dst
+        self.pending: bytes | None = None
+        self.inpipe = 0
+        self.pipe: tuple[int, int] | None = None
+        self.eof = False
+        self.shut = False
+        self.count = 0
+
+    def close_pipe(self) -> None:
+        pipe = self.pipe
+        if pipe is not None:
+            self.pipe = None
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+
+
+class FlowIO:
+    """
+    The byte-moving methods of a relay (a mixin of
+    L{lbproxy.relay.fast_relay.Relay}, which supplies C{engine},
+    C{session}, the sockets, their fds and masks, C{up}/C{down} and
+    C{_finish}).
+    """
+
+    __slots__ = ()
+
+    def _set_client(self, mask: int) -> None:
+        if mask != self.cmask:
+            self.cmask = _set_mask(self.engine.epoll, self.cfd, self.cmask, mask)
+
+    def _set_backend(self, mask: int) -> None:
+        if mask != self.bmask:
+            self.bmask = _set_mask(self.engine.epoll, self.bfd, self.bmask, mask)
+
+    def on_client(self, ev: int) -> None:
+        if ev & EPOLLOUT:
+            if self._flush(self.down, True):
+                return
+        if ev & (_READ | _BAD) and self.cmask & EPOLLIN:
+            self._read(self.up, ev, True)
+        elif ev & EPOLLERR:
+            self._client_error()
+        elif ev & EPOLLHUP:
+            self.engine.epoll.unregister(self.cfd)
+            self.cmask |= _PARKED
+
+    def on_backend(self, ev: int) -> None:
+        if ev & EPOLLOUT:
+            if self._flush(self.up, False):
+                return
+        if ev & (_READ | _BAD) and self.bmask & EPOLLIN:
+            self._read(self.down, ev, False)
+        elif ev & EPOLLERR:
+            self._backend_error()
+        elif ev & EPOLLHUP:
+            self.engine.epoll.unregister(self.bfd)
+            self.bmask |= _PARKED
+
+    def _read(self, flow: _Flow, ev: int, from_client: bool) -> None:
+        """
+        Move what the source has to the destination now; keep only what the
+        destination did not take, and stop reading until it has.
+        """
+        if flow.pipe is not None:
+            self._splice(flow, from_client)
+            return
+        engine = self.engine
+        try:
+            n = flow.src.recv_into(engine.buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._error(from_client)
+            return
+        if not n:
+            self._eof(flow, from_client)
+            return
+        flow.count += n
+        if not from_client and self.first_byte_pending:
+            self.first_byte_pending = False
+            self.session.first_response()
+        try:
+            sent = flow.dst.send(engine.view[:n])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._error(not from_client)
+            return
+        if sent < n:
+            flow.pending = engine.view[sent:n].tobytes()
+            self._wait_writable(flow, from_client)
+        elif n == BUFFER_SIZE:
+            if _HAVE_SPLICE:
+                self._start_splice(flow)
+        elif ev & EPOLLRDHUP:
+            self._eof(flow, from_client)
+
+    def _wait_writable(self, flow: _Flow, from_client: bool) -> None:
+        if from_client:
+            self._set_client(self.cmask & ~_READ)
+            self._set_backend(self.bmask | EPOLLOUT)
+        else:
+            self._set_backend(self.bmask & ~_READ)
+            self._set_client(self.cmask | EPOLLOUT)
+
+    def _flush(self, flow: _Flow, to_client: bool) -> bool:
+        """
+        Send what is pending on C{flow}; once it is all out, read its
+        source again (or pass its EOF on).
+
+        @return: C{True} if the relay ended.
+        """
+        if flow.pipe is not None and flow.inpipe:
+            try:
+                sent = os.splice(flow.pipe[0], flow.dst.fileno(), flow.inpipe, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._error(to_client)
+                return True
+            flow.inpipe -= sent
+            if flow.inpipe:
+                return False
+        elif flow.pending is not None:
+            data = flow.pending
+            try:
+                sent = flow.dst.send(data)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._error(to_client)
+                return True
+            if sent < len(data):
+                flow.pending = data[sent:]
+                return False
+            flow.pending = None
+        else:
+            return False
+        if to_client:
+            self._set_client(self.cmask & ~EPOLLOUT)
+        else:
+            self._set_backend(self.bmask & ~EPOLLOUT)
+        if flow.eof:
+            return self._shut(flow, to_client)
+        if to_client:
+            self._set_backend(self.bmask | _READ)
+        else:
+            self._set_client(self.cmask | _READ)
+        return False
+
+    def _start_splice(self, flow: _Flow) -> None:
+        try:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            import fcntl
+
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except (OSError, AttributeError):
+            pass
+        flow.pipe = (r, w)
+        self.engine.splices += 1
+
+    def _splice(self, flow: _Flow, from_client: bool) -> None:
+        r, w = flow.pipe
+        try:
+            n = os.splice(flow.src.fileno(), w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._error(from_client)
+            return
+        if not n:
+            self._eof(flow, from_client)
+            return
+        flow.count += n
+        try:
+            sent = os.splice(r, flow.dst.fileno(), n, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._error(not from_client)
+            return
+        if sent < n:
+            flow.inpipe = n - sent
+            self._wait_writable(flow, from_client)
+
+    def _eof(self, flow: _Flow, from_client: bool) -> None:
+        """
+        The source of C{flow} sent its FIN: stop reading it, and half-close
+        the destination once the pending bytes are out.
+        """
+        flow.eof = True
+        # Pass the EOF on first: if that ends the relay, the sockets are
+        # closed and changing their epoll interest would be a wasted call.
+        if flow.pending is None and not flow.inpipe and self._shut(flow, not from_client):
+            return
+        if from_client:
+            self._set_client(self.cmask & ~_READ)
+        else:
+            self._set_backend(self.bmask & ~_READ)
+
+    def _shut(self, flow: _Flow, to_client: bool) -> bool:
+        """
+        Half-close C{flow}'s destination; the relay ends once both
+        directions are shut.
+
+        @return: C{True} if the relay ended.
+        """
+        flow.shut = True
+        flow.close_pipe()
+        other = self.up if to_client else self.down
+        if other.shut:
+            self._finish()
+            return True
+        try:
+            flow.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._error(to_client)
+            return True
+        return False
+
+    def _error(self, client_side: bool) -> None:
+        if client_side:
+            self._client_error()
+        else:
+            self._backend_error()
+
+    def _client_error(self) -> None:
+        self.session.client_reset()
+        self._finish()
+
+    def _backend_error(self, reason: str = "connection reset by backend") -> None:
+        if not self.finished:
+            self.session.backend_reset(reason)
+        self._finish()
