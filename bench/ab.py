@@ -104,7 +104,9 @@ def main(argv: list[str]) -> int:
                 rs = results[(i, mode)]
                 med = B.median([x["req_per_cpu_s"] for x in rs]) or 0.0
                 rps = B.median([x["rps"] for x in rs]) or 0.0
+                user = B.median([x["user_us_per_req"] for x in rs]) or 0.0
                 print(f"{mode:9} {str(root):40} req/s {rps:8.0f} req/CPU-s {med:9.0f} ({med / ref:.2f}x) "
+                      f"user {user:5.2f} us/req "
                       f"runs {[round(x['req_per_cpu_s'] or 0) for x in rs]} errors {sum(x['errors'] for x in rs)}")
     finally:
         for proxy in proxies:

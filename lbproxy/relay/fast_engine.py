@@ -91,7 +91,7 @@ class FastRelay:
         self.buffer = bytearray(BUFFER_SIZE)
         self.view = memoryview(self.buffer)
         self.now = reactor.seconds
-        self._closing: list[socket.socket] | None = None
+        self.closing: list[socket.socket] | None = None
         self._sweep_interval = sweep_interval
         self._sweeper: Any = None
         self._resolver: Any = None
@@ -139,7 +139,7 @@ class FastRelay:
         handlers = self.handlers
         poll = self.epoll.poll
         closing: list[socket.socket] = []
-        self._closing = closing
+        self.closing = closing
         try:
             for _ in range(self.max_polls):
                 events = poll(0)
@@ -160,7 +160,7 @@ class FastRelay:
                         sock.close()
                     closing.clear()
         finally:
-            self._closing = None
+            self.closing = None
             for sock in closing:
                 sock.close()
 
@@ -280,7 +280,7 @@ class FastRelay:
     # Helpers for relays ---------------------------------------------------------
 
     def close(self, sock: socket.socket) -> None:
-        closing = self._closing
+        closing = self.closing
         if closing is None:
             sock.close()
         else:

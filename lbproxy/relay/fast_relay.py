@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
-from lbproxy.relay.fast_flow import _READ, _BAD, EPOLLOUT, FlowIO, _Flow
+from lbproxy.relay.fast_flow import _BAD, _READ, EPOLLIN, EPOLLOUT, FlowIO, _Flow
 from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait
 from lbproxy.relay.sockopts import apply
 
@@ -213,7 +213,10 @@ class Relay(FlowIO):
         """
         Connect to the backend the session chose.
         """
-        family = _family(candidate.host)
+        try:
+            family = _families[candidate.host]
+        except KeyError:
+            family = _family(candidate.host)
         if family is None:
             self.engine.resolve(candidate.host, candidate.port, self.session.resolver).addCallbacks(
                 self._resolved, self._unresolved
@@ -319,7 +322,7 @@ class Relay(FlowIO):
 
     def _connected(self) -> None:
         engine = self.engine
-        if not self.session.wants_keepalive(engine.options):
+        if not (engine.options or self.session.wants_keepalive(engine.options)):
             self._release_deadline()
         csock, bsock = self.client_sock, self.backend_sock
         self.up = up = _Flow(csock, bsock)
@@ -339,13 +342,15 @@ class Relay(FlowIO):
         handlers = engine.handlers
         handlers[self.bfd] = self.on_backend
         handlers[self.cfd] = self.on_client
+        # The backend socket waited for EPOLLOUT only (never parked).
         if up.pending is None:
-            self._set_backend(_READ)
+            engine.epoll.modify(self.bfd, _READ)
+            self.bmask = _READ
             self.cmask = _READ
             engine.epoll.register(self.cfd, _READ)
             # The client has usually sent its first bytes while we
             # connected: relay them now rather than after another poll.
-            self._read(up, 0, True)
+            self.on_client(EPOLLIN)
         else:
             self._set_backend(_READ | EPOLLOUT)
             self.cmask = 0
@@ -360,20 +365,32 @@ class Relay(FlowIO):
         if self.finished:
             return
         self.finished = True
-        self._release_deadline()
+        deadline = self.deadline
+        if deadline is not None:
+            deadline[1] = deadline[2] = None
+            self.deadline = None
         engine = self.engine
         handlers = engine.handlers
+        # engine.close, inline: the end of every connection.
+        closing = engine.closing
         handlers.pop(self.cfd, None)
-        engine.close(self.client_sock)
+        if closing is None:
+            self.client_sock.close()
+        else:
+            closing.append(self.client_sock)
         if self.backend_sock is not None:
             handlers.pop(self.bfd, None)
-            engine.close(self.backend_sock)
-        up, down = self.up, self.down
+            if closing is None:
+                self.backend_sock.close()
+            else:
+                closing.append(self.backend_sock)
+        up = self.up
         if up is None:
             self.session.ended(0, 0)
         else:
-            up.close_pipe()
-            down.close_pipe()
+            down = self.down
+            if up.pipe is not None:
+                up.close_pipe()
+            if down.pipe is not None:
+                down.close_pipe()
             self.session.ended(up.count, down.count)
-
-
