@@ -245,7 +245,8 @@ class FastRelay:
             if candidate is None:
                 sock.close()
                 continue
-            sock.setblocking(False)
+            # Left in blocking mode: every recv/send on it says
+            # MSG_DONTWAIT, which saves an ioctl per connection.
             if candidate.__class__ is ReadFirst:
                 Relay(self, sock, session).read_first(candidate)
             elif candidate.__class__ is Wait:

@@ -67,11 +67,20 @@ class _Flow:
     @ivar inpipe: bytes spliced into the pipe but not yet out of it.
     @ivar eof: the source sent its FIN and everything was read.
     @ivar shut: the destination got C{shutdown(SHUT_WR)}.
+    @ivar rflags: the C{recv} flags of C{src}; C{sflags}: the C{send}
+        flags of C{dst}.  C{MSG_DONTWAIT} for an accepted client socket,
+        which is left blocking (making it non-blocking is a syscall per
+        connection); 0 for a socket that is non-blocking itself, and for
+        an C{ssl.SSLSocket}, which takes no flags.
+    @ivar can_splice: whether bulk may switch to C{splice(2)}: not where
+        either socket is an C{ssl.SSLSocket} (its bytes are not the fd's).
     """
 
-    __slots__ = ("src", "dst", "pending", "inpipe", "pipe", "eof", "shut", "count")
+    __slots__ = ("src", "dst", "pending", "inpipe", "pipe", "eof", "shut", "count", "rflags",
+                 "sflags", "can_splice")
 
-    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, src: socket.socket, dst: socket.socket, rflags: int, sflags: int,
+                 can_splice: bool = _HAVE_SPLICE) -> None:
         self.src = src
         self.dst = dst
         self.pending: bytes | None = None
@@ -80,6 +89,9 @@ class _Flow:
         self.eof = False
         self.shut = False
         self.count = 0
+        self.rflags = rflags
+        self.sflags = sflags
+        self.can_splice = can_splice
 
     def close_pipe(self) -> None:
         pipe = self.pipe
@@ -123,7 +135,7 @@ class FlowIO:
                 return
             engine = self.engine
             try:
-                n = flow.src.recv_into(engine.buffer)
+                n = flow.src.recv_into(engine.buffer, 0, flow.rflags)
             except BlockingIOError:
                 return
             except OSError:
@@ -134,7 +146,7 @@ class FlowIO:
                 return
             flow.count += n
             try:
-                sent = flow.dst.send(engine.view[:n])
+                sent = flow.dst.send(engine.view[:n], flow.sflags)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -159,7 +171,7 @@ class FlowIO:
                 return
             engine = self.engine
             try:
-                n = flow.src.recv_into(engine.buffer)
+                n = flow.src.recv_into(engine.buffer, 0, flow.rflags)
             except BlockingIOError:
                 return
             except OSError:
@@ -173,7 +185,7 @@ class FlowIO:
                 self.first_byte_pending = False
                 self.session.first_response()
             try:
-                sent = flow.dst.send(engine.view[:n])
+                sent = flow.dst.send(engine.view[:n], flow.sflags)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -197,7 +209,7 @@ class FlowIO:
             flow.pending = self.engine.view[sent:n].tobytes()
             self._wait_writable(flow, from_client)
         elif n == BUFFER_SIZE:
-            if _HAVE_SPLICE:
+            if flow.can_splice:
                 self._start_splice(flow)
         else:
             self._eof(flow, from_client)
@@ -231,7 +243,7 @@ class FlowIO:
         elif flow.pending is not None:
             data = flow.pending
             try:
-                sent = flow.dst.send(data)
+                sent = flow.dst.send(data, flow.sflags)
             except BlockingIOError:
                 return False
             except OSError:
@@ -266,6 +278,9 @@ class FlowIO:
             fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except (OSError, AttributeError):
             pass
+        # splice(2) has no MSG_DONTWAIT: its socket side blocks unless the
+        # socket itself is non-blocking (one ioctl, for bulk flows only).
+        self.client_sock.setblocking(False)
         flow.pipe = (r, w)
         self.engine.splices += 1
 

@@ -33,6 +33,9 @@ from lbproxy.relay.sockopts import apply
 _RESET = __import__("struct").pack("ii", 1, 0)
 _NONBLOCK_STREAM = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 _HAVE_SOCK_NONBLOCK = hasattr(socket, "SOCK_NONBLOCK")
+#: The flag of every recv/send on an accepted client socket, which stays
+#: in blocking mode (see L{lbproxy.relay.fast_flow._Flow}).
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 _families: dict[str, int | None] = {}
@@ -145,7 +148,7 @@ class Relay(FlowIO):
 
     def _on_first(self, ev: int) -> None:
         try:
-            data = self.client_sock.recv(self.reading.limit)
+            data = self.client_sock.recv(self.reading.limit, _DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
@@ -325,8 +328,8 @@ class Relay(FlowIO):
         if not (engine.options or self.session.wants_keepalive(engine.options)):
             self._release_deadline()
         csock, bsock = self.client_sock, self.backend_sock
-        self.up = up = _Flow(csock, bsock)
-        self.down = _Flow(bsock, csock)
+        self.up = up = _Flow(csock, bsock, _DONTWAIT, 0)
+        self.down = _Flow(bsock, csock, 0, _DONTWAIT)
         data = self.session.connected(self)
         self.first_byte_pending = True
         if data is not None:
