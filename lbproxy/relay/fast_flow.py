@@ -37,6 +37,9 @@ BUFFER_SIZE = 256 * 1024
 #: Capacity asked for each splice pipe.
 PIPE_SIZE = 256 * 1024
 
+#: The backend socket's one registration (see L{FlowIO}).
+BACKEND_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | select.EPOLLET
+
 _HAVE_SPLICE = hasattr(os, "splice")
 if _HAVE_SPLICE:
     _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -106,8 +109,17 @@ class FlowIO:
     """
     The byte-moving methods of a relay (a mixin of
     L{lbproxy.relay.fast_relay.Relay}, which supplies C{engine},
-    C{session}, the sockets, their fds and masks, C{up}/C{down} and
-    C{_finish}).
+    C{session}, the sockets, their fds and masks, C{up}/C{down},
+    C{bmissed} and C{_finish}).
+
+    The client socket is level-triggered and its C{cmask} is what epoll
+    watches.  The backend socket is edge-triggered, registered once for
+    everything (L{BACKEND_EVENTS}): its C{bmask} is only what the relay
+    wants now, so pausing and resuming it, or its EOF, costs no
+    C{epoll_ctl}.  An edge is not repeated, so the relay reads a backend
+    until it knows it is drained (a short read), remembers in C{bmissed}
+    the read events that came while it was paused, and reads at once when
+    it resumes.
     """
 
     __slots__ = ()
@@ -115,10 +127,6 @@ class FlowIO:
     def _set_client(self, mask: int) -> None:
         if mask != self.cmask:
             self.cmask = _set_mask(self.engine.epoll, self.cfd, self.cmask, mask)
-
-    def _set_backend(self, mask: int) -> None:
-        if mask != self.bmask:
-            self.bmask = _set_mask(self.engine.epoll, self.bfd, self.bmask, mask)
 
     # on_client and on_backend are the handlers of every keep-alive event:
     # each moves what its source has at once (the one Python call per event;
@@ -131,7 +139,7 @@ class FlowIO:
         if ev & (_READ | _BAD) and self.cmask & EPOLLIN:
             flow = self.up
             if flow.pipe is not None:
-                self._splice(flow, True)
+                self._splice(flow, True, ev)
                 return
             engine = self.engine
             try:
@@ -153,7 +161,7 @@ class FlowIO:
                 self._backend_error()
                 return
             if sent < n or n == BUFFER_SIZE or ev & EPOLLRDHUP:
-                self._after_send(flow, n, sent, True)
+                self._after_send(flow, n, sent, True, ev)
         elif ev & EPOLLERR:
             self._client_error()
         elif ev & EPOLLHUP:
@@ -161,13 +169,19 @@ class FlowIO:
             self.cmask |= _PARKED
 
     def on_backend(self, ev: int) -> None:
-        if ev & EPOLLOUT:
+        if ev & EPOLLOUT and self.bmask & EPOLLOUT:
             if self._flush(self.up, False):
                 return
-        if ev & (_READ | _BAD) and self.bmask & EPOLLIN:
+        if ev & (_READ | _BAD):
+            if not self.bmask & EPOLLIN:
+                if ev & EPOLLERR:
+                    self._backend_error()
+                else:
+                    self.bmissed |= ev & (_READ | _BAD)
+                return
             flow = self.down
             if flow.pipe is not None:
-                self._splice(flow, False)
+                self._splice(flow, False, ev)
                 return
             engine = self.engine
             try:
@@ -192,18 +206,24 @@ class FlowIO:
                 self._client_error()
                 return
             if sent < n or n == BUFFER_SIZE or ev & EPOLLRDHUP:
-                self._after_send(flow, n, sent, False)
-        elif ev & EPOLLERR:
-            self._backend_error()
-        elif ev & EPOLLHUP:
-            self.engine.epoll.unregister(self.bfd)
-            self.bmask |= _PARKED
+                self._after_send(flow, n, sent, False, ev)
 
-    def _after_send(self, flow: _Flow, n: int, sent: int, from_client: bool) -> None:
+    def _resume_backend(self) -> None:
+        """
+        Read the backend again after a pause: what it sent meanwhile
+        raised no new edge.
+        """
+        self.bmask |= _READ
+        ev = EPOLLIN | self.bmissed
+        self.bmissed = 0
+        self.on_backend(ev)
+
+    def _after_send(self, flow: _Flow, n: int, sent: int, from_client: bool, ev: int) -> None:
         """
         The uncommon ends of a read: keep what the destination did not
         take and stop reading until it has; a full buffer switches the
-        direction to splice; a FIN that came with the bytes is passed on.
+        direction to splice (and, from the edge-triggered backend, reads
+        on at once); a FIN that came with the bytes is passed on.
         """
         if sent < n:
             flow.pending = self.engine.view[sent:n].tobytes()
@@ -211,15 +231,22 @@ class FlowIO:
         elif n == BUFFER_SIZE:
             if flow.can_splice:
                 self._start_splice(flow)
+            if not from_client:
+                if flow.pipe is not None:
+                    self._splice(flow, False, ev)
+                else:
+                    self.on_backend(ev & ~EPOLLOUT)
         else:
             self._eof(flow, from_client)
 
     def _wait_writable(self, flow: _Flow, from_client: bool) -> None:
         if from_client:
             self._set_client(self.cmask & ~_READ)
-            self._set_backend(self.bmask | EPOLLOUT)
+            self.bmask |= EPOLLOUT
         else:
-            self._set_backend(self.bmask & ~_READ)
+            # Paused with bytes perhaps still queued: read on resume.
+            self.bmask &= ~_READ
+            self.bmissed |= EPOLLIN
             self._set_client(self.cmask | EPOLLOUT)
 
     def _flush(self, flow: _Flow, to_client: bool) -> bool:
@@ -258,13 +285,13 @@ class FlowIO:
         if to_client:
             self._set_client(self.cmask & ~EPOLLOUT)
         else:
-            self._set_backend(self.bmask & ~EPOLLOUT)
+            self.bmask &= ~EPOLLOUT
         if flow.eof:
             return self._shut(flow, to_client)
         if to_client:
-            self._set_backend(self.bmask | _READ)
-        else:
-            self._set_client(self.cmask | _READ)
+            self._resume_backend()
+            return self.finished
+        self._set_client(self.cmask | _READ)
         return False
 
     def _start_splice(self, flow: _Flow) -> None:
@@ -275,38 +302,52 @@ class FlowIO:
         try:
             import fcntl
 
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except (OSError, AttributeError):
-            pass
+            try:
+                size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+            except (OSError, AttributeError, NameError):
+                size = 4096
         # splice(2) has no MSG_DONTWAIT: its socket side blocks unless the
         # socket itself is non-blocking (one ioctl, for bulk flows only).
         self.client_sock.setblocking(False)
-        flow.pipe = (r, w)
+        flow.pipe = (r, w, min(size, PIPE_SIZE))
         self.engine.splices += 1
 
-    def _splice(self, flow: _Flow, from_client: bool) -> None:
-        r, w = flow.pipe
-        try:
-            n = os.splice(flow.src.fileno(), w, PIPE_SIZE, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._error(from_client)
-            return
-        if not n:
-            self._eof(flow, from_client)
-            return
-        flow.count += n
-        try:
-            sent = os.splice(r, flow.dst.fileno(), n, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._error(not from_client)
-            return
-        if sent < n:
-            flow.inpipe = n - sent
-            self._wait_writable(flow, from_client)
+    def _splice(self, flow: _Flow, from_client: bool, ev: int) -> None:
+        """
+        Move what the source has through the pipe.  From the client (level
+        triggered) one pipe-full per event; from the backend (edge
+        triggered) until a short splice says it is drained, and on to its
+        EOF if the edge said a FIN came.
+        """
+        r, w, size = flow.pipe
+        src, dst = flow.src.fileno(), flow.dst.fileno()
+        while True:
+            try:
+                n = os.splice(src, w, size, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._error(from_client)
+                return
+            if not n:
+                self._eof(flow, from_client)
+                return
+            flow.count += n
+            try:
+                sent = os.splice(r, dst, n, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._error(not from_client)
+                return
+            if sent < n:
+                flow.inpipe = n - sent
+                self._wait_writable(flow, from_client)
+                return
+            if from_client or (n < size and not ev & EPOLLRDHUP):
+                return
 
     def _eof(self, flow: _Flow, from_client: bool) -> None:
         """
@@ -321,7 +362,7 @@ class FlowIO:
         if from_client:
             self._set_client(self.cmask & ~_READ)
         else:
-            self._set_backend(self.bmask & ~_READ)
+            self.bmask &= ~_READ
 
     def _shut(self, flow: _Flow, to_client: bool) -> bool:
         """

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from lbproxy.interfaces import IEngineConnection
 from lbproxy.policy.pool import Candidate
-from lbproxy.relay.fast_flow import _BAD, _READ, EPOLLIN, EPOLLOUT, FlowIO, _Flow
+from lbproxy.relay.fast_flow import _BAD, _READ, BACKEND_EVENTS, EPOLLIN, EPOLLOUT, FlowIO, _Flow
 from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait
 from lbproxy.relay.sockopts import apply
 
@@ -77,7 +77,7 @@ class Relay(FlowIO):
     """
 
     __slots__ = (
-        "engine", "session", "client_sock", "backend_sock", "cfd", "bfd", "cmask", "bmask",
+        "engine", "session", "client_sock", "backend_sock", "cfd", "bfd", "cmask", "bmask", "bmissed",
         "up", "down", "first_byte_pending", "idle_mark", "idle_since", "finished", "deadline",
         "reading", "timer",
     )
@@ -91,6 +91,7 @@ class Relay(FlowIO):
         self.bfd = -1
         self.cmask = 0
         self.bmask = 0
+        self.bmissed = 0
         self.up: _Flow | None = None
         self.down: _Flow | None = None
         self.first_byte_pending = False
@@ -261,7 +262,7 @@ class Relay(FlowIO):
             return
         self.backend_sock = sock
         self.bfd = fd = sock.fileno()
-        engine.epoll.register(fd, EPOLLOUT)
+        engine.epoll.register(fd, BACKEND_EVENTS)
         self.bmask = EPOLLOUT
         engine.handlers[fd] = self._on_connect
         # A list, so a relay that ends (or connects, with keepalive off)
@@ -312,7 +313,7 @@ class Relay(FlowIO):
             self._drop_backend()
             self._connect_failed(_error_text(code))
             return
-        self._connected()
+        self._connected(ev)
 
     def _connect_failed(self, reason: str) -> None:
         candidate = self.session.connect_failed(reason)
@@ -323,7 +324,13 @@ class Relay(FlowIO):
         else:
             self.connect(candidate)
 
-    def _connected(self) -> None:
+    def _connected(self, ev: int) -> None:
+        """
+        The backend accepted: relay.  Its socket stays registered as it is
+        (edge-triggered, for everything), so this costs only the client's
+        registration; bytes the backend sent already raised their edge
+        with the connect's, so they are read now.
+        """
         engine = self.engine
         if not (engine.options or self.session.wants_keepalive(engine.options)):
             self._release_deadline()
@@ -345,9 +352,7 @@ class Relay(FlowIO):
         handlers = engine.handlers
         handlers[self.bfd] = self.on_backend
         handlers[self.cfd] = self.on_client
-        # The backend socket waited for EPOLLOUT only (never parked).
         if up.pending is None:
-            engine.epoll.modify(self.bfd, _READ)
             self.bmask = _READ
             self.cmask = _READ
             engine.epoll.register(self.cfd, _READ)
@@ -355,9 +360,11 @@ class Relay(FlowIO):
             # connected: relay them now rather than after another poll.
             self.on_client(EPOLLIN)
         else:
-            self._set_backend(_READ | EPOLLOUT)
+            self.bmask = _READ | EPOLLOUT
             self.cmask = 0
             engine.epoll.register(self.cfd, 0)
+        if ev & _READ and not self.finished:
+            self.on_backend(ev & ~EPOLLOUT)
 
     # The relay ---------------------------------------------------------------
 
