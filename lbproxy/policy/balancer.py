@@ -24,7 +24,7 @@ from lbproxy.policy.balancer_views import BalancerViews
 from lbproxy.policy.histogram import Histograms
 from lbproxy.policy.limits import QUEUE, QUEUE_FULL, QUEUE_TIMEOUT, Rules, Traffic
 from lbproxy.policy.plugins import build_strategy
-from lbproxy.policy.pool import AccessRecord, Candidate, Pool
+from lbproxy.policy.pool import EWMA_ALPHA, AccessRecord, Candidate, Pool
 from lbproxy.policy.relayed import RelayedElsewhere
 from lbproxy.policy.stats import Totals
 from lbproxy.policy.strategies.builtin import RoundRobin
@@ -235,7 +235,9 @@ class Balancer(BalancerChanges, BalancerViews, RelayedElsewhere):
         stats = candidate.stats
         stats.active += 1
         stats.total += 1
-        stats.observe_connect(latency)
+        # BackendStats.observe_connect, inline (once per connection).
+        e = stats.connect_ewma
+        stats.connect_ewma = latency if e is None else e + EWMA_ALPHA * (latency - e)
         self.histograms.connect.observe(candidate.id, latency)
         connection.idle_mark = 0
         connection.idle_since = self._reactor.seconds()
@@ -327,7 +329,10 @@ class Balancer(BalancerChanges, BalancerViews, RelayedElsewhere):
             )
 
     def observe_response(self, candidate: Candidate, seconds: float) -> None:
-        candidate.stats.observe_response(seconds)
+        # BackendStats.observe_response, inline (once per connection).
+        stats = candidate.stats
+        e = stats.response_ewma
+        stats.response_ewma = seconds if e is None else e + EWMA_ALPHA * (seconds - e)
 
     def connection_closed(self, candidate: Candidate, connection: IRelayedConnection, record: AccessRecord) -> None:
         stats = candidate.stats

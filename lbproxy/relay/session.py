@@ -80,7 +80,7 @@ class ConnectionSession(FirstBytes):
     __slots__ = (
         "route", "balancer", "clock", "client", "local", "connection", "started", "since",
         "tried", "attempt", "backend", "waiting", "outcome", "backend_outcome", "finished",
-        "phase", "first", "deadline", "held", "wait",
+        "phase", "first", "deadline", "held", "wait", "connect_timeout",
     )
 
     def __init__(self, route: Any, clock: Any, client: tuple[str, int]) -> None:
@@ -102,15 +102,9 @@ class ConnectionSession(FirstBytes):
         #: the client's entry in its service's client table, if counted.
         self.held: Any = None
         self.wait: Wait | None = None
-
-    @property
-    def connect_timeout(self) -> float:
-        balancer = self.balancer
-        if balancer is None:
-            balancer = self.route.default()
-            if balancer is None:
-                return 0.0
-        return balancer.settings.connect_timeout
+        #: the chosen service's connect timeout (a plain attribute, set
+        #: when the service is chosen: read once per connect).
+        self.connect_timeout = 0.0
 
     @property
     def resolver(self) -> Any:
@@ -258,6 +252,7 @@ class ConnectionSession(FirstBytes):
         self.balancer = balancer
         if balancer is None:
             return self._refuse("no-service")
+        self.connect_timeout = balancer.settings.connect_timeout
         traffic = balancer.traffic
         if traffic is not None:
             # Access lists and per-client limits, on the real client
