@@ -81,23 +81,61 @@ def profile_run(proxy: subprocess.Popen, port: int, out: Path, seconds: float, c
     return int(m.group(1)), stats
 
 
-def report(title: str, requests: int, stats: pstats.Stats, top: int) -> dict:
+def report(title: str, requests: int, stats: pstats.Stats, top: int, show=print) -> dict:
     total = stats.prim_calls  # type: ignore[attr-defined]
     python = sum(
         cc for (file, _, _), (cc, _, _, _, _) in stats.stats.items()  # type: ignore[attr-defined]
         if file != "~"
     )
-    print(f"\n== {title}: {requests} requests; {total / requests:.1f} calls per request "
+    show(f"\n== {title}: {requests} requests; {total / requests:.1f} calls per request "
           f"({python / requests:.1f} Python functions, {(total - python) / requests:.1f} C functions); "
           f"gc collections per 10k requests (gen 0, 1, 2): "
           f"{[round(n * 10000 / requests, 1) for n in stats.gc_collections]}")  # type: ignore[attr-defined]
     rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][0])  # type: ignore[attr-defined]
     for (file, line, name), (cc, nc, tt, ct, _) in rows[:top]:
         where = "" if file == "~" else f"{Path(file).name}:{line}"
-        print(f"  {cc / requests:7.2f}  {name:<45} {where}")
+        show(f"  {cc / requests:7.2f}  {name:<45} {where}")
     return {"requests": requests, "calls_per_request": total / requests,
             "python_calls_per_request": python / requests,
             "gc_per_10k": [n * 10000 / requests for n in stats.gc_collections]}  # type: ignore[attr-defined]
+
+
+def count_calls(backend: int, duration: float = 3, connections: int = 20, top: int = 0,
+                close_only: bool = False, quiet: bool = False) -> dict:
+    """
+    Start a profiled lbproxy (fast engine, one process) in front of the
+    HTTP server on port C{backend}, drive it with wrk, stop it.
+
+    @return: C{{"close": {...}, "keepalive": {...}}}, each with
+        C{calls_per_request}, C{python_calls_per_request}, C{gc_per_10k}.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="lbproxy-calls-"))
+    port, admin = free_port(), free_port()
+    out = tmp / "profile.out"
+    twistd_args = lbproxy_argv(port, admin, backend, "fast", 1)[1:]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    log = open(tmp / "lbproxy.log", "wb")
+    proxy = subprocess.Popen([sys.executable, "-c", _CHILD, str(out), "twistd", *twistd_args],
+                             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    show = (lambda *a, **k: None) if quiet else print
+    result = {}
+    try:
+        wait_port(port, proxy, "lbproxy")
+        time.sleep(1)
+        modes = [("close", "one connection per request", True)]
+        if not close_only:
+            modes.append(("keepalive", "keep-alive", False))
+        for key, title, close in modes:
+            requests, stats = profile_run(proxy, port, out, duration, close, connections)
+            result[key] = report(title, requests, stats, top, show)
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+        log.close()
+    return result
 
 
 def main(argv: list[str]) -> int:
@@ -108,31 +146,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--close-only", action="store_true")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="lbproxy-calls-"))
-    backend, port, admin = free_port(), free_port(), free_port()
-    nginx = subprocess.Popen(["/usr/sbin/nginx", "-c", str(nginx_config(tmp, backend, 1))],
+    tmp.chmod(0o755)
+    backend = free_port()
+    nginx = subprocess.Popen(["/usr/sbin/nginx", "-c", str(nginx_config(tmp, backend, 1)), "-p", str(tmp)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = tmp / "profile.out"
-    twistd_args = lbproxy_argv(port, admin, backend, "fast", 1)[1:]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    log = open(tmp / "lbproxy.log", "wb")
-    proxy = subprocess.Popen([sys.executable, "-c", _CHILD, str(out), "twistd", *twistd_args],
-                             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_port(backend, nginx, "nginx")
-        wait_port(port, proxy, "lbproxy")
-        time.sleep(1)
-        report("one connection per request", *profile_run(
-            proxy, port, out, args.duration, True, args.connections), top=args.top)
-        if not args.close_only:
-            report("keep-alive", *profile_run(
-                proxy, port, out, args.duration, False, args.connections), top=args.top)
+        count_calls(backend, args.duration, args.connections, args.top, args.close_only)
     finally:
-        for p in (proxy, nginx):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        nginx.terminate()
+        try:
+            nginx.wait(10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
     return 0
 
 
