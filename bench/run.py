@@ -567,6 +567,21 @@ def main(argv: list[str]) -> int:
                       f"{counted['by_call']}", flush=True)
         summary = summarise(raw, idle_results)
         summary["syscalls"] = syscalls
+        # Python function calls per connection and per keep-alive request
+        # (cProfile in a fresh fast-engine process): deterministic too.
+        if not quick:
+            try:
+                sys.path.insert(0, str(ROOT / "bench"))
+                from calls import count_calls
+
+                counted = count_calls(backend_port, min(args.duration, 3), 20, quiet=True)
+                summary["python_calls"] = {"lbproxy-fast": counted}
+                print(f"python calls lbproxy-fast {counted['close']['python_calls_per_request']:.1f} "
+                      f"per connection, {counted['keepalive']['python_calls_per_request']:.1f} per "
+                      f"keep-alive request (and C functions: {counted['close']['calls_per_request']:.1f}, "
+                      f"{counted['keepalive']['calls_per_request']:.1f})", flush=True)
+            except Exception as e:  # noqa: BLE001 - a figure of the report, not the run
+                notes.append(f"Python calls per connection not counted: {e}")
         result = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -628,6 +643,7 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
     print("\nMedians of the interleaved rounds; ratio = lbproxy / HAProxy (same run).\n")
     ka, cl, bulk = summary.get("keepalive", {}), summary.get("close", {}), summary.get("bulk", {})
     sc = summary.get("syscalls", {})
+    pc = summary.get("python_calls", {})
     h = "haproxy"
     rows = [
         ("keep-alive req/s", lambda n: ka.get(n, {}).get("rps"), "{:,.0f}"),
@@ -639,6 +655,8 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
         ("conn/request req per CPU-s", lambda n: cl.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
         ("1 MiB bulk MiB per CPU-s", lambda n: bulk.get(n, {}).get("mib_per_cpu_s"), "{:,.0f}"),
         ("system calls per connection", lambda n: sc.get(n, {}).get("per_connection"), "{:.1f}"),
+        ("Python calls per connection", lambda n: pc.get(n, {}).get("close", {}).get("python_calls_per_request"), "{:.1f}"),
+        ("Python calls per k-a request", lambda n: pc.get(n, {}).get("keepalive", {}).get("python_calls_per_request"), "{:.1f}"),
         ("conn/request user CPU us", lambda n: cl.get(n, {}).get("user_us_per_req"), "{:.1f}"),
         ("conn/request system CPU us", lambda n: cl.get(n, {}).get("sys_us_per_req"), "{:.1f}"),
         ("keep-alive user CPU us/req", lambda n: ka.get(n, {}).get("user_us_per_req"), "{:.2f}"),

@@ -172,3 +172,29 @@ def test_tls_relay_is_an_engine_connection():
     finally:
         a.close()
         b.close()
+
+
+def test_a_draining_read_takes_short_records_too_and_fills_the_buffer(ca):
+    """
+    The edge-triggered backend side drains: short records one after the
+    other are all read at once; a record cut by the buffer's end fills it
+    (the relay reads a full buffer on at once) and the next read gets the
+    rest, in order.
+    """
+    a = ca.issue("a", "a.test", ["a.test"])
+    server, client, _ = pair(ca, (a,), "a.test")
+    server.drain = True
+    for part in (b"one ", b"two ", b"three"):
+        client.sendall(part)
+    buffer = bytearray(64 * 1024)
+    n = server.recv_into(buffer)
+    assert bytes(buffer[:n]) == b"one two three"
+    data = bytes(range(256)) * 400
+    client.sendall(data)
+    small = bytearray(1000)
+    got = b""
+    while len(got) < len(data):
+        n = server.recv_into(small)
+        assert n == len(small) or len(got) + n == len(data)
+        got += bytes(small[:n])
+    assert got == data

@@ -39,10 +39,11 @@ from typing import Any
 
 from cryptography import x509
 
-from lbproxy.relay.fast_engine import _BAD, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Relay
+from lbproxy.relay.fast_flow import _BAD, EPOLLIN, EPOLLOUT, EPOLLRDHUP, FlowIO
+from lbproxy.relay.fast_relay import Relay
+from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait
 
 _NONBLOCK_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _ENDED = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
@@ -71,27 +72,36 @@ def _referable(sock: Any) -> _Socket:
 class TLSSocket:
     """
     A relayed socket speaking TLS: the few socket methods L{Relay} calls,
-    over the C{_ssl} object, with OpenSSL's wants as C{BlockingIOError}.
+    over the C{_ssl} object, with OpenSSL's wants as C{BlockingIOError}
+    (the C{recv}/C{send} flags are the plain sockets' business).
+
+    @ivar drain: read until OpenSSL wants more (or the buffer is full),
+        as an edge-triggered socket (the backend) must be read; else
+        (the level-triggered client) only whole records, so that nothing
+        stays decrypted inside OpenSSL, where no epoll event would say so.
     """
 
-    __slots__ = ("raw", "tls")
+    __slots__ = ("raw", "tls", "drain")
 
-    def __init__(self, raw: Any, tls: Any) -> None:
+    def __init__(self, raw: Any, tls: Any, drain: bool = False) -> None:
         self.raw = raw
         self.tls = tls
+        self.drain = drain
 
     def fileno(self) -> int:
         return self.raw.fileno()
 
-    def recv_into(self, buffer: Any) -> int:
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """
-        Read whole records, so nothing stays decrypted inside OpenSSL
-        (OpenSSL reads one record per call, and C{buffer} has room for
-        several); C{0} at the peer's end of stream (a close_notify, or a
-        FIN without one).  Reading goes on while records come full (bulk)
-        and room is left for one more: after a short one the kernel rarely
-        has more, and if it does, its epoll event comes again, where
-        another read here would cost an exception to learn it is empty.
+        Read records (OpenSSL gives one per call, and C{buffer} has room
+        for several); C{0} at the peer's end of stream (a close_notify, or a
+        FIN without one).  Not draining, reading goes on while records come
+        full (bulk) and room is left for a whole one: after a short record
+        the kernel rarely has more, and if it does its level-triggered
+        event comes again, where one more read would cost an exception to
+        learn it is empty.  Draining, it goes on until OpenSSL wants more;
+        a record cut by the buffer's end fills it, and a full read is read
+        on at once by the relay.
         """
         read = self.tls.read
         size = len(buffer)
@@ -102,7 +112,16 @@ class TLSSocket:
         except _ENDED:
             return 0
         n = total
-        if n == RECORD:
+        if self.drain:
+            if n and total < size:
+                view = memoryview(buffer)
+                while n and total < size:
+                    try:
+                        n = read(size - total, view[total:])
+                    except (ssl.SSLError, OSError):
+                        break
+                    total += n
+        elif n == RECORD:
             view = memoryview(buffer)
             while n == RECORD and size - total >= RECORD:
                 try:
@@ -112,7 +131,7 @@ class TLSSocket:
                 total += n
         return total
 
-    def send(self, data: Any) -> int:
+    def send(self, data: Any, flags: int = 0) -> int:
         try:
             return self.tls.write(data)
         except _WANT:
@@ -142,8 +161,8 @@ class TLSSocket:
 
 class TLSRelay(Relay):
     """
-    A L{Relay} one side of which (or both) speaks TLS: no splice; a TLS
-    source's end is what its read says (not C{EPOLLRDHUP}: records may
+    A L{Relay} one side of which (or both) speaks TLS: no splice; the
+    client's end is what its read says (not C{EPOLLRDHUP}: records may
     still be in the kernel); a backend over TLS counts as connected once
     its handshake is done and its certificate verified.
     """
@@ -159,10 +178,8 @@ class TLSRelay(Relay):
     def _start_splice(self, flow: Any) -> None:
         pass
 
-    def _read(self, flow: Any, ev: int, from_client: bool) -> None:
-        if flow.src.__class__ is TLSSocket:
-            ev &= ~EPOLLRDHUP
-        Relay._read(self, flow, ev, from_client)
+    def on_client(self, ev: int) -> None:
+        FlowIO.on_client(self, ev & ~EPOLLRDHUP)
 
     def connect(self, candidate: Any) -> None:
         tls = candidate.backend.tls
@@ -184,16 +201,14 @@ class TLSRelay(Relay):
         self._follow_deadline(raw)
         self.handshake = ctx._wrap_socket(raw, False, name, owner=None, session=None)
         self.engine.handlers[self.bfd] = self._on_backend_handshake
-        self._on_backend_handshake(0)
+        self._on_backend_handshake(ev)
 
     def _on_backend_handshake(self, ev: int) -> None:
+        # The backend socket is edge-triggered for reads and writes alike:
+        # what OpenSSL wants comes as the next event.
         try:
             self.handshake.do_handshake()
-        except ssl.SSLWantReadError:
-            self._set_backend(EPOLLIN)
-            return
-        except ssl.SSLWantWriteError:
-            self._set_backend(EPOLLOUT)
+        except _WANT:
             return
         except (ssl.SSLError, OSError) as e:
             # Refused or unverified: a failed connect, tried elsewhere.
@@ -201,11 +216,12 @@ class TLSRelay(Relay):
             self._drop_backend()
             self._connect_failed(f"tls: {getattr(e, 'reason', None) or e}")
             return
-        wrapped = TLSSocket(self.backend_sock, self.handshake)
+        wrapped = TLSSocket(self.backend_sock, self.handshake, drain=True)
         self.handshake = None
         self.backend_sock = wrapped
         self._follow_deadline(wrapped)
-        self._connected()
+        # What the backend sent after its handshake raised no edge of its own.
+        self._connected(ev | EPOLLIN)
 
     def _follow_deadline(self, sock: Any) -> None:
         # The connect deadline names the backend socket it is for: a
