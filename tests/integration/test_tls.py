@@ -421,3 +421,47 @@ async def test_backend_that_never_finishes_the_tls_handshake_fails_at_connect_ti
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await mute.stopListening()
+
+
+def echo_through(port, ca, size):
+    """
+    Blocking (run it in a thread): send C{size} bytes over TLS from one
+    thread while reading the echo in this one; what came back.
+    """
+    import threading
+
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    data = os.urandom(size)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="a.test") as sock:
+            assert sock.recv(7) == b"secure\n"
+            sender = threading.Thread(target=sock.sendall, args=(data,))
+            sender.start()
+            got = bytearray()
+            while len(got) < size:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                got += chunk
+            sender.join(20)
+    return bytes(got) == data, len(got)
+
+
+@pytest_twisted.ensureDeferred
+async def test_megabytes_both_ways_through_tls_on_both_sides(pki, engine):
+    """
+    A TLS client, a TLS listener and a backend over TLS: 8 MiB sent while
+    the echo is read arrive back whole and in order (backpressure with
+    records on both sides, no byte left inside OpenSSL).
+    """
+    secure = tls_backend(pki, "backend.test")
+    bport = secure.getHost().port
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}", engine=engine)
+    try:
+        port, _ = await add(url, "both", bport, tls(pki["a"]), {"ca": pki["ca"].path, "server_name": "backend.test"})
+        same, count = await threads.deferToThread(echo_through, port, pki["ca"].path, 8 * 1024 * 1024)
+        assert same, count
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await secure.stopListening()
