@@ -425,27 +425,40 @@ async def test_backend_that_never_finishes_the_tls_handshake_fails_at_connect_ti
 
 def echo_through(port, ca, size):
     """
-    Blocking (run it in a thread): send C{size} bytes over TLS from one
-    thread while reading the echo in this one; what came back.
+    Blocking (run it in a thread): send C{size} bytes over TLS while
+    reading the echo, in one thread (an SSL socket is not for two), with a
+    deadline; whether what came back is what was sent, and its length.
     """
-    import threading
+    import select
+    import time
 
     ctx = ssl.create_default_context(cafile=ca)
     ctx.check_hostname = False
-    data = os.urandom(size)
+    data = memoryview(os.urandom(size))
     with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
         with ctx.wrap_socket(raw, server_hostname="a.test") as sock:
             assert sock.recv(7) == b"secure\n"
-            sender = threading.Thread(target=sock.sendall, args=(data,))
-            sender.start()
+            sock.setblocking(False)
+            sent = 0
             got = bytearray()
-            while len(got) < size:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                got += chunk
-            sender.join(20)
-    return bytes(got) == data, len(got)
+            deadline = time.monotonic() + 30
+            while len(got) < size and time.monotonic() < deadline:
+                want_write = [sock] if sent < size else []
+                readable, writable, _ = select.select([sock], want_write, [], 1.0)
+                if writable:
+                    try:
+                        sent += sock.send(data[sent:sent + 65536])
+                    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                        pass
+                while True:
+                    try:
+                        chunk = sock.recv(1 << 20)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                        break
+                    if not chunk:
+                        return False, len(got)
+                    got += chunk
+    return bytes(got) == bytes(data), len(got)
 
 
 @pytest_twisted.ensureDeferred
