@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("trees", nargs="+", help="source trees (the first is the reference)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
-    parser.add_argument("--modes", default="close,keepalive")
+    parser.add_argument("--modes", default="close,keepalive", help="of close, keepalive, bulk (1 MiB)")
     parser.add_argument("--haproxy", action="store_true",
                         help="also run HAProxy (nbthread 1) in every round, as the last row")
     parser.add_argument("--syscalls", action="store_true",
@@ -97,14 +97,17 @@ def main(argv: list[str]) -> int:
             for mode in modes:
                 for i in order:
                     results[(i, mode)].append(
-                        B.measure(proxies[i], "/", args.duration, 50, mode == "close"))
+                        B.measure(proxies[i], "/bulk" if mode == "bulk" else "/", args.duration, 50,
+                                  mode == "close"))
         for mode in modes:
             ref = B.median([x["req_per_cpu_s"] for x in results[(0, mode)]]) or 1.0
             for i, root in enumerate(names):
                 rs = results[(i, mode)]
                 med = B.median([x["req_per_cpu_s"] for x in rs]) or 0.0
                 rps = B.median([x["rps"] for x in rs]) or 0.0
+                user = B.median([x["user_us_per_req"] for x in rs]) or 0.0
                 print(f"{mode:9} {str(root):40} req/s {rps:8.0f} req/CPU-s {med:9.0f} ({med / ref:.2f}x) "
+                      f"user {user:5.2f} us/req "
                       f"runs {[round(x['req_per_cpu_s'] or 0) for x in rs]} errors {sum(x['errors'] for x in rs)}")
     finally:
         for proxy in proxies:

@@ -432,6 +432,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", choices=["tls"],
                         help="only one scenario: tls = TLS terminated by HAProxy and lbproxy with the "
                              "same certificate (full handshakes per CPU-second, 1 MiB bulk); bench/tls_bench.py")
+    parser.add_argument("--no-tls", action="store_true", help="skip the TLS rows of the full run")
+    parser.add_argument("--tls-engines", default="fast",
+                        help="with --only tls: lbproxy's relay engines to measure, comma-separated (fast,twisted)")
     parser.add_argument("--replot", metavar="JSON",
                         help="only redraw the plot (and print the table) from a results file")
     args = parser.parse_args(argv)
@@ -574,6 +577,21 @@ def main(argv: list[str]) -> int:
         summary = summarise(raw, idle_results)
         summary["syscalls"] = syscalls
         summary["access_log"] = access_log_ratios(raw.get("close", {}))
+        # Python function calls per connection and per keep-alive request
+        # (cProfile in a fresh fast-engine process): deterministic too.
+        if not quick:
+            try:
+                sys.path.insert(0, str(ROOT / "bench"))
+                from calls import count_calls
+
+                counted = count_calls(backend_port, min(args.duration, 3), 20, quiet=True)
+                summary["python_calls"] = {"lbproxy-fast": counted}
+                print(f"python calls lbproxy-fast {counted['close']['python_calls_per_request']:.1f} "
+                      f"per connection, {counted['keepalive']['python_calls_per_request']:.1f} per "
+                      f"keep-alive request (and C functions: {counted['close']['calls_per_request']:.1f}, "
+                      f"{counted['keepalive']['calls_per_request']:.1f})", flush=True)
+            except Exception as e:  # noqa: BLE001 - a figure of the report, not the run
+                notes.append(f"Python calls per connection not counted: {e}")
         result = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -605,6 +623,12 @@ def main(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             nginx.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+    if not args.only_access_log and not args.no_tls:
+        # The TLS rows, with their own nginx and proxies (bench/tls_bench.py).
+        sys.path.insert(0, str(ROOT / "bench"))
+        from tls_bench import run_tls
+
+        return run_tls(args)
     return 0
 
 
@@ -646,6 +670,7 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
     print("\nMedians of the interleaved rounds; ratio = lbproxy / HAProxy (same run).\n")
     ka, cl, bulk = summary.get("keepalive", {}), summary.get("close", {}), summary.get("bulk", {})
     sc = summary.get("syscalls", {})
+    pc = summary.get("python_calls", {})
     h = "haproxy"
     rows = [
         ("keep-alive req/s", lambda n: ka.get(n, {}).get("rps"), "{:,.0f}"),
@@ -657,6 +682,8 @@ def print_table(summary: dict, idle: dict, notes: list[str]) -> None:
         ("conn/request req per CPU-s", lambda n: cl.get(n, {}).get("req_per_cpu_s"), "{:,.0f}"),
         ("1 MiB bulk MiB per CPU-s", lambda n: bulk.get(n, {}).get("mib_per_cpu_s"), "{:,.0f}"),
         ("system calls per connection", lambda n: sc.get(n, {}).get("per_connection"), "{:.1f}"),
+        ("Python calls per connection", lambda n: pc.get(n, {}).get("close", {}).get("python_calls_per_request"), "{:.1f}"),
+        ("Python calls per k-a request", lambda n: pc.get(n, {}).get("keepalive", {}).get("python_calls_per_request"), "{:.1f}"),
         ("conn/request user CPU us", lambda n: cl.get(n, {}).get("user_us_per_req"), "{:.1f}"),
         ("conn/request system CPU us", lambda n: cl.get(n, {}).get("sys_us_per_req"), "{:.1f}"),
         ("keep-alive user CPU us/req", lambda n: ka.get(n, {}).get("user_us_per_req"), "{:.2f}"),

@@ -8,7 +8,8 @@ Measured with wrk over https: C{handshake} is one request per connection
 (C{Connection: close}; wrk resumes no session, so each is a full
 handshake), as handshakes per proxy CPU-second; C{bulk} is the 1 MiB file
 over keep-alive, as MiB per proxy CPU-second.  Both proxies run one
-process / one thread.
+process / one thread; lbproxy on the engines of C{--tls-engines}
+(default: the fast engine).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ backend be
     return conf
 
 
-def lbproxy_tls_config(tmp: Path, port: int, backend: int, crt: Path, key: Path) -> Path:
-    conf = tmp / "lbproxy-tls.toml"
+def lbproxy_tls_config(tmp: Path, port: int, backend: int, crt: Path, key: Path, engine: str) -> Path:
+    conf = tmp / f"lbproxy-tls-{engine}.toml"
     conf.write_text(f"""
 [services.web]
 listen = ["tcp:{port}:interface=127.0.0.1:backlog=4096"]
@@ -83,23 +84,25 @@ def run_tls(args) -> int:
         hport = free_port()
         haproxy = Proxy("haproxy-tls", "haproxy", 1,
                         [HAPROXY, "-db", "-f", str(haproxy_tls_config(tmp, hport, backend, pem))], hport)
-        lport, admin = free_port(), free_port()
-        argv = lbproxy_argv(lport, admin, backend, "twisted", 1)
-        # The TLS service comes from the config file, not --listen/--backend.
-        i = argv.index("--listen")
-        del argv[i:i + 2]
-        i = argv.index("--backend")
-        del argv[i:i + 2]
-        argv += ["--config", str(lbproxy_tls_config(tmp, lport, backend, crt, key))]
-        lbproxy = Proxy("lbproxy-tls", "lbproxy", 1, argv, lport, admin)
-        for p in (haproxy, lbproxy):
+        lbproxies = []
+        for engine in getattr(args, "tls_engines", "fast").split(","):
+            lport, admin = free_port(), free_port()
+            argv = lbproxy_argv(lport, admin, backend, engine, 1)
+            # The TLS service comes from the config file, not --listen/--backend.
+            i = argv.index("--listen")
+            del argv[i:i + 2]
+            i = argv.index("--backend")
+            del argv[i:i + 2]
+            argv += ["--config", str(lbproxy_tls_config(tmp, lport, backend, crt, key, engine))]
+            lbproxies.append(Proxy(f"lbproxy-tls-{engine}", "lbproxy", 1, argv, lport, admin))
+        for p in (haproxy, *lbproxies):
             p.start(tmp)
             proxies.append(p)
         raw: dict = {}
         scenarios = {"handshake": ("/", True), "bulk": ("/bulk", False)}
         for r in range(args.rounds):
             for scenario, (path, close) in scenarios.items():
-                for p in (haproxy, lbproxy):
+                for p in (haproxy, *lbproxies):
                     res = measure(p, path, args.duration, args.connections if close else 10, close, "https")
                     raw.setdefault(scenario, {}).setdefault(p.name, []).append(res)
                     print(f"round {r + 1} tls-{scenario:9} {p.name:12} {res['rps']:9.0f} req/s "
@@ -113,15 +116,17 @@ def run_tls(args) -> int:
                        for k in ("rps", "mib_s", "req_per_cpu_s", "mib_per_cpu_s", "cpu_s")}
                 for name, runs in by.items()
             }
-        h, l = "haproxy-tls", "lbproxy-tls"
+        h = "haproxy-tls"
         hs, bulk = summary["handshake"], summary["bulk"]
         print("\nTLS (medians of", args.rounds, "rounds; lbproxy / HAProxy)")
-        print(f"  handshakes per CPU-second: haproxy {hs[h]['req_per_cpu_s']:,.0f}  lbproxy "
-              f"{hs[l]['req_per_cpu_s']:,.0f}  ratio {hs[l]['req_per_cpu_s'] / hs[h]['req_per_cpu_s']:.2f}")
-        print(f"  handshakes per second:     haproxy {hs[h]['rps']:,.0f}  lbproxy {hs[l]['rps']:,.0f}")
-        print(f"  1 MiB bulk MiB/CPU-second: haproxy {bulk[h]['mib_per_cpu_s']:,.1f}  lbproxy "
-              f"{bulk[l]['mib_per_cpu_s']:,.1f}  ratio {bulk[l]['mib_per_cpu_s'] / bulk[h]['mib_per_cpu_s']:.2f}")
-        print(f"  1 MiB bulk MiB/s:          haproxy {bulk[h]['mib_s']:,.1f}  lbproxy {bulk[l]['mib_s']:,.1f}")
+        for l in (p.name for p in lbproxies):
+            print(f"  {l}")
+            print(f"    handshakes per CPU-second: haproxy {hs[h]['req_per_cpu_s']:,.0f}  lbproxy "
+                  f"{hs[l]['req_per_cpu_s']:,.0f}  ratio {hs[l]['req_per_cpu_s'] / hs[h]['req_per_cpu_s']:.2f}")
+            print(f"    handshakes per second:     haproxy {hs[h]['rps']:,.0f}  lbproxy {hs[l]['rps']:,.0f}")
+            print(f"    1 MiB bulk MiB/CPU-second: haproxy {bulk[h]['mib_per_cpu_s']:,.1f}  lbproxy "
+                  f"{bulk[l]['mib_per_cpu_s']:,.1f}  ratio {bulk[l]['mib_per_cpu_s'] / bulk[h]['mib_per_cpu_s']:.2f}")
+            print(f"    1 MiB bulk MiB/s:          haproxy {bulk[h]['mib_s']:,.1f}  lbproxy {bulk[l]['mib_s']:,.1f}")
         out = ROOT / "bench" / "results" / "tls.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps({"summary": summary, "raw": raw}, indent=1))

@@ -116,10 +116,6 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
     balancer = table.main() or next(iter(table.balancers.values()))
     resolver.track(b.host for b in iter_backends(document))
     manager = None
-    if spec.workers > 1 and any(s.tls is not None for s in document.services):
-        from lbproxy.model.errors import ConfigError
-
-        raise ConfigError("a service with tls is served by the main process only: run it with --workers 1")
     if spec.workers <= 1:
         manager = ListenerManager(table, spec.engine, spec.backlog, reactor=reactor, settings=spec.settings)
     controller = ConfigController(table, store, manager, seed=seed)

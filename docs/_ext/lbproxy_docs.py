@@ -419,6 +419,9 @@ def bench_figures(bench: dict[str, Any] | None, store: dict[str, Any] | None,
             put(f"bench_{scenario}_{short}_p50", _get(s, scenario, proxy, "p50_ms"), "{:.2f}")
             put(f"bench_{scenario}_{short}_p99", _get(s, scenario, proxy, "p99_ms"), "{:.2f}")
     put("bench_direct_nginx", _get(s, "keepalive", "direct-nginx", "rps"))
+    for scenario in ("close", "keepalive"):
+        put(f"bench_python_calls_{scenario}",
+            _get(s, "python_calls", "lbproxy-fast", scenario, "python_calls_per_request"), "{:.1f}")
     for proxy, short in (("haproxy", "haproxy"), ("lbproxy-fast", "fast"), ("lbproxy-twisted", "twisted")):
         per = _get(bench or {}, "idle", proxy, "bytes_per_conn")
         put(f"bench_idle_{short}_kib", per / 1024 if per is not None else None, "{:.1f}")
@@ -455,6 +458,12 @@ def bench_figures(bench: dict[str, Any] | None, store: dict[str, Any] | None,
     put("bench_2w_scale", w2f / fast if w2f and fast else None, "{:.2f}")
     put("bench_2t_scale", w2h / w1h if w2h and w1h else None, "{:.2f}")
     put("bench_2w_ratio", w2f / w2h if w2f and w2h else None, "{:.2f}")
+    c1f, c2f = _get(s, "close", "lbproxy-fast", "rps"), _get(s, "close", "lbproxy-fast-2w", "rps")
+    c1h, c2h = _get(s, "close", "haproxy", "rps"), _get(s, "close", "haproxy-2t", "rps")
+    put("bench_2w_close_fast", c2f)
+    put("bench_2t_close_haproxy", c2h)
+    put("bench_2w_close_scale", c2f / c1f if c2f and c1f else None, "{:.2f}")
+    put("bench_2t_close_scale", c2h / c1h if c2h and c1h else None, "{:.2f}")
     put("bench_time", (bench or {}).get("time"), "{}")
     put("bench_cpus", _get(bench or {}, "machine", "cpus"), "{}")
     put("bench_python", _get(bench or {}, "machine", "python"), "{}")
@@ -548,12 +557,19 @@ class BenchDirective(_RstDirective):
             ("new connections per proxy CPU-second", "close", "req_per_cpu_s", "{:,.0f}"),
             ("bulk MiB per proxy CPU-second", "bulk", "req_per_cpu_s", "{:,.0f}"),
             ("system calls per new connection (strace)", "syscalls", "per_connection", "{:.1f}"),
+            ("user CPU µs per new connection", "close", "user_us_per_req", "{:.1f}"),
+            ("system CPU µs per new connection", "close", "sys_us_per_req", "{:.1f}"),
+            ("Python calls per new connection (cProfile)", "python_calls",
+             ("close", "python_calls_per_request"), "{:.1f}"),
+            ("Python calls per keep-alive request", "python_calls",
+             ("keepalive", "python_calls_per_request"), "{:.1f}"),
         ]
         lines = [".. list-table::", "   :header-rows: 1", "",
                  "   * - Median of the rounds", *[f"     - {n}" for _, n in names],
                  "     - fast / HAProxy", "     - twisted / HAProxy"]
         for label, scenario, key, fmt in rows:
-            vals = [_get(s, scenario, n, key) for n, _ in names]
+            path = key if isinstance(key, tuple) else (key,)
+            vals = [_get(s, scenario, n, *path) for n, _ in names]
             lines += [f"   * - {label}", *[f"     - {cell(v, fmt)}" for v in vals],
                       f"     - {ratio(vals[1], vals[0])}", f"     - {ratio(vals[2], vals[0])}"]
         vals = [_get(idle, n, "kib_per_10k_conns") for n, _ in names]

@@ -10,7 +10,10 @@ its new L{ListenerRoute} and stops the listeners of endpoints gone.
 Both engines read their listener's route per accepted connection: a
 listener of one service admits to that service, one shared by several
 reads the client's server name (and a trusted source's PROXY header)
-first and picks the service by it.
+first and picks the service by it.  They read whether to terminate TLS
+per accepted connection too (the fast engine's L{FastTLS} hook, the
+Twisted engine's L{SwitchingFactory}), so C{tls} is turned on or off
+where an endpoint listens without binding it again.
 """
 
 from __future__ import annotations
@@ -112,22 +115,8 @@ class ListenerManager:
                     parse_endpoint(description, self.reactor)
                 except ValueError as e:
                     raise ConfigError(f"service {s.name!r}: listen {description!r}: {e}") from None
-        from lbproxy.relay.tlsreload import needs_tls
-
-        for key, services in sharing(document).items():
-            listener = self.listeners.get(key)
-            if listener is not None and needs_tls(services) and getattr(listener, "proxy_factory", None) is None:
-                raise ConfigError(
-                    f"service {services[0].name!r}: {endpoint_of(key)} listens on the fast engine, which "
-                    f"cannot speak TLS; give the service a new listen endpoint (served by the Twisted "
-                    f"engine) or restart lbproxy"
-                )
-            if listener is not None and (services[0].tls is not None) != (key in self.tls.servers):
-                raise ConfigError(
-                    f"service {services[0].name!r}: {endpoint_of(key)} is listening already; turning tls "
-                    f"on or off there needs a new listen endpoint (or a restart); its certificates can "
-                    f"change at any time"
-                )
+        # Both engines read a listener's TLS per accepted connection: tls
+        # can be turned on or off on an endpoint listening already.
         self.tls.check(document)
 
     def prepare(self, document: Document, pending: Pending | None = None) -> Pending:
@@ -182,6 +171,10 @@ class ListenerManager:
             self._route(description, listener, services)
             if not listener.running:
                 listener.startService()
+                if getattr(listener, "engine", None) is not None:
+                    from lbproxy.relay.fast_tls import install
+
+                    install(listener.engine, listener.tls_hook)
         for description in tuple(self.listeners):
             if description not in wanted:
                 self._stop(description)
@@ -220,16 +213,34 @@ class ListenerManager:
         engine = getattr(listener, "engine", None)
         if engine is not None:
             engine.route = route
+        if isinstance(listener, FastRelayService):
+            listener.tls_hook = self._fast_tls(description, services)
+            if engine is not None:
+                from lbproxy.relay.fast_tls import install
+
+                install(engine, listener.tls_hook)
+        elif hasattr(target, "serve"):
+            target.serve(self.tls.servers.get(description) if services[0].tls is not None else None)
+
+    def _fast_tls(self, key: str, services: list) -> Any:
+        """
+        What a fast engine listener does with TLS from now on: C{None}
+        (plain), or the L{FastTLS} hook terminating it with the
+        certificates in force and reaching TLS backends.
+        """
+        from lbproxy.relay.fast_tls import FastTLS
+        from lbproxy.relay.tlsreload import needs_tls
+
+        if not needs_tls(services):
+            return None
+        server = self.tls.servers.get(key) if services[0].tls is not None else None
+        return FastTLS(server, self.tls.fast_clients)
 
     def _listener(self, key: str, services: list = ()) -> Any:  # type: ignore[assignment]
         """
-        A listener for C{key}, on the manager's engine, except that one
-        that needs TLS (a service terminating it, or a backend reached
-        over it) is served by the Twisted engine: the fast engine relays
-        raw sockets.
+        A listener for C{key}, on the manager's engine (TLS too: the fast
+        engine's is L{lbproxy.relay.fast_tls}).
         """
-        from lbproxy.relay.tlsreload import needs_tls
-
         description = endpoint_of(key)
         endpoint = parse_endpoint(description, self.reactor)
         if not endpoint.tcp and self.running:
@@ -238,28 +249,21 @@ class ListenerManager:
                 f"change is stored), not {description}"
             )
         backlog = endpoint.backlog or self.backlog
-        tls = needs_tls(list(services))
-        engine = "twisted" if tls else self.engine
+        engine = self.engine
         what = f"proxy ({engine} engine{', TLS' if services and services[0].tls else ''})"
         # Refuses every client (no service) until commit gives the real route.
         placeholder = ListenerRoute(description, (), settings=self.settings)
-        if services and services[0].tls is not None:
-            from lbproxy.relay.twisted_tls import TLSProxyFactory, tls_listener_factory
-
-            proxy = TLSProxyFactory(placeholder, self.reactor)
-            proxy.tls_clients = self.tls.clients
-            wrapped = tls_listener_factory(self.tls.server(key, services[0]), proxy)
-            listener = ListenerService(endpoint, wrapped, backlog, what, self.reactor)
-            listener.proxy_factory = proxy
-            return listener
         if engine == "fast":
-            if not endpoint.tcp:
-                raise ConfigError(f"the fast engine listens on tcp: endpoints only, not {description}")
-            return FastRelayService(placeholder, endpoint, backlog, self.reuse_port, self.reactor, what)
-        from lbproxy.relay.twisted_engine import ProxyFactory
+            if endpoint.tcp:
+                return FastRelayService(placeholder, endpoint, backlog, self.reuse_port, self.reactor, what)
+            from lbproxy.relay.tlsreload import needs_tls
 
-        proxy = ProxyFactory(placeholder, self.reactor)
-        proxy.tls_clients = self.tls.clients
+            if not needs_tls(list(services)):
+                raise ConfigError(f"the fast engine listens on tcp: endpoints only, not {description}")
+            what = what.replace("fast", "twisted")
+        from lbproxy.relay.twisted_tls import SwitchingFactory
+
+        proxy = SwitchingFactory(placeholder, self.reactor, self.tls.clients)
         listener = ListenerService(endpoint, proxy, backlog, what, self.reactor)
         listener.proxy_factory = proxy
         return listener

@@ -212,6 +212,8 @@ class WorkerChannel(amp.AMP):
             manager.stop()
             raise ConfigRejected(str(e)) from None
         self.manager = manager
+        # Each worker reads its certificates again when their files change.
+        manager.tls.start()
         table.start()
         from twisted.internet.task import LoopingCall
 

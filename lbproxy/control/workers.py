@@ -133,6 +133,11 @@ class WorkerPool(Service):
         self.workers: list[Worker | None] = [None] * self.count
         self.restarts = 0
         self.listeners = WorkerSockets(self.count, self.backlog, reactor)
+        from lbproxy.relay.tlsreload import TLSStore
+
+        #: The certificates the workers serve, read here too: a change with a
+        #: bad one is refused before it is stored; the API shows them.
+        self.tls = TLSStore(reactor)
         #: fires once every worker has answered its first Listen
         self.ready: defer.Deferred = defer.Deferred()
         self._unfollow: dict[str, Any] = {}
@@ -188,6 +193,7 @@ class WorkerPool(Service):
 
     def check(self, document: Any) -> None:
         self.listeners.check(self._effective(document))
+        self.tls.check(self._effective(document))
 
     def prepare(self, document: Any, pending: Any = None) -> Any:
         """
@@ -203,7 +209,10 @@ class WorkerPool(Service):
         Keep the sockets of the change; those of listeners gone close (the
         workers close theirs on applying it, L{applied}).
         """
+        from lbproxy.model.service import sharing
+
         self.listeners.commit(pending, self._effective(document))
+        self.tls.commit(sharing(self._effective(document)))
 
     def addresses(self, service: str) -> list[tuple[str, int]]:
         return self.listeners.addresses(self.document, service)
@@ -223,6 +232,11 @@ class WorkerPool(Service):
             self.listeners.close()
             raise OSError(str(e)) from None
         self.listeners.commit(pending, document)
+        from lbproxy.model.service import sharing
+
+        self.tls.check(document)
+        self.tls.commit(sharing(document))
+        self.tls.start()
         for socks in self.listeners.handed.values():
             for sock in socks:
                 sock.close()
@@ -263,6 +277,7 @@ class WorkerPool(Service):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        self.tls.stop()
         for unfollow in self._unfollow.values():
             unfollow()
         self._unfollow = {}

@@ -17,7 +17,7 @@ from lbproxy.model.config import Backend, Config
 
 #: Share of full weight that a backend in slow start begins with.
 SLOW_START_FLOOR = 0.1
-_EWMA_ALPHA = 0.3
+EWMA_ALPHA = 0.3
 
 
 class BackendStats:
@@ -52,11 +52,11 @@ class BackendStats:
 
     def observe_connect(self, seconds: float) -> None:
         e = self.connect_ewma
-        self.connect_ewma = seconds if e is None else e + _EWMA_ALPHA * (seconds - e)
+        self.connect_ewma = seconds if e is None else e + EWMA_ALPHA * (seconds - e)
 
     def observe_response(self, seconds: float) -> None:
         e = self.response_ewma
-        self.response_ewma = seconds if e is None else e + _EWMA_ALPHA * (seconds - e)
+        self.response_ewma = seconds if e is None else e + EWMA_ALPHA * (seconds - e)
 
     def to_json(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -25,7 +25,7 @@ class Counter(NamedTuple):
     One counter of the balancer, as every view of it names it.
     """
 
-    #: the attribute on L{lbproxy.policy.balancer.Totals} or L{lbproxy.policy.pool.BackendStats}.
+    #: the attribute on L{Totals} or L{lbproxy.policy.pool.BackendStats}.
     name: str
     #: the Prometheus metric (C{lbproxy.web.metrics}), or C{None} where it is not a counter there.
     metric: str | None
@@ -35,7 +35,7 @@ class Counter(NamedTuple):
     rate: bool
 
 
-#: The listener's counters, in the order of L{lbproxy.policy.balancer.Totals}.
+#: The listener's counters, in the order of L{Totals}.
 #: The one list: Totals, the stats view, the metrics and the workers' sums use it.
 TOTALS = (
     Counter("accepted", "lbproxy_connections_accepted", "Client connections accepted.", True),
@@ -59,6 +59,22 @@ BACKEND_COUNTERS = (
 )
 TOTAL_NAMES = tuple(c.name for c in TOTALS)
 BACKEND_NAMES = tuple(c.name for c in BACKEND_COUNTERS)
+
+
+class Totals:
+    """
+    Listener-wide counters.
+    """
+
+    __slots__ = TOTAL_NAMES
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def to_json(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
 
 _TOTAL_RATES = tuple(c.name for c in TOTALS if c.rate)
 _BACKEND_RATES = tuple(c.name for c in BACKEND_COUNTERS if c.rate)

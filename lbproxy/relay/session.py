@@ -28,7 +28,6 @@ protocols keep working).
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from zope.interface import implementer
@@ -36,26 +35,14 @@ from zope.interface import implementer
 from lbproxy.interfaces import IBalancer, IConnectionSession
 from lbproxy.policy.limits import QUEUE, QUEUE_FULL
 from lbproxy.policy.pool import AccessRecord, Candidate
-from lbproxy.relay import proxyprotocol, sni
+from lbproxy.relay.first_bytes import FIRST_READ_MAX, FirstBytes, ReadFirst
 from lbproxy.relay.proxyprotocol import header
-from lbproxy.relay.sockopts import KEEPALIVE_OFF, keepalive_options
+from lbproxy.relay.sockopts import route_options, service_options, socket_options
 
-#: Bytes read at most for a PROXY header, then again for a ClientHello.
-FIRST_READ_MAX = 16 * 1024
-
-
-class ReadFirst:
-    """
-    The answer "read up to C{limit} client bytes and hand them to
-    L{ConnectionSession.client_bytes}; at C{deadline} (the clock's time)
-    call L{ConnectionSession.read_timed_out}".
-    """
-
-    __slots__ = ("limit", "deadline")
-
-    def __init__(self, limit: int, deadline: float) -> None:
-        self.limit = limit
-        self.deadline = deadline
+__all__ = [
+    "FIRST_READ_MAX", "ConnectionSession", "ReadFirst", "Wait", "route_options",
+    "service_options", "socket_options",
+]
 
 
 class Wait:
@@ -72,63 +59,9 @@ class Wait:
         self.notify: Any = None
 
 
-def _trusted(host: str, networks: tuple) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
-    return any(address in network for network in networks)
-
-
-def socket_options(balancer: IBalancer | None) -> tuple[tuple[int, int, int], ...]:
-    """
-    @return: the C{setsockopt} triples every relayed socket gets, on both
-        sides (TCP keepalive, so dead peers of idle connections are found).
-    """
-    if balancer is None:
-        from lbproxy.model.config import ProxySettings
-
-        return keepalive_options(ProxySettings().tcp_keepalive)
-    return keepalive_options(balancer.settings.tcp_keepalive)
-
-
-def route_options(route: Any) -> tuple[tuple[int, int, int], ...]:
-    """
-    @return: the L{socket_options} of a listener's connections: from the
-        route's own C{settings} when it has them (a listener of the
-        L{lbproxy.control.listeners.ListenerManager}, whose services may
-        have no default), else from its default service.
-    """
-    settings = getattr(route, "settings", None)
-    if settings is None:
-        return socket_options(route.default())
-    return keepalive_options(settings.tcp_keepalive)
-
-
-def service_options(balancer: Any, listener: tuple) -> tuple[tuple, tuple | None]:
-    """
-    The keepalive of a connection of C{balancer}'s service (its own
-    C{tcp_keepalive}, or the command line's), found once the service is
-    chosen: a listener may carry several services (by SNI), so it cannot
-    be set on the listening socket alone.
-
-    @param listener: the options the client socket already has (the
-        listener's, L{route_options}).
-    @return: C{(backend, client)}: the backend socket's options, and the
-        client socket's to set again (C{None}: it has them already, the
-        usual case, costing no syscall).
-    """
-    own = keepalive_options(balancer.settings.tcp_keepalive) if balancer is not None else listener
-    if own == listener:
-        return own, None
-    return own, own or KEEPALIVE_OFF
-
 
 @implementer(IConnectionSession)
-class ConnectionSession:
+class ConnectionSession(FirstBytes):
     """
     One client connection's decisions; see L{IConnectionSession}.
 
@@ -147,7 +80,7 @@ class ConnectionSession:
     __slots__ = (
         "route", "balancer", "clock", "client", "local", "connection", "started", "since",
         "tried", "attempt", "backend", "waiting", "outcome", "backend_outcome", "finished",
-        "phase", "first", "deadline", "held", "wait",
+        "phase", "first", "deadline", "held", "wait", "connect_timeout",
     )
 
     def __init__(self, route: Any, clock: Any, client: tuple[str, int]) -> None:
@@ -169,15 +102,9 @@ class ConnectionSession:
         #: the client's entry in its service's client table, if counted.
         self.held: Any = None
         self.wait: Wait | None = None
-
-    @property
-    def connect_timeout(self) -> float:
-        balancer = self.balancer
-        if balancer is None:
-            balancer = self.route.default()
-            if balancer is None:
-                return 0.0
-        return balancer.settings.connect_timeout
+        #: the chosen service's connect timeout (a plain attribute, set
+        #: when the service is chosen: read once per connect).
+        self.connect_timeout = 0.0
 
     @property
     def resolver(self) -> Any:
@@ -209,67 +136,6 @@ class ConnectionSession:
         if route.routes_by_sni or route.accept_proxy:
             return self._read_first(route)
         return self._admit(route.default())
-
-    def client_bytes(self, data: bytes) -> Candidate | ReadFirst | None:
-        """
-        The client's next bytes while a L{ReadFirst} is in force (C{b""}:
-        it closed).
-
-        @return: a L{ReadFirst} (read more), the backend to connect to, or
-            C{None}: close the client (counted by L{IListenerRoute.refused}).
-        """
-        if self.finished:
-            return None
-        if not data:
-            return self._refuse("client-closed")
-        buffered = self.first = self.first + data
-        route = self.route
-        if self.phase == "proxy":
-            found = proxyprotocol.parse(buffered)
-            if found is proxyprotocol.NEED_MORE:
-                return ReadFirst(FIRST_READ_MAX - len(buffered), self.deadline)
-            if found is proxyprotocol.MALFORMED:
-                return self._refuse("proxy-malformed")
-            if found.source is not None:
-                self.client = found.source
-                self.local = found.destination
-            buffered = self.first = buffered[found.length:]
-            if not route.routes_by_sni:
-                return self._admit(route.default())
-            self.phase = "sni"
-            if not buffered:
-                return ReadFirst(FIRST_READ_MAX, self.deadline)
-        elif self.phase == "untrusted":
-            # An untrusted source may not speak for another address.
-            signed = proxyprotocol.starts_with_signature(buffered)
-            if signed is None:
-                return ReadFirst(FIRST_READ_MAX - len(buffered), self.deadline)
-            if signed:
-                return self._refuse("proxy-untrusted")
-        found = sni.read_server_name(buffered)
-        if found is sni.NEED_MORE:
-            return ReadFirst(sni.MAX_HELLO - len(buffered), self.deadline)
-        if found.__class__ is str:
-            balancer = route.for_server_name(found)
-            if balancer is not None:
-                return self._admit(balancer)
-            reason = "no-match"
-        else:
-            reason = found.reason
-        balancer = route.default()
-        if balancer is None:
-            return self._refuse(reason)
-        return self._admit(balancer)
-
-    def read_timed_out(self) -> Candidate | None:
-        """
-        The L{ReadFirst} deadline passed.
-
-        @return: C{None}: close the client (if it is still undecided).
-        """
-        if self.finished or self.balancer is not None:
-            return None
-        return self._refuse("proxy-timeout" if self.phase == "proxy" else "sni-timeout")
 
     def connecting(self) -> None:
         self.since = self.clock.seconds()
@@ -386,6 +252,7 @@ class ConnectionSession:
         self.balancer = balancer
         if balancer is None:
             return self._refuse("no-service")
+        self.connect_timeout = balancer.settings.connect_timeout
         traffic = balancer.traffic
         if traffic is not None:
             # Access lists and per-client limits, on the real client
@@ -422,17 +289,6 @@ class ConnectionSession:
         wait = self.wait = Wait()
         return wait
 
-    def _read_first(self, route: Any) -> ReadFirst | Candidate | None:
-        if route.accept_proxy and _trusted(self.client[0], route.accept_proxy):
-            self.phase = "proxy"
-        elif route.routes_by_sni:
-            self.phase = "untrusted" if route.accept_proxy else "sni"
-        else:
-            # Untrusted, and nothing else to read for: an ordinary listener.
-            return self._admit(route.default())
-        self.deadline = self.started + route.sni_timeout
-        return ReadFirst(FIRST_READ_MAX, self.deadline)
-
     def _refuse(self, reason: str) -> None:
         if self.outcome is None:
             self.outcome = reason
@@ -455,3 +311,4 @@ class ConnectionSession:
         if self.outcome is None:
             self.outcome = outcome
         self.ended(0, 0)
+

@@ -81,3 +81,48 @@ def parse_keepalive(text: str) -> tuple[int, int, int] | None:
             f"--tcp-keepalive needs 1 <= IDLE, INTERVAL <= 32767 and 1 <= COUNT <= 127, not {text!r}"
         )
     return values  # type: ignore[return-value]
+
+
+def socket_options(balancer: Any) -> tuple[tuple[int, int, int], ...]:
+    """
+    @return: the C{setsockopt} triples every relayed socket gets, on both
+        sides (TCP keepalive, so dead peers of idle connections are found).
+    """
+    if balancer is None:
+        from lbproxy.model.config import ProxySettings
+
+        return keepalive_options(ProxySettings().tcp_keepalive)
+    return keepalive_options(balancer.settings.tcp_keepalive)
+
+
+def route_options(route: Any) -> tuple[tuple[int, int, int], ...]:
+    """
+    @return: the L{socket_options} of a listener's connections: from the
+        route's own C{settings} when it has them (a listener of the
+        L{lbproxy.control.listeners.ListenerManager}, whose services may
+        have no default), else from its default service.
+    """
+    settings = getattr(route, "settings", None)
+    if settings is None:
+        return socket_options(route.default())
+    return keepalive_options(settings.tcp_keepalive)
+
+
+def service_options(balancer: Any, listener: tuple) -> tuple[tuple, tuple | None]:
+    """
+    The keepalive of a connection of C{balancer}'s service (its own
+    C{tcp_keepalive}, or the command line's), found once the service is
+    chosen: a listener may carry several services (by SNI), so it cannot
+    be set on the listening socket alone.
+
+    @param listener: the options the client socket already has (the
+        listener's, L{route_options}).
+    @return: C{(backend, client)}: the backend socket's options, and the
+        client socket's to set again (C{None}: it has them already, the
+        usual case, costing no syscall).
+    """
+    own = keepalive_options(balancer.settings.tcp_keepalive) if balancer is not None else listener
+    if own == listener:
+        return own, None
+    return own, own or KEEPALIVE_OFF
+

@@ -2,14 +2,16 @@
 TLS: the contexts of listeners that terminate it and of backends reached
 over it, the certificates they serve, and their replacement at runtime.
 
-pyOpenSSL through Twisted's C{TLSMemoryBIOProtocol}, not the standard
-library's C{ssl}: the Twisted engine's transports then stay Twisted
-transports (backpressure, producers, the one L{ConnectionSession} path),
-a context can be swapped for new handshakes while open connections keep
-the one they started with, and SNI selection is one
-C{set_tlsext_servername_callback} that moves the connection to the
-certificate's context.  Backends are verified by service_identity
-(C{optionsForClientTLS}).
+Each engine has its library.  The Twisted engine: pyOpenSSL through
+Twisted's C{TLSMemoryBIOProtocol}, so its transports stay Twisted
+transports (backpressure, producers, the one L{ConnectionSession} path);
+SNI selection is one C{set_tlsext_servername_callback} that moves the
+connection to the certificate's context; backends are verified by
+service_identity (C{optionsForClientTLS}).  The fast engine: the standard
+library's C{ssl} on its raw sockets (L{lbproxy.relay.fast_tls}), from
+contexts built here beside the pyOpenSSL ones (L{Certificates.fast}).
+Either way a set of contexts is swapped whole for new handshakes while
+open connections keep the one they started with.
 
 A listener's certificates live in a L{ServerTLS}, which makes the
 connection of each new handshake from the L{Certificates} in force.
@@ -167,6 +169,8 @@ class Certificates:
     exact: dict
     wildcards: dict
     info: tuple
+    #: The fast engine's default C{ssl.SSLContext} (it picks the others by name).
+    fast: Any = None
 
     def select(self, name: str) -> Any:
         return match_server_name(name, self.exact, self.wildcards)
@@ -241,7 +245,7 @@ def build(config: ServiceTLS, name: str = "") -> Certificates:
                 wildcards.setdefault(n[2:], ctx)
             else:
                 exact.setdefault(n, ctx)
-    found = Certificates(built[0][0], exact, wildcards, tuple(info))
+    found = Certificates(built[0][0], exact, wildcards, tuple(info), _fast(config, info))
 
     def on_name(conn: Any) -> None:
         server_name = conn.get_servername()
@@ -253,6 +257,34 @@ def build(config: ServiceTLS, name: str = "") -> Certificates:
     for ctx, _ in built:
         ctx.set_tlsext_servername_callback(on_name)
     return found
+
+
+def _fast(config: ServiceTLS, info: list) -> Any:
+    """
+    The same certificates as standard-library contexts, for the fast
+    engine (L{lbproxy.relay.fast_tls}); the files were checked just before.
+    """
+    import ssl
+
+    from lbproxy.relay.ssl_contexts import select_by_name, server_context
+
+    ciphers = config.ciphers or MODERN_CIPHERS
+    contexts = []
+    for cert_path, key_path in config.certificates:
+        try:
+            contexts.append(server_context(config, cert_path, key_path, ciphers))
+        except (ssl.SSLError, OSError) as e:
+            raise TLSConfigError(f"certificate {cert_path!r} with key {key_path!r}: {e}") from None
+    exact: dict = {}
+    wildcards: dict = {}
+    for ctx, shown in zip(contexts, info):
+        for n in shown["names"]:
+            if n.startswith("*."):
+                wildcards.setdefault(n[2:], ctx)
+            else:
+                exact.setdefault(n, ctx)
+    select_by_name(contexts[0], exact, wildcards, lambda n: match_server_name(n, exact, wildcards))
+    return contexts[0]
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -24,6 +24,25 @@ from lbproxy.relay.tls import Certificates, ServerTLS, TLSConfigError, build, cl
 log = Logger()
 
 
+def fast_client(config: BackendTLS, host: str) -> tuple:
+    """
+    The fast engine's context and server name for a backend over TLS.
+
+    @raise TLSConfigError: the CA bundle cannot be read.
+    """
+    import ssl
+
+    from lbproxy.relay.ssl_contexts import client_context
+
+    if config.verify and config.ca:
+        # The same checks (and messages) as the Twisted engine's creator.
+        client_creator(config, host)
+    try:
+        return client_context(config, host)
+    except (ssl.SSLError, OSError) as e:
+        raise TLSConfigError(f"ca {config.ca!r}: {e}") from None
+
+
 def needs_tls(services: list) -> bool:
     """
     Whether a listener of these services needs a TLS-capable engine: one
@@ -38,6 +57,8 @@ class TLSStore:
     @ivar clients: C{(BackendTLS, host)} -> the connection creator, read by
         the Twisted engine when it connects to a backend over TLS.
     @ivar services: listener key -> the service whose certificates it serves.
+    @ivar fast_clients: C{(BackendTLS, host)} -> C{(ssl.SSLContext, server
+        name)}, the same for the fast engine (L{fast_client}).
     """
 
     def __init__(self, reactor: Any, interval: float = 5.0, read_timeout: float = 10.0) -> None:
@@ -47,6 +68,7 @@ class TLSStore:
         self.servers: dict[str, ServerTLS] = {}
         self.services: dict[str, str] = {}
         self.clients: dict[tuple[BackendTLS, str], Any] = {}
+        self.fast_clients: dict[tuple[BackendTLS, str], tuple] = {}
         self._built: dict[tuple, Certificates] = {}
         self._checked: dict[tuple, Any] = {}
         self._loop: Any = None
@@ -82,7 +104,8 @@ class TLSStore:
                 if b.tls is not None and (b.tls, b.host) not in self.clients:
                     try:
                         # Kept for commit, which must not fail after the change is stored.
-                        self._checked[(b.tls, b.host)] = client_creator(b.tls, b.host)
+                        self._checked[(b.tls, b.host)] = (client_creator(b.tls, b.host),
+                                                          fast_client(b.tls, b.host))
                     except TLSConfigError as e:
                         raise TLSConfigError(f"service {s.name!r}: backend {b.id!r}: tls: {e}") from None
 
@@ -90,17 +113,6 @@ class TLSStore:
         return any(
             self.services.get(key) == name and server.config == config for key, server in self.servers.items()
         )
-
-    def server(self, key: str, service: Any) -> ServerTLS:
-        """
-        The L{ServerTLS} of a listener about to be bound (built by L{check}).
-        """
-        certificates, files = self.certificates(service.tls, service.name)
-        found = self.servers.get(key)
-        if found is None:
-            found = self.servers[key] = ServerTLS(service.tls, certificates, files)
-            self.services[key] = service.name
-        return found
 
     def commit(self, wanted: dict[str, list]) -> None:
         """
@@ -118,7 +130,11 @@ class TLSStore:
                 self.services[key] = service.name
                 continue
             certificates, files = self.certificates(service.tls, service.name)
-            if server is not None and server.certificates is not certificates:
+            if server is None:
+                # tls turned on where the endpoint listens already (the fast
+                # engine reads it per connection), or a worker pool's parent.
+                self.servers[key] = ServerTLS(service.tls, certificates, files)
+            elif server.certificates is not certificates:
                 server.replace(service.tls, certificates, files)
                 log.info("tls: service {service} serves new certificates on {key}", service=service.name, key=key)
             self.services[key] = service.name
@@ -127,15 +143,24 @@ class TLSStore:
                 del self.servers[key]
                 self.services.pop(key, None)
         clients = {}
+        fast = {}
         for services in wanted.values():
             for s in services:
                 for b in s.backends:
                     if b.tls is not None:
-                        found = self.clients.get((b.tls, b.host)) or self._checked.get((b.tls, b.host))
-                        clients[(b.tls, b.host)] = found or client_creator(b.tls, b.host)
+                        key = (b.tls, b.host)
+                        if key in self.clients:
+                            clients[key] = self.clients[key]
+                            fast[key] = self.fast_clients.get(key) or fast_client(b.tls, b.host)
+                        else:
+                            clients[key], fast[key] = (self._checked.get(key)
+                                                       or (client_creator(b.tls, b.host), fast_client(b.tls, b.host)))
         self._checked.clear()
+        # Updated in place: the engines hold these dicts.
         self.clients.clear()
         self.clients.update(clients)
+        self.fast_clients.clear()
+        self.fast_clients.update(fast)
 
     def info(self, service: str) -> list[dict]:
         """

@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
@@ -70,12 +71,22 @@ class TLSBackendProtocol(BackendProtocol):
         super().__init__(frontend)
         self.handshake: defer.Deferred = defer.Deferred(lambda _: self.transport.abortConnection())
 
+    _timer: Any = None
+
     def connectionMade(self) -> None:
         raw = getattr(self.transport, "transport", None)
         if raw is not None:
             _set_options(raw, self.frontend._options)
+        # The connect timeout covers the handshake: a backend that takes
+        # the TCP connection but never answers TLS is a failed connect.
+        timeout = self.frontend.session.connect_timeout
+        if timeout:
+            self._timer = self.frontend.reactor.callLater(timeout, self.transport.abortConnection)
 
     def handshakeCompleted(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if not self.handshake.called:
             self.handshake.callback(self)
 
@@ -83,6 +94,9 @@ class TLSBackendProtocol(BackendProtocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if not self.handshake.called:
             self._lost = True
             self.handshake.errback(reason)
@@ -188,3 +202,47 @@ def tls_listener_factory(server_tls: Any, proxy: TLSProxyFactory) -> Any:
     factory = TLSMemoryBIOFactory(server_tls, False, proxy)
     factory.noisy = False
     return factory
+
+
+class SwitchingFactory(ServerFactory):
+    """
+    A Twisted engine listener's factory: each connection is plain, or TLS
+    with the certificates of L{server} when it is set, so that C{tls} can
+    be turned on or off where the endpoint listens already (connections
+    open keep what they started with).
+
+    @ivar route: given to both the plain and the TLS L{ProxyFactory}.
+    """
+
+    noisy = False
+
+    def __init__(self, route: Any, reactor: Any, tls_clients: dict) -> None:
+        self.plain = ProxyFactory(route, reactor)
+        self.secure = TLSProxyFactory(route, reactor)
+        self.plain.tls_clients = self.secure.tls_clients = tls_clients
+        self.server: Any = None
+        self._wrapped: Any = None
+
+    @property
+    def route(self) -> Any:
+        return self.plain.route
+
+    @route.setter
+    def route(self, route: Any) -> None:
+        self.plain.route = self.secure.route = route
+
+    def serve(self, server_tls: Any) -> None:
+        """
+        Terminate TLS with C{server_tls} (an L{lbproxy.relay.tls.ServerTLS},
+        whose certificates may change in place) from now on, or relay plain
+        with C{None}.
+        """
+        if server_tls is not self.server:
+            self.server = server_tls
+            self._wrapped = None if server_tls is None else tls_listener_factory(server_tls, self.secure)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        wrapped = self._wrapped
+        if wrapped is None:
+            return self.plain.buildProtocol(addr)
+        return wrapped.buildProtocol(addr)

@@ -58,12 +58,10 @@ def shake(port, name, ca, client=None, send=b""):
     return threads.deferToThread(handshake, port, name, ca, client, send)
 
 
-@pytest.mark.parametrize("engine", ["twisted", "fast"])
 @pytest_twisted.ensureDeferred
 async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki, engine):
     """
-    (On both engines: a fast-engine lbproxy serves a TLS listener with
-    the Twisted engine.)
+    (On each engine, which serves the TLS listener itself.)
     A TLS listener with two certificates: each server name gets its own
     (exact, then wildcard, then the first as default), seen by Python's
     ssl and by openssl s_client -servername; the relay works through TLS;
@@ -75,7 +73,7 @@ async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki, en
     try:
         port, out = await add(url, "web", named.getHost().port, tls(pki["a"], pki["b"]))
         listener = next(v for k, v in assembly.listeners.listeners.items() if k.endswith("(web)"))
-        assert "twisted engine, TLS" in listener.what
+        assert f"{engine} engine, TLS" in listener.what
         ca = pki["ca"].path
         assert await shake(port, "a.test", ca) == ("a.test", b"web")
         assert await shake(port, "b.test", ca) == ("b.test", b"web")
@@ -118,7 +116,7 @@ async def test_two_certificates_picked_by_sni_for_python_ssl_and_openssl(pki, en
 
 
 @pytest_twisted.ensureDeferred
-async def test_mtls_admits_a_client_certificate_of_the_ca_and_refuses_one_without(pki, tmp_path):
+async def test_mtls_admits_a_client_certificate_of_the_ca_and_refuses_one_without(pki, tmp_path, engine):
     """
     With client_ca, a client presenting a certificate of that CA is
     relayed, with its subject in the access log record; a client without
@@ -131,7 +129,7 @@ async def test_mtls_admits_a_client_certificate_of_the_ca_and_refuses_one_withou
     from lbproxy.assembly import assemble
 
     opts = Options()
-    opts.parseOptions(["--admin", LOCAL, "--access-log", str(log_path), *options])
+    opts.parseOptions(["--admin", LOCAL, "--engine", engine, "--access-log", str(log_path), *options])
     assembly = assemble(opts.spec, reactor)
     assembly.top.bind()
     assembly.top.startService()
@@ -181,7 +179,7 @@ def tls_backend(pki, name):
 
 
 @pytest_twisted.ensureDeferred
-async def test_backend_over_tls_is_verified_by_ca_and_server_name(pki, tmp_path):
+async def test_backend_over_tls_is_verified_by_ca_and_server_name(pki, tmp_path, engine):
     """
     A backend reached over TLS: with the right CA and server name the
     client gets the backend's bytes; a wrong name or another CA fail the
@@ -191,7 +189,7 @@ async def test_backend_over_tls_is_verified_by_ca_and_server_name(pki, tmp_path)
     bport = secure.getHost().port
     (tmp_path / "other").mkdir()
     other = CA(tmp_path / "other", "other CA")
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}", engine=engine)
     try:
         from tests.integration.test_services import first_line
 
@@ -235,7 +233,7 @@ class Held:
 
 
 @pytest_twisted.ensureDeferred
-async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connection_keeps_working(pki):
+async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connection_keeps_working(pki, engine):
     """
     A PATCH of tls with new paths is served to the next handshake while a
     connection opened before still relays; files rewritten on disk are
@@ -244,7 +242,7 @@ async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connec
     certificate, or one readable by others, is a 400 and nothing changes.
     """
     named = backend(b"web")
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
     ca = pki["ca"].path
     try:
         port, _ = await add(url, "web", named.getHost().port, tls(pki["a"]))
@@ -294,14 +292,14 @@ async def test_certificate_replaced_through_api_and_on_disk_while_an_open_connec
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_that_never_finishes_the_handshake_is_closed_at_sni_timeout(pki):
+async def test_a_client_that_never_finishes_the_handshake_is_closed_at_sni_timeout(pki, engine):
     """
     A client that connects and sends nothing is closed once the
     service's sni_timeout passes (counted as tls-timeout), and no
     backend is connected for it.
     """
     named = backend(b"web")
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
     try:
         body = {"name": "slow", "listen": [LOCAL], "sni_timeout": 0.3,
                 "backends": [{"host": "127.0.0.1", "port": named.getHost().port}], "tls": tls(pki["a"])}
@@ -326,3 +324,157 @@ async def test_a_client_that_never_finishes_the_handshake_is_closed_at_sni_timeo
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await named.stopListening()
+
+
+class Plain:
+    """A plain connection opened in a thread, kept open across a change."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.first = self.read_line()
+
+    def read_line(self):
+        line = b""
+        while b"\n" not in line:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            line += chunk
+        return line
+
+    def echo(self, data):
+        self.sock.sendall(data)
+        return self.read_line()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_turned_on_and_off_where_the_endpoint_listens(pki, engine):
+    """
+    On a service's endpoint that listens already, a PATCH turning tls on
+    makes the next connections TLS on the same port while a plain
+    connection opened before still relays; turning it off again makes the
+    next ones plain while the TLS connection opened meanwhile (and the
+    first plain one) still relay.
+    """
+    from tests.integration.test_services import first_line
+
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    ca = pki["ca"].path
+    try:
+        port, _ = await add(url, "web", named.getHost().port, None)
+        plain = await threads.deferToThread(Plain, port)
+        assert plain.first == b"web\n"
+
+        code, body = await call("PATCH", url + "/services/web", {"tls": tls(pki["a"])})
+        assert code == 200, body
+        assert body["listening"] == [f"127.0.0.1:{port}"]
+        assert await shake(port, "a.test", ca) == ("a.test", b"web")
+        held = await threads.deferToThread(Held, port, ca)
+        assert held.cn == "a.test"
+        assert await threads.deferToThread(plain.echo, b"plain still\n") == b"plain still\n"
+
+        code, body = await call("PATCH", url + "/services/web", {"tls": None})
+        assert code == 200, body
+        assert "tls" not in body or body["tls"] is None, body
+        assert await first_line(port) == b"web"
+        assert await threads.deferToThread(held.echo, b"tls still\n") == b"tls still\n"
+        assert await threads.deferToThread(plain.echo, b"and plain\n") == b"and plain\n"
+        code, view = await call("GET", url + "/services/web")
+        assert view["listening"] == [f"127.0.0.1:{port}"] and not view.get("tls_certificates")
+        held.sock.close()
+        plain.sock.close()
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_that_never_finishes_the_tls_handshake_fails_at_connect_timeout(pki, engine):
+    """
+    A backend over TLS that accepts the TCP connection but never answers
+    the ClientHello is a failed connect once the service's connect_timeout
+    passes: the client is closed with nothing, and the failure is counted
+    against the backend.
+    """
+    from twisted.internet import protocol
+
+    from tests.integration.test_services import first_line
+
+    mute = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(protocol.Protocol), interface="127.0.0.1")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{mute.getHost().port}", engine=engine)
+    try:
+        body = {"name": "mute", "listen": [LOCAL], "connect_timeout": 0.3, "retries": 0,
+                "backends": [{"host": "127.0.0.1", "port": mute.getHost().port,
+                              "tls": {"ca": pki["ca"].path, "server_name": "backend.test"}}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        started = reactor.seconds()
+        # A deadline, so that a proxy that never gives up fails the test instead of hanging it.
+        assert await defer.ensureDeferred(first_line(port)).addTimeout(10, reactor) is None
+        assert reactor.seconds() - started < 5
+        balancer = assembly.table.balancer("mute")
+        await until(lambda: balancer.totals.active == 0)
+        code, view = await call("GET", url + "/services/mute")
+        assert code == 200
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await mute.stopListening()
+
+
+def echo_through(port, ca, size):
+    """
+    Blocking (run it in a thread): send C{size} bytes over TLS while
+    reading the echo, in one thread (an SSL socket is not for two), with a
+    deadline; whether what came back is what was sent, and its length.
+    """
+    import select
+    import time
+
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    data = memoryview(os.urandom(size))
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="a.test") as sock:
+            assert sock.recv(7) == b"secure\n"
+            sock.setblocking(False)
+            sent = 0
+            got = bytearray()
+            deadline = time.monotonic() + 30
+            while len(got) < size and time.monotonic() < deadline:
+                want_write = [sock] if sent < size else []
+                readable, writable, _ = select.select([sock], want_write, [], 1.0)
+                if writable:
+                    try:
+                        sent += sock.send(data[sent:sent + 65536])
+                    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                        pass
+                while True:
+                    try:
+                        chunk = sock.recv(1 << 20)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                        break
+                    if not chunk:
+                        return False, len(got)
+                    got += chunk
+    return bytes(got) == bytes(data), len(got)
+
+
+@pytest_twisted.ensureDeferred
+async def test_megabytes_both_ways_through_tls_on_both_sides(pki, engine):
+    """
+    A TLS client, a TLS listener and a backend over TLS: 8 MiB sent while
+    the echo is read arrive back whole and in order (backpressure with
+    records on both sides, no byte left inside OpenSSL).
+    """
+    secure = tls_backend(pki, "backend.test")
+    bport = secure.getHost().port
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}", engine=engine)
+    try:
+        port, _ = await add(url, "both", bport, tls(pki["a"]), {"ca": pki["ca"].path, "server_name": "backend.test"})
+        same, count = await threads.deferToThread(echo_through, port, pki["ca"].path, 8 * 1024 * 1024)
+        assert same, count
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await secure.stopListening()

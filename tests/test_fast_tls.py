@@ -1,0 +1,200 @@
+"""
+The fast engine's TLS pieces over an in-process socket pair, stepped by
+hand (no reactor, no threads): the certificate a server name selects in
+the standard-library contexts, the L{TLSSocket} reads (every whole record
+at once, OpenSSL's wants as C{BlockingIOError}, end of stream as C{0})
+and writes (the same bytes again after a would-block), and the close.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import pytest
+
+from lbproxy.model.config import BackendTLS, ServiceTLS
+from lbproxy.relay.fast_tls import RECORD, TLSSocket, _referable
+from lbproxy.relay.ssl_contexts import client_context
+from lbproxy.relay.tls import build
+from tests.tlscerts import CA
+
+
+class Owner:
+    """What the server's SNI callback is given: it notes the name there."""
+
+    name = None
+    tls = None
+
+
+def pair(ca: CA, certificates, server_name: str | None):
+    """
+    A handshaken TLS connection over a socket pair: the server side made
+    as the fast engine makes it (C{_wrap_socket} on a raw non-blocking
+    socket), the client a Python C{SSLSocket}; both stepped in turn.
+    """
+    built = build(ServiceTLS(certificates), "web")
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    raw = _referable(left)
+    owner = Owner()
+    owner.tls = built.fast._wrap_socket(raw, True, None, owner=owner, session=None)
+    ctx, _ = client_context(BackendTLS(ca=ca.path), "x")
+    ctx.check_hostname = False
+    client = ctx.wrap_socket(right, server_hostname=server_name, do_handshake_on_connect=False)
+    done = [False, False]
+    for _ in range(20):
+        for i, side in enumerate((owner.tls, client)):
+            if not done[i]:
+                try:
+                    side.do_handshake()
+                    done[i] = True
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+        if all(done):
+            return TLSSocket(raw, owner.tls), client, owner
+    raise AssertionError("the handshake did not finish")
+
+
+@pytest.fixture
+def ca(tmp_path):
+    return CA(tmp_path)
+
+
+def common_name(client) -> str:
+    return dict(x[0] for x in client.getpeercert()["subject"])["commonName"]
+
+
+def test_the_server_name_selects_the_certificate_and_is_noted(ca):
+    """Exact, then the longest wildcard, else the first certificate; the name reaches the session."""
+    a = ca.issue("a", "a.test", ["a.test"])
+    b = ca.issue("b", "b.test", ["b.test", "*.b.test"])
+    for name, expected in (("a.test", "a.test"), ("B.test", "b.test"), ("x.b.test", "b.test"),
+                           ("other.test", "a.test"), (None, "a.test")):
+        server, client, owner = pair(ca, (a, b), name)
+        assert common_name(client) == expected, name
+        assert owner.name == (name.lower() if name else None)
+
+
+def test_reads_take_every_whole_record_and_say_would_block_and_end(ca):
+    """
+    Several records arrived: one read takes them all (nothing stays
+    decrypted in OpenSSL, where no epoll event would tell); nothing more:
+    BlockingIOError; the client's close_notify: 0, and again 0.
+    """
+    a = ca.issue("a", "a.test", ["a.test"])
+    server, client, _ = pair(ca, (a,), "a.test")
+    data = bytes(range(256)) * (3 * RECORD // 256 + 7)
+    client.sendall(data)
+    buffer = bytearray(256 * 1024)
+    n = server.recv_into(buffer)
+    assert bytes(buffer[:n]) == data
+    with pytest.raises(BlockingIOError):
+        server.recv_into(buffer)
+    try:
+        client.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    assert server.recv_into(buffer) == 0
+    assert server.recv_into(buffer) == 0
+
+
+def test_a_full_socket_is_would_block_and_the_same_bytes_go_later(ca):
+    """
+    Writing more than the socket takes raises BlockingIOError; once the
+    peer read, the same bytes written again complete, and the peer gets
+    them exactly once, in order.
+    """
+    a = ca.issue("a", "a.test", ["a.test"])
+    server, client, _ = pair(ca, (a,), "a.test")
+    data = b"x" * (4 * 1024 * 1024)
+    got = bytearray()
+    blocked = 0
+    for _ in range(10000):
+        try:
+            assert server.send(data) == len(data)
+            break
+        except BlockingIOError:
+            blocked += 1
+        while True:
+            try:
+                chunk = client.recv(1 << 20)
+            except ssl.SSLWantReadError:
+                break
+            got += chunk
+    else:
+        raise AssertionError("never written")
+    while len(got) < len(data):
+        got += client.recv(1 << 20)
+    assert blocked > 0 and bytes(got) == data
+
+
+def test_shutdown_sends_close_notify_then_fin(ca):
+    """The relay's half-close of a TLS side: the peer reads a clean end of stream."""
+    a = ca.issue("a", "a.test", ["a.test"])
+    server, client, _ = pair(ca, (a,), "a.test")
+    server.send(b"bye")
+    server.shutdown(socket.SHUT_WR)
+    client.setblocking(True)
+    client.settimeout(5)
+    assert client.recv(10) == b"bye"
+    assert client.recv(10) == b""
+    server.close()
+    client.close()
+
+
+def test_backend_context_verifies_the_name_unless_told_not_to(ca):
+    """
+    A backend's context checks its certificate against the CA and the
+    server name (else the host); verify false checks nothing; an IP host
+    is sent as no SNI name but still verified.
+    """
+    ctx, name = client_context(BackendTLS(ca=ca.path, server_name="db.internal"), "10.0.0.1")
+    assert name == "db.internal" and ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+    ctx, name = client_context(BackendTLS(ca=ca.path), "10.0.0.1")
+    assert name == "10.0.0.1"
+    ctx, name = client_context(BackendTLS(verify=False), "h")
+    assert not ctx.check_hostname and ctx.verify_mode == ssl.CERT_NONE
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_tls_relay_is_an_engine_connection():
+    """A relay with a TLS side is still the engine's connection to its session."""
+    from zope.interface.verify import verifyObject
+
+    from lbproxy.interfaces import IEngineConnection
+    from lbproxy.relay.fast_tls import TLSRelay
+
+    a, b = socket.socketpair()
+    try:
+        assert verifyObject(IEngineConnection, TLSRelay(object(), a, object(), {}))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_draining_read_takes_short_records_too_and_fills_the_buffer(ca):
+    """
+    The edge-triggered backend side drains: short records one after the
+    other are all read at once; a record cut by the buffer's end fills it
+    (the relay reads a full buffer on at once) and the next read gets the
+    rest, in order.
+    """
+    a = ca.issue("a", "a.test", ["a.test"])
+    server, client, _ = pair(ca, (a,), "a.test")
+    server.drain = True
+    for part in (b"one ", b"two ", b"three"):
+        client.sendall(part)
+    buffer = bytearray(64 * 1024)
+    n = server.recv_into(buffer)
+    assert bytes(buffer[:n]) == b"one two three"
+    data = bytes(range(256)) * 400
+    client.sendall(data)
+    small = bytearray(1000)
+    got = b""
+    while len(got) < len(data):
+        n = server.recv_into(small)
+        assert n == len(small) or len(got) + n == len(data)
+        got += bytes(small[:n])
+    assert got == data
