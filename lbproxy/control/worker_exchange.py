@@ -154,14 +154,15 @@ class WorkerExchange:
         if worker.gone:
             return
         version, services = parse_report(fields)
-        parts: dict[str, tuple[dict[str, int], dict[str, dict[str, int]]]] = {}
+        parts: dict[str, tuple[dict[str, int], dict[str, dict[str, int]], Any]] = {}
         summed = dict.fromkeys(TOTAL_COUNTERS, 0)
         worker.services = {}
         for name, part in services.items():
             totals = {n: part["totals"][n] for n in TOTAL_COUNTERS}
             backends = {b["id"]: {n: b[n] for n in BACKEND_COUNTERS} for b in part["backends"]}
-            parts[name] = (totals, backends)
-            worker.services[name] = totals
+            parts[name] = (totals, backends, part.get("traffic"))
+            refused = sum(((part.get("traffic") or {}).get("refused") or {}).values())
+            worker.services[name] = dict(totals, refused=refused)
             for n, v in totals.items():
                 summed[n] += v
         worker.report = summed
