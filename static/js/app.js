@@ -160,6 +160,7 @@ class Dashboard {
     $('recent').replaceChildren();
     for (const id of ['kpi-rate', 'kpi-active', 'kpi-accepted', 'kpi-bytes', 'kpi-strategy', 'kpi-version']) $(id).textContent = '–';
     this.settings.shownVersion = null;
+    this.history.reset();
     this.cards.render();
     this.flowBackends();
     if (name !== null) {
