@@ -193,6 +193,7 @@ def test_traffic_counters_are_the_sums_of_the_workers_reports(factories):
     assert view["refused"]["denied"] == 5 and view["refused"]["client-rate"] == 1
     assert view["queue"] == {"length": 3, "wait_now": 0.5, "longest_wait": 0.7, "served": 3}
     assert (view["clients"]["entries"], view["clients"]["evicted"]) == (10, 1)
+    assert view["workers"] == 2
     b.take_report("w0", 1, {}, {}, traffic({"denied": 4, "client-rate": 1}, served=2, entries=1))
     b.take_report("w1", 1, {}, {}, traffic({"denied": 1}, served=1, queued=2, entries=6, evicted=1))
     view = b.traffic_state.view()

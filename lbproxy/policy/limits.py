@@ -317,6 +317,8 @@ class Traffic:
             },
             "clients": {"entries": self.entries(), "evicted": self.clients.evicted,
                         "max_entries": self.clients.max_entries},
+            # The worker processes these are the sums of (0: this process relays).
+            "workers": len(self.elsewhere),
         }
 
 

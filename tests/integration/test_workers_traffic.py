@@ -86,6 +86,7 @@ def test_the_apis_traffic_counters_are_the_sums_of_what_both_workers_refused(pro
             return traffic if (traffic["denied"], traffic["client-connections"]) == (40, refused) else None
 
         traffic = lh.until(counted, 10, f"the API counting 40 denied and {refused} over the client limit")
+        assert call(proxy.admin, "GET", "/services/alpha")[1]["traffic"]["workers"] == 2
         assert sum(traffic.values()) == 40 + refused
         per_worker = [w["services"]["alpha"]["refused"] for w in proxy.status()["workers"]]
         assert sum(per_worker) == 40 + refused and min(per_worker) > 0, per_worker
