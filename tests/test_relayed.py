@@ -172,3 +172,47 @@ def test_second_delete_with_force_counts_and_closes_in_the_workers(factories):
     r = admin.request("DELETE", "/api/v1/backends/b1?force=true")
     assert r.code == 200 and (r.json["connections"], r.json["closed"]) == (3, 3)
     assert relays.closes == [("b1", "removed by operator")]
+
+
+def traffic(refused=None, served=0, evicted=0, longest=0.0, queued=0, wait=0.0, entries=0):
+    return {"refused": refused or {}, "served": served, "evicted": evicted, "longest_wait": longest,
+            "queued": queued, "wait_now": wait, "entries": entries}
+
+
+def test_traffic_counters_are_the_sums_of_the_workers_reports(factories):
+    """Two workers' traffic-control reports: refusals by reason, served
+    from the queue and evictions add up by change (a count that went down
+    restarted); queue length and table entries are the sums of the latest
+    levels, the waits the longest of any; the view, which the API and the
+    metrics read, shows them."""
+    b, _, _ = relayed(factories)
+    b.take_report("w0", 1, {}, {}, traffic({"denied": 3, "client-rate": 1}, served=2, queued=1, wait=0.5,
+                                            longest=0.7, entries=4))
+    b.take_report("w1", 1, {}, {}, traffic({"denied": 2}, served=1, queued=2, wait=0.2, entries=6, evicted=1))
+    view = b.traffic_state.view()
+    assert view["refused"]["denied"] == 5 and view["refused"]["client-rate"] == 1
+    assert view["queue"] == {"length": 3, "wait_now": 0.5, "longest_wait": 0.7, "served": 3}
+    assert (view["clients"]["entries"], view["clients"]["evicted"]) == (10, 1)
+    assert view["workers"] == 2
+    b.take_report("w0", 1, {}, {}, traffic({"denied": 4, "client-rate": 1}, served=2, entries=1))
+    b.take_report("w1", 1, {}, {}, traffic({"denied": 1}, served=1, queued=2, entries=6, evicted=1))
+    view = b.traffic_state.view()
+    assert view["refused"]["denied"] == 4 + 2 + 1   # w0 added 1, w1 restarted with 1
+    assert (view["queue"]["length"], view["clients"]["entries"]) == (2, 7)
+
+
+def test_a_dead_workers_refusals_stay_counted_and_its_levels_go(factories):
+    """A worker that exits (L{drop_reports}) takes its queue and table
+    entries with it, not the refusals it counted; a service a worker no
+    longer reports (L{relay_forgot}) keeps its counts and drops its levels."""
+    b, _, _ = relayed(factories)
+    b.take_report("w0", 1, {}, {}, traffic({"queue-full": 6}, queued=3, entries=2))
+    b.take_report("w1", 1, {}, {}, traffic({"queue-full": 1}, queued=1, entries=5))
+    b.drop_reports("w0")
+    view = b.traffic_state.view()
+    assert view["refused"]["queue-full"] == 7
+    assert (view["queue"]["length"], view["clients"]["entries"]) == (1, 5)
+    b.relay_forgot("w1", 2)
+    view = b.traffic_state.view()
+    assert view["refused"]["queue-full"] == 7
+    assert (view["queue"]["length"], view["clients"]["entries"]) == (0, 0)

@@ -102,6 +102,24 @@ def test_reports_land_in_their_own_services_balancer(factories):
     assert (table.balancer("alpha").totals.active, table.balancer("beta").totals.active) == (1, 0)
 
 
+def test_workers_traffic_refusals_are_summed_in_the_parents_service(factories):
+    """Each worker's traffic control counts its own refusals (and table
+    entries); over AMP, the parent's balancer of that service shows the
+    sums (the view the API, metrics and UI read), the other service none."""
+    pool, table, children, pumps = pool_of(factories)
+    for child, refusals in zip(children, (3, 2)):
+        traffic = child.table.balancer("beta").traffic_state
+        for _ in range(refusals):
+            traffic.refuse("denied", "127.0.0.2")
+        traffic.refuse("client-rate", "127.0.0.3")
+    for child in children:
+        child.report()
+    flush(pumps)
+    view = table.balancer("beta").traffic_state.view()
+    assert (view["refused"]["denied"], view["refused"]["client-rate"]) == (5, 2)
+    assert table.balancer("alpha").traffic_state.view()["refused"]["denied"] == 0
+
+
 def test_health_results_and_forced_closes_carry_the_service(factories):
     """A health result of one service's checker reaches that service in
     every worker (not a namesake backend of another); a forced close in one

@@ -100,7 +100,8 @@ class Worker(ProcessProtocol):
             "index": self.index, "pid": self.pid, "listening": self.listening,
             "applied_version": self.applied, "apply_error": self.apply_error,
             "active": totals.get("active", 0), "accepted": totals.get("accepted", 0),
-            "services": {name: {"active": t.get("active", 0), "accepted": t.get("accepted", 0)}
+            "services": {name: {"active": t.get("active", 0), "accepted": t.get("accepted", 0),
+                                "refused": t.get("refused", 0)}
                          for name, t in self.services.items()},
             "reported": self.reported_at,
         }

@@ -23,7 +23,8 @@ Parent to worker, each answered:
    and how many were cut; L{Force} cuts the rest at once.
 
 Worker to parent, unanswered: L{Report} (per service: counters, open
-connections per backend, the routing batch for the UI; every
+connections per backend, traffic control's refusals, queue and client
+table, the routing batch for the UI; every
 C{report_interval} and soon after a backend event) and L{BackendEvent} (passive ejections the worker
 raised on its own traffic).  Nothing is sent per connection.
 
@@ -227,7 +228,9 @@ class BackendEvent(amp.Command):
 def service_report(balancer: Any) -> dict[str, Any]:
     """
     What one service's balancer reports: its counters (bytes include the
-    connections in flight) and its routing batch since the last report.
+    connections in flight), its traffic control's counters
+    (L{lbproxy.policy.limits.Traffic.report}) and its routing batch since
+    the last report.
     """
     totals = balancer.totals.to_json()
     for group in balancer.connections.values():
@@ -241,7 +244,8 @@ def service_report(balancer: Any) -> dict[str, Any]:
                          "failures": stats.failures, "bytes_up": up, "bytes_down": down})
     batch = balancer.routes.drain() or {"total": 0, "counts": {}, "sample": ()}
     return {
-        "totals": totals, "backends": backends, "route_total": batch["total"],
+        "totals": totals, "backends": backends, "traffic": balancer.traffic_state.report(),
+        "route_total": batch["total"],
         "route_counts": [{"id": bid, "n": n} for bid, n in batch["counts"].items()],
         "route_sample": list(batch["sample"]),
     }

@@ -36,6 +36,11 @@ C{worker} field).
 A worker that exits is started again after C{restart_delay}, with the
 config and the down backends of that moment; only its own connections are
 lost.
+
+This module starts, restarts and stops the workers and holds their
+sockets (the controller's listener manager); the messages after a start
+are L{lbproxy.control.worker_exchange}; the parent's view of one worker,
+L{lbproxy.control.worker_process}.
 """
 
 from __future__ import annotations
@@ -53,28 +58,14 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.control.worker_protocol import (
-    BACKEND_COUNTERS,
-    TOTAL_COUNTERS,
-    Adopt,
-    ApplyConfig,
-    CloseBackend,
-    Drain,
-    Force,
-    Health,
-    Listen,
-    OpenAccessLog,
-    Poll,
-    Start,
-    merge_routes,
-    parse_report,
-)
 from lbproxy.control.lifecycle import IDrainable
+from lbproxy.control.worker_exchange import WorkerExchange
 from lbproxy.control.worker_process import Worker  # noqa: F401 (re-exported: tests, callers)
+from lbproxy.control.worker_protocol import Drain, Force, Listen, OpenAccessLog, Start
 from lbproxy.control.worker_sockets import WorkerSockets
 from lbproxy.interfaces import IConfigObserver
 from lbproxy.model.service import as_document, listen_key
-from lbproxy.policy.relayed import drop_table_reports, relay_table, take_table_report
+from lbproxy.policy.relayed import drop_table_reports
 
 log = Logger()
 
@@ -83,7 +74,7 @@ CHANNEL_FD = 3
 
 
 @implementer(IConfigObserver, IDrainable)
-class WorkerPool(Service):
+class WorkerPool(WorkerExchange, Service):
     """
     Starts, feeds and restarts the worker processes; the relays of every
     balancer of the parent's service table (L{Balancer.relay_elsewhere}),
@@ -245,15 +236,6 @@ class WorkerPool(Service):
         super().startService()
         for i in range(self.count):
             self._spawn(i)
-
-    def _relay_new(self) -> None:
-        """
-        Relay and follow every balancer of the table not yet relayed (at
-        the start, and for the services a change adds).
-        """
-        for name in relay_table(self.table, self, self._live()):
-            balancer = self.table.balancer(name)
-            self._unfollow[name] = balancer.follow(lambda kind, args, n=name: self._follow(n, kind, args))
 
     def adopt_workers(self, handover: Any) -> None:
         """
@@ -435,128 +417,6 @@ class WorkerPool(Service):
     def force(self) -> None:
         for worker in self._live():
             worker.call(Force).addErrback(lambda f: None)
-
-    # Parent to workers ------------------------------------------------------------
-
-    def applied(self, old: Any, new: Any) -> None:
-        """
-        L{IConfigObserver}: send the document now in force to every worker
-        (after the sockets of the listeners it adds); the services it adds
-        are relayed by the workers from now on.
-        """
-        self._relay_new()
-        for name in tuple(self._unfollow):
-            if self.table.balancer(name) is None:
-                self._unfollow.pop(name)()
-        self._applied = as_document(new)
-        document = self._effective(new)
-        text = json.dumps(document.to_json())
-        for worker in self._live():
-            self._apply(worker, document.version, text)
-
-    def _apply(self, worker: Worker, version: int, document: str) -> None:
-        self._adopt(worker)
-
-        def done(answer: dict) -> None:
-            worker.applied = answer["applied"]
-            worker.apply_error = None
-
-        def failed(failure: Any) -> None:
-            if worker.gone:
-                return
-            worker.apply_error = failure.getErrorMessage()
-            log.error("worker {index} (pid {pid}) failed to apply config version {version}: {why}",
-                      index=worker.index, pid=worker.pid, version=version, why=worker.apply_error)
-
-        worker.call(ApplyConfig, version=version, document=document).addCallbacks(done, failed)
-
-    def _adopt(self, worker: Worker) -> None:
-        """
-        Pass the worker its slot's socket of every listener it lacks.
-        """
-        for key, socks in self.listeners.sockets.items():
-            if key not in worker.keys and worker.index < len(socks):
-                worker.keys.add(key)
-                worker.call(Adopt, key=key, fd=socks[worker.index].fileno()).addErrback(
-                    self._failed, worker, f"take its socket for {key}")
-        worker.keys &= set(self.listeners.sockets)
-
-    def _follow(self, service: str, kind: str, args: tuple) -> None:
-        # Forced closes are asked through close() (whose answer counts
-        # them), and each worker runs its own drain timers: only the
-        # parent's health results need repeating, and the closes of a
-        # service removed with force (its balancer here retires with force
-        # before the workers are sent the document without it).
-        if kind == "health":
-            backend, ok, reason = args
-            for worker in self._live():
-                worker.call(Health, service=service, backend=backend, ok=ok, reason=reason).addErrback(
-                    self._failed, worker, f"take a health result for {service}/{backend}")
-        elif kind == "close" and args[1] == "service-removed":
-            backend, why = args
-            for worker in self._live():
-                worker.call(CloseBackend, service=service, backend=backend, why=why).addErrback(
-                    self._failed, worker, f"close {service}/{backend}")
-
-    def refresh(self) -> defer.Deferred:
-        """
-        Ask every worker for a fresh report (for the balancers).
-
-        @return: a Deferred that fires once all have answered or failed.
-        """
-        polls = []
-        for worker in self._live():
-            d = worker.call(Poll)
-            d.addCallback(lambda fields, w=worker: self.reported(w, fields))
-            d.addErrback(self._failed, worker, "report")
-            polls.append(d)
-        return defer.gatherResults(polls).addCallback(lambda _: None)
-
-    def close(self, backend_id: str, why: str, service: str | None = None) -> defer.Deferred:
-        """
-        Close every worker's connections to a backend of a service (the
-        main one if not named).
-
-        @return: a Deferred firing with how many they closed (a worker that
-            is gone closed none).
-        """
-        if service is None:
-            service = self.balancer.config.name
-        closes = []
-        for worker in self._live():
-            d = worker.call(CloseBackend, service=service, backend=backend_id, why=why)
-            d.addCallback(lambda answer: answer["closed"])
-            d.addErrback(lambda f, w=worker: self._failed(f, w, f"close {backend_id}") or 0)
-            closes.append(d)
-        return defer.gatherResults(closes).addCallback(sum)
-
-    # Workers to parent --------------------------------------------------------------
-
-    def reported(self, worker: Worker, fields: dict[str, Any]) -> None:
-        """
-        Take one worker's report: each service's counters into its
-        balancer, its routing decisions into its recorder (for the UI's feed).
-        """
-        if worker.gone:
-            return
-        version, services = parse_report(fields)
-        parts: dict[str, tuple[dict[str, int], dict[str, dict[str, int]]]] = {}
-        summed = dict.fromkeys(TOTAL_COUNTERS, 0)
-        worker.services = {}
-        for name, part in services.items():
-            totals = {n: part["totals"][n] for n in TOTAL_COUNTERS}
-            backends = {b["id"]: {n: b[n] for n in BACKEND_COUNTERS} for b in part["backends"]}
-            parts[name] = (totals, backends)
-            worker.services[name] = totals
-            for n, v in totals.items():
-                summed[n] += v
-        worker.report = summed
-        worker.reported_at = self.reactor.seconds()
-        take_table_report(self.table, worker, version, parts)
-        for name, part in services.items():
-            balancer = self.table.balancer(name)
-            if balancer is not None and part["route_total"]:
-                merge_routes(balancer.routes, part)
 
     def status(self) -> dict[str, Any]:
         """

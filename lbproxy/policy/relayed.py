@@ -5,7 +5,8 @@ C{--workers} relays nothing, its workers do and report their counters.
 L{RelayedElsewhere} is a part of L{lbproxy.policy.balancer.Balancer}: the
 parent's API, metrics and feed read the balancer as always, and its
 counters are the sums of what the relays reported, kept by adding each
-report's changes (no one overwrites them).  A backend removed or drained
+report's changes (no one overwrites them); so are its traffic control's
+refusals, queue and client table (L{lbproxy.policy.limits.Traffic}).  A backend removed or drained
 there is finished only once every relay has applied that config and
 reports no connection to it.
 
@@ -27,7 +28,8 @@ class RelayedElsewhere:
     The balancer's side of relays in other processes.  Until
     L{relay_elsewhere} is called it is inactive: counting and closing
     answer for the local connections only.  It works on the balancer's
-    C{config}, C{pool}, C{totals}, C{connections} and C{removing}.
+    C{config}, C{pool}, C{totals}, C{traffic_state}, C{connections} and
+    C{removing}.
     """
 
     _relays: Any = None
@@ -55,7 +57,7 @@ class RelayedElsewhere:
         self._settling = {}
 
     def take_report(self, source: Any, version: int, totals: Mapping[str, int],
-                    backends: Mapping[str, Mapping[str, int]]) -> None:
+                    backends: Mapping[str, Mapping[str, int]], traffic: Any = None) -> None:
         """
         Take one relay's counters.  They are cumulative for that relay, so
         the balancer adds what changed since its last report (a counter
@@ -66,6 +68,8 @@ class RelayedElsewhere:
         @param backends: counters by backend id (L{Totals} names for
             C{totals}; C{active}, C{total}, C{failures}, C{bytes_up},
             C{bytes_down} for each backend).
+        @param traffic: the relay's traffic control counters
+            (L{lbproxy.policy.limits.Traffic.report}), if it sent them.
         """
         _, old_totals, old_backends = self._reports.get(source, (0, {}, {}))
         self._reports[source] = (version, dict(totals), {k: dict(v) for k, v in backends.items()})
@@ -77,6 +81,8 @@ class RelayedElsewhere:
                 if new is None:  # the relay forgot it: nothing open there
                     new = dict(old_backends[bid], active=0)
                 _add_counts(stats, old_backends.get(bid, {}), new)
+        if traffic is not None:
+            self.traffic_state.take_report(source, traffic)
         self._settle()
 
     def relay_forgot(self, source: Any, version: int) -> None:
@@ -85,6 +91,7 @@ class RelayedElsewhere:
         retired it, or does not have it yet): nothing is open there.
         """
         _, old_totals, _ = self._reports.get(source, (0, {}, {}))
+        self.traffic_state.forget(source)
         self.take_report(source, version, dict(old_totals, active=0), {})
 
     def drop_reports(self, source: Any) -> None:
@@ -95,6 +102,7 @@ class RelayedElsewhere:
         gone = self._reports.pop(source, None) if self._relays is not None else None
         if gone is None:
             return
+        self.traffic_state.drop(source)
         _, totals, backends = gone
         self.totals.active -= totals.get("active", 0)
         for bid, counters in backends.items():
@@ -188,7 +196,8 @@ def relay_table(table: Any, relays: Any, sources: Any = ()) -> list[str]:
 def take_table_report(table: Any, source: Any, version: int, services: Mapping[str, Any]) -> None:
     """
     Give each relayed balancer of C{table} its part of one relay's report:
-    C{services} maps a service name to C{(totals, backends)}; a service
+    C{services} maps a service name to C{(totals, backends)} or
+    C{(totals, backends, traffic)}; a service
     the relay did not report has nothing open there.
     """
     for name, balancer in table.balancers.items():
@@ -198,7 +207,7 @@ def take_table_report(table: Any, source: Any, version: int, services: Mapping[s
         if got is None:
             balancer.relay_forgot(source, version)
         else:
-            balancer.take_report(source, version, got[0], got[1])
+            balancer.take_report(source, version, *got)
     for balancer in tuple(table.retiring.values()):
         if balancer._relays is not None:
             # A name both current and retiring is reported as the current one.
@@ -206,7 +215,7 @@ def take_table_report(table: Any, source: Any, version: int, services: Mapping[s
             if got is None:
                 balancer.relay_forgot(source, version)
             else:
-                balancer.take_report(source, version, got[0], got[1])
+                balancer.take_report(source, version, *got)
 
 
 def drop_table_reports(table: Any, source: Any) -> None:

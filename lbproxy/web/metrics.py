@@ -106,11 +106,11 @@ class BalancerCollector(Collector):
             counts = state.refusals.counts
             for reason in REASONS:
                 refused.add_metric([service, reason], counts.get(reason, 0))
-            queue = state.queue
-            length.add_metric([service], len(queue))
-            wait.add_metric([service], queue.wait_now())
-            longest.add_metric([service], queue.longest_wait())
-            entries.add_metric([service], len(state.clients))
+            # With --workers, these are every worker's (the sums they report).
+            length.add_metric([service], state.queue_length())
+            wait.add_metric([service], state.wait_now())
+            longest.add_metric([service], state.longest_wait())
+            entries.add_metric([service], state.entries())
         yield from (refused, length, wait, longest, entries)
 
     def _backends(self, services: list[tuple[str, Any, Any]]) -> Iterator[Any]:
@@ -189,9 +189,11 @@ class TLSCollector(Collector):
             "lbproxy_tls_certificate_expiry_seconds",
             "Seconds until a served TLS certificate expires.", labels=["service", "name"],
         )
-        if manager is not None:
+        # The pool of --workers has no TLS store (it refuses TLS services).
+        tls = getattr(manager, "tls", None)
+        if tls is not None:
             now = self._clock.seconds()
-            for service, name, not_after in manager.tls.expiries():
+            for service, name, not_after in tls.expiries():
                 g.add_metric([service, name], not_after - now)
         yield g
 

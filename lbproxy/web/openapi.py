@@ -26,7 +26,12 @@ backends, stats), reset (same, when the history after Last-Event-ID is gone), co
 change, with the new version), backend (state or health change), route (every 100 ms while
 routing happens: counts per backend, a sample of decisions, how many were not sampled, the
 strategy), stats (about once a second), store (cluster mode: the config store became
-available or unavailable, or the live nodes changed).  ?types=config,backend limits the types.  Comment
+available or unavailable, or the live nodes changed).  With several services, one feed carries
+them all: route and stats events come for every service, one of each per service and tick,
+each naming it in its service field, as backend events do; config is the main service's
+change, and service (kept, like config) is another service added, changed or removing, with
+its config.  The snapshot is of the main service; another's starting state is
+GET /api/v1/services/{name} and its /stats.  ?types=config,backend limits the types.  Comment
 lines every 15 s keep proxies from closing an idle feed.  A client that stops reading is
 disconnected once its bounded buffer is full.  One client address holds at most 8 feeds (429
 past that); a full feed (100) makes room by evicting the subscriber furthest behind, or the

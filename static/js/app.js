@@ -66,11 +66,13 @@ class Dashboard {
   }
 
   async start() {
-    this.feed.start();
     this.strategy.load().then(() => this.overview.fillStrategies([...this.strategy.plugins.keys()]))
       .catch((e) => this.log.add('error', `cannot load strategies: ${e.message}`));
     window.addEventListener('hashchange', () => this.route());
-    this.route(true);
+    // The view first, then the feed: until the page knows which service it
+    // shows, every event would be dropped as another service's (a route
+    // batch then never shows, and the snapshot is read again from the API).
+    this.route(true).catch(() => {}).then(() => this.feed.start());
     this.demo.load();
     showCertificateExpiry(document.querySelector('.topbar')).catch(() => {});
     setInterval(() => this.everySecond(), 1000);
@@ -160,6 +162,7 @@ class Dashboard {
     $('recent').replaceChildren();
     for (const id of ['kpi-rate', 'kpi-active', 'kpi-accepted', 'kpi-bytes', 'kpi-strategy', 'kpi-version']) $(id).textContent = '–';
     this.settings.shownVersion = null;
+    this.history.reset();
     this.cards.render();
     this.flowBackends();
     if (name !== null) {

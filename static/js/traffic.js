@@ -119,6 +119,9 @@ export class TrafficPanel {
       view.allow.length ? `allow ${view.allow.length}` : '', view.deny.length ? `deny ${view.deny.length}` : '',
       limits ? 'per-client limits' : '', view.max_queue ? `queue ${view.max_queue}` : '',
     ].filter(Boolean);
+    // With --workers, each worker enforces the limits on its own connections.
+    const workers = t.workers || 0;
+    if (workers > 1) rules.push(`summed over ${workers} workers; per-client limits hold per worker`);
     this.summary.textContent = rules.length ? rules.join(', ') : 'no rules';
     if (this.form.contains(document.activeElement) || this.shownVersion === view.version) return;
     this.shownVersion = view.version;

@@ -44,8 +44,16 @@ def shots(page, name):
     page.set_viewport_size({"width": 1280, "height": 800})
 
 
-def box(page, selector):
-    return page.locator(selector).first.bounding_box()
+def boxes(page, *selectors):
+    """
+    The bounding boxes of C{selectors} from one layout: measured one call
+    at a time, a page whose live content (user dots, the recent list)
+    changes height or scroll in between compares boxes of different
+    moments.
+    """
+    return page.evaluate("""sels => sels.map(s => {
+        const r = document.querySelector(s).getBoundingClientRect();
+        return {x: r.x, y: r.y, width: r.width, height: r.height}; })""", list(selectors))
 
 
 def test_a_dead_server_greys_out_the_page_and_says_since_when(page, lbproxy, backends):
@@ -217,7 +225,7 @@ def test_a_crowd_in_the_demo_fits_and_reads_at_both_widths(page, lbproxy):
     tops = page.locator("#cards .card .buttons").evaluate_all("els => els.map(e => e.getBoundingClientRect().top)")
     assert len(tops) == 3 and max(tops) - min(tops) < 1, tops
 
-    flow, backends_, chart = box(page, "#flow-panel"), box(page, "#backends-panel"), box(page, "#chart-panel")
+    flow, backends_, chart = boxes(page, "#flow-panel", "#backends-panel", "#chart-panel")
     assert backends_["y"] - (flow["y"] + flow["height"]) <= 17
     assert chart["y"] - (backends_["y"] + backends_["height"]) <= 17
     shots(page, "crowd")
@@ -225,9 +233,9 @@ def test_a_crowd_in_the_demo_fits_and_reads_at_both_widths(page, lbproxy):
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(300)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
-    ys = {name: box(page, sel)["y"] for name, sel in (
-        ("flow", "#flow-panel"), ("demo", "#demo-panel"), ("backends", "#backends-panel"),
-        ("strategy", "#strategy-panel"), ("settings", "#settings-panel"), ("log", "#log-panel"))}
+    panels = (("flow", "#flow-panel"), ("demo", "#demo-panel"), ("backends", "#backends-panel"),
+              ("strategy", "#strategy-panel"), ("settings", "#settings-panel"), ("log", "#log-panel"))
+    ys = {name: b["y"] for (name, _), b in zip(panels, boxes(page, *(sel for _, sel in panels)))}
     order = sorted(ys, key=ys.get)
     assert order[:4] == ["flow", "demo", "backends", "strategy"], order
     assert order.index("settings") > order.index("strategy"), order
