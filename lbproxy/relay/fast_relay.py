@@ -281,7 +281,8 @@ class Relay(FlowIO):
         """
         The connect deadline came: a connect still in progress failed; a
         relay that connected and still lives gets its backend socket's
-        TCP keepalive now.  Deferred this far because the four
+        TCP keepalive now (and its client socket becomes non-blocking, see
+        L{lbproxy.relay.fast_flow._Flow}).  Deferred this far because the four
         C{setsockopt} calls cost about a tenth of a one-shot connection
         (measured), while a connection shorter than the connect timeout
         ends long before a keepalive probe could be sent.
@@ -293,6 +294,8 @@ class Relay(FlowIO):
             self._connect_failed("connect timed out")
         else:
             self.deadline = None
+            if self.up.rflags:
+                self.client_nonblocking()
             options, client = self.session.socket_options(self.engine.options)
             apply(sock, options)
             if client is not None:
@@ -332,8 +335,6 @@ class Relay(FlowIO):
         with the connect's, so they are read now.
         """
         engine = self.engine
-        if not (engine.options or self.session.wants_keepalive(engine.options)):
-            self._release_deadline()
         csock, bsock = self.client_sock, self.backend_sock
         self.up = up = _Flow(csock, bsock, _DONTWAIT, 0)
         self.down = _Flow(bsock, csock, 0, _DONTWAIT)

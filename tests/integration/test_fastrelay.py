@@ -168,6 +168,36 @@ def test_backend_keepalive_comes_with_the_connect_deadline(fast, setting, expect
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_connection_past_its_connect_deadline_relays_without_msg_dontwait(fast):
+    """An accepted client socket stays in blocking mode and its flows say
+    MSG_DONTWAIT (no ioctl per short connection); once the connection
+    outlives its connect deadline (the sweep emptying the deadline queue
+    is the acknowledgement) the socket is non-blocking, its flows pass no
+    flags, and bytes still move both ways."""
+    echo = h.serve(reactor, h.Echo)
+    try:
+        engine, balancer = fast([echo.getHost().port], settings=ProxySettings(connect_timeout=0.2))
+        s = yield deferToThread(h.client, engine.port)
+        yield until(lambda: balancer.connections["b1"])
+        (relay,) = balancer.connections["b1"]
+        assert relay.client_sock.getblocking()
+        assert relay.up.rflags == relay.down.sflags == socket.MSG_DONTWAIT
+        yield until(lambda: not engine.timeouts)
+        assert not relay.client_sock.getblocking()
+        assert relay.up.rflags == relay.down.sflags == 0
+
+        def roundtrip():
+            s.sendall(b"still here")
+            s.shutdown(socket.SHUT_WR)
+            return h.read_all(s)
+
+        assert (yield deferToThread(roundtrip)) == b"still here"
+        s.close()
+    finally:
+        yield echo.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
 def test_resets_are_recorded_by_side(fast, access):
     """A client that resets is logged as client-reset; a backend that
     resets as backend-reset, and passive health hears of the latter."""
