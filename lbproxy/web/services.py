@@ -69,9 +69,6 @@ async def change_document(app: Any, request: Any, mutate: Callable[[Any], Any], 
         controller.table.check(new)
         if controller.listeners is not None:
             controller.listeners.check(new)
-        elif any(s.tls is not None for s in new.services):
-            # Worker processes relay plain sockets: they cannot terminate TLS.
-            raise ConfigError("a service with tls is served by the main process only: run lbproxy with --workers 1")
     except ConfigError as e:
         raise ApiError(400, str(e)) from None
     expected = condition.expected(controller.document.version)

@@ -20,8 +20,7 @@ def test_certificate_expiry_chip_and_unverified_backend_note(page, lbproxy, back
     verify false says "TLS, not verified".
     """
     web = backends("web1")
-    # The fast engine (the default) cannot add TLS to a listener it already serves.
-    proxy = lbproxy("--engine", "twisted", "--backend", f"127.0.0.1:{web.port}")
+    proxy = lbproxy("--backend", f"127.0.0.1:{web.port}")
     ca = CA(tmp_path)
     soon = ca.issue("soon", "soon.test", ["soon.test"], days=5)
     later = ca.issue("later", "later.test", ["later.test"], days=20)
