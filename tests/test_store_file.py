@@ -409,7 +409,7 @@ def test_watch_never_polls(tmp_path):
 
 CLAIM = (
     "import sys; from lbproxy.control.store.file import FileStore; "
-    "from lbproxy.model.config import StoreError\n"
+    "from lbproxy.model.errors import StoreError\n"
     "try:\n    FileStore(sys.argv[1]).claim()\n"
     "except StoreError as e:\n    print(e); sys.exit(3)\n"
     "print('claimed')"

@@ -91,6 +91,13 @@ class TLSSocket:
     def fileno(self) -> int:
         return self.raw.fileno()
 
+    def setblocking(self, flag: bool) -> None:
+        """
+        Nothing to do: the raw socket under OpenSSL is non-blocking from
+        the start (the relay calls this on a plain client socket, which
+        starts blocking and reads with C{MSG_DONTWAIT}).
+        """
+
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """
         Read records (OpenSSL gives one per call, and C{buffer} has room
