@@ -37,9 +37,10 @@ A worker that exits is started again after C{restart_delay}, with the
 config and the down backends of that moment; only its own connections are
 lost.
 
-This module starts, restarts and stops the workers and holds their
+This module starts and restarts the workers and holds their
 sockets (the controller's listener manager); the messages after a start
-are L{lbproxy.control.worker_exchange}; the parent's view of one worker,
+are L{lbproxy.control.worker_exchange}, how it stops
+L{lbproxy.control.worker_stopping}; the parent's view of one worker,
 L{lbproxy.control.worker_process}.
 """
 
@@ -61,8 +62,9 @@ from zope.interface import implementer
 from lbproxy.control.lifecycle import IDrainable
 from lbproxy.control.worker_exchange import WorkerExchange
 from lbproxy.control.worker_process import Worker  # noqa: F401 (re-exported: tests, callers)
-from lbproxy.control.worker_protocol import Drain, Force, Listen, OpenAccessLog, Start
+from lbproxy.control.worker_protocol import Listen, OpenAccessLog, Start
 from lbproxy.control.worker_sockets import WorkerSockets
+from lbproxy.control.worker_stopping import WorkerStopping
 from lbproxy.interfaces import IConfigObserver
 from lbproxy.model.service import as_document, listen_key
 from lbproxy.policy.relayed import drop_table_reports
@@ -74,7 +76,7 @@ CHANNEL_FD = 3
 
 
 @implementer(IConfigObserver, IDrainable)
-class WorkerPool(WorkerExchange, Service):
+class WorkerPool(WorkerExchange, WorkerStopping, Service):
     """
     Starts, feeds and restarts the worker processes; the relays of every
     balancer of the parent's service table (L{Balancer.relay_elsewhere}),
@@ -257,44 +259,6 @@ class WorkerPool(WorkerExchange, Service):
         """
         return self.listeners.listening_fds()
 
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
-        self.tls.stop()
-        for unfollow in self._unfollow.values():
-            unfollow()
-        self._unfollow = {}
-        waits = []
-        for worker in self._live():
-            waits.append(worker.ended)
-            try:
-                worker.transport.signalProcess("TERM")
-            except Exception:
-                pass
-        done = defer.DeferredList(waits)
-        killer = self.reactor.callLater(self.stop_timeout, self._kill_all)
-        done.addBoth(lambda r: killer.cancel() if killer.active() else None)
-        done.addBoth(lambda _: self._close_sockets())
-        return done
-
-    def signal_workers(self, signum: int) -> None:
-        """
-        Send every live worker the signal C{signum} (C{SIGUSR1}: reopen
-        the access log, L{lbproxy.accesslog.ForwardReopen}).
-        """
-        for worker in self._live():
-            try:
-                worker.transport.signalProcess(signum)
-            except error.ProcessExitedAlready:
-                pass
-
-    def _kill_all(self) -> None:
-        for worker in self._live():
-            log.warn("worker {index} ignored SIGTERM; killing it", index=worker.index)
-            try:
-                worker.transport.signalProcess("KILL")
-            except Exception:
-                pass
-
     def _spawn(self, index: int) -> None:
         if not self.running:
             return
@@ -386,37 +350,6 @@ class WorkerPool(WorkerExchange, Service):
                  index=worker.index, pid=worker.pid, why=reason.getErrorMessage(), delay=delay)
         self.restarts += 1
         self.reactor.callLater(delay, self._spawn, worker.index)
-
-    # Graceful stop (lbproxy.control.lifecycle.IDrainable) ------------------------
-
-    def drain(self, grace: float, spread: float) -> defer.Deferred:
-        """
-        Every worker stops accepting and drains; fires with the sums of
-        C{(finished, cut)} once every worker has exited.
-        """
-        self.draining = True
-        live = self._live()
-        answers = []
-        for worker in live:
-            d = worker.call(Drain, grace=grace, spread=spread)
-            d.addCallback(lambda a: (a["finished"], a["cut"]))
-            d.addErrback(lambda f, w=worker: (self._failed(f, w, "drain"), (0, 0))[1])
-            answers.append(d)
-
-        def summed(results: list) -> defer.Deferred:
-            total = (sum(r[0] for r in results), sum(r[1] for r in results))
-            return defer.DeferredList([w.ended for w in live]).addCallback(lambda _: total)
-
-        # Our copies go too: once the workers close theirs, nothing listens
-        # and new clients are refused at once (they would wait, unaccepted,
-        # in a queue no one reads).  After a takeover the new process holds
-        # the sockets.
-        self._close_sockets()
-        return defer.gatherResults(answers).addCallback(summed)
-
-    def force(self) -> None:
-        for worker in self._live():
-            worker.call(Force).addErrback(lambda f: None)
 
     def status(self) -> dict[str, Any]:
         """
