@@ -198,3 +198,33 @@ def test_a_draining_read_takes_short_records_too_and_fills_the_buffer(ca):
         assert n == len(small) or len(got) + n == len(data)
         got += bytes(small[:n])
     assert got == data
+
+
+def test_a_tls_client_side_can_become_non_blocking_without_flags(ca):
+    """
+    A long-lived relay (a second backend read, or past its connect
+    deadline) makes its client non-blocking and drops the MSG_DONTWAIT
+    flags: with a TLS client side this raised AttributeError (the relay
+    aborted as internal-error, and from the deadline sweep it stopped the
+    engine's sweeper); the TLS side stays non-blocking and still relays.
+    """
+    from lbproxy.relay.fast_flow import _Flow
+    from lbproxy.relay.fast_relay import _DONTWAIT
+    from lbproxy.relay.fast_tls import TLSRelay
+
+    a = ca.issue("a", "a.test", ["a.test"])
+    server, client, _ = pair(ca, (a,), "a.test")
+    other, peer = socket.socketpair()
+    try:
+        relay = TLSRelay(object(), server, object(), {})
+        relay.up = _Flow(server, other, _DONTWAIT, 0)
+        relay.down = _Flow(other, server, 0, _DONTWAIT)
+        relay.client_nonblocking()
+        assert relay.up.rflags == relay.down.sflags == 0
+        assert server.raw.gettimeout() == 0.0
+        client.sendall(b"still relays")
+        buffer = bytearray(RECORD)
+        assert bytes(buffer[:server.recv_into(buffer)]) == b"still relays"
+    finally:
+        other.close()
+        peer.close()

@@ -146,6 +146,12 @@ class TLSSocket:
             pass
         self.raw.shutdown(how)
 
+    def setblocking(self, flag: bool) -> None:
+        """
+        The relay makes a long-lived client non-blocking: this side is
+        already, and must stay so (C{_ssl} waits in C{poll()} otherwise).
+        """
+
     def setsockopt(self, *args: Any) -> None:
         self.raw.setsockopt(*args)
 
