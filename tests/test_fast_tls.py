@@ -228,3 +228,50 @@ def test_a_tls_client_side_can_become_non_blocking_without_flags(ca):
     finally:
         other.close()
         peer.close()
+
+
+def test_handshakes_in_progress_count_against_max_connections(ca):
+    """
+    Clients that open a TLS connection and never finish the handshake
+    count against --max-connections with the admitted ones: at the limit a
+    new one is refused at once (counted as rejected) instead of holding a
+    socket until its sni_timeout; once a handshake times out its place is
+    free again.  (Before, handshakes in progress counted nowhere.)
+    """
+    import select
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from lbproxy.policy.limits import ProcessLimit
+    from lbproxy.relay.fast_tls import FastTLS
+
+    a = ca.issue("a", "a.test", ["a.test"])
+    built = build(ServiceTLS((a,)), "web")
+    refusals = Counter()
+    route = SimpleNamespace(sni_timeout=2.0, routes_by_sni=False, accept_proxy=(), refused=lambda why: refusals.update([why]))
+    clock = Clock()
+    engine = SimpleNamespace(epoll=select.epoll(), reactor=clock, route=route, handlers={},
+                             stopped=False, close=lambda s: s.close())
+    limit = ProcessLimit(3)
+    limit.active = 1
+    hook = FastTLS(SimpleNamespace(certificates=built), {}, limit)
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        hook(engine, pairs[0][0], ("127.0.0.1", 1))
+        hook(engine, pairs[1][0], ("127.0.0.1", 2))
+        assert hook.handshaking == 2 and len(engine.handlers) == 2
+        hook(engine, pairs[2][0], ("127.0.0.1", 3))
+        assert pairs[2][1].recv(10) == b""  # closed at once
+        assert refusals["rejected"] == 1 and hook.handshaking == 2
+        clock.advance(2.0)
+        assert hook.handshaking == 0 and not engine.handlers
+        assert refusals["tls-timeout"] == 2
+        hook(engine, pairs[3][0], ("127.0.0.1", 4))
+        assert hook.handshaking == 1
+    finally:
+        engine.epoll.close()
+        for left, right in pairs:
+            left.close()
+            right.close()

@@ -243,10 +243,14 @@ class ServerHandshake:
     session hears C{accepted} and a L{TLSRelay} takes it over.
     """
 
-    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "__weakref__")
+    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "hook",
+                 "__weakref__")
 
-    def __init__(self, engine: Any, raw: Any, client: tuple, certificates: Any, clients: dict) -> None:
+    def __init__(self, engine: Any, raw: Any, client: tuple, certificates: Any, clients: dict,
+                 hook: Any = None) -> None:
         self.engine = engine
+        #: the L{FastTLS} counting this handshake while it is in progress.
+        self.hook = hook
         self.raw = raw = _referable(raw)
         self.fd = raw.fileno()
         self.clients = clients
@@ -288,6 +292,10 @@ class ServerHandshake:
             self.mask = mask
 
     def _forget(self) -> None:
+        hook = self.hook
+        if hook is not None:
+            self.hook = None
+            hook.handshaking -= 1
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -339,15 +347,30 @@ class FastTLS:
     set, and reaches backends over TLS with the store's client contexts.
     """
 
-    def __init__(self, server: Any, clients: dict) -> None:
+    def __init__(self, server: Any, clients: dict, limit: Any = None) -> None:
+        """
+        @param limit: the process's L{lbproxy.policy.limits.ProcessLimit}
+            (C{--max-connections}): handshakes in progress count against
+            it with the connections admitted, so clients that never finish
+            theirs cannot hold more sockets than it allows.
+        """
         self.server = server
         self.clients = clients
+        self.limit = limit
+        #: handshakes in progress through this hook.
+        self.handshaking = 0
 
     def __call__(self, engine: Any, sock: Any, client: tuple) -> None:
         sock.setblocking(False)
         server = self.server
         if server is not None:
-            ServerHandshake(engine, sock, client, server.certificates, self.clients).start()
+            limit = self.limit
+            if limit is not None and limit.active + self.handshaking >= limit.limit:
+                engine.route.refused("rejected")
+                sock.close()
+                return
+            self.handshaking += 1
+            ServerHandshake(engine, sock, client, server.certificates, self.clients, self).start()
             return
         session = ConnectionSession(engine.route, engine.reactor, client)
         answer = session.accepted()
