@@ -275,3 +275,39 @@ def test_handshakes_in_progress_count_against_max_connections(ca):
         for left, right in pairs:
             left.close()
             right.close()
+
+
+def test_stopping_the_engine_closes_clients_still_handshaking(ca):
+    """
+    The engine's stop closes TLS clients in the middle of their handshake
+    too (counted as shutdown), as it aborts its relays: before, they were
+    not relays, so their sockets stayed open until their sni_timeout.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lbproxy.control.routes import ListenerRoute
+    from lbproxy.model.config import ProxySettings
+    from lbproxy.relay.fast_engine import FastRelay
+    from lbproxy.relay.fast_tls import FastTLS
+    from types import SimpleNamespace
+
+    a = ca.issue("a", "a.test", ["a.test"])
+    route = ListenerRoute("tcp:0", [], settings=ProxySettings())
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    engine = FastRelay(route, listener, MemoryReactorClock())
+    hook = engine.tls = FastTLS(SimpleNamespace(certificates=build(ServiceTLS((a,)), "web")), {})
+    engine.start()
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    try:
+        engine.doRead()
+        assert hook.handshaking == 1
+        engine.stop()
+        assert hook.handshaking == 0
+        assert route.refusals["shutdown"] == 1
+        client.settimeout(5)
+        assert client.recv(10) == b""
+    finally:
+        client.close()
+        engine.stop()

@@ -310,6 +310,15 @@ class ServerHandshake:
         self.timer = None
         self._fail("tls-timeout")
 
+    def abort(self, why: str) -> None:
+        """
+        Close the client now (the engine stops, or this handshake's
+        handler failed), as a L{Relay} is aborted.
+        """
+        if self.session.finished:
+            return
+        self._fail(why)
+
     def _fail(self, why: str) -> None:
         self._forget()
         self.session.closing(why)
