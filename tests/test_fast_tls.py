@@ -311,3 +311,35 @@ def test_stopping_the_engine_closes_clients_still_handshaking(ca):
     finally:
         client.close()
         engine.stop()
+
+
+@pytest.mark.parametrize("drain", [False, True])
+def test_a_close_notify_read_behind_data_still_raises_an_event(ca, drain):
+    """
+    A peer sends a full record and its close_notify, and keeps its TCP
+    stream open (waiting for ours): the read that takes the record takes
+    the close_notify too, so the kernel is empty and, before, no epoll
+    event (level- or edge-triggered) ever said the end had come: the relay
+    waited until its idle timeout.  Now the socket says so (readable), and
+    the next read is the end of stream.
+    """
+    import select
+
+    a = ca.issue("a", "a.test", ["a.test"])
+    server, client, _ = pair(ca, (a,), "a.test")
+    server.drain = drain
+    client.sendall(b"x" * RECORD)
+    try:
+        client.unwrap()
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        pass  # our close_notify is out; we do not wait for theirs
+    poller = select.epoll()
+    try:
+        poller.register(server.fileno(), select.EPOLLIN | (select.EPOLLET if drain else 0))
+        poller.poll(0)
+        buffer = bytearray(4 * RECORD)
+        assert server.recv_into(buffer) == RECORD
+        assert poller.poll(0), "nothing says the stream ended"
+        assert server.recv_into(buffer) == 0
+    finally:
+        poller.close()

@@ -118,18 +118,42 @@ class TLSSocket:
                 while n and total < size:
                     try:
                         n = read(size - total, view[total:])
+                    except _ENDED:
+                        self._ended()
+                        break
                     except (ssl.SSLError, OSError):
                         break
                     total += n
+                if not n:
+                    self._ended()
         elif n == RECORD:
             view = memoryview(buffer)
             while n == RECORD and size - total >= RECORD:
                 try:
                     n = read(size - total, view[total:])
+                except _ENDED:
+                    self._ended()
+                    break
                 except (ssl.SSLError, OSError):
                     break
                 total += n
+            if not n:
+                self._ended()
         return total
+
+    def _ended(self) -> None:
+        """
+        The peer's end (a close_notify reads as C{0}, a FIN without one
+        raises) came behind the bytes just read: the kernel holds
+        nothing more, so no epoll event would tell the relay (a peer may
+        keep its TCP stream open, waiting for our close_notify).  Shutting
+        our reading side makes the socket readable, and the next read says
+        the end.
+        """
+        try:
+            self.raw.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
 
     def send(self, data: Any, flags: int = 0) -> int:
         try:
