@@ -198,3 +198,148 @@ def test_a_draining_read_takes_short_records_too_and_fills_the_buffer(ca):
         assert n == len(small) or len(got) + n == len(data)
         got += bytes(small[:n])
     assert got == data
+
+
+def test_a_tls_client_side_can_become_non_blocking_without_flags(ca):
+    """
+    A long-lived relay (a second backend read, or past its connect
+    deadline) makes its client non-blocking and drops the MSG_DONTWAIT
+    flags: with a TLS client side this raised AttributeError (the relay
+    aborted as internal-error, and from the deadline sweep it stopped the
+    engine's sweeper); the TLS side stays non-blocking and still relays.
+    """
+    from lbproxy.relay.fast_flow import _Flow
+    from lbproxy.relay.fast_relay import _DONTWAIT
+    from lbproxy.relay.fast_tls import TLSRelay
+
+    a = ca.issue("a", "a.test", ["a.test"])
+    server, client, _ = pair(ca, (a,), "a.test")
+    other, peer = socket.socketpair()
+    try:
+        relay = TLSRelay(object(), server, object(), {})
+        relay.up = _Flow(server, other, _DONTWAIT, 0)
+        relay.down = _Flow(other, server, 0, _DONTWAIT)
+        relay.client_nonblocking()
+        assert relay.up.rflags == relay.down.sflags == 0
+        assert server.raw.gettimeout() == 0.0
+        client.sendall(b"still relays")
+        buffer = bytearray(RECORD)
+        assert bytes(buffer[:server.recv_into(buffer)]) == b"still relays"
+    finally:
+        other.close()
+        peer.close()
+
+
+def test_handshakes_in_progress_count_against_max_connections(ca):
+    """
+    Clients that open a TLS connection and never finish the handshake
+    count against --max-connections with the admitted ones: at the limit a
+    new one is refused at once (counted as rejected) instead of holding a
+    socket until its sni_timeout; once a handshake times out its place is
+    free again.  (Before, handshakes in progress counted nowhere.)
+    """
+    import select
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from lbproxy.policy.limits import ProcessLimit
+    from lbproxy.relay.fast_tls import FastTLS
+
+    a = ca.issue("a", "a.test", ["a.test"])
+    built = build(ServiceTLS((a,)), "web")
+    refusals = Counter()
+    route = SimpleNamespace(sni_timeout=2.0, routes_by_sni=False, accept_proxy=(), refused=lambda why: refusals.update([why]))
+    clock = Clock()
+    engine = SimpleNamespace(epoll=select.epoll(), reactor=clock, route=route, handlers={},
+                             stopped=False, close=lambda s: s.close())
+    limit = ProcessLimit(3)
+    limit.active = 1
+    hook = FastTLS(SimpleNamespace(certificates=built), {}, limit)
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        hook(engine, pairs[0][0], ("127.0.0.1", 1))
+        hook(engine, pairs[1][0], ("127.0.0.1", 2))
+        assert hook.handshaking == 2 and len(engine.handlers) == 2
+        hook(engine, pairs[2][0], ("127.0.0.1", 3))
+        assert pairs[2][1].recv(10) == b""  # closed at once
+        assert refusals["rejected"] == 1 and hook.handshaking == 2
+        clock.advance(2.0)
+        assert hook.handshaking == 0 and not engine.handlers
+        assert refusals["tls-timeout"] == 2
+        hook(engine, pairs[3][0], ("127.0.0.1", 4))
+        assert hook.handshaking == 1
+    finally:
+        engine.epoll.close()
+        for left, right in pairs:
+            left.close()
+            right.close()
+
+
+def test_stopping_the_engine_closes_clients_still_handshaking(ca):
+    """
+    The engine's stop closes TLS clients in the middle of their handshake
+    too (counted as shutdown), as it aborts its relays: before, they were
+    not relays, so their sockets stayed open until their sni_timeout.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lbproxy.control.routes import ListenerRoute
+    from lbproxy.model.config import ProxySettings
+    from lbproxy.relay.fast_engine import FastRelay
+    from lbproxy.relay.fast_tls import FastTLS
+    from types import SimpleNamespace
+
+    a = ca.issue("a", "a.test", ["a.test"])
+    route = ListenerRoute("tcp:0", [], settings=ProxySettings())
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    engine = FastRelay(route, listener, MemoryReactorClock())
+    hook = engine.tls = FastTLS(SimpleNamespace(certificates=build(ServiceTLS((a,)), "web")), {})
+    engine.start()
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    try:
+        engine.doRead()
+        assert hook.handshaking == 1
+        engine.stop()
+        assert hook.handshaking == 0
+        assert route.refusals["shutdown"] == 1
+        client.settimeout(5)
+        assert client.recv(10) == b""
+    finally:
+        client.close()
+        engine.stop()
+
+
+@pytest.mark.parametrize("drain", [False, True])
+def test_a_close_notify_read_behind_data_still_raises_an_event(ca, drain):
+    """
+    A peer sends a full record and its close_notify, and keeps its TCP
+    stream open (waiting for ours): the read that takes the record takes
+    the close_notify too, so the kernel is empty and, before, no epoll
+    event (level- or edge-triggered) ever said the end had come: the relay
+    waited until its idle timeout.  Now the socket says so (readable), and
+    the next read is the end of stream.
+    """
+    import select
+
+    a = ca.issue("a", "a.test", ["a.test"])
+    server, client, _ = pair(ca, (a,), "a.test")
+    server.drain = drain
+    client.sendall(b"x" * RECORD)
+    try:
+        client.unwrap()
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        pass  # our close_notify is out; we do not wait for theirs
+    poller = select.epoll()
+    try:
+        poller.register(server.fileno(), select.EPOLLIN | (select.EPOLLET if drain else 0))
+        poller.poll(0)
+        buffer = bytearray(4 * RECORD)
+        assert server.recv_into(buffer) == RECORD
+        assert poller.poll(0), "nothing says the stream ended"
+        assert server.recv_into(buffer) == 0
+    finally:
+        poller.close()

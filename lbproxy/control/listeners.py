@@ -234,7 +234,7 @@ class ListenerManager:
         if not needs_tls(services):
             return None
         server = self.tls.servers.get(key) if services[0].tls is not None else None
-        return FastTLS(server, self.tls.fast_clients)
+        return FastTLS(server, self.tls.fast_clients, getattr(self.table, "process", None))
 
     def _listener(self, key: str, services: list = ()) -> Any:  # type: ignore[assignment]
         """

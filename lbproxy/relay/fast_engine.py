@@ -156,9 +156,10 @@ class FastRelay:
                             handler(ev)
                         except Exception:
                             log.failure("relay event handler failed")
-                            owner = getattr(handler, "__self__", None)
-                            if isinstance(owner, Relay):
-                                owner.abort("internal-error")
+                            # A Relay, or a TLS client still handshaking.
+                            abort = getattr(getattr(handler, "__self__", None), "abort", None)
+                            if abort is not None:
+                                abort("internal-error")
                 if closing:
                     for sock in closing:
                         sock.close()
@@ -207,9 +208,9 @@ class FastRelay:
             return
         self.stop_listening()
         for handler in tuple(self.handlers.values()):
-            owner = getattr(handler, "__self__", None)
-            if isinstance(owner, Relay):
-                owner.abort("shutdown")
+            abort = getattr(getattr(handler, "__self__", None), "abort", None)
+            if abort is not None:
+                abort("shutdown")
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self.reactor.removeReader(self)

@@ -125,18 +125,42 @@ class TLSSocket:
                 while n and total < size:
                     try:
                         n = read(size - total, view[total:])
+                    except _ENDED:
+                        self._ended()
+                        break
                     except (ssl.SSLError, OSError):
                         break
                     total += n
+                if not n:
+                    self._ended()
         elif n == RECORD:
             view = memoryview(buffer)
             while n == RECORD and size - total >= RECORD:
                 try:
                     n = read(size - total, view[total:])
+                except _ENDED:
+                    self._ended()
+                    break
                 except (ssl.SSLError, OSError):
                     break
                 total += n
+            if not n:
+                self._ended()
         return total
+
+    def _ended(self) -> None:
+        """
+        The peer's end (a close_notify reads as C{0}, a FIN without one
+        raises) came behind the bytes just read: the kernel holds
+        nothing more, so no epoll event would tell the relay (a peer may
+        keep its TCP stream open, waiting for our close_notify).  Shutting
+        our reading side makes the socket readable, and the next read says
+        the end.
+        """
+        try:
+            self.raw.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
 
     def send(self, data: Any, flags: int = 0) -> int:
         try:
@@ -152,6 +176,12 @@ class TLSSocket:
             # The close_notify is out; OpenSSL wants the peer's, later.
             pass
         self.raw.shutdown(how)
+
+    def setblocking(self, flag: bool) -> None:
+        """
+        The relay makes a long-lived client non-blocking: this side is
+        already, and must stay so (C{_ssl} waits in C{poll()} otherwise).
+        """
 
     def setsockopt(self, *args: Any) -> None:
         self.raw.setsockopt(*args)
@@ -244,10 +274,14 @@ class ServerHandshake:
     session hears C{accepted} and a L{TLSRelay} takes it over.
     """
 
-    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "__weakref__")
+    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "hook",
+                 "__weakref__")
 
-    def __init__(self, engine: Any, raw: Any, client: tuple, certificates: Any, clients: dict) -> None:
+    def __init__(self, engine: Any, raw: Any, client: tuple, certificates: Any, clients: dict,
+                 hook: Any = None) -> None:
         self.engine = engine
+        #: the L{FastTLS} counting this handshake while it is in progress.
+        self.hook = hook
         self.raw = raw = _referable(raw)
         self.fd = raw.fileno()
         self.clients = clients
@@ -289,6 +323,10 @@ class ServerHandshake:
             self.mask = mask
 
     def _forget(self) -> None:
+        hook = self.hook
+        if hook is not None:
+            self.hook = None
+            hook.handshaking -= 1
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -302,6 +340,15 @@ class ServerHandshake:
     def _timed_out(self) -> None:
         self.timer = None
         self._fail("tls-timeout")
+
+    def abort(self, why: str) -> None:
+        """
+        Close the client now (the engine stops, or this handshake's
+        handler failed), as a L{Relay} is aborted.
+        """
+        if self.session.finished:
+            return
+        self._fail(why)
 
     def _fail(self, why: str) -> None:
         self._forget()
@@ -340,15 +387,30 @@ class FastTLS:
     set, and reaches backends over TLS with the store's client contexts.
     """
 
-    def __init__(self, server: Any, clients: dict) -> None:
+    def __init__(self, server: Any, clients: dict, limit: Any = None) -> None:
+        """
+        @param limit: the process's L{lbproxy.policy.limits.ProcessLimit}
+            (C{--max-connections}): handshakes in progress count against
+            it with the connections admitted, so clients that never finish
+            theirs cannot hold more sockets than it allows.
+        """
         self.server = server
         self.clients = clients
+        self.limit = limit
+        #: handshakes in progress through this hook.
+        self.handshaking = 0
 
     def __call__(self, engine: Any, sock: Any, client: tuple) -> None:
         sock.setblocking(False)
         server = self.server
         if server is not None:
-            ServerHandshake(engine, sock, client, server.certificates, self.clients).start()
+            limit = self.limit
+            if limit is not None and limit.active + self.handshaking >= limit.limit:
+                engine.route.refused("rejected")
+                sock.close()
+                return
+            self.handshaking += 1
+            ServerHandshake(engine, sock, client, server.certificates, self.clients, self).start()
             return
         session = ConnectionSession(engine.route, engine.reactor, client)
         answer = session.accepted()
