@@ -14,7 +14,7 @@ import ssl
 import pytest
 
 from lbproxy.model.config import BackendTLS, ServiceTLS
-from lbproxy.relay.fast_tls import RECORD, TLSSocket, _referable
+from lbproxy.relay.tls_socket import RECORD, TLSSocket, _referable
 from lbproxy.relay.ssl_contexts import client_context
 from lbproxy.relay.tls import build
 from tests.tlscerts import CA
