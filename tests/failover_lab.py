@@ -57,6 +57,11 @@ from typing import Any
 from tests.netload import LoadLog
 from tests.nettools import Backends, Etcd, Host, Process, Topology, clean_env, http, until
 
+#: The nodes' graceful-stop grace (s): shorter than a leaving node's stop
+#: timeout, since a connection orphaned by the address's move (its client
+#: reset by the new master) stays open on the old one until the grace ends.
+GRACE = 5
+
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 PORT = 8080
 ADMIN = 8081
@@ -115,7 +120,7 @@ class Node:
             "--store", "etcd:" + ",".join(lab.etcd.endpoints), "--store-prefix", lab.prefix,
             "--node-name", self.name, "--listen", f"tcp:{PORT}:interface={lab.vip}",
             "--admin", f"tcp:{ADMIN}:interface={self.host.addr}", "--admin-token-file", str(lab.token_file),
-            "--no-access-log", *[a for h, p in lab.backends.addresses for a in ("--backend", f"{h}:{p}")],
+            "--no-access-log", "--grace", str(GRACE), *[a for h, p in lab.backends.addresses for a in ("--backend", f"{h}:{p}")],
         )
         self.lbproxy = Process(argv, lab.workdir / f"{self.name}.lbproxy.{self.starts}.log", env=clean_env())
 
