@@ -371,7 +371,7 @@ class Relay(FlowIO):
 
     def _finish(self) -> None:
         """
-        Close both sockets and report the connection to the balancer, once.
+        Close both sockets and report the connection's end to the session, once.
         """
         if self.finished:
             return

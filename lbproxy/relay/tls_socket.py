@@ -76,39 +76,27 @@ class TLSSocket:
         read = self.tls.read
         size = len(buffer)
         try:
-            total = read(size, buffer)
+            total = n = read(size, buffer)
         except _WANT:
             raise BlockingIOError from None
         except _ENDED:
             return 0
-        n = total
-        if self.drain:
-            if n and total < size:
-                view = memoryview(buffer)
-                while n and total < size:
-                    try:
-                        n = read(size - total, view[total:])
-                    except _ENDED:
-                        self._ended()
-                        break
-                    except (ssl.SSLError, OSError):
-                        break
-                    total += n
-                if not n:
-                    self._ended()
-        elif n == RECORD:
+        drain = self.drain
+        if n and (total < size if drain else n == RECORD and size - total >= RECORD):
             view = memoryview(buffer)
-            while n == RECORD and size - total >= RECORD:
+            while True:
                 try:
                     n = read(size - total, view[total:])
                 except _ENDED:
-                    self._ended()
-                    break
+                    n = 0
                 except (ssl.SSLError, OSError):
                     break
+                if not n:
+                    self._ended()
+                    break
                 total += n
-            if not n:
-                self._ended()
+                if not (total < size if drain else n == RECORD and size - total >= RECORD):
+                    break
         return total
 
     def _ended(self) -> None:
