@@ -82,6 +82,11 @@ class Relay(FlowIO):
         "reading", "timer",
     )
 
+    #: The C{recv}/C{send} flags of the client side: an accepted socket
+    #: stays blocking and says C{MSG_DONTWAIT} until it proves long-lived
+    #: (L{FlowIO.client_nonblocking}).
+    client_flags = _DONTWAIT
+
     def __init__(self, engine: "FastRelay", sock: socket.socket, session: ConnectionSession) -> None:
         self.engine = engine
         self.session = session
@@ -336,8 +341,9 @@ class Relay(FlowIO):
         """
         engine = self.engine
         csock, bsock = self.client_sock, self.backend_sock
-        self.up = up = _Flow(csock, bsock, _DONTWAIT, 0)
-        self.down = _Flow(bsock, csock, 0, _DONTWAIT)
+        flags = self.client_flags
+        self.up = up = _Flow(csock, bsock, flags, 0)
+        self.down = _Flow(bsock, csock, 0, flags)
         data = self.session.connected(self)
         self.first_byte_pending = True
         if data is not None:

@@ -54,6 +54,9 @@ class TLSRelay(Relay):
 
     __slots__ = ("clients", "backend_tls", "handshake")
 
+    #: The client is a L{TLSSocket}, non-blocking from the start.
+    client_flags = 0
+
     def __init__(self, engine: Any, sock: Any, session: ConnectionSession, clients: dict) -> None:
         super().__init__(engine, sock, session)
         self.clients = clients

@@ -130,8 +130,10 @@ class TLSSocket:
 
     def setblocking(self, flag: bool) -> None:
         """
-        The relay makes a long-lived client non-blocking: this side is
-        already, and must stay so (C{_ssl} waits in C{poll()} otherwise).
+        A socket's call, kept for any caller: this side is non-blocking
+        already and must stay so (C{_ssl} waits in C{poll()} otherwise).
+        A L{lbproxy.relay.fast_tls.TLSRelay} never asks, since its client
+        flows start with no flags.
         """
 
     def setsockopt(self, *args: Any) -> None:
