@@ -9,24 +9,12 @@ from collections import Counter
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from tests.integration import relay_harness as h
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cleanup():
-    """Stop listeners and the balancer's ticker after the test."""
-    stops = []
-    yield stops.append
-    for stop in reversed(stops):
-        pytest_twisted.blockon(task.deferLater(reactor, 0, lambda: None))
-        result = stop()
-        if result is not None and hasattr(result, "addCallback"):
-            pytest_twisted.blockon(result)
 
 
 def assert_one_to_three(counts, light, heavy):
