@@ -25,15 +25,7 @@ pytestmark = pytest.mark.integration
 def connect_and_close(port: int) -> None:
     """One client connection (blocking: run it in a thread) that sends a
     line, reads its echo (so the close is clean, not a reset) and closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"hello\n")
-        s.shutdown(socket.SHUT_WR)
-        got = b""
-        while len(got) < 6:
-            chunk = s.recv(64)
-            if not chunk:
-                break
-            got += chunk
+    connect_from(port)
 
 
 def lines_of(path) -> list[str]:
