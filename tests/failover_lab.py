@@ -348,6 +348,7 @@ class FailoverLab:
         until(lambda: self.records.complete(first[0]), self.timeout + 5,
               f"the client's connections through {leaving.name} end")
         left_open = (leaving.status() or {}).get("active_connections")
+        states = self._client_side_states(leaving)
         code = leaving.lbproxy.stop(signal.SIGTERM, timeout=15)
         if hold:
             leaving.host.ip("addr", "del", lo_vip, "dev", "lo")
@@ -359,8 +360,28 @@ class FailoverLab:
                 "first_success_on_successor_s": round(first[1] - t_term, 3),
                 "leave_s": round(t_left - t0, 2), "lbproxy_exit": code,
                 "left_open_on_leaving_node": left_open,
+                "client_side_states_on_leaving_node": states,
                 **self.records.summary(t0, end, self.names),
                 **self.records.around(t0, end, t_vip, first[0])}
+
+    @staticmethod
+    def _client_side_states(node: Node, settle: float = 3.0) -> dict[str, int]:
+        """
+        The TCP states of C{node}'s client-side sockets once no client
+        FIN that reached it is still being acted on: C{CLOSE-WAIT} (a
+        client closed and lbproxy has not yet) gets up to C{settle}
+        seconds to clear; one left after that is a connection lbproxy
+        leaked.  The orphans the move explains are C{ESTAB} (the
+        client was reset) and C{FIN-WAIT-1}/C{FIN-WAIT-2} (lbproxy
+        relayed the backend's close; the client's own went to the new
+        master).
+        """
+        deadline = time.monotonic() + settle
+        while True:
+            states = node.host.tcp_states(PORT)
+            if "CLOSE-WAIT" not in states or time.monotonic() > deadline:
+                return states
+            time.sleep(0.05)
 
     def teardown(self) -> list[str]:
         """Stop everything this run started; returns what is left (nothing, or a bug)."""

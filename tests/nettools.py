@@ -168,6 +168,19 @@ class Host:
         return any(line.split()[3] in (f"{addr}:{port}", f"0.0.0.0:{port}", f"*:{port}")
                    for line in out.splitlines() if len(line.split()) > 3)
 
+    def tcp_states(self, port: int) -> dict[str, int]:
+        """
+        How many of this namespace's TCP sockets with local port C{port}
+        (listeners aside) are in each state, by C{ss}'s names
+        (C{ESTAB}, C{FIN-WAIT-2}, C{CLOSE-WAIT}, ...).
+        """
+        states: dict[str, int] = {}
+        for line in sh(*self.argv("ss", "-H", "-t", "-a", "-n")).splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[0] != "LISTEN" and fields[3].rsplit(":", 1)[-1] == str(port):
+                states[fields[0]] = states.get(fields[0], 0) + 1
+        return states
+
     def link(self, up: bool) -> None:
         """Plug or pull this host's cable (its C{eth0})."""
         self.ip("link", "set", "eth0", "up" if up else "down")
