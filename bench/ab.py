@@ -106,8 +106,9 @@ def main(argv: list[str]) -> int:
                 med = B.median([x["req_per_cpu_s"] for x in rs]) or 0.0
                 rps = B.median([x["rps"] for x in rs]) or 0.0
                 user = B.median([x["user_us_per_req"] for x in rs]) or 0.0
+                p99 = B.median([x["p99_ms"] for x in rs]) or 0.0
                 print(f"{mode:9} {str(root):40} req/s {rps:8.0f} req/CPU-s {med:9.0f} ({med / ref:.2f}x) "
-                      f"user {user:5.2f} us/req "
+                      f"user {user:5.2f} us/req p99 {p99:5.2f} ms "
                       f"runs {[round(x['req_per_cpu_s'] or 0) for x in rs]} errors {sum(x['errors'] for x in rs)}")
     finally:
         for proxy in proxies:
