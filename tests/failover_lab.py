@@ -338,8 +338,7 @@ class FailoverLab:
             leaving.host.ip("addr", "add", lo_vip, "dev", "lo")
         t_term = time.monotonic()
         leaving.keepalived.send(signal.SIGTERM)
-        until(lambda: [n for n in self.nodes.values() if n is not leaving and n.host.has(self.vip)], 15,
-              "another node takes the virtual address")
+        t_absent = self._until_moved(leaving, t_term)
         t_vip = time.monotonic()
         leaving.keepalived.wait(10)
         successor = self.master()
@@ -362,7 +361,29 @@ class FailoverLab:
                 "left_open_on_leaving_node": left_open,
                 "client_side_states_on_leaving_node": states,
                 **self.records.summary(t0, end, self.names),
-                **self.records.around(t0, end, t_vip, first[0])}
+                # The clients moved after the last poll that saw no other
+                # holder began, and no later than the first success through
+                # the successor or the poll that saw it (whichever is later).
+                **self.records.around(t0, end, t_absent, first[0], max(t_vip, first[0]))}
+
+    def _until_moved(self, leaving: Node, absent: float, timeout: float = 15.0) -> float:
+        """
+        Poll until a node other than C{leaving} holds the virtual address.
+
+        @param absent: a time when no other node held it.
+        @return: when the last poll that saw no other holder began (or
+            C{absent}): the address was added (and the clients' move
+            began) after it.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            began = time.monotonic()
+            if [n for n in self.nodes.values() if n is not leaving and n.host.has(self.vip)]:
+                return absent
+            absent = began
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"another node takes the virtual address: not after {timeout} s")
+            time.sleep(0.01)
 
     @staticmethod
     def _client_side_states(node: Node, settle: float = 3.0) -> dict[str, int]:

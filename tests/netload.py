@@ -137,15 +137,22 @@ class LoadLog:
         done = [r for r in self.ended.values() if r[2] and r[1] <= t]
         return max(done, key=lambda r: r[1]) if done else None
 
-    def around(self, t_from: float, t_to: float, event: float, first: float) -> dict[str, int]:
+    def around(self, t_from: float, t_to: float, event: float, first: float,
+               event_end: float | None = None) -> dict[str, int]:
         """
         Of the attempts started in C{[t_from, t_to]}: how many were open at
-        C{event}, and how many failed although they started after C{first}
-        (the first success once service was back) or ended before C{event}
+        the event, and how many failed although they started after C{first}
+        (the first success once service was back) or ended before the event
         (failures the event cannot explain; none is expected).
+
+        @param event_end: for an event known only to lie in
+            C{[event, event_end]} (an address move seen by polling), the
+            end of that window: an attempt open at any time in it is open
+            at the event.
         """
+        end = event if event_end is None else event_end
         records = [r for r in self.ended.values() if t_from <= r[0] <= t_to]
-        return {"open_at_event": sum(1 for r in records if r[0] <= event <= r[1]),
+        return {"open_at_event": sum(1 for r in records if r[0] <= end and event <= r[1]),
                 "failed_unexplained": sum(1 for r in records if not r[2] and (r[0] > first or r[1] < event))}
 
     def summary(self, t_from: float, t_to: float, names: dict[str, str]) -> dict[str, Any]:

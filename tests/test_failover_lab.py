@@ -47,6 +47,13 @@ def test_load_log_reads_records_as_they_are_written(tmp_path):
     # failure that started after service was back (1.008) is not.
     assert log.around(1.0, 1.02, event=1.5, first=1.02) == {"open_at_event": 2, "failed_unexplained": 0}
     assert log.around(1.0, 1.02, event=1.5, first=1.008)["failed_unexplained"] == 1
+    # An event known only to lie in [3.02, 3.5] (a move seen by polling):
+    # attempt 2, failed at 3.01, ended before it and is unexplained; with
+    # the window opening at 3.0 it was open in it.
+    assert log.around(1.0, 1.02, event=3.02, first=1.02, event_end=3.5) == {
+        "open_at_event": 0, "failed_unexplained": 1}
+    assert log.around(1.0, 1.02, event=3.0, first=1.02, event_end=3.5) == {
+        "open_at_event": 1, "failed_unexplained": 0}
 
 
 def test_docs_figures_come_from_the_results_file():
