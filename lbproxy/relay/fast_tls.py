@@ -125,14 +125,15 @@ class ServerHandshake:
     session hears C{accepted} and a L{TLSRelay} takes it over.
     """
 
-    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "hook",
+    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "limit",
                  "__weakref__")
 
     def __init__(self, engine: Any, raw: Any, client: tuple, certificates: Any, clients: dict,
-                 hook: Any = None) -> None:
+                 limit: Any = None) -> None:
         self.engine = engine
-        #: the L{FastTLS} counting this handshake while it is in progress.
-        self.hook = hook
+        #: the L{lbproxy.policy.limits.ProcessLimit} this handshake counts
+        #: against while it is in progress (its C{begin_handshake} said yes).
+        self.limit = limit
         self.raw = raw = _referable(raw)
         self.fd = raw.fileno()
         self.clients = clients
@@ -174,10 +175,10 @@ class ServerHandshake:
             self.mask = mask
 
     def _forget(self) -> None:
-        hook = self.hook
-        if hook is not None:
-            self.hook = None
-            hook.handshaking -= 1
+        limit = self.limit
+        if limit is not None:
+            self.limit = None
+            limit.end_handshake()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -241,27 +242,23 @@ class FastTLS:
     def __init__(self, server: Any, clients: dict, limit: Any = None) -> None:
         """
         @param limit: the process's L{lbproxy.policy.limits.ProcessLimit}
-            (C{--max-connections}): handshakes in progress count against
-            it with the connections admitted, so clients that never finish
-            theirs cannot hold more sockets than it allows.
+            (C{--max-connections}): each handshake asks it first
+            (C{begin_handshake}), as on the Twisted engine.
         """
         self.server = server
         self.clients = clients
         self.limit = limit
-        #: handshakes in progress through this hook.
-        self.handshaking = 0
 
     def __call__(self, engine: Any, sock: Any, client: tuple) -> None:
         sock.setblocking(False)
         server = self.server
         if server is not None:
             limit = self.limit
-            if limit is not None and limit.active + self.handshaking >= limit.limit:
+            if limit is not None and not limit.begin_handshake():
                 engine.route.refused("rejected")
                 sock.close()
                 return
-            self.handshaking += 1
-            ServerHandshake(engine, sock, client, server.certificates, self.clients, self).start()
+            ServerHandshake(engine, sock, client, server.certificates, self.clients, limit).start()
             return
         session = ConnectionSession(engine.route, engine.reactor, client)
         answer = session.accepted()

@@ -8,7 +8,10 @@ handshake is done, so the strategies and the access log see what the
 handshake said (the verified client certificate's subject, the server
 name, the ALPN protocol: a L{TLSClient}) and a client that fails the
 handshake never costs a backend connection.  A handshake must finish
-within the service's C{sni_timeout}.
+within the service's C{sni_timeout}, and counts against
+C{--max-connections} while in progress (L{SwitchingFactory} asks the
+process's L{lbproxy.policy.limits.ProcessLimit} before a TLS client is
+given a protocol, as the fast engine does).
 
 Twisted's TLS transports do not half-close: when the other side ends its
 stream, a TLS side is closed (after what it has to write), with a
@@ -114,11 +117,20 @@ class TLSFrontendProtocol(FrontendProtocol):
 
     _shaken = False
     _early: Any = None
+    #: the L{lbproxy.policy.limits.ProcessLimit} this handshake counts
+    #: against until it is over (its C{begin_handshake} said yes), or C{None}.
+    limit: Any = None
 
     def __init__(self, session: ConnectionSession, reactor: Any, endpoints: dict, options: tuple,
                  tls_clients: dict, timeout: float) -> None:
         super().__init__(session, None, reactor, endpoints, options, tls_clients)  # type: ignore[arg-type]
         self._timeout = timeout
+
+    def _handshake_over(self) -> None:
+        limit = self.limit
+        if limit is not None:
+            self.limit = None
+            limit.end_handshake()
 
     def connectionMade(self) -> None:
         raw = getattr(self.transport, "transport", None)
@@ -139,6 +151,7 @@ class TLSFrontendProtocol(FrontendProtocol):
 
     def handshakeCompleted(self) -> None:
         self._shaken = True
+        self._handshake_over()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -171,6 +184,7 @@ class TLSFrontendProtocol(FrontendProtocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
+        self._handshake_over()
         if not self._shaken:
             self.session.closing("tls-handshake-failed")
         self.__dict__.pop("dataReceived", None)
@@ -212,14 +226,19 @@ class SwitchingFactory(ServerFactory):
     open keep what they started with).
 
     @ivar route: given to both the plain and the TLS L{ProxyFactory}.
+    @ivar limit: the process's L{lbproxy.policy.limits.ProcessLimit}
+        (C{--max-connections}), or C{None}: a TLS client is refused at its
+        accept when it says no, and counts against it until its handshake
+        is over.
     """
 
     noisy = False
 
-    def __init__(self, route: Any, reactor: Any, tls_clients: dict) -> None:
+    def __init__(self, route: Any, reactor: Any, tls_clients: dict, limit: Any = None) -> None:
         self.plain = ProxyFactory(route, reactor)
         self.secure = TLSProxyFactory(route, reactor)
         self.plain.tls_clients = self.secure.tls_clients = tls_clients
+        self.limit = limit
         self.server: Any = None
         self._wrapped: Any = None
 
@@ -245,4 +264,11 @@ class SwitchingFactory(ServerFactory):
         wrapped = self._wrapped
         if wrapped is None:
             return self.plain.buildProtocol(addr)
-        return wrapped.buildProtocol(addr)
+        limit = self.limit
+        if limit is not None and not limit.begin_handshake():
+            # No protocol: the port closes the socket at once.
+            self.plain.route.refused("rejected")
+            return None
+        protocol = wrapped.buildProtocol(addr)
+        protocol.wrappedProtocol.limit = limit
+        return protocol
