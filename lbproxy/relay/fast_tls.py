@@ -69,6 +69,18 @@ class TLSRelay(Relay):
     def on_client(self, ev: int) -> None:
         FlowIO.on_client(self, ev & ~EPOLLRDHUP)
 
+    def _shut(self, flow: Any, to_client: bool) -> bool:
+        # The last direction to end closes the relay without a half-close
+        # of its destination (a plain socket's close sends the FIN): a TLS
+        # destination gets its close_notify first, or its peer could not
+        # tell the end from a truncation.
+        if (self.up if to_client else self.down).shut:
+            try:
+                flow.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return FlowIO._shut(self, flow, to_client)
+
     def connect(self, candidate: Any) -> None:
         tls = candidate.backend.tls
         self.backend_tls = None if tls is None else (tls, candidate.host)

@@ -2,9 +2,11 @@
 The Twisted engine's TLS: a listener that terminates it and backends
 reached over it, driven by the same L{ConnectionSession} as plain ones.
 
-A TLS listener is the engine's L{ProxyFactory} inside Twisted's
-C{TLSMemoryBIOFactory}.  Its client is admitted and routed once the
-handshake is done, so the strategies and the access log see what the
+A TLS listener is the engine's L{ProxyFactory} inside a
+L{lbproxy.relay.tls_server.TLSServerFactory} (pyOpenSSL memory BIOs, as
+Twisted's C{TLSMemoryBIOFactory}, but with half-close).  Its client is
+admitted and routed once the handshake is done, so the strategies and
+the access log see what the
 handshake said (the verified client certificate's subject, the server
 name, the ALPN protocol: a L{TLSClient}) and a client that fails the
 handshake never costs a backend connection.  A handshake must finish
@@ -13,9 +15,13 @@ C{--max-connections} while in progress (L{SwitchingFactory} asks the
 process's L{lbproxy.policy.limits.ProcessLimit} before a TLS client is
 given a protocol, as the fast engine does).
 
-Twisted's TLS transports do not half-close: when the other side ends its
-stream, a TLS side is closed (after what it has to write), with a
-close_notify.
+Half-close: a TLS client's close_notify (or FIN) is the end of its
+stream, passed to the backend as a half-close, and the backend's answer
+still reaches the client, then lbproxy's close_notify
+(L{lbproxy.relay.tls_server}).  The other way, when the backend ends
+first, a TLS client is closed (after what it has to write) with a
+close_notify, and so is a backend over TLS when the client ends first:
+Twisted's TLS transports (backends) do not half-close.
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ServerFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from lbproxy.relay.session import ConnectionSession, ReadFirst
 from lbproxy.relay.tls import client_creator, subject_of
+from lbproxy.relay.tls_server import TLSServerFactory
 from lbproxy.relay.twisted_engine import BackendProtocol, FrontendProtocol, ProxyFactory, _set_options
 
 
@@ -179,6 +185,18 @@ class TLSFrontendProtocol(FrontendProtocol):
             data = b"".join(early)
             self.bytes_up += len(data)
             backend.transport.write(data)
+        if self._early_end:
+            super().readConnectionLost()
+
+    _early_end = False
+
+    def readConnectionLost(self) -> None:
+        if self._early is not None:
+            # Before the backend is connected: its half-close comes after
+            # the bytes kept for it.
+            self._early_end = True
+            return
+        super().readConnectionLost()
 
     def half_close(self) -> None:
         self.transport.loseConnection()
@@ -213,9 +231,7 @@ def tls_listener_factory(server_tls: Any, proxy: TLSProxyFactory) -> Any:
     The factory a TLS listener listens with: C{proxy} inside TLS, with the
     certificates of C{server_tls} (an L{lbproxy.relay.tls.ServerTLS}).
     """
-    factory = TLSMemoryBIOFactory(server_tls, False, proxy)
-    factory.noisy = False
-    return factory
+    return TLSServerFactory(server_tls, proxy)
 
 
 class SwitchingFactory(ServerFactory):
@@ -270,5 +286,5 @@ class SwitchingFactory(ServerFactory):
             self.plain.route.refused("rejected")
             return None
         protocol = wrapped.buildProtocol(addr)
-        protocol.wrappedProtocol.limit = limit
+        protocol.wrapped.limit = limit
         return protocol
