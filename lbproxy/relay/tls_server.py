@@ -28,7 +28,6 @@ from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
-    INegotiated,
     IPushProducer,
     ITransport,
 )
@@ -42,7 +41,7 @@ RECORD = 16384
 CHUNK = 65536
 
 
-@implementer(IHalfCloseableProtocol, ITransport, IConsumer, IPushProducer, INegotiated)
+@implementer(IHalfCloseableProtocol, ITransport, IConsumer, IPushProducer)
 class TLSServerProtocol(Protocol):
     """
     The TCP connection's protocol, and the transport of L{wrapped}.
