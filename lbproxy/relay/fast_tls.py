@@ -25,9 +25,14 @@ certificate's subject, the server name and the ALPN protocol
 handshake never costs a backend connection.  A handshake must finish
 within the route's C{sni_timeout}.
 
-Half-close: when one side ends, a TLS side gets a close_notify and a
-TCP FIN; OpenSSL may discard what that side sends after it (the Twisted
-engine closes such a side altogether).
+Half-close: a TLS client's close_notify (or FIN) is the end of its
+stream, and the backend gets a half-close as from a plain client; what
+it answers still reaches the client, then lbproxy's close_notify (the
+last direction to end sends its TLS destination one before the close,
+L{TLSRelay._shut}).  A TLS side half-closed by lbproxy (the backend
+ended first, or a backend over TLS when the client ended first) gets a
+close_notify and a TCP FIN: OpenSSL may then discard what that side
+still sends (seen with a backend over TLS answering after it).
 """
 
 from __future__ import annotations
