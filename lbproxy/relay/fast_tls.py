@@ -275,7 +275,13 @@ class FastTLS:
                 engine.route.refused("rejected")
                 sock.close()
                 return
-            ServerHandshake(engine, sock, client, server.certificates, self.clients, limit).start()
+            try:
+                handshake = ServerHandshake(engine, sock, client, server.certificates, self.clients, limit)
+            except BaseException:
+                if limit is not None:
+                    limit.end_handshake()
+                raise
+            handshake.start()
             return
         session = ConnectionSession(engine.route, engine.reactor, client)
         answer = session.accepted()

@@ -285,6 +285,11 @@ class SwitchingFactory(ServerFactory):
             # No protocol: the port closes the socket at once.
             self.plain.route.refused("rejected")
             return None
-        protocol = wrapped.buildProtocol(addr)
+        try:
+            protocol = wrapped.buildProtocol(addr)
+        except BaseException:
+            if limit is not None:
+                limit.end_handshake()
+            raise
         protocol.wrapped.limit = limit
         return protocol

@@ -50,12 +50,14 @@ def answers_after_eof():
     return reactor.listenTCP(0, protocol.ServerFactory.forProtocol(AnswersAfterEOF), interface="127.0.0.1")
 
 
-def tls_request_then_close_notify(port: int, ca: str, request: bytes) -> tuple[bytes, str]:
+def tls_request_then_close_notify(port: int, ca: str, request: bytes, together: bool = False) -> tuple[bytes, str]:
     """
     Blocking (run it in a thread): a TLS client (an C{SSLObject} over a
     blocking socket, so each step is explicit) that sends C{request}, then
     its close_notify (C{unwrap}, which then waits for the peer's), keeps
-    its TCP stream open and reads what comes.
+    its TCP stream open and reads what comes.  With C{together}, the end
+    of its handshake, the request and the close_notify go in one write
+    (lbproxy reads them all before the backend is connected).
 
     @return: the bytes read, and how the stream ended: C{"close_notify"}
         (lbproxy's, after the answer), C{"eof"} (TCP closed without one) or
@@ -88,11 +90,13 @@ def tls_request_then_close_notify(port: int, ca: str, request: bytes) -> tuple[b
                 flush()
                 if not feed():
                     return b"", "eof in handshake"
-        flush()
+        if not together:
+            flush()
         view = memoryview(request)
         while view:
             view = view[tls.write(view):]
-            flush()
+            if not together:
+                flush()
         try:
             tls.unwrap()
         except ssl.SSLWantReadError:
@@ -133,29 +137,36 @@ def plain_request_then_shutdown(port: int, request: bytes) -> bytes:
             got += chunk
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["apart", "with-the-handshake"])
 @pytest_twisted.ensureDeferred
-async def test_a_tls_client_close_notify_is_relayed_as_a_half_close(pki, engine):  # noqa: F811
+async def test_a_tls_client_close_notify_is_relayed_as_a_half_close(pki, engine, together):  # noqa: F811
     """
-    A TLS client sends 100 000 bytes and its close_notify: the backend
-    sees the end of its request (a TCP half-close), answers, and the
-    client gets the whole answer, then lbproxy's close_notify, as a plain
-    client that does shutdown(SHUT_WR) gets it.
+    A TLS client sends its request and its close_notify: the backend sees
+    the end of its request (a TCP half-close), answers, and the client
+    gets the whole answer, then lbproxy's close_notify, as a plain client
+    that does shutdown(SHUT_WR) gets it.  Apart: 100 000 bytes, each
+    record written as it is made; with the handshake: a short request and
+    the close_notify in the same write as the handshake's end, so both are
+    read while the backend is still being connected.  (Before, the Twisted
+    engine closed the client at its close_notify, and the fast engine
+    ended with a FIN without lbproxy's close_notify.)
     """
     server = answers_after_eof()
     bport = server.getHost().port
     assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}", engine=engine)
-    request = os.urandom(100_000)
+    request = b"short request" if together else os.urandom(100_000)
     expected = b"%d\n" % len(request) + b"a" * AnswersAfterEOF.ANSWER
     try:
-        plain = int(assembly.listeners.addresses("default")[0][1]) if assembly.listeners.addresses("default") else None
+        plain = assembly.listeners.addresses("default")[0][1]
         body = {"name": "web", "listen": [LOCAL], "backends": [{"host": "127.0.0.1", "port": bport}],
                 "tls": tls(pki["a"])}
         code, out = await call("POST", url + "/services", body)
         assert code == 201, out
         port = int(out["listening"][0].rsplit(":", 1)[1])
-        if plain is not None:
-            assert await threads.deferToThread(plain_request_then_shutdown, plain, request) == expected
-        got, ended = await threads.deferToThread(tls_request_then_close_notify, port, pki["ca"].path, request)
+        assert await threads.deferToThread(plain_request_then_shutdown, plain, request) == expected
+        got, ended = await threads.deferToThread(
+            tls_request_then_close_notify, port, pki["ca"].path, request, together
+        )
         assert (len(got), got[:20], ended) == (len(expected), expected[:20], "close_notify")
         assert got == expected
     finally:
