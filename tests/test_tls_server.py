@@ -18,6 +18,7 @@ from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
     IHandshakeListener,
+    IProtocolFactory,
     IPushProducer,
     ITransport,
 )
@@ -59,7 +60,7 @@ class Recorder(Protocol):
 class Pair:
     """A L{TLSServerProtocol} and an C{SSLObject} client, bytes moved by L{pump}."""
 
-    def __init__(self, ca: CA) -> None:
+    def __init__(self, ca: CA, version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED) -> None:
         a = ca.issue("a", "a.test", ["a.test"])
         config = ServiceTLS((a,))
         self.inner = Recorder()
@@ -69,6 +70,7 @@ class Pair:
         self.server.makeConnection(self.wire)
         ctx = ssl.create_default_context(cafile=ca.path)
         ctx.check_hostname = False
+        ctx.maximum_version = version
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.client = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="a.test")
 
@@ -123,22 +125,26 @@ def pair(tmp_path):
 
 
 def test_it_provides_what_it_declares(pair):
-    """The transport side and the TCP side implement their interfaces."""
+    """The transport side and the TCP side implement their interfaces, the factory its own."""
     for interface in (ITransport, IConsumer, IPushProducer, IHalfCloseableProtocol):
         assert verifyObject(interface, pair.server)
     assert isinstance(pair.server, TLSServerProtocol)
+    assert verifyObject(IProtocolFactory, pair.server.factory)
 
 
-def test_a_close_notify_is_read_connection_lost_and_the_answer_still_goes_out(pair):
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_close_notify_is_read_connection_lost_and_the_answer_still_goes_out(tmp_path, version):
     """
     The client sends its request and its close_notify: the wrapped
     protocol hears the bytes, then C{readConnectionLost} (the connection
     stays open); what it writes then reaches the client, and its
     C{loseConnection} sends lbproxy's close_notify, then closes.
-    (Twisted's TLSMemoryBIOProtocol answered the close_notify with its own
-    and closed at once, dropping the answer.)
+    In TLS 1.2 as in 1.3.  (Twisted's TLSMemoryBIOProtocol answered the
+    close_notify with its own and closed at once, dropping the answer.)
     """
+    pair = Pair(CA(tmp_path), version)
     pair.handshake()
+    assert pair.client.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
     assert pair.inner.events == ["handshake"]
     pair.client.write(b"request")
     with pytest.raises(ssl.SSLWantReadError):
