@@ -31,8 +31,12 @@ it answers still reaches the client, then lbproxy's close_notify (the
 last direction to end sends its TLS destination one before the close,
 L{TLSRelay._shut}).  A TLS side half-closed by lbproxy (the backend
 ended first, or a backend over TLS when the client ended first) gets a
-close_notify and a TCP FIN: OpenSSL may then discard what that side
-still sends (seen with a backend over TLS answering after it).
+close_notify and a TCP FIN, and what it sends after may be lost: the
+standard library's C{shutdown} reads the socket once more right after
+sending the close_notify (two C{SSL_shutdown} calls), and OpenSSL
+discards the application data that read finds: bytes already waiting
+in the socket, or an answer sent within that instant, are lost (seen
+with a backend over TLS answering from another thread).
 """
 
 from __future__ import annotations

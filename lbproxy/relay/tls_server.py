@@ -28,6 +28,7 @@ from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
+    IHandshakeListener,
     IPushProducer,
     ITransport,
 )
@@ -47,7 +48,8 @@ class TLSServerProtocol(Protocol):
     The TCP connection's protocol, and the transport of L{wrapped}.
 
     @ivar transport: the TCP transport.
-    @ivar wrapped: the protocol inside TLS (it hears C{handshakeCompleted}).
+    @ivar wrapped: the protocol inside TLS (it hears C{handshakeCompleted}
+        if it is an C{IHandshakeListener}).
     """
 
     _tls: Any = None
@@ -91,7 +93,8 @@ class TLSServerProtocol(Protocol):
                 return
             self._shaken = True
             self._flush()
-            self.wrapped.handshakeCompleted()
+            if IHandshakeListener.providedBy(self.wrapped):
+                self.wrapped.handshakeCompleted()
         if self._unsent:
             self._send_unsent()
         self._read()

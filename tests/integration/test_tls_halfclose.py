@@ -179,3 +179,52 @@ async def test_a_tls_client_close_notify_is_relayed_as_a_half_close(pki, engine,
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await server.stopListening()
+
+
+def tls_answers_after_eof(pki):
+    """
+    L{AnswersAfterEOF} over TLS (for backend.test), served by
+    L{lbproxy.relay.tls_server}, which hears a close_notify as the end of
+    the request and can still answer (Twisted's own TLS server cannot).
+    """
+    from lbproxy.model.tls import ServiceTLS
+    from lbproxy.relay.tls import ServerTLS, build
+    from lbproxy.relay.tls_server import TLSServerFactory
+
+    config = ServiceTLS((pki["ca"].issue("backend", "backend.test", ["backend.test"]),))
+    factory = TLSServerFactory(ServerTLS(config, build(config, "backend"), ()),
+                               protocol.ServerFactory.forProtocol(AnswersAfterEOF))
+    return reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_over_tls_gets_the_close_notify_and_its_answer_is_relayed_on_the_twisted_engine(pki):  # noqa: F811
+    """
+    On the Twisted engine, a TLS client's close_notify reaches a backend
+    over TLS as lbproxy's close_notify (Twisted's TLS client transport
+    then reads on until the backend's own), and what the backend answers
+    after it reaches the client, then lbproxy's close_notify.  (Not on
+    the fast engine: the standard library's C{shutdown} reads the socket
+    right after sending the close_notify, and OpenSSL discards the
+    application data such a read finds; a backend fast enough to answer in
+    between loses its answer, so it is a race this backend, in lbproxy's
+    own reactor, never wins; see docs/guide-tls.rst.)
+    """
+    server = tls_answers_after_eof(pki)
+    bport = server.getHost().port
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}", engine="twisted")
+    request = os.urandom(100_000)
+    expected = b"%d\n" % len(request) + b"a" * AnswersAfterEOF.ANSWER
+    try:
+        body = {"name": "web", "listen": [LOCAL], "tls": tls(pki["a"]),
+                "backends": [{"host": "127.0.0.1", "port": bport,
+                              "tls": {"ca": pki["ca"].path, "server_name": "backend.test"}}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        got, ended = await threads.deferToThread(tls_request_then_close_notify, port, pki["ca"].path, request)
+        assert (len(got), got[:20], ended) == (len(expected), expected[:20], "close_notify")
+        assert got == expected
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await server.stopListening()
