@@ -6,10 +6,10 @@ A TLS listener is the engine's L{ProxyFactory} inside a
 L{lbproxy.relay.tls_server.TLSServerFactory} (pyOpenSSL memory BIOs, as
 Twisted's C{TLSMemoryBIOFactory}, but with half-close).  Its client is
 admitted and routed once the handshake is done, so the strategies and
-the access log see what the
-handshake said (the verified client certificate's subject, the server
-name, the ALPN protocol: a L{TLSClient}) and a client that fails the
-handshake never costs a backend connection.  A handshake must finish
+the access log see what the handshake said (the verified client
+certificate's subject, the server name, the ALPN protocol: a
+L{TLSClient}) and a client that fails the handshake never costs a
+backend connection.  A handshake must finish
 within the service's C{sni_timeout}, and counts against
 C{--max-connections} while in progress (L{SwitchingFactory} asks the
 process's L{lbproxy.policy.limits.ProcessLimit} before a TLS client is
@@ -18,10 +18,10 @@ given a protocol, as the fast engine does).
 Half-close: a TLS client's close_notify (or FIN) is the end of its
 stream, passed to the backend as a half-close, and the backend's answer
 still reaches the client, then lbproxy's close_notify
-(L{lbproxy.relay.tls_server}).  The other way, when the backend ends
-first, a TLS client is closed (after what it has to write) with a
-close_notify, and so is a backend over TLS when the client ends first:
-Twisted's TLS transports (backends) do not half-close.
+(L{lbproxy.relay.tls_server}).  A backend over TLS (Twisted's TLS
+client transport) gets lbproxy's close_notify then, and its answer is
+read until its own.  The other way, when the backend ends first, a TLS
+client is closed (after what it has to write) with a close_notify.
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ class TLSFrontendProtocol(FrontendProtocol):
 
     _shaken = False
     _early: Any = None
+    #: the client's stream ended before the backend was connected.
+    _early_end = False
     #: the L{lbproxy.policy.limits.ProcessLimit} this handshake counts
     #: against until it is over (its C{begin_handshake} said yes), or C{None}.
     limit: Any = None
@@ -187,8 +189,6 @@ class TLSFrontendProtocol(FrontendProtocol):
             backend.transport.write(data)
         if self._early_end:
             super().readConnectionLost()
-
-    _early_end = False
 
     def readConnectionLost(self) -> None:
         if self._early is not None:
