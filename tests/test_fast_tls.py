@@ -261,15 +261,15 @@ def test_handshakes_in_progress_count_against_max_connections(ca):
     try:
         hook(engine, pairs[0][0], ("127.0.0.1", 1))
         hook(engine, pairs[1][0], ("127.0.0.1", 2))
-        assert hook.handshaking == 2 and len(engine.handlers) == 2
+        assert limit.handshaking == 2 and len(engine.handlers) == 2
         hook(engine, pairs[2][0], ("127.0.0.1", 3))
         assert pairs[2][1].recv(10) == b""  # closed at once
-        assert refusals["rejected"] == 1 and hook.handshaking == 2
+        assert refusals["rejected"] == 1 and limit.handshaking == 2
         clock.advance(2.0)
-        assert hook.handshaking == 0 and not engine.handlers
+        assert limit.handshaking == 0 and not engine.handlers
         assert refusals["tls-timeout"] == 2
         hook(engine, pairs[3][0], ("127.0.0.1", 4))
-        assert hook.handshaking == 1
+        assert limit.handshaking == 1
     finally:
         engine.epoll.close()
         for left, right in pairs:
@@ -297,14 +297,17 @@ def test_stopping_the_engine_closes_clients_still_handshaking(ca):
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     engine = FastRelay(route, listener, MemoryReactorClock())
-    hook = engine.tls = FastTLS(SimpleNamespace(certificates=build(ServiceTLS((a,)), "web")), {})
+    from lbproxy.policy.limits import ProcessLimit
+
+    limit = ProcessLimit(10)
+    engine.tls = FastTLS(SimpleNamespace(certificates=build(ServiceTLS((a,)), "web")), {}, limit)
     engine.start()
     client = socket.create_connection(listener.getsockname(), timeout=5)
     try:
         engine.doRead()
-        assert hook.handshaking == 1
+        assert limit.handshaking == 1
         engine.stop()
-        assert hook.handshaking == 0
+        assert limit.handshaking == 0
         assert route.refusals["shutdown"] == 1
         client.settimeout(5)
         assert client.recv(10) == b""

@@ -263,7 +263,7 @@ class ListenerManager:
             what = what.replace("fast", "twisted")
         from lbproxy.relay.twisted_tls import SwitchingFactory
 
-        proxy = SwitchingFactory(placeholder, self.reactor, self.tls.clients)
+        proxy = SwitchingFactory(placeholder, self.reactor, self.tls.clients, getattr(self.table, "process", None))
         listener = ListenerService(endpoint, proxy, backlog, what, self.reactor)
         listener.proxy_factory = proxy
         return listener

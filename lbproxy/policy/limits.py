@@ -177,13 +177,45 @@ class ProcessLimit:
     """
     The command line's C{--max-connections}, over every service of the
     process (each service's own C{max_connections} limits it alone).
+
+    A client of a TLS listener is admitted once its handshake is done, but
+    holds a socket from its accept: handshakes in progress count against
+    the limit with the admitted connections (L{begin_handshake},
+    L{end_handshake}, called by both engines), so clients that open TLS
+    connections and never finish them cannot hold more sockets than it
+    allows.
+
+    @ivar active: connections admitted and not yet finished.
+    @ivar handshaking: TLS handshakes begun and not yet ended.
     """
 
-    __slots__ = ("limit", "active")
+    __slots__ = ("limit", "active", "handshaking")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
+        self.handshaking = 0
+
+    def begin_handshake(self) -> bool:
+        """
+        A TLS client was accepted and is about to start its handshake.
+
+        @return: whether the limit leaves room for it (then it counts until
+            L{end_handshake}); if not, the caller closes it at once (a
+            C{rejected} refusal).
+        """
+        if self.active + self.handshaking >= self.limit:
+            return False
+        self.handshaking += 1
+        return True
+
+    def end_handshake(self) -> None:
+        """
+        A handshake L{begin_handshake} let start is over (done, failed, timed
+        out or closed): call it before the client is admitted, so that its
+        own handshake does not count against it.
+        """
+        self.handshaking -= 1
 
 
 class Traffic:

@@ -25,9 +25,18 @@ certificate's subject, the server name and the ALPN protocol
 handshake never costs a backend connection.  A handshake must finish
 within the route's C{sni_timeout}.
 
-Half-close: when one side ends, a TLS side gets a close_notify and a
-TCP FIN; OpenSSL may discard what that side sends after it (the Twisted
-engine closes such a side altogether).
+Half-close: a TLS client's close_notify (or FIN) is the end of its
+stream, and the backend gets a half-close as from a plain client; what
+it answers still reaches the client, then lbproxy's close_notify (the
+last direction to end sends its TLS destination one before the close,
+L{TLSRelay._shut}).  A TLS side half-closed by lbproxy (the backend
+ended first, or a backend over TLS when the client ended first) gets a
+close_notify and a TCP FIN, and what it sends after may be lost: the
+standard library's C{shutdown} reads the socket once more right after
+sending the close_notify (two C{SSL_shutdown} calls), and OpenSSL
+discards the application data that read finds: bytes already waiting
+in the socket, or an answer sent within that instant, are lost (seen
+with a backend over TLS answering from another thread).
 """
 
 from __future__ import annotations
@@ -68,6 +77,18 @@ class TLSRelay(Relay):
 
     def on_client(self, ev: int) -> None:
         FlowIO.on_client(self, ev & ~EPOLLRDHUP)
+
+    def _shut(self, flow: Any, to_client: bool) -> bool:
+        # The last direction to end closes the relay without a half-close
+        # of its destination (a plain socket's close sends the FIN): a TLS
+        # destination gets its close_notify first, or its peer could not
+        # tell the end from a truncation.
+        if (self.up if to_client else self.down).shut:
+            try:
+                flow.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return FlowIO._shut(self, flow, to_client)
 
     def connect(self, candidate: Any) -> None:
         tls = candidate.backend.tls
@@ -125,14 +146,15 @@ class ServerHandshake:
     session hears C{accepted} and a L{TLSRelay} takes it over.
     """
 
-    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "hook",
+    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "limit",
                  "__weakref__")
 
     def __init__(self, engine: Any, raw: Any, client: tuple, certificates: Any, clients: dict,
-                 hook: Any = None) -> None:
+                 limit: Any = None) -> None:
         self.engine = engine
-        #: the L{FastTLS} counting this handshake while it is in progress.
-        self.hook = hook
+        #: the L{lbproxy.policy.limits.ProcessLimit} this handshake counts
+        #: against while it is in progress (its C{begin_handshake} said yes).
+        self.limit = limit
         self.raw = raw = _referable(raw)
         self.fd = raw.fileno()
         self.clients = clients
@@ -174,10 +196,10 @@ class ServerHandshake:
             self.mask = mask
 
     def _forget(self) -> None:
-        hook = self.hook
-        if hook is not None:
-            self.hook = None
-            hook.handshaking -= 1
+        limit = self.limit
+        if limit is not None:
+            self.limit = None
+            limit.end_handshake()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -241,27 +263,29 @@ class FastTLS:
     def __init__(self, server: Any, clients: dict, limit: Any = None) -> None:
         """
         @param limit: the process's L{lbproxy.policy.limits.ProcessLimit}
-            (C{--max-connections}): handshakes in progress count against
-            it with the connections admitted, so clients that never finish
-            theirs cannot hold more sockets than it allows.
+            (C{--max-connections}): each handshake asks it first
+            (C{begin_handshake}), as on the Twisted engine.
         """
         self.server = server
         self.clients = clients
         self.limit = limit
-        #: handshakes in progress through this hook.
-        self.handshaking = 0
 
     def __call__(self, engine: Any, sock: Any, client: tuple) -> None:
         sock.setblocking(False)
         server = self.server
         if server is not None:
             limit = self.limit
-            if limit is not None and limit.active + self.handshaking >= limit.limit:
+            if limit is not None and not limit.begin_handshake():
                 engine.route.refused("rejected")
                 sock.close()
                 return
-            self.handshaking += 1
-            ServerHandshake(engine, sock, client, server.certificates, self.clients, self).start()
+            try:
+                handshake = ServerHandshake(engine, sock, client, server.certificates, self.clients, limit)
+            except BaseException:
+                if limit is not None:
+                    limit.end_handshake()
+                raise
+            handshake.start()
             return
         session = ConnectionSession(engine.route, engine.reactor, client)
         answer = session.accepted()

@@ -2,17 +2,26 @@
 The Twisted engine's TLS: a listener that terminates it and backends
 reached over it, driven by the same L{ConnectionSession} as plain ones.
 
-A TLS listener is the engine's L{ProxyFactory} inside Twisted's
-C{TLSMemoryBIOFactory}.  Its client is admitted and routed once the
-handshake is done, so the strategies and the access log see what the
-handshake said (the verified client certificate's subject, the server
-name, the ALPN protocol: a L{TLSClient}) and a client that fails the
-handshake never costs a backend connection.  A handshake must finish
-within the service's C{sni_timeout}.
+A TLS listener is the engine's L{ProxyFactory} inside a
+L{lbproxy.relay.tls_server.TLSServerFactory} (pyOpenSSL memory BIOs, as
+Twisted's C{TLSMemoryBIOFactory}, but with half-close).  Its client is
+admitted and routed once the handshake is done, so the strategies and
+the access log see what the handshake said (the verified client
+certificate's subject, the server name, the ALPN protocol: a
+L{TLSClient}) and a client that fails the handshake never costs a
+backend connection.  A handshake must finish
+within the service's C{sni_timeout}, and counts against
+C{--max-connections} while in progress (L{SwitchingFactory} asks the
+process's L{lbproxy.policy.limits.ProcessLimit} before a TLS client is
+given a protocol, as the fast engine does).
 
-Twisted's TLS transports do not half-close: when the other side ends its
-stream, a TLS side is closed (after what it has to write), with a
-close_notify.
+Half-close: a TLS client's close_notify (or FIN) is the end of its
+stream, passed to the backend as a half-close, and the backend's answer
+still reaches the client, then lbproxy's close_notify
+(L{lbproxy.relay.tls_server}).  A backend over TLS (Twisted's TLS
+client transport) gets lbproxy's close_notify then, and its answer is
+read until its own.  The other way, when the backend ends first, a TLS
+client is closed (after what it has to write) with a close_notify.
 """
 
 from __future__ import annotations
@@ -23,11 +32,11 @@ from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ServerFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from lbproxy.relay.session import ConnectionSession, ReadFirst
 from lbproxy.relay.tls import client_creator, subject_of
+from lbproxy.relay.tls_server import TLSServerFactory
 from lbproxy.relay.twisted_engine import BackendProtocol, FrontendProtocol, ProxyFactory, _set_options
 
 
@@ -114,11 +123,22 @@ class TLSFrontendProtocol(FrontendProtocol):
 
     _shaken = False
     _early: Any = None
+    #: the client's stream ended before the backend was connected.
+    _early_end = False
+    #: the L{lbproxy.policy.limits.ProcessLimit} this handshake counts
+    #: against until it is over (its C{begin_handshake} said yes), or C{None}.
+    limit: Any = None
 
     def __init__(self, session: ConnectionSession, reactor: Any, endpoints: dict, options: tuple,
                  tls_clients: dict, timeout: float) -> None:
         super().__init__(session, None, reactor, endpoints, options, tls_clients)  # type: ignore[arg-type]
         self._timeout = timeout
+
+    def _handshake_over(self) -> None:
+        limit = self.limit
+        if limit is not None:
+            self.limit = None
+            limit.end_handshake()
 
     def connectionMade(self) -> None:
         raw = getattr(self.transport, "transport", None)
@@ -139,6 +159,7 @@ class TLSFrontendProtocol(FrontendProtocol):
 
     def handshakeCompleted(self) -> None:
         self._shaken = True
+        self._handshake_over()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -166,11 +187,22 @@ class TLSFrontendProtocol(FrontendProtocol):
             data = b"".join(early)
             self.bytes_up += len(data)
             backend.transport.write(data)
+        if self._early_end:
+            super().readConnectionLost()
+
+    def readConnectionLost(self) -> None:
+        if self._early is not None:
+            # Before the backend is connected: its half-close comes after
+            # the bytes kept for it.
+            self._early_end = True
+            return
+        super().readConnectionLost()
 
     def half_close(self) -> None:
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
+        self._handshake_over()
         if not self._shaken:
             self.session.closing("tls-handshake-failed")
         self.__dict__.pop("dataReceived", None)
@@ -199,9 +231,7 @@ def tls_listener_factory(server_tls: Any, proxy: TLSProxyFactory) -> Any:
     The factory a TLS listener listens with: C{proxy} inside TLS, with the
     certificates of C{server_tls} (an L{lbproxy.relay.tls.ServerTLS}).
     """
-    factory = TLSMemoryBIOFactory(server_tls, False, proxy)
-    factory.noisy = False
-    return factory
+    return TLSServerFactory(server_tls, proxy)
 
 
 class SwitchingFactory(ServerFactory):
@@ -212,14 +242,19 @@ class SwitchingFactory(ServerFactory):
     open keep what they started with).
 
     @ivar route: given to both the plain and the TLS L{ProxyFactory}.
+    @ivar limit: the process's L{lbproxy.policy.limits.ProcessLimit}
+        (C{--max-connections}), or C{None}: a TLS client is refused at its
+        accept when it says no, and counts against it until its handshake
+        is over.
     """
 
     noisy = False
 
-    def __init__(self, route: Any, reactor: Any, tls_clients: dict) -> None:
+    def __init__(self, route: Any, reactor: Any, tls_clients: dict, limit: Any = None) -> None:
         self.plain = ProxyFactory(route, reactor)
         self.secure = TLSProxyFactory(route, reactor)
         self.plain.tls_clients = self.secure.tls_clients = tls_clients
+        self.limit = limit
         self.server: Any = None
         self._wrapped: Any = None
 
@@ -245,4 +280,16 @@ class SwitchingFactory(ServerFactory):
         wrapped = self._wrapped
         if wrapped is None:
             return self.plain.buildProtocol(addr)
-        return wrapped.buildProtocol(addr)
+        limit = self.limit
+        if limit is not None and not limit.begin_handshake():
+            # No protocol: the port closes the socket at once.
+            self.plain.route.refused("rejected")
+            return None
+        try:
+            protocol = wrapped.buildProtocol(addr)
+        except BaseException:
+            if limit is not None:
+                limit.end_handshake()
+            raise
+        protocol.wrapped.limit = limit
+        return protocol
