@@ -255,6 +255,21 @@ def test_process_limit_is_over_every_service(factories):
     assert session(b2, clock)[1] is not None
 
 
+def test_process_limit_counts_tls_handshakes_in_progress(factories):
+    """
+    A plain connection is refused while admitted connections plus TLS
+    handshakes in progress fill --max-connections: both hold sockets.
+    """
+    process = ProcessLimit(2)
+    b, clock = balancer(factories)
+    b.process = process
+    s1, c1 = session(b, clock)
+    assert c1 is not None and process.begin_handshake()
+    assert session(b, clock)[1] is None
+    process.end_handshake()
+    assert session(b, clock)[1] is not None
+
+
 def test_balancer_still_provides_ibalancer(factories):
     """The balancer with traffic control keeps its interface."""
     b, _ = balancer(factories, max_queue=1)

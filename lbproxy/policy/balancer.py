@@ -185,7 +185,8 @@ class Balancer(BalancerChanges, BalancerViews, RelayedElsewhere):
             return False
         process = self.process
         if process is not None:
-            if process.active >= process.limit:
+            # TLS clients still in their handshake hold sockets too.
+            if process.active + process.handshaking >= process.limit:
                 totals.rejected += 1
                 return False
             process.active += 1
