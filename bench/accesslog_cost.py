@@ -42,8 +42,14 @@ def child(mode: str, seconds: float, rate: int, path: str) -> dict:
     from twisted.internet import reactor
     from twisted.internet.task import LoopingCall
 
-    from lbproxy import accesslog
-    from lbproxy.accesslog import AccessLog, FileSink
+    import lbproxy.accesslog as accesslog
+
+    if hasattr(accesslog, "__path__"):  # the package; older trees had one module
+        from lbproxy.accesslog import log as accesslog
+        from lbproxy.accesslog.sinks import FileSink
+    else:
+        FileSink = accesslog.FileSink
+    AccessLog = accesslog.AccessLog
     from lbproxy.policy.pool import AccessRecord
 
     # Before FIELDS the balancer appended (time, record): measures old trees too.

@@ -151,7 +151,7 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
         PortHold(spec.listen, spec.backlog, "worker pool's port").setServiceParent(parent)
     proxy.setServiceParent(parent)
     if getattr(proxy, "access_log", None) is not None:
-        from lbproxy.accesslog import ForwardReopen
+        from lbproxy.accesslog.log import ForwardReopen
 
         ForwardReopen(proxy, reactor).setServiceParent(top)
 
@@ -193,9 +193,10 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
 def _access_log(spec: Any, reactor: Any) -> Any:
     """
     The access log service (L{lbproxy.accesslog}), or C{None} for C{off}
-    and for C{--workers} (each worker writes it; L{lbproxy.accesslog.ForwardReopen}).
+    and for C{--workers} (each worker writes it; L{lbproxy.accesslog.log.ForwardReopen}).
     """
-    from lbproxy.accesslog import AccessLog, open_sink
+    from lbproxy.accesslog.log import AccessLog
+    from lbproxy.accesslog.sinks import open_sink
 
     destination = getattr(spec, "access_log", "off")
     if not spec.settings.access_log or destination == "off":

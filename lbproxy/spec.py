@@ -41,7 +41,7 @@ def keepalive_flag(value: str) -> Any:
 
 
 def _access(value: str, check: str) -> str:
-    from lbproxy import accesslog
+    from lbproxy.accesslog import log as accesslog
 
     try:
         return getattr(accesslog, check)(value)

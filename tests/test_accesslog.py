@@ -15,7 +15,8 @@ import threading
 import pytest
 from twisted.internet.task import Clock
 
-from lbproxy.accesslog import AccessLog, FileSink, SyslogSink, formatter, open_sink, parse_format
+from lbproxy.accesslog.log import AccessLog, formatter, parse_format
+from lbproxy.accesslog.sinks import FileSink, SyslogSink, open_sink
 from lbproxy.model.config import Backend, Config
 from lbproxy.policy.balancer import Balancer
 from lbproxy.policy.pool import AccessRecord
@@ -146,7 +147,7 @@ def test_text_lines():
 
 def test_balancer_only_appends(factories):
     """With an access log attached, a finished connection is one tuple of
-    primitives (the time, then the record's fields: lbproxy.accesslog.FIELDS)
+    primitives (the time, then the record's fields: lbproxy.accesslog.log.FIELDS)
     appended to its list; nothing goes to twisted.logger."""
     clock = Clock()
     clock.advance(5)
@@ -321,7 +322,7 @@ def test_the_parent_forwards_sigusr1_to_its_workers():
     the service puts the previous handler back."""
     import signal
 
-    from lbproxy.accesslog import ForwardReopen
+    from lbproxy.accesslog.log import ForwardReopen
 
     class Pool:
         sent = []

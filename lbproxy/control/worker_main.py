@@ -67,7 +67,7 @@ class WorkerChannel(amp.AMP):
         self.manager: Any = None
         self.handed: dict[str, socket.socket] = {}
         self._drain: Any = None
-        #: the L{lbproxy.accesslog.AccessLog} this worker writes, if any
+        #: the L{lbproxy.accesslog.log.AccessLog} this worker writes, if any
         self.access: Any = None
         #: install the access log's signal handlers (not in unit tests)
         self.signals = True
@@ -109,7 +109,8 @@ class WorkerChannel(amp.AMP):
         """
         import signal
 
-        from lbproxy.accesslog import AccessLog, open_sink, parse_format
+        from lbproxy.accesslog.log import AccessLog, parse_format
+        from lbproxy.accesslog.sinks import open_sink
 
         if self.access is not None:
             return {}

@@ -47,7 +47,7 @@ class WorkerStopping:
     def signal_workers(self, signum: int) -> None:
         """
         Send every live worker the signal C{signum} (C{SIGUSR1}: reopen
-        the access log, L{lbproxy.accesslog.ForwardReopen}).
+        the access log, L{lbproxy.accesslog.log.ForwardReopen}).
         """
         for worker in self._live():
             try:

@@ -360,7 +360,7 @@ class Balancer(BalancerChanges, BalancerViews, RelayedElsewhere):
     def client_failed(self, record: AccessRecord) -> None:
         self._finish(record)
 
-    #: The list of L{lbproxy.accesslog.AccessLog}, when one writes the
+    #: The list of L{lbproxy.accesslog.log.AccessLog}, when one writes the
     #: access log: C{_finish} only appends C{(time, *record)} to it.
     access_records: list | None = None
 
@@ -376,7 +376,7 @@ class Balancer(BalancerChanges, BalancerViews, RelayedElsewhere):
             self.histograms.duration.observe(record.backend, record.duration)
         pending = self.access_records
         if pending is not None:
-            # Primitives only (lbproxy.accesslog.FIELDS): the record is freed now.
+            # Primitives only (lbproxy.accesslog.log.FIELDS): the record is freed now.
             pending.append((self._reactor.seconds(), *record))
         elif self.settings.access_log:
             access_log.info(

@@ -79,7 +79,7 @@ class ServiceTable:
                    reactor=balancer._reactor, first=balancer)
 
     #: where every service's balancer appends its access records
-    #: (L{lbproxy.accesslog.AccessLog.pending}), if the access log is on.
+    #: (L{lbproxy.accesslog.log.AccessLog.pending}), if the access log is on.
     access_records: list | None = None
 
     def log_access_to(self, records: list) -> None:

@@ -15,7 +15,7 @@ L{AccessLog.dropped}, and a log line says so.
 Destinations (C{--access-log}): a file path (appended to; C{SIGUSR1}
 reopens it, for logrotate's rename-then-signal), C{-} for stdout,
 C{syslog} for the local syslog socket C{/dev/log} (a UNIX datagram socket,
-facility local0; L{lbproxy.accesslog_sinks}), C{off}.  Formats
+facility local0; L{lbproxy.accesslog.sinks}), C{off}.  Formats
 (C{--access-log-format}): C{json} (one object a line) or C{text}.
 
 The operational log (twisted.logger) is separate and unchanged.
@@ -34,8 +34,6 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-
-from lbproxy.accesslog_sinks import SYSLOG_PATH, FileSink, SyslogSink, open_sink  # noqa: F401 (the module's API)
 
 log = Logger()
 

@@ -1,5 +1,5 @@
 """
-Where the access log goes (L{lbproxy.accesslog}): a file or standard
+Where the access log goes (L{lbproxy.accesslog.log}): a file or standard
 output (L{FileSink}) or the local syslog socket (L{SyslogSink}).  Each is
 called by one writer at a time and may block (the writer thread's).
 """
