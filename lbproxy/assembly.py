@@ -22,8 +22,8 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from lbproxy.binding import LBProxyService, PortHold
-from lbproxy.endpoints import somaxconn
-from lbproxy.listener_services import FastRelayService, ListenerService
+from lbproxy.listening.endpoints import somaxconn
+from lbproxy.listening.listener_services import FastRelayService, ListenerService
 from lbproxy.health.checker import HealthCheckers
 from lbproxy.model.config import Config
 from lbproxy.model.errors import ConfigError

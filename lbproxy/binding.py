@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService, Service
 
-from lbproxy.listener_services import ListenError, Listener
+from lbproxy.listening.listener_services import ListenError, Listener
 
 
 class LBProxyService(MultiService):

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from lbproxy.endpoints import Endpoint, default_backlog, parse_endpoint
+from lbproxy.listening.endpoints import Endpoint, default_backlog, parse_endpoint
 from lbproxy.model.config import Config, ProxySettings, StrategyChoice, freeze
 from lbproxy.model.errors import ConfigError
 from lbproxy.model.parse import check_unique, parse_backend

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from twisted.python import usage
 
-from lbproxy.endpoints import Endpoint
+from lbproxy.listening.endpoints import Endpoint
 from lbproxy.model.config import Config, ProxySettings
 
 #: C{--max-connections} when not given (fewer if the descriptor limit is lower).

@@ -16,8 +16,8 @@ from twisted.internet.testing import MemoryReactor
 from zope.interface.verify import verifyObject
 
 from lbproxy.binding import LBProxyService
-from lbproxy.endpoints import parse_endpoint
-from lbproxy.listener_services import FastRelayService, ListenerService, ListenError
+from lbproxy.listening.endpoints import parse_endpoint
+from lbproxy.listening.listener_services import FastRelayService, ListenerService, ListenError
 
 
 def _taken():

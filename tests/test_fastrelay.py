@@ -83,7 +83,7 @@ def test_relay_is_a_relayed_connection():
 def test_parse_endpoint(description, expected):
     """Plain tcp/tcp6 endpoints parse to what the engines bind (the
     backlog only if the description has one); other kinds are not TCP."""
-    from lbproxy.endpoints import parse_endpoint
+    from lbproxy.listening.endpoints import parse_endpoint
 
     endpoint = parse_endpoint(description)
     assert endpoint.description == description
@@ -102,7 +102,7 @@ def test_parse_endpoint(description, expected):
 ])
 def test_parse_endpoint_refuses_malformed(description, message):
     """A malformed description is a ValueError saying what is wrong."""
-    from lbproxy.endpoints import parse_endpoint
+    from lbproxy.listening.endpoints import parse_endpoint
 
     with pytest.raises(ValueError, match=message):
         parse_endpoint(description)

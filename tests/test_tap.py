@@ -98,7 +98,7 @@ def test_spec_fields_read_from_flags():
 def test_backlog_default_flag_and_endpoint(args, backlog):
     """The proxy's backlog is 4096 capped by somaxconn, unless --backlog
     says otherwise; an endpoint's own backlog= wins over both."""
-    from lbproxy.endpoints import default_backlog
+    from lbproxy.listening.endpoints import default_backlog
 
     o = parse(*(args if "--listen" in args else ["--listen", "tcp:0:interface=127.0.0.1", *args]))
     assert o.spec.backlog == (default_backlog() if backlog == "default" else backlog)
@@ -107,7 +107,7 @@ def test_backlog_default_flag_and_endpoint(args, backlog):
 def test_default_backlog_is_capped_by_somaxconn(tmp_path):
     """The default backlog is 4096, or somaxconn when lower; unreadable
     somaxconn leaves 4096."""
-    from lbproxy.endpoints import default_backlog, somaxconn
+    from lbproxy.listening.endpoints import default_backlog, somaxconn
 
     assert default_backlog(cap=128) == 128
     assert default_backlog(cap=65535) == 4096
@@ -307,7 +307,7 @@ def test_listener_backlog_is_what_was_asked(engine, args, expected):
     """The proxy listener's accept queue in the kernel (ss's Send-Q) is
     4096 capped by somaxconn by default, --backlog when given, and the
     endpoint's backlog= over both; both listeners are logged at start."""
-    from lbproxy.endpoints import default_backlog
+    from lbproxy.listening.endpoints import default_backlog
 
     listen, admin = _free_port(), _free_port()
     description = f"tcp:{listen}:interface=127.0.0.1"

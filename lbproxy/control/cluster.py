@@ -326,7 +326,7 @@ def admin_url(endpoint: str, reactor: Any = None) -> str | None:
     """
     import socket
 
-    from lbproxy.endpoints import parse_endpoint
+    from lbproxy.listening.endpoints import parse_endpoint
 
     try:
         ep = parse_endpoint(endpoint, reactor)

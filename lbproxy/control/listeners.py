@@ -28,8 +28,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from lbproxy.control.routes import ListenerRoute
-from lbproxy.endpoints import parse_endpoint
-from lbproxy.listener_services import FastRelayService, ListenError, ListenerService
+from lbproxy.listening.endpoints import parse_endpoint
+from lbproxy.listening.listener_services import FastRelayService, ListenError, ListenerService
 from lbproxy.model.config import ProxySettings
 from lbproxy.model.errors import ConfigError
 from lbproxy.model.service import Document, endpoint_of, listen_key, sharing

@@ -143,7 +143,7 @@ class WorkerChannel(amp.AMP):
 
     @ApplyConfig.responder
     def apply_config(self, version: int, document: str) -> dict:
-        from lbproxy.listener_services import ListenError
+        from lbproxy.listening.listener_services import ListenError
         from lbproxy.model.errors import ConfigError
         from lbproxy.model.service import parse_document
 
@@ -188,7 +188,7 @@ class WorkerChannel(amp.AMP):
     @Listen.responder
     def listen(self, backlog: int, engine: str, down: list) -> dict:
         from lbproxy.control.listeners import ListenerManager
-        from lbproxy.listener_services import ListenError
+        from lbproxy.listening.listener_services import ListenError
 
         table = self.table
         if table is None:

@@ -66,7 +66,7 @@ class WorkerSockets:
 
         @raise ConfigError: naming the service and the endpoint.
         """
-        from lbproxy.endpoints import parse_endpoint
+        from lbproxy.listening.endpoints import parse_endpoint
 
         for s in document.services:
             for description in s.listen:
@@ -117,7 +117,7 @@ class WorkerSockets:
 
         @raise OSError: if they cannot be bound.
         """
-        from lbproxy.endpoints import listening_socket, parse_endpoint
+        from lbproxy.listening.endpoints import listening_socket, parse_endpoint
 
         handed = self.handed.pop(key, None)
         if handed is not None:

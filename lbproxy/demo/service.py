@@ -322,11 +322,11 @@ def port_taken(endpoint: Any) -> str | None:
     before it starts anything (a first-time user may well have something
     on 8080 already).
 
-    @param endpoint: an L{lbproxy.endpoints.Endpoint}.
+    @param endpoint: an L{lbproxy.listening.endpoints.Endpoint}.
     @return: a message naming the port, or C{None} if it is free or the
         endpoint is of another kind.
     """
-    from lbproxy.endpoints import bound_socket
+    from lbproxy.listening.endpoints import bound_socket
 
     if not endpoint.tcp or endpoint.port == 0:
         return None

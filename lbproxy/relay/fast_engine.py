@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.endpoints import listening_socket  # noqa: F401  (moved there; imported from here too)
+from lbproxy.listening.endpoints import listening_socket  # noqa: F401  (moved there; imported from here too)
 from lbproxy.relay.fast_flow import BUFFER_SIZE, EPOLLIN
 from lbproxy.relay.fast_relay import Relay
 from lbproxy.relay.route import as_route

@@ -92,7 +92,7 @@ def admin_service(spec: Any, controller: Any, balancer: Any, reactor: Any = None
         from twisted.internet import reactor
     from twisted.application.service import Service
 
-    from lbproxy.listener_services import ListenerService
+    from lbproxy.listening.listener_services import ListenerService
     from lbproxy.web.app import AdminApp
     from lbproxy.web.site import MAX_CONNECTIONS, READ_TIMEOUT
 

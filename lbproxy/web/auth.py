@@ -218,7 +218,7 @@ def loopback_only(description: str) -> bool:
     """
     import ipaddress
 
-    from lbproxy.endpoints import parse_endpoint
+    from lbproxy.listening.endpoints import parse_endpoint
 
     if description.startswith("unix:"):
         return True

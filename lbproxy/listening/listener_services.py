@@ -20,10 +20,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy.endpoints import Endpoint, bound_socket
+from lbproxy.listening.endpoints import Endpoint, bound_socket
 
 # The "listening on" lines keep the namespace docs/operations.rst names.
-log = Logger(namespace="lbproxy.endpoints")
+log = Logger(namespace="lbproxy.listening")
 
 
 class ListenError(Exception):

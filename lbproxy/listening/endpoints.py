@@ -8,7 +8,7 @@ admin site then bind the same way, with one backlog rule.  Any other kind
 (C{unix:}, C{ssl:}, ...) is checked with C{serverFromString} and listened
 on through it.
 
-The services that listen on them are L{lbproxy.listener_services}.
+The services that listen on them are L{lbproxy.listening.listener_services}.
 """
 
 from __future__ import annotations
