@@ -234,7 +234,7 @@ def test_command_line_refuses_two_spellings_of_one_backend():
     backend: a one-line usage error naming both."""
     from twisted.python import usage
 
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     with pytest.raises(usage.UsageError) as e:
         Options().parseOptions(["--backend", "localhost:21001", "--backend", "127.000.000.001:21001"])

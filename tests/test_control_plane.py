@@ -176,8 +176,8 @@ def test_controller_service_stops_the_watch(rig):
 def test_make_service_stops_the_controller_on_shutdown(tmp_path):
     """The assembly puts a ControllerService in the tree: once the
     application stops, the controller has stopped watching its store."""
-    from lbproxy.assembly import assemble
-    from lbproxy.tap import Options
+    from lbproxy.startup.assembly import assemble
+    from lbproxy.startup.tap import Options
 
     options = Options()
     options.parseOptions([
@@ -199,8 +199,8 @@ def test_make_service_wires_the_observers():
     makes exactly one config event on the feed's bus and gives the new
     backend a health-check loop: both follow the controller, not each
     other."""
-    from lbproxy.assembly import assemble
-    from lbproxy.tap import Options
+    from lbproxy.startup.assembly import assemble
+    from lbproxy.startup.tap import Options
 
     options = Options()
     options.parseOptions([

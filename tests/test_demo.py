@@ -299,7 +299,7 @@ def test_demo_plugin_composes_lbproxy_options_on_loopback():
     its proxy listens on loopback unless told otherwise; the product's
     options know nothing of the demo."""
     from lbproxy.demo.tap import Options as DemoOptions
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     o = DemoOptions()
     o.parseOptions(["--demo-users", "7", "--strategy", "random"])

@@ -51,9 +51,9 @@ def test_docs_build_without_warnings(built):
 
 
 def test_every_command_line_flag_is_documented(built):
-    """Each flag that C{lbproxy.tap.Options} accepts, parameters, switches
+    """Each flag that C{lbproxy.startup.tap.Options} accepts, parameters, switches
     and C{opt_} methods alike, appears in the user guide's flag table."""
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     page = text_of(built, "install.html")
     names = [p[0] for p in Options.optParameters] + [f[0] for f in Options.optFlags] + ["backend"]

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 from zope.interface.verify import verifyObject
 
-from lbproxy.binding import LBProxyService
+from lbproxy.startup.binding import LBProxyService
 from lbproxy.listening.endpoints import parse_endpoint
 from lbproxy.listening.listener_services import FastRelayService, ListenerService, ListenError
 

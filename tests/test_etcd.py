@@ -23,7 +23,7 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.control.store.etcd import EtcdStore
 from lbproxy.control.store.etcd_client import b64, prefix_end
-from lbproxy.flags import parse_prefix, parse_store_spec
+from lbproxy.startup.flags import parse_prefix, parse_store_spec
 from lbproxy.interfaces import IConfigStore
 from lbproxy.model.changes import add_backend
 from lbproxy.model.config import Backend, Config

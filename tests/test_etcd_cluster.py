@@ -22,7 +22,7 @@ from lbproxy.control.store.etcd import EtcdStore
 from lbproxy.model.config import Backend, Config
 from lbproxy.model.errors import StoreError, VersionConflict
 from lbproxy.policy.balancer import Balancer
-from lbproxy.tap import Options
+from lbproxy.startup.tap import Options
 from tests.test_etcd import FakeClient
 
 SEED = Config(version=1, backends=(Backend(id="b1", host="127.0.0.1", port=9001),))

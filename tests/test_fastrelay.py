@@ -109,7 +109,7 @@ def test_parse_endpoint_refuses_malformed(description, message):
 
 
 def _options(*args):
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     options = Options()
     options.parseOptions(["--backend", "127.0.0.1:9", *args])

@@ -21,7 +21,7 @@ from lbproxy.model.errors import ConfigError
 from lbproxy.model.parse import parse_config
 from lbproxy.policy.balancer import Balancer
 from lbproxy.policy.plugins import strategy_factories
-from lbproxy.tap import Options
+from lbproxy.startup.tap import Options
 
 BAD = [
     ({"interval": -1}, "interval must be at least 0.1, not -1"),
@@ -217,7 +217,7 @@ def test_make_service_runs_the_checker_over_the_balancer():
         "--listen", "tcp:0", "--admin", "tcp:0:interface=127.0.0.1",
         "--check", "tcp", "--check-interval", "3", "--check-timeout", "1",
     ])
-    from lbproxy.assembly import assemble
+    from lbproxy.startup.assembly import assemble
 
     reactor = MemoryReactorClock()
     assembly = assemble(options.spec, reactor)

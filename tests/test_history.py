@@ -229,7 +229,7 @@ def test_token_file_second_line_is_the_label(tmp_path):
     label; a label with spaces is refused with a clear message."""
     from twisted.python import usage
 
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     path = tmp_path / "token"
     path.write_text("0123456789abcdef0123\nalice\n")
@@ -247,7 +247,7 @@ def test_access_log_and_history_flags():
     --no-access-log is --access-log off."""
     from twisted.python import usage
 
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     o = Options()
     o.parseOptions(["--backend", "127.0.0.1:9001"])

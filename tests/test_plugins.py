@@ -139,7 +139,7 @@ def test_plugin_on_pythonpath_selectable_from_command_line(tmp_path):
     shutil.copy(EXAMPLE, plugins / "lbproxy_lowest_port.py")
     repo = Path(__file__).parent.parent
     code = (
-        "from lbproxy.tap import Options\n"
+        "from lbproxy.startup.tap import Options\n"
         "o = Options()\n"
         "o.parseOptions(['--strategy', 'lowest-port', '--strategy-options', '{\"max_active\": 3}',"
         " '--backend', '127.0.0.1:9001'])\n"

@@ -336,8 +336,8 @@ def test_command_line_builds_and_wires_the_resolver():
     error naming the flag (the twistd test proves the servers are asked)."""
     from twisted.python import usage
 
-    from lbproxy.assembly import assemble
-    from lbproxy.tap import Options
+    from lbproxy.startup.assembly import assemble
+    from lbproxy.startup.tap import Options
 
     def parse(*args):
         o = Options()

@@ -243,7 +243,7 @@ def test_workers_carry_several_endpoints():
     """--workers 2 with several --listen endpoints is accepted: every worker
     carries every service and endpoint (none is silently dropped: the spec
     keeps both)."""
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     o = Options()
     o.parseOptions(["--workers", "2", "--listen", "tcp:0", "--listen", "tcp:1", "--backend", "127.0.0.1:9"])

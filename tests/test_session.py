@@ -349,7 +349,7 @@ def test_socket_options_follow_the_setting(factories):
 
 
 def _options(*args):
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     options = Options()
     options.parseOptions(["--backend", "127.0.0.1:9", *args])

@@ -23,8 +23,8 @@ from lbproxy.model.service import as_document
 from lbproxy.control.store.envelope import checksum
 from lbproxy.control.store.file import FileStore
 from lbproxy.control.store.memory import MemoryStore
-from lbproxy.assembly import assemble
-from lbproxy.tap import Options
+from lbproxy.startup.assembly import assemble
+from lbproxy.startup.tap import Options
 
 SEED = Config(version=1, backends=(Backend("b1", "127.0.0.1", 9001),), strategy=StrategyChoice("random"))
 STORED = Config(

@@ -15,7 +15,7 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 
-from lbproxy.tap import Options, makeService
+from lbproxy.startup.tap import Options, makeService
 
 REPO = Path(__file__).parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -83,7 +83,7 @@ def test_spec_fields_read_from_flags():
     other code: adding an option is one optParameters line and one field."""
     from dataclasses import fields
 
-    from lbproxy.spec import ProxySpec
+    from lbproxy.startup.spec import ProxySpec
 
     declared = {f.metadata["flag"] for f in fields(ProxySpec) if "flag" in f.metadata}
     assert "admin-open-reads" in declared
@@ -118,7 +118,7 @@ def test_default_backlog_is_capped_by_somaxconn(tmp_path):
 def test_assemble_builds_a_multiservice():
     """The assembly's top is a MultiService holding the proxy and admin
     listeners; its parts are handed back, not hung on the top service."""
-    from lbproxy.assembly import assemble
+    from lbproxy.startup.assembly import assemble
 
     o = parse("--listen", "tcp:0:interface=127.0.0.1", "--admin", "tcp:0:interface=127.0.0.1",
               "--backend", "127.0.0.1:9001", "--engine", "twisted")
@@ -138,7 +138,7 @@ def test_fd_limit_fits_or_refuses():
     process's limits are left alone)."""
     from dataclasses import replace
 
-    from lbproxy.limits import RESERVED, fit_descriptors
+    from lbproxy.startup.open_files import RESERVED, fit_descriptors
 
     class Resource:
         RLIMIT_NOFILE, RLIM_INFINITY = 7, -1
@@ -339,7 +339,7 @@ def test_open_files_limit_raised_and_max_connections_fitted():
     """Started with a soft limit of 256 (hard 1024, set in the child
     only), lbproxy raises its soft limit to 1024 and lowers the default
     --max-connections to what fits, saying so."""
-    from lbproxy.limits import RESERVED
+    from lbproxy.startup.open_files import RESERVED
 
     listen, admin = _free_port(), _free_port()
     running = _Running(
@@ -360,7 +360,7 @@ def test_open_files_limit_raised_and_max_connections_fitted():
 def test_max_connections_that_cannot_fit_refuses_to_start():
     """A given --max-connections that the hard open-files limit cannot
     hold stops twistd with one line naming the numbers."""
-    from lbproxy.limits import RESERVED
+    from lbproxy.startup.open_files import RESERVED
 
     out = _twistd("lbproxy", "--listen", "tcp:0:interface=127.0.0.1", "--admin", "tcp:0:interface=127.0.0.1",
                   "--backend", "127.0.0.1:9", "--max-connections", "5000", preexec_fn=_limit_nofile(256, 1024))
@@ -383,7 +383,7 @@ def test_backend_help_names_every_option_the_parser_takes():
     from lbproxy.model.errors import ConfigError
     from lbproxy.model.parse import parse_backend_spec
     from lbproxy.model.schema import BACKEND_FIELDS
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     with pytest.raises(ConfigError) as refused:
         parse_backend_spec("127.0.0.1:1,colour=red")

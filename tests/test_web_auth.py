@@ -10,7 +10,7 @@ import pytest
 from twisted.python import usage
 from twisted.web.resource import Resource
 
-from lbproxy.tap import Options
+from lbproxy.startup.tap import Options
 from lbproxy.web.auth import AdminPolicy, loopback_only, read_token_file
 from tests.webtools import Admin
 

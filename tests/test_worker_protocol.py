@@ -225,8 +225,8 @@ def test_twistd_wiring_follows_the_controller_and_shows_the_workers():
     from treq.testing import StubTreq
     from twisted.internet.testing import MemoryReactorClock
 
-    from lbproxy.assembly import assemble
-    from lbproxy.tap import Options
+    from lbproxy.startup.assembly import assemble
+    from lbproxy.startup.tap import Options
     from tests.webtools import settle
 
     o = Options()

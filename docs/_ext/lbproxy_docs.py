@@ -3,7 +3,7 @@ Sphinx directives that render lbproxy's documentation from its code at
 build time, so the pages cannot drift from what the program does.
 
  - C{lbproxy-options}: every command-line flag of C{twistd lbproxy}, from
-   L{lbproxy.tap.Options}.
+   L{lbproxy.startup.tap.Options}.
  - C{lbproxy-help}: the literal output of C{twistd lbproxy --help}.
  - C{lbproxy-strategies}: every strategy plugin found, with its options
    schema.
@@ -129,12 +129,12 @@ class _RstDirective(SphinxDirective):
 
 def command_line_options() -> list[dict[str, Any]]:
     """
-    Every flag of L{lbproxy.tap.Options}: long name, short name, argument,
+    Every flag of L{lbproxy.startup.tap.Options}: long name, short name, argument,
     default and help, in the order C{--help} lists them.
     """
     from twisted.python import usage
 
-    from lbproxy.tap import Options
+    from lbproxy.startup.tap import Options
 
     out = []
     for long, short, default, doc, *_ in Options.optParameters:

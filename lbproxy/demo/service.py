@@ -185,7 +185,7 @@ class DemoService(Service):
     the demo API is mounted on the admin site, the demo's state goes out on
     the event feed twice a second, and on stop users and backends go away.
 
-    @ivar assembly: lbproxy's parts (L{lbproxy.assembly.Assembly}); this
+    @ivar assembly: lbproxy's parts (L{lbproxy.startup.assembly.Assembly}); this
         service starts after them.
     """
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from twisted.application.service import MultiService
 
-from lbproxy import tap
-from lbproxy.spec import ProxySpec
+from lbproxy.startup import tap
+from lbproxy.startup.spec import ProxySpec
 
 #: The demo's proxy listens on loopback unless told otherwise: it is a demo.
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -66,9 +66,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
     if reactor is None:
         from twisted.internet import reactor
-    from lbproxy.assembly import assemble
+    from lbproxy.startup.assembly import assemble
     from lbproxy.demo.service import DemoService, start_demo_backends
-    from lbproxy.limits import fit_descriptors
+    from lbproxy.startup.open_files import fit_descriptors
 
     spec = options.spec
     proxy = fit_descriptors(spec.proxy)

@@ -4,7 +4,7 @@ C{startService}.
 
 A listener binds in C{privilegedStartService} (every listener is bound
 before any starts, so a taken port stops the start before anything logs
-that it listens: L{lbproxy.binding.LBProxyService}) and listens and
+that it listens: L{lbproxy.startup.binding.LBProxyService}) and listens and
 accepts from C{startService}, through the reactor (L{ListenerService}, the
 Twisted engine and the admin site) or the fast engine
 (L{FastRelayService}).  Each says where it listens in one log line.

@@ -81,7 +81,7 @@ def admin_site(app: Any, **limits: Any) -> Any:
 
 def admin_service(spec: Any, controller: Any, balancer: Any, reactor: Any = None) -> tuple[Any, list[Any]]:
     """
-    The admin site of L{lbproxy.spec.ProxySpec} C{spec}: the L{AdminApp}
+    The admin site of L{lbproxy.startup.spec.ProxySpec} C{spec}: the L{AdminApp}
     (where other parts mount extensions or add status providers) and the
     services that run it while the application runs: the stats sampler and
     the listener on C{spec.admin}, named C{admin}.

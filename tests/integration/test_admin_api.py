@@ -165,8 +165,8 @@ def test_http_changes_with_token(factories):
 @pytest_twisted.inlineCallbacks
 def test_twistd_service_serves_admin(tmp_path):
     """The assembly wires the admin site: it answers on --admin, the feed and stats run, and stopping ends them."""
-    from lbproxy.assembly import assemble
-    from lbproxy.tap import Options
+    from lbproxy.startup.assembly import assemble
+    from lbproxy.startup.tap import Options
 
     reactor = _reactor()
     token = tmp_path / "token"

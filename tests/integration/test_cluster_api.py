@@ -13,8 +13,8 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, protocol, reactor, task
 
-from lbproxy.assembly import assemble
-from lbproxy.tap import Options
+from lbproxy.startup.assembly import assemble
+from lbproxy.startup.tap import Options
 from tests.integration import relay_harness as h
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]

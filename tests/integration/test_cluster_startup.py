@@ -14,8 +14,8 @@ import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from lbproxy.assembly import assemble
-from lbproxy.tap import Options
+from lbproxy.startup.assembly import assemble
+from lbproxy.startup.tap import Options
 from tests.etcdtools import EtcdCluster
 from tests.integration import relay_harness as h
 

@@ -20,9 +20,9 @@ import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from lbproxy.assembly import assemble
+from lbproxy.startup.assembly import assemble
 from lbproxy.control.store.file import FileStore
-from lbproxy.tap import Options
+from lbproxy.startup.tap import Options
 from tests.integration import relay_harness as h
 
 pytestmark = pytest.mark.integration

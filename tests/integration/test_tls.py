@@ -125,8 +125,8 @@ async def test_mtls_admits_a_client_certificate_of_the_ca_and_refuses_one_withou
     named = backend(b"db")
     log_path = tmp_path / "access.log"
     options = ["--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}"]
-    from lbproxy.tap import Options
-    from lbproxy.assembly import assemble
+    from lbproxy.startup.tap import Options
+    from lbproxy.startup.assembly import assemble
 
     opts = Options()
     opts.parseOptions(["--admin", LOCAL, "--engine", engine, "--access-log", str(log_path), *options])

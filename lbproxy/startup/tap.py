@@ -1,7 +1,7 @@
 """
 C{twistd lbproxy}: the command-line options, checked into a frozen
-L{lbproxy.spec.ProxySpec} (L{lbproxy.flags.build_spec}), then the service
-tree (L{lbproxy.assembly}).
+L{lbproxy.startup.spec.ProxySpec} (L{lbproxy.startup.flags.build_spec}), then the service
+tree (L{lbproxy.startup.assembly}).
 
 Command line and stored config: with C{--state-dir}, changes made through
 the API are stored there and survive restarts.  C{--backend} and
@@ -19,10 +19,10 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from lbproxy.flags import build_spec
+from lbproxy.startup.flags import build_spec
 from lbproxy.model.errors import ConfigError
 from lbproxy.model.parse import parse_backend_spec
-from lbproxy.spec import ProxySpec
+from lbproxy.startup.spec import ProxySpec
 
 
 class Options(usage.Options):
@@ -186,12 +186,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
     The service tree for C{twistd lbproxy}: first the open-files limit is
     raised (and C{--max-connections} checked against it), then
-    L{lbproxy.assembly.assemble} builds the tree from the spec, and every
+    L{lbproxy.startup.assembly.assemble} builds the tree from the spec, and every
     listener is bound (before twistd's log starts, so a taken port is one
     plain line).
     """
-    from lbproxy.assembly import assemble
-    from lbproxy.limits import fit_descriptors
+    from lbproxy.startup.assembly import assemble
+    from lbproxy.startup.open_files import fit_descriptors
 
     top = assemble(fit_descriptors(options.spec), reactor).top
     top.bind()

@@ -1,8 +1,8 @@
 """
 The frozen L{ProxySpec}: what the command line asks for, checked.
 
-L{lbproxy.tap.Options} reads the flags, L{lbproxy.flags.build_spec} checks
-them into one of these, and L{lbproxy.assembly.assemble} builds the service
+L{lbproxy.startup.tap.Options} reads the flags, L{lbproxy.startup.flags.build_spec} checks
+them into one of these, and L{lbproxy.startup.assembly.assemble} builds the service
 tree from it alone; nothing in it is a built object.  A simple flag is one
 L{flag} field here (with its parser) and one C{optParameters} line.
 """
@@ -87,7 +87,7 @@ def _dns_servers(value: str) -> list[tuple[str, int]]:
 class ProxySpec:
     """
     What the command line asks for, checked: the service tree is built from
-    this alone (L{lbproxy.assembly.assemble}).
+    this alone (L{lbproxy.startup.assembly.assemble}).
 
     @ivar listen: the proxy's endpoint.
     @ivar admin: the admin API and UI's endpoint.

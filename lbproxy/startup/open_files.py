@@ -63,7 +63,7 @@ def fit_descriptors(spec: Any, resource: Any = None) -> Any:
     """
     Raise the limit, then check the spec's C{max_connections} against it.
 
-    @param spec: a L{lbproxy.spec.ProxySpec}.
+    @param spec: a L{lbproxy.startup.spec.ProxySpec}.
     @return: the spec, with a lower default C{max_connections} if needed.
     @raise SystemExit: if the given C{--max-connections} does not fit.
     """

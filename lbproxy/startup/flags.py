@@ -5,7 +5,7 @@ refused with a L{usage.UsageError} that names it.
 The checks that need more than a type (an endpoint that parses, a state
 directory that can be made, a token for a reachable admin, the engine the
 platform can run, the cluster's etcd URLs, the seed config) live here, so
-L{lbproxy.tap.Options} stays the declaration of the flags.  Nothing is
+L{lbproxy.startup.tap.Options} stays the declaration of the flags.  Nothing is
 started.
 """
 
@@ -20,7 +20,7 @@ from lbproxy.listening.endpoints import Endpoint, default_backlog, parse_endpoin
 from lbproxy.model.config import Config, ProxySettings, StrategyChoice, freeze
 from lbproxy.model.errors import ConfigError
 from lbproxy.model.parse import check_unique, parse_backend
-from lbproxy.spec import DEFAULT_MAX_CONNECTIONS, ProxySpec, keepalive_flag, number
+from lbproxy.startup.spec import DEFAULT_MAX_CONNECTIONS, ProxySpec, keepalive_flag, number
 
 
 def _endpoint(description: str, flag: str) -> Endpoint:

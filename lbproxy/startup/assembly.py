@@ -1,5 +1,5 @@
 """
-The service tree, assembled from a L{lbproxy.spec.ProxySpec}.
+The service tree, assembled from a L{lbproxy.startup.spec.ProxySpec}.
 
 L{assemble} builds every part explicitly and returns them in an
 L{Assembly}: the top L{MultiService} for twistd, and the parts themselves
@@ -9,8 +9,8 @@ Nothing is hung on the top service for others to find.
 The order of the tree is the order of start: balancer housekeeping, the
 proxy listener (behind the cluster gate in cluster mode), the admin site,
 health checks.  Every listener binds before any starts
-(L{lbproxy.binding.LBProxyService}); graceful stop and takeover are wired
-by L{lbproxy.takeover_wiring}.
+(L{lbproxy.startup.binding.LBProxyService}); graceful stop and takeover are wired
+by L{lbproxy.startup.takeover_wiring}.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from lbproxy.binding import LBProxyService, PortHold
+from lbproxy.startup.binding import LBProxyService, PortHold
 from lbproxy.listening.endpoints import somaxconn
 from lbproxy.listening.listener_services import FastRelayService, ListenerService
 from lbproxy.health.checker import HealthCheckers
 from lbproxy.model.config import Config
 from lbproxy.model.errors import ConfigError
-from lbproxy.takeover_wiring import graceful_stop, request_takeover, wire_takeover
+from lbproxy.startup.takeover_wiring import graceful_stop, request_takeover, wire_takeover
 
 log = Logger()
 

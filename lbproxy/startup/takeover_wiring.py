@@ -1,6 +1,6 @@
 """
 Graceful stop and takeover, wired into the service tree by
-L{lbproxy.assembly.assemble}.
+L{lbproxy.startup.assembly.assemble}.
 
 What SIGTERM drains (the worker pool, or this process's listeners over
 every service's connections: L{graceful_stop}), which listening sockets a
