@@ -47,10 +47,10 @@ from typing import Any
 
 from cryptography import x509
 
-from lbproxy.relay.fast_flow import _BAD, EPOLLIN, EPOLLOUT, EPOLLRDHUP, FlowIO
+from lbproxy.relay.fast_flow import _BAD, EPOLLIN, EPOLLRDHUP, FlowIO
 from lbproxy.relay.fast_relay import Relay
 from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait
-from lbproxy.relay.tls_socket import _WANT, TLSSocket, _referable
+from lbproxy.relay.tls_socket import TLSSocket
 
 
 class TLSRelay(Relay):
@@ -106,26 +106,24 @@ class TLSRelay(Relay):
 
             found = self.clients[(tls, host)] = fast_client(tls, host)
         ctx, name = found
-        raw = self.backend_sock = _referable(self.backend_sock)
-        self._follow_deadline(raw)
-        self.handshake = ctx._wrap_socket(raw, False, name, owner=None, session=None)
+        self.handshake = TLSSocket(self.backend_sock, ctx, False, name, drain=True)
         self.engine.handlers[self.bfd] = self._on_backend_handshake
         self._on_backend_handshake(ev)
 
     def _on_backend_handshake(self, ev: int) -> None:
         # The backend socket is edge-triggered for reads and writes alike:
-        # what OpenSSL wants comes as the next event.
+        # a step reads it until drained, and what OpenSSL wants comes as
+        # the next event.
         try:
-            self.handshake.do_handshake()
-        except _WANT:
-            return
+            if self.handshake.handshake():
+                return
         except (ssl.SSLError, OSError) as e:
             # Refused or unverified: a failed connect, tried elsewhere.
             self.handshake = None
             self._drop_backend()
             self._connect_failed(f"tls: {getattr(e, 'reason', None) or e}")
             return
-        wrapped = TLSSocket(self.backend_sock, self.handshake, drain=True)
+        wrapped = self.handshake
         self.handshake = None
         self.backend_sock = wrapped
         self._follow_deadline(wrapped)
@@ -146,7 +144,7 @@ class ServerHandshake:
     session hears C{accepted} and a L{TLSRelay} takes it over.
     """
 
-    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "limit",
+    __slots__ = ("engine", "raw", "fd", "sock", "tls", "session", "clients", "name", "timer", "mask", "limit",
                  "__weakref__")
 
     def __init__(self, engine: Any, raw: Any, client: tuple, certificates: Any, clients: dict,
@@ -155,13 +153,15 @@ class ServerHandshake:
         #: the L{lbproxy.policy.limits.ProcessLimit} this handshake counts
         #: against while it is in progress (its C{begin_handshake} said yes).
         self.limit = limit
-        self.raw = raw = _referable(raw)
+        self.raw = raw
         self.fd = raw.fileno()
         self.clients = clients
         self.name: str | None = None
         self.session = ConnectionSession(engine.route, engine.reactor, client)
-        # The certificates in force now: a reload changes the next handshakes only.
-        self.tls = certificates.fast._wrap_socket(raw, True, None, owner=self, session=None)
+        # The certificates in force now: a reload changes the next handshakes
+        # only.  The SNI callback is given this handshake (its name, its tls).
+        self.sock = TLSSocket(raw, certificates.fast, True, None, owner=self)
+        self.tls = self.sock.tls
         self.mask = 0
         self.timer: Any = None
 
@@ -174,17 +174,14 @@ class ServerHandshake:
 
     def step(self, ev: int) -> None:
         try:
-            self.tls.do_handshake()
-        except ssl.SSLWantReadError:
-            self._want(EPOLLIN)
-            return
-        except ssl.SSLWantWriteError:
-            self._want(EPOLLOUT)
-            return
+            want = self.sock.handshake()
         except (ssl.SSLError, OSError):
             self._fail("tls-handshake-failed")
             return
-        self._done()
+        if want:
+            self._want(want)
+        else:
+            self._done()
 
     def _want(self, mask: int) -> None:
         if mask != self.mask:
@@ -242,7 +239,9 @@ class ServerHandshake:
         if answer is None:
             self.engine.close(self.raw)
             return
-        relay = TLSRelay(self.engine, TLSSocket(self.raw, tls), session, self.clients)
+        # Records that came behind the handshake wait in the TLS socket's
+        # BIO: the relay reads its client once connected (Relay._connected).
+        relay = TLSRelay(self.engine, self.sock, session, self.clients)
         if answer.__class__ is ReadFirst:
             # Routing by the first bytes means nothing inside TLS.
             relay.close("tls-no-route")
