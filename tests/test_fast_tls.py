@@ -3,7 +3,8 @@ The fast engine's TLS pieces over an in-process socket pair, stepped by
 hand (no reactor, no threads): the certificate a server name selects in
 the standard-library contexts, the L{TLSSocket} reads (every whole record
 at once, OpenSSL's wants as C{BlockingIOError}, end of stream as C{0})
-and writes (the same bytes again after a would-block), and the close.
+and writes (a short count when the socket took only part, then the rest),
+and the close.
 """
 
 from __future__ import annotations
