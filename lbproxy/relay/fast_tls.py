@@ -4,19 +4,19 @@ over it, with the standard library's C{ssl} on the engine's non-blocking
 sockets, driven by its epoll events.
 
 Why the standard library here (the Twisted engine keeps pyOpenSSL): its
-C{_ssl} socket object reads and writes the file descriptor in C, so a
-relayed chunk costs one call into OpenSSL, where a memory BIO costs a
-copy in and a copy out through Python for every record.  The engine's
-L{Relay} stays the one relay: a TLS side is a L{lbproxy.relay.tls_socket.TLSSocket}, whose
-C{recv_into}/C{send} raise C{BlockingIOError} where OpenSSL wants to read
-or write, as a plain non-blocking socket would.  C{splice} is off for a
-relay with a TLS side (its bytes must go through OpenSSL).
+C{_ssl} object does a handshake step, a read or a write in one call into
+OpenSSL, with no Python frames per record.  The engine's L{Relay} stays
+the one relay: a TLS side is a L{lbproxy.relay.tls_socket.TLSSocket},
+whose C{recv_into}/C{send} raise C{BlockingIOError} where OpenSSL wants
+to read or write, as a plain non-blocking socket would.  C{splice} is off
+for a relay with a TLS side (its bytes must go through OpenSSL).
 
-The C{_ssl} object is made with C{SSLContext._wrap_socket} on the raw
-socket: the public C{wrap_socket} builds a Python C{SSLSocket} around it
-(five more system calls and as many Python frames per connection, and
-three frames per read), which measured as a tenth of a full handshake's
-cost here.
+The C{_ssl} object runs over memory BIOs (C{SSLContext._wrap_bio}: the
+public C{wrap_bio} builds a Python C{SSLObject} around it, frames per
+call), and the L{TLSSocket} moves the ciphertext between them and the
+raw socket; a handshake is stepped the same way
+(L{TLSSocket.handshake}).  Why not over the socket itself (two copies
+fewer): see Half-close below.
 
 A client is admitted and routed once its handshake is done (as on the
 Twisted engine): strategies and the access log see the verified client
@@ -31,12 +31,12 @@ it answers still reaches the client, then lbproxy's close_notify (the
 last direction to end sends its TLS destination one before the close,
 L{TLSRelay._shut}).  A TLS side half-closed by lbproxy (the backend
 ended first, or a backend over TLS when the client ended first) gets a
-close_notify and a TCP FIN, and what it sends after may be lost: the
-standard library's C{shutdown} reads the socket once more right after
-sending the close_notify (two C{SSL_shutdown} calls), and OpenSSL
-discards the application data that read finds: bytes already waiting
-in the socket, or an answer sent within that instant, are lost (seen
-with a backend over TLS answering from another thread).
+close_notify and a TCP FIN, and what it still sends is relayed.  Over
+the socket this lost data: the standard library's C{shutdown} reads the
+socket right after sending the close_notify (two C{SSL_shutdown} calls),
+and OpenSSL discards the application data that read finds.  Over BIOs
+that read finds only what lbproxy put in the incoming BIO, and
+L{TLSSocket.shutdown} decrypts that first, holding it for the next read.
 """
 
 from __future__ import annotations

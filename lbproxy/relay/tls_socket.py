@@ -13,9 +13,9 @@ read finds: a peer still sending when lbproxy half-closed it lost what
 waited in the socket.  Over BIOs the incoming BIO holds only what was put
 there, and L{TLSSocket.shutdown} decrypts that first (L{TLSSocket.held});
 C{SSL_read} still returns application data after our close_notify.  It
-costs little: one C{recv} and one C{send} of the raw socket per relayed
-chunk, where OpenSSL over the socket made two reads and a write per
-record.
+costs two more copies of each byte (into and out of a BIO); the socket
+is read once per relayed chunk (OpenSSL over the socket read each record
+in two calls) and written about once per record, as before.
 """
 
 from __future__ import annotations
