@@ -4,19 +4,19 @@ over it, with the standard library's C{ssl} on the engine's non-blocking
 sockets, driven by its epoll events.
 
 Why the standard library here (the Twisted engine keeps pyOpenSSL): its
-C{_ssl} socket object reads and writes the file descriptor in C, so a
-relayed chunk costs one call into OpenSSL, where a memory BIO costs a
-copy in and a copy out through Python for every record.  The engine's
-L{Relay} stays the one relay: a TLS side is a L{lbproxy.relay.tls_socket.TLSSocket}, whose
-C{recv_into}/C{send} raise C{BlockingIOError} where OpenSSL wants to read
-or write, as a plain non-blocking socket would.  C{splice} is off for a
-relay with a TLS side (its bytes must go through OpenSSL).
+C{_ssl} object does a handshake step, a read or a write in one call into
+OpenSSL, with no Python frames per record.  The engine's L{Relay} stays
+the one relay: a TLS side is a L{lbproxy.relay.tls_socket.TLSSocket},
+whose C{recv_into}/C{send} raise C{BlockingIOError} where OpenSSL wants
+to read or write, as a plain non-blocking socket would.  C{splice} is off
+for a relay with a TLS side (its bytes must go through OpenSSL).
 
-The C{_ssl} object is made with C{SSLContext._wrap_socket} on the raw
-socket: the public C{wrap_socket} builds a Python C{SSLSocket} around it
-(five more system calls and as many Python frames per connection, and
-three frames per read), which measured as a tenth of a full handshake's
-cost here.
+The C{_ssl} object runs over memory BIOs (C{SSLContext._wrap_bio}: the
+public C{wrap_bio} builds a Python C{SSLObject} around it, frames per
+call), and the L{TLSSocket} moves the ciphertext between them and the
+raw socket; a handshake is stepped the same way
+(L{TLSSocket.handshake}).  Why not over the socket itself (two copies
+fewer): see Half-close below.
 
 A client is admitted and routed once its handshake is done (as on the
 Twisted engine): strategies and the access log see the verified client
@@ -31,12 +31,12 @@ it answers still reaches the client, then lbproxy's close_notify (the
 last direction to end sends its TLS destination one before the close,
 L{TLSRelay._shut}).  A TLS side half-closed by lbproxy (the backend
 ended first, or a backend over TLS when the client ended first) gets a
-close_notify and a TCP FIN, and what it sends after may be lost: the
-standard library's C{shutdown} reads the socket once more right after
-sending the close_notify (two C{SSL_shutdown} calls), and OpenSSL
-discards the application data that read finds: bytes already waiting
-in the socket, or an answer sent within that instant, are lost (seen
-with a backend over TLS answering from another thread).
+close_notify and a TCP FIN, and what it still sends is relayed.  Over
+the socket this lost data: the standard library's C{shutdown} reads the
+socket right after sending the close_notify (two C{SSL_shutdown} calls),
+and OpenSSL discards the application data that read finds.  Over BIOs
+that read finds only what lbproxy put in the incoming BIO, and
+L{TLSSocket.shutdown} decrypts that first, holding it for the next read.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from typing import Any
 
 from cryptography import x509
 
-from lbproxy.relay.fast_flow import _BAD, EPOLLIN, EPOLLOUT, EPOLLRDHUP, FlowIO
+from lbproxy.relay.fast_flow import _BAD, EPOLLIN, EPOLLRDHUP, FlowIO
 from lbproxy.relay.fast_relay import Relay
 from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait
-from lbproxy.relay.tls_socket import _WANT, TLSSocket, _referable
+from lbproxy.relay.tls_socket import TLSSocket
 
 
 class TLSRelay(Relay):
@@ -106,26 +106,24 @@ class TLSRelay(Relay):
 
             found = self.clients[(tls, host)] = fast_client(tls, host)
         ctx, name = found
-        raw = self.backend_sock = _referable(self.backend_sock)
-        self._follow_deadline(raw)
-        self.handshake = ctx._wrap_socket(raw, False, name, owner=None, session=None)
+        self.handshake = TLSSocket(self.backend_sock, ctx, False, name, drain=True)
         self.engine.handlers[self.bfd] = self._on_backend_handshake
         self._on_backend_handshake(ev)
 
     def _on_backend_handshake(self, ev: int) -> None:
         # The backend socket is edge-triggered for reads and writes alike:
-        # what OpenSSL wants comes as the next event.
+        # a step reads it until drained, and what OpenSSL wants comes as
+        # the next event.
         try:
-            self.handshake.do_handshake()
-        except _WANT:
-            return
+            if self.handshake.handshake():
+                return
         except (ssl.SSLError, OSError) as e:
             # Refused or unverified: a failed connect, tried elsewhere.
             self.handshake = None
             self._drop_backend()
             self._connect_failed(f"tls: {getattr(e, 'reason', None) or e}")
             return
-        wrapped = TLSSocket(self.backend_sock, self.handshake, drain=True)
+        wrapped = self.handshake
         self.handshake = None
         self.backend_sock = wrapped
         self._follow_deadline(wrapped)
@@ -146,7 +144,7 @@ class ServerHandshake:
     session hears C{accepted} and a L{TLSRelay} takes it over.
     """
 
-    __slots__ = ("engine", "raw", "fd", "tls", "session", "clients", "name", "timer", "mask", "limit",
+    __slots__ = ("engine", "raw", "fd", "sock", "tls", "session", "clients", "name", "timer", "mask", "limit",
                  "__weakref__")
 
     def __init__(self, engine: Any, raw: Any, client: tuple, certificates: Any, clients: dict,
@@ -155,13 +153,15 @@ class ServerHandshake:
         #: the L{lbproxy.policy.limits.ProcessLimit} this handshake counts
         #: against while it is in progress (its C{begin_handshake} said yes).
         self.limit = limit
-        self.raw = raw = _referable(raw)
+        self.raw = raw
         self.fd = raw.fileno()
         self.clients = clients
         self.name: str | None = None
         self.session = ConnectionSession(engine.route, engine.reactor, client)
-        # The certificates in force now: a reload changes the next handshakes only.
-        self.tls = certificates.fast._wrap_socket(raw, True, None, owner=self, session=None)
+        # The certificates in force now: a reload changes the next handshakes
+        # only.  The SNI callback is given this handshake (its name, its tls).
+        self.sock = TLSSocket(raw, certificates.fast, True, None, owner=self)
+        self.tls = self.sock.tls
         self.mask = 0
         self.timer: Any = None
 
@@ -174,17 +174,14 @@ class ServerHandshake:
 
     def step(self, ev: int) -> None:
         try:
-            self.tls.do_handshake()
-        except ssl.SSLWantReadError:
-            self._want(EPOLLIN)
-            return
-        except ssl.SSLWantWriteError:
-            self._want(EPOLLOUT)
-            return
+            want = self.sock.handshake()
         except (ssl.SSLError, OSError):
             self._fail("tls-handshake-failed")
             return
-        self._done()
+        if want:
+            self._want(want)
+        else:
+            self._done()
 
     def _want(self, mask: int) -> None:
         if mask != self.mask:
@@ -242,7 +239,9 @@ class ServerHandshake:
         if answer is None:
             self.engine.close(self.raw)
             return
-        relay = TLSRelay(self.engine, TLSSocket(self.raw, tls), session, self.clients)
+        # Records that came behind the handshake wait in the TLS socket's
+        # BIO: the relay reads its client once connected (Relay._connected).
+        relay = TLSRelay(self.engine, self.sock, session, self.clients)
         if answer.__class__ is ReadFirst:
             # Routing by the first bytes means nothing inside TLS.
             relay.close("tls-no-route")

@@ -198,21 +198,20 @@ def tls_answers_after_eof(pki):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_backend_over_tls_gets_the_close_notify_and_its_answer_is_relayed_on_the_twisted_engine(pki):  # noqa: F811
+async def test_a_backend_over_tls_gets_the_close_notify_and_its_answer_is_relayed(pki, engine):  # noqa: F811
     """
-    On the Twisted engine, a TLS client's close_notify reaches a backend
-    over TLS as lbproxy's close_notify (Twisted's TLS client transport
-    then reads on until the backend's own), and what the backend answers
-    after it reaches the client, then lbproxy's close_notify.  (Not on
-    the fast engine: the standard library's C{shutdown} reads the socket
-    right after sending the close_notify, and OpenSSL discards the
-    application data such a read finds; a backend fast enough to answer in
-    between loses its answer, so it is a race this backend, in lbproxy's
-    own reactor, never wins; see docs/guide-tls.rst.)
+    A TLS client's close_notify reaches a backend over TLS as lbproxy's
+    close_notify, and what the backend answers after it reaches the
+    client, then lbproxy's close_notify.  On the Twisted engine, its TLS
+    client transport reads on until the backend's own close_notify; on
+    the fast engine, its TLS runs over memory BIOs, so the standard
+    library's C{shutdown}, which reads on right after sending the
+    close_notify, finds nothing there for OpenSSL to discard (before, an
+    answer fast enough to arrive in between was lost).
     """
     server = tls_answers_after_eof(pki)
     bport = server.getHost().port
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}", engine="twisted")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}", engine=engine)
     request = os.urandom(100_000)
     expected = b"%d\n" % len(request) + b"a" * AnswersAfterEOF.ANSWER
     try:
