@@ -5,7 +5,8 @@ a standard-library C{SSLObject} over memory BIOs, stepped by hand.  What
 it proves: the wrapped protocol hears the handshake and the bytes; a
 close_notify (or a FIN without one) is C{readConnectionLost}, not the
 end, and what is written after still reaches the client, then lbproxy's
-close_notify; a close waits for a registered producer; a failed
+close_notify; lbproxy's half-close (C{loseWriteConnection}) still reads
+the client; a close waits for a registered producer; a failed
 handshake reaches the wrapped protocol as its failure.
 """
 
@@ -60,13 +61,14 @@ class Recorder(Protocol):
 class Pair:
     """A L{TLSServerProtocol} and an C{SSLObject} client, bytes moved by L{pump}."""
 
-    def __init__(self, ca: CA, version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED) -> None:
+    def __init__(self, ca: CA, version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
+                 wire: type = StringTransport) -> None:
         a = ca.issue("a", "a.test", ["a.test"])
         config = ServiceTLS((a,))
         self.inner = Recorder()
         factory = TLSServerFactory(ServerTLS(config, build(config, "web"), ()), _Inner(self.inner))
         self.server = factory.buildProtocol(None)
-        self.wire = StringTransport()
+        self.wire = wire()
         self.server.makeConnection(self.wire)
         ctx = ssl.create_default_context(cafile=ca.path)
         ctx.check_hostname = False
@@ -205,3 +207,39 @@ def test_a_failed_handshake_closes_and_reaches_the_wrapped_protocol_as_its_failu
     assert pair.wire.disconnecting
     pair.server.connectionLost(None)
     assert pair.inner.events == [("lost", Error)]
+
+
+class HalfClosingWire(StringTransport):
+    """A TCP transport that also half-closes (StringTransport does not)."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_lose_write_connection_sends_close_notify_and_still_reads_the_client(tmp_path, version):
+    """
+    The backend ended first: after what was written, the wrapped
+    protocol's C{loseWriteConnection} sends lbproxy's close_notify and a
+    TCP half-close (not a close), and what the client sends after is still
+    delivered; its close_notify then is C{readConnectionLost}, and the TCP
+    side's C{writeConnectionLost} reaches the wrapped protocol.  In TLS 1.2
+    as in 1.3.  (Before, the Twisted engine closed such a client.)
+    """
+    pair = Pair(CA(tmp_path), version, HalfClosingWire)
+    pair.handshake()
+    pair.server.write(b"early answer")
+    pair.server.loseWriteConnection()
+    assert pair.wire.write_closed and not pair.wire.disconnecting
+    pair.server.write(b"ignored after the end")
+    pair.pump()
+    assert pair.read() == (b"early answer", "close_notify")
+    pair.client.write(b"more from the client")
+    pair.pump()
+    assert pair.inner.data == b"more from the client"
+    pair.server.writeConnectionLost()
+    pair.client.unwrap()
+    pair.pump()
+    assert pair.inner.events == ["handshake", "write-lost", "read-lost"]

@@ -13,7 +13,10 @@ end of the client's stream: the wrapped protocol hears
 C{readConnectionLost} (the engine half-closes the backend), its writes
 still go out, and its C{loseConnection} sends lbproxy's close_notify,
 then closes.  OpenSSL lets a side write after the peer's close_notify
-(TLS 1.3 says so; OpenSSL does it for TLS 1.2 too).
+(TLS 1.3 says so; OpenSSL does it for TLS 1.2 too).  The other way, the
+wrapped protocol's C{loseWriteConnection} (the backend ended first) sends
+lbproxy's close_notify and a TCP half-close, and the client's bytes are
+still read until its own end.
 
 Only what the engine uses is here: a push producer and consumer passed
 through to the TCP transport, the SSL connection (L{getHandle}), the
@@ -58,6 +61,9 @@ class TLSServerProtocol(Protocol):
     _closing = False
     _eof = False
     _close_when_written = False
+    #: lbproxy's end of stream was asked for (L{loseWriteConnection}).
+    _write_shut = False
+    _shut_when_written = False
     _producer: Any = None
     _reason: Any = None
     disconnecting = False
@@ -140,7 +146,10 @@ class TLSServerProtocol(Protocol):
                     self._ended()
 
     def writeConnectionLost(self) -> None:
-        """Never asked for: this side writes until it closes."""
+        """The TCP half-close L{loseWriteConnection} asked for is done."""
+        wrapped = self.wrapped
+        if wrapped is not None and IHalfCloseableProtocol.providedBy(wrapped):
+            wrapped.writeConnectionLost()
 
     def _fail(self) -> None:
         # A handshake or record error: its alert goes out, then the close.
@@ -174,7 +183,7 @@ class TLSServerProtocol(Protocol):
             write(data)
 
     def write(self, data: bytes) -> None:
-        if (self._closing and self._producer is None) or self._tls is None:
+        if (self._closing and self._producer is None) or self._tls is None or self._write_shut:
             return
         if not self._shaken or self._unsent:
             self._unsent.append(data)
@@ -208,6 +217,8 @@ class TLSServerProtocol(Protocol):
                 self._send(data)
         if not self._unsent and self._close_when_written:
             self._close_notify()
+        elif not self._unsent and self._shut_when_written:
+            self._shut_write()
 
     def loseConnection(self) -> None:
         """
@@ -223,6 +234,36 @@ class TLSServerProtocol(Protocol):
             self._close_when_written = True
         else:
             self._close_notify()
+
+    def loseWriteConnection(self) -> None:
+        """
+        The end of what lbproxy sends (its backend ended first): once what
+        was written is out, lbproxy's close_notify and a TCP half-close.
+        The client's bytes are still read (OpenSSL returns application
+        data after our close_notify; pyOpenSSL's C{shutdown} is one
+        C{SSL_shutdown}, which reads nothing) until its own end.
+        """
+        if self._closing or self._write_shut:
+            return
+        self._write_shut = True
+        if not self._shaken:
+            self.loseConnection()
+        elif self._unsent or self._producer is not None:
+            self._shut_when_written = True
+        else:
+            self._shut_write()
+
+    def _shut_write(self) -> None:
+        self._shut_when_written = False
+        tls = self._tls
+        if tls is None:
+            return
+        try:
+            tls.shutdown()
+        except Error:
+            pass
+        self._flush()
+        self.transport.loseWriteConnection()
 
     def _close_notify(self) -> None:
         self._close_when_written = False
@@ -253,6 +294,8 @@ class TLSServerProtocol(Protocol):
         self.transport.unregisterProducer()
         if self._close_when_written and not self._unsent:
             self._close_notify()
+        elif self._shut_when_written and not self._unsent:
+            self._shut_write()
 
     def pauseProducing(self) -> None:
         self.transport.pauseProducing()

@@ -21,7 +21,10 @@ still reaches the client, then lbproxy's close_notify
 (L{lbproxy.relay.tls_server}).  A backend over TLS (Twisted's TLS
 client transport) gets lbproxy's close_notify then, and its answer is
 read until its own.  The other way, when the backend ends first, a TLS
-client is closed (after what it has to write) with a close_notify.
+client gets lbproxy's close_notify and a TCP half-close once what it has
+to receive is out, and what it still sends is relayed until its own end
+(L{lbproxy.relay.tls_server.TLSServerProtocol.loseWriteConnection}), as
+on the fast engine.
 """
 
 from __future__ import annotations
@@ -197,9 +200,6 @@ class TLSFrontendProtocol(FrontendProtocol):
             self._early_end = True
             return
         super().readConnectionLost()
-
-    def half_close(self) -> None:
-        self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
         self._handshake_over()
