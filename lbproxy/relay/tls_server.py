@@ -60,10 +60,11 @@ class TLSServerProtocol(Protocol):
     _read_done = False
     _closing = False
     _eof = False
-    _close_when_written = False
     #: lbproxy's end of stream was asked for (L{loseWriteConnection}).
     _write_shut = False
-    _shut_when_written = False
+    #: the end to send once what was written is out: L{_close_notify}
+    #: (a close) or L{_shut_write} (a half-close), or C{None}.
+    _when_written: Any = None
     _producer: Any = None
     _reason: Any = None
     disconnecting = False
@@ -215,10 +216,8 @@ class TLSServerProtocol(Protocol):
                 self._unsent.append(data)
             else:
                 self._send(data)
-        if not self._unsent and self._close_when_written:
-            self._close_notify()
-        elif not self._unsent and self._shut_when_written:
-            self._shut_write()
+        if not self._unsent and self._when_written is not None:
+            self._when_written()
 
     def loseConnection(self) -> None:
         """
@@ -231,7 +230,7 @@ class TLSServerProtocol(Protocol):
         if not self._shaken:
             self.transport.loseConnection()
         elif self._unsent or self._producer is not None:
-            self._close_when_written = True
+            self._when_written = self._close_notify
         else:
             self._close_notify()
 
@@ -249,33 +248,34 @@ class TLSServerProtocol(Protocol):
         if not self._shaken:
             self.loseConnection()
         elif self._unsent or self._producer is not None:
-            self._shut_when_written = True
+            self._when_written = self._shut_write
         else:
             self._shut_write()
 
     def _shut_write(self) -> None:
-        self._shut_when_written = False
-        tls = self._tls
-        if tls is None:
-            return
-        try:
-            tls.shutdown()
-        except Error:
-            pass
-        self._flush()
-        self.transport.loseWriteConnection()
+        if self._send_close_notify():
+            self.transport.loseWriteConnection()
 
     def _close_notify(self) -> None:
-        self._close_when_written = False
+        if self._send_close_notify():
+            self.transport.loseConnection()
+
+    def _send_close_notify(self) -> bool:
+        """
+        lbproxy's close_notify, onto the TCP transport.
+
+        @return: whether there is still a TLS connection to end.
+        """
+        self._when_written = None
         tls = self._tls
         if tls is None:
-            return
+            return False
         try:
             tls.shutdown()
         except Error:
             pass
         self._flush()
-        self.transport.loseConnection()
+        return True
 
     def abortConnection(self) -> None:
         self._closing = self.disconnecting = True
@@ -292,10 +292,8 @@ class TLSServerProtocol(Protocol):
             return
         self._producer = None
         self.transport.unregisterProducer()
-        if self._close_when_written and not self._unsent:
-            self._close_notify()
-        elif self._shut_when_written and not self._unsent:
-            self._shut_write()
+        if self._when_written is not None and not self._unsent:
+            self._when_written()
 
     def pauseProducing(self) -> None:
         self.transport.pauseProducing()
