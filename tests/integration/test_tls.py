@@ -326,25 +326,12 @@ async def test_a_client_that_never_finishes_the_handshake_is_closed_at_sni_timeo
         await named.stopListening()
 
 
-class Plain:
+class Plain(Held):
     """A plain connection opened in a thread, kept open across a change."""
 
     def __init__(self, port):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.first = self.read_line()
-
-    def read_line(self):
-        line = b""
-        while b"\n" not in line:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                break
-            line += chunk
-        return line
-
-    def echo(self, data):
-        self.sock.sendall(data)
-        return self.read_line()
 
 
 @pytest_twisted.ensureDeferred
