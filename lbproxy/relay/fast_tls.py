@@ -49,7 +49,7 @@ from cryptography import x509
 
 from lbproxy.relay.fast_flow import _BAD, EPOLLIN, EPOLLRDHUP, FlowIO
 from lbproxy.relay.fast_relay import Relay
-from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait
+from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, handshake_admitted
 from lbproxy.relay.tls_socket import TLSSocket
 
 
@@ -274,8 +274,7 @@ class FastTLS:
         server = self.server
         if server is not None:
             limit = self.limit
-            if limit is not None and not limit.begin_handshake():
-                engine.route.refused("rejected")
+            if not handshake_admitted(engine.route, limit):
                 sock.close()
                 return
             try:

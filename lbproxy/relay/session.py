@@ -45,6 +45,21 @@ __all__ = [
 ]
 
 
+def handshake_admitted(route: Any, limit: Any) -> bool:
+    """
+    Whether a TLS client accepted on C{route} may begin its handshake
+    under the process's C{--max-connections} (C{limit}, a
+    L{lbproxy.policy.limits.ProcessLimit}, or C{None}: no limit).  A
+    refusal is counted on the route as C{rejected}, as one the balancer
+    makes; the engine then closes the socket.  Both engines ask it at the
+    accept, before any TLS byte.
+    """
+    if limit is None or limit.begin_handshake():
+        return True
+    route.refused("rejected")
+    return False
+
+
 class Wait:
     """
     The answer "every backend is full: keep the client, read none of its

@@ -37,7 +37,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ServerFactory
 from zope.interface import implementer
 
-from lbproxy.relay.session import ConnectionSession, ReadFirst
+from lbproxy.relay.session import ConnectionSession, ReadFirst, handshake_admitted
 from lbproxy.relay.tls import client_creator, subject_of
 from lbproxy.relay.tls_server import TLSServerFactory
 from lbproxy.relay.twisted_engine import BackendProtocol, FrontendProtocol, ProxyFactory, _set_options
@@ -281,10 +281,8 @@ class SwitchingFactory(ServerFactory):
         if wrapped is None:
             return self.plain.buildProtocol(addr)
         limit = self.limit
-        if limit is not None and not limit.begin_handshake():
-            # No protocol: the port closes the socket at once.
-            self.plain.route.refused("rejected")
-            return None
+        if not handshake_admitted(self.plain.route, limit):
+            return None  # no protocol: the port closes the socket at once
         try:
             protocol = wrapped.buildProtocol(addr)
         except BaseException:
