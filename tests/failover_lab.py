@@ -13,7 +13,7 @@ served it.  The phases, in order:
 
  1. L{FailoverLab.failover}: three acknowledged changes through the
     master's (n1's) admin API, a fourth in flight, then the master dies:
-    SIGKILL of lbproxy and keepalived and its cable pulled (a machine
+    its cable pulled, then SIGKILL of lbproxy and keepalived (a machine
     that loses power; with the link up, the dead node's kernel would
     keep the address and answer ARP for it).
  2. L{FailoverLab.bring_back}: n1 boots again (address gone, link up,
@@ -164,13 +164,20 @@ class Node:
         until(lambda: self.vrrp_state() == state, timeout, f"{self.name}'s keepalived {state}", step=0.02)
 
     def kill(self) -> None:
-        """The machine loses power: every process SIGKILLed, the link down."""
+        """
+        The machine loses power: the link down, then every process
+        SIGKILLed.  The cable goes first because killing keepalived's
+        parent first makes its VRRP child (C{PR_SET_PDEATHSIG}) send a
+        priority-0 advertisement if it runs before its own SIGKILL: the
+        backup then takes over after its skew time, as from a graceful
+        stop, and the crash being tested never happens.
+        """
+        self.host.link(False)
         for pid in self.host.pids():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.host.link(False)
         for p in (self.lbproxy, self.keepalived):
             if p is not None:
                 p.wait(10)
