@@ -37,6 +37,7 @@ SYSTEM_PACKAGES = {
     "/usr/bin/openssl": "openssl",
     "/usr/sbin/ip": "iproute2",
     "/usr/bin/strace": "strace",
+    "/usr/bin/systemd-analyze": "systemd",
     "/usr/bin/wrk": "wrk",
 }
 

@@ -6,8 +6,21 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
+from tests.integration import installed
 from tests.integration import lifecycle_harness as lh
 from tests.integration import relay_harness as h
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+    """The project built into a wheel (once per run: it takes a while)."""
+    return installed.build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def venv(wheel, tmp_path_factory):
+    """A fresh virtualenv with only the wheel installed."""
+    return installed.install(wheel, tmp_path_factory.mktemp("installed") / "venv")
 
 
 @pytest.fixture(params=sorted(h.ENGINES))

@@ -6,36 +6,19 @@ virtualenv, outside this checkout.
 
 from __future__ import annotations
 
-import os
 import socket
 import socketserver
 import subprocess
-import sys
 import threading
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
 
+from tests.integration.installed import CLEAN_ENV
+
 # Building the wheel and installing it into a fresh virtualenv may take minutes.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-
-REPO = Path(__file__).parent.parent.parent
-#: The environment of a user's shell: this checkout is not on the path.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    """The project built into a wheel."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
-        check=True, timeout=300, env=CLEAN_ENV, cwd=out,
-    )
-    (path,) = out.glob("lbproxy-*.whl")
-    return path
 
 
 def test_wheel_ships_plugins_and_ui(wheel):
@@ -71,14 +54,10 @@ def _free_port():
     return port
 
 
-def test_installed_twistd_balances_real_traffic(wheel, tmp_path):
+def test_installed_twistd_balances_real_traffic(venv, tmp_path):
     """In a fresh virtualenv with only the wheel installed, run from an
     empty directory, C{twistd -n lbproxy} splits connections over two
     backends."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=CLEAN_ENV)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
-                   check=True, timeout=600, env=CLEAN_ENV, cwd=tmp_path)
     listed = subprocess.run([str(venv / "bin" / "twistd"), "--help"], capture_output=True, text=True,
                             timeout=60, env=CLEAN_ENV, cwd=tmp_path)
     assert "lbproxy-demo" in listed.stdout and "lbproxy " in listed.stdout, listed.stdout
