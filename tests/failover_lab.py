@@ -173,14 +173,23 @@ class Node:
         stop, and the crash being tested never happens.
         """
         self.host.link(False)
-        for pid in self.host.pids():
+        self._kill_listed()
+        for p in (self.lbproxy, self.keepalived):
+            if p is not None:
+                p.wait(10)
+        # Had keepalived's parent started a new VRRP child before its own
+        # SIGKILL, it would live on (zombies are not listed).
+        until(lambda: not self._kill_listed(), 10, f"every process of {self.name} gone")
+
+    def _kill_listed(self) -> list[int]:
+        """SIGKILL every process in the namespace; the pids that were listed."""
+        pids = self.host.pids()
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for p in (self.lbproxy, self.keepalived):
-            if p is not None:
-                p.wait(10)
+        return pids
 
     def boot(self) -> None:
         """The machine comes back: no virtual address, link up."""
