@@ -13,6 +13,7 @@ from twisted.application.service import IService
 from twisted.internet import defer, task
 from twisted.internet.error import DNSLookupError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from lbproxy.health.probes import default_endpoint, probe
@@ -346,7 +347,10 @@ def test_command_line_builds_and_wires_the_resolver():
 
     with pytest.raises(usage.UsageError, match="--dns-server 'nowhere' is not HOST:PORT"):
         parse("--backend", "web.test:80", "--dns-server", "nowhere")
-    o = parse("--backend", "web.test:80", "--dns-server", "127.0.0.1:5353,[::1]:53", "--dns-refresh", "7")
+    # Port 0: the change below binds the service's endpoint for real (the
+    # default tcp:8080 fails the change whenever another process holds it).
+    o = parse("--backend", "web.test:80", "--listen", "tcp:0:interface=127.0.0.1",
+              "--dns-server", "127.0.0.1:5353,[::1]:53", "--dns-refresh", "7")
     assert o.spec.dns_servers == (("127.0.0.1", 5353), ("::1", 53))
     reactor = MemoryReactorClock()
     built = assemble(o.spec, reactor)
@@ -357,6 +361,11 @@ def test_command_line_builds_and_wires_the_resolver():
     assert resolver.lookups == 1
     from lbproxy.model.changes import add_backend
 
-    built.controller.change(lambda c: add_backend(c, {"host": "new.test", "port": 81}))
-    assert resolver.lookups == 2
-    assert resolver.stopService() is None
+    changed = []
+    built.controller.change(lambda c: add_backend(c, {"host": "new.test", "port": 81})).addBoth(changed.append)
+    try:
+        assert not isinstance(changed[0], Failure), changed[0]
+        assert resolver.lookups == 2
+        assert resolver.stopService() is None
+    finally:
+        built.controller.listeners.stop()
