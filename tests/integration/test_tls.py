@@ -465,3 +465,34 @@ async def test_megabytes_both_ways_through_tls_on_both_sides(pki, engine):
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await secure.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_client_queued_at_the_backends_max_connections_is_served_in_turn(pki, engine):
+    """
+    A TLS client whose handshake ends while every backend is at its
+    max_connections waits in the service's queue, as a plain client does,
+    and is served once the connection ahead of it closes.  (Before, on
+    the Twisted engine, the queue's answer was taken for a backend: an
+    AttributeError in the reactor, and the client closed with nothing.)
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    try:
+        body = {"name": "web", "listen": [LOCAL], "max_queue": 5, "queue_timeout": 10, "tls": tls(pki["a"]),
+                "backends": [{"host": "127.0.0.1", "port": named.getHost().port, "max_connections": 1}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        ca = pki["ca"].path
+        first = await threads.deferToThread(Held, port, ca)
+        second = shake(port, "a.test", ca)
+        balancer = assembly.table.balancer("web")
+        await until(lambda: balancer.traffic_state.view()["queue"]["length"] == 1)
+        await threads.deferToThread(first.sock.close)
+        assert await second.addTimeout(10, reactor) == ("a.test", b"web")
+        await until(lambda: balancer.totals.active == 0)
+        assert balancer.traffic_state.view()["queue"]["served"] == 1
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
