@@ -90,6 +90,16 @@ class TLSRelay(Relay):
                 pass
         return FlowIO._shut(self, flow, to_client)
 
+    def close(self, why: str) -> None:
+        # lbproxy's own close (idle timeout, a drain's cut, no route): each
+        # TLS side still open, with nothing left to send it, gets its
+        # close_notify first, as the Twisted engine's loseConnection sends.
+        if not self.finished:
+            for sock, flow in ((self.client_sock, self.down), (self.backend_sock, self.up)):
+                if sock.__class__ is TLSSocket and (flow is None or (not flow.shut and flow.pending is None)):
+                    sock.notify_close()
+        Relay.close(self, why)
+
     def connect(self, candidate: Any) -> None:
         tls = candidate.backend.tls
         self.backend_tls = None if tls is None else (tls, candidate.host)
