@@ -247,6 +247,8 @@ class ServerHandshake:
         session.client = TLSClient(session.client, subject, self.name, tls.selected_alpn_protocol())
         answer = session.accepted()
         if answer is None:
+            # Refused (denied, no backend, full): a clean TLS end.
+            self.sock.notify_close()
             self.engine.close(self.raw)
             return
         # Records that came behind the handshake wait in the TLS socket's

@@ -546,3 +546,27 @@ async def test_a_tls_connection_closed_by_lbproxy_ends_with_its_close_notify(pki
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await named.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_client_refused_after_its_handshake_gets_a_close_notify(pki, engine):
+    """
+    A TLS client refused once its handshake is done (here its address is
+    denied) is closed with lbproxy's close_notify, a clean end with no
+    byte, and counted as denied.  (Before, the fast engine closed the TCP
+    connection without one: an EOF in violation of the protocol.)
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    try:
+        body = {"name": "web", "listen": [LOCAL], "deny": ["127.0.0.0/8"], "tls": tls(pki["a"]),
+                "backends": [{"host": "127.0.0.1", "port": named.getHost().port}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        assert await threads.deferToThread(read_to_the_end, port, pki["ca"].path) == (b"", "close_notify")
+        balancer = assembly.table.balancer("web")
+        await until(lambda: balancer.traffic_state.view()["refused"]["denied"] == 1)
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
