@@ -91,14 +91,23 @@ class TLSRelay(Relay):
         return FlowIO._shut(self, flow, to_client)
 
     def close(self, why: str) -> None:
-        # lbproxy's own close (idle timeout, a drain's cut, no route): each
+        # lbproxy's own close of a relay (idle timeout, a drain's cut): each
         # TLS side still open, with nothing left to send it, gets its
-        # close_notify first, as the Twisted engine's loseConnection sends.
-        if not self.finished:
+        # close_notify first, as the Twisted engine's loseConnection sends
+        # (before the relay started: see _finish).
+        if not self.finished and self.up is not None:
             for sock, flow in ((self.client_sock, self.down), (self.backend_sock, self.up)):
-                if sock.__class__ is TLSSocket and (flow is None or (not flow.shut and flow.pending is None)):
+                if sock.__class__ is TLSSocket and not flow.shut and flow.pending is None:
                     sock.notify_close()
         Relay.close(self, why)
+
+    def _finish(self) -> None:
+        # An end before any byte was relayed (every backend failed, the
+        # queue timed out): the TLS client gets a clean end too.  (To a
+        # client that reset, or one aborted, the send fails or is dropped.)
+        if self.up is None and not self.finished and self.client_sock.__class__ is TLSSocket:
+            self.client_sock.notify_close()
+        Relay._finish(self)
 
     def connect(self, candidate: Any) -> None:
         tls = candidate.backend.tls

@@ -570,3 +570,33 @@ async def test_a_tls_client_refused_after_its_handshake_gets_a_close_notify(pki,
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await named.stopListening()
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_client_whose_wait_in_the_queue_times_out_gets_a_close_notify(pki, engine):
+    """
+    A TLS client still waiting in the queue at its queue_timeout is
+    closed with lbproxy's close_notify (a clean end with no byte), and
+    counted as queue-timeout.  (Before, the fast engine closed the TCP
+    connection without one.)
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    try:
+        body = {"name": "web", "listen": [LOCAL], "max_queue": 5, "queue_timeout": 0.3, "tls": tls(pki["a"]),
+                "backends": [{"host": "127.0.0.1", "port": named.getHost().port, "max_connections": 1}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        ca = pki["ca"].path
+        first = await threads.deferToThread(Held, port, ca)
+        try:
+            assert await threads.deferToThread(read_to_the_end, port, ca) == (b"", "close_notify")
+        finally:
+            await threads.deferToThread(first.sock.close)
+        balancer = assembly.table.balancer("web")
+        await until(lambda: balancer.traffic_state.view()["refused"]["queue-timeout"] == 1)
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
