@@ -58,7 +58,10 @@ class TLSRelay(Relay):
     A L{Relay} one side of which (or both) speaks TLS: no splice; the
     client's end is what its read says (not C{EPOLLRDHUP}: records may
     still be in the kernel); a backend over TLS counts as connected once
-    its handshake is done and its certificate verified.
+    its handshake is done and its certificate verified.  A TLS side that
+    lbproxy closes (L{close}, an end before the relay started) gets its
+    close_notify first when nothing is left to send it, as on the Twisted
+    engine.
     """
 
     __slots__ = ("clients", "backend_tls", "handshake")
