@@ -282,3 +282,26 @@ def test_a_short_send_keeps_its_ciphertext_and_the_relay_offers_one_byte_again(c
     got += more
     assert got == b"x" * (sent + 1)
 
+
+
+def test_a_close_sends_the_close_notify_only_behind_a_complete_stream(ca):
+    """
+    lbproxy's own close (L{TLSSocket.notify_close}) sends no close_notify
+    while ciphertext still waits to go (the peer must see that stream cut,
+    not a clean end); with nothing waiting, the peer reads everything,
+    then the close_notify.
+    """
+    server, peer = connected(ca)
+    chunk = b"x" * (256 * 1024)
+    for _ in range(100):
+        if server.send(chunk) < len(chunk):
+            break
+    else:
+        raise AssertionError("the socket never filled")
+    waiting = bytes(server.out)
+    server.notify_close()
+    assert bytes(server.out) == waiting and not server.outgoing.pending
+    server, peer = connected(ca)
+    assert server.send(b"the last bytes") == len(b"the last bytes")
+    server.notify_close()
+    assert peer.read_all() == (b"the last bytes", "close_notify")

@@ -58,7 +58,10 @@ class TLSRelay(Relay):
     A L{Relay} one side of which (or both) speaks TLS: no splice; the
     client's end is what its read says (not C{EPOLLRDHUP}: records may
     still be in the kernel); a backend over TLS counts as connected once
-    its handshake is done and its certificate verified.
+    its handshake is done and its certificate verified.  A TLS side that
+    lbproxy closes (L{close}, an end before the relay started) gets its
+    close_notify first when nothing is left to send it, as on the Twisted
+    engine.
     """
 
     __slots__ = ("clients", "backend_tls", "handshake")
@@ -89,6 +92,25 @@ class TLSRelay(Relay):
             except OSError:
                 pass
         return FlowIO._shut(self, flow, to_client)
+
+    def close(self, why: str) -> None:
+        # lbproxy's own close of a relay (idle timeout, a drain's cut): each
+        # TLS side still open, with nothing left to send it, gets its
+        # close_notify first, as the Twisted engine's loseConnection sends
+        # (before the relay started: see _finish).
+        if not self.finished and self.up is not None:
+            for sock, flow in ((self.client_sock, self.down), (self.backend_sock, self.up)):
+                if sock.__class__ is TLSSocket and not flow.shut and flow.pending is None:
+                    sock.notify_close()
+        Relay.close(self, why)
+
+    def _finish(self) -> None:
+        # An end before any byte was relayed (every backend failed, the
+        # queue timed out): the TLS client gets a clean end too.  (To a
+        # client that reset, or one aborted, the send fails or is dropped.)
+        if self.up is None and not self.finished and self.client_sock.__class__ is TLSSocket:
+            self.client_sock.notify_close()
+        Relay._finish(self)
 
     def connect(self, candidate: Any) -> None:
         tls = candidate.backend.tls
@@ -237,6 +259,8 @@ class ServerHandshake:
         session.client = TLSClient(session.client, subject, self.name, tls.selected_alpn_protocol())
         answer = session.accepted()
         if answer is None:
+            # Refused (denied, no backend, full): a clean TLS end.
+            self.sock.notify_close()
             self.engine.close(self.raw)
             return
         # Records that came behind the handshake wait in the TLS socket's

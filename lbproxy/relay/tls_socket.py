@@ -374,6 +374,28 @@ class TLSSocket:
             pass
         self.raw.shutdown(how)
 
+    def notify_close(self) -> None:
+        """
+        Send the close_notify before a close (not a half-close) that
+        lbproxy decides (an idle timeout, a graceful stop's cut), if
+        nothing encrypted is still waiting to go: then the peer can tell
+        the end from a truncation.  With ciphertext still waiting, no
+        close_notify: the close cuts the stream, and the peer must see it
+        cut.
+        """
+        if self.out is not None or self.owed:
+            return
+        try:
+            self.tls.shutdown()
+        except (ssl.SSLError, OSError):
+            pass  # the close_notify is written; OpenSSL wants the peer's, which no one waits for
+        data = self.outgoing.read()
+        if data:
+            try:
+                self.raw.send(data)
+            except OSError:
+                pass
+
     def _hold(self) -> None:
         if self.ended:
             return

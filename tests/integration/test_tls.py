@@ -465,3 +465,138 @@ async def test_megabytes_both_ways_through_tls_on_both_sides(pki, engine):
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await secure.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_client_queued_at_the_backends_max_connections_is_served_in_turn(pki, engine):
+    """
+    A TLS client whose handshake ends while every backend is at its
+    max_connections waits in the service's queue, as a plain client does,
+    and is served once the connection ahead of it closes.  (Before, on
+    the Twisted engine, the queue's answer was taken for a backend: an
+    AttributeError in the reactor, and the client closed with nothing.)
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    try:
+        body = {"name": "web", "listen": [LOCAL], "max_queue": 5, "queue_timeout": 10, "tls": tls(pki["a"]),
+                "backends": [{"host": "127.0.0.1", "port": named.getHost().port, "max_connections": 1}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        ca = pki["ca"].path
+        first = await threads.deferToThread(Held, port, ca)
+        second = shake(port, "a.test", ca)
+        balancer = assembly.table.balancer("web")
+        await until(lambda: balancer.traffic_state.view()["queue"]["length"] == 1)
+        await threads.deferToThread(first.sock.close)
+        assert await second.addTimeout(10, reactor) == ("a.test", b"web")
+        await until(lambda: balancer.totals.active == 0)
+        assert balancer.traffic_state.view()["queue"]["served"] == 1
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
+
+
+def read_to_the_end(port, ca):
+    """
+    Blocking (run it in a thread): a TLS client that reads until its
+    connection ends; how it ended: C{"close_notify"} (a clean TLS end),
+    C{"eof"} (TCP closed without one) or the error's class name.
+    """
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="a.test", suppress_ragged_eofs=False) as sock:
+            got = b""
+            try:
+                while True:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return got, "close_notify"
+                    got += chunk
+            except ssl.SSLEOFError:
+                return got, "eof"
+            except OSError as e:
+                return got, type(e).__name__
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_connection_closed_by_lbproxy_ends_with_its_close_notify(pki, engine):
+    """
+    A TLS connection lbproxy closes itself (here at its idle timeout; a
+    graceful stop's cut closes the same way) ends with lbproxy's
+    close_notify, so the client can tell the end from a truncation.
+    (Before, the fast engine closed the TCP connection without one: the
+    client saw an EOF in violation of the protocol.)
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    try:
+        body = {"name": "web", "listen": [LOCAL], "idle_timeout": 0.3, "tls": tls(pki["a"]),
+                "backends": [{"host": "127.0.0.1", "port": named.getHost().port}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        got, ended = await threads.deferToThread(read_to_the_end, port, pki["ca"].path)
+        assert (got, ended) == (b"web\n", "close_notify")
+        balancer = assembly.table.balancer("web")
+        await until(lambda: balancer.totals.active == 0)
+        assert balancer.totals.idle_timeouts == 1
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_client_refused_after_its_handshake_gets_a_close_notify(pki, engine):
+    """
+    A TLS client refused once its handshake is done (here its address is
+    denied) is closed with lbproxy's close_notify, a clean end with no
+    byte, and counted as denied.  (Before, the fast engine closed the TCP
+    connection without one: an EOF in violation of the protocol.)
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    try:
+        body = {"name": "web", "listen": [LOCAL], "deny": ["127.0.0.0/8"], "tls": tls(pki["a"]),
+                "backends": [{"host": "127.0.0.1", "port": named.getHost().port}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        assert await threads.deferToThread(read_to_the_end, port, pki["ca"].path) == (b"", "close_notify")
+        balancer = assembly.table.balancer("web")
+        await until(lambda: balancer.traffic_state.view()["refused"]["denied"] == 1)
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_client_whose_wait_in_the_queue_times_out_gets_a_close_notify(pki, engine):
+    """
+    A TLS client still waiting in the queue at its queue_timeout is
+    closed with lbproxy's close_notify (a clean end with no byte), and
+    counted as queue-timeout.  (Before, the fast engine closed the TCP
+    connection without one.)
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    try:
+        body = {"name": "web", "listen": [LOCAL], "max_queue": 5, "queue_timeout": 0.3, "tls": tls(pki["a"]),
+                "backends": [{"host": "127.0.0.1", "port": named.getHost().port, "max_connections": 1}]}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        ca = pki["ca"].path
+        first = await threads.deferToThread(Held, port, ca)
+        try:
+            assert await threads.deferToThread(read_to_the_end, port, ca) == (b"", "close_notify")
+        finally:
+            await threads.deferToThread(first.sock.close)
+        balancer = assembly.table.balancer("web")
+        await until(lambda: balancer.traffic_state.view()["refused"]["queue-timeout"] == 1)
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
