@@ -48,9 +48,9 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         f"{api}/backends": {
             "get": _read("Every backend with state, health and counters.",
-                         _ok("BackendList", "The backends and the config version.")),
+                         _ok("BackendList", "The backends and the config version."), 404),
             "post": _change("Add a backend; the next accepted connection may use it.", "NewBackend",
-                            _ok("Backend", "The new backend, with its id; Location names it.", 201)),
+                            _ok("Backend", "The new backend, with its id; Location names it.", 201), 404),
         },
         f"{api}/backends/{{backend_id}}": {
             "get": _read("One backend.", _ok("Backend", "The backend."), 404, params=(_BACKEND_ID,)),
@@ -69,21 +69,22 @@ def openapi_document() -> dict[str, Any]:
                          _ok("StrategyList", "The strategies.", etag=False)),
         },
         f"{api}/strategy": {
-            "get": _read("The active strategy.", _ok("ActiveStrategy", "The strategy.")),
+            "get": _read("The active strategy.", _ok("ActiveStrategy", "The strategy."), 404),
             "put": _change("Switch strategy; connections in flight keep their backend.", "StrategyChoice",
-                           _ok("ActiveStrategy", "The new strategy.")),
+                           _ok("ActiveStrategy", "The new strategy."), 404),
         },
         f"{api}/settings": {
             "get": _read("Pool-wide health check, outlier ejection, slow start and drain timeout.",
-                         _ok("Settings", "The settings.")),
+                         _ok("Settings", "The settings."), 404),
             "put": _change("Change pool-wide settings; fields not sent keep their value.",
-                           "SettingsChange", _ok("Settings", "The new settings.")),
-            "patch": _change("The same as PUT.", "SettingsChange", _ok("Settings", "The new settings.")),
+                           "SettingsChange", _ok("Settings", "The new settings."), 404),
+            "patch": _change("The same as PUT.", "SettingsChange", _ok("Settings", "The new settings."), 404),
         },
         f"{api}/config": {
-            "get": _read("Export the whole config document.", _ok("Config", "The config.")),
-            "put": _change("Import a whole config document, validated before anything applies.",
-                           "ConfigDocument", _ok("Config", "The config now in force.")),
+            "get": _read("Export the main service's pool (default, or the only one): backends, strategy and "
+                         "settings.  Every service: GET /api/v1/services.", _ok("Config", "The config."), 404),
+            "put": _change("Import the main service's pool, validated before anything applies.",
+                           "ConfigDocument", _ok("Config", "The config now in force."), 404),
         },
         **_service_paths(api),
         f"{api}/history": {
