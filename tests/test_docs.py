@@ -144,3 +144,20 @@ def test_config_example_is_valid():
     config = parse_config(json.loads((DOCS / "examples" / "config.json").read_text()))
     build_strategy(config.strategy, strategy_factories())
     assert len(config.backends) == 3
+
+
+def test_plugin_example_says_it_ignores_weights():
+    """The example plugin picks by port, never by weight, so it says
+    C{uses_weights = False} as the plugin guide asks (without it, C{GET
+    /api/v1/strategies} called it weight-aware and the UI showed no "weight
+    ignored" hint while it ran)."""
+    import importlib.util
+
+    from lbproxy.interfaces import IStrategyFactory
+    from zope.interface.verify import verifyObject
+
+    spec = importlib.util.spec_from_file_location("lbproxy_lowest_port", DOCS / "examples" / "lbproxy_lowest_port.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    verifyObject(IStrategyFactory, module.lowestPort)
+    assert module.lowestPort.uses_weights is False
