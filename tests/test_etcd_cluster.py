@@ -254,6 +254,22 @@ def test_nodes_api_says_when_the_store_is_unavailable():
     assert body["error"] == "config store unavailable: refused"
 
 
+def test_nodes_api_answers_at_the_documented_path_without_a_redirect(factories):
+    """Mounted on the admin app, C{GET /api/v1/nodes} (the path the docs,
+    openapi.json and the failover recipe name) answers the JSON itself; it
+    answered a 308 to C{/api/v1/nodes/} with an HTML body, which a
+    monitoring check or C{curl -s} without C{-L} read as the answer."""
+    from tests.webtools import BASE, Admin, settle
+
+    nodes = [{"name": "a", "admin_url": None, "since": 1.0, "self": True}]
+    admin = Admin(factories)
+    admin.app.add_extension("nodes", NodesAPI(FixedMembership(nodes)))
+    for path in ("/api/v1/nodes", "/api/v1/nodes/"):
+        response = settle(admin.stub, admin.stub.get(BASE + path, allow_redirects=False))
+        assert response.code == 200, (path, response.code)
+        assert json.loads(settle(admin.stub, admin.stub.content(response)))["nodes"] == nodes
+
+
 def test_admin_url_from_the_admin_endpoint():
     """Other nodes link to this node's admin UI by the --admin endpoint."""
     assert admin_url("tcp:8081:interface=127.0.0.1") == "http://127.0.0.1:8081"

@@ -306,7 +306,7 @@ class NodesAPI:
             },
         }}}
 
-    @app.route("/", methods=["GET"])
+    @app.route("/", methods=["GET"], strict_slashes=False)
     async def nodes(self, request: Any) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
