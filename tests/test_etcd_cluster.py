@@ -108,6 +108,30 @@ def test_gate_adopts_the_seed_of_a_node_that_won(factories):
     assert child.running and balancer.config == STORED
 
 
+def test_gate_warns_once_that_the_stored_config_wins_over_the_flags(factories):
+    """
+    A node started with C{--backend}/C{--strategy} on a key that already
+    holds a config says, once, that those flags are ignored, as the file
+    store does (it adopted the cluster's pool in silence); a node that
+    seeded the key, or was given no such flags, says nothing of the kind.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    def warnings(store, flags):
+        clock = Clock()
+        gate = LoadThenServe(ConfigController(Balancer(SEED, factories, reactor=clock), store), SEED,
+                             reactor=clock, seed_flags=flags)
+        with capturedLogs() as events:
+            gate.startService()
+        return [formatEvent(e) for e in events if "ignored" in formatEvent(e)]
+
+    [line] = warnings(ScriptedStore([STORED]), ("--backend", "--strategy"))
+    assert line.startswith("--backend, --strategy ignored: the cluster's config in ")
+    assert "holds version 7" in line
+    assert warnings(ScriptedStore([None], [SEED]), ("--backend",)) == []
+    assert warnings(ScriptedStore([STORED]), ()) == []
+
+
 def test_gate_does_not_serve_a_config_it_cannot_apply(factories):
     """
     A stored config naming a strategy this node lacks is not applied and the
