@@ -19,14 +19,15 @@ from lbproxy.web.openapi_schemas import component_schemas
 
 
 _FEED_TEXT = """Server-sent events.  Each event has an id; reconnect with Last-Event-ID (or
-?last_event_id=) to get every config, backend and store event missed, from a bounded history
-that only those enter (route and stats events are live only, so traffic never pushes them
-out).  Types: snapshot (on connect: config,
+?last_event_id=) to get every config, service, backend and store event missed, from a bounded
+history that only those enter (route, stats and lifecycle events are live only, so traffic
+never pushes them out).  Types: snapshot (on connect: config,
 backends, stats), reset (same, when the history after Last-Event-ID is gone), config (every
 change, with the new version), backend (state or health change), route (every 100 ms while
 routing happens: counts per backend, a sample of decisions, how many were not sampled, the
 strategy), stats (about once a second), store (cluster mode: the config store became
-available or unavailable, or the live nodes changed).  With several services, one feed carries
+available or unavailable, or the live nodes changed), lifecycle (a graceful stop: stopping,
+then stopped with how many connections finished and were cut).  With several services, one feed carries
 them all: route and stats events come for every service, one of each per service and tick,
 each naming it in its service field, as backend events do; config is the main service's
 change, and service (kept, like config) is another service added, changed or removing, with
