@@ -132,3 +132,16 @@ def test_listening_line_names_the_bound_address_not_loopback(kind):
             assert lines == [f"{listener.what} listening on {shown}:{port} ({description}, backlog 50)"]
         finally:
             listener.stopService()
+
+
+def test_an_unescaped_ipv6_interface_says_to_escape_its_colons():
+    """C{tcp6:8080:interface=::1} splits at the address's colons; the
+    refusal says to escape them (it said only "interface given twice"),
+    and the escaped form parses."""
+    for description in ("tcp6:8080:interface=::1", "tcp:8080:interface=2001:db8::1"):
+        with pytest.raises(ValueError, match=r"escape the colons of an IPv6 address with a backslash: interface=\\:\\:1"):
+            parse_endpoint(description)
+    assert parse_endpoint(r"tcp6:8080:interface=\:\:1").host == "::1"
+    with pytest.raises(ValueError) as e:
+        parse_endpoint("tcp:8080:backlog=1:backlog=2")
+    assert str(e.value) == "backlog given twice"
