@@ -106,3 +106,42 @@ def test_other_endpoints_listen_through_serverFromString(tmp_path):
     broken = ListenerService(parse_endpoint(f"unix:{path}", refusing), Factory(), 50, "proxy", refusing)
     with pytest.raises(ListenError, match="cannot listen on unix:.*Permission denied"):
         broken.startService()
+
+
+@pytest.mark.parametrize("kind", ["twisted", "fast"])
+def test_listening_line_names_the_bound_address_not_loopback(kind):
+    """The 'listening on' line says where the socket is bound: a wildcard
+    C{tcp:PORT} listener says C{0.0.0.0:PORT} (it was logged as
+    C{127.0.0.1:PORT}, telling an operator that a listener open to every
+    interface was loopback-only), an C{interface=127.0.0.1} one says
+    C{127.0.0.1:PORT}, whatever address the reactor's port reports."""
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import capturedLogs, formatEvent
+
+    for interface, shown in (("", "0.0.0.0"), (":interface=127.0.0.1", "127.0.0.1")):
+        port = _free_port()
+        description = f"tcp:{port}{interface}"
+        if kind == "twisted":
+            listener = ListenerService(parse_endpoint(description), Factory(), 50, "proxy", MemoryReactor())
+        else:
+            listener = FastRelayService(None, parse_endpoint(description), 50, reactor=MemoryReactorClock())
+        with capturedLogs() as events:
+            listener.startService()
+        try:
+            lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbproxy.listening"]
+            assert lines == [f"{listener.what} listening on {shown}:{port} ({description}, backlog 50)"]
+        finally:
+            listener.stopService()
+
+
+def test_an_unescaped_ipv6_interface_says_to_escape_its_colons():
+    """C{tcp6:8080:interface=::1} splits at the address's colons; the
+    refusal says to escape them (it said only "interface given twice"),
+    and the escaped form parses."""
+    for description in ("tcp6:8080:interface=::1", "tcp:8080:interface=2001:db8::1"):
+        with pytest.raises(ValueError, match=r"escape the colons of an IPv6 address with a backslash: interface=\\:\\:1"):
+            parse_endpoint(description)
+    assert parse_endpoint(r"tcp6:8080:interface=\:\:1").host == "::1"
+    with pytest.raises(ValueError) as e:
+        parse_endpoint("tcp:8080:backlog=1:backlog=2")
+    assert str(e.value) == "backlog given twice"

@@ -108,6 +108,30 @@ def test_gate_adopts_the_seed_of_a_node_that_won(factories):
     assert child.running and balancer.config == STORED
 
 
+def test_gate_warns_once_that_the_stored_config_wins_over_the_flags(factories):
+    """
+    A node started with C{--backend}/C{--strategy} on a key that already
+    holds a config says, once, that those flags are ignored, as the file
+    store does (it adopted the cluster's pool in silence); a node that
+    seeded the key, or was given no such flags, says nothing of the kind.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    def warnings(store, flags):
+        clock = Clock()
+        gate = LoadThenServe(ConfigController(Balancer(SEED, factories, reactor=clock), store), SEED,
+                             reactor=clock, seed_flags=flags)
+        with capturedLogs() as events:
+            gate.startService()
+        return [formatEvent(e) for e in events if "ignored" in formatEvent(e)]
+
+    [line] = warnings(ScriptedStore([STORED]), ("--backend", "--strategy"))
+    assert line.startswith("--backend, --strategy ignored: the cluster's config in ")
+    assert "holds version 7" in line
+    assert warnings(ScriptedStore([None], [SEED]), ("--backend",)) == []
+    assert warnings(ScriptedStore([STORED]), ()) == []
+
+
 def test_gate_does_not_serve_a_config_it_cannot_apply(factories):
     """
     A stored config naming a strategy this node lacks is not applied and the
@@ -252,6 +276,22 @@ def test_nodes_api_says_when_the_store_is_unavailable():
     assert response.code == 503
     body = json.loads(http.content(response).result)
     assert body["error"] == "config store unavailable: refused"
+
+
+def test_nodes_api_answers_at_the_documented_path_without_a_redirect(factories):
+    """Mounted on the admin app, C{GET /api/v1/nodes} (the path the docs,
+    openapi.json and the failover recipe name) answers the JSON itself; it
+    answered a 308 to C{/api/v1/nodes/} with an HTML body, which a
+    monitoring check or C{curl -s} without C{-L} read as the answer."""
+    from tests.webtools import BASE, Admin, settle
+
+    nodes = [{"name": "a", "admin_url": None, "since": 1.0, "self": True}]
+    admin = Admin(factories)
+    admin.app.add_extension("nodes", NodesAPI(FixedMembership(nodes)))
+    for path in ("/api/v1/nodes", "/api/v1/nodes/"):
+        response = settle(admin.stub, admin.stub.get(BASE + path, allow_redirects=False))
+        assert response.code == 200, (path, response.code)
+        assert json.loads(settle(admin.stub, admin.stub.content(response)))["nodes"] == nodes
 
 
 def test_admin_url_from_the_admin_endpoint():

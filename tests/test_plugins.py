@@ -27,12 +27,17 @@ def plugin_dir(tmp_path, monkeypatch):
     (and taken off again, with the modules it loaded)."""
     plugins = tmp_path / "twisted" / "plugins"
     plugins.mkdir(parents=True)
-    monkeypatch.syspath_prepend(str(tmp_path))
     import twisted.plugins
 
+    # syspath_prepend extends the package's own __path__ list in place, so
+    # that list is put back as it was too (else this directory stays on it
+    # and its plugins shadow the next test's of the same name).
+    original, saved = twisted.plugins.__path__, list(twisted.plugins.__path__)
+    monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(twisted.plugins, "__path__", list(twisted.plugins.__path__) + [str(plugins)])
     before = set(sys.modules)
     yield plugins
+    original[:] = saved
     for name in set(sys.modules) - before:
         if name.startswith("twisted.plugins."):
             del sys.modules[name]
@@ -153,13 +158,15 @@ def test_plugin_on_pythonpath_selectable_from_command_line(tmp_path):
 
 
 def test_uses_weights_defaults_to_true(plugin_dir):
-    """A third-party factory without C{uses_weights} (like the documented
-    example) counts as weight-aware; the built-ins that ignore weights say
-    so, and the strategies API passes it on."""
+    """A third-party factory without C{uses_weights} (the documented
+    example without that line) counts as weight-aware; the built-ins that
+    ignore weights say so, and the strategies API passes it on."""
     from lbproxy.policy.plugins import uses_weights
     from tests.webtools import Admin
 
-    shutil.copy(EXAMPLE, plugin_dir / "lbproxy_lowest_port.py")
+    source = EXAMPLE.read_text()
+    assert "    uses_weights = False\n" in source
+    (plugin_dir / "lbproxy_lowest_port.py").write_text(source.replace("    uses_weights = False\n", ""))
     factories = strategy_factories()
     assert not hasattr(factories["lowest-port"], "uses_weights")
     assert uses_weights(factories["lowest-port"]) is True

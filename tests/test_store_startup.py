@@ -154,3 +154,18 @@ def test_stored_unknown_strategy_refuses_to_start(tmp_path):
     with pytest.raises(SystemExit) as e:
         assemble(options("--state-dir", str(tmp_path)).spec, MemoryReactorClock())
     assert "no-such-plugin" in str(e.value.code) and str(tmp_path) in str(e.value.code)
+
+
+def test_a_fallback_start_says_it_loaded_the_previous_file(tmp_path, logged):
+    """When config.json is damaged and config.json.prev is used, the start's
+    "loaded from" line names config.json.prev (it named config.json, the
+    file it had just refused)."""
+    store_config(tmp_path, SEED)
+    newer = FileStore(str(tmp_path), reactor=Clock(), run=defer.maybeDeferred)
+    newer.read()
+    newer.save(replace(STORED, version=2), 1)
+    (tmp_path / "config.json").write_text("{damaged")
+    store, config = open_store(str(tmp_path), SEED, [])
+    assert config.main().version == 1
+    [line] = [formatEvent(e) for e in logged if "loaded from" in formatEvent(e)]
+    assert line == f"config version 1 loaded from {tmp_path / 'config.json.prev'}"

@@ -403,3 +403,31 @@ def test_backend_help_names_every_option_the_parser_takes():
     help_text = text[start:text.index("--", start + 10)]
     named = set(re.findall(r"(\w+)=", help_text.split("with the keys", 1)[1]))
     assert keys == named, help_text
+
+
+@pytest.mark.integration
+def test_worker_log_lines_name_their_module():
+    """A worker's lines name lbproxy's module (C{[lbproxy.control.worker_main#info]
+    worker 0 relaying on ...}), not C{[__main__#info]}: a worker runs as
+    C{python -m lbproxy.control.worker_main}, so a plain C{Logger()} was
+    named after C{__main__}."""
+    import selectors
+    import time
+
+    listen, admin = _free_port(), _free_port()
+    running = _Running("lbproxy", "--workers", "2", "--listen", f"tcp:{listen}:interface=127.0.0.1",
+                       "--admin", f"tcp:{admin}:interface=127.0.0.1", "--backend", "127.0.0.1:9")
+    selector = selectors.DefaultSelector()
+    selector.register(running.proc.stdout, selectors.EVENT_READ)
+    end = time.monotonic() + 30
+    try:
+        while running.text.count("relaying on") < 2:
+            assert time.monotonic() < end and running.proc.poll() is None, running.text
+            if selector.select(timeout=max(0.0, end - time.monotonic())):
+                running.text += os.read(running.proc.stdout.fileno(), 65536).decode(errors="replace")
+        lines = [line for line in running.text.splitlines() if "relaying on" in line]
+        assert all("[lbproxy.control.worker_main#info] worker " in line for line in lines), lines
+        assert "[__main__" not in running.text
+    finally:
+        selector.close()
+        running.stop()

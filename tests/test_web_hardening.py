@@ -374,3 +374,27 @@ def test_reads_do_not_walk_connections_per_request(admin):
     admin.get("/api/v1/backends")
     assert len(calls) == 6
     assert "version" not in admin.app.views.views()[0]
+
+
+def test_a_feed_the_client_ends_is_logged_with_the_token_redacted(admin):
+    """An event feed is a response the client ends, not the server: its
+    access line is written when the connection goes (it was never written,
+    so the feed requests the operations guide says are logged, token
+    redacted, did not appear at all); a finished request is logged once."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from lbproxy.web import _redacting_formatter
+
+    w = Wire(admin)
+    logged = []
+    w.site.log = lambda request: logged.append(_redacting_formatter("[01/Dec/2026:09:00:00 +0000]", request))
+    assert w.send("GET", "/api/v1/status", [("Host", "127.0.0.1:8081")])[0] == 200
+    assert len(logged) == 1
+    w.channel.dataReceived(b"GET /api/v1/events?access_token=hunter2 HTTP/1.1\r\nHost: 127.0.0.1:8081\r\n\r\n")
+    assert w.transport.value().startswith(b"HTTP/1.1 200")
+    assert len(logged) == 1
+    w.channel.connectionLost(Failure(ConnectionDone()))
+    assert len(logged) == 2
+    assert '"GET /api/v1/events?access_token=REDACTED HTTP/1.1" 200' in logged[1]
+    assert "hunter2" not in logged[1]

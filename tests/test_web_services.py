@@ -66,6 +66,21 @@ def test_deleting_the_default_service_makes_top_level_routes_404(factories):
     assert r.code == 404 and "/api/v1/services/NAME" in r.json["error"]
 
 
+def test_config_export_without_a_main_service_is_404_not_a_removed_pool(factories):
+    """GET /api/v1/config (the backup the operations guide shows) answers
+    404 like the other top-level routes when there is no default (nor only
+    one) service; it answered 200 with the deleted default's pool, so a
+    backup silently held a service that no longer existed and none of the
+    others."""
+    admin = Admin(factories)
+    assert admin.request("POST", "/api/v1/services", redis()).code == 201
+    assert admin.request("POST", "/api/v1/services", {**redis(), "name": "pg", "listen": ["tcp:5432"]}).code == 201
+    assert admin.get("/api/v1/config").json["name"] == "default"
+    assert admin.request("DELETE", "/api/v1/services/default").code == 200
+    r = admin.get("/api/v1/config")
+    assert r.code == 404 and "/api/v1/services/NAME" in r.json["error"]
+
+
 def test_metrics_and_events_name_the_service(factories):
     """Every service's counters are exported with its service label; config and service events name their service."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -35,6 +35,8 @@ class LowestPort:
 class LowestPortFactory:
     name = "lowest-port"
     description = "The backend with the lowest port that is not too busy."
+    # It picks by port, not by weight: say so, and the UI tells operators.
+    uses_weights = False
     options_schema = {
         "type": "object",
         "properties": {"max_active": {"type": "integer", "minimum": 1}},

@@ -18,7 +18,7 @@ says which node's view it shows.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from klein import Klein
 from twisted.application.internet import backoffPolicy
@@ -50,6 +50,8 @@ class LoadThenServe(MultiService):
 
     @ivar ready: a Deferred firing with the config once children started.
     @ivar attempts: how many loads were tried.
+    @ivar seed_flags: the config flags the operator gave (C{--backend}, ...),
+        named in a warning when the cluster's stored config wins over them.
     """
 
     def __init__(
@@ -58,8 +60,10 @@ class LoadThenServe(MultiService):
         seed: Config,
         reactor: Any = None,
         max_backoff: float = 2.0,
+        seed_flags: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        self.seed_flags = tuple(seed_flags)
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -135,6 +139,14 @@ class LoadThenServe(MultiService):
         if config is None:
             self._serve()
             return None
+        if config is not self.seed and self.seed_flags:
+            log.warn(
+                "{flags} ignored: the cluster's config in {store} holds version {version}, which wins "
+                "over the command line (every node with this --store and --store-prefix shares it)",
+                flags=", ".join(self.seed_flags), store=getattr(self.store, "config_key", "the store"),
+                version=config.version,
+            )
+            self.seed_flags = ()
         d = self.controller.install(config)
         d.addCallbacks(lambda _: self._serve(), self._unusable, errbackArgs=(config,))
         return d
@@ -306,7 +318,7 @@ class NodesAPI:
             },
         }}}
 
-    @app.route("/", methods=["GET"])
+    @app.route("/", methods=["GET"], strict_slashes=False)
     async def nodes(self, request: Any) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")

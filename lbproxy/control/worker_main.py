@@ -41,7 +41,9 @@ from lbproxy.control.worker_protocol import (
     report_of,
 )
 
-log = Logger()
+# Named: a worker runs as "python -m lbproxy.control.worker_main", where a
+# plain Logger() would log as [__main__].
+log = Logger(namespace="lbproxy.control.worker_main")
 
 
 class WorkerChannel(amp.AMP):

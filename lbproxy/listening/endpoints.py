@@ -55,6 +55,18 @@ class Endpoint:
         return None if self.host in (None, "0.0.0.0", "::") else self.host
 
 
+def _ipv6_hint(rest: str) -> str:
+    """
+    Why an C{interface=} holding an IPv6 address split into fields: its
+    colons separate fields unless escaped (C{tcp6:8080:interface=::1}).
+    """
+    _, found, after = rest.partition("interface=")
+    head = after.split(":", 1)[0]
+    if found and ":" in after and all(c in "0123456789abcdefABCDEF" for c in head):
+        return " (escape the colons of an IPv6 address with a backslash: interface=\\:\\:1)"
+    return ""
+
+
 def _fields(description: str) -> list[tuple[str, str | None]]:
     """
     Split on unescaped C{:}; each field is C{(value, None)} or, for
@@ -110,13 +122,13 @@ def parse_endpoint(description: str, reactor: Any = None) -> Endpoint:
     for key, value in _fields(rest) if rest else []:
         if value is None:
             if positional >= len(names):
-                raise ValueError(f"too many fields in {kind}: endpoint")
+                raise ValueError(f"too many fields in {kind}: endpoint{_ipv6_hint(rest)}")
             key, value = names[positional], key
             positional += 1
         if key not in names:
             raise ValueError(f"unknown {kind}: option {key!r} (use port, interface, backlog)")
         if key in given:
-            raise ValueError(f"{key} given twice")
+            raise ValueError(f"{key} given twice{_ipv6_hint(rest)}")
         given[key] = value
     if "port" not in given:
         raise ValueError(f"a {kind}: endpoint needs a port")

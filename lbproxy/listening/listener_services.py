@@ -116,9 +116,18 @@ class Listener(Service):
         """
         raise NotImplementedError
 
-    def _announce(self) -> None:
-        where = self.address()
-        shown = f"{where[0]}:{where[1]}" if where else self.endpoint.description
+    def _announce(self, bound: tuple[str, int] | None) -> None:
+        """
+        Log where this listener listens: the address its socket is bound
+        to (C{0.0.0.0:8080} for a wildcard, not the loopback address that
+        L{address} gives clients, which would tell an operator that a
+        listener open to every interface is loopback-only).
+        """
+        if bound is None:
+            shown = self.endpoint.description
+        else:
+            host, port = bound
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         backlog = f", backlog {self.backlog}" if self.endpoint.tcp else ""
         log.info(
             "{what} listening on {where} ({description}{backlog})",
@@ -154,16 +163,18 @@ class ListenerService(Listener):
         self.port: Any = None
 
     def startService(self) -> None:
+        bound = None
         if self.endpoint.tcp:
             sock = self._listening()
             try:
+                bound = sock.getsockname()[:2]
                 self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
             finally:
                 sock.close()  # the reactor listens on its own duplicate
         else:
             self.port = _synchronously(self.endpoint, self.reactor, self.factory)
         super().startService()
-        self._announce()
+        self._announce(bound)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -235,10 +246,12 @@ class FastRelayService(Listener):
     def startService(self) -> None:
         from lbproxy.relay.fast_engine import FastRelay
 
-        self.engine = FastRelay(self.route, self._listening(), self.reactor)
+        sock = self._listening()
+        bound = sock.getsockname()[:2]
+        self.engine = FastRelay(self.route, sock, self.reactor)
         self.engine.start()
         super().startService()
-        self._announce()
+        self._announce(bound)
 
     def stopService(self) -> Any:
         self.stop_accepting()

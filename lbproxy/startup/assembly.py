@@ -139,7 +139,7 @@ def assemble(spec: Any, reactor: Any = None) -> Assembly:
         from lbproxy.control.cluster import LoadThenServe, Membership, admin_url
 
         # The proxy listens only once the config came from etcd.
-        gate = LoadThenServe(controller, seed, reactor=reactor)
+        gate = LoadThenServe(controller, seed, reactor=reactor, seed_flags=spec.seed_flags)
         gate.setName("cluster")
         gate.setServiceParent(top)
         membership = Membership(store, spec.node, admin_url(spec.admin.description), reactor=reactor)

@@ -19,14 +19,15 @@ from lbproxy.web.openapi_schemas import component_schemas
 
 
 _FEED_TEXT = """Server-sent events.  Each event has an id; reconnect with Last-Event-ID (or
-?last_event_id=) to get every config, backend and store event missed, from a bounded history
-that only those enter (route and stats events are live only, so traffic never pushes them
-out).  Types: snapshot (on connect: config,
+?last_event_id=) to get every config, service, backend and store event missed, from a bounded
+history that only those enter (route, stats and lifecycle events are live only, so traffic
+never pushes them out).  Types: snapshot (on connect: config,
 backends, stats), reset (same, when the history after Last-Event-ID is gone), config (every
 change, with the new version), backend (state or health change), route (every 100 ms while
 routing happens: counts per backend, a sample of decisions, how many were not sampled, the
 strategy), stats (about once a second), store (cluster mode: the config store became
-available or unavailable, or the live nodes changed).  With several services, one feed carries
+available or unavailable, or the live nodes changed), lifecycle (a graceful stop: stopping,
+then stopped with how many connections finished and were cut).  With several services, one feed carries
 them all: route and stats events come for every service, one of each per service and tick,
 each naming it in its service field, as backend events do; config is the main service's
 change, and service (kept, like config) is another service added, changed or removing, with
@@ -48,9 +49,9 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         f"{api}/backends": {
             "get": _read("Every backend with state, health and counters.",
-                         _ok("BackendList", "The backends and the config version.")),
+                         _ok("BackendList", "The backends and the config version."), 404),
             "post": _change("Add a backend; the next accepted connection may use it.", "NewBackend",
-                            _ok("Backend", "The new backend, with its id; Location names it.", 201)),
+                            _ok("Backend", "The new backend, with its id; Location names it.", 201), 404),
         },
         f"{api}/backends/{{backend_id}}": {
             "get": _read("One backend.", _ok("Backend", "The backend."), 404, params=(_BACKEND_ID,)),
@@ -69,21 +70,22 @@ def openapi_document() -> dict[str, Any]:
                          _ok("StrategyList", "The strategies.", etag=False)),
         },
         f"{api}/strategy": {
-            "get": _read("The active strategy.", _ok("ActiveStrategy", "The strategy.")),
+            "get": _read("The active strategy.", _ok("ActiveStrategy", "The strategy."), 404),
             "put": _change("Switch strategy; connections in flight keep their backend.", "StrategyChoice",
-                           _ok("ActiveStrategy", "The new strategy.")),
+                           _ok("ActiveStrategy", "The new strategy."), 404),
         },
         f"{api}/settings": {
             "get": _read("Pool-wide health check, outlier ejection, slow start and drain timeout.",
-                         _ok("Settings", "The settings.")),
+                         _ok("Settings", "The settings."), 404),
             "put": _change("Change pool-wide settings; fields not sent keep their value.",
-                           "SettingsChange", _ok("Settings", "The new settings.")),
-            "patch": _change("The same as PUT.", "SettingsChange", _ok("Settings", "The new settings.")),
+                           "SettingsChange", _ok("Settings", "The new settings."), 404),
+            "patch": _change("The same as PUT.", "SettingsChange", _ok("Settings", "The new settings."), 404),
         },
         f"{api}/config": {
-            "get": _read("Export the whole config document.", _ok("Config", "The config.")),
-            "put": _change("Import a whole config document, validated before anything applies.",
-                           "ConfigDocument", _ok("Config", "The config now in force.")),
+            "get": _read("Export the main service's pool (default, or the only one): backends, strategy and "
+                         "settings.  Every service: GET /api/v1/services.", _ok("Config", "The config."), 404),
+            "put": _change("Import the main service's pool, validated before anything applies.",
+                           "ConfigDocument", _ok("Config", "The config now in force."), 404),
         },
         **_service_paths(api),
         f"{api}/history": {

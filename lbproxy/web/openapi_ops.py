@@ -22,7 +22,7 @@ _STATUS_TEXT = {
     400: "Bad input; the body says what is wrong and nothing changed.",
     401: "A bearer token is configured and was missing or wrong.",
     403: "A change from another origin (CSRF protection).",
-    404: "No such backend or endpoint.",
+    404: "No such backend, service or endpoint (the top-level pool routes: no service named default, nor only one).",
     409: "The change raced another writer; nothing changed.  Read and retry.",
     412: "If-Match named a stale version; nothing changed.",
     413: "The body is too large.",

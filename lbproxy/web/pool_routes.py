@@ -183,15 +183,16 @@ class PoolRoutes:
     @routes.route(API + "/config", methods=["GET"])
     @guarded
     def get_config(self, request: Any) -> bytes:
-        config = self.balancer.config
+        config = self._balancer_of(None).config
         return self._with_version(request, config.version, config.to_json())
 
     @routes.route(API + "/config", methods=["PUT"])
     @guarded
     async def put_config(self, request: Any) -> bytes:
+        balancer = self._balancer_of(None)
         try:
             imported = parse_config(read_json(request), "body")
-            self.balancer.check(imported)
+            balancer.check(imported)
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
         new, _ = await self._change(request, lambda c: (replace_config(c, imported), None))

@@ -93,6 +93,14 @@ class AdminRequest(Request):
         self._answer(self.refusal)
         self.finish()
 
+    def connectionLost(self, reason: Any) -> None:
+        channel = self.channel
+        super().connectionLost(reason)
+        # A response the client ended (an event feed, as a rule) gets its
+        # access line now: only finish() writes one otherwise.
+        if channel is not None and self.startedWriting and not self.finished:
+            channel.factory.log(self)
+
     def _early_fields(self) -> None:
         """
         Method, path, query and version from the request line, which the

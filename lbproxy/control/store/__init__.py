@@ -71,7 +71,7 @@ def open_store(
             "directory's files away to start from the command line again)",
             flags=", ".join(seed_flags), path=store.path, version=stored.version,
         )
-    log.info("config version {version} loaded from {path}", version=stored.version, path=store.path)
+    log.info("config version {version} loaded from {path}", version=stored.version, path=store.loaded_from)
     return store, listen_as_seeded(stored, seed)
 
 

@@ -126,10 +126,14 @@ def _default_http(reactor: Any) -> Any:
     import treq
     from twisted.web.client import Agent, HTTPConnectionPool
 
+    from lbproxy.health.probes import QuietEndpoints
+
     # A fresh connection per request: a pooled one may be dead after etcd
     # restarts, and the control path is far too slow for reuse to matter.
+    # Quiet endpoints: each request (a lease keepalive every few seconds)
+    # logged "Starting factory" and "Stopping factory" lines otherwise.
     pool = HTTPConnectionPool(reactor, persistent=False)
-    return treq.client.HTTPClient(Agent(reactor, pool=pool))
+    return treq.client.HTTPClient(Agent.usingEndpointFactory(reactor, QuietEndpoints(reactor), pool=pool))
 
 
 def _nothing(*args: Any) -> None:

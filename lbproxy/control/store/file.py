@@ -100,6 +100,8 @@ class FileStore(Notes):
         self.directory = os.path.abspath(directory)
         self.path = os.path.join(self.directory, CONFIG_NAME)
         self.previous = os.path.join(self.directory, PREVIOUS_NAME)
+        #: the file the last read config came from (C{previous} after a fallback).
+        self.loaded_from = self.path
         self._temp = self.path + ".tmp"
         self._previous_temp = self.previous + ".tmp"
         self._lock_path = os.path.join(self.directory, LOCK_NAME)
@@ -190,6 +192,7 @@ class FileStore(Notes):
 
     def _loaded(self, result: tuple[Config | None, str | None]) -> Config | None:
         config, problem = result
+        self.loaded_from = self.path if problem is None else self.previous
         if problem is not None:
             log.critical(
                 "config store {path} {problem}; falling back to the previous good "
