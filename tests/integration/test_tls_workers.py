@@ -75,7 +75,7 @@ tls = {{ certificates = [{{ cert = "{a[0]}", key = "{a[1]}" }}], client_ca = "{c
         code, body = call(admin, "PATCH", "/services/web",
                           {"tls": {"certificates": [{"cert": renewed[0], "key": renewed[1]}]}})
         assert code == 200, body
-        status, document = call(admin, "GET", "/config")
+        status, document = call(admin, "GET", "/services")
         version = document.get("version") if status == 200 else None
         lh.until(lambda: version is not None and applied_everywhere(p, version), 10, "both workers applied it")
         before = per_worker(p, "web")
