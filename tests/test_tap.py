@@ -52,6 +52,31 @@ def test_bad_flags_are_usage_errors(args, message):
         parse(*args)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--connect-timeout", "nan"], "--connect-timeout must be a finite number, not 'nan'"),
+    (["--connect-timeout", "inf"], "--connect-timeout must be a finite number"),
+    (["--connect-timeout", "1e400"], "--connect-timeout must be a finite number"),
+    (["--connect-timeout", "3601"], "--connect-timeout must be at most 3600"),
+    (["--idle-timeout", "nan"], "--idle-timeout must be a finite number"),
+    (["--idle-timeout", "1e300"], "--idle-timeout must be at most 604800"),
+    (["--retries", "99999999999"], "--retries must be at most 100"),
+    (["--max-connections", "99999999999"], "--max-connections must be at most 10000000"),
+    (["--workers", "100000"], "--workers must be at most 256"),
+    (["--dns-refresh", "nan"], "--dns-refresh must be a finite number"),
+    (["--grace", "nan"], "--grace must be a finite number"),
+    (["--grace-spread", "inf"], "--grace-spread must be a finite number"),
+    (["--admin-read-timeout", "nan"], "--admin-read-timeout must be a finite number"),
+    (["--admin-write-rate", "nan"], "--admin-write-rate must be a finite number"),
+    (["--admin-max-connections", "999999999"], "--admin-max-connections must be at most 1000000"),
+])
+def test_numbers_must_be_finite_and_in_range(args, message):
+    """nan, inf and numbers past what the API itself accepts were taken
+    (a nan timeout never fires, 100000 workers exhaust the descriptors at
+    bind time): each is refused naming the flag, before anything binds."""
+    with pytest.raises(UsageError, match=message):
+        parse(*args)
+
+
 def test_good_flags_seed_the_config():
     """Backends, weights and the strategy from the command line form
     version 1 of the config, in the spec."""

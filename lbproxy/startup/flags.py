@@ -20,7 +20,10 @@ from lbproxy.listening.endpoints import Endpoint, default_backlog, parse_endpoin
 from lbproxy.model.config import Config, ProxySettings, StrategyChoice, freeze
 from lbproxy.model.errors import ConfigError
 from lbproxy.model.parse import check_unique, parse_backend
-from lbproxy.startup.spec import DEFAULT_MAX_CONNECTIONS, ProxySpec, keepalive_flag, number
+from lbproxy.startup.spec import DAY, DEFAULT_MAX_CONNECTIONS, ProxySpec, keepalive_flag, number
+
+#: More relay processes than this would not be faster, only fork-bomb the host.
+MAX_WORKERS = 256
 
 
 def _endpoint(description: str, flag: str) -> Endpoint:
@@ -252,7 +255,7 @@ def build_spec(options: Any) -> ProxySpec:
     listens = tuple(_endpoint(d, "--listen") for d in dict.fromkeys(descriptions))
     listen = listens[0]
     admin = _endpoint(options["admin"], "--admin")
-    workers = number(int, 1)(options["workers"], "--workers")
+    workers = number(int, 1, MAX_WORKERS)(options["workers"], "--workers")
     engine = _engine(options, listens, workers)
     backlog = listen.backlog or (
         number(int, 1, 1 << 20)(options["backlog"], "--backlog") if options["backlog"] is not None else default_backlog()
@@ -262,10 +265,10 @@ def build_spec(options: Any) -> ProxySpec:
         options["access-log"] = "off"
     given = options["max-connections"] is not None
     settings = ProxySettings(
-        connect_timeout=number(float, 0.001)(options["connect-timeout"], "--connect-timeout"),
-        retries=number(int, 0)(options["retries"], "--retries"),
-        idle_timeout=number(float, 0)(options["idle-timeout"], "--idle-timeout"),
-        max_connections=number(int, 1)(options["max-connections"], "--max-connections")
+        connect_timeout=number(float, 0.001, 3600)(options["connect-timeout"], "--connect-timeout"),
+        retries=number(int, 0, 100)(options["retries"], "--retries"),
+        idle_timeout=number(float, 0, 7 * DAY)(options["idle-timeout"], "--idle-timeout"),
+        max_connections=number(int, 1, 10_000_000)(options["max-connections"], "--max-connections")
         if given else DEFAULT_MAX_CONNECTIONS,
         access_log=options["access-log"] != "off",
         tcp_keepalive=keepalive_flag(options["tcp-keepalive"]),

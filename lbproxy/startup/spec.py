@@ -9,6 +9,7 @@ L{flag} field here (with its parser) and one C{optParameters} line.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,6 +21,9 @@ from lbproxy.model.config import Config, ProxySettings
 
 #: C{--max-connections} when not given (fewer if the descriptor limit is lower).
 DEFAULT_MAX_CONNECTIONS = 10000
+
+#: The longest a flag's seconds may be (the API's limits are the same).
+DAY = 86400.0
 
 
 def flag(name: str, parse: Callable[[Any, str], Any] = lambda value, flag: value, default: Any = None) -> Any:
@@ -51,15 +55,18 @@ def _access(value: str, check: str) -> str:
 
 def number(cast: Any = float, low: float = 0, high: float | None = None) -> Callable[[Any, str], Any]:
     """
-    A C{parse} for L{flag}: a number of type C{cast}, at least C{low} (and
-    at most C{high}).
+    A C{parse} for L{flag}: a finite number of type C{cast}, at least
+    C{low} (and at most C{high}); C{nan} and C{inf} are refused, as a timer
+    or a comparison with them misbehaves silently.
     """
 
     def parse(value: Any, flag: str) -> Any:
         try:
             n = cast(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise usage.UsageError(f"{flag} must be a number, not {value!r}") from None
+        if not math.isfinite(n):
+            raise usage.UsageError(f"{flag} must be a finite number, not {value!r}")
         if n < low:
             raise usage.UsageError(f"{flag} must be at least {low}, not {value!r}")
         if high is not None and n > high:
@@ -124,13 +131,13 @@ class ProxySpec:
     admin_open_reads: bool = flag("admin-open-reads", lambda v, f: bool(v), default=False)
     #: names the admin answers for besides its address and localhost (--admin-host).
     admin_hosts: tuple[str, ...] = ()
-    admin_max_connections: int = flag("admin-max-connections", number(int, 1), default=256)
-    admin_read_timeout: float = flag("admin-read-timeout", number(float, 0.1), default=10.0)
-    admin_write_rate: float = flag("admin-write-rate", number(float, 0), default=20.0)
+    admin_max_connections: int = flag("admin-max-connections", number(int, 1, 1_000_000), default=256)
+    admin_read_timeout: float = flag("admin-read-timeout", number(float, 0.1, 3600), default=10.0)
+    admin_write_rate: float = flag("admin-write-rate", number(float, 0, 1_000_000), default=20.0)
     dns_servers: tuple[tuple[str, int], ...] | None = flag("dns-server", lambda v, f: tuple(_dns_servers(v)))
-    dns_refresh: float = flag("dns-refresh", lambda v, f: number(float, 0.1)(v, f), default=30.0)
-    grace: float = flag("grace", number(float, 0), default=30.0)
-    grace_spread: float = flag("grace-spread", number(float, 0), default=5.0)
+    dns_refresh: float = flag("dns-refresh", number(float, 0.1, DAY), default=30.0)
+    grace: float = flag("grace", number(float, 0, DAY), default=30.0)
+    grace_spread: float = flag("grace-spread", number(float, 0, DAY), default=5.0)
     control_socket: str | None = flag("control-socket", lambda v, f: os.path.abspath(v))
     takeover: bool = flag("takeover", lambda v, f: bool(v), default=False)
     pid_file: str | None = flag("pid-file", lambda v, f: os.path.abspath(v))
