@@ -177,6 +177,16 @@ def test_a_bad_file_names_the_field(tmp_path):
         load(tmp_path, "[services.x\n")
 
 
+def test_a_binary_file_is_named(tmp_path):
+    """A file that is not UTF-8 (a binary, a UTF-16 export) is refused
+    naming the file, not with a bare codec error (and, under twistd's
+    --config, not with a traceback)."""
+    path = tmp_path / "s.toml"
+    path.write_bytes(b"garbage\x00\xff")
+    with pytest.raises(declarative.FileError, match=f"^{path}: not valid TOML: not UTF-8 text"):
+        declarative.read_file(str(path))
+
+
 def test_console_script_points_at_main():
     """pyproject's lbproxyctl script is lbproxy.cli.main:run, and lbproxy.cli is packaged."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())

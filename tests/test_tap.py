@@ -428,3 +428,34 @@ def test_backend_help_names_every_option_the_parser_takes():
     help_text = text[start:text.index("--", start + 10)]
     named = set(re.findall(r"(\w+)=", help_text.split("with the keys", 1)[1]))
     assert keys == named, help_text
+
+
+SERVICE = '[services.a]\nlisten = ["{listen}"]\nbackends = [{{ host = "127.0.0.1", port = 9 }}]\n'
+
+
+def test_config_file_that_is_not_text_names_the_file(tmp_path):
+    """A --config file that is not UTF-8 was a UnicodeDecodeError (a
+    traceback under twistd): it is a UsageError naming the flag and file."""
+    path = tmp_path / "services.toml"
+    path.write_bytes(b"garbage\x00\xff")
+    with pytest.raises(UsageError, match=f"^--config {path}: not valid TOML: not UTF-8 text"):
+        parse("--config", str(path))
+
+
+def test_config_file_bad_listen_names_the_file_and_service(tmp_path):
+    """A malformed listen in the --config file is reported in the file's
+    service, not as a --listen flag the user never gave."""
+    path = tmp_path / "services.toml"
+    path.write_text(SERVICE.format(listen="tcp:notaport"))
+    with pytest.raises(UsageError, match=f"^--config {path}: service 'a' listen 'tcp:notaport' is not a valid endpoint"):
+        parse("--config", str(path))
+
+
+def test_config_file_listens_keep_their_order(tmp_path):
+    """The services' endpoints are the spec's listens in file order, each once."""
+    path = tmp_path / "services.toml"
+    path.write_text(SERVICE.format(listen="tcp:0:interface=127.0.0.2")
+                    + SERVICE.replace("services.a", "services.b").format(listen="tcp:0:interface=127.0.0.3")
+                    + SERVICE.replace("services.a", "services.c").format(listen="tcp:0:interface=127.0.0.2"))
+    spec = parse("--config", str(path)).spec
+    assert [e.description for e in spec.listens] == ["tcp:0:interface=127.0.0.2", "tcp:0:interface=127.0.0.3"]

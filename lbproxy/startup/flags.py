@@ -248,11 +248,15 @@ def build_spec(options: Any) -> ProxySpec:
     """
     services = _services(options)
     if services is not None:
-        descriptions = [d for s in services.services for d in s.listen]
+        # A bad one names the file and the service it is in, not --listen.
+        where: dict[str, str] = {}
+        for s in services.services:
+            for d in s.listen:
+                where.setdefault(d, f"--config {options['config']}: service {s.name!r} listen")
     else:
         # A composing plugin (the demo) may set a default "listen".
-        descriptions = options["listens"] or [options.get("listen") or "tcp:8080"]
-    listens = tuple(_endpoint(d, "--listen") for d in dict.fromkeys(descriptions))
+        where = {d: "--listen" for d in options["listens"] or [options.get("listen") or "tcp:8080"]}
+    listens = tuple(_endpoint(d, flag) for d, flag in where.items())
     listen = listens[0]
     admin = _endpoint(options["admin"], "--admin")
     workers = number(int, 1, MAX_WORKERS)(options["workers"], "--workers")
