@@ -459,3 +459,62 @@ def test_config_file_listens_keep_their_order(tmp_path):
                     + SERVICE.replace("services.a", "services.c").format(listen="tcp:0:interface=127.0.0.2"))
     spec = parse("--config", str(path)).spec
     assert [e.description for e in spec.listens] == ["tcp:0:interface=127.0.0.2", "tcp:0:interface=127.0.0.3"]
+
+
+@pytest.mark.parametrize("flag", ["--control-socket", "--pid-file"])
+def test_files_made_later_need_their_directory_now(tmp_path, flag):
+    """--control-socket and --pid-file are created once lbproxy runs (the
+    socket after the proxy listens, the pid file once it accepts): a
+    missing directory was a traceback then (or a pid file silently never
+    written); it is a UsageError now, before anything binds."""
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(UsageError, match=f"^{flag} '{missing}': the directory '{missing.parent}' does not exist"):
+        parse(flag, str(missing))
+    with pytest.raises(UsageError, match=f"^{flag} '{tmp_path}' is a directory"):
+        parse(flag, str(tmp_path))
+    assert parse(flag, str(tmp_path / "f")).spec.__getattribute__(flag[2:].replace("-", "_")) == str(tmp_path / "f")
+
+
+def test_control_socket_path_must_fit_a_unix_socket(tmp_path):
+    """A socket path over 107 bytes cannot be bound; it is refused up front."""
+    long = tmp_path / ("s" * 120)
+    with pytest.raises(UsageError, match="longer than a UNIX socket path may be"):
+        parse("--control-socket", str(long))
+
+
+def test_config_file_tls_files_are_read_at_parse_time(tmp_path):
+    """A --config service whose certificate is missing or not PEM is this
+    flag's error, naming the file, the service and the certificate (it was
+    a traceback from the first bind)."""
+    path = tmp_path / "services.toml"
+    path.write_text(SERVICE.format(listen="tcp:0:interface=127.0.0.1")
+                    + f'tls = {{ certificates = [ {{ cert = "{tmp_path}/x.crt", key = "{tmp_path}/x.key" }} ] }}\n')
+    with pytest.raises(UsageError, match=f"^--config {path}: service 'a': tls: certificate '{tmp_path}/x.crt': No such file"):
+        parse("--config", str(path))
+    (tmp_path / "x.crt").write_text("not a certificate\n")
+    (tmp_path / "x.key").write_text("not a key\n")
+    with pytest.raises(UsageError, match="holds no PEM certificate"):
+        parse("--config", str(path))
+
+
+def test_twistd_stored_config_with_a_missing_certificate_is_one_line(tmp_path):
+    """A stored config (--state-dir) whose certificate file was removed
+    since: twistd stops with one line naming the service and the file, and
+    exit 1, instead of a traceback from the bind."""
+    import json
+
+    from lbproxy.control.store.envelope import checksum
+    from lbproxy.model.tomlfile import load_services
+
+    toml = tmp_path / "s.toml"
+    toml.write_text(SERVICE.format(listen="tcp:0:interface=127.0.0.1")
+                    + f'tls = {{ certificates = [ {{ cert = "{tmp_path}/gone.crt", key = "{tmp_path}/gone.key" }} ] }}\n')
+    body = load_services(str(toml)).to_json()
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "config.json").write_text(json.dumps({"format": 1, "checksum": checksum(body), "config": body}))
+    out = _twistd("lbproxy", "--state-dir", str(state), "--admin", "tcp:0:interface=127.0.0.1")
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert errors == [f"lbproxy: cannot start: service 'a': tls: certificate '{tmp_path}/gone.crt': "
+                      "No such file or directory"], out.stderr

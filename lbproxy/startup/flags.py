@@ -141,9 +141,17 @@ def _services(options: Any) -> Any:
     from lbproxy.model.tomlfile import load_services, strategies_known
     from lbproxy.policy.plugins import strategy_factories
 
+    from lbproxy.relay.tlsreload import TLSStore
+
     try:
         document = load_services(path)
         strategies_known(document, strategy_factories(), path)
+        # The PEM files it names are read now, so a bad one is this flag's
+        # error and not the first bind's.
+        try:
+            TLSStore(None).check(document)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     except ConfigError as e:
         raise usage.UsageError(f"--config {e}") from None
     return document

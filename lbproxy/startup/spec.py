@@ -76,6 +76,30 @@ def number(cast: Any = float, low: float = 0, high: float | None = None) -> Call
     return parse
 
 
+def _new_file(value: str, flag: str) -> str:
+    """
+    A path lbproxy creates once running (a socket, a pid file): its
+    directory must exist now, else the failure would come after the proxy
+    already listens, as a traceback.
+    """
+    path = os.path.abspath(value)
+    if os.path.isdir(path):
+        raise usage.UsageError(f"{flag} {value!r} is a directory; give a file path in it")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise usage.UsageError(f"{flag} {value!r}: the directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise usage.UsageError(f"{flag} {value!r}: cannot create files in {parent!r}")
+    return path
+
+
+def _socket_path(value: str, flag: str) -> str:
+    path = _new_file(value, flag)
+    if len(os.fsencode(path)) > 107:
+        raise usage.UsageError(f"{flag} {value!r} is longer than a UNIX socket path may be (107 bytes)")
+    return path
+
+
 def _dns_servers(value: str) -> list[tuple[str, int]]:
     servers = []
     for item in value.split(","):
@@ -138,9 +162,9 @@ class ProxySpec:
     dns_refresh: float = flag("dns-refresh", number(float, 0.1, DAY), default=30.0)
     grace: float = flag("grace", number(float, 0, DAY), default=30.0)
     grace_spread: float = flag("grace-spread", number(float, 0, DAY), default=5.0)
-    control_socket: str | None = flag("control-socket", lambda v, f: os.path.abspath(v))
+    control_socket: str | None = flag("control-socket", _socket_path)
     takeover: bool = flag("takeover", lambda v, f: bool(v), default=False)
-    pid_file: str | None = flag("pid-file", lambda v, f: os.path.abspath(v))
+    pid_file: str | None = flag("pid-file", _new_file)
     access_log: str = flag("access-log", lambda v, f: _access(v, "parse_destination"), default="-")
     access_log_format: str = flag("access-log-format", lambda v, f: _access(v, "parse_format"), default="json")
     history: int = flag("history", number(int, 1, 100000), default=100)
