@@ -52,6 +52,30 @@ def test_usage_errors_exit_2(argv, capsys):
     assert run(*argv)[0] == 2
 
 
+@pytest.mark.parametrize("argv, prog, reason", [
+    (("nosuchverb",), "lbproxyctl", "argument VERB: invalid choice: 'nosuchverb'"),
+    (("backends",), "lbproxyctl backends", "the following arguments are required: service"),
+    (("weight", "s", "b1", "heavy"), "lbproxyctl weight", "argument weight: invalid int value: 'heavy'"),
+    (("status", "--timeout", "0"), "lbproxyctl status", "argument --timeout: must be a positive number"),
+    (("status", "--bogus"), "lbproxyctl", "unrecognized arguments: --bogus"),
+])
+def test_usage_errors_are_one_line_and_a_hint(argv, prog, reason, capsys):
+    """A usage error is one line naming the verb and what is wrong, then
+    where the help is, not argparse's whole usage block before it."""
+    assert run(*argv)[0] == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"{prog}: {reason}" + lines[0][len(prog) + 2 + len(reason):], f"see: {prog} --help"], lines
+
+
+def test_token_file_that_is_not_text_is_usage(tmp_path):
+    """A binary --token-file was a UnicodeDecodeError traceback; it is a
+    usage error naming the file, before any request."""
+    path = tmp_path / "token"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    code, _, err = run("--admin", "http://127.0.0.1:1", "--token-file", str(path), "status")
+    assert (code, err) == (2, f"lbproxyctl: --token-file {path} is not a text file\n")
+
+
 def test_add_needs_host_and_port():
     """add's HOST:PORT is checked before anything is sent (exit 2, no connection: port 1 is never tried)."""
     code, _, err = run("--admin", "http://127.0.0.1:1", "add", "svc", "nohost")

@@ -31,7 +31,14 @@ class Usage(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors exit 2 with one line, as argparse does."""
+    """
+    Usage errors exit 2 with one line naming the verb and what is wrong,
+    and where the help is (argparse's default prints the whole usage
+    first, which buries the reason).
+    """
+
+    def error(self, message: str) -> Any:
+        self.exit(USAGE, f"{self.prog}: {message}\nsee: {self.prog} --help\n")
 
 
 def _common(suppress: bool) -> argparse.ArgumentParser:
@@ -154,6 +161,8 @@ def _token(args: argparse.Namespace) -> str | None:
                 token = f.readline().strip()
         except OSError as e:
             raise Usage(f"--token-file {args.token_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise Usage(f"--token-file {args.token_file} is not a text file") from None
         if not token:
             raise Usage(f"--token-file {args.token_file} is empty")
         return token
