@@ -45,6 +45,8 @@ def parse(*args):
     (["--backlog", "99999999999"], "--backlog must be at most 1048576"),
     (["--listen", "tcp:80:backlog=0"], "--listen 'tcp:80:backlog=0' is not a valid endpoint: backlog must be"),
     (["--demo"], "--demo moved: run 'twistd -n lbproxy-demo'"),
+    (["--strategy", ""], "--strategy must name a strategy"),
+    (["--backend", "[::1:80"], "an IPv6 address goes in brackets"),
 ])
 def test_bad_flags_are_usage_errors(args, message):
     """Each malformed flag is refused with a message naming it."""

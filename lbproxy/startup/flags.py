@@ -110,6 +110,8 @@ def _seed(options: Any) -> Config:
             raise usage.UsageError(f"--strategy-options is not valid JSON: {e}") from None
         if not isinstance(choice_options, dict):
             raise usage.UsageError("--strategy-options must be a JSON object")
+    if options["strategy"] == "":
+        raise usage.UsageError("--strategy must name a strategy (default round-robin)")
     choice = StrategyChoice(options["strategy"] or "round-robin", freeze(choice_options))
     try:
         build_strategy(choice, strategy_factories())
