@@ -344,3 +344,27 @@ def test_the_wheel_installs_the_lbproxyctl_script(proxy, tmp_path):
                        env=dict(env_for(proxy), PYTHONPATH=str(target)), cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["services"][0]["name"] == "default"
+
+
+def test_bad_input_is_one_line_and_changes_nothing(proxy, tmp_path):
+    """
+    Against a real server: a binary token file is usage (2), a binary
+    apply -f file is refused naming the file (1), a usage error is one line
+    and a hint, a wrong token is the server's 401 (1); each is no
+    traceback, and the config version is where it was.
+    """
+    before = get(proxy, "/services")["version"]
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    r = ctl(proxy, "--token-file", str(binary), "add", "default", "127.0.0.1:9")
+    assert (r.returncode, r.stderr) == (2, f"lbproxyctl: --token-file {binary} is not a text file\n")
+    r = ctl(proxy, "apply", "-f", str(binary))
+    assert r.returncode == 1 and r.stderr.startswith(f"lbproxyctl: {binary}: not valid TOML: not UTF-8"), r.stderr
+    r = ctl(proxy, "weight", "default", "b1", "heavy")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "lbproxyctl weight: argument weight: invalid int value: 'heavy'", "see: lbproxyctl weight --help"]
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-token-at-all\n")
+    r = ctl(proxy, "--token-file", str(wrong), "add", "default", "127.0.0.1:9", token=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "refused (401)" in r.stderr, r.stderr
+    assert get(proxy, "/services")["version"] == before
