@@ -368,3 +368,29 @@ def test_bad_input_is_one_line_and_changes_nothing(proxy, tmp_path):
     r = ctl(proxy, "--token-file", str(wrong), "add", "default", "127.0.0.1:9", token=False)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "refused (401)" in r.stderr, r.stderr
     assert get(proxy, "/services")["version"] == before
+
+
+def test_an_admin_url_that_is_not_lbproxy_is_exit_3_in_one_line(tmp_path):
+    """
+    --admin pointing at another HTTP server (a web server's HTML page,
+    its HTML 404/501): exit 3 with one line saying so, not a traceback
+    (an HTML 200) nor the whole HTML page printed as a refusal.
+    """
+    import functools
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    (tmp_path / "api" / "v1").mkdir(parents=True)
+    (tmp_path / "api" / "v1" / "status").write_text("<html>hello</html>\n")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for args, status in ((("status",), 200), (("backends", "default"), 404), (("add", "default", "127.0.0.1:9"), 501)):
+            r = ctl(None, "--admin", base, *args, token=False)
+            assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+            assert r.stderr.startswith(f"lbproxyctl: {base} is not an lbproxy admin API: it answered {status}"), r.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
