@@ -2,7 +2,8 @@
 C{lbproxyctl}'s command line: argparse with one subparser per verb.
 
 Exit codes scripts can trust: 0 done, 1 refused (the server's message, or
-a file that is not valid), 2 usage, 3 the admin API cannot be reached.
+a file that is not valid), 2 usage, 3 the admin API cannot be reached (or
+what answers is not one).
 """
 
 from __future__ import annotations
