@@ -46,6 +46,8 @@ def parse(*args):
     (["--listen", "tcp:80:backlog=0"], "--listen 'tcp:80:backlog=0' is not a valid endpoint: backlog must be"),
     (["--demo"], "--demo moved: run 'twistd -n lbproxy-demo'"),
     (["--strategy", ""], "--strategy must name a strategy"),
+    (["--no-access-log", "--access-log", "/var/log/x.log"], "--no-access-log and --access-log /var/log/x.log contradict"),
+    (["--store-prefix", "/lbproxy/other"], "--store-prefix only makes sense with --store"),
     (["--backend", "[::1:80"], "an IPv6 address goes in brackets"),
 ])
 def test_bad_flags_are_usage_errors(args, message):

@@ -193,6 +193,8 @@ def _cluster(options: Any, admin: Endpoint) -> dict[str, Any]:
     import re
 
     out: dict[str, Any] = {"etcd_endpoints": None, "store_prefix": options["store-prefix"]}
+    if options["store"] is None and options["store-prefix"] != options.defaults["store-prefix"]:
+        raise usage.UsageError("--store-prefix only makes sense with --store (the etcd key prefix)")
     if options["store"] is not None:
         if options["state-dir"] is not None:
             raise usage.UsageError("--store and --state-dir exclude each other: the config lives in one place")
@@ -276,6 +278,8 @@ def build_spec(options: Any) -> ProxySpec:
     )
     token = _admin_token(options, admin)
     if options["no-access-log"]:
+        if options["access-log"] not in (options.defaults["access-log"], "off"):
+            raise usage.UsageError(f"--no-access-log and --access-log {options['access-log']} contradict each other")
         options["access-log"] = "off"
     given = options["max-connections"] is not None
     settings = ProxySettings(
