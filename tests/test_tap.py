@@ -211,6 +211,10 @@ def _twistd(*args, **kw):
     (["--strategy", "nope"], "unknown strategy 'nope'"),
     (["--colour", "red"], "option --colour not recognized"),
     (["--backlog", "many"], "--backlog must be a number"),
+    (["--connect-timeout", "nan"], "--connect-timeout must be a finite number"),
+    (["--control-socket", "/nonexistent/dir/control.sock"], "--control-socket '/nonexistent/dir/control.sock': the directory"),
+    (["--pid-file", "/nonexistent/dir/lbproxy.pid"], "--pid-file '/nonexistent/dir/lbproxy.pid': the directory"),
+    (["--check", "tcp", "--check-expect", "pong"], "--check-expect needs --check send-expect (not --check tcp)"),
 ])
 def test_twistd_refuses_bad_flags_in_one_line(args, reason):
     """twistd with a bad flag exits 1 with the reason on one line and a
