@@ -439,6 +439,7 @@ def test_backend_help_names_every_option_the_parser_takes():
     assert keys == named, help_text
 
 
+LOCAL = "tcp:0:interface=127.0.0.1"
 SERVICE = '[services.a]\nlisten = ["{listen}"]\nbackends = [{{ host = "127.0.0.1", port = 9 }}]\n'
 
 
@@ -506,24 +507,30 @@ def test_config_file_tls_files_are_read_at_parse_time(tmp_path):
         parse("--config", str(path))
 
 
-def test_twistd_stored_config_with_a_missing_certificate_is_one_line(tmp_path):
+@pytest.mark.parametrize("extra, listen, error", [
+    ('tls = {{ certificates = [ {{ cert = "{tmp}/gone.crt", key = "{tmp}/gone.key" }} ] }}\n', LOCAL,
+     "service 'a': tls: certificate '{tmp}/gone.crt': No such file or directory"),
+    ("", "tcp:notaport",
+     "service 'a': listen 'tcp:notaport': the port must be a number from 0 to 65535, not 'notaport'"),
+])
+def test_twistd_stored_config_that_cannot_start_is_one_line(tmp_path, extra, listen, error):
     """A stored config (--state-dir) whose certificate file was removed
-    since: twistd stops with one line naming the service and the file, and
-    exit 1, instead of a traceback from the bind."""
+    since, or whose listen was edited into a malformed one (checksum
+    redone): twistd stops with one line naming the service and what is
+    wrong, exit 1, instead of a traceback from the bind."""
     import json
 
     from lbproxy.control.store.envelope import checksum
     from lbproxy.model.tomlfile import load_services
 
     toml = tmp_path / "s.toml"
-    toml.write_text(SERVICE.format(listen="tcp:0:interface=127.0.0.1")
-                    + f'tls = {{ certificates = [ {{ cert = "{tmp_path}/gone.crt", key = "{tmp_path}/gone.key" }} ] }}\n')
+    toml.write_text(SERVICE.format(listen=LOCAL) + extra.format(tmp=tmp_path))
     body = load_services(str(toml)).to_json()
+    body["services"][0]["listen"] = [listen]
     state = tmp_path / "state"
     state.mkdir()
     (state / "config.json").write_text(json.dumps({"format": 1, "checksum": checksum(body), "config": body}))
-    out = _twistd("lbproxy", "--state-dir", str(state), "--admin", "tcp:0:interface=127.0.0.1")
+    out = _twistd("lbproxy", "--state-dir", str(state), "--admin", LOCAL)
     errors = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
-    assert errors == [f"lbproxy: cannot start: service 'a': tls: certificate '{tmp_path}/gone.crt': "
-                      "No such file or directory"], out.stderr
+    assert errors == [f"lbproxy: cannot start: {error.format(tmp=tmp_path)}"], out.stderr
