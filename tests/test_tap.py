@@ -63,7 +63,7 @@ def test_bad_flags_are_usage_errors(args, message):
     (["--connect-timeout", "1e400"], "--connect-timeout must be a finite number"),
     (["--connect-timeout", "3601"], "--connect-timeout must be at most 3600"),
     (["--idle-timeout", "nan"], "--idle-timeout must be a finite number"),
-    (["--idle-timeout", "1e300"], "--idle-timeout must be at most 604800"),
+    (["--idle-timeout", "1e300"], "--idle-timeout must be at most 604800, not '1e300'"),
     (["--retries", "99999999999"], "--retries must be at most 100"),
     (["--max-connections", "99999999999"], "--max-connections must be at most 10000000"),
     (["--workers", "100000"], "--workers must be at most 256"),

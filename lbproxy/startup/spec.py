@@ -70,7 +70,8 @@ def number(cast: Any = float, low: float = 0, high: float | None = None) -> Call
         if n < low:
             raise usage.UsageError(f"{flag} must be at least {low}, not {value!r}")
         if high is not None and n > high:
-            raise usage.UsageError(f"{flag} must be at most {high}, not {value!r}")
+            most = int(high) if float(high).is_integer() else high
+            raise usage.UsageError(f"{flag} must be at most {most}, not {value!r}")
         return n
 
     return parse
