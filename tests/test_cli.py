@@ -101,7 +101,16 @@ def test_common_options_before_and_after_the_verb():
 def test_a_bad_admin_url_is_usage(admin):
     """--admin that is not an http(s) URL with a host is a usage error (2), not unreachable (3)."""
     code, _, err = run("--admin", admin, "status")
-    assert code == 2 and "admin API" in err
+    assert code == 2 and err.startswith("lbproxyctl: --admin: the admin API") and err.count("\n") == 1, err
+
+
+def test_a_bad_admin_url_from_the_environment_names_it(monkeypatch):
+    """A bad $LBPROXY_ADMIN is named as such: the user gave no --admin, so
+    an error about 'the admin API' alone does not say where to look."""
+    monkeypatch.setenv("LBPROXY_ADMIN", "ftp://host/")
+    code, _, err = run("status")
+    assert (code, err) == (2, "lbproxyctl: $LBPROXY_ADMIN: the admin API must be an http:// or https:// URL, "
+                              "not 'ftp://host/'\n")
 
 
 def test_docs_show_every_verb():

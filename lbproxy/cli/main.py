@@ -170,17 +170,21 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get("LBPROXY_TOKEN") or None
 
 
-def _admin_url(value: str) -> str:
+def _admin_url(value: str, given: str = "--admin") -> str:
+    """
+    @param given: where C{value} came from (C{--admin} or
+        C{$LBPROXY_ADMIN}), named when it is bad.
+    """
     from urllib.parse import urlsplit
 
     url = value if "://" in value else "http://" + value
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Usage(f"the admin API must be an http:// or https:// URL, not {value!r}")
+        raise Usage(f"{given}: the admin API must be an http:// or https:// URL, not {value!r}")
     try:
         parts.port
     except ValueError:
-        raise Usage(f"the admin API URL {value!r} has a bad port") from None
+        raise Usage(f"{given}: the admin API URL {value!r} has a bad port") from None
     return url
 
 
@@ -195,7 +199,10 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     except SystemExit as e:
         return USAGE if e.code not in (0, None) else OK
     try:
-        admin = _admin_url(args.admin or os.environ.get("LBPROXY_ADMIN") or DEFAULT_ADMIN)
+        if args.admin:
+            admin = _admin_url(args.admin)
+        else:
+            admin = _admin_url(os.environ.get("LBPROXY_ADMIN") or DEFAULT_ADMIN, "$LBPROXY_ADMIN")
         client = AdminClient(admin, _token(args), timeout=args.timeout)
         return args.run(client, args, out)
     except Usage as e:
