@@ -47,6 +47,8 @@ def parse(*args):
     (["--listen", "tcp:80:backlog=0"], "--listen 'tcp:80:backlog=0' is not a valid endpoint: backlog must be"),
     (["--demo"], "--demo moved: run 'twistd -n lbproxy-demo'"),
     (["--strategy", ""], "--strategy must name a strategy"),
+    (["--admin", "tcp:0:interface=999.1.1.1"], "--admin 'tcp:0:interface=999.1.1.1': interface= must be an IP address"),
+    (["--listen", "tcp:0:interface=127.0.0.l"], "--listen 'tcp:0:interface=127.0.0.l': interface= must be an IP address"),
     (["--no-access-log", "--access-log", "/var/log/x.log"], "--no-access-log and --access-log /var/log/x.log contradict"),
     (["--store-prefix", "/lbproxy/other"], "--store-prefix only makes sense with --store"),
     (["--backend", "[::1:80"], "an IPv6 address goes in brackets"),
