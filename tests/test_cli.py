@@ -52,6 +52,30 @@ def test_usage_errors_exit_2(argv, capsys):
     assert run(*argv)[0] == 2
 
 
+@pytest.mark.parametrize("argv, prog, reason", [
+    (("nosuchverb",), "lbproxyctl", "argument VERB: invalid choice: 'nosuchverb'"),
+    (("backends",), "lbproxyctl backends", "the following arguments are required: service"),
+    (("weight", "s", "b1", "heavy"), "lbproxyctl weight", "argument weight: invalid int value: 'heavy'"),
+    (("status", "--timeout", "0"), "lbproxyctl status", "argument --timeout: must be a positive number"),
+    (("status", "--bogus"), "lbproxyctl", "unrecognized arguments: --bogus"),
+])
+def test_usage_errors_are_one_line_and_a_hint(argv, prog, reason, capsys):
+    """A usage error is one line naming the verb and what is wrong, then
+    where the help is, not argparse's whole usage block before it."""
+    assert run(*argv)[0] == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"{prog}: {reason}" + lines[0][len(prog) + 2 + len(reason):], f"see: {prog} --help"], lines
+
+
+def test_token_file_that_is_not_text_is_usage(tmp_path):
+    """A binary --token-file was a UnicodeDecodeError traceback; it is a
+    usage error naming the file, before any request."""
+    path = tmp_path / "token"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    code, _, err = run("--admin", "http://127.0.0.1:1", "--token-file", str(path), "status")
+    assert (code, err) == (2, f"lbproxyctl: --token-file {path} is not a text file\n")
+
+
 def test_add_needs_host_and_port():
     """add's HOST:PORT is checked before anything is sent (exit 2, no connection: port 1 is never tried)."""
     code, _, err = run("--admin", "http://127.0.0.1:1", "add", "svc", "nohost")
@@ -77,7 +101,16 @@ def test_common_options_before_and_after_the_verb():
 def test_a_bad_admin_url_is_usage(admin):
     """--admin that is not an http(s) URL with a host is a usage error (2), not unreachable (3)."""
     code, _, err = run("--admin", admin, "status")
-    assert code == 2 and "admin API" in err
+    assert code == 2 and err.startswith("lbproxyctl: --admin: the admin API") and err.count("\n") == 1, err
+
+
+def test_a_bad_admin_url_from_the_environment_names_it(monkeypatch):
+    """A bad $LBPROXY_ADMIN is named as such: the user gave no --admin, so
+    an error about 'the admin API' alone does not say where to look."""
+    monkeypatch.setenv("LBPROXY_ADMIN", "ftp://host/")
+    code, _, err = run("status")
+    assert (code, err) == (2, "lbproxyctl: $LBPROXY_ADMIN: the admin API must be an http:// or https:// URL, "
+                              "not 'ftp://host/'\n")
 
 
 def test_docs_show_every_verb():
@@ -175,6 +208,16 @@ def test_a_bad_file_names_the_field(tmp_path):
         load(tmp_path, FILE.replace("port = 6379 }", "port = 70000 }", 1))
     with pytest.raises(declarative.FileError, match="not valid TOML"):
         load(tmp_path, "[services.x\n")
+
+
+def test_a_binary_file_is_named(tmp_path):
+    """A file that is not UTF-8 (a binary, a UTF-16 export) is refused
+    naming the file, not with a bare codec error (and, under twistd's
+    --config, not with a traceback)."""
+    path = tmp_path / "s.toml"
+    path.write_bytes(b"garbage\x00\xff")
+    with pytest.raises(declarative.FileError, match=f"^{path}: not valid TOML: not UTF-8 text"):
+        declarative.read_file(str(path))
 
 
 def test_console_script_points_at_main():

@@ -129,6 +129,9 @@ def test_backend_spec(spec, parsed):
     ("127.0.0.1:80,weight=x", "weight 'x' is not a number"),
     ("127.0.0.1:80,colour=red", "unknown option 'colour'"),
     ("127.0.0.1:80,weight", "must look like key=value"),
+    ("[::1:80", "an IPv6 address goes in brackets"),
+    ("::1]:80", "an IPv6 address goes in brackets"),
+    ("::1:80", "an IPv6 address goes in brackets"),
 ])
 def test_bad_backend_spec(spec, message):
     """A malformed command-line backend says what is wrong."""

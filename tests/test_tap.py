@@ -32,7 +32,8 @@ def parse(*args):
     (["--strategy", "random", "--strategy-options", "{"], "not valid JSON"),
     (["--strategy", "random", "--strategy-options", "[]"], "must be a JSON object"),
     (["--strategy", "random", "--strategy-options", '{"seed": "x"}'], "invalid options for strategy 'random'"),
-    (["--backend", "nohost"], "must look like HOST:PORT"),
+    (["--backend", "nohost"], "^--backend 'nohost' must look like HOST:PORT"),
+    (["--backend", "127.0.0.1:80,colour=red"], "^--backend '127.0.0.1:80,colour=red': unknown option 'colour'"),
     (["--backend", "127.0.0.1:0"], "port must be at least 1"),
     (["--backend", "127.0.0.1:80", "--backend", "127.0.0.1:80"], "listed twice"),
     (["--listen", "tcp:notaport"], "--listen 'tcp:notaport' is not a valid endpoint"),
@@ -45,9 +46,40 @@ def parse(*args):
     (["--backlog", "99999999999"], "--backlog must be at most 1048576"),
     (["--listen", "tcp:80:backlog=0"], "--listen 'tcp:80:backlog=0' is not a valid endpoint: backlog must be"),
     (["--demo"], "--demo moved: run 'twistd -n lbproxy-demo'"),
+    (["--strategy", ""], "--strategy must name a strategy"),
+    (["--admin", "tcp:0:interface=999.1.1.1"], "--admin 'tcp:0:interface=999.1.1.1': interface= must be an IP address"),
+    (["--listen", "tcp:0:interface=127.0.0.l"], "--listen 'tcp:0:interface=127.0.0.l': interface= must be an IP address"),
+    (["--no-access-log", "--access-log", "/var/log/x.log"], "--no-access-log and --access-log /var/log/x.log contradict"),
+    (["--store-prefix", "/lbproxy/other"], "--store-prefix only makes sense with --store"),
+    (["--backend", "[::1:80"], "an IPv6 address goes in brackets"),
 ])
 def test_bad_flags_are_usage_errors(args, message):
     """Each malformed flag is refused with a message naming it."""
+    with pytest.raises(UsageError, match=message):
+        parse(*args)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--connect-timeout", "nan"], "--connect-timeout must be a finite number, not 'nan'"),
+    (["--connect-timeout", "inf"], "--connect-timeout must be a finite number"),
+    (["--connect-timeout", "1e400"], "--connect-timeout must be a finite number"),
+    (["--connect-timeout", "3601"], "--connect-timeout must be at most 3600"),
+    (["--idle-timeout", "nan"], "--idle-timeout must be a finite number"),
+    (["--idle-timeout", "1e300"], "--idle-timeout must be at most 604800, not '1e300'"),
+    (["--retries", "99999999999"], "--retries must be at most 100"),
+    (["--max-connections", "99999999999"], "--max-connections must be at most 10000000"),
+    (["--workers", "100000"], "--workers must be at most 256"),
+    (["--dns-refresh", "nan"], "--dns-refresh must be a finite number"),
+    (["--grace", "nan"], "--grace must be a finite number"),
+    (["--grace-spread", "inf"], "--grace-spread must be a finite number"),
+    (["--admin-read-timeout", "nan"], "--admin-read-timeout must be a finite number"),
+    (["--admin-write-rate", "nan"], "--admin-write-rate must be a finite number"),
+    (["--admin-max-connections", "999999999"], "--admin-max-connections must be at most 1000000"),
+])
+def test_numbers_must_be_finite_and_in_range(args, message):
+    """nan, inf and numbers past what the API itself accepts were taken
+    (a nan timeout never fires, 100000 workers exhaust the descriptors at
+    bind time): each is refused naming the flag, before anything binds."""
     with pytest.raises(UsageError, match=message):
         parse(*args)
 
@@ -181,6 +213,10 @@ def _twistd(*args, **kw):
     (["--strategy", "nope"], "unknown strategy 'nope'"),
     (["--colour", "red"], "option --colour not recognized"),
     (["--backlog", "many"], "--backlog must be a number"),
+    (["--connect-timeout", "nan"], "--connect-timeout must be a finite number"),
+    (["--control-socket", "/nonexistent/dir/control.sock"], "--control-socket '/nonexistent/dir/control.sock': the directory"),
+    (["--pid-file", "/nonexistent/dir/lbproxy.pid"], "--pid-file '/nonexistent/dir/lbproxy.pid': the directory"),
+    (["--check", "tcp", "--check-expect", "pong"], "--check-expect needs --check send-expect (not --check tcp)"),
 ])
 def test_twistd_refuses_bad_flags_in_one_line(args, reason):
     """twistd with a bad flag exits 1 with the reason on one line and a
@@ -431,3 +467,100 @@ def test_worker_log_lines_name_their_module():
     finally:
         selector.close()
         running.stop()
+
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+SERVICE = '[services.a]\nlisten = ["{listen}"]\nbackends = [{{ host = "127.0.0.1", port = 9 }}]\n'
+
+
+def test_config_file_that_is_not_text_names_the_file(tmp_path):
+    """A --config file that is not UTF-8 was a UnicodeDecodeError (a
+    traceback under twistd): it is a UsageError naming the flag and file."""
+    path = tmp_path / "services.toml"
+    path.write_bytes(b"garbage\x00\xff")
+    with pytest.raises(UsageError, match=f"^--config {path}: not valid TOML: not UTF-8 text"):
+        parse("--config", str(path))
+
+
+def test_config_file_bad_listen_names_the_file_and_service(tmp_path):
+    """A malformed listen in the --config file is reported in the file's
+    service, not as a --listen flag the user never gave."""
+    path = tmp_path / "services.toml"
+    path.write_text(SERVICE.format(listen="tcp:notaport"))
+    with pytest.raises(UsageError, match=f"^--config {path}: service 'a' listen 'tcp:notaport' is not a valid endpoint"):
+        parse("--config", str(path))
+
+
+def test_config_file_listens_keep_their_order(tmp_path):
+    """The services' endpoints are the spec's listens in file order, each once."""
+    path = tmp_path / "services.toml"
+    path.write_text(SERVICE.format(listen="tcp:0:interface=127.0.0.2")
+                    + SERVICE.replace("services.a", "services.b").format(listen="tcp:0:interface=127.0.0.3")
+                    + SERVICE.replace("services.a", "services.c").format(listen="tcp:0:interface=127.0.0.2"))
+    spec = parse("--config", str(path)).spec
+    assert [e.description for e in spec.listens] == ["tcp:0:interface=127.0.0.2", "tcp:0:interface=127.0.0.3"]
+
+
+@pytest.mark.parametrize("flag", ["--control-socket", "--pid-file"])
+def test_files_made_later_need_their_directory_now(tmp_path, flag):
+    """--control-socket and --pid-file are created once lbproxy runs (the
+    socket after the proxy listens, the pid file once it accepts): a
+    missing directory was a traceback then (or a pid file silently never
+    written); it is a UsageError now, before anything binds."""
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(UsageError, match=f"^{flag} '{missing}': the directory '{missing.parent}' does not exist"):
+        parse(flag, str(missing))
+    with pytest.raises(UsageError, match=f"^{flag} '{tmp_path}' is a directory"):
+        parse(flag, str(tmp_path))
+    assert parse(flag, str(tmp_path / "f")).spec.__getattribute__(flag[2:].replace("-", "_")) == str(tmp_path / "f")
+
+
+def test_control_socket_path_must_fit_a_unix_socket(tmp_path):
+    """A socket path over 107 bytes cannot be bound; it is refused up front."""
+    long = tmp_path / ("s" * 120)
+    with pytest.raises(UsageError, match="longer than a UNIX socket path may be"):
+        parse("--control-socket", str(long))
+
+
+def test_config_file_tls_files_are_read_at_parse_time(tmp_path):
+    """A --config service whose certificate is missing or not PEM is this
+    flag's error, naming the file, the service and the certificate (it was
+    a traceback from the first bind)."""
+    path = tmp_path / "services.toml"
+    path.write_text(SERVICE.format(listen="tcp:0:interface=127.0.0.1")
+                    + f'tls = {{ certificates = [ {{ cert = "{tmp_path}/x.crt", key = "{tmp_path}/x.key" }} ] }}\n')
+    with pytest.raises(UsageError, match=f"^--config {path}: service 'a': tls: certificate '{tmp_path}/x.crt': No such file"):
+        parse("--config", str(path))
+    (tmp_path / "x.crt").write_text("not a certificate\n")
+    (tmp_path / "x.key").write_text("not a key\n")
+    with pytest.raises(UsageError, match="holds no PEM certificate"):
+        parse("--config", str(path))
+
+
+@pytest.mark.parametrize("extra, listen, error", [
+    ('tls = {{ certificates = [ {{ cert = "{tmp}/gone.crt", key = "{tmp}/gone.key" }} ] }}\n', LOCAL,
+     "service 'a': tls: certificate '{tmp}/gone.crt': No such file or directory"),
+    ("", "tcp:notaport",
+     "service 'a': listen 'tcp:notaport': the port must be a number from 0 to 65535, not 'notaport'"),
+])
+def test_twistd_stored_config_that_cannot_start_is_one_line(tmp_path, extra, listen, error):
+    """A stored config (--state-dir) whose certificate file was removed
+    since, or whose listen was edited into a malformed one (checksum
+    redone): twistd stops with one line naming the service and what is
+    wrong, exit 1, instead of a traceback from the bind."""
+    import json
+
+    from lbproxy.control.store.envelope import checksum
+    from lbproxy.model.tomlfile import load_services
+
+    toml = tmp_path / "s.toml"
+    toml.write_text(SERVICE.format(listen=LOCAL) + extra.format(tmp=tmp_path))
+    body = load_services(str(toml)).to_json()
+    body["services"][0]["listen"] = [listen]
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "config.json").write_text(json.dumps({"format": 1, "checksum": checksum(body), "config": body}))
+    out = _twistd("lbproxy", "--state-dir", str(state), "--admin", LOCAL)
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert errors == [f"lbproxy: cannot start: {error.format(tmp=tmp_path)}"], out.stderr

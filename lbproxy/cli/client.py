@@ -99,10 +99,25 @@ class AdminClient:
             raw = e.read()
             parsed = _parse(raw)
             message = parsed.get("error") if isinstance(parsed, dict) else None
-            raise Refused(e.code, message or raw.decode("utf-8", "replace").strip() or e.reason, parsed) from None
+            if not isinstance(message, str):
+                raise self._not_lbproxy(e.code, raw) from None
+            raise Refused(e.code, message, parsed) from None
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise Unreachable(f"cannot reach the admin API at {self.base}: {_reason(e)}") from None
-        return Answer(status, _parse(raw), tag)
+        parsed = _parse(raw)
+        if raw.strip() and not isinstance(parsed, (dict, list)):
+            raise self._not_lbproxy(status, raw)
+        return Answer(status, parsed, tag)
+
+    def _not_lbproxy(self, status: int, raw: bytes) -> Unreachable:
+        """
+        Every answer of lbproxy's admin API is JSON, its errors an object
+        with C{error}: anything else (an HTML page, a proxy's 502) is
+        another server at that address, not a refusal to print whole.
+        """
+        first = next((line.strip() for line in raw.decode("utf-8", "replace").splitlines() if line.strip()), "")
+        return Unreachable(f"{self.base} is not an lbproxy admin API: it answered {status} "
+                           f"{'with ' + repr(first[:60]) if first else 'with an empty body'}")
 
     def get(self, path: str) -> Answer:
         return self.call("GET", path)

@@ -2,7 +2,8 @@
 C{lbproxyctl}'s command line: argparse with one subparser per verb.
 
 Exit codes scripts can trust: 0 done, 1 refused (the server's message, or
-a file that is not valid), 2 usage, 3 the admin API cannot be reached.
+a file that is not valid), 2 usage, 3 the admin API cannot be reached (or
+what answers is not one).
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ class Usage(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors exit 2 with one line, as argparse does."""
+    """
+    Usage errors exit 2 with one line naming the verb and what is wrong,
+    and where the help is (argparse's default prints the whole usage
+    first, which buries the reason).
+    """
+
+    def error(self, message: str) -> Any:
+        self.exit(USAGE, f"{self.prog}: {message}\nsee: {self.prog} --help\n")
 
 
 def _common(suppress: bool) -> argparse.ArgumentParser:
@@ -154,23 +162,29 @@ def _token(args: argparse.Namespace) -> str | None:
                 token = f.readline().strip()
         except OSError as e:
             raise Usage(f"--token-file {args.token_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise Usage(f"--token-file {args.token_file} is not a text file") from None
         if not token:
             raise Usage(f"--token-file {args.token_file} is empty")
         return token
     return os.environ.get("LBPROXY_TOKEN") or None
 
 
-def _admin_url(value: str) -> str:
+def _admin_url(value: str, given: str = "--admin") -> str:
+    """
+    @param given: where C{value} came from (C{--admin} or
+        C{$LBPROXY_ADMIN}), named when it is bad.
+    """
     from urllib.parse import urlsplit
 
     url = value if "://" in value else "http://" + value
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Usage(f"the admin API must be an http:// or https:// URL, not {value!r}")
+        raise Usage(f"{given}: the admin API must be an http:// or https:// URL, not {value!r}")
     try:
         parts.port
     except ValueError:
-        raise Usage(f"the admin API URL {value!r} has a bad port") from None
+        raise Usage(f"{given}: the admin API URL {value!r} has a bad port") from None
     return url
 
 
@@ -185,7 +199,10 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     except SystemExit as e:
         return USAGE if e.code not in (0, None) else OK
     try:
-        admin = _admin_url(args.admin or os.environ.get("LBPROXY_ADMIN") or DEFAULT_ADMIN)
+        if args.admin:
+            admin = _admin_url(args.admin)
+        else:
+            admin = _admin_url(os.environ.get("LBPROXY_ADMIN") or DEFAULT_ADMIN, "$LBPROXY_ADMIN")
         client = AdminClient(admin, _token(args), timeout=args.timeout)
         return args.run(client, args, out)
     except Usage as e:

@@ -124,17 +124,16 @@ def settings_from_options(options: Any) -> dict[str, Any]:
     if kind == "none":
         if check:
             raise usage.UsageError(f"{CHECK_FLAGS[next(iter(check))]} makes no sense with --check none")
-    elif kind is None:
-        # The default check is tcp: a flag only http or send-expect reads
-        # means the operator wanted one of those.
-        for name, needs in _TYPED_FLAGS.items():
-            if name in check:
-                raise usage.UsageError(
-                    f"{CHECK_FLAGS[name]} needs --check {needs} (the default check is {DEFAULT_HEALTH_CHECK.type})"
-                )
-        kind = DEFAULT_HEALTH_CHECK.type
-    elif kind not in CHECK_TYPES:
+    elif kind is not None and kind not in CHECK_TYPES:
         raise usage.UsageError(f"--check must be one of {', '.join(CHECK_TYPES)} or none, not {kind!r}")
+    else:
+        # A flag only http or send-expect reads means the operator wanted
+        # that check, not the one given (or the default tcp) ignoring it.
+        for name, needs in _TYPED_FLAGS.items():
+            if name in check and needs != (kind or DEFAULT_HEALTH_CHECK.type):
+                why = f"the default check is {DEFAULT_HEALTH_CHECK.type}" if kind is None else f"not --check {kind}"
+                raise usage.UsageError(f"{CHECK_FLAGS[name]} needs --check {needs} ({why})")
+        kind = kind or DEFAULT_HEALTH_CHECK.type
     outlier = given(OUTLIER_FLAGS)
     lifecycle = given({"slow_start": "--slow-start", "drain_timeout": "--drain-timeout"})
     raw: dict[str, Any] = {

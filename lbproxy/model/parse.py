@@ -270,7 +270,9 @@ def parse_backend_spec(spec: str) -> dict[str, Any]:
     host, sep, port = head.rpartition(":")
     if not sep or not host:
         raise ConfigError(f"backend {spec!r} must look like HOST:PORT[,weight=N]")
-    host = host.strip("[]")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ConfigError(f"backend {spec!r}: an IPv6 address goes in brackets, [ADDRESS]:PORT")
+    host = host[1:-1] if host.startswith("[") else host
     if not port.isdigit():
         raise ConfigError(f"backend {spec!r}: port {port!r} is not a number")
     obj: dict[str, Any] = {"host": host, "port": int(port)}

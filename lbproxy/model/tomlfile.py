@@ -35,6 +35,8 @@ def load_services(path: str) -> Document:
         raise ConfigError(f"{path}: cannot read it: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (byte {e.start})") from None
     extra = sorted(k for k in data if k != "services")
     if extra:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(map(repr, extra))}; services go in [services.NAME]")

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application.service import IServiceCollection, MultiService, Service
 
 from lbproxy.listening.listener_services import ListenError, Listener
+from lbproxy.model.errors import ConfigError
 
 
 class LBProxyService(MultiService):
@@ -55,6 +56,10 @@ class LBProxyService(MultiService):
         except ListenError as e:
             self._unbind()
             raise SystemExit(f"lbproxy: {e}") from None
+        except ConfigError as e:
+            # The stored config names a TLS file that is gone or broken.
+            self._unbind()
+            raise SystemExit(f"lbproxy: cannot start: {e}") from None
         except OSError as e:
             # The worker pool binds its own sockets.
             self._unbind()

@@ -20,14 +20,29 @@ from lbproxy.listening.endpoints import Endpoint, default_backlog, parse_endpoin
 from lbproxy.model.config import Config, ProxySettings, StrategyChoice, freeze
 from lbproxy.model.errors import ConfigError
 from lbproxy.model.parse import check_unique, parse_backend
-from lbproxy.startup.spec import DEFAULT_MAX_CONNECTIONS, ProxySpec, keepalive_flag, number
+from lbproxy.startup.spec import DAY, DEFAULT_MAX_CONNECTIONS, ProxySpec, keepalive_flag, number
+
+#: More relay processes than this would not be faster, only fork-bomb the host.
+MAX_WORKERS = 256
 
 
 def _endpoint(description: str, flag: str) -> Endpoint:
+    import ipaddress
+
     try:
-        return parse_endpoint(description)
+        endpoint = parse_endpoint(description)
     except ValueError as e:
         raise usage.UsageError(f"{flag} {description!r} is not a valid endpoint: {e}") from None
+    try:
+        if endpoint.interface is not None:
+            ipaddress.ip_address(endpoint.interface)
+    except ValueError:
+        # Else a typo is "reachable from other hosts" (--admin) or a DNS
+        # error from the bind.
+        raise usage.UsageError(
+            f"{flag} {description!r}: interface= must be an IP address, not {endpoint.interface!r}"
+        ) from None
+    return endpoint
 
 
 def _state_dir(path: str | None) -> str | None:
@@ -107,6 +122,8 @@ def _seed(options: Any) -> Config:
             raise usage.UsageError(f"--strategy-options is not valid JSON: {e}") from None
         if not isinstance(choice_options, dict):
             raise usage.UsageError("--strategy-options must be a JSON object")
+    if options["strategy"] == "":
+        raise usage.UsageError("--strategy must name a strategy (default round-robin)")
     choice = StrategyChoice(options["strategy"] or "round-robin", freeze(choice_options))
     try:
         build_strategy(choice, strategy_factories())
@@ -138,9 +155,17 @@ def _services(options: Any) -> Any:
     from lbproxy.model.tomlfile import load_services, strategies_known
     from lbproxy.policy.plugins import strategy_factories
 
+    from lbproxy.relay.tlsreload import TLSStore
+
     try:
         document = load_services(path)
         strategies_known(document, strategy_factories(), path)
+        # The PEM files it names are read now, so a bad one is this flag's
+        # error and not the first bind's.
+        try:
+            TLSStore(None).check(document)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     except ConfigError as e:
         raise usage.UsageError(f"--config {e}") from None
     return document
@@ -180,6 +205,8 @@ def _cluster(options: Any, admin: Endpoint) -> dict[str, Any]:
     import re
 
     out: dict[str, Any] = {"etcd_endpoints": None, "store_prefix": options["store-prefix"]}
+    if options["store"] is None and options["store-prefix"] != options.defaults["store-prefix"]:
+        raise usage.UsageError("--store-prefix only makes sense with --store (the etcd key prefix)")
     if options["store"] is not None:
         if options["state-dir"] is not None:
             raise usage.UsageError("--store and --state-dir exclude each other: the config lives in one place")
@@ -245,27 +272,33 @@ def build_spec(options: Any) -> ProxySpec:
     """
     services = _services(options)
     if services is not None:
-        descriptions = [d for s in services.services for d in s.listen]
+        # A bad one names the file and the service it is in, not --listen.
+        where: dict[str, str] = {}
+        for s in services.services:
+            for d in s.listen:
+                where.setdefault(d, f"--config {options['config']}: service {s.name!r} listen")
     else:
         # A composing plugin (the demo) may set a default "listen".
-        descriptions = options["listens"] or [options.get("listen") or "tcp:8080"]
-    listens = tuple(_endpoint(d, "--listen") for d in dict.fromkeys(descriptions))
+        where = {d: "--listen" for d in options["listens"] or [options.get("listen") or "tcp:8080"]}
+    listens = tuple(_endpoint(d, flag) for d, flag in where.items())
     listen = listens[0]
     admin = _endpoint(options["admin"], "--admin")
-    workers = number(int, 1)(options["workers"], "--workers")
+    workers = number(int, 1, MAX_WORKERS)(options["workers"], "--workers")
     engine = _engine(options, listens, workers)
     backlog = listen.backlog or (
         number(int, 1, 1 << 20)(options["backlog"], "--backlog") if options["backlog"] is not None else default_backlog()
     )
     token = _admin_token(options, admin)
     if options["no-access-log"]:
+        if options["access-log"] not in (options.defaults["access-log"], "off"):
+            raise usage.UsageError(f"--no-access-log and --access-log {options['access-log']} contradict each other")
         options["access-log"] = "off"
     given = options["max-connections"] is not None
     settings = ProxySettings(
-        connect_timeout=number(float, 0.001)(options["connect-timeout"], "--connect-timeout"),
-        retries=number(int, 0)(options["retries"], "--retries"),
-        idle_timeout=number(float, 0)(options["idle-timeout"], "--idle-timeout"),
-        max_connections=number(int, 1)(options["max-connections"], "--max-connections")
+        connect_timeout=number(float, 0.001, 3600)(options["connect-timeout"], "--connect-timeout"),
+        retries=number(int, 0, 100)(options["retries"], "--retries"),
+        idle_timeout=number(float, 0, 7 * DAY)(options["idle-timeout"], "--idle-timeout"),
+        max_connections=number(int, 1, 10_000_000)(options["max-connections"], "--max-connections")
         if given else DEFAULT_MAX_CONNECTIONS,
         access_log=options["access-log"] != "off",
         tcp_keepalive=keepalive_flag(options["tcp-keepalive"]),

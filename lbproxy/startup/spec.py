@@ -9,6 +9,7 @@ L{flag} field here (with its parser) and one C{optParameters} line.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,6 +21,9 @@ from lbproxy.model.config import Config, ProxySettings
 
 #: C{--max-connections} when not given (fewer if the descriptor limit is lower).
 DEFAULT_MAX_CONNECTIONS = 10000
+
+#: The longest a flag's seconds may be (the API's limits are the same).
+DAY = 86400.0
 
 
 def flag(name: str, parse: Callable[[Any, str], Any] = lambda value, flag: value, default: Any = None) -> Any:
@@ -51,22 +55,50 @@ def _access(value: str, check: str) -> str:
 
 def number(cast: Any = float, low: float = 0, high: float | None = None) -> Callable[[Any, str], Any]:
     """
-    A C{parse} for L{flag}: a number of type C{cast}, at least C{low} (and
-    at most C{high}).
+    A C{parse} for L{flag}: a finite number of type C{cast}, at least
+    C{low} (and at most C{high}); C{nan} and C{inf} are refused, as a timer
+    or a comparison with them misbehaves silently.
     """
 
     def parse(value: Any, flag: str) -> Any:
         try:
             n = cast(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise usage.UsageError(f"{flag} must be a number, not {value!r}") from None
+        if not math.isfinite(n):
+            raise usage.UsageError(f"{flag} must be a finite number, not {value!r}")
         if n < low:
             raise usage.UsageError(f"{flag} must be at least {low}, not {value!r}")
         if high is not None and n > high:
-            raise usage.UsageError(f"{flag} must be at most {high}, not {value!r}")
+            most = int(high) if float(high).is_integer() else high
+            raise usage.UsageError(f"{flag} must be at most {most}, not {value!r}")
         return n
 
     return parse
+
+
+def _new_file(value: str, flag: str) -> str:
+    """
+    A path lbproxy creates once running (a socket, a pid file): its
+    directory must exist now, else the failure would come after the proxy
+    already listens, as a traceback.
+    """
+    path = os.path.abspath(value)
+    if os.path.isdir(path):
+        raise usage.UsageError(f"{flag} {value!r} is a directory; give a file path in it")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise usage.UsageError(f"{flag} {value!r}: the directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise usage.UsageError(f"{flag} {value!r}: cannot create files in {parent!r}")
+    return path
+
+
+def _socket_path(value: str, flag: str) -> str:
+    path = _new_file(value, flag)
+    if len(os.fsencode(path)) > 107:
+        raise usage.UsageError(f"{flag} {value!r} is longer than a UNIX socket path may be (107 bytes)")
+    return path
 
 
 def _dns_servers(value: str) -> list[tuple[str, int]]:
@@ -124,16 +156,16 @@ class ProxySpec:
     admin_open_reads: bool = flag("admin-open-reads", lambda v, f: bool(v), default=False)
     #: names the admin answers for besides its address and localhost (--admin-host).
     admin_hosts: tuple[str, ...] = ()
-    admin_max_connections: int = flag("admin-max-connections", number(int, 1), default=256)
-    admin_read_timeout: float = flag("admin-read-timeout", number(float, 0.1), default=10.0)
-    admin_write_rate: float = flag("admin-write-rate", number(float, 0), default=20.0)
+    admin_max_connections: int = flag("admin-max-connections", number(int, 1, 1_000_000), default=256)
+    admin_read_timeout: float = flag("admin-read-timeout", number(float, 0.1, 3600), default=10.0)
+    admin_write_rate: float = flag("admin-write-rate", number(float, 0, 1_000_000), default=20.0)
     dns_servers: tuple[tuple[str, int], ...] | None = flag("dns-server", lambda v, f: tuple(_dns_servers(v)))
-    dns_refresh: float = flag("dns-refresh", lambda v, f: number(float, 0.1)(v, f), default=30.0)
-    grace: float = flag("grace", number(float, 0), default=30.0)
-    grace_spread: float = flag("grace-spread", number(float, 0), default=5.0)
-    control_socket: str | None = flag("control-socket", lambda v, f: os.path.abspath(v))
+    dns_refresh: float = flag("dns-refresh", number(float, 0.1, DAY), default=30.0)
+    grace: float = flag("grace", number(float, 0, DAY), default=30.0)
+    grace_spread: float = flag("grace-spread", number(float, 0, DAY), default=5.0)
+    control_socket: str | None = flag("control-socket", _socket_path)
     takeover: bool = flag("takeover", lambda v, f: bool(v), default=False)
-    pid_file: str | None = flag("pid-file", lambda v, f: os.path.abspath(v))
+    pid_file: str | None = flag("pid-file", _new_file)
     access_log: str = flag("access-log", lambda v, f: _access(v, "parse_destination"), default="-")
     access_log_format: str = flag("access-log-format", lambda v, f: _access(v, "parse_format"), default="json")
     history: int = flag("history", number(int, 1, 100000), default=100)

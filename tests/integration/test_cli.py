@@ -344,3 +344,53 @@ def test_the_wheel_installs_the_lbproxyctl_script(proxy, tmp_path):
                        env=dict(env_for(proxy), PYTHONPATH=str(target)), cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["services"][0]["name"] == "default"
+
+
+def test_bad_input_is_one_line_and_changes_nothing(proxy, tmp_path):
+    """
+    Against a real server: a binary token file is usage (2), a binary
+    apply -f file is refused naming the file (1), a usage error is one line
+    and a hint, a wrong token is the server's 401 (1); each is no
+    traceback, and the config version is where it was.
+    """
+    before = get(proxy, "/services")["version"]
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    r = ctl(proxy, "--token-file", str(binary), "add", "default", "127.0.0.1:9")
+    assert (r.returncode, r.stderr) == (2, f"lbproxyctl: --token-file {binary} is not a text file\n")
+    r = ctl(proxy, "apply", "-f", str(binary))
+    assert r.returncode == 1 and r.stderr.startswith(f"lbproxyctl: {binary}: not valid TOML: not UTF-8"), r.stderr
+    r = ctl(proxy, "weight", "default", "b1", "heavy")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "lbproxyctl weight: argument weight: invalid int value: 'heavy'", "see: lbproxyctl weight --help"]
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-token-at-all\n")
+    r = ctl(proxy, "--token-file", str(wrong), "add", "default", "127.0.0.1:9", token=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "refused (401)" in r.stderr, r.stderr
+    assert get(proxy, "/services")["version"] == before
+
+
+def test_an_admin_url_that_is_not_lbproxy_is_exit_3_in_one_line(tmp_path):
+    """
+    --admin pointing at another HTTP server (a web server's HTML page,
+    its HTML 404/501): exit 3 with one line saying so, not a traceback
+    (an HTML 200) nor the whole HTML page printed as a refusal.
+    """
+    import functools
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    (tmp_path / "api" / "v1").mkdir(parents=True)
+    (tmp_path / "api" / "v1" / "status").write_text("<html>hello</html>\n")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for args, status in ((("status",), 200), (("backends", "default"), 404), (("add", "default", "127.0.0.1:9"), 501)):
+            r = ctl(None, "--admin", base, *args, token=False)
+            assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+            assert r.stderr.startswith(f"lbproxyctl: {base} is not an lbproxy admin API: it answered {status}"), r.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
