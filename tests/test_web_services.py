@@ -81,6 +81,20 @@ def test_config_export_without_a_main_service_is_404_not_a_removed_pool(factorie
     assert r.code == 404 and "/api/v1/services/NAME" in r.json["error"]
 
 
+def test_strategies_without_a_main_service_list_the_plugins_and_no_active_one(factories):
+    """GET /api/v1/strategies lists the process's strategy plugins whatever
+    the services are; its C{active} is the main service's choice, and null
+    once there is none (it named the deleted default's strategy)."""
+    admin = Admin(factories)
+    assert admin.request("POST", "/api/v1/services", {**redis(), "strategy": {"name": "least-connections"}}).code == 201
+    assert admin.request("POST", "/api/v1/services", {**redis(), "name": "pg", "listen": ["tcp:5432"]}).code == 201
+    assert admin.get("/api/v1/strategies").json["active"] == "round-robin"
+    assert admin.request("DELETE", "/api/v1/services/default").code == 200
+    r = admin.get("/api/v1/strategies")
+    assert r.code == 200 and r.json["active"] is None, r.json
+    assert "least-connections" in {s["name"] for s in r.json["strategies"]}
+
+
 def test_metrics_and_events_name_the_service(factories):
     """Every service's counters are exported with its service label; config and service events name their service."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -107,7 +107,8 @@ def component_schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["strategies", "active"],
             "properties": {
-                "active": {"type": "string"},
+                "active": {"type": ["string", "null"],
+                           "description": "The main service's strategy; null when no service is the main one."},
                 "strategies": {
                     "type": "array",
                     "items": {

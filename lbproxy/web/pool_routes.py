@@ -138,7 +138,12 @@ class PoolRoutes:
              "uses_weights": uses_weights(f)}
             for name, f in sorted(self.balancer.factories.items())
         ]
-        return send_json(request, {"strategies": found, "active": self.balancer.config.strategy.name})
+        table = getattr(self.controller, "table", None)
+        main = table.main() if table is not None else self.balancer
+        # The plugins are the process's; "active" is the main service's
+        # choice, and null when there is none (no default, nor only one).
+        active = main.config.strategy.name if main is not None else None
+        return send_json(request, {"strategies": found, "active": active})
 
     @routes.route(API + "/strategy", methods=["GET"])
     @guarded
