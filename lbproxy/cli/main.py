@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
         args = parser.parse_args(argv)
     except SystemExit as e:
         return USAGE if e.code not in (0, None) else OK
+    admin = args.admin
     try:
         if args.admin:
             admin = _admin_url(args.admin)
@@ -216,6 +217,11 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
         return REFUSED
     except Unreachable as e:
         err.write(f"lbproxyctl: {e}\n")
+        return UNREACHABLE
+    except KeyError as e:
+        # An answer without a field every lbproxy admin API sends: JSON
+        # from something else at that address (or another version).
+        err.write(f"lbproxyctl: {admin} answered JSON without {e}: is it an lbproxy admin API of this version?\n")
         return UNREACHABLE
     except KeyboardInterrupt:
         return OK

@@ -373,8 +373,9 @@ def test_bad_input_is_one_line_and_changes_nothing(proxy, tmp_path):
 def test_an_admin_url_that_is_not_lbproxy_is_exit_3_in_one_line(tmp_path):
     """
     --admin pointing at another HTTP server (a web server's HTML page,
-    its HTML 404/501): exit 3 with one line saying so, not a traceback
-    (an HTML 200) nor the whole HTML page printed as a refusal.
+    its HTML 404/501, JSON of another shape): exit 3 with one line saying
+    so, not a traceback (an HTML 200, JSON without the expected fields)
+    nor the whole HTML page printed as a refusal.
     """
     import functools
     from http.server import HTTPServer, SimpleHTTPRequestHandler
@@ -391,6 +392,11 @@ def test_an_admin_url_that_is_not_lbproxy_is_exit_3_in_one_line(tmp_path):
             r = ctl(None, "--admin", base, *args, token=False)
             assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
             assert r.stderr.startswith(f"lbproxyctl: {base} is not an lbproxy admin API: it answered {status}"), r.stderr
+        # JSON, but not the admin API's: one line naming the missing field (was a KeyError traceback).
+        (tmp_path / "api" / "v1" / "services").write_text('{"x": 1}\n')
+        r = ctl(None, "--admin", base, "services", token=False)
+        assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"lbproxyctl: {base} answered JSON without 'services'"), r.stderr
     finally:
         server.shutdown()
         server.server_close()
