@@ -13,6 +13,7 @@ The services that listen on them are L{lbproxy.listening.listener_services}.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +138,12 @@ def parse_endpoint(description: str, reactor: Any = None) -> Endpoint:
     host = given.get("interface") or ("::" if kind == "tcp6" else "0.0.0.0")
     if kind == "tcp6" and ":" not in host:
         raise ValueError(f"tcp6: needs an IPv6 interface, not {host!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # A name would be looked up, blocking, by every bind (also of a
+        # listen added through the API, in the reactor).
+        raise ValueError(f"interface= must be an IP address, not {host!r}") from None
     return Endpoint(description, host, port, backlog)
 
 

@@ -27,22 +27,10 @@ MAX_WORKERS = 256
 
 
 def _endpoint(description: str, flag: str) -> Endpoint:
-    import ipaddress
-
     try:
-        endpoint = parse_endpoint(description)
+        return parse_endpoint(description)
     except ValueError as e:
         raise usage.UsageError(f"{flag} {description!r} is not a valid endpoint: {e}") from None
-    try:
-        if endpoint.interface is not None:
-            ipaddress.ip_address(endpoint.interface)
-    except ValueError:
-        # Else a typo is "reachable from other hosts" (--admin) or a DNS
-        # error from the bind.
-        raise usage.UsageError(
-            f"{flag} {description!r}: interface= must be an IP address, not {endpoint.interface!r}"
-        ) from None
-    return endpoint
 
 
 def _state_dir(path: str | None) -> str | None:

@@ -174,7 +174,7 @@ async def test_two_services_from_a_config_file_each_reach_only_their_pool(tmp_pa
 async def test_taken_port_is_409_and_an_address_not_here_is_400_with_nothing_stored(tmp_path):
     """
     Adding a service on a port another socket holds answers 409, and on an
-    address not on this host 400, each with a message; the stored document
+    address not on this host or a host name 400, each with a message; the stored document
     and the services in force are unchanged, and no listener is left bound.
     """
     pg = backend(b"pg")
@@ -198,6 +198,10 @@ async def test_taken_port_is_409_and_an_address_not_here_is_400_with_nothing_sto
         code, answer = await call("POST", url + "/services", body)
         assert code == 400, answer
         assert "192.0.2.1" in answer["error"]
+        # A host name: every bind would look it up, blocking the reactor.
+        body["listen"] = ["tcp:0:interface=localhost"]
+        code, answer = await call("POST", url + "/services", body)
+        assert code == 400 and "interface= must be an IP address, not 'localhost'" in answer["error"], answer
         assert (state / "config.json").read_bytes() == before
         assert assembly.controller.document.version == version
         assert list(assembly.table.balancers) == ["default"]
