@@ -305,3 +305,51 @@ def test_a_close_sends_the_close_notify_only_behind_a_complete_stream(ca):
     assert server.send(b"the last bytes") == len(b"the last bytes")
     server.notify_close()
     assert peer.read_all() == (b"the last bytes", "close_notify")
+
+
+class Full:
+    """
+    The server's socket with its send buffer full: C{send} takes nothing
+    (C{BlockingIOError}, as the kernel answers) until L{room} is called,
+    then behaves as the real socket, which it wraps.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.full = True
+
+    def room(self) -> None:
+        self.full = False
+
+    def send(self, data) -> int:
+        if self.full:
+            raise BlockingIOError
+        return self.sock.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_a_close_notify_the_full_socket_does_not_take_goes_before_the_fin(ca):
+    """
+    A half-close while the socket's buffer is full (every relayed byte
+    taken, no room left for the close_notify): C{shutdown} says
+    BlockingIOError and sends no FIN; once there is room, the relay's
+    empty send sends the rest and a second C{shutdown} half-closes, so
+    the peer reads the stream and then the close_notify, not a truncation
+    (before: the close_notify was dropped and the FIN sent at once).
+    """
+    server, peer = connected(ca)
+    assert server.send(b"the last bytes") == len(b"the last bytes")
+    raw = server.raw
+    server.raw = Full(raw)
+    with pytest.raises(BlockingIOError):
+        server.shutdown(socket.SHUT_WR)
+    assert server.out is not None
+    assert peer.read_all() == (b"the last bytes", "open")
+    server.notify_close()  # lbproxy's own close meanwhile sends nothing more
+    server.raw.room()
+    assert server.send(b"") == 0 and server.out is None
+    server.shutdown(socket.SHUT_WR)
+    assert peer.read_all() == (b"", "close_notify")
+    assert peer.sock.recv(1) == b""  # the FIN, after the close_notify

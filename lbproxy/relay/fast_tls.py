@@ -82,16 +82,30 @@ class TLSRelay(Relay):
         FlowIO.on_client(self, ev & ~EPOLLRDHUP)
 
     def _shut(self, flow: Any, to_client: bool) -> bool:
-        # The last direction to end closes the relay without a half-close
-        # of its destination (a plain socket's close sends the FIN): a TLS
-        # destination gets its close_notify first, or its peer could not
-        # tell the end from a truncation.
-        if (self.up if to_client else self.down).shut:
-            try:
-                flow.dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        return FlowIO._shut(self, flow, to_client)
+        # A TLS destination gets its close_notify before its FIN, also from
+        # the last direction to end (which closes the relay without a
+        # half-close: a plain socket's close sends the FIN), or its peer
+        # could not tell the end from a truncation.  A socket too full to
+        # take the whole close_notify gets the rest once writable (an
+        # empty pending send, then here again), and only then its FIN.
+        if flow.dst.__class__ is not TLSSocket:
+            return FlowIO._shut(self, flow, to_client)
+        last = (self.up if to_client else self.down).shut
+        try:
+            flow.dst.shutdown(socket.SHUT_WR)
+        except BlockingIOError:
+            flow.pending = b""
+            self._wait_writable(flow, not to_client)
+            return False
+        except OSError:
+            if not last:
+                self._error(to_client)
+                return True
+        flow.shut = True
+        if last:
+            self._finish()
+            return True
+        return False
 
     def close(self, why: str) -> None:
         # lbproxy's own close of a relay (idle timeout, a drain's cut): each

@@ -70,9 +70,12 @@ class TLSSocket:
         handshake, or a read that filled its buffer): decrypt them before
         reading the socket.
     @ivar ended: the peer's end (close_notify, or a FIN) was read.
+    @ivar closing: the TCP half-close L{shutdown} was asked for once its
+        close_notify is all sent (C{None}: not asked).
     """
 
-    __slots__ = ("raw", "tls", "incoming", "outgoing", "drain", "out", "owed", "held", "ready", "ended")
+    __slots__ = ("raw", "tls", "incoming", "outgoing", "drain", "out", "owed", "held", "ready", "ended",
+                 "closing")
 
     def __init__(self, raw: Any, context: ssl.SSLContext, server_side: bool,
                  server_hostname: str | None = None, owner: Any = None, drain: bool = False) -> None:
@@ -90,6 +93,7 @@ class TLSSocket:
         self.held: bytes | None = None
         self.ready = False
         self.ended = False
+        self.closing: int | None = None
 
     def fileno(self) -> int:
         return self.raw.fileno()
@@ -308,8 +312,11 @@ class TLSSocket:
         while C{out} is not all sent, C{BlockingIOError}.  At most one
         chunk's ciphertext is ever kept.
         """
-        if self.out is not None and not self._send_out():
-            raise BlockingIOError
+        if self.out is not None:
+            if not self._send_out():
+                raise BlockingIOError
+            if self.closing is not None:
+                return len(data)  # the close_notify is out: nothing more is written
         owed = self.owed
         if owed:
             n = len(data)
@@ -357,21 +364,33 @@ class TLSSocket:
         on after the close_notify, and OpenSSL discards the application
         data such a read finds; it finds nothing now, and reading later
         (C{SSL_read}) still gets everything.
+
+        @raise BlockingIOError: the socket did not take the whole
+            close_notify (its buffer was full): the rest is kept in
+            C{out} and nothing is half-closed yet.  Once the socket is
+            writable, L{send} sends the rest and a second call half-closes;
+            a FIN before it, the peer would read as a truncation.
         """
-        self._hold()
-        try:
-            self.tls.shutdown()
-        except (ssl.SSLError, OSError):
-            pass  # the close_notify is written; OpenSSL wants the peer's, later
-        data = self.outgoing.read()
-        if self.out is not None:
-            data = bytes(self.out) + data
-            self.out = None
-        try:
-            if data:
-                self.raw.send(data)
-        except OSError:
-            pass
+        if self.closing is None:
+            self.closing = how
+            self._hold()
+            try:
+                self.tls.shutdown()
+            except (ssl.SSLError, OSError):
+                pass  # the close_notify is written; OpenSSL wants the peer's, later
+            data = self.outgoing.read()
+            if self.out is not None:
+                data = bytes(self.out) + data
+                self.out = None
+            try:
+                if data and not self._transmit(data):
+                    raise BlockingIOError
+            except BlockingIOError:
+                raise
+            except OSError:
+                pass  # a broken connection: the half-close below says so, or the next read
+        elif self.out is not None and not self._send_out():
+            raise BlockingIOError
         self.raw.shutdown(how)
 
     def notify_close(self) -> None:
@@ -383,7 +402,7 @@ class TLSSocket:
         close_notify: the close cuts the stream, and the peer must see it
         cut.
         """
-        if self.out is not None or self.owed:
+        if self.out is not None or self.owed or self.closing is not None:
             return
         try:
             self.tls.shutdown()

@@ -227,3 +227,54 @@ async def test_a_backend_over_tls_gets_the_close_notify_and_its_answer_is_relaye
     finally:
         await defer.maybeDeferred(assembly.top.stopService)
         await server.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_notify_the_full_socket_did_not_take_is_sent_before_the_fin(pki, monkeypatch):  # noqa: F811
+    """
+    Fast engine: when the client's socket takes none of lbproxy's
+    close_notify at the half-close (its send buffer full, every answer
+    byte taken: the kernel's EAGAIN, made here by a socket that takes
+    nothing for that one send, since no client can make a real buffer full
+    to the byte), the relay waits until it is writable, sends the rest,
+    and only then the FIN: the client gets the whole answer and the
+    close_notify.  (Before, the close_notify was dropped and the FIN sent:
+    a truncation for the client.)
+    """
+    from lbproxy.relay.tls_socket import TLSSocket
+    from tests.test_tls_bio import Full
+
+    real = TLSSocket.shutdown
+    refused = []
+
+    def full_once(self, how):
+        if self.closing is None and not refused:
+            raw, self.raw = self.raw, Full(self.raw)
+            try:
+                return real(self, how)
+            except BlockingIOError:
+                refused.append(bytes(self.out))
+                raise
+            finally:
+                self.raw = raw
+        return real(self, how)
+
+    monkeypatch.setattr(TLSSocket, "shutdown", full_once)
+    server = answers_after_eof()
+    bport = server.getHost().port
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{bport}", engine="fast")
+    request = os.urandom(10_000)
+    expected = b"%d\n" % len(request) + b"a" * AnswersAfterEOF.ANSWER
+    try:
+        body = {"name": "web", "listen": [LOCAL], "backends": [{"host": "127.0.0.1", "port": bport}],
+                "tls": tls(pki["a"])}
+        code, out = await call("POST", url + "/services", body)
+        assert code == 201, out
+        port = int(out["listening"][0].rsplit(":", 1)[1])
+        got, ended = await threads.deferToThread(tls_request_then_close_notify, port, pki["ca"].path, request)
+        assert len(refused) == 1 and refused[0], refused
+        assert (len(got), got[:20], ended) == (len(expected), expected[:20], "close_notify")
+        assert got == expected
+    finally:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await server.stopListening()
