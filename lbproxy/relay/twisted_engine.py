@@ -154,11 +154,21 @@ class FrontendProtocol(_Side):
             _set_options(self.transport, self._options)
             self._read_first(answer)
             return
-        self.transport.pauseProducing()
         _set_options(self.transport, self._options)
-        if answer.__class__ is Wait:
+        self._proceed(answer)
+
+    def _proceed(self, answer: Candidate | Wait | None) -> None:
+        """
+        Do what the session answered: close the client (C{None}), wait in
+        the queue, or connect to the backend; the client is not read
+        meanwhile.
+        """
+        if answer is None:
+            self.transport.loseConnection()
+        elif answer.__class__ is Wait:
             self._wait(answer)
         else:
+            self.transport.pauseProducing()
             self._connect(answer)
 
     # Waiting in the service's queue (every backend at its max_connections) ---
@@ -172,12 +182,8 @@ class FrontendProtocol(_Side):
         answer.notify = self._waited
 
     def _waited(self, candidate: Candidate | None) -> None:
-        if self._lost:
-            return
-        if candidate is None:
-            self.transport.loseConnection()
-        else:
-            self._connect(candidate)
+        if not self._lost:
+            self._proceed(candidate)
 
     # The first bytes, for a route that needs them -----------------------------
 
@@ -204,13 +210,7 @@ class FrontendProtocol(_Side):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if answer is None:
-            self.transport.loseConnection()
-        elif answer.__class__ is Wait:
-            self._wait(answer)
-        else:
-            self.transport.pauseProducing()
-            self._connect(answer)
+        self._proceed(answer)
 
     def _connect(self, candidate: Candidate) -> None:
         tls = candidate.backend.tls
@@ -266,13 +266,7 @@ class FrontendProtocol(_Side):
         if self._lost:
             # We cancelled it: the client left first.
             return
-        candidate = self.session.connect_failed(_reason(failure))
-        if candidate is None:
-            self.transport.loseConnection()
-        elif candidate.__class__ is Wait:
-            self._wait(candidate)
-        else:
-            self._connect(candidate)
+        self._proceed(self.session.connect_failed(_reason(failure)))
 
     def local_address(self) -> tuple[str, int]:
         host = self.transport.getHost()

@@ -37,7 +37,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ServerFactory
 from zope.interface import implementer
 
-from lbproxy.relay.session import ConnectionSession, ReadFirst, Wait, handshake_admitted
+from lbproxy.relay.session import ConnectionSession, ReadFirst, handshake_admitted
 from lbproxy.relay.tls import client_creator, subject_of
 from lbproxy.relay.tls_server import TLSServerFactory
 from lbproxy.relay.twisted_engine import BackendProtocol, FrontendProtocol, ProxyFactory, _set_options
@@ -176,15 +176,8 @@ class TLSFrontendProtocol(FrontendProtocol):
             alpn.decode("ascii", "replace") if alpn else None,
         )
         answer = session.accepted()
-        if answer is None or answer.__class__ is ReadFirst:
-            transport.loseConnection()
-            return
-        if answer.__class__ is Wait:
-            # Every backend is full: wait in the queue, as a plain client does.
-            self._wait(answer)
-            return
-        transport.pauseProducing()
-        self._connect(answer)
+        # Routing by the first bytes means nothing inside TLS.
+        self._proceed(None if answer.__class__ is ReadFirst else answer)
 
     def _connected(self, backend: Any) -> None:
         early, self._early = self._early, None
