@@ -467,6 +467,24 @@ async def test_megabytes_both_ways_through_tls_on_both_sides(pki, engine):
         await secure.stopListening()
 
 
+async def queued_tls_service(pki, engine, queue_timeout):  # noqa: F811
+    """
+    lbproxy with a TLS service whose one backend takes one connection at
+    a time (a queue of 5 behind it); the assembly, the backend and the
+    service's port.
+    """
+    named = backend(b"web")
+    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    body = {"name": "web", "listen": [LOCAL], "max_queue": 5, "queue_timeout": queue_timeout, "tls": tls(pki["a"]),
+            "backends": [{"host": "127.0.0.1", "port": named.getHost().port, "max_connections": 1}]}
+    code, out = await call("POST", url + "/services", body)
+    if code != 201:
+        await defer.maybeDeferred(assembly.top.stopService)
+        await named.stopListening()
+        raise AssertionError(out)
+    return assembly, named, int(out["listening"][0].rsplit(":", 1)[1])
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_tls_client_queued_at_the_backends_max_connections_is_served_in_turn(pki, engine):
     """
@@ -476,14 +494,8 @@ async def test_a_tls_client_queued_at_the_backends_max_connections_is_served_in_
     the Twisted engine, the queue's answer was taken for a backend: an
     AttributeError in the reactor, and the client closed with nothing.)
     """
-    named = backend(b"web")
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    assembly, named, port = await queued_tls_service(pki, engine, 10)
     try:
-        body = {"name": "web", "listen": [LOCAL], "max_queue": 5, "queue_timeout": 10, "tls": tls(pki["a"]),
-                "backends": [{"host": "127.0.0.1", "port": named.getHost().port, "max_connections": 1}]}
-        code, out = await call("POST", url + "/services", body)
-        assert code == 201, out
-        port = int(out["listening"][0].rsplit(":", 1)[1])
         ca = pki["ca"].path
         first = await threads.deferToThread(Held, port, ca)
         second = shake(port, "a.test", ca)
@@ -581,14 +593,8 @@ async def test_a_tls_client_whose_wait_in_the_queue_times_out_gets_a_close_notif
     counted as queue-timeout.  (Before, the fast engine closed the TCP
     connection without one.)
     """
-    named = backend(b"web")
-    assembly, url = start("--listen", LOCAL, "--backend", f"127.0.0.1:{named.getHost().port}", engine=engine)
+    assembly, named, port = await queued_tls_service(pki, engine, 0.3)
     try:
-        body = {"name": "web", "listen": [LOCAL], "max_queue": 5, "queue_timeout": 0.3, "tls": tls(pki["a"]),
-                "backends": [{"host": "127.0.0.1", "port": named.getHost().port, "max_connections": 1}]}
-        code, out = await call("POST", url + "/services", body)
-        assert code == 201, out
-        port = int(out["listening"][0].rsplit(":", 1)[1])
         ca = pki["ca"].path
         first = await threads.deferToThread(Held, port, ca)
         try:
