@@ -269,20 +269,20 @@ def parse_backend_spec(spec: str) -> dict[str, Any]:
     head, *opts = spec.split(",")
     host, sep, port = head.rpartition(":")
     if not sep or not host:
-        raise ConfigError(f"backend {spec!r} must look like HOST:PORT[,weight=N]")
+        raise ConfigError(f"--backend {spec!r} must look like HOST:PORT[,weight=N]")
     if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
-        raise ConfigError(f"backend {spec!r}: an IPv6 address goes in brackets, [ADDRESS]:PORT")
+        raise ConfigError(f"--backend {spec!r}: an IPv6 address goes in brackets, [ADDRESS]:PORT")
     host = host[1:-1] if host.startswith("[") else host
     if not port.isdigit():
-        raise ConfigError(f"backend {spec!r}: port {port!r} is not a number")
+        raise ConfigError(f"--backend {spec!r}: port {port!r} is not a number")
     obj: dict[str, Any] = {"host": host, "port": int(port)}
     for opt in opts:
         key, sep, val = opt.partition("=")
         if not sep:
-            raise ConfigError(f"backend {spec!r}: option {opt!r} must look like key=value")
+            raise ConfigError(f"--backend {spec!r}: option {opt!r} must look like key=value")
         if key == "weight":
             if not val.isdigit():
-                raise ConfigError(f"backend {spec!r}: weight {val!r} is not a number")
+                raise ConfigError(f"--backend {spec!r}: weight {val!r} is not a number")
             obj["weight"] = int(val)
         elif key == "proxy":
             obj["proxy_protocol"] = val
@@ -290,10 +290,10 @@ def parse_backend_spec(spec: str) -> dict[str, Any]:
             obj[key] = val
         elif key == "maxconn":
             if not val.isdigit():
-                raise ConfigError(f"backend {spec!r}: maxconn {val!r} is not a number")
+                raise ConfigError(f"--backend {spec!r}: maxconn {val!r} is not a number")
             obj["max_connections"] = int(val)
         else:
-            raise ConfigError(f"backend {spec!r}: unknown option {key!r} (weight, proxy, id, state, maxconn)")
+            raise ConfigError(f"--backend {spec!r}: unknown option {key!r} (weight, proxy, id, state, maxconn)")
     return obj
 
 

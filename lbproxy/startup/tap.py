@@ -158,9 +158,7 @@ class Options(usage.Options):
         try:
             self["backends"].append(parse_backend_spec(value))
         except ConfigError as e:
-            # "backend 'x' must ..." names the flag: "--backend 'x' must ...".
-            message = str(e)
-            raise usage.UsageError("--" + message if message.startswith("backend ") else message) from None
+            raise usage.UsageError(str(e)) from None
 
     opt_b = opt_backend
 
