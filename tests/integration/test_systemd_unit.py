@@ -20,14 +20,12 @@ import shlex
 import shutil
 import signal
 import socket
-import socketserver
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.integration import lifecycle_harness as lh
 from tests.integration.installed import CLEAN_ENV, REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -58,31 +56,6 @@ def command(line: str, flags: list[str]) -> list[str]:
     for word in shlex.split(line):
         words.extend(flags if word == "$LBPROXY_FLAGS" else [word])
     return words
-
-
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self):
-        while True:
-            data = self.request.recv(4096)
-            if not data:
-                return
-            self.request.sendall(data)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not after {timeout} s"
-        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
@@ -142,7 +115,7 @@ def test_the_units_commands_start_reload_and_stop(venv, tmp_path):
     assert env_name == "LBPROXY_FLAGS"
     flags_text = shlex.split(quoted)[0]
 
-    listen, admin = _free_port(), _free_port()
+    listen, admin = lh.free_port(), lh.free_port()
     root = tmp_path / "root"
     moved = {"/run/lbproxy": root / "run", "/var/lib/lbproxy": root / "state", "/var/log/lbproxy": root / "log"}
     for path in moved.values():
@@ -156,10 +129,8 @@ def test_the_units_commands_start_reload_and_stop(venv, tmp_path):
     flags_text = re.sub(r"--listen tcp:8080\b", f"--listen tcp:{listen}:interface=127.0.0.1", flags_text)
     flags_text = flags_text.replace("--admin tcp:8081:", f"--admin tcp:{admin}:")
     assert str(listen) in flags_text and str(admin) in flags_text, flags_text
-    backend = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
-    backend.daemon_threads = True
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
-    flags = shlex.split(local(flags_text)) + ["--backend", f"127.0.0.1:{backend.server_address[1]}"]
+    backend = lh.EchoServer()
+    flags = shlex.split(local(flags_text)) + ["--backend", f"127.0.0.1:{backend.port}"]
     pid_file = Path(local(settings["PIDFile"]))
     start = command(local(settings["ExecStart"]), flags)
     reload_ = command(local(settings["ExecReload"]), flags)
@@ -167,7 +138,7 @@ def test_the_units_commands_start_reload_and_stop(venv, tmp_path):
     try:
         started = subprocess.run(start, capture_output=True, text=True, timeout=60, env=CLEAN_ENV, cwd=root)
         assert started.returncode == 0, started
-        first = int(_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the PID file"))
+        first = int(lh.until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the PID file"))
         pids.append(first)
         assert _alive(first)
         held = socket.create_connection(("127.0.0.1", listen), timeout=10)
@@ -183,14 +154,13 @@ def test_the_units_commands_start_reload_and_stop(venv, tmp_path):
         assert _alive(first), "the old process left before its client's connection ended"
         assert _echoes(held, b"still through the old process\n")
         held.close()
-        _until(lambda: not _alive(first), 30, "the old process exits once its connection ended")
+        lh.until(lambda: not _alive(first), 30, "the old process exits once its connection ended")
 
         os.kill(second, signal.SIGTERM)
-        _until(lambda: not _alive(second), stop_timeout, "the main process stops on KillSignal")
+        lh.until(lambda: not _alive(second), stop_timeout, "the main process stops on KillSignal")
         assert not pid_file.exists()
     finally:
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-        backend.shutdown()
-        backend.server_close()
+        backend.stop()
